@@ -1,0 +1,187 @@
+"""Start and stop MQTT brokers on loopback: a real Mosquitto, or an embedded amqtt broker.
+
+Used by the demo, the benchmarks and the tests, so all three run the same brokers the same way.
+Every Mosquitto config we write sets `max_queued_messages` deliberately: Mosquitto's default of
+1000 silently drops QoS 1 messages for a slow subscriber (platform-notes.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_QUEUED_MESSAGES = 1_000_000
+
+
+class BrokerError(RuntimeError):
+    """A broker could not be started; the message says what to do."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for_port(host: str, port: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def mosquitto_path() -> str | None:
+    """The mosquitto executable, also where Debian puts it outside a user's PATH."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@dataclass
+class MosquittoBroker:
+    """A real Mosquitto on 127.0.0.1. `stop()` and `start()` again keep the same port."""
+
+    name: str = "broker"
+    port: int = 0
+    password_file: Path | None = None
+    acl_file: Path | None = None
+    persistence: bool = False
+    max_queued_messages: int = MAX_QUEUED_MESSAGES
+    tls_listener: dict[str, str] | None = None  # {"port": "...", "cafile": ..., "certfile": ..., "keyfile": ...}
+    workdir: Path | None = None
+    extra_config: list[str] = field(default_factory=list)
+    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _own_dir: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            self.port = free_port()
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix=f"cityedge-{self.name}-"))
+            self._own_dir = True
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "mosquitto.log"
+
+    def config_text(self) -> str:
+        assert self.workdir is not None
+        lines = [
+            f"# CityEdge {self.name} broker (generated)",
+            "per_listener_settings false",
+            f"max_queued_messages {self.max_queued_messages}",
+            "max_queued_bytes 0",
+            "max_inflight_messages 100",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages true",
+            f"listener {self.port} 127.0.0.1",
+        ]
+        if self.password_file is not None:
+            lines += ["allow_anonymous false", f"password_file {self.password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
+        if self.tls_listener:
+            t = self.tls_listener
+            lines += [
+                f"listener {t['port']} 127.0.0.1",
+                f"cafile {t['cafile']}",
+                f"certfile {t['certfile']}",
+                f"keyfile {t['keyfile']}",
+            ]
+            if t.get("require_certificate"):
+                lines += ["require_certificate true", "use_identity_as_username false"]
+        lines += self.extra_config
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout_s: float = 10.0) -> MosquittoBroker:
+        exe = mosquitto_path()
+        if exe is None:
+            raise BrokerError(
+                "Mosquitto is not installed. Install it with 'sudo apt-get install mosquitto' "
+                "(the test command does this for you), or run the demo with --embedded-broker."
+            )
+        if self._proc is not None and self._proc.poll() is None:
+            return self
+        assert self.workdir is not None
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(self.config_text())
+        self._proc = subprocess.Popen(
+            [exe, "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        if not wait_for_port(self.host, self.port, timeout_s):
+            err = b""
+            if self._proc.poll() is not None and self._proc.stderr is not None:
+                err = self._proc.stderr.read()
+            self.stop()
+            log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            raise BrokerError(
+                f"Mosquitto ({self.name}) did not start on port {self.port}: "
+                f"{err.decode(errors='replace').strip()} {log.strip()}"
+            )
+        return self
+
+    def stop(self, kill: bool = False) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir and self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> MosquittoBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 MAX_QUEUED_MESSAGES = 1_000_000
 
@@ -126,7 +127,7 @@ class MosquittoBroker:
         lines += self.extra_config
         return "\n".join(lines) + "\n"
 
-    def start(self, timeout_s: float = 10.0) -> MosquittoBroker:
+    def start(self, timeout_s: float = 10.0) -> Self:
         exe = mosquitto_path()
         if exe is None:
             raise BrokerError(
@@ -180,8 +181,49 @@ class MosquittoBroker:
         if self._own_dir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> MosquittoBroker:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class EmbeddedBroker:
+    """An amqtt broker inside this asyncio program: the demo's fallback where Mosquitto is not
+    installed. Anonymous, loopback only, no persistence — for demonstration, not for a site."""
+
+    def __init__(self, name: str = "broker", port: int = 0) -> None:
+        self.name = name
+        self.port = port or free_port()
+        self._broker: object | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> EmbeddedBroker:
+        try:
+            from amqtt.broker import Broker
+        except ModuleNotFoundError as exc:
+            raise BrokerError(
+                "neither Mosquitto nor the embedded broker (amqtt) is available: "
+                "install Mosquitto ('sudo apt-get install mosquitto') or run ./run demo, "
+                "which installs amqtt into the project's venv"
+            ) from exc
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        broker = Broker(config)
+        await broker.start()
+        self._broker = broker
+        return self
+
+    async def stop(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            await broker.shutdown()  # type: ignore[attr-defined]

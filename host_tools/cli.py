@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             err_console.print(f"[cyan]what to do:[/] {exc.hint}")
         return exc.exit_code
-    except Exception as exc:  # the CLI boundary: translate, never dump a traceback on a user
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: translate, never dump a traceback on a user
         hint = getattr(exc, "hint", None)
         err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
         if hint:

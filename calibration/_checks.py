@@ -7,7 +7,7 @@ import math
 from calibration.errors import InputError
 
 
-def finite(name: str, value: float) -> float:
+def finite(name: str, value: object) -> float:
     """Return ``value`` as a float, or raise :class:`InputError` if it is NaN, ±inf or not a number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{name} must be a number, got {value!r}")
@@ -17,7 +17,7 @@ def finite(name: str, value: float) -> float:
     return out
 
 
-def non_negative(name: str, value: float) -> float:
+def non_negative(name: str, value: object) -> float:
     """A finite number ≥ 0 (concentrations, distances, echo times)."""
     out = finite(name, value)
     if out < 0.0:
@@ -25,7 +25,7 @@ def non_negative(name: str, value: float) -> float:
     return out
 
 
-def relative_humidity(name: str, value: float) -> float:
+def relative_humidity(name: str, value: object) -> float:
     """A finite relative humidity in 0–100 %; anything else is a sensor fault, not a clamp."""
     out = finite(name, value)
     if not 0.0 <= out <= 100.0:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 __all__ = [
     "CalibrationError",
+    "FitError",
     "InputError",
     "OutOfRangeError",
     "RecordError",
-    "FitError",
 ]
 
 
@@ -31,8 +31,14 @@ class OutOfRangeError(CalibrationError):
 class RecordError(CalibrationError):
     """A calibration record file is malformed or conflicts with another record.
 
-    The message always names the file and the field (``record[2].valid_to``) at fault.
+    The message always names the file and the field (``record[2].valid_to``) at fault;
+    ``field`` and ``detail`` hold them apart when known.
     """
+
+    def __init__(self, message: str, *, field: str | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.detail = detail
 
 
 class FitError(CalibrationError):

@@ -13,12 +13,12 @@ from calibration._checks import finite
 from calibration.errors import CalibrationError, InputError
 
 __all__ = [
-    "linear",
-    "linear_rh",
-    "polynomial",
-    "piecewise_linear",
     "check_piecewise_points",
     "least_squares_line",
+    "linear",
+    "linear_rh",
+    "piecewise_linear",
+    "polynomial",
 ]
 
 

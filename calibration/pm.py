@@ -17,12 +17,12 @@ from calibration._checks import finite, non_negative, relative_humidity
 from calibration.errors import InputError
 
 __all__ = [
-    "us_wide_2021",
-    "fire_smoke_2021",
-    "kohler_factor",
-    "kohler_correct",
     "DEFAULT_DENSITY_GCM3",
     "DEFAULT_RH_MAX_PCT",
+    "fire_smoke_2021",
+    "kohler_correct",
+    "kohler_factor",
+    "us_wide_2021",
 ]
 
 DEFAULT_DENSITY_GCM3 = 1.65

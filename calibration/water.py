@@ -10,11 +10,11 @@ from calibration.errors import InputError
 
 __all__ = [
     "G_STANDARD_MS2",
-    "speed_of_sound_ms",
     "echo_distance_m",
+    "hydrostatic_depth_m",
+    "speed_of_sound_ms",
     "stage_level_m",
     "water_density_kgm3",
-    "hydrostatic_depth_m",
 ]
 
 G_STANDARD_MS2 = 9.80665

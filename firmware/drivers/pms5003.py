@@ -1,0 +1,227 @@
+# Plantower PMS5003 / PMS7003 particulate sensor over UART (9600 8N1).
+# Frame layout, commands and checksum: Plantower PMS5003 data manual V2.3, appendix I/II.
+# The driver takes a configured UART; it never builds one or knows a pin.
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_START1 = const(0x42)  # frame start "B" (manual appendix I)
+_START2 = const(0x4D)  # frame start "M"
+_FRAME_LEN = const(32)  # 2 start + 2 length + 13 words + 2 checksum
+_DATA_LEN = const(28)  # length field: 2 * 13 data words + 2 checksum bytes
+_ACK_LEN = const(4)  # length field of the 8-byte reply the sensor sends to 0xE1/0xE4
+_ACK_FRAME = const(8)
+_CMD_MODE = const(0xE1)  # data 0x00 passive, 0x01 active (manual appendix II)
+_CMD_READ = const(0xE2)  # read one frame in passive mode
+_CMD_SLEEP = const(0xE4)  # data 0x00 sleep (fan off), 0x01 wake
+_MAX_SCAN = const(512)  # bytes a single read() may inspect before giving up
+
+# Order of the values parse_frame() returns (words 1..12 of the frame, manual appendix I).
+FIELDS = (
+    "pm1_cf1", "pm25_cf1", "pm10_cf1",  # ug/m3, "CF=1, standard particle"
+    "pm1_atm", "pm25_atm", "pm10_atm",  # ug/m3, "under atmospheric environment"
+    "n03", "n05", "n10", "n25", "n50", "n100",  # particles > d um in 0.1 L of air
+)
+
+REASONS = ("start", "length", "checksum", "truncated", "timeout", "bus")
+
+
+def checksum(buf, n):
+    # Check code = sum of all bytes before it (manual appendix I).
+    s = 0
+    for i in range(n):
+        s += buf[i]
+    return s & 0xFFFF
+
+
+def command(cmd, data):
+    # 7-byte host command: 42 4D CMD DATAH DATAL LRCH LRCL, LRC = byte sum (appendix II).
+    b = bytearray(7)
+    b[0] = _START1
+    b[1] = _START2
+    b[2] = cmd
+    b[3] = 0
+    b[4] = data
+    s = checksum(b, 5)
+    b[5] = s >> 8
+    b[6] = s & 0xFF
+    return bytes(b)
+
+
+CMD_PASSIVE = command(_CMD_MODE, 0)
+CMD_ACTIVE = command(_CMD_MODE, 1)
+CMD_READ = command(_CMD_READ, 0)
+CMD_SLEEP = command(_CMD_SLEEP, 0)
+CMD_WAKE = command(_CMD_SLEEP, 1)
+
+
+def parse_frame(buf):
+    """Pure: 32 bytes -> tuple of 12 ints in FIELDS order; ValueError names the reason."""
+    if len(buf) < _FRAME_LEN:
+        raise ValueError("truncated")
+    if buf[0] != _START1 or buf[1] != _START2:
+        raise ValueError("start")
+    if (buf[2] << 8 | buf[3]) != _DATA_LEN:
+        raise ValueError("length")
+    if checksum(buf, 30) != (buf[30] << 8 | buf[31]):
+        raise ValueError("checksum")
+    return (
+        buf[4] << 8 | buf[5], buf[6] << 8 | buf[7], buf[8] << 8 | buf[9],
+        buf[10] << 8 | buf[11], buf[12] << 8 | buf[13], buf[14] << 8 | buf[15],
+        buf[16] << 8 | buf[17], buf[18] << 8 | buf[19], buf[20] << 8 | buf[21],
+        buf[22] << 8 | buf[23], buf[24] << 8 | buf[25], buf[26] << 8 | buf[27],
+    )
+
+
+def as_dict(values):
+    return dict(zip(FIELDS, values))
+
+
+class PMS5003:
+    """PMS5003/PMS7003 on a UART. read() -> 12-tuple (FIELDS order) or None; errors by reason."""
+
+    def __init__(self, uart, passive=True, tries=40, wait_ms=None, check=True):
+        self.uart = uart
+        self.passive = passive
+        self.tries = tries
+        self._wait = wait_ms  # e.g. time.sleep_ms on a board; called between empty polls
+        self._buf = bytearray(_FRAME_LEN)
+        self._mv = memoryview(self._buf)
+        self._one = bytearray(1)
+        self._readinto = getattr(uart, "readinto", None)
+        self.errors = {}
+        for r in REASONS:
+            self.errors[r] = 0
+        self.last_error = None
+        self.asleep = False
+        if check:
+            self.init()
+
+    def init(self):
+        # Bring-up: select the mode, then insist on one valid frame.
+        try:
+            self._send(CMD_PASSIVE if self.passive else CMD_ACTIVE)
+        except OSError as e:
+            raise OSError(19, "PMS5003 not answering on %r (%s)" % (self.uart, e))
+        if self.read() is None:
+            raise OSError(19, "PMS5003: no valid frame on %r (%s)" % (self.uart, self.last_error))
+
+    def _send(self, cmd):
+        self.uart.write(cmd)
+
+    def set_passive(self, passive):
+        self._send(CMD_PASSIVE if passive else CMD_ACTIVE)
+        self.passive = passive
+
+    def sleep(self):
+        # Fan off between readings to spare it (calibration-reference section 1).
+        self._send(CMD_SLEEP)
+        self.asleep = True
+
+    def wake(self):
+        # Give the airflow ~30 s to settle before trusting a reading (reference section 1).
+        self._send(CMD_WAKE)
+        self.asleep = False
+
+    def _count(self, reason):
+        self.errors[reason] += 1
+        self.last_error = reason
+        return None
+
+    def _get(self, start, end):
+        # Read up to end-start bytes into the buffer at start; returns how many arrived.
+        if self._readinto is not None:
+            got = self._readinto(self._mv[start:end])
+            return got or 0
+        data = self.uart.read(end - start)
+        if not data:
+            return 0
+        n = len(data)
+        self._buf[start:start + n] = data
+        return n
+
+    def _drain(self):
+        # Only what is queued now (stale frames, acks): a chatty sensor cannot hold us here.
+        k = min(self.uart.any(), 1024)
+        while k > 0:
+            got = self._get(0, _FRAME_LEN if k > _FRAME_LEN else k)
+            if not got:
+                return
+            k -= got
+
+    def read(self):
+        try:
+            return self._read()
+        except OSError:
+            return self._count("bus")
+
+    def read_raw(self):
+        """Fill self._buf with the next 32-byte data frame (checksum not yet checked),
+        skipping garbage and command acknowledgements. Returns True, or the reason string
+        ("start", "length", "truncated", "timeout") when no frame could be framed."""
+        uart = self.uart
+        buf = self._buf
+        n = 0
+        empty = self.tries
+        scanned = 0
+        synced = True
+        while scanned < _MAX_SCAN:
+            if n >= 4:
+                length = buf[2] << 8 | buf[3]
+                if length == _DATA_LEN:
+                    want = _FRAME_LEN
+                elif length == _ACK_LEN:
+                    want = _ACK_FRAME
+                else:
+                    return "length"
+                if n >= want:
+                    if want == _FRAME_LEN:
+                        if not synced:
+                            # Garbage was skipped before this frame: counted, not fatal.
+                            self.errors["start"] += 1
+                        return True
+                    n = 0  # a command acknowledgement, not data: skip it
+                    continue
+            else:
+                want = 4 if n >= 2 else n + 1
+            if not uart.any():
+                empty -= 1
+                if empty <= 0:
+                    return "truncated" if n else ("timeout" if synced else "start")
+                if self._wait is not None:
+                    self._wait(10)
+                continue
+            got = self._get(n, want)
+            scanned += got
+            if n >= 2:
+                n += got
+            elif got:
+                # Hunting for 42 4D one byte at a time, so no frame bytes are swallowed.
+                c = buf[n]
+                if n == 0:
+                    if c == _START1:
+                        n = 1
+                    else:
+                        synced = False
+                elif c == _START2:
+                    n = 2
+                else:
+                    synced = False
+                    n = 1 if c == _START1 else 0
+        return "start"
+
+    def _read(self):
+        if self.passive:
+            self._drain()
+            self._send(CMD_READ)
+        r = self.read_raw()
+        if r is not True:
+            return self._count(r)
+        try:
+            values = parse_frame(self._buf)
+        except ValueError as e:
+            return self._count(e.args[0])
+        self.last_error = None
+        return values

@@ -1,0 +1,251 @@
+# Ultrasonic distance for canal water level.
+# (a) UART sensors (JSN-SR04T mode 2/3, DFRobot A02YYUW): 4-byte frame 0xFF, H, L, SUM,
+#     SUM = (0xFF + H + L) & 0xFF, distance = H*256 + L mm (vendor manuals).
+# (b) Trigger/echo sensors (JSN-SR04T mode 1, HC-SR04): the echo pulse lasts the round trip;
+#     d = c * t / 2 with c = 331.3 + 0.606 * T m/s (calibration-reference section 3).
+# Drivers take their UART / Pin objects and a pulse-timing callable; they never build a bus.
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_HEADER = const(0xFF)
+_FRAME = const(4)
+_MAX_SCAN = const(64)
+_TRIG_US = const(20)  # JSN-SR04T wants a >10 us trigger; 20 us also suits its v3 board
+BLIND_M = 0.25  # JSN-SR04T blind zone ~20-25 cm (calibration-reference section 3)
+MAX_M = 4.5  # JSN-SR04T range ~4.5-6 m (calibration-reference section 3)
+C_REF = 343.42  # c at 20 C from the formula below; used when no temperature is given
+HRXL_US_PER_M = 1000.0  # MaxBotix HRXL-MaxSonar pulse width: 1 us per mm, compensated inside
+
+REASONS = ("checksum", "timeout", "blind", "range", "too_few", "bus")
+
+
+def speed_of_sound(temp_c):
+    # c = 331.3 + 0.606 * T m/s (calibration-reference section 3).
+    return 331.3 + 0.606 * temp_c
+
+
+def echo_to_m(echo_us, temp_c):
+    # d = c * t_echo / 2 (calibration-reference section 3).
+    c = C_REF if temp_c is None else speed_of_sound(temp_c)
+    return c * echo_us * 0.5e-6
+
+
+def frame_sum(h, l):
+    return (_HEADER + h + l) & 0xFF
+
+
+def parse_frame(buf):
+    """Pure: 4 bytes FF H L SUM -> distance in mm; ValueError names the reason."""
+    if len(buf) < _FRAME:
+        raise ValueError("truncated")
+    if buf[0] != _HEADER:
+        raise ValueError("start")
+    if frame_sum(buf[1], buf[2]) != buf[3]:
+        raise ValueError("checksum")
+    return buf[1] << 8 | buf[2]
+
+
+def median(values, n):
+    """Median of values[0:n]; sorts that slice in place (insertion sort: no allocation)."""
+    for i in range(1, n):
+        v = values[i]
+        j = i - 1
+        while j >= 0 and values[j] > v:
+            values[j + 1] = values[j]
+            j -= 1
+        values[j + 1] = v
+    h = n >> 1
+    if n & 1:
+        return values[h]
+    return (values[h - 1] + values[h]) / 2
+
+
+class _Limits:
+    def _init_limits(self, min_m, max_m):
+        self.min_m = min_m
+        self.max_m = max_m
+        self.errors = {}
+        for r in REASONS:
+            self.errors[r] = 0
+        self.last_error = None
+
+    def _count(self, reason):
+        self.errors[reason] += 1
+        self.last_error = reason
+        return None
+
+    def _check(self, d):
+        # Returns d, or None after counting why the reading was rejected.
+        if d < self.min_m:
+            return self._count("blind")
+        if d > self.max_m:
+            return self._count("range")
+        return d
+
+
+class UltrasonicUART(_Limits):
+    """JSN-SR04T (mode 2/3) or A02YYUW on a UART (9600 8N1). read() -> metres or None.
+
+    trigger=True sends 0x55 before each read (JSN-SR04T mode 3, A02YYUW controlled mode).
+    compensates=False with a temperature rescales the sensor's distance, which assumed
+    c_ref m/s, to the speed of sound at that temperature."""
+
+    def __init__(self, uart, min_m=BLIND_M, max_m=MAX_M, trigger=False, compensates=True,
+                 c_ref=C_REF, tries=40, wait_ms=None, check=True):
+        self.uart = uart
+        self.trigger = trigger
+        self.compensates = compensates
+        self.c_ref = c_ref
+        self.tries = tries
+        self._wait = wait_ms
+        self._buf = bytearray(_FRAME)
+        self._mv = memoryview(self._buf)
+        self._readinto = getattr(uart, "readinto", None)
+        self._init_limits(min_m, max_m)
+        if check:
+            self.init()
+
+    def init(self):
+        self._drain()
+        if self.trigger:
+            self.uart.write(b"\x55")
+        if self.read_raw() is not True:
+            raise OSError(19, "ultrasonic sensor: no valid frame on %r" % (self.uart,))
+
+    def _get(self, start, end):
+        if self._readinto is not None:
+            return self._readinto(self._mv[start:end]) or 0
+        data = self.uart.read(end - start)
+        if not data:
+            return 0
+        self._buf[start:start + len(data)] = data
+        return len(data)
+
+    def _drain(self):
+        # Continuous-output sensors queue stale frames; drop them so the reading is fresh.
+        # Only what is queued now: a sensor that keeps talking cannot hold us here.
+        k = min(self.uart.any(), 1024)
+        while k > 0:
+            got = self._get(0, _FRAME if k > _FRAME else k)
+            if not got:
+                return
+            k -= got
+
+    def read_raw(self):
+        """Next frame into self._buf: True, or the reason it failed ("timeout"/"checksum")."""
+        buf = self._buf
+        n = 0
+        empty = self.tries
+        scanned = 0
+        bad_sum = False
+        while scanned < _MAX_SCAN:
+            if n == _FRAME:
+                if frame_sum(buf[1], buf[2]) == buf[3]:
+                    return True
+                # Bad sum: slide by one and look for the next 0xFF (L may legally be 0xFF).
+                bad_sum = True
+                n = 0
+                for i in range(1, _FRAME):
+                    if buf[i] == _HEADER:
+                        for j in range(i, _FRAME):
+                            buf[n] = buf[j]
+                            n += 1
+                        break
+                continue
+            if not self.uart.any():
+                empty -= 1
+                if empty <= 0:
+                    return "checksum" if bad_sum else "timeout"
+                if self._wait is not None:
+                    self._wait(10)
+                continue
+            got = self._get(n, n + 1 if n == 0 else _FRAME)
+            scanned += got
+            if n == 0 and got and buf[0] != _HEADER:
+                continue
+            n += got
+        return "checksum" if bad_sum else "timeout"
+
+    def read(self, temp_c=None):
+        try:
+            self._drain()
+            if self.trigger:
+                self.uart.write(b"\x55")
+            r = self.read_raw()
+        except OSError:
+            return self._count("bus")
+        if r is not True:
+            return self._count(r)
+        d = (self._buf[1] << 8 | self._buf[2]) / 1000.0
+        if not self.compensates and temp_c is not None:
+            d = d * speed_of_sound(temp_c) / self.c_ref
+        d = self._check(d)
+        if d is not None:
+            self.last_error = None
+        return d
+
+
+class UltrasonicPulse(_Limits):
+    """Trigger/echo ranging. pulse_us(pin, level, timeout_us) is machine.time_pulse_us on a
+    board (negative on timeout); sleep_us is time.sleep_us. read(temp_c) -> metres (median of
+    `pings` echoes) or None. compensates=True is for sensors whose pulse width is already
+    temperature-compensated distance (MaxBotix HRXL: us_per_m=1000): temp_c is then ignored,
+    so the reading is never compensated twice."""
+
+    def __init__(self, trigger, echo, pulse_us, sleep_us, pings=5, min_m=BLIND_M, max_m=MAX_M,
+                 timeout_us=30000, gap_us=60000, compensates=False, us_per_m=HRXL_US_PER_M):
+        if pings < 1 or not pings & 1:
+            raise ValueError("pings must be odd")
+        self.trigger = trigger
+        self.echo = echo
+        self._pulse = pulse_us
+        self._sleep_us = sleep_us
+        self.pings = pings
+        self.timeout_us = timeout_us
+        self.gap_us = gap_us  # >= 60 ms between pings so old echoes die out (HC-SR04 sheet)
+        self.compensates = compensates
+        self.us_per_m = us_per_m
+        self._echo = [0] * pings
+        self._init_limits(min_m, max_m)
+        trigger.value(0)
+
+    def ping_us(self):
+        """One trigger pulse and the echo width in us (negative on timeout)."""
+        t = self.trigger
+        t.value(0)
+        self._sleep_us(2)
+        t.value(1)
+        self._sleep_us(_TRIG_US)
+        t.value(0)
+        return self._pulse(self.echo, 1, self.timeout_us)
+
+    def distance_m(self, echo_us, temp_c):
+        if self.compensates:
+            return echo_us / self.us_per_m
+        return echo_to_m(echo_us, temp_c)
+
+    def read(self, temp_c=None):
+        n = 0
+        for i in range(self.pings):
+            if i:
+                self._sleep_us(self.gap_us)
+            try:
+                e = self.ping_us()
+            except OSError:
+                self._count("bus")
+                continue
+            if e <= 0:
+                self._count("timeout")
+                continue
+            d = self._check(self.distance_m(e, temp_c))
+            if d is not None:
+                self._echo[n] = e
+                n += 1
+        if n <= self.pings >> 1:
+            # Fewer than a majority of good pings: no reading rather than a guess.
+            return self._count("too_few")
+        self.last_error = None
+        return self.distance_m(median(self._echo, n), temp_c)

@@ -232,7 +232,11 @@ MALFORMED = [
         "",
         r"record\[0\]\.valid_to .*superseded record must end",
     ),
-    ('form = "epa_us_2021"', 'form = "epa_fire_smoke_2021"', r"record\[2\]\.input_channel .*cf_atm"),
+    (
+        'form = "epa_us_2021"',
+        'form = "epa_fire_smoke_2021"',
+        r"record\[2\]\.input_channel .*cf_atm",
+    ),
     (
         'extra_inputs = ["rh"]\nauthor = "test"\nvalid_from = 2020',
         'author = "test"\nvalid_from = 2020',

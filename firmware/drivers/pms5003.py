@@ -25,7 +25,9 @@ FIELDS = (
     "n03", "n05", "n10", "n25", "n50", "n100",  # particles > d um in 0.1 L of air
 )
 
-REASONS = ("start", "length", "checksum", "truncated", "timeout", "bus")
+# Per-reason counters in PMS5003.errors. All but "resync" mean the read returned None;
+# "resync" counts frames that were found only after skipping garbage.
+REASONS = ("start", "length", "checksum", "truncated", "timeout", "bus", "resync")
 
 
 def checksum(buf, n):
@@ -180,7 +182,7 @@ class PMS5003:
                     if want == _FRAME_LEN:
                         if not synced:
                             # Garbage was skipped before this frame: counted, not fatal.
-                            self.errors["start"] += 1
+                            self.errors["resync"] += 1
                         return True
                     n = 0  # a command acknowledgement, not data: skip it
                     continue

@@ -19,7 +19,7 @@ MAX_M = 4.5  # JSN-SR04T range ~4.5-6 m (calibration-reference section 3)
 C_REF = 343.42  # c at 20 C from the formula below; used when no temperature is given
 HRXL_US_PER_M = 1000.0  # MaxBotix HRXL-MaxSonar pulse width: 1 us per mm, compensated inside
 
-REASONS = ("checksum", "timeout", "blind", "range", "too_few", "bus")
+REASONS = ("checksum", "truncated", "timeout", "blind", "range", "too_few", "bus")
 
 
 def speed_of_sound(temp_c):
@@ -135,7 +135,7 @@ class UltrasonicUART(_Limits):
             k -= got
 
     def read_raw(self):
-        """Next frame into self._buf: True, or the reason it failed ("timeout"/"checksum")."""
+        """Next frame into self._buf: True, or why not ("timeout", "truncated", "checksum")."""
         buf = self._buf
         n = 0
         empty = self.tries
@@ -158,7 +158,9 @@ class UltrasonicUART(_Limits):
             if not self.uart.any():
                 empty -= 1
                 if empty <= 0:
-                    return "checksum" if bad_sum else "timeout"
+                    if bad_sum:
+                        return "checksum"
+                    return "truncated" if n else "timeout"
                 if self._wait is not None:
                     self._wait(10)
                 continue

@@ -1,0 +1,734 @@
+"""The gateway service: site broker → validate → store (group commit) → custody → platform.
+
+    from edge_gateway.app import Gateway
+    gw = Gateway(config)            # a GatewayConfig
+    task = asyncio.create_task(gw.run())
+    ...
+    gw.stats()                      # counters, queue depth, drops by reason
+    gw.request_stop()               # run() returns after a clean shutdown
+
+Tasks inside ``run()``:
+
+* **local**: subscribes to the node topics on the site broker; validates each message (bad
+  ones go to the dead-letter topic, counted by reason) and queues readings for the committer.
+* **committer**: takes up to ``store.commit_max_readings`` readings or waits at most
+  ``store.commit_max_ms``; on the store thread it de-duplicates, processes (calibration, QC,
+  indices, alerts) and commits them in one transaction; then it sends custody ranges to nodes.
+* **upstream**: keeps a connection to the platform broker; sends live rows first and drains the
+  backlog at ``forward.drain_rate_per_s``, at most ``forward.max_inflight`` unacknowledged;
+  deletes a row only after its PUBACK. Publishes retained gateway health (last will: offline)
+  and retained device status.
+* **metrics** (optional) and the **systemd watchdog**.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import ssl
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from edge_gateway import __version__, contract, systemd
+from edge_gateway.config import BrokerSection, ConfigError, GatewayConfig, load_config
+from edge_gateway.devices import DeviceTracker
+from edge_gateway.ingest import Accepted, classify, deadletter_payload, iso_utc
+from edge_gateway.metrics import MetricsServer
+from edge_gateway.processing import Processor, load_registries
+from edge_gateway.store import (
+    PRIORITY_ALERT,
+    PRIORITY_ALERT_READING,
+    PRIORITY_READING,
+    CommitResult,
+    Entry,
+    Limits,
+    Row,
+    Store,
+    open_store,
+)
+
+log = logging.getLogger("edge_gateway")
+
+_REPLAY_FALSE = b'"replay":false}'
+_REPLAY_TRUE = b'"replay":true}'
+
+
+@dataclass
+class _Incoming:
+    device_id: str
+    body: dict[str, Any]
+    received: float
+
+
+@dataclass
+class _PipelineResult:
+    commit: CommitResult
+    dead: list[tuple[str, bytes, str]] = field(default_factory=list)  # topic, payload, reason
+    alerts: int = 0
+    per_device: dict[str, int] = field(default_factory=dict)
+
+
+class _Reconnect(Exception):
+    """Leave the current broker connection and connect again (settings changed or link broken)."""
+
+
+def _limits(config: GatewayConfig) -> Limits:
+    s = config.store
+    return Limits(s.max_bytes, s.max_age_s, s.min_free_bytes, s.dedup_horizon_s)
+
+
+def _tls_context(section: BrokerSection) -> ssl.SSLContext | None:
+    if not section.tls:
+        return None
+    ctx = ssl.create_default_context(cafile=section.ca_file)
+    if section.cert_file and section.key_file:
+        ctx.load_cert_chain(section.cert_file, section.key_file)
+    if section.tls_insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+def _replay(payload: bytes) -> bytes:
+    if payload.endswith(_REPLAY_FALSE):
+        return payload[: -len(_REPLAY_FALSE)] + _REPLAY_TRUE
+    return payload
+
+
+def custody_ranges(keys: list[tuple[str, int, int]]) -> list[tuple[str, int, int, int]]:
+    """Collapse (device, boot, seq) keys into (device, boot, from, to) contiguous ranges."""
+    by: dict[tuple[str, int], set[int]] = defaultdict(set)
+    for dev, boot, seq in keys:
+        by[(dev, boot)].add(seq)
+    out: list[tuple[str, int, int, int]] = []
+    for (dev, boot), seqs in sorted(by.items()):
+        ordered = sorted(seqs)
+        start = prev = ordered[0]
+        for s in ordered[1:]:
+            if s != prev + 1:
+                out.append((dev, boot, start, prev))
+                start = s
+            prev = s
+        out.append((dev, boot, start, prev))
+    return out
+
+
+class Gateway:
+    """One site's gateway. ``await run()`` until cancelled or :meth:`request_stop`."""
+
+    def __init__(self, config: GatewayConfig, config_path: str | Path | None = None) -> None:
+        self.config = config
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.store: Store | None = None
+        self.processor: Processor | None = None
+        self.devices = DeviceTracker(config)
+        self.counters: dict[str, int] = defaultdict(int)
+        self.dead_letters: dict[str, int] = defaultdict(int)
+        self._queue: asyncio.Queue[_Incoming] | None = None
+        self._stop: asyncio.Event | None = None
+        self._new_rows: asyncio.Event | None = None
+        self._local: aiomqtt.Client | None = None
+        self._upstream: aiomqtt.Client | None = None
+        self._local_reconnect: asyncio.Event | None = None
+        self._upstream_reconnect: asyncio.Event | None = None
+        self._acked: list[int] = []
+        self._offline_since: float | None = time.monotonic()
+        self._offline_total = 0.0
+        self._last_commit_s = 0.0
+        self._metrics: MetricsServer | None = None
+        self.metrics_port: int | None = None
+        self.ready = False
+        self._reload_requested = False
+        self._latencies: list[float] = []
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask ``run()`` to finish: pending deletes are flushed and the store closed."""
+        if self._stop is not None:
+            self._stop.set()
+
+    def request_reload(self) -> None:
+        """Re-read the config file (as on SIGHUP); the store and its contents are kept."""
+        self._reload_requested = True
+        if self._stop is not None:
+            asyncio.get_running_loop().create_task(self.reload())
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and gauges (also what the metrics endpoint shows)."""
+        out: dict[str, Any] = dict(self.counters)
+        for key in ("messages_in", "readings_in", "readings_out", "alerts_out", "custody_acks",
+                    "dead_letters", "processing_errors"):
+            out.setdefault(key, 0)
+        out["dead_letters_by_reason"] = dict(self.dead_letters)
+        store = self.store
+        persisted: dict[str, int] = dict(store.counters) if store is not None else {}
+        out["readings_stored"] = persisted.get("readings_stored", 0)
+        out["duplicates"] = persisted.get("duplicates", 0)
+        out["delivered"] = persisted.get("delivered", 0)
+        out["dropped"] = {
+            k.removeprefix("dropped_"): v for k, v in persisted.items() if k.startswith("dropped_")
+        }
+        out["dropped_total"] = sum(out["dropped"].values())
+        out["queue_depth"] = store.depth if store is not None else 0
+        out["queue_bytes"] = store.bytes if store is not None else 0
+        out["store_file_bytes"] = store.file_bytes() if store is not None else 0
+        out["oldest_age_s"] = self._oldest_age
+        offline = self._offline_total
+        if self._offline_since is not None:
+            offline += time.monotonic() - self._offline_since
+        out["upstream_offline_s"] = round(offline, 3)
+        out["upstream_connected"] = self._upstream is not None
+        out["local_connected"] = self._local is not None
+        out["last_commit_s"] = self._last_commit_s
+        out["devices"] = len(self.devices.devices)
+        out["ready"] = self.ready
+        return out
+
+    _oldest_age: float | None = None
+
+    # -- run ----------------------------------------------------------------------------------
+
+    async def run(self, handle_signals: bool = False) -> None:
+        """Run until :meth:`request_stop` or cancellation. ``handle_signals`` installs SIGTERM,
+        SIGINT (stop) and SIGHUP (reload) handlers — for the service, not for embedding."""
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        self._new_rows = asyncio.Event()
+        self._local_reconnect = asyncio.Event()
+        self._upstream_reconnect = asyncio.Event()
+        self._queue = asyncio.Queue(maxsize=20_000)
+        cfg = self.config
+        registries = await asyncio.to_thread(load_registries, cfg)
+        self.store = await asyncio.to_thread(
+            open_store, cfg.store_path, _limits(cfg), cfg.store.synchronous
+        )
+        store = self.store
+        self.processor = Processor(cfg, registries)
+        log.info(
+            "gateway %s (site %s) store %s: %d rows waiting",
+            cfg.gateway_id, cfg.site_id, cfg.store_path, store.depth,
+        )
+        if handle_signals:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._local_loop(), name="local"),
+            asyncio.create_task(self._committer(), name="committer"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        if cfg.upstream.enabled:
+            tasks.append(asyncio.create_task(self._upstream_loop(), name="upstream"))
+        try:
+            if cfg.metrics.enabled:
+                self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats)
+                self.metrics_port = await self._metrics.start()
+            self.ready = True
+            systemd.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
+            stop_wait = asyncio.create_task(self._stop.wait(), name="stop-wait")
+            done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stop_wait and not t.cancelled() and t.exception() is not None:
+                    raise RuntimeError(f"gateway task {t.get_name()} failed") from t.exception()
+            stop_wait.cancel()
+        finally:
+            systemd.notify("STOPPING=1")
+            self.ready = False
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            if self._metrics is not None:
+                with contextlib.suppress(BaseException):
+                    await self._metrics.stop()
+            with contextlib.suppress(BaseException):
+                await self._flush_deletes()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    loop.remove_signal_handler(sig)
+            await asyncio.to_thread(store.shutdown)
+            log.info("gateway stopped; %d rows kept in the store", store.depth)
+
+    # -- reload -------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Apply the config file again. Returns False (and keeps running unchanged) on errors."""
+        self._reload_requested = False
+        if self.config_path is None:
+            log.warning("reload asked for, but the gateway was not started from a config file")
+            return False
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+            registries = await asyncio.to_thread(load_registries, new)
+        except (ConfigError, ValueError, OSError) as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            return False
+        return await self.apply_config(new, registries)
+
+    async def apply_config(self, new: GatewayConfig, registries: Any = None) -> bool:
+        old = self.config
+        if new.store_path != old.store_path:
+            log.error(
+                "reload refused: store path changed (%s -> %s); restart the service to move it",
+                old.store_path, new.store_path,
+            )
+            return False
+        if registries is None:
+            registries = await asyncio.to_thread(load_registries, new)
+        self.config = new
+        self.devices.config = new
+        store, processor = self.store, self.processor
+        if store is not None:
+            store_ = store
+            await store_.call(store_.set_limits, _limits(new))
+            if processor is not None:
+                await store_.call(processor.reconfigure, new, registries)
+            dropped = await store_.call(store_.enforce)
+            if dropped:
+                log.warning("new store bounds dropped %s", dropped)
+        if new.local != old.local and self._local_reconnect is not None:
+            self._local_reconnect.set()
+        if new.upstream != old.upstream and self._upstream_reconnect is not None:
+            self._upstream_reconnect.set()
+        if new.metrics != old.metrics and self._metrics is not None:
+            await self._metrics.stop()
+            self._metrics = None
+            if new.metrics.enabled:
+                self._metrics = MetricsServer(new.metrics.host, new.metrics.port, self.stats)
+                self.metrics_port = await self._metrics.start()
+        log.info("config reloaded from %s", self.config_path)
+        return True
+
+    # -- site broker --------------------------------------------------------------------------
+
+    def _client(self, section: BrokerSection, default_id: str, **kwargs: Any) -> aiomqtt.Client:
+        client = aiomqtt.Client(
+            section.host,
+            section.port,
+            username=section.username,
+            password=section.password,
+            identifier=section.client_id or default_id,
+            keepalive=section.keepalive_s,
+            tls_context=_tls_context(section),
+            tls_insecure=section.tls_insecure if section.tls else None,
+            timeout=section.timeout_s,
+            **kwargs,
+        )
+        # Many concurrent QoS 1 publishes are the design (bounded by forward.max_inflight and
+        # the custody fan-out), not a leak: raise aiomqtt's warning threshold accordingly.
+        client.pending_calls_threshold = 100_000
+        return client
+
+    async def _local_loop(self) -> None:
+        assert self._local_reconnect is not None
+        delay = self.config.local.reconnect_min_s
+        while True:
+            section = self.config.local
+            self._local_reconnect.clear()
+            try:
+                client = self._client(
+                    section, f"cityedge-{self.config.gateway_id}", clean_session=False
+                )
+                async with client:
+                    for topic in contract.NODE_SUBSCRIPTIONS:
+                        await client.subscribe(topic, qos=1)
+                    self._local = client
+                    log.info("connected to the site broker %s:%d", section.host, section.port)
+                    delay = section.reconnect_min_s
+                    await self._receive(client)
+            except aiomqtt.MqttError as exc:
+                log.warning("site broker %s:%d: %s", section.host, section.port, exc)
+            except _Reconnect:
+                log.info("reconnecting to the site broker with new settings")
+                delay = 0.0
+            finally:
+                self._local = None
+            await asyncio.sleep(delay)
+            delay = min(max(delay * 2, section.reconnect_min_s), section.reconnect_max_s)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        assert self._queue is not None and self._local_reconnect is not None
+        reconnect = asyncio.create_task(self._local_reconnect.wait())
+        messages = aiter(client.messages)
+        nxt: asyncio.Future[aiomqtt.Message] | None = None
+        try:
+            while True:
+                nxt = asyncio.ensure_future(anext(messages))
+                done, _ = await asyncio.wait([nxt, reconnect], return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    raise _Reconnect()
+                message = nxt.result()
+                nxt = None
+                await self._on_message(client, str(message.topic), message.payload)
+        finally:
+            reconnect.cancel()
+            if nxt is not None:
+                nxt.cancel()
+                with contextlib.suppress(BaseException):
+                    await nxt
+
+    async def _on_message(self, client: aiomqtt.Client, topic: str, payload: Any) -> None:
+        assert self._queue is not None
+        self.counters["messages_in"] += 1
+        data = payload if isinstance(payload, bytes) else str(payload).encode()
+        cfg = self.config
+        known = None if cfg.inventory.allow_unknown else self._known_kind
+        result = classify(topic, data, cfg.store.max_payload_bytes, known)
+        now = time.time()
+        if not isinstance(result, Accepted):
+            self._dead_letter(client, topic, data, result.reason_code, result.reason)
+            return
+        if result.leaf == "reading":
+            self.counters["readings_in"] += 1
+            self.devices.reading(result.device_id, result.body, now)
+            await self._queue.put(_Incoming(result.device_id, result.body, now))
+        elif result.leaf == "status":
+            self.devices.status(result.device_id, result.body, now)
+        elif result.leaf == "state":
+            self.devices.presence(result.device_id, result.body, now)
+        else:
+            self.counters["command_acks"] += 1
+            self.devices.seen(result.device_id, now)
+
+    def _known_kind(self, device_id: str) -> str | None:
+        entry = self.config.device(device_id)
+        return entry.kind if entry is not None else None
+
+    def _dead_letter(
+        self, client: aiomqtt.Client | None, topic: str, data: bytes, code: str, reason: str
+    ) -> None:
+        self.counters["dead_letters"] += 1
+        self.dead_letters[code] += 1
+        log.debug("dead letter (%s) from %s: %s", code, topic[:120], reason)
+        if client is None:
+            return
+        body = deadletter_payload(self.config.gateway_id, topic, data, reason)
+        asyncio.get_running_loop().create_task(
+            self._publish_quietly(client, contract.deadletter_topic(self.config.gateway_id), body, 0)
+        )
+
+    async def _publish_quietly(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int, retain: bool = False
+    ) -> bool:
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain)
+            return True
+        except aiomqtt.MqttError as exc:
+            log.debug("publish to %s failed: %s", topic, exc)
+            return False
+
+    # -- committer ----------------------------------------------------------------------------
+
+    async def _committer(self) -> None:
+        assert self._queue is not None and self.store is not None
+        queue, store = self._queue, self.store
+        while True:
+            first = await queue.get()
+            batch = [first]
+            cfg = self.config.store
+            deadline = time.monotonic() + cfg.commit_max_ms / 1000.0
+            while len(batch) < cfg.commit_max_readings:
+                while not queue.empty() and len(batch) < cfg.commit_max_readings:
+                    batch.append(queue.get_nowait())
+                remaining = deadline - time.monotonic()
+                if len(batch) >= cfg.commit_max_readings or remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        batch.append(await queue.get())
+                except TimeoutError:
+                    break
+            # Shielded: once the batch is on the store thread, let the commit finish even if the
+            # gateway is being stopped, then ack what was committed.
+            result = await asyncio.shield(store.call(self._pipeline, batch))
+            self._after_commit(result)
+
+    def _pipeline(self, batch: list[_Incoming]) -> _PipelineResult:
+        """On the store thread: de-duplicate, process, commit one group."""
+        store, processor = self.store, self.processor
+        assert store is not None and processor is not None
+        cfg = processor.config
+        entries: list[Entry] = []
+        duplicates: list[tuple[str, int, int]] = []
+        dead: list[tuple[str, bytes, str]] = []
+        in_batch: set[tuple[str, int, int]] = set()
+        keys = [(i.device_id, int(i.body["boot"]), int(i.body["seq"])) for i in batch]
+        fresh = store.is_new(keys)
+        remember: list[tuple[str, int, int, float]] = []
+        alerts = 0
+        errors = 0
+        per_device: dict[str, int] = defaultdict(int)
+        for item, key, new in zip(batch, keys, fresh, strict=True):
+            if not new or key in in_batch:
+                duplicates.append(key)
+                continue
+            in_batch.add(key)
+            try:
+                processed = processor.process(item.device_id, item.body, item.received)
+            except Exception as exc:  # a processing bug must not lose or block the reading
+                log.exception("processing %s failed", key)
+                errors += 1
+                raw = json.dumps(item.body, separators=(",", ":")).encode()
+                dead.append((contract.node_topic(item.device_id, "reading"), raw,
+                             f"processing failed: {type(exc).__name__}: {exc}"))
+                # Remember the key so a resend is a duplicate; the dead letter holds the payload.
+                remember.append((*key, item.received))
+                continue
+            kind = str(item.body["kind"])
+            priority = PRIORITY_ALERT_READING if processed.alerts else PRIORITY_READING
+            entries.append(Entry(
+                contract.observation_topic(cfg.site_id, kind, item.device_id),
+                processed.payload, item.received, priority, key,
+            ))
+            per_device[item.device_id] += 1
+            for alert in processed.alerts:
+                alerts += 1
+                entries.append(Entry(
+                    contract.alert_topic(cfg.site_id, item.device_id),
+                    json.dumps(alert, separators=(",", ":"), ensure_ascii=False).encode(),
+                    item.received, PRIORITY_ALERT, None,
+                ))
+        result = store.commit(
+            entries, duplicates, counters={"processing_errors": errors}, remember=remember
+        )
+        result.accepted.extend(k[:3] for k in remember)  # custody: the dead letter holds them
+        return _PipelineResult(result, dead, alerts, dict(per_device))
+
+    def _after_commit(self, result: _PipelineResult) -> None:
+        assert self._new_rows is not None
+        c = result.commit
+        self._last_commit_s = c.commit_s
+        self.counters["alerts_raised"] += result.alerts
+        now = time.time()
+        for dev, n in result.per_device.items():
+            self.devices.counted(dev, now, n)
+        for topic, payload, reason in result.dead:
+            self.counters["processing_errors"] += 1
+            self._dead_letter(self._local, topic, payload, "processing", reason)
+        if c.dropped:
+            log.warning("store bound reached, dropped %s", c.dropped)
+        self._new_rows.set()
+        client = self._local
+        if client is None:
+            return  # nodes resend what was not acknowledged; those are duplicates then, re-acked
+        for dev, boot, lo, hi in custody_ranges(c.accepted + c.duplicates):
+            body = json.dumps({"v": 1, "boot": boot, "from": lo, "to": hi}, separators=(",", ":"))
+            self.counters["custody_acks"] += 1
+            asyncio.get_running_loop().create_task(
+                self._publish_quietly(client, contract.node_topic(dev, "custody"), body.encode(), 1)
+            )
+
+    # -- platform broker ----------------------------------------------------------------------
+
+    def _health(self, state: str) -> bytes:
+        s = self.stats()
+        body: dict[str, Any] = {
+            "v": 1,
+            "site_id": self.config.site_id,
+            "gateway_id": self.config.gateway_id,
+            "state": state,
+            "t": iso_utc(time.time()),
+            "version": __version__,
+        }
+        if state == "online":
+            body.update(
+                queue_depth=max(0, int(s["queue_depth"])),
+                oldest_age_s=s["oldest_age_s"],
+                dropped=s["dropped"],
+                dead_letters=int(s["dead_letters"]),
+                duplicates=int(s["duplicates"]),
+                upstream_offline_s=float(s["upstream_offline_s"]),
+                devices=int(s["devices"]),
+            )
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    async def _upstream_loop(self) -> None:
+        assert self._upstream_reconnect is not None and self.store is not None
+        store = self.store
+        delay = self.config.upstream.reconnect_min_s
+        while True:
+            section = self.config.upstream
+            self._upstream_reconnect.clear()
+            topic = contract.gateway_health_topic(self.config.site_id, self.config.gateway_id)
+            will = aiomqtt.Will(topic, self._health("offline"), qos=1, retain=True)
+            try:
+                client = self._client(
+                    section,
+                    f"cityedge-{self.config.gateway_id}-up",
+                    clean_session=True,
+                    will=will,
+                    max_inflight_messages=self.config.forward.max_inflight,
+                )
+                async with client:
+                    log.info("connected to the platform broker %s:%d", section.host, section.port)
+                    if self._offline_since is not None:
+                        self._offline_total += time.monotonic() - self._offline_since
+                        self._offline_since = None
+                    self._upstream = client
+                    delay = section.reconnect_min_s
+                    await self._flush_deletes()
+                    await store.call(store.release_all)
+                    await client.publish(topic, self._health("online"), qos=1, retain=True)
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._forward(client))
+                        tg.create_task(self._status_publisher(client, topic))
+                        tg.create_task(self._watch_upstream_reconnect())
+            except* aiomqtt.MqttError as group:
+                log.warning("platform broker %s:%d: %s", section.host, section.port,
+                            "; ".join(str(e) for e in group.exceptions))
+            except* _Reconnect:
+                log.info("reconnecting to the platform broker with new settings")
+                delay = 0.0
+            finally:
+                if self._upstream is not None:
+                    self._upstream = None
+                    self._offline_since = time.monotonic()
+            await asyncio.sleep(delay)
+            delay = min(max(delay * 2, section.reconnect_min_s), section.reconnect_max_s)
+
+    async def _watch_upstream_reconnect(self) -> None:
+        assert self._upstream_reconnect is not None
+        await self._upstream_reconnect.wait()
+        raise _Reconnect()
+
+    async def _status_publisher(self, client: aiomqtt.Client, health_topic: str) -> None:
+        while True:
+            await asyncio.sleep(self.config.health.interval_s)
+            await client.publish(health_topic, self._health("online"), qos=1, retain=True)
+            now = time.time()
+            for dev in list(self.devices.devices):
+                body = json.dumps(self.devices.payload(dev, now), separators=(",", ":"))
+                await client.publish(
+                    contract.device_status_topic(self.config.site_id, dev), body.encode(),
+                    qos=1, retain=True,
+                )
+
+    async def _flush_deletes(self) -> None:
+        if not self._acked or self.store is None:
+            return
+        ids, self._acked = self._acked, []
+        store = self.store
+        await store.call(store.delivered, ids)
+
+    async def _forward(self, client: aiomqtt.Client) -> None:
+        """Send rows oldest first; live rows (stored after this connection began) go first and
+        the backlog drains at ``drain_rate_per_s``. A row is deleted only after its PUBACK."""
+        assert self.store is not None and self._new_rows is not None
+        store, new_rows = self.store, self._new_rows
+        boundary = await store.call(store.max_id)
+        live_cursor = boundary
+        backlog_cursor = 0
+        tokens = 0.0
+        last_refill = time.monotonic()
+        window = asyncio.Semaphore(self.config.forward.max_inflight)
+        failures: list[BaseException] = []
+        pending: set[asyncio.Task[None]] = set()
+        last_delete = time.monotonic()
+
+        async def send(row: Row, replay: bool) -> None:
+            try:
+                payload = _replay(row.payload) if replay else row.payload
+                await client.publish(row.topic, payload, qos=1, timeout=self.config.upstream.timeout_s)
+                self._acked.append(row.id)
+                if row.topic.endswith("/observation"):
+                    self.counters["readings_out"] += 1
+                    if replay:
+                        self.counters["replayed_out"] += 1
+                else:
+                    self.counters["alerts_out"] += 1
+            except aiomqtt.MqttError as exc:
+                failures.append(exc)
+            finally:
+                window.release()
+
+        try:
+            while True:
+                if failures:
+                    raise failures[0]
+                fwd = self.config.forward
+                now = time.monotonic()
+                tokens = min(tokens + (now - last_refill) * fwd.drain_rate_per_s,
+                             max(1.0, fwd.drain_rate_per_s))
+                last_refill = now
+                new_rows.clear()
+                rows: list[Row] = []
+                replay = False
+                if fwd.live_first:
+                    rows = await store.call(store.fetch, live_cursor, fwd.batch)
+                    if rows:
+                        live_cursor = rows[-1].id
+                    elif backlog_cursor < boundary and tokens >= 1.0:
+                        rows = await store.call(store.fetch, backlog_cursor,
+                                                min(int(tokens), fwd.batch), boundary)
+                        if rows:
+                            backlog_cursor = rows[-1].id
+                            tokens -= len(rows)
+                        else:
+                            backlog_cursor = boundary
+                        replay = True
+                else:
+                    cursor = max(live_cursor if backlog_cursor >= boundary else 0, backlog_cursor)
+                    rows = await store.call(store.fetch, cursor, fwd.batch)
+                    if rows:
+                        backlog_cursor = live_cursor = rows[-1].id
+                for row in rows:
+                    await window.acquire()
+                    if failures:
+                        window.release()
+                        raise failures[0]
+                    is_replay = replay or row.id <= boundary
+                    task = asyncio.create_task(send(row, is_replay))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                if self._acked and (
+                    len(self._acked) >= fwd.batch
+                    or time.monotonic() - last_delete >= fwd.delete_max_ms / 1000.0
+                ):
+                    last_delete = time.monotonic()
+                    await self._flush_deletes()
+                if not rows:
+                    wait = 0.05
+                    if backlog_cursor < boundary and fwd.live_first:
+                        wait = min(wait, max(0.001, (1.0 - tokens) / fwd.drain_rate_per_s))
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await new_rows.wait()
+        finally:
+            for task in list(pending):
+                task.cancel()
+            for task in list(pending):
+                with contextlib.suppress(BaseException):
+                    await task
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        """Watchdog pings (only while the store thread answers), oldest-age gauge, age bound."""
+        assert self.store is not None
+        store = self.store
+        interval = systemd.watchdog_interval_s()
+        period = min(interval or 5.0, 5.0)
+        while True:
+            try:
+                async with asyncio.timeout(max(period, 10.0)):
+                    oldest = await store.call(store.oldest_received)
+                    dropped = await store.call(store.enforce) if store.depth else {}
+            except TimeoutError:
+                log.error("the store thread did not answer for %.0f s", max(period, 10.0))
+                await asyncio.sleep(period)
+                continue
+            if dropped:
+                log.warning("store bound reached, dropped %s", dropped)
+            self._oldest_age = None if oldest is None else max(0.0, time.time() - oldest)
+            if interval is not None:
+                systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(period)

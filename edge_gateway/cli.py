@@ -1,0 +1,101 @@
+"""`cityedge gateway …`: run the gateway, check a config, show the store's figures.
+
+Library first: these handlers only call :mod:`edge_gateway.config`, :mod:`edge_gateway.app` and
+:mod:`edge_gateway.store`; ``host_tools.cli`` turns exceptions into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from edge_gateway.config import ConfigError, GatewayConfig, load_config
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser("gateway", help="run and inspect the site gateway")
+    sub = p.add_subparsers(dest="gateway_command", metavar="GATEWAY_COMMAND")
+    p.set_defaults(func=lambda args: (p.print_help(), EXIT_CONFIG)[1])
+
+    run = sub.add_parser("run", help="run the gateway (as the systemd service does)")
+    run.add_argument("--config", required=True, metavar="FILE", help="gateway TOML config")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and print it (secrets hidden)")
+    check.add_argument("config", metavar="FILE")
+    check.set_defaults(func=cmd_check_config)
+
+    stats = sub.add_parser("stats", help="queue depth, oldest row and drop counts from the store")
+    stats.add_argument("--config", required=True, metavar="FILE")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(func=cmd_stats)
+
+
+def _load(path: str) -> GatewayConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        from host_tools.cli import CityEdgeError
+
+        raise CityEdgeError(str(exc), hint=exc.hint, exit_code=EXIT_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    return run_service(config, args.config)
+
+
+def run_service(config: GatewayConfig, config_path: str | None) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the config file."""
+    from edge_gateway.app import Gateway
+
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+    logging.getLogger("edge_gateway").setLevel(config.log_level.upper())
+    gateway = Gateway(config, config_path)
+    asyncio.run(gateway.run(handle_signals=True))
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"{args.config}: OK")
+    print(f"  gateway {config.gateway_id} at site {config.site_id}; store {config.store_path}")
+    print(f"  site broker {config.local.host}:{config.local.port} (user {config.local.username or '-'})")
+    up = config.upstream
+    print(
+        f"  platform broker {up.host}:{up.port} tls={'on' if up.tls else 'OFF'}"
+        f"{'' if up.enabled else ' (forwarding disabled)'}"
+    )
+    print(f"  inventory: {len(config.inventory.device)} devices, unknown devices "
+          f"{'allowed' if config.inventory.allow_unknown else 'refused'}")
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from edge_gateway.store import read_stats
+
+    config = _load(args.config)
+    stats = read_stats(config.store_path)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return EXIT_OK
+    age = stats["oldest_age_s"]
+    print(f"store {config.store_path}")
+    print(f"  waiting: {stats['queue_depth']} rows, {stats['queue_bytes']} bytes, oldest "
+          f"{'-' if age is None else f'{age:.0f} s'}")
+    for name, value in sorted(stats["counters"].items()):
+        print(f"  {name}: {value}")
+    for dev, n in sorted(stats["per_device"].items()):
+        print(f"  waiting for {dev}: {n}")
+    return EXIT_OK

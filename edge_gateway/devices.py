@@ -1,0 +1,149 @@
+"""Per-device status the gateway publishes (retained): last seen, battery, signal, outbox,
+and completeness = readings received ÷ readings expected over the last 24 hours."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge_gateway.config import GatewayConfig
+from edge_gateway.ingest import iso_utc
+
+_DAY_S = 86400.0
+_BUCKET_S = 600.0  # completeness counted in 10-minute buckets: 144 per day
+
+
+@dataclass
+class DeviceState:
+    device_id: str
+    kind: str | None = None
+    fw: str | None = None
+    first_seen: float | None = None
+    last_seen: float | None = None
+    presence: str = "unknown"  # from the node's retained state topic
+    battery_v: float | None = None
+    rssi_dbm: int | None = None
+    outbox_depth: int | None = None
+    outbox_dropped: int | None = None
+    report_s: float | None = None
+    sensor_errors: dict[str, Any] = field(default_factory=dict)
+    buckets: deque[list[float]] = field(default_factory=deque)  # [bucket_start, count]
+    dirty: bool = True
+
+    def count(self, now: float, n: int = 1) -> None:
+        start = now - now % _BUCKET_S
+        if self.buckets and self.buckets[-1][0] == start:
+            self.buckets[-1][1] += n
+        else:
+            self.buckets.append([start, float(n)])
+        while self.buckets and self.buckets[0][0] <= now - _DAY_S:
+            self.buckets.popleft()
+
+    def received_24h(self, now: float) -> int:
+        return int(sum(c for s, c in self.buckets if s > now - _DAY_S))
+
+
+class DeviceTracker:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.devices: dict[str, DeviceState] = {}
+        self.started = time.time()
+
+    def _get(self, device_id: str) -> DeviceState:
+        state = self.devices.get(device_id)
+        if state is None:
+            state = DeviceState(device_id)
+            entry = self.config.device(device_id)
+            if entry is not None:
+                state.kind = entry.kind
+            self.devices[device_id] = state
+        return state
+
+    def seen(self, device_id: str, now: float, kind: str | None = None, fw: str | None = None) -> None:
+        state = self._get(device_id)
+        if state.first_seen is None:
+            state.first_seen = now
+        state.last_seen = now
+        if kind:
+            state.kind = kind
+        if fw:
+            state.fw = fw
+        state.dirty = True
+
+    def reading(self, device_id: str, body: dict[str, Any], now: float) -> None:
+        self.seen(device_id, now, body.get("kind"), body.get("fw"))
+        battery = body.get("raw", {}).get("battery")
+        if battery is not None and isinstance(battery.get("v"), (int, float)):
+            self._get(device_id).battery_v = float(battery["v"])
+
+    def counted(self, device_id: str, now: float, n: int) -> None:
+        self._get(device_id).count(now, n)
+
+    def status(self, device_id: str, body: dict[str, Any], now: float) -> None:
+        self.seen(device_id, now, body.get("kind"), body.get("fw"))
+        state = self._get(device_id)
+        if body.get("battery_v") is not None:
+            state.battery_v = float(body["battery_v"])
+        if "rssi_dbm" in body:
+            state.rssi_dbm = body["rssi_dbm"]
+        outbox = body.get("outbox") or {}
+        state.outbox_depth = outbox.get("depth")
+        state.outbox_dropped = outbox.get("dropped")
+        report = (body.get("intervals") or {}).get("report_s")
+        if isinstance(report, (int, float)) and report > 0:
+            state.report_s = float(report)
+        state.sensor_errors = body.get("sensor_errors") or {}
+        state.presence = "online"
+
+    def presence(self, device_id: str, body: dict[str, Any], now: float) -> None:
+        state = self._get(device_id)
+        state.presence = str(body.get("state", "unknown"))
+        if body.get("fw"):
+            state.fw = body["fw"]
+        if state.presence == "online":
+            self.seen(device_id, now)
+        state.dirty = True
+
+    def payload(self, device_id: str, now: float) -> dict[str, Any]:
+        state = self._get(device_id)
+        entry = self.config.device(device_id)
+        report_s = (
+            (entry.report_s if entry and entry.report_s else None)
+            or state.report_s
+            or self.config.inventory.default_report_s
+        )
+        # Expected readings: over 24 h, or since the device was first seen if that is shorter.
+        span = _DAY_S
+        if state.first_seen is not None:
+            span = min(_DAY_S, max(report_s, now - state.first_seen))
+        expected = max(1, int(span / report_s))
+        received = state.received_24h(now)
+        state_name = state.presence
+        if state.last_seen is None:
+            state_name = "unknown"
+        elif now - state.last_seen > self.config.health.device_offline_s:
+            state_name = "offline"
+        elif state_name == "unknown":
+            state_name = "online"
+        body: dict[str, Any] = {
+            "v": 1,
+            "site_id": self.config.site_id,
+            "gateway_id": self.config.gateway_id,
+            "device_id": device_id,
+            "state": state_name,
+            "last_seen": None if state.last_seen is None else iso_utc(state.last_seen),
+            "battery_v": state.battery_v,
+            "rssi_dbm": state.rssi_dbm,
+            "outbox_depth": state.outbox_depth,
+            "outbox_dropped": state.outbox_dropped,
+            "completeness": round(received / expected, 3),
+            "received_24h": received,
+            "expected_24h": expected,
+            "sensor_errors": state.sensor_errors,
+            "fw": state.fw,
+        }
+        if state.kind in ("air", "water", "parking"):
+            body["kind"] = state.kind
+        return body

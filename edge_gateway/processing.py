@@ -1,0 +1,505 @@
+"""Processing: a validated node reading → the contract's ``observation`` plus any alerts.
+
+Calibration comes from ``calibration.records`` (a per-device record valid at the sample time,
+else a fleet default, else ``"none"`` and the raw value passed through); indices from
+``calibration.aqi``; quality flags from ``calibration.qc`` (streaming, provisional). Alerts are
+de-bounced here: a level must fall below its threshold by the hysteresis margin and stay there
+for ``hold_s`` before an alert clears, and a new PM2.5 band must hold for ``hold_s`` before it
+is announced, so a value hovering at a threshold does not flap.
+
+A :class:`Processor` is used from one thread (the store thread) and is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+from calibration import aqi
+from calibration.errors import CalibrationError
+from calibration.records import CalibrationRecord, Registry
+from edge_gateway import contract
+from edge_gateway.config import DeviceEntry, GatewayConfig
+from edge_gateway.ingest import iso_utc
+from edge_gateway.quality import StreamingQuality
+
+log = logging.getLogger(__name__)
+
+GOOD, UNKNOWN, SUSPECT, FAIL, MISSING = 1, 2, 3, 4, 9
+
+# Calibrated quantities per node kind, and the raw channel passed through when no record applies.
+QUANTITIES: Mapping[str, Mapping[str, str | None]] = {
+    "air": {"pm25": "pm25_atm", "pm10": "pm10_atm", "temp": "temp", "rh": "rh"},
+    "water": {"level": None},
+    "parking": {"occupied": "occupied"},
+}
+UNITS = {"pm25": "ug/m3", "pm10": "ug/m3", "temp": "Cel", "rh": "%RH", "level": "m", "occupied": "/"}
+
+
+class QualityChecker(Protocol):
+    """The seam to ``calibration.qc``: flags for one value of one quantity of one device."""
+
+    def check(
+        self, device_id: str, quantity: str, t: float, value: float | None
+    ) -> tuple[int, dict[str, int]]: ...
+
+
+
+
+@dataclass
+class Processed:
+    observation: dict[str, Any]
+    payload: bytes
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _WaterAlertState:
+    level: str = "normal"  # normal / warning / critical
+    below_since: float | None = None
+    rising: bool = False
+    calm_since: float | None = None
+    history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=512))
+
+
+@dataclass
+class _AirState:
+    rolling: aqi.Rolling24h
+    band: int | None = None
+    candidate: int | None = None
+    candidate_since: float | None = None
+
+
+def load_registries(config: GatewayConfig) -> tuple[Registry | None, Registry | None]:
+    """(site records, fleet defaults); either may be None."""
+    site = Registry.load(config.calibration.records) if config.calibration.records else None
+    fleet = None
+    if config.calibration.fleet_defaults:
+        base = resources.files("calibration").joinpath("data/records")
+        path = Path(str(base))
+        if path.exists():
+            fleet = Registry.load(path)
+    return site, fleet
+
+
+class Processor:
+    """Turns readings into observations; holds per-device streaming state."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registries: tuple[Registry | None, Registry | None] | None = None,
+        quality: QualityChecker | None = None,
+    ) -> None:
+        self.config = config
+        self.site_registry, self.fleet_registry = (
+            registries if registries is not None else load_registries(config)
+        )
+        self.quality: QualityChecker = quality if quality is not None else StreamingQuality()
+        self._water: dict[str, _WaterAlertState] = {}
+        self._air: dict[str, _AirState] = {}
+        self.calibration_errors = 0
+
+    def reconfigure(
+        self, config: GatewayConfig, registries: tuple[Registry | None, Registry | None]
+    ) -> None:
+        """Apply a reloaded config; streaming state (rolling means, alert states) is kept."""
+        self.config = config
+        self.site_registry, self.fleet_registry = registries
+
+    # -- calibration --------------------------------------------------------------------------
+
+    def find_record(self, device_id: str, quantity: str, when: datetime) -> CalibrationRecord | None:
+        for registry in (self.site_registry, self.fleet_registry):
+            if registry is not None:
+                record = registry.find(device_id, quantity, when)
+                if record is not None:
+                    return record
+        return None
+
+    def _calibrate(
+        self, device_id: str, kind: str, raw: Mapping[str, Any], when: datetime
+    ) -> dict[str, dict[str, Any]]:
+        numbers = {
+            k: float(v["v"])
+            for k, v in raw.items()
+            if isinstance(v["v"], (int, float)) and not isinstance(v["v"], bool)
+        }
+        out: dict[str, dict[str, Any]] = {}
+        for quantity, passthrough in QUANTITIES.get(kind, {}).items():
+            record = self.find_record(device_id, quantity, when)
+            if record is not None and all(ch in numbers for ch in record.inputs):
+                entry: dict[str, Any] = {"v": None, "u": record.unit, "calibration_id": record.id}
+                try:
+                    entry["v"] = round(record.apply(numbers), 4)
+                except CalibrationError as exc:
+                    self.calibration_errors += 1
+                    log.debug("%s %s: %s", device_id, quantity, exc)
+                if record.datum is not None:
+                    entry["datum"] = record.datum
+                out[quantity] = entry
+            elif passthrough is not None and passthrough in raw:
+                out[quantity] = {
+                    "v": raw[passthrough]["v"],
+                    "u": raw[passthrough]["u"],
+                    "calibration_id": "none",
+                }
+        return out
+
+    # -- the whole reading --------------------------------------------------------------------
+
+    def process(self, device_id: str, reading: Mapping[str, Any], received: float) -> Processed:
+        cfg = self.config
+        device = cfg.device(device_id)
+        kind = str(reading["kind"])
+        t = float(reading["t"])
+        synced = bool(reading["synced"])
+        # An unsynced node clock is uptime-based: look records up at the time we received it.
+        when = datetime.fromtimestamp(t if synced else received, UTC)
+        raw = reading["raw"]
+        calibrated = self._calibrate(device_id, kind, raw, when)
+        quality: dict[str, int] = {}
+        quality_tests: dict[str, dict[str, int]] = {}
+        for quantity, entry in calibrated.items():
+            value = entry["v"]
+            if value is None:
+                quality[quantity] = MISSING
+                continue
+            if isinstance(value, bool):
+                quality[quantity] = UNKNOWN
+                continue
+            flag, tests = self.quality.check(device_id, quantity, t, float(value))
+            quality[quantity] = flag
+            if tests:
+                quality_tests[quantity] = tests
+        t_eval = t if synced else received
+        derived, alerts = self._derive(device_id, device, kind, calibrated, quality, t_eval)
+        location = (device.location if device and device.location else cfg.location).as_contract()
+        obs: dict[str, Any] = {
+            "v": 1,
+            "site_id": cfg.site_id,
+            "gateway_id": cfg.gateway_id,
+            "device_id": device_id,
+            "kind": kind,
+            "fw": reading["fw"],
+            "boot": reading["boot"],
+            "seq": reading["seq"],
+            "phenomenon_time": iso_utc(t),
+            "t": t,
+            "clock_synced": synced,
+            "received_time": iso_utc(received, millis=True),
+        }
+        if "window_s" in reading:
+            obs["window_s"] = reading["window_s"]
+        obs["location"] = location
+        obs["raw"] = raw
+        obs["calibrated"] = calibrated
+        obs["quality"] = quality
+        if quality_tests:
+            obs["quality_tests"] = quality_tests
+        if derived:
+            obs["derived"] = derived
+        obs["replay"] = False  # must stay the last key: the forwarder flips it in the bytes
+        payload = json.dumps(obs, separators=(",", ":"), ensure_ascii=False).encode()
+        return Processed(obs, payload, alerts)
+
+    # -- derived values and alerts ------------------------------------------------------------
+
+    def _derive(
+        self,
+        device_id: str,
+        device: DeviceEntry | None,
+        kind: str,
+        calibrated: Mapping[str, Mapping[str, Any]],
+        quality: Mapping[str, int],
+        t: float,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        if kind == "air":
+            return self._derive_air(device_id, device, kind, calibrated, quality, t)
+        if kind == "water":
+            return self._derive_water(device_id, device, kind, calibrated, quality, t)
+        if kind == "parking":
+            occ = calibrated.get("occupied", {}).get("v")
+            if isinstance(occ, bool):
+                return {"status": "occupied" if occ else "free"}, []
+        return {}, []
+
+    def _alert(
+        self,
+        device_id: str,
+        kind: str,
+        name: str,
+        state: str,
+        severity: str,
+        t: float,
+        message: str,
+        message_th: str,
+        value: float | None = None,
+        unit: str | None = None,
+        threshold: float | None = None,
+        band: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "site_id": self.config.site_id,
+            "gateway_id": self.config.gateway_id,
+            "device_id": device_id,
+            "kind": kind,
+            "alert": name,
+            "state": state,
+            "severity": severity,
+            "t": iso_utc(t),
+            "value": value,
+            "unit": unit,
+            "threshold": threshold,
+            "band": band,
+            "message": message[:500],
+            "message_th": message_th[:500],
+        }
+
+    def _derive_air(
+        self,
+        device_id: str,
+        device: DeviceEntry | None,
+        kind: str,
+        calibrated: Mapping[str, Mapping[str, Any]],
+        quality: Mapping[str, int],
+        t: float,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        pm25 = calibrated.get("pm25", {}).get("v")
+        if not isinstance(pm25, (int, float)) or isinstance(pm25, bool) or not math.isfinite(pm25):
+            return {}, []
+        if quality.get("pm25") == FAIL or pm25 < 0:
+            return {}, []
+        state = self._air.get(device_id)
+        if state is None:
+            report_s = (device.report_s if device else None) or self.config.inventory.default_report_s
+            interval = timedelta(seconds=min(report_s, 86400.0))
+            state = _AirState(aqi.Rolling24h(interval))
+            self._air[device_id] = state
+        mean = state.rolling.add(datetime.fromtimestamp(t, UTC), float(pm25))
+        if mean.mean is None:
+            return {}, []
+        derived: dict[str, Any] = {}
+        alerts: list[dict[str, Any]] = []
+        try:
+            thai = aqi.thai_aqi_detail("pm25", mean.mean)
+        except CalibrationError:
+            return {}, []
+        band = thai.band
+        derived["thai_aqi"] = {
+            "value": thai.aqi,
+            "level": band.level,
+            "name_en": band.name_en,
+            "name_th": band.name_th,
+            "colour": band.colour,
+            "colour_hex": band.colour_hex,
+            "advice_en": band.advice_en,
+            "advice_th": band.advice_th,
+            "pm25_24h": round(mean.mean, 1),
+            "completeness_24h": round(mean.completeness, 3),
+        }
+        try:
+            us = aqi.us_aqi("pm25", mean.mean)
+            us_b = aqi.us_band(us)
+            derived["us_aqi"] = {"value": us, "category": us_b.name_en, "colour": us_b.colour}
+        except CalibrationError:
+            derived["us_aqi"] = {"value": None, "category": "Beyond the AQI", "colour": "maroon"}
+        if self.config.alerts.pm25_band_alerts:
+            alert = self._pm25_band_alert(device_id, kind, state, band, mean.mean, t)
+            if alert is not None:
+                alerts.append(alert)
+        return derived, alerts
+
+    def _pm25_band_alert(
+        self, device_id: str, kind: str, state: _AirState, band: aqi.AqiBand, mean: float, t: float
+    ) -> dict[str, Any] | None:
+        hold = self.config.alerts.hold_s
+        if state.band is None:
+            state.band = band.level  # the first band after start is the baseline, not a change
+            return None
+        if band.level == state.band:
+            state.candidate = None
+            return None
+        if state.candidate != band.level:
+            state.candidate, state.candidate_since = band.level, t
+        assert state.candidate_since is not None
+        if t - state.candidate_since < hold:
+            return None
+        previous = state.band
+        state.band, state.candidate = band.level, None
+        severity = "critical" if band.level >= 5 else "warning" if band.level >= 4 else "info"
+        return self._alert(
+            device_id,
+            kind,
+            "pm25_band",
+            "changed",
+            severity,
+            t,
+            f"PM2.5 24-hour mean {mean:.1f} ug/m3: Thai AQI band now {band.name_en} "
+            f"({band.colour}, was level {previous}). {band.advice_en}",
+            f"PM2.5 เฉลี่ย 24 ชม. {mean:.1f} มคก./ลบ.ม. ระดับ{band.name_th} ({band.colour}) "
+            f"{band.advice_th}",
+            value=round(mean, 1),
+            unit="ug/m3",
+            band={"level": band.level, "colour": band.colour, "name_en": band.name_en,
+                  "previous_level": previous},
+        )
+
+    def _derive_water(
+        self,
+        device_id: str,
+        device: DeviceEntry | None,
+        kind: str,
+        calibrated: Mapping[str, Mapping[str, Any]],
+        quality: Mapping[str, int],
+        t: float,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        entry = calibrated.get("level")
+        level = entry.get("v") if entry else None
+        if not isinstance(level, (int, float)) or isinstance(level, bool) or quality.get("level") == FAIL:
+            return {}, []
+        a = self.config.alerts
+        warning = device.water_warning_m if device and device.water_warning_m is not None else a.water_warning_m
+        critical = (
+            device.water_critical_m if device and device.water_critical_m is not None else a.water_critical_m
+        )
+        state = self._water.setdefault(device_id, _WaterAlertState())
+        state.history.append((t, float(level)))
+        rate = _rate_m_per_h(state.history, t)
+        alerts: list[dict[str, Any]] = []
+        datum = str(entry.get("datum", "")) if entry else ""
+        unit_text = "m MSL" if datum == "MSL" else "m (staff gauge)"
+        new_level = _water_level_state(state.level, float(level), warning, critical, a.water_hysteresis_m)
+        if new_level != state.level:
+            rank = {"normal": 0, "warning": 1, "critical": 2}
+            if rank[new_level] > rank[state.level]:
+                state.below_since = None
+                alerts.append(self._water_alert(device_id, kind, new_level, "raised", level, warning,
+                                                critical, t, unit_text))
+                state.level = new_level
+            else:
+                if state.below_since is None:
+                    state.below_since = t
+                if t - state.below_since >= a.hold_s:
+                    alerts.append(self._water_alert(device_id, kind, state.level, "cleared", level,
+                                                    warning, critical, t, unit_text))
+                    state.level = new_level
+                    state.below_since = None
+                    if new_level != "normal":
+                        alerts.append(self._water_alert(device_id, kind, new_level, "raised", level,
+                                                        warning, critical, t, unit_text))
+        else:
+            state.below_since = None
+        if rate is not None:
+            if not state.rising and rate >= a.water_rising_m_per_h:
+                state.rising, state.calm_since = True, None
+                alerts.append(self._alert(
+                    device_id, kind, "water_rising_fast", "raised", "warning", t,
+                    f"Water rising fast: {rate:.2f} m/h (threshold {a.water_rising_m_per_h:.2f} m/h), "
+                    f"level {level:.2f} {unit_text}",
+                    f"ระดับน้ำขึ้นเร็ว {rate:.2f} ม./ชม. ระดับ {level:.2f} ม.",
+                    value=round(rate, 3), unit="m/h", threshold=a.water_rising_m_per_h,
+                ))
+            elif state.rising and rate < a.water_rising_m_per_h / 2:
+                if state.calm_since is None:
+                    state.calm_since = t
+                if t - state.calm_since >= a.hold_s:
+                    state.rising, state.calm_since = False, None
+                    alerts.append(self._alert(
+                        device_id, kind, "water_rising_fast", "cleared", "info", t,
+                        f"Water no longer rising fast ({rate:.2f} m/h)",
+                        f"ระดับน้ำไม่ขึ้นเร็วแล้ว ({rate:.2f} ม./ชม.)",
+                        value=round(rate, 3), unit="m/h", threshold=a.water_rising_m_per_h,
+                    ))
+            elif state.rising:
+                state.calm_since = None
+        derived: dict[str, Any] = {
+            "level_state": {
+                "state": state.level,
+                "level_m": level,
+                "datum": datum or None,
+                "warning_m": warning,
+                "critical_m": critical,
+                "rate_m_per_h": None if rate is None else round(rate, 3),
+                "rising_fast": state.rising,
+            }
+        }
+        return derived, alerts
+
+    def _water_alert(
+        self,
+        device_id: str,
+        kind: str,
+        level_state: str,
+        state: str,
+        level: float,
+        warning: float | None,
+        critical: float | None,
+        t: float,
+        unit_text: str,
+    ) -> dict[str, Any]:
+        threshold = critical if level_state == "critical" else warning
+        th_name = "วิกฤต" if level_state == "critical" else "เฝ้าระวัง"
+        if state == "raised":
+            msg = f"Water level {level:.2f} {unit_text} is above the {level_state} level {threshold:.2f} m"
+            msg_th = f"ระดับน้ำ {level:.2f} ม. สูงกว่าระดับ{th_name} {threshold:.2f} ม."
+        else:
+            msg = f"Water level {level:.2f} {unit_text} is back below the {level_state} level {threshold:.2f} m"
+            msg_th = f"ระดับน้ำ {level:.2f} ม. ต่ำกว่าระดับ{th_name} {threshold:.2f} ม. แล้ว"
+        severity = "critical" if level_state == "critical" else "warning"
+        if state == "cleared":
+            severity = "info"
+        return self._alert(
+            device_id, kind, f"water_{level_state}", state, severity, t, msg, msg_th,
+            value=round(level, 3), unit="m", threshold=threshold,
+        )
+
+
+def _water_level_state(
+    current: str, level: float, warning: float | None, critical: float | None, hysteresis: float
+) -> str:
+    """The level state with hysteresis: rising into a band needs the threshold, falling out of
+    it needs the threshold minus the margin."""
+    rank = {"normal": 0, "warning": 1, "critical": 2}
+    raw = "normal"
+    if warning is not None and level >= warning:
+        raw = "warning"
+    if critical is not None and level >= critical:
+        raw = "critical"
+    if rank[raw] >= rank[current]:
+        return raw
+    # Falling: stay in the current band until below its threshold minus the margin.
+    if current == "critical" and critical is not None and level > critical - hysteresis:
+        return "critical"
+    if current in ("critical", "warning") and warning is not None and level > warning - hysteresis:
+        return "warning"
+    return raw
+
+
+def _rate_m_per_h(history: deque[tuple[float, float]], now: float) -> float | None:
+    """Rise over the last 15-60 minutes in m/h, from the oldest sample in that span."""
+    base: tuple[float, float] | None = None
+    for t, v in history:
+        if now - 3600.0 <= t <= now - 900.0:
+            base = (t, v)
+            break
+    if base is None:
+        return None
+    dt = now - base[0]
+    if dt <= 0:
+        return None
+    return (history[-1][1] - base[1]) / dt * 3600.0
+
+
+def validate_observation(obs: Mapping[str, Any]) -> None:
+    """Raise contract.ContractError if the observation breaks the contract (tests use it)."""
+    contract.validate("observation", obs)

@@ -1,0 +1,498 @@
+"""The durable store: SQLite in WAL mode, one writer thread, group commits.
+
+Tables
+------
+``queue``     observations and alerts waiting for the upstream PUBACK (deleted on ack).
+``seen``      the de-duplication memory: one row per (device_id, boot, seq) ever committed,
+              kept for ``dedup_horizon_s`` after it was received, delivered or not.
+``counters``  monotonic counters (received, delivered, duplicates, drops by reason) committed in
+              the same transaction as the rows they count, so they survive crashes exactly.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=FULL`` fsyncs the WAL on every commit, so a
+committed group survives a power cut; only then does the gateway send custody to the nodes.
+(``synchronous=NORMAL`` in WAL mode is corruption-safe but may roll back the last commits on power
+loss — it is offered for cards where fsync is very slow, and then the custody promise covers
+process crashes only; docs/gateway.md.) Group commits amortise the fsync over up to
+``commit_max_readings`` readings or ``commit_max_ms``.
+
+Every method runs on the store's own thread (the ``Store`` object is not shared between
+threads); the asyncio side calls it through :meth:`Store.call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+PRIORITY_READING = 0
+PRIORITY_ALERT_READING = 1  # an observation that raised or cleared an alert
+PRIORITY_ALERT = 2  # the alert message itself: dropped last
+
+DROP_REASONS = ("max_bytes", "max_age", "disk_floor")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queue(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    device_id TEXT,
+    boot INTEGER,
+    seq INTEGER,
+    received REAL NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_priority ON queue(priority, id);
+CREATE TABLE IF NOT EXISTS seen(
+    device_id TEXT NOT NULL,
+    boot INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    received REAL NOT NULL,
+    PRIMARY KEY(device_id, boot, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_received ON seen(received);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+"""
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int
+    max_age_s: float
+    min_free_bytes: int
+    dedup_horizon_s: float
+
+
+@dataclass
+class Entry:
+    """One row to commit: a reading's observation (key set) or an alert (key None)."""
+
+    topic: str
+    payload: bytes
+    received: float
+    priority: int = PRIORITY_READING
+    key: tuple[str, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    id: int
+    topic: str
+    payload: bytes
+    device_id: str | None
+    received: float
+
+
+@dataclass
+class CommitResult:
+    accepted: list[tuple[str, int, int]] = field(default_factory=list)
+    duplicates: list[tuple[str, int, int]] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    commit_s: float = 0.0
+
+
+class Store:
+    """The SQLite store. Create with :meth:`open`; use from one thread only (see ``call``)."""
+
+    def __init__(self, path: Path, limits: Limits, synchronous: str = "full") -> None:
+        self.path = path
+        self.limits = limits
+        self.synchronous = synchronous
+        self._db: sqlite3.Connection | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="cityedge-store"
+        )
+        self.bytes = 0
+        self.depth = 0
+        self.leased: set[int] = set()
+        self.counters: dict[str, int] = {}
+        self._last_age_check = 0.0
+        self._last_prune = 0.0
+
+    # -- thread plumbing ----------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the store thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        return self._executor.submit(fn, *args).result()
+
+    # -- open / close -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"cannot open the store {self.path}: {exc}; check that the data directory "
+                "exists and the gateway's user may write it"
+            ) from exc
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.synchronous == 'full' else 'NORMAL'}")
+            db.execute("PRAGMA busy_timeout=5000")
+            # Keep the WAL file from growing past 8 MiB after a checkpoint (SD-card space).
+            db.execute("PRAGMA journal_size_limit=8388608")
+            db.execute("PRAGMA wal_autocheckpoint=1000")
+            check = db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise StoreError(
+                    f"the store {self.path} failed its integrity check ({check}); move it "
+                    "aside (it is kept for analysis) and restart to start a new one"
+                )
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise StoreError(
+                f"the store {self.path} is not a usable SQLite database ({exc}); move it "
+                "aside and restart to start a new one"
+            ) from exc
+        self._db = db
+        row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue").fetchone()
+        self.depth, self.bytes = int(row[0]), int(row[1])
+        self.counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+            self._db = None
+
+    def shutdown(self) -> None:
+        """Close on the store thread and stop the thread."""
+        with contextlib.suppress(RuntimeError):
+            self.call_sync(self.close)
+        self._executor.shutdown(wait=True)
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return self._db
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _bump(self, name: str, n: int = 1) -> None:
+        if n:
+            self.counters[name] = self.counters.get(name, 0) + n
+            self.db.execute(
+                "INSERT INTO counters(name, value) VALUES(?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (name, n),
+            )
+
+    def is_new(self, keys: Iterable[tuple[str, int, int]]) -> list[bool]:
+        """Which of these keys have not been committed before (no write)."""
+        out = []
+        for dev, boot, seq in keys:
+            row = self.db.execute(
+                "SELECT 1 FROM seen WHERE device_id=? AND boot=? AND seq=?", (dev, boot, seq)
+            ).fetchone()
+            out.append(row is None)
+        return out
+
+    def commit(
+        self,
+        entries: Sequence[Entry],
+        duplicates: Sequence[tuple[str, int, int]] = (),
+        now: float | None = None,
+        counters: dict[str, int] | None = None,
+        remember: Sequence[tuple[str, int, int, float]] = (),
+    ) -> CommitResult:
+        """Store a group of entries in one transaction and enforce the bounds.
+
+        A reading whose key was committed before is not stored again and comes back in
+        ``duplicates`` (it is durable already, so custody may be acknowledged again).
+        ``remember`` keys are only added to the de-duplication memory.
+        """
+        now = time.time() if now is None else now
+        t0 = time.perf_counter()
+        db = self.db
+        result = CommitResult(duplicates=list(duplicates))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            inserted = 0
+            for e in entries:
+                if e.key is not None:
+                    cur = db.execute(
+                        "INSERT OR IGNORE INTO seen(device_id, boot, seq, received) "
+                        "VALUES(?, ?, ?, ?)",
+                        (*e.key, e.received),
+                    )
+                    if cur.rowcount == 0:
+                        result.duplicates.append(e.key)
+                        continue
+                    result.accepted.append(e.key)
+                size = len(e.payload) + len(e.topic)
+                db.execute(
+                    "INSERT INTO queue(topic, payload, device_id, boot, seq, received, priority, "
+                    "size) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        e.topic,
+                        e.payload,
+                        e.key[0] if e.key else None,
+                        e.key[1] if e.key else None,
+                        e.key[2] if e.key else None,
+                        e.received,
+                        e.priority,
+                        size,
+                    ),
+                )
+                inserted += 1
+                self.bytes += size
+                self.depth += 1
+            for dev, boot, seq, received in remember:  # keys of readings sent to dead letters
+                db.execute(
+                    "INSERT OR IGNORE INTO seen(device_id, boot, seq, received) VALUES(?, ?, ?, ?)",
+                    (dev, boot, seq, received),
+                )
+            self._bump("readings_stored", len(result.accepted))
+            self._bump("duplicates", len(result.duplicates))
+            for name, n in (counters or {}).items():
+                self._bump(name, n)
+            result.dropped = self._enforce_bounds(now, inserted)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            # Re-read the in-memory mirrors from the database: the transaction is gone.
+            row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue").fetchone()
+            self.depth, self.bytes = int(row[0]), int(row[1])
+            self.counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
+            raise
+        result.commit_s = time.perf_counter() - t0
+        if now - self._last_prune > 60.0:
+            self._last_prune = now
+            self.prune_seen(now)
+        return result
+
+    def _evict(self, reason: str, n_rows: int | None, bytes_over: int | None) -> int:
+        """Delete the lowest-priority, oldest rows (never leased ones); count them."""
+        db = self.db
+        dropped = 0
+        freed = 0
+        while True:
+            if n_rows is not None and dropped >= n_rows:
+                break
+            if bytes_over is not None and freed >= bytes_over:
+                break
+            want = 256 if n_rows is None else min(256, n_rows - dropped)
+            rows = db.execute(
+                "SELECT id, size, device_id FROM queue ORDER BY priority, id LIMIT ?",
+                (want + len(self.leased),),
+            ).fetchall()
+            rows = [r for r in rows if r[0] not in self.leased][:want]
+            if not rows:
+                break
+            for rid, size, _dev in rows:
+                if bytes_over is not None and freed >= bytes_over:
+                    break
+                if n_rows is not None and dropped >= n_rows:
+                    break
+                db.execute("DELETE FROM queue WHERE id=?", (rid,))
+                freed += int(size)
+                dropped += 1
+        self.bytes -= freed
+        self.depth -= dropped
+        self._bump(f"dropped_{reason}", dropped)
+        return dropped
+
+    def _enforce_bounds(self, now: float, inserted: int) -> dict[str, int]:
+        dropped: dict[str, int] = {}
+        lim = self.limits
+        if now - self._last_age_check >= 1.0:
+            self._last_age_check = now
+            cutoff = now - lim.max_age_s
+            old = [
+                (rid, size)
+                for rid, size in self.db.execute(
+                    "SELECT id, size FROM queue WHERE received < ?", (cutoff,)
+                )
+                if rid not in self.leased
+            ]
+            if old:
+                self.db.executemany("DELETE FROM queue WHERE id=?", [(rid,) for rid, _ in old])
+                self.bytes -= sum(int(s) for _, s in old)
+                self.depth -= len(old)
+                self._bump("dropped_max_age", len(old))
+                dropped["max_age"] = len(old)
+        if self.bytes > lim.max_bytes:
+            n = self._evict("max_bytes", None, self.bytes - lim.max_bytes)
+            if n:
+                dropped["max_bytes"] = n
+        if inserted and lim.min_free_bytes and self.free_bytes() < lim.min_free_bytes:
+            # Below the free-disk floor the store must not grow: every row added pushes out one
+            # old row, and SQLite reuses the freed pages.
+            n = self._evict("disk_floor", inserted, None)
+            if n:
+                dropped["disk_floor"] = n
+        return dropped
+
+    def free_bytes(self) -> int:
+        try:
+            return shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return 0
+
+    def enforce(self, now: float | None = None) -> dict[str, int]:
+        """Apply the bounds without inserting (e.g. after a reload shrank them)."""
+        now = time.time() if now is None else now
+        self._last_age_check = 0.0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            dropped = self._enforce_bounds(now, 0)
+            self.db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            raise
+        return dropped
+
+    def prune_seen(self, now: float) -> int:
+        """Forget de-duplication keys older than the horizon."""
+        cur = self.db.execute(
+            "DELETE FROM seen WHERE received < ?", (now - self.limits.dedup_horizon_s,)
+        )
+        return int(cur.rowcount)
+
+    def delivered(self, ids: Sequence[int]) -> int:
+        """Delete rows the upstream acknowledged; returns how many were still there."""
+        if not ids:
+            return 0
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n = 0
+            freed = 0
+            for rid in ids:
+                row = db.execute("DELETE FROM queue WHERE id=? RETURNING size", (rid,)).fetchone()
+                if row is not None:
+                    n += 1
+                    freed += int(row[0])
+            self._bump("delivered", n)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        for rid in ids:
+            self.leased.discard(rid)
+        self.bytes -= freed
+        self.depth -= n
+        return n
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def fetch(self, after_id: int, limit: int, upto_id: int | None = None) -> list[Row]:
+        """Rows with id > after_id (and <= upto_id), oldest first; they become leased."""
+        if upto_id is None:
+            cur = self.db.execute(
+                "SELECT id, topic, payload, device_id, received FROM queue WHERE id > ? "
+                "ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        else:
+            cur = self.db.execute(
+                "SELECT id, topic, payload, device_id, received FROM queue WHERE id > ? "
+                "AND id <= ? ORDER BY id LIMIT ?",
+                (after_id, upto_id, limit),
+            )
+        rows = [Row(int(r[0]), str(r[1]), bytes(r[2]), r[3], float(r[4])) for r in cur]
+        self.leased.update(r.id for r in rows)
+        return rows
+
+    def release_all(self) -> None:
+        """Forget leases (the upstream connection is gone; unacked rows will be fetched again)."""
+        self.leased.clear()
+
+    def max_id(self) -> int:
+        row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM queue").fetchone()
+        return int(row[0])
+
+    def oldest_received(self) -> float | None:
+        row = self.db.execute("SELECT MIN(received) FROM queue").fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Depth, bytes, oldest age and counters, for stats and health."""
+        oldest = self.oldest_received()
+        return {
+            "queue_depth": self.depth,
+            "queue_bytes": self.bytes,
+            "oldest_age_s": None if oldest is None else max(0.0, time.time() - oldest),
+            "counters": dict(self.counters),
+            "file_bytes": self.file_bytes(),
+        }
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def set_limits(self, limits: Limits) -> None:
+        self.limits = limits
+
+
+def open_store(path: Path, limits: Limits, synchronous: str = "full") -> Store:
+    """Open (or create) the store and its thread."""
+    store = Store(path, limits, synchronous)
+    try:
+        store.call_sync(store.open)
+    except BaseException:
+        store._executor.shutdown(wait=False)
+        raise
+    return store
+
+
+def read_stats(path: Path) -> dict[str, Any]:
+    """Depth, bytes, oldest age and counters of a store file, read-only (for ``stats``)."""
+    if not path.exists():
+        raise StoreError(f"no store at {path}; has the gateway run with this config?")
+    uri = f"file:{path}?mode=ro"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            depth, nbytes, oldest = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(received) FROM queue"
+            ).fetchone()
+            counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
+            per_device = {
+                str(d): int(n)
+                for d, n in db.execute(
+                    "SELECT device_id, COUNT(*) FROM queue WHERE device_id IS NOT NULL "
+                    "GROUP BY device_id"
+                )
+            }
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the store {path}: {exc}") from exc
+    return {
+        "queue_depth": int(depth),
+        "queue_bytes": int(nbytes),
+        "oldest_age_s": None if oldest is None else max(0.0, time.time() - float(oldest)),
+        "counters": counters,
+        "per_device": per_device,
+    }

@@ -1,0 +1,82 @@
+"""The basic path on real Mosquitto brokers: node → site broker → gateway → platform broker."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from edge_gateway import contract
+from edge_gateway.app import Gateway
+from edge_gateway.config import GatewayConfig
+from host_tools.brokers import MosquittoBroker
+from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async, wait_ready
+
+pytestmark = pytest.mark.broker
+
+CAL = """
+[[record]]
+id = "test-pm25-linear-1"
+device_id = "ce-00000000a001"
+quantity = "pm25"
+unit = "ug/m3"
+input_channel = "pm25_cf1"
+author = "test"
+valid_from = 2020-01-01T00:00:00Z
+[record.model]
+form = "linear"
+[record.model.coefficients]
+slope = 0.5
+intercept = 1.0
+"""
+
+
+@run_async
+async def test_readings_are_calibrated_forwarded_acked_and_deleted(
+    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    records = tmp_path / "cal.toml"
+    records.write_text(CAL)
+    config = GatewayConfig.from_dict(
+        gateway_config(local_broker, upstream_broker, tmp_path, calibration={"records": str(records)})
+    )
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    await wait_ready(gw)
+    platform = await Platform(upstream_broker).start()
+    node = await FakeNode(local_broker, "ce-00000000a001", "air").start()
+    other = await FakeNode(local_broker, "ce-00000000b002", "parking").start()
+    try:
+        await node.publish(20, value=30.0)
+        await other.publish(5)
+        await node.wait_acked()
+        await other.wait_acked()
+        await platform.wait_for(lambda: len(platform.observations()) == 25)
+        obs = platform.observations()
+        for o in obs:
+            contract.validate("observation", o)
+        air = [o for o in obs if o["device_id"] == node.device_id]
+        assert [o["seq"] for o in air] == list(range(20))
+        assert all(o["replay"] is False for o in air)
+        pm = air[0]["calibrated"]["pm25"]
+        assert pm == {"v": 16.0, "u": "ug/m3", "calibration_id": "test-pm25-linear-1"}
+        assert air[0]["calibrated"]["temp"]["calibration_id"] == "none"
+        assert air[0]["raw"]["pm25_cf1"]["v"] == 30.0
+        assert air[0]["derived"]["thai_aqi"]["colour"]
+        park = [o for o in obs if o["device_id"] == other.device_id]
+        assert [o["derived"]["status"] for o in park] == [
+            "free", "occupied", "free", "occupied", "free"
+        ]
+        # Deleted after PUBACK: the store drains to empty.
+        async with asyncio.timeout(10):
+            while gw.stats()["queue_depth"] or gw.stats()["delivered"] < 25:
+                await asyncio.sleep(0.05)
+        s = gw.stats()
+        assert s["readings_stored"] == 25 and s["delivered"] == 25 and s["readings_out"] == 25
+    finally:
+        await node.stop()
+        await other.stop()
+        await platform.stop()
+        gw.request_stop()
+        await task

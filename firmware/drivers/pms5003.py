@@ -153,12 +153,6 @@ class PMS5003:
                 return
             k -= got
 
-    def read(self):
-        try:
-            return self._read()
-        except OSError:
-            return self._count("bus")
-
     def read_raw(self):
         """Fill self._buf with the next 32-byte data frame (checksum not yet checked),
         skipping garbage and command acknowledgements. Returns True, or the reason string
@@ -214,10 +208,29 @@ class PMS5003:
                     n = 1 if c == _START1 else 0
         return "start"
 
+    def request(self):
+        """Passive mode: drop stale bytes and ask for one frame (async callers: request(),
+        wait ~50 ms - 32 bytes at 9600 baud take 33 ms - then read_frame())."""
+        self._drain()
+        self._send(CMD_READ)
+
+    def read(self):
+        """Passive: request() + read_frame(); active: the next frame in the stream."""
+        try:
+            if self.passive:
+                self.request()
+            return self._read()
+        except OSError:
+            return self._count("bus")
+
+    def read_frame(self):
+        """The next frame already on its way (after request()), or None (counted)."""
+        try:
+            return self._read()
+        except OSError:
+            return self._count("bus")
+
     def _read(self):
-        if self.passive:
-            self._drain()
-            self._send(CMD_READ)
         r = self.read_raw()
         if r is not True:
             return self._count(r)

@@ -120,7 +120,7 @@ class FakePMS5003(_UARTFake):
         self.period_s = period_s
         self.asleep = False
         self.frames = 0  # data frames put on the wire
-        self.commands = []  # (cmd, data) of every valid host command, oldest first
+        self.commands = []  # (cmd, data) of the last 16 valid host commands, oldest first
         self._next_t = None
         self._init_uart(seed)
 
@@ -157,6 +157,8 @@ class FakePMS5003(_UARTFake):
 
     def _command(self, cmd, data):
         self.commands.append((cmd, data))
+        if len(self.commands) > 16:
+            self.commands.pop(0)
         if cmd == 0xE4:
             if data == 0:
                 if not self.asleep:

@@ -23,8 +23,9 @@ class Battery:
     divider = V_battery / V_pin. Below absent_v (no battery, broken wire) or above over_v
     (wrong divider) the reading is counted in self.errors, not returned."""
 
-    def __init__(self, adc, divider=2.0, samples=8, absent_v=2.5, over_v=4.5,
-                 v_empty=V_EMPTY, v_full=V_FULL):
+    def __init__(
+        self, adc, divider=2.0, samples=8, absent_v=2.5, over_v=4.5, v_empty=V_EMPTY, v_full=V_FULL
+    ):
         self.adc = adc
         self.divider = divider
         self.samples = samples
@@ -40,7 +41,6 @@ class Battery:
     def _count(self, reason):
         self.errors[reason] += 1
         self.last_error = reason
-        return None
 
     def read_volts(self):
         total = 0

@@ -5,8 +5,10 @@
 try:
     from micropython import const
 except ImportError:
+
     def const(x):
         return x
+
 
 ADDRESSES = (0x76, 0x77)
 _REG_CHIP_ID = const(0xD0)
@@ -40,9 +42,18 @@ def parse_trim(tp, h):
     (T1, T2, T3, P1..P9, H1..H6) (datasheet table 16)."""
     w = [tp[2 * i] | tp[2 * i + 1] << 8 for i in range(12)]
     return (
-        w[0], _s16(w[1]), _s16(w[2]),
-        w[3], _s16(w[4]), _s16(w[5]), _s16(w[6]), _s16(w[7]),
-        _s16(w[8]), _s16(w[9]), _s16(w[10]), _s16(w[11]),
+        w[0],
+        _s16(w[1]),
+        _s16(w[2]),
+        w[3],
+        _s16(w[4]),
+        _s16(w[5]),
+        _s16(w[6]),
+        _s16(w[7]),
+        _s16(w[8]),
+        _s16(w[9]),
+        _s16(w[10]),
+        _s16(w[11]),
         tp[25],  # H1 u8 at 0xA1
         _s16(h[0] | h[1] << 8),  # H2 s16 at 0xE1/0xE2
         h[2],  # H3 u8 at 0xE3
@@ -94,7 +105,8 @@ def compensate_h(adc_h, t_fine, trim):
     h1, h2, h3, h4, h5, h6 = trim[12:18]
     h = t_fine - 76800.0
     h = (adc_h - (h4 * 64.0 + h5 / 16384.0 * h)) * (
-        h2 / 65536.0 * (1.0 + h6 / 67108864.0 * h * (1.0 + h3 / 67108864.0 * h)))
+        h2 / 65536.0 * (1.0 + h6 / 67108864.0 * h * (1.0 + h3 / 67108864.0 * h))
+    )
     h = h * (1.0 - h1 * h / 524288.0)
     if h > 100.0:
         return 100.0
@@ -131,16 +143,16 @@ class BME280:
         try:
             cid = self.i2c.readfrom_mem(a, _REG_CHIP_ID, 1)[0]
         except OSError as e:
-            raise OSError(19, "BME280 not answering at I2C 0x%02x (%s)" % (a, e))
+            raise OSError(19, f"BME280 not answering at I2C 0x{a:02x} ({e})")
         if cid != CHIP_ID:
-            raise OSError(19, "BME280 at I2C 0x%02x: chip id 0x%02x, want 0x60" % (a, cid))
-        self.trim = parse_trim(self.i2c.readfrom_mem(a, _REG_CALIB_TP, 26),
-                               self.i2c.readfrom_mem(a, _REG_CALIB_H, 7))
+            raise OSError(19, f"BME280 at I2C 0x{a:02x}: chip id 0x{cid:02x}, want 0x60")
+        self.trim = parse_trim(
+            self.i2c.readfrom_mem(a, _REG_CALIB_TP, 26), self.i2c.readfrom_mem(a, _REG_CALIB_H, 7)
+        )
 
     def _count(self, reason):
         self.errors[reason] += 1
         self.last_error = reason
-        return None
 
     def start(self):
         """Trigger one forced-mode conversion; False (counted) if the bus failed."""

@@ -4,8 +4,10 @@
 try:
     from micropython import const
 except ImportError:
+
     def const(x):
         return x
+
 
 _START1 = const(0x42)  # frame start "B" (manual appendix I)
 _START2 = const(0x4D)  # frame start "M"
@@ -20,9 +22,21 @@ _MAX_SCAN = const(512)  # bytes a single read() may inspect before giving up
 
 # Order of the values parse_frame() returns (words 1..12 of the frame, manual appendix I).
 FIELDS = (
-    "pm1_cf1", "pm25_cf1", "pm10_cf1",  # ug/m3, "CF=1, standard particle"
-    "pm1_atm", "pm25_atm", "pm10_atm",  # ug/m3, "under atmospheric environment"
-    "n03", "n05", "n10", "n25", "n50", "n100",  # particles > d um in 0.1 L of air
+    # ug/m3, "CF=1, standard particle"
+    "pm1_cf1",
+    "pm25_cf1",
+    "pm10_cf1",
+    # ug/m3, "under atmospheric environment"
+    "pm1_atm",
+    "pm25_atm",
+    "pm10_atm",
+    # particles larger than 0.3, 0.5, 1.0, 2.5, 5.0, 10 um in 0.1 L of air
+    "n03",
+    "n05",
+    "n10",
+    "n25",
+    "n50",
+    "n100",
 )
 
 # Per-reason counters in PMS5003.errors. All but "resync" mean the read returned None;
@@ -70,10 +84,18 @@ def parse_frame(buf):
     if checksum(buf, 30) != (buf[30] << 8 | buf[31]):
         raise ValueError("checksum")
     return (
-        buf[4] << 8 | buf[5], buf[6] << 8 | buf[7], buf[8] << 8 | buf[9],
-        buf[10] << 8 | buf[11], buf[12] << 8 | buf[13], buf[14] << 8 | buf[15],
-        buf[16] << 8 | buf[17], buf[18] << 8 | buf[19], buf[20] << 8 | buf[21],
-        buf[22] << 8 | buf[23], buf[24] << 8 | buf[25], buf[26] << 8 | buf[27],
+        buf[4] << 8 | buf[5],
+        buf[6] << 8 | buf[7],
+        buf[8] << 8 | buf[9],
+        buf[10] << 8 | buf[11],
+        buf[12] << 8 | buf[13],
+        buf[14] << 8 | buf[15],
+        buf[16] << 8 | buf[17],
+        buf[18] << 8 | buf[19],
+        buf[20] << 8 | buf[21],
+        buf[22] << 8 | buf[23],
+        buf[24] << 8 | buf[25],
+        buf[26] << 8 | buf[27],
     )
 
 
@@ -106,9 +128,9 @@ class PMS5003:
         try:
             self._send(CMD_PASSIVE if self.passive else CMD_ACTIVE)
         except OSError as e:
-            raise OSError(19, "PMS5003 not answering on %r (%s)" % (self.uart, e))
+            raise OSError(19, f"PMS5003 not answering on {self.uart!r} ({e})")
         if self.read() is None:
-            raise OSError(19, "PMS5003: no valid frame on %r (%s)" % (self.uart, self.last_error))
+            raise OSError(19, f"PMS5003: no valid frame on {self.uart!r} ({self.last_error})")
 
     def _send(self, cmd):
         self.uart.write(cmd)
@@ -130,7 +152,6 @@ class PMS5003:
     def _count(self, reason):
         self.errors[reason] += 1
         self.last_error = reason
-        return None
 
     def _get(self, start, end):
         # Read up to end-start bytes into the buffer at start; returns how many arrived.
@@ -141,14 +162,14 @@ class PMS5003:
         if not data:
             return 0
         n = len(data)
-        self._buf[start:start + n] = data
+        self._buf[start : start + n] = data
         return n
 
     def _drain(self):
         # Only what is queued now (stale frames, acks): a chatty sensor cannot hold us here.
         k = min(self.uart.any(), 1024)
         while k > 0:
-            got = self._get(0, _FRAME_LEN if k > _FRAME_LEN else k)
+            got = self._get(0, min(k, _FRAME_LEN))
             if not got:
                 return
             k -= got

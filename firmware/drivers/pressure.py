@@ -25,8 +25,17 @@ class PressureTransducer:
     Outputs far outside 0.5-4.5 V mean a broken wire ("open": below fault_low_v) or a shorted
     or over-range sensor ("over": above fault_high_v); they are counted, never returned."""
 
-    def __init__(self, adc, p_max_kpa, divider=1.0, v_supply=5.0, p_min_kpa=0.0, samples=4,
-                 fault_low_v=0.3, fault_high_v=4.7):
+    def __init__(
+        self,
+        adc,
+        p_max_kpa,
+        divider=1.0,
+        v_supply=5.0,
+        p_min_kpa=0.0,
+        samples=4,
+        fault_low_v=0.3,
+        fault_high_v=4.7,
+    ):
         self.adc = adc
         self.p_max_kpa = p_max_kpa
         self.p_min_kpa = p_min_kpa
@@ -44,7 +53,6 @@ class PressureTransducer:
     def _count(self, reason):
         self.errors[reason] += 1
         self.last_error = reason
-        return None
 
     def read_volts(self):
         total = 0

@@ -4,8 +4,10 @@
 try:
     from micropython import const
 except ImportError:
+
     def const(x):
         return x
+
 
 ADDRESS = const(0x0D)
 _REG_DATA = const(0x00)  # X LSB, X MSB, Y LSB, Y MSB, Z LSB, Z MSB (little-endian int16)
@@ -64,10 +66,11 @@ class QMC5883L:
         try:
             self.i2c.readfrom_mem_into(a, _REG_CHIP_ID, self._status)
         except OSError as e:
-            raise OSError(19, "QMC5883L not answering at I2C 0x%02x (%s)" % (a, e))
+            raise OSError(19, f"QMC5883L not answering at I2C 0x{a:02x} ({e})")
         if self._status[0] != CHIP_ID:
-            raise OSError(19, "QMC5883L at I2C 0x%02x: chip id 0x%02x, want 0xff"
-                          % (a, self._status[0]))
+            raise OSError(
+                19, f"QMC5883L at I2C 0x{a:02x}: chip id 0x{self._status[0]:02x}, want 0xff"
+            )
         self.i2c.writeto_mem(a, _REG_SET_RESET, b"\x01")  # datasheet: "recommended 0x01"
         self.i2c.writeto_mem(a, _REG_CTRL2, b"\x00")  # no interrupt pin, no pointer roll-over
         self.i2c.writeto_mem(a, _REG_CTRL1, bytes((CTRL1_DEFAULT,)))
@@ -75,7 +78,6 @@ class QMC5883L:
     def _count(self, reason):
         self.errors[reason] += 1
         self.last_error = reason
-        return None
 
     def read_raw(self):
         """Status byte then the 6 data bytes (reading data clears DRDY, so status first).

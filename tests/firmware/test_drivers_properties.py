@@ -17,8 +17,8 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import fakes  # noqa: E402
-from drivers import bme280, pms5003, qmc5883l, sht3x, ultrasonic  # noqa: E402
+import fakes
+from drivers import bme280, pms5003, qmc5883l, sht3x, ultrasonic
 
 FAST = settings(max_examples=300, deadline=None)
 
@@ -59,7 +59,7 @@ def _valid_pms_values(stream: bytes) -> set[tuple[int, ...]]:
     found = set()
     for i in range(len(stream) - 31):
         try:
-            found.add(pms5003.parse_frame(stream[i:i + 32]))
+            found.add(pms5003.parse_frame(stream[i : i + 32]))
         except ValueError:
             pass
     return found
@@ -69,6 +69,7 @@ words13 = st.lists(st.integers(0, 0xFFFF), min_size=13, max_size=13)
 
 
 # -- PMS5003 ----------------------------------------------------------------------------------
+
 
 @FAST
 @given(st.binary(max_size=80))
@@ -97,7 +98,8 @@ def test_pms_single_byte_corruption_always_rejected(words: list[int], i: int, x:
 @FAST
 @given(words13, st.lists(st.tuples(st.integers(0, 31), st.integers(0, 255)), max_size=6))
 def test_pms_multi_byte_corruption_never_passes_a_bad_checksum(
-        words: list[int], edits: list[tuple[int, int]]) -> None:
+    words: list[int], edits: list[tuple[int, int]]
+) -> None:
     frame = bytearray(_pms_frame(words))
     for i, v in edits:
         frame[i] = v
@@ -110,8 +112,11 @@ def test_pms_multi_byte_corruption_never_passes_a_bad_checksum(
 
 
 @FAST
-@given(st.lists(st.one_of(st.binary(max_size=40), words13.map(_pms_frame)), max_size=6),
-       st.integers(1, 40), st.booleans())
+@given(
+    st.lists(st.one_of(st.binary(max_size=40), words13.map(_pms_frame)), max_size=6),
+    st.integers(1, 40),
+    st.booleans(),
+)
 def test_pms_driver_on_hostile_stream(parts: list[bytes], chunk: int, passive: bool) -> None:
     stream = b"".join(parts)
     drv = pms5003.PMS5003(StreamUART(stream, chunk), passive=passive, tries=3, check=False)
@@ -142,6 +147,7 @@ def test_pms_driver_with_random_fake_faults(faults: list[str], passive: bool) ->
 
 
 # -- SHT3x ------------------------------------------------------------------------------------
+
 
 @FAST
 @given(st.binary(max_size=10))
@@ -191,8 +197,7 @@ class RandomI2C:
 @FAST
 @given(st.binary(max_size=60))
 def test_i2c_drivers_never_raise_on_garbage(data: bytes) -> None:
-    bus = fakes.I2CBus({0x44: RandomI2C(data), 0x0D: RandomI2C(data),
-                        0x76: RandomI2C(data)})
+    bus = fakes.I2CBus({0x44: RandomI2C(data), 0x0D: RandomI2C(data), 0x76: RandomI2C(data)})
     s = sht3x.SHT3x(bus, check=False)
     q = qmc5883l.QMC5883L(bus, check=False)
     b = bme280.BME280(bus, check=False)
@@ -208,6 +213,7 @@ def test_i2c_drivers_never_raise_on_garbage(data: bytes) -> None:
 
 # -- QMC5883L, BME280 pure parsing ------------------------------------------------------------
 
+
 @FAST
 @given(st.binary(max_size=12))
 def test_qmc_parse_data(data: bytes) -> None:
@@ -217,14 +223,18 @@ def test_qmc_parse_data(data: bytes) -> None:
         assert len(data) < 6
         return
     for v, off in zip((x, y, z), (0, 2, 4), strict=True):
-        assert v == int.from_bytes(data[off:off + 2], "little", signed=True)
+        assert v == int.from_bytes(data[off : off + 2], "little", signed=True)
 
 
 @FAST
-@given(st.binary(min_size=26, max_size=26), st.binary(min_size=7, max_size=7),
-       st.integers(0, (1 << 20) - 1), st.integers(0, (1 << 20) - 1), st.integers(0, 0xFFFF))
-def test_bme_compensation_total_on_any_trim(tp: bytes, h: bytes, ap: int, at: int,
-                                            ah: int) -> None:
+@given(
+    st.binary(min_size=26, max_size=26),
+    st.binary(min_size=7, max_size=7),
+    st.integers(0, (1 << 20) - 1),
+    st.integers(0, (1 << 20) - 1),
+    st.integers(0, 0xFFFF),
+)
+def test_bme_compensation_total_on_any_trim(tp: bytes, h: bytes, ap: int, at: int, ah: int) -> None:
     trim = bme280.parse_trim(tp, h)
     t, rh, p = bme280.compensate(ap, at, ah, trim)
     assert 0.0 <= rh <= 100.0
@@ -232,6 +242,7 @@ def test_bme_compensation_total_on_any_trim(tp: bytes, h: bytes, ap: int, at: in
 
 
 # -- ultrasonic -------------------------------------------------------------------------------
+
 
 @FAST
 @given(st.binary(max_size=8))
@@ -260,12 +271,13 @@ def test_ultrasonic_corruption_rejected(mm: int, i: int, x: int) -> None:
 @FAST
 @given(st.binary(max_size=40), st.integers(1, 9))
 def test_ultrasonic_driver_on_random_stream(data: bytes, chunk: int) -> None:
-    drv = ultrasonic.UltrasonicUART(StreamUART(data, chunk), min_m=0.0, max_m=70.0, tries=2,
-                                    check=False)
+    drv = ultrasonic.UltrasonicUART(
+        StreamUART(data, chunk), min_m=0.0, max_m=70.0, tries=2, check=False
+    )
     valid = set()
     for i in range(len(data) - 3):
         try:
-            valid.add(ultrasonic.parse_frame(data[i:i + 4]) / 1000.0)
+            valid.add(ultrasonic.parse_frame(data[i : i + 4]) / 1000.0)
         except ValueError:
             pass
     for _ in range(4):

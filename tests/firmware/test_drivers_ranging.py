@@ -12,8 +12,8 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import fakes  # noqa: E402
-from drivers import battery, pressure, ultrasonic  # noqa: E402
+import fakes
+from drivers import battery, pressure, ultrasonic
 
 
 def _src(**v: float):
@@ -25,6 +25,7 @@ def _no_sleep(us: int) -> None:
 
 
 # -- pure functions ---------------------------------------------------------------------------
+
 
 def test_speed_of_sound_vector() -> None:
     # calibration-reference section 8: T = 30 C, echo 5000 us -> c = 349.48 m/s, d = 0.8737 m.
@@ -66,6 +67,7 @@ def test_battery_percent_linear_and_clamped() -> None:
 
 # -- UART ultrasonic --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("d", [0.3, 1.234, 2.5, 4.4])
 def test_uart_round_trip(d: float) -> None:
     drv = ultrasonic.UltrasonicUART(fakes.FakeUltrasonicUART(_src(distance_m=d)))
@@ -88,8 +90,9 @@ def test_uart_low_byte_ff_is_not_a_header() -> None:
         assert drv.read() == pytest.approx(0.511)
 
 
-@pytest.mark.parametrize(("fault", "reason"), [("checksum", "checksum"), ("stop", "timeout"),
-                                                ("truncated", "truncated")])
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("checksum", "checksum"), ("stop", "timeout"), ("truncated", "truncated")]
+)
 def test_uart_faults_counted(fault: str, reason: str) -> None:
     fake = fakes.FakeUltrasonicUART(_src(distance_m=2.0), continuous=False)
     drv = ultrasonic.UltrasonicUART(fake, trigger=True)
@@ -131,6 +134,7 @@ def test_uart_absent_sensor_fails_bring_up() -> None:
 
 
 # -- trigger/echo -----------------------------------------------------------------------------
+
 
 def _pulse(d: float, temp: float = 30.0, **kw: object):
     fake = fakes.FakeRanger(_src(distance_m=d, temp=temp))
@@ -211,6 +215,7 @@ def test_pulse_without_trigger_gets_no_echo() -> None:
 
 
 # -- ADC sensors ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kpa", [0.0, 12.5, 60.0, 100.0])
 def test_pressure_round_trip(kpa: float) -> None:

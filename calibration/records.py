@@ -121,6 +121,12 @@ class Collocation:
     mae: float | None = None
     slope: float | None = None
     intercept: float | None = None
+    n_24h: int | None = None
+    r2_24h: float | None = None
+    rmse_24h: float | None = None
+    slope_24h: float | None = None
+    intercept_24h: float | None = None
+    meets_epa_targets: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -492,6 +498,12 @@ def _build(raw: Mapping[str, Any], source: str) -> CalibrationRecord:
             mae=_opt_float(colloc_raw.get("mae")),
             slope=_opt_float(colloc_raw.get("slope")),
             intercept=_opt_float(colloc_raw.get("intercept")),
+            n_24h=colloc_raw.get("n_24h"),
+            r2_24h=_opt_float(colloc_raw.get("r2_24h")),
+            rmse_24h=_opt_float(colloc_raw.get("rmse_24h")),
+            slope_24h=_opt_float(colloc_raw.get("slope_24h")),
+            intercept_24h=_opt_float(colloc_raw.get("intercept_24h")),
+            meets_epa_targets=colloc_raw.get("meets_epa_targets"),
         )
     sensor = raw.get("sensor", {})
     ranges = {str(k): (float(v[0]), float(v[1])) for k, v in raw.get("ranges", {}).items()}

@@ -1,0 +1,209 @@
+# Node config: firmware defaults + the site's /config.json (house style 8).
+# A bad file (unreadable JSON, unknown key, wrong type, missing device id, impossible value)
+# never stops the node: load() salvages every section that is valid, keeps the defaults for
+# the rest and returns an error string; the app then runs in SAFE MODE (connects if it can,
+# reports its status with config_error set, samples nothing).
+import json
+import os
+
+PATH = "config.json"
+KINDS = ("air", "water", "parking")
+
+
+def defaults():
+    # A fresh dict each call: callers mutate their copy.
+    return {
+        "device_id": "",
+        "kind": "air",
+        "site_id": "",
+        "location": {"lat": 0.0, "lon": 0.0, "elev_m": 0.0},
+        "wifi": {"ssid": "", "password": ""},
+        "mqtt": {"host": "", "port": 1883, "username": "", "password": "", "tls": False,
+                 "keepalive_s": 60},
+        "ntp_host": "",
+        # Every duration lives here: the simulation divides them all by its speed-up.
+        "intervals": {
+            "sample_s": 10.0,  # read the sensors
+            "report_s": 60.0,  # publish one averaged reading (air, water at rest)
+            "status_s": 300.0,  # heartbeat on .../status
+            "heartbeat_s": 600.0,  # parking: reading even without a state change
+            "alarm_report_s": 10.0,  # water: report period while the level is alarming
+            "warmup_s": 30.0,  # PMS fan run before a reading when sleeping between samples
+            "batch_s": 900.0,  # battery boards: radio wake period for queued readings
+            "custody_s": 30.0,  # resend un-acknowledged readings after this long
+        },
+        "thresholds": {
+            # water: distance sensor face -> water; smaller distance = higher water
+            "warn_distance_m": 0.0,  # 0 disables; at or below it: alarm
+            "rise_m_per_min": 0.05,  # level rising faster than this: alarm
+            # parking: vector distance from the free-bay baseline (uT)
+            "on_ut": 12.0,  # N consecutive samples above -> occupied
+            "off_ut": 6.0,  # M consecutive samples below -> free
+            "on_count": 3,
+            "off_count": 3,
+            "baseline_alpha": 0.05,  # baseline tracking weight while free
+            # air: samples further than this many MADs from the median are dropped
+            "outlier_mads": 3.5,
+        },
+        "outbox_slots": 512,
+        "credential_version": 1,
+    }
+
+
+def _is_num(v):
+    return (isinstance(v, int) or isinstance(v, float)) and not isinstance(v, bool)
+
+
+def _check_value(path, default, value):
+    """Return None if value fits the default's type, else an error message."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            return "%s: expected true/false" % path
+    elif isinstance(default, (int, float)):
+        if not _is_num(value):
+            return "%s: expected a number" % path
+        if isinstance(default, int) and not isinstance(value, int):
+            return "%s: expected a whole number" % path
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            return "%s: expected a string" % path
+    elif isinstance(default, dict):
+        if not isinstance(value, dict):
+            return "%s: expected an object" % path
+        for k in value:
+            if k not in default:
+                return "%s.%s: unknown key" % (path, k)
+            err = _check_value(path + "." + k, default[k], value[k])
+            if err:
+                return err
+    return None
+
+
+def valid_device_id(s):
+    # contract: ^[a-z0-9][a-z0-9-]{2,40}$
+    if not isinstance(s, str) or not 3 <= len(s) <= 41:
+        return False
+    for i, ch in enumerate(s):
+        if not ("a" <= ch <= "z" or "0" <= ch <= "9" or (ch == "-" and i > 0)):
+            return False
+    return True
+
+
+def _check_section(key, cfg):
+    """Semantic checks beyond types, for one top-level key of a merged config."""
+    v = cfg[key]
+    if key == "device_id" and not valid_device_id(v):
+        return "device_id: must be 3-41 of a-z 0-9 - (e.g. ce-a1b2c3d4e5f6)"
+    if key == "kind" and v not in KINDS:
+        return "kind: must be one of air, water, parking"
+    if key == "intervals":
+        for k in v:
+            if v[k] <= 0:
+                return "intervals.%s: must be > 0" % k
+        if v["report_s"] < v["sample_s"]:
+            return "intervals.report_s: must be >= sample_s"
+        if v["report_s"] > 60 * v["sample_s"]:
+            return "intervals.report_s: at most 60 samples per report (raise sample_s)"
+    if key == "mqtt" and not 0 < v["port"] < 65536:
+        return "mqtt.port: must be 1-65535"
+    if key == "outbox_slots" and not 8 <= v <= 4096:
+        return "outbox_slots: must be 8-4096"
+    if key == "thresholds":
+        if v["on_ut"] <= v["off_ut"]:
+            return "thresholds.on_ut: must be above off_ut (hysteresis)"
+        if v["on_count"] < 1 or v["off_count"] < 1:
+            return "thresholds.on_count/off_count: must be >= 1"
+    return None
+
+
+def merge(cfg, raw):
+    """Merge the site's raw dict into cfg section by section. Returns the first error or None;
+    a section with an error is left at its default (safe-mode salvage)."""
+    first = None
+    if not isinstance(raw, dict):
+        return "config: expected a JSON object"
+    for k in raw:
+        if k not in cfg:
+            first = first or ("%s: unknown key" % k)
+            continue
+        err = _check_value(k, cfg[k], raw[k])
+        if err is None:
+            old = cfg[k]
+            if isinstance(old, dict):
+                old = dict(old)
+                cfg[k].update(raw[k])
+            else:
+                cfg[k] = raw[k]
+            err = _check_section(k, cfg)
+            if err is not None:
+                cfg[k] = old
+        first = first or err
+    if not cfg["device_id"]:
+        first = first or "device_id: missing"
+    return first
+
+
+def load(path=PATH):
+    """-> (cfg, error or None). Never raises."""
+    cfg = defaults()
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except OSError:
+        return cfg, "config.json: not found (provision the node)"
+    except ValueError:
+        return cfg, "config.json: not valid JSON"
+    err = merge(cfg, raw)
+    if err is not None and len(err) > 200:
+        err = err[:200]
+    return cfg, err
+
+
+def apply_set(cfg, args):
+    """A `set` command: {intervals: {...}, thresholds: {...}}. Validates fully before changing
+    anything. Returns an error string or None (then cfg is updated)."""
+    if not isinstance(args, dict) or not args:
+        return "set: args must be an object with intervals and/or thresholds"
+    trial = {}
+    for k in args:
+        if k not in ("intervals", "thresholds"):
+            return "set: only intervals and thresholds can be set, not %s" % k
+        err = _check_value(k, cfg[k], args[k])
+        if err:
+            return err
+        d = dict(cfg[k])
+        d.update(args[k])
+        trial[k] = d
+    for k in trial:
+        test = {k: trial[k]}
+        err = _check_section(k, test)
+        if err:
+            return err
+    for k in trial:
+        cfg[k] = trial[k]
+    return None
+
+
+def save_set(args, path=PATH):
+    """Persist a validated `set` into /config.json (write temp + rename, atomic)."""
+    with open(path) as f:
+        raw = json.load(f)
+    for k in args:
+        sec = raw.get(k)
+        if not isinstance(sec, dict):
+            sec = {}
+        sec.update(args[k])
+        raw[k] = sec
+    write_atomic(path, json.dumps(raw))
+
+
+def write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        # Some filesystems refuse to rename onto an existing file: remove it first.
+        os.remove(path)
+        os.rename(tmp, path)

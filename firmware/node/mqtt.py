@@ -1,0 +1,456 @@
+# MQTT 3.1.1 client for the node, on asyncio streams.
+#
+# Two layers (house style 4, like umqtt.simple/robust and mqtt_as):
+# - Core: one connection attempt, one packet at a time; every failure raises OSError.
+#   Every wait has a timeout so a degraded link can never hang the node.
+# - Link: the ONE place that reconnects (exponential backoff + jitter), re-subscribes after
+#   every reconnect, keeps the connection alive (PINGREQ) and retransmits QoS 1 publishes
+#   with the DUP flag until PUBACK.
+# Buffers are allocated once: outgoing packets are built in a fixed bytearray, incoming
+# packets are read into a fixed bytearray (oversized ones are drained and dropped).
+import asyncio
+import struct
+from micropython import const
+
+try:
+    import random
+except ImportError:  # pragma: no cover - every port we run on has it
+    random = None
+
+_CONNECT = const(0x10)
+_CONNACK = const(0x20)
+_PUBLISH = const(0x30)
+_PUBACK = const(0x40)
+_SUBSCRIBE = const(0x82)
+_SUBACK = const(0x90)
+_PINGREQ = const(0xC0)
+_PINGRESP = const(0xD0)
+_DISCONNECT = const(0xE0)
+
+_ETIMEDOUT = const(110)
+_ECONNABORTED = const(103)
+_EPROTO = const(71)
+_EMSGSIZE = const(90)
+
+
+def _timeout_error():
+    return OSError(_ETIMEDOUT)
+
+
+class Core:
+    """One MQTT connection. Methods raise OSError on any failure; nothing here retries."""
+
+    def __init__(self, client_id, username=None, password=None, keepalive_s=60,
+                 will_topic=None, will_msg=None, will_retain=True, obuf_size=1024,
+                 ibuf_size=512):
+        self.client_id = client_id
+        self.username = username
+        self.password = password
+        self.keepalive_s = keepalive_s
+        self.will_topic = will_topic
+        self.will_msg = will_msg
+        self.will_retain = will_retain
+        self._obuf = bytearray(obuf_size)
+        self._omv = memoryview(self._obuf)
+        self.ibuf = bytearray(ibuf_size)
+        self._imv = memoryview(self.ibuf)
+        self._hdr = bytearray(1)
+        self._hmv = memoryview(self._hdr)
+        self._lb = bytearray(4)
+        self._r = None
+        self._w = None
+        self.oversized = 0  # incoming packets larger than ibuf, drained and dropped
+
+    # --- packet building (synchronous: a packet is built and queued without an await) ---
+
+    def _put_str(self, pos, s):
+        if isinstance(s, str):
+            s = s.encode()
+        n = len(s)
+        struct.pack_into("!H", self._obuf, pos, n)
+        self._obuf[pos + 2:pos + 2 + n] = s
+        return pos + 2 + n
+
+    def _send(self, first, body_len, body_start):
+        # Write the fixed header just before the body already placed at body_start.
+        # body_start leaves 5 bytes: 1 type byte + up to 4 remaining-length bytes.
+        lb = self._lb
+        i = 0
+        n = body_len
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            if n:
+                b |= 0x80
+            lb[i] = b
+            i += 1
+            if not n:
+                break
+        start = body_start - 1 - i
+        self._obuf[start] = first
+        self._obuf[start + 1:start + 1 + i] = lb[:i]
+        if self._w is None:
+            raise OSError(_ECONNABORTED)
+        self._w.write(self._omv[start:body_start + body_len])
+
+    async def _drain(self, timeout_ms):
+        try:
+            await asyncio.wait_for_ms(self._w.drain(), timeout_ms)
+        except asyncio.TimeoutError:
+            raise _timeout_error()
+
+    # --- connection ---
+
+    async def connect(self, host, port, timeout_ms=10000, clean=True):
+        """Open TCP, send CONNECT, wait for CONNACK. Returns session_present."""
+        self.close()
+        try:
+            self._r, self._w = await asyncio.wait_for_ms(
+                asyncio.open_connection(host, port), timeout_ms)
+        except asyncio.TimeoutError:
+            raise _timeout_error()
+        pos = 5
+        pos = self._put_str(pos, "MQTT")
+        flags = 0x02 if clean else 0
+        if self.will_topic:
+            flags |= 0x04 | (0x08)  # will flag, will QoS 1
+            if self.will_retain:
+                flags |= 0x20
+        if self.username:
+            flags |= 0x80
+            if self.password:
+                flags |= 0x40
+        struct.pack_into("!BBH", self._obuf, pos, 4, flags, self.keepalive_s)
+        pos += 4
+        pos = self._put_str(pos, self.client_id)
+        if self.will_topic:
+            pos = self._put_str(pos, self.will_topic)
+            pos = self._put_str(pos, self.will_msg)
+        if self.username:
+            pos = self._put_str(pos, self.username)
+            if self.password:
+                pos = self._put_str(pos, self.password)
+        self._send(_CONNECT, pos - 5, 5)
+        await self._drain(timeout_ms)
+        ptype, n = await self.read_packet(timeout_ms, timeout_ms)
+        if ptype != _CONNACK or n != 2:
+            raise OSError(_EPROTO)
+        rc = self.ibuf[1]
+        if rc:
+            # 4 bad user name or password, 5 not authorised (MQTT 3.1.1 table 3.1)
+            raise OSError("CONNACK refused, code %d" % rc)
+        return bool(self.ibuf[0] & 1)
+
+    def close(self):
+        w, self._w, self._r = self._w, None, None
+        if w is not None:
+            try:
+                w.close()
+            except OSError:
+                pass
+
+    @property
+    def is_open(self):
+        return self._w is not None
+
+    async def disconnect(self, timeout_ms=2000):
+        if self._w is not None:
+            try:
+                self._send(_DISCONNECT, 0, 5)
+                await self._drain(timeout_ms)
+            except OSError:
+                pass
+        self.close()
+
+    # --- outgoing packets ---
+
+    async def publish(self, topic, msg, qos=0, retain=False, pid=0, dup=False,
+                      timeout_ms=10000):
+        """Queue and flush one PUBLISH. msg: bytes, bytearray, memoryview or str."""
+        if isinstance(msg, str):
+            msg = msg.encode()
+        pos = self._put_str(5, topic)
+        if qos:
+            struct.pack_into("!H", self._obuf, pos, pid)
+            pos += 2
+        n = len(msg)
+        if pos + n > len(self._obuf):
+            raise OSError(_EMSGSIZE)
+        self._obuf[pos:pos + n] = msg
+        first = _PUBLISH | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
+        self._send(first, pos + n - 5, 5)
+        await self._drain(timeout_ms)
+
+    async def subscribe(self, topic, qos, pid, timeout_ms=10000):
+        struct.pack_into("!H", self._obuf, 5, pid)
+        pos = self._put_str(7, topic)
+        self._obuf[pos] = qos
+        self._send(_SUBSCRIBE, pos + 1 - 5, 5)
+        await self._drain(timeout_ms)
+
+    async def puback(self, pid, timeout_ms=10000):
+        struct.pack_into("!H", self._obuf, 5, pid)
+        self._send(_PUBACK, 2, 5)
+        await self._drain(timeout_ms)
+
+    async def ping(self, timeout_ms=10000):
+        self._send(_PINGREQ, 0, 5)
+        await self._drain(timeout_ms)
+
+    # --- incoming packets ---
+
+    async def _read_into(self, mv, timeout_ms):
+        r = self._r
+        if r is None:
+            raise OSError(_ECONNABORTED)
+        got = 0
+        want = len(mv)
+        while got < want:
+            try:
+                n = await asyncio.wait_for_ms(r.readinto(mv[got:]), timeout_ms)
+            except asyncio.TimeoutError:
+                raise _timeout_error()
+            if not n:
+                raise OSError(_ECONNABORTED)  # peer closed the connection
+            got += n
+
+    async def read_packet(self, first_timeout_ms, timeout_ms=10000):
+        """Read one packet. Returns (type byte, payload length); the payload is in ibuf[:n]
+        (n may exceed len(ibuf) for an oversized packet, whose payload was dropped).
+        Raises asyncio.TimeoutError if no packet starts within first_timeout_ms (nothing
+        consumed, safe to call again); OSError if a started packet does not complete."""
+        r = self._r
+        if r is None:
+            raise OSError(_ECONNABORTED)
+        n = await asyncio.wait_for_ms(r.readinto(self._hmv), first_timeout_ms)
+        if not n:
+            raise OSError(_ECONNABORTED)
+        ptype = self._hdr[0]
+        length = 0
+        shift = 0
+        while True:
+            await self._read_into(self._hmv, timeout_ms)
+            b = self._hdr[0]
+            length |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 21:
+                raise OSError(_EPROTO)
+        size = len(self.ibuf)
+        if length <= size:
+            if length:
+                await self._read_into(self._imv[:length], timeout_ms)
+            return ptype, length
+        # Oversized: drain it through ibuf and drop it.
+        left = length
+        while left:
+            k = left if left < size else size
+            await self._read_into(self._imv[:k], timeout_ms)
+            left -= k
+        self.oversized += 1
+        return ptype, length
+
+
+def parse_publish(ptype, ibuf, n):
+    """Split an incoming PUBLISH in ibuf[:n] into (topic bytes, pid, payload memoryview)."""
+    tlen = (ibuf[0] << 8) | ibuf[1]
+    topic = bytes(ibuf[2:2 + tlen])
+    pos = 2 + tlen
+    pid = 0
+    if ptype & 0x06:
+        pid = (ibuf[pos] << 8) | ibuf[pos + 1]
+        pos += 2
+    return topic, pid, memoryview(ibuf)[pos:n]
+
+
+class Link:
+    """A kept-up MQTT connection: reconnect with backoff + jitter, re-subscribe, keepalive,
+    QoS 1 retransmission. Run `run()` as a task; use `publish()` from other tasks."""
+
+    def __init__(self, core, host, port, subscriptions, on_message, on_connect=None,
+                 timeout_ms=10000, backoff_min_ms=1000, backoff_max_ms=300000,
+                 puback_timeout_ms=5000, retries=3, log=None, ready=None):
+        self.core = core
+        self.host = host
+        self.port = port
+        self.subscriptions = subscriptions  # list of (topic, qos)
+        self.on_message = on_message  # on_message(topic_bytes, payload_memoryview)
+        self.on_connect = on_connect  # async on_connect(): e.g. publish birth
+        self.timeout_ms = timeout_ms
+        self.backoff_min_ms = backoff_min_ms
+        self.backoff_max_ms = backoff_max_ms
+        self.puback_timeout_ms = puback_timeout_ms
+        self.retries = retries
+        self.log = log
+        self.ready = ready  # an Event set while the network is up (None: always)
+        self.up = asyncio.Event()
+        self._ack = asyncio.Event()
+        self._suback = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._wait_pid = 0
+        self._pid = 0
+        self._rx_ms = 0
+        self._tx_ms = 0
+        self.connects = 0
+        self.failures = 0
+        self.last_error = None
+        self._stop = False
+        self._kick = False
+        self._up_ms = None
+        self._ticks_ms = None
+
+    def _next_pid(self):
+        self._pid = self._pid % 65535 + 1
+        return self._pid
+
+    def _say(self, msg):
+        if self.log:
+            self.log(msg)
+
+    def kick(self):
+        """Drop the connection (e.g. a publish got no PUBACK); run() reconnects."""
+        self._kick = True
+        self.up.clear()
+        self.core.close()
+
+    def stop(self):
+        self._stop = True
+        self.kick()
+
+    async def _session(self, ticks_ms, ticks_diff):
+        c = self.core
+        await c.connect(self.host, self.port, self.timeout_ms)
+        now = ticks_ms()
+        self._rx_ms = self._tx_ms = now
+        for topic, qos in self.subscriptions:
+            pid = self._next_pid()
+            self._wait_pid = pid
+            self._suback.clear()
+            await c.subscribe(topic, qos, pid, self.timeout_ms)
+            # The reader is not running yet: read the SUBACK here.
+            while True:
+                ptype, n = await c.read_packet(self.timeout_ms, self.timeout_ms)
+                if ptype & 0xF0 == _SUBACK and n >= 3:
+                    if (c.ibuf[0] << 8) | c.ibuf[1] == pid:
+                        if c.ibuf[2] == 0x80:
+                            raise OSError(_EPROTO)  # subscription refused (ACL?)
+                        break
+                else:
+                    await self._dispatch(ptype, n)
+        self.connects += 1
+        self._up_ms = ticks_ms()
+        self.up.set()
+        self._say("mqtt up")
+        if self.on_connect is not None:
+            task = asyncio.create_task(self.on_connect())
+        else:
+            task = None
+        try:
+            await self._reader(ticks_ms, ticks_diff)
+        finally:
+            if task is not None:
+                task.cancel()
+
+    async def _reader(self, ticks_ms, ticks_diff):
+        c = self.core
+        ka_ms = c.keepalive_s * 1000
+        poll_ms = ka_ms // 4 if ka_ms else 5000
+        while not self._kick:
+            try:
+                ptype, n = await c.read_packet(poll_ms, self.timeout_ms)
+            except asyncio.TimeoutError:
+                ptype = None
+            now = ticks_ms()
+            if ptype is not None:
+                self._rx_ms = now
+                await self._dispatch(ptype, n)
+            if ka_ms:
+                if ticks_diff(now, self._rx_ms) > ka_ms + ka_ms // 2:
+                    raise OSError(_ETIMEDOUT)  # broker silent: the link is dead
+                if ticks_diff(now, self._tx_ms) >= ka_ms // 2:
+                    self._tx_ms = now
+                    await c.ping(self.timeout_ms)
+        raise OSError(_ECONNABORTED)
+
+    async def _dispatch(self, ptype, n):
+        kind = ptype & 0xF0
+        c = self.core
+        if kind == _PUBACK and n >= 2:
+            if (c.ibuf[0] << 8) | c.ibuf[1] == self._wait_pid:
+                self._ack.set()
+        elif kind == _PUBLISH:
+            if n > len(c.ibuf):
+                return  # oversized: dropped (counted in core.oversized); never acked
+            topic, pid, payload = parse_publish(ptype, c.ibuf, n)
+            try:
+                self.on_message(topic, payload)
+            except Exception as e:  # a bad message must never take the link down
+                self._say("on_message: %r" % (e,))
+            if ptype & 0x06:
+                await c.puback(pid, self.timeout_ms)
+        # PINGRESP and anything else: only refreshes _rx_ms
+
+    async def run(self, ticks_ms, ticks_diff, sleep_ms, urandom=None):
+        """Keep the connection up until stop(). ticks/sleep come from the node clock."""
+        self._ticks_ms = ticks_ms
+        delay = self.backoff_min_ms
+        while not self._stop:
+            if self.ready is not None:
+                await self.ready.wait()
+            self._kick = False
+            try:
+                await self._session(ticks_ms, ticks_diff)
+            except (OSError, asyncio.TimeoutError) as e:
+                self.last_error = e
+            self.up.clear()
+            self.core.close()
+            if self._stop:
+                break
+            if self._up_ms is not None:
+                # A session that lived past a minute was healthy: start backoff afresh.
+                if ticks_diff(ticks_ms(), self._up_ms) > 60000:
+                    delay = self.backoff_min_ms
+                self._up_ms = None
+            self.failures += 1
+            self._say("mqtt down: %r, retry in %d ms" % (self.last_error, delay))
+            # jitter: wait between delay/2 and delay so a site's nodes do not reconnect together
+            j = delay // 2
+            if random is not None and j > 0:
+                j = random.getrandbits(20) % j
+            await sleep_ms(delay // 2 + j)
+            delay = min(delay * 2, self.backoff_max_ms)
+
+    async def publish(self, topic, msg, qos=1, retain=False):
+        """Publish once connected; QoS 1 waits for PUBACK, retransmitting with DUP.
+        Raises OSError if the link is down or the broker does not acknowledge."""
+        if not self.up.is_set():
+            raise OSError(_ECONNABORTED)
+        async with self._lock:
+            c = self.core
+            if not qos:
+                await c.publish(topic, msg, 0, retain, 0, False, self.timeout_ms)
+                return
+            pid = self._next_pid()
+            self._wait_pid = pid
+            dup = False
+            for _ in range(self.retries + 1):
+                if not self.up.is_set():
+                    raise OSError(_ECONNABORTED)
+                self._ack.clear()
+                if self._ticks_ms is not None:
+                    self._tx_ms = self._ticks_ms()
+                try:
+                    await c.publish(topic, msg, 1, retain, pid, dup, self.timeout_ms)
+                except OSError:
+                    self.kick()
+                    raise
+                try:
+                    await asyncio.wait_for_ms(self._ack.wait(), self.puback_timeout_ms)
+                    self._wait_pid = 0
+                    return
+                except asyncio.TimeoutError:
+                    dup = True
+            self._wait_pid = 0
+            self.kick()
+            raise _timeout_error()

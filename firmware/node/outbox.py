@@ -1,0 +1,272 @@
+# Flash outbox: a fixed-size ring of fixed-size slots holding readings until the gateway takes
+# custody of them.
+#
+# File data/outbox.bin = `cap` slots of _SLOT bytes. A slot is a 16-byte header
+#   magic u8 | flags u8 | len u16 | boot u32 | seq u32 | crc32 u32   (little endian)
+# then `len` payload bytes; crc32 covers header bytes 2..11 and the payload, so a torn write
+# (power cut in the middle of a slot) is detected and the slot skipped.
+# Records are written in (boot, seq) order around the ring, so the ring itself is the journal:
+# on open, the slot with the highest key is the head, and every valid record after the custody
+# watermark (the last key the gateway confirmed) is still pending. The watermark, the drop count
+# and the capacity live in data/outbox.json, written (temp + rename) at most every persist_ms:
+# a stale watermark after a power cut only makes the node resend readings the gateway already
+# holds, which it de-duplicates on (device_id, boot, seq). Slot writes are batched: add() stages
+# records in RAM, flush() writes the staged batch with one seek/write per slot and one sync.
+import json
+import os
+import struct
+from binascii import crc32
+from micropython import const
+
+_SLOT = const(512)
+_HDR = const(16)
+_MAGIC = const(0xCE)
+_FMT = "<BBHIII"
+MAX_PAYLOAD = _SLOT - _HDR
+
+
+def _key_gt(b1, s1, b2, s2):
+    return b1 > b2 or (b1 == b2 and s1 > s2)
+
+
+class Outbox:
+    def __init__(self, directory="data", cap=512, persist_ms=60000, ticks_ms=None,
+                 ticks_diff=None, hint=None):
+        self.path = directory + "/outbox.bin"
+        self.meta_path = directory + "/outbox.json"
+        self.persist_ms = persist_ms
+        self._ticks_ms = ticks_ms
+        self._ticks_diff = ticks_diff
+        self.buf = bytearray(_SLOT)
+        self._mv = memoryview(self.buf)
+        self._staged = []
+        self.cap = cap
+        self.head = 0  # slot written next
+        self.tail = 0  # oldest pending slot
+        self.depth = 0  # pending records (tail .. head)
+        self.sent = 0  # pending records from tail already published since the last rewind()
+        self.dropped = 0  # pending records overwritten because the ring was full
+        self.corrupt = 0  # slots skipped because length/CRC did not check
+        self.wm_boot = -1  # custody watermark: last (boot, seq) the gateway confirmed
+        self.wm_seq = -1
+        self.last_boot = -1  # highest key on flash (so a lost state file cannot reuse a boot)
+        self._dirty = False
+        self._persisted_ms = None
+        self._load_meta()
+        try:
+            self._f = open(self.path, "r+b")
+        except OSError:
+            self._f = open(self.path, "w+b")
+        if hint is not None and hint[0] == self.cap:
+            # Deep-sleep wake: pointers kept in RTC memory, no need to scan the ring.
+            (_, self.head, self.tail, self.depth, self.last_boot, self.wm_boot, self.wm_seq,
+             self.dropped, self.corrupt) = hint
+        else:
+            self._recover()
+
+    def hint(self):
+        """Pointers to keep in RTC memory across deep sleep (see __init__ hint)."""
+        return [self.cap, self.head, self.tail, self.depth, self.last_boot, self.wm_boot,
+                self.wm_seq, self.dropped, self.corrupt]
+
+    # --- persistence of the small state ---
+
+    def _load_meta(self):
+        try:
+            with open(self.meta_path) as f:
+                m = json.load(f)
+            self.wm_boot = m["boot"]
+            self.wm_seq = m["seq"]
+            self.dropped = m["dropped"]
+            self.corrupt = m.get("corrupt", 0)
+            old_cap = m["cap"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if old_cap != self.cap:
+            # The ring on flash has the old geometry. Keep it until it is empty (then resize).
+            self._want_cap = self.cap
+            self.cap = old_cap
+
+    def persist(self):
+        text = json.dumps({"cap": self.cap, "boot": self.wm_boot, "seq": self.wm_seq,
+                           "dropped": self.dropped, "corrupt": self.corrupt})
+        tmp = self.meta_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        try:
+            os.rename(tmp, self.meta_path)
+        except OSError:
+            os.remove(self.meta_path)
+            os.rename(tmp, self.meta_path)
+        self._dirty = False
+        if self._ticks_ms is not None:
+            self._persisted_ms = self._ticks_ms()
+
+    def maybe_persist(self):
+        """Write the watermark if it changed and persist_ms passed since the last write."""
+        if not self._dirty:
+            return False
+        if self._persisted_ms is not None and self._ticks_ms is not None and \
+                self._ticks_diff(self._ticks_ms(), self._persisted_ms) < self.persist_ms:
+            return False
+        self.persist()
+        return True
+
+    # --- slots ---
+
+    def _read_slot(self, i):
+        """Read slot i into buf. Returns (boot, seq, length) or None if it does not check."""
+        f = self._f
+        f.seek(i * _SLOT)
+        n = f.readinto(self._mv[:_HDR])
+        if n != _HDR:
+            return None
+        magic, _, ln, boot, seq, crc = struct.unpack_from(_FMT, self.buf, 0)
+        if magic != _MAGIC or ln > MAX_PAYLOAD:
+            return None
+        if ln and f.readinto(self._mv[_HDR:_HDR + ln]) != ln:
+            return None
+        c = crc32(self._mv[2:12])
+        if crc32(self._mv[_HDR:_HDR + ln], c) != crc:
+            return None
+        return boot, seq, ln
+
+    def _recover(self):
+        cap = self.cap
+        best = -1
+        bb = bs = -1
+        for i in range(cap):
+            r = self._read_slot(i)
+            if r is not None and _key_gt(r[0], r[1], bb, bs):
+                bb, bs, best = r[0], r[1], i
+        self.last_boot = bb
+        if best < 0:
+            self.head = self.tail = self.depth = 0
+        else:
+            self.head = (best + 1) % cap
+            # Oldest to newest starts at head; the first record past the watermark is the tail.
+            self.depth = 0
+            for k in range(cap):
+                i = (self.head + k) % cap
+                r = self._read_slot(i)
+                if r is not None and _key_gt(r[0], r[1], self.wm_boot, self.wm_seq):
+                    self.tail = i
+                    self.depth = cap - k
+                    break
+            if not self.depth:
+                self.tail = self.head
+        self.sent = 0
+        want = getattr(self, "_want_cap", None)
+        if want is not None and self.depth == 0:
+            self.cap = want
+            self.head = self.tail = 0
+            self._want_cap = None
+            self._f.close()
+            self._f = open(self.path, "w+b")  # truncate: old geometry gone
+            self.persist()
+
+    # --- producer side ---
+
+    def add(self, boot, seq, payload):
+        """Stage one record (payload: str or bytes, <= MAX_PAYLOAD bytes) for the next flush."""
+        if isinstance(payload, str):
+            payload = payload.encode()
+        if len(payload) > MAX_PAYLOAD:
+            raise ValueError("record too long for an outbox slot")
+        self._staged.append((boot, seq, payload))
+
+    @property
+    def staged(self):
+        return len(self._staged)
+
+    def flush(self):
+        """Write the staged records to their slots, oldest first, then sync once."""
+        if not self._staged:
+            return 0
+        f = self._f
+        hdr = self._mv[:_HDR]
+        n = 0
+        for boot, seq, payload in self._staged:
+            if self.depth == self.cap:
+                # Full: the oldest pending reading is overwritten, and counted.
+                self.tail = (self.tail + 1) % self.cap
+                self.depth -= 1
+                if self.sent:
+                    self.sent -= 1
+                self.dropped += 1
+                self._dirty = True
+            ln = len(payload)
+            struct.pack_into(_FMT, self.buf, 0, _MAGIC, 0, ln, boot, seq, 0)
+            c = crc32(payload, crc32(self._mv[2:12]))
+            struct.pack_into("<I", self.buf, 12, c)
+            f.seek(self.head * _SLOT)
+            f.write(hdr)
+            f.write(payload)
+            self.head = (self.head + 1) % self.cap
+            self.depth += 1
+            n += 1
+        self._staged.clear()
+        f.flush()
+        try:
+            os.sync()
+        except (AttributeError, OSError):
+            pass
+        return n
+
+    # --- consumer side ---
+
+    def next_unsent(self, window):
+        """The next pending record not yet sent, if fewer than `window` are in flight:
+        (boot, seq, memoryview payload) valid until the next outbox call, or None."""
+        while self.sent < self.depth and self.sent < window:
+            i = (self.tail + self.sent) % self.cap
+            r = self._read_slot(i)
+            if r is not None:
+                return r[0], r[1], self._mv[_HDR:_HDR + r[2]]
+            # A slot that does not check (torn write, flash fault) can never be delivered.
+            self.corrupt += 1
+            self._dirty = True
+            if self.sent == 0:
+                self._pop()
+            else:
+                self.sent += 1
+        return None
+
+    def mark_sent(self):
+        self.sent += 1
+
+    def rewind(self):
+        """Resend everything not yet in the gateway's custody (after reconnect/timeout)."""
+        self.sent = 0
+
+    def _pop(self):
+        self.tail = (self.tail + 1) % self.cap
+        self.depth -= 1
+        if self.sent:
+            self.sent -= 1
+
+    def custody(self, boot, first, last):
+        """The gateway holds (boot, first..last) durably: release those records from the tail.
+        Returns how many were released."""
+        n = 0
+        while self.depth:
+            r = self._read_slot(self.tail)
+            if r is None:
+                self.corrupt += 1
+                self._pop()
+                self._dirty = True
+                continue
+            if r[0] != boot or not first <= r[1] <= last:
+                break
+            self.wm_boot, self.wm_seq = r[0], r[1]
+            self._pop()
+            n += 1
+        if n:
+            self._dirty = True
+        return n
+
+    def close(self):
+        self.flush()
+        if self._dirty:
+            self.persist()
+        self._f.close()

@@ -1,0 +1,104 @@
+# Water-level node: ultrasonic distance (sensor face -> water) or a pressure transducer.
+# Reports the window median every report_s; reports at once and then every alarm_report_s
+# while the level is at/above the warning level or rising fast (alarm: true), so a riverside
+# community is warned within one sample period instead of one report period.
+from array import array
+from node.filters import Window
+
+CHANNELS = ("distance", "air_temp", "pressure", "baro")
+_RHO_G = 9806.65  # Pa per metre of fresh water (1000 kg/m3 * 9.80665 m/s2)
+_P_STD_KPA = 101.325  # standard atmosphere, when there is no barometer
+
+
+def level_of(values):
+    """A number that grows with the water level: -distance, or the pressure depth in m."""
+    d = values.get("distance")
+    if d is not None:
+        return -d
+    p = values.get("pressure")
+    if p is not None:
+        return (p - values.get("baro", _P_STD_KPA)) * 1000.0 / _RHO_G
+    return None
+
+
+class Kind:
+    name = "water"
+
+    def __init__(self, app):
+        self.app = app
+        self.win = Window(CHANNELS)
+        self.t_start = None
+        self.alarm = False
+        self.since = 0  # samples since the last report
+        self._t = array("i", (0, 0, 0))  # last 3 level samples (ring): time, level
+        self._lv = array("f", (0.0, 0.0, 0.0))
+        self._k = 0
+
+    def lead_ms(self):
+        return 0
+
+    async def prepare(self):
+        pass
+
+    def _iv(self, k):
+        return self.app.cfg["intervals"][k]
+
+    def _rise_m_per_min(self, t, lv):
+        # Over the last 3 samples, so one noisy echo cannot raise an alarm by itself.
+        i = self._k % 3
+        k = self._k
+        self._t[i] = t
+        self._lv[i] = lv
+        self._k = k + 1
+        if k < 2:
+            return 0.0
+        old = (k - 2) % 3
+        dt = t - self._t[old]
+        if dt <= 0:
+            return 0.0
+        return (lv - self._lv[old]) * 60.0 / dt
+
+    def _alarming(self, values, t):
+        th = self.app.cfg["thresholds"]
+        lv = level_of(values)
+        if lv is None:
+            return self.alarm  # no level this sample: keep the state
+        rise = self._rise_m_per_min(t, lv)
+        d = values.get("distance")
+        warn = th["warn_distance_m"]
+        return (d is not None and warn > 0 and d <= warn) or rise > th["rise_m_per_min"]
+
+    async def sample(self, t):
+        values = {}
+        for s in self.app.sensors:
+            await s.read(values)
+        if self.t_start is None:
+            self.t_start = t
+        self.win.add(values)
+        self.since += 1
+        was = self.alarm
+        self.alarm = self._alarming(values, t)
+        if self.alarm:
+            per = max(1, round(self._iv("alarm_report_s") / self._iv("sample_s")))
+        else:
+            per = round(self._iv("report_s") / self._iv("sample_s"))
+        if not (self.alarm and not was) and self.since < per:
+            return None
+        out = self.win.medians()
+        n = self.win.samples
+        w = t - self.t_start
+        self.t_start = t
+        self.since = 0
+        self.win.reset()
+        return out, w, n, self.alarm
+
+    def save(self):
+        return [self.t_start, self.alarm, self.since, self._k, list(self._t), list(self._lv),
+                self.win.save()]
+
+    def load(self, s):
+        self.t_start, self.alarm, self.since, self._k = s[0], s[1], s[2], s[3]
+        for i in range(3):
+            self._t[i] = s[4][i]
+            self._lv[i] = s[5][i]
+        self.win.load(s[6])

@@ -1,5 +1,5 @@
 # QST QMC5883L 3-axis magnetometer on I2C (fixed address 0x0D), used for parking bays.
-# Registers and bits: QST QMC5883L datasheet rev. C (2016), section 9 "register map".
+# Registers and bits: QST QMC5883L datasheet (2016), "Register Map" section.
 # The driver takes a configured I2C bus; it never builds one or knows a pin.
 try:
     from micropython import const
@@ -22,7 +22,7 @@ STATUS_OVL = const(0x02)
 STATUS_DOR = const(0x04)
 # OSR 512 (00), RNG +-2 G (00, calibration-reference section 4), ODR 50 Hz (01), continuous (01).
 CTRL1_DEFAULT = const(0x05)
-LSB_PER_GAUSS = const(12000)  # +-2 G range sensitivity (datasheet table 2)
+LSB_PER_GAUSS = const(12000)  # +-2 G range sensitivity (datasheet specifications)
 UT_PER_GAUSS = const(100)  # 1 G = 100 uT
 
 REASONS = ("overflow", "not_ready", "bus")

@@ -9,17 +9,19 @@ except ImportError:
         return x
 
 
-ADDRESSES = (0x44, 0x45)  # datasheet table 8 (ADDR pin low / high)
-_CMD_MEASURE_HI = b"\x24\x00"  # single shot, high repeatability, no clock stretching (table 9)
-_CMD_STATUS = b"\xf3\x2d"  # read status register (table 17)
-_CMD_RESET = b"\x30\xa2"  # soft reset (section 4.9)
-MEASURE_MS = const(16)  # max measurement duration, high repeatability: 15.5 ms (table 4)
+ADDRESSES = (0x44, 0x45)  # datasheet "I2C address" table (ADDR pin low / high)
+_CMD_MEASURE_HI = (
+    b"\x24\x00"  # single shot, high repeatability, no clock stretching (single-shot command table)
+)
+_CMD_STATUS = b"\xf3\x2d"  # read status register ("Status Register" section)
+_CMD_RESET = b"\x30\xa2"  # soft reset ("Reset" section)
+MEASURE_MS = const(16)  # high repeatability max duration ~15 ms (timing table)
 
 REASONS = ("crc", "bus")
 
 
 def crc8(buf, start=0, end=2):
-    # CRC-8, polynomial 0x31 (x^8+x^5+x^4+1), init 0xFF, no final XOR (datasheet section 4.12).
+    # CRC-8, polynomial 0x31 (x^8+x^5+x^4+1), init 0xFF, no final XOR ("Checksum Calculation").
     crc = 0xFF
     for i in range(start, end):
         crc ^= buf[i]
@@ -32,7 +34,7 @@ def crc8(buf, start=0, end=2):
 
 
 def convert(raw_t, raw_rh):
-    # T = -45 + 175 * S_T / (2^16 - 1); RH = 100 * S_RH / (2^16 - 1) (datasheet section 4.13).
+    # T = -45 + 175 * S_T / (2^16 - 1); RH = 100 * S_RH / (2^16 - 1) ("Conversion of Signal Output").
     return -45.0 + 175.0 * raw_t / 65535.0, 100.0 * raw_rh / 65535.0
 
 
@@ -62,7 +64,7 @@ class SHT3x:
             self.init()
 
     def init(self):
-        # Bring-up: the status register answers with a valid CRC (datasheet section 4.11).
+        # Bring-up: the status register answers with a valid CRC ("Status Register").
         try:
             self.i2c.writeto(self.address, _CMD_STATUS)
             self.i2c.readfrom_into(self.address, self._mv[0:3])

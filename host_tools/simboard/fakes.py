@@ -475,7 +475,7 @@ class I2CBus:
 
 
 def _sht_crc(b0, b1):
-    # Sensirion CRC-8: poly 0x31, init 0xFF (SHT3x datasheet section 4.12).
+    # Sensirion CRC-8: poly 0x31, init 0xFF (SHT3x datasheet "Checksum Calculation").
     crc = 0xFF
     for c in (b0, b1):
         crc ^= c
@@ -512,7 +512,7 @@ class FakeSHT3x(_Faults):
         out = bytearray()
         if cmd in (0x2400, 0x2C06):
             v = self.source()
-            # Inverse of T = -45 + 175 S/65535, RH = 100 S/65535 (datasheet section 4.13).
+            # Inverse of T = -45 + 175 S/65535, RH = 100 S/65535 (SHT3x datasheet "Conversion of Signal Output").
             st = round((v["temp"] + 45.0) * 65535.0 / 175.0)
             srh = round(v["rh"] * 65535.0 / 100.0)
             self._word(out, max(0, min(65535, st)))
@@ -594,7 +594,7 @@ class _RegisterDevice(_Faults):
 class FakeQMC5883L(_RegisterDevice):
     """QST QMC5883L at 0x0D. source() -> {"x", "y", "z"} in uT. Continuous mode: a read of
     the status register (0x06) takes a new sample and sets DRDY; reading data clears it.
-    Fields beyond +-2 G set OVL (datasheet section 9). Faults: "overflow", "not_ready",
+    Fields beyond +-2 G set OVL (datasheet "Register Map"). Faults: "overflow", "not_ready",
     "stop"."""
 
     FAULTS = ("overflow", "not_ready")
@@ -647,7 +647,7 @@ class FakeQMC5883L(_RegisterDevice):
 
 
 # BME280 trimming values used by the fake: the worked example of the Bosch BMP280
-# datasheet (section 3.12) for T and P, and values read from a real BME280 for humidity.
+# datasheet ("Calculating pressure and temperature") for T and P, and values read from a real BME280 for humidity.
 BME280_TRIM = {
     "T1": 27504,
     "T2": 26435,

@@ -29,7 +29,7 @@ def _src(**v: float):
 
 
 def test_sht3x_crc_datasheet_example() -> None:
-    # Sensirion SHT3x datasheet table 20: CRC of 0xBEEF is 0x92.
+    # Sensirion SHT3x datasheet, "Checksum Calculation": CRC of 0xBEEF is 0x92.
     assert sht3x.crc8(b"\xbe\xef") == 0x92
     assert sht3x.crc8(b"\x00\x00") == 0x81
 
@@ -111,7 +111,7 @@ DATASHEET_TRIM = (
 
 
 def test_bme280_compensation_datasheet_example() -> None:
-    # Bosch BMP280 datasheet 3.12 worked example (same T/P formulas as the BME280):
+    # Bosch BMP280 datasheet "Calculating pressure and temperature" worked example (same T/P formulas as the BME280):
     # adc_T = 519888 -> 25.08 C, adc_P = 415148 -> 100653.27 Pa (float version).
     t, t_fine = bme280.compensate_t(519888, DATASHEET_TRIM)
     assert t == pytest.approx(25.08, abs=0.005)

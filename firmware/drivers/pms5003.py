@@ -19,6 +19,7 @@ _CMD_MODE = const(0xE1)  # data 0x00 passive, 0x01 active (manual appendix II)
 _CMD_READ = const(0xE2)  # read one frame in passive mode
 _CMD_SLEEP = const(0xE4)  # data 0x00 sleep (fan off), 0x01 wake
 _MAX_SCAN = const(512)  # bytes a single read() may inspect before giving up
+_POLL_MS = const(2)  # between empty polls: 40 tries cover a 32-byte frame at 9600 baud (33 ms)
 
 # Order of the values parse_frame() returns (words 1..12 of the frame, manual appendix I).
 FIELDS = (
@@ -73,6 +74,15 @@ CMD_SLEEP = command(_CMD_SLEEP, 0)
 CMD_WAKE = command(_CMD_SLEEP, 1)
 
 
+def _default_wait():
+    try:
+        from time import sleep_ms
+
+        return sleep_ms
+    except ImportError:
+        return None
+
+
 def parse_frame(buf):
     """Pure: 32 bytes -> tuple of 12 ints in FIELDS order; ValueError names the reason."""
     if len(buf) < _FRAME_LEN:
@@ -110,7 +120,8 @@ class PMS5003:
         self.uart = uart
         self.passive = passive
         self.tries = tries
-        self._wait = wait_ms  # e.g. time.sleep_ms on a board; called between empty polls
+        # Called between empty polls; None: the platform's time.sleep_ms (none on CPython).
+        self._wait = wait_ms if wait_ms is not None else _default_wait()
         self._buf = bytearray(_FRAME_LEN)
         self._mv = memoryview(self._buf)
         self._one = bytearray(1)
@@ -208,7 +219,7 @@ class PMS5003:
                 if empty <= 0:
                     return "truncated" if n else ("timeout" if synced else "start")
                 if self._wait is not None:
-                    self._wait(10)
+                    self._wait(_POLL_MS)
                 continue
             got = self._get(n, want)
             scanned += got

@@ -15,6 +15,7 @@ except ImportError:
 _HEADER = const(0xFF)
 _FRAME = const(4)
 _MAX_SCAN = const(64)
+_POLL_MS = const(5)  # between empty polls: 40 tries cover the A02YYUW's ~100 ms output period
 _TRIG_US = const(20)  # JSN-SR04T wants a >10 us trigger; 20 us also suits its v3 board
 BLIND_M = 0.25  # JSN-SR04T blind zone ~20-25 cm (calibration-reference section 3)
 MAX_M = 4.5  # JSN-SR04T range ~4.5-6 m (calibration-reference section 3)
@@ -22,6 +23,15 @@ C_REF = 343.42  # c at 20 C from the formula below; used when no temperature is 
 HRXL_US_PER_M = 1000.0  # MaxBotix HRXL-MaxSonar pulse width: 1 us per mm, compensated inside
 
 REASONS = ("checksum", "truncated", "timeout", "blind", "range", "too_few", "bus")
+
+
+def _default_wait():
+    try:
+        from time import sleep_ms
+
+        return sleep_ms
+    except ImportError:
+        return None
 
 
 def speed_of_sound(temp_c):
@@ -111,7 +121,8 @@ class UltrasonicUART(_Limits):
         self.compensates = compensates
         self.c_ref = c_ref
         self.tries = tries
-        self._wait = wait_ms
+        # Called between empty polls; None: the platform's time.sleep_ms (none on CPython).
+        self._wait = wait_ms if wait_ms is not None else _default_wait()
         self._buf = bytearray(_FRAME)
         self._mv = memoryview(self._buf)
         self._readinto = getattr(uart, "readinto", None)
@@ -173,7 +184,7 @@ class UltrasonicUART(_Limits):
                         return "checksum"
                     return "truncated" if n else "timeout"
                 if self._wait is not None:
-                    self._wait(10)
+                    self._wait(_POLL_MS)
                 continue
             got = self._get(n, n + 1 if n == 0 else _FRAME)
             scanned += got

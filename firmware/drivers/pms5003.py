@@ -124,7 +124,6 @@ class PMS5003:
         self._wait = wait_ms if wait_ms is not None else _default_wait()
         self._buf = bytearray(_FRAME_LEN)
         self._mv = memoryview(self._buf)
-        self._one = bytearray(1)
         self._readinto = getattr(uart, "readinto", None)
         self.errors = {}
         for r in REASONS:
@@ -214,18 +213,18 @@ class PMS5003:
                     continue
             else:
                 want = 4 if n >= 2 else n + 1
-            if not uart.any():
+            got = self._get(n, want) if uart.any() else 0
+            if not got:
                 empty -= 1
                 if empty <= 0:
                     return "truncated" if n else ("timeout" if synced else "start")
                 if self._wait is not None:
                     self._wait(_POLL_MS)
                 continue
-            got = self._get(n, want)
             scanned += got
             if n >= 2:
                 n += got
-            elif got:
+            else:
                 # Hunting for 42 4D one byte at a time, so no frame bytes are swallowed.
                 c = buf[n]
                 if n == 0:

@@ -177,7 +177,8 @@ class UltrasonicUART(_Limits):
                             n += 1
                         break
                 continue
-            if not self.uart.any():
+            got = self._get(n, n + 1 if n == 0 else _FRAME) if self.uart.any() else 0
+            if not got:
                 empty -= 1
                 if empty <= 0:
                     if bad_sum:
@@ -186,9 +187,8 @@ class UltrasonicUART(_Limits):
                 if self._wait is not None:
                     self._wait(_POLL_MS)
                 continue
-            got = self._get(n, n + 1 if n == 0 else _FRAME)
             scanned += got
-            if n == 0 and got and buf[0] != _HEADER:
+            if n == 0 and buf[0] != _HEADER:
                 continue
             n += got
         return "checksum" if bad_sum else "timeout"

@@ -213,3 +213,30 @@ def test_read_without_readinto_uses_read() -> None:
     drv = pms5003.PMS5003(ReadOnly(fake))
     fake.inject("garbage")
     assert drv.read() is not None
+
+
+class LyingUART:
+    """any() claims bytes that read() never delivers: the driver must still give up."""
+
+    def write(self, buf: bytes) -> int:
+        return len(buf)
+
+    def any(self) -> int:
+        return 5
+
+    def read(self, n: int) -> None:
+        return None
+
+    def readinto(self, buf: memoryview) -> None:
+        return None
+
+
+def test_uart_that_promises_bytes_it_never_delivers_times_out() -> None:
+    from drivers import ultrasonic
+
+    drv = pms5003.PMS5003(LyingUART(), check=False)
+    assert drv.read() is None
+    assert drv.errors["timeout"] == 1
+    us = ultrasonic.UltrasonicUART(LyingUART(), check=False)
+    assert us.read() is None
+    assert us.errors["timeout"] == 1

@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 from calibration.errors import CalibrationError
 
@@ -92,20 +91,17 @@ def _check(args: argparse.Namespace) -> int:
         p = Path(path)
         records.extend(Registry.load(p) if p.is_dir() else load_file(p))
     registry = Registry(records)  # overlaps across all the given files
-    table = Table(title=f"{len(registry)} calibration record(s): valid")
-    for col in ("id", "device", "quantity", "form", "inputs", "valid from", "valid to"):
-        table.add_column(col)
+    console = Console()
+    console.print(f"{len(registry)} calibration record(s), all valid:", highlight=False)
     for r in registry:
-        table.add_row(
-            r.id,
-            r.device_id,
-            r.quantity,
-            r.form,
-            ", ".join(r.inputs),
-            r.valid_from.isoformat(),
-            r.valid_to.isoformat() if r.valid_to else "open",
+        start = f"{r.valid_from.astimezone(UTC):%Y-%m-%d %H:%M}"
+        end = f"{r.valid_to.astimezone(UTC):%Y-%m-%d %H:%M}" if r.valid_to else "open"
+        console.print(
+            f"  {r.id}: device {r.device_id} {r.quantity} = {r.form}({', '.join(r.inputs)}) "
+            f"[{r.unit}], valid {start} → {end} UTC",
+            highlight=False,
+            markup=False,
         )
-    Console().print(table)
     return 0
 
 

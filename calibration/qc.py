@@ -358,11 +358,13 @@ class QcStream:
     """
 
     config: QcConfig
-    _pending: tuple[float | datetime, float | None, dict[str, Flag]] | None = None
-    _before_pending: float | None = None
-    _last_t: float | None = None
-    _last_present: tuple[float, float] | None = None
-    _present: deque[float] = field(default_factory=deque)
+    _pending: tuple[float | datetime, float | None, dict[str, Flag]] | None = field(
+        default=None, init=False, repr=False
+    )
+    _before_pending: float | None = field(default=None, init=False, repr=False)
+    _last_t: float | None = field(default=None, init=False, repr=False)
+    _last_present: tuple[float, float] | None = field(default=None, init=False, repr=False)
+    _present: deque[float] = field(default_factory=deque, init=False, repr=False)
 
     def push(self, timestamp: float | datetime, value: float | None) -> QcStep:
         """Evaluate one reading; see the module docs for ``settled`` and ``provisional``."""

@@ -119,7 +119,9 @@ class FakeNode:
                     self._client = client
                     self._connected.set()
                     for seq in sorted(self.unacked):  # resend the outbox on reconnect
-                        await self._send(seq, self.unacked[seq][0])
+                        entry = self.unacked.get(seq)
+                        if entry is not None:
+                            await self._send(seq, entry[0])
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._custody(client))
                         tg.create_task(self._resender())
@@ -144,12 +146,14 @@ class FakeNode:
             await asyncio.sleep(self.resend_after_s / 3)
             now = time.monotonic()
             for seq in sorted(self.unacked):
-                payload, at = self.unacked[seq]
-                if now - at >= self.resend_after_s:
-                    await self._send(seq, payload)
+                entry = self.unacked.get(seq)  # custody may have arrived meanwhile
+                if entry is not None and now - entry[1] >= self.resend_after_s:
+                    await self._send(seq, entry[0])
 
-    async def _send(self, seq: int, payload: bytes) -> None:
+    async def _send(self, seq: int, payload: bytes, new: bool = False) -> None:
         client = self._client
+        if not new and seq not in self.unacked:
+            return  # acknowledged meanwhile
         self.unacked[seq] = (payload, time.monotonic())
         if client is None:
             return
@@ -163,7 +167,7 @@ class FakeNode:
             seq = self.next_seq
             self.next_seq += 1
             body = reading(self.device_id, self.kind, self.boot, seq, **kw)
-            await self._send(seq, json.dumps(body).encode())
+            await self._send(seq, json.dumps(body).encode(), new=True)
             seqs.append(seq)
         return seqs
 

@@ -1,0 +1,192 @@
+"""Full store under a tiny byte bound, and hostile input: the gateway keeps counting and running."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_gateway import contract
+from edge_gateway.app import Gateway
+from edge_gateway.config import GatewayConfig
+from edge_gateway.ingest import Accepted, Rejected, classify
+from host_tools.brokers import MosquittoBroker
+from tests.gateway.helpers import FakeNode, Platform, gateway_config, reading, run_async, wait_ready
+
+
+@run_async
+async def test_tiny_store_drop_policy_counts_add_up(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    local = broker_factory("local")
+    upstream = broker_factory("upstream")
+    upstream.stop()  # the platform is unreachable while the store fills
+    config = GatewayConfig.from_dict(
+        gateway_config(local, upstream, tmp_path, store={"max_bytes": 16384, "min_free_bytes": 0})
+    )
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    await wait_ready(gw, upstream=False)
+    nodes = [await FakeNode(local, f"ce-00000000e00{i}", kind).start()
+             for i, kind in enumerate(("air", "water", "parking"))]
+    try:
+        for _ in range(80):
+            for node in nodes:
+                await node.publish(1)
+        for node in nodes:
+            await node.wait_acked(20)  # custody for everything: the store took it, then chose
+        s = gw.stats()
+        assert s["queue_bytes"] <= 16384
+        assert s["dropped"].get("max_bytes", 0) > 100
+        produced = sum(n.next_seq for n in nodes)
+        assert s["readings_stored"] == produced
+        upstream.start()  # drains by itself: no new reading arrives after this point
+        platform = await Platform(upstream).start()
+        await platform.wait_for(lambda: gw.stats()["queue_depth"] == 0, timeout_s=30)
+        await asyncio.sleep(0.3)
+        s = gw.stats()
+        delivered_keys = {(o["device_id"], o["seq"]) for o in platform.observations()}
+        assert len(delivered_keys) == s["readings_out"]
+        assert produced == len(delivered_keys) + s["dropped"]["max_bytes"]
+        # drop oldest: what is left is the newest of each device
+        for node in nodes:
+            seqs = sorted(seq for dev, seq in delivered_keys if dev == node.device_id)
+            assert seqs == list(range(node.next_seq - len(seqs), node.next_seq))
+        assert all(o["replay"] for o in platform.observations())
+        await platform.stop()
+    finally:
+        for node in nodes:
+            await node.stop()
+        gw.request_stop()
+        await task
+
+
+# --- fuzz ----------------------------------------------------------------------------------
+
+DEV = "ce-0000000f0f0f"
+TOPIC = contract.node_topic(DEV, "reading")
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _mutated_reading(draw_key: str, value: Any) -> bytes:
+    body = reading(DEV, "air", 1, 1)
+    body[draw_key] = value
+    return json.dumps(body).encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=st.binary(max_size=2048), leaf=st.sampled_from(["reading", "status", "state", "ack", "cmd", "x"]))
+def test_random_bytes_never_crash_ingest(payload: bytes, leaf: str) -> None:
+    out = classify(contract.node_topic(DEV, leaf), payload, 16384)
+    assert isinstance(out, (Accepted, Rejected))
+    if isinstance(out, Rejected):
+        assert out.reason_code and out.reason
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(["v", "device_id", "kind", "fw", "boot", "seq", "t", "synced", "raw", "n", "extra"]),
+       value=json_values)
+def test_wrong_types_are_rejected_with_a_reason(key: str, value: Any) -> None:
+    payload = _mutated_reading(key, value)
+    out = classify(TOPIC, payload, 16384)
+    if isinstance(out, Accepted):
+        contract.validate("reading", out.body)  # only valid readings get through
+        assert out.body["device_id"] == DEV
+    else:
+        assert out.reason_code in ("schema", "device_mismatch", "not_json")
+
+
+def test_specific_rejections() -> None:
+    ok = json.dumps(reading(DEV, "air", 1, 1)).encode()
+    assert isinstance(classify(TOPIC, ok, 16384), Accepted)
+    other = json.dumps(reading("ce-0000000a0a0a", "air", 1, 1)).encode()
+    r = classify(TOPIC, other, 16384)
+    assert isinstance(r, Rejected) and r.reason_code == "device_mismatch"
+    assert classify(TOPIC, b"x" * 20000, 16384) == Rejected(
+        "too_large", "payload of 20000 bytes exceeds 16384 bytes")
+    r = classify(TOPIC, ok, 16384, known_kind=lambda d: None)
+    assert isinstance(r, Rejected) and r.reason_code == "unknown_device"
+    r = classify(TOPIC, ok, 16384, known_kind=lambda d: "water")
+    assert isinstance(r, Rejected) and r.reason_code == "kind_mismatch"
+    r = classify("cityedge/v1/node/x/y/reading", ok, 16384)
+    assert isinstance(r, Rejected) and r.reason_code == "bad_topic"
+    r = classify(TOPIC, b"\xff\xfe{", 16384)
+    assert isinstance(r, Rejected) and r.reason_code == "not_json"
+
+
+@run_async
+async def test_live_burst_of_garbage_is_dead_lettered_and_counted(
+    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    inventory = {"allow_unknown": False, "device": [{"id": DEV, "kind": "air"}]}
+    config = GatewayConfig.from_dict(gateway_config(
+        local_broker, upstream_broker, tmp_path, inventory=inventory,
+        metrics={"enabled": True, "port": 0},
+    ))
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    await wait_ready(gw)
+    rng = random.Random(7)
+    bad: list[tuple[str, bytes]] = []
+    for i in range(300):
+        choice = i % 6
+        if choice == 0:
+            bad.append((TOPIC, rng.randbytes(rng.randrange(0, 300))))
+        elif choice == 1:
+            body = reading(DEV, "air", 1, i)
+            body["seq"] = "seven"
+            bad.append((TOPIC, json.dumps(body).encode()))
+        elif choice == 2:
+            bad.append((TOPIC, b"{" * 20000 + b"}"))  # huge
+        elif choice == 3:  # unknown device
+            dev = f"ce-0000000000{i:02x}"[-15:]
+            bad.append((contract.node_topic(dev, "reading"), json.dumps(reading(dev, "air", 1, i)).encode()))
+        elif choice == 4:  # payload device differs from the topic
+            bad.append((TOPIC, json.dumps(reading("ce-0000000b0b0b", "air", 1, i)).encode()))
+        else:
+            bad.append((contract.node_topic(DEV, "status"), b'{"v": 1, "device_id": 5}'))
+    dead: list[dict[str, Any]] = []
+    try:
+        async with aiomqtt.Client(local_broker.host, local_broker.port, identifier="fuzzer") as c:
+            await c.subscribe(contract.deadletter_topic("gw-test-01"), qos=0)
+            for topic, payload in bad:
+                await c.publish(topic, payload, qos=1)
+            node = await FakeNode(local_broker, DEV, "air").start()
+            await node.publish(10)
+            await node.wait_acked(15)
+            await node.stop()
+            async with asyncio.timeout(15):
+                async for m in c.messages:
+                    dead.append(json.loads(bytes(m.payload)))  # type: ignore[arg-type]
+                    if len(dead) == len(bad):
+                        break
+        s = gw.stats()
+        assert s["dead_letters"] == len(bad)
+        assert s["readings_stored"] == 10
+        assert sum(s["dead_letters_by_reason"].values()) == len(bad)
+        assert set(s["dead_letters_by_reason"]) >= {"not_json", "schema", "too_large",
+                                                    "unknown_device", "device_mismatch"}
+        for d in dead:
+            contract.validate("deadletter", d)
+        assert not task.done()
+        url = f"http://127.0.0.1:{gw.metrics_port}/metrics"
+        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+        assert f"cityedge_gateway_dead_letters_total{{reason=\"too_large\"}} {len(bad) // 6}" in text
+        assert "cityedge_gateway_readings_stored_total 10" in text
+    finally:
+        gw.request_stop()
+        await task

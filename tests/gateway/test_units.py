@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from calibration.records import Registry, parse_records
-import tomllib
 
+from calibration.records import Registry, parse_records
 from edge_gateway import contract
 from edge_gateway.app import custody_ranges
 from edge_gateway.config import ConfigError, GatewayConfig, load_config
@@ -261,8 +260,13 @@ def test_pm25_band_change_is_announced_once_after_hold() -> None:
         ('gateway_id = "GW!"\nsite_id = "s-1"\n', "gateway_id"),
         ('gateway_id = "gw-a1"\nsite_id = "s-1"\n[store]\nmax_bytes = "big"\n', "store.max_bytes"),
         ('gateway_id = "gw-a1"\nsite_id = "s-1"\n[upstream]\nhost = "platform.example"\n', "upstream.tls"),
-        ('gateway_id = "gw-a1"\nsite_id = "s-1"\n[[inventory.device]]\nid = "ce-000000000001"\n'
-         'kind = "boat"\n', "inventory.device[0].kind"),
+        (
+            (
+                'gateway_id = "gw-a1"\nsite_id = "s-1"\n[[inventory.device]]\n'
+                'id = "ce-000000000001"\nkind = "boat"\n'
+            ),
+            "inventory.device[0].kind",
+        ),
         ('gateway_id = "gw-a1"\nsite_id = "s-1"\nsurprise = 1\n', "surprise"),
         ('gateway_id = "gw-a1"\nsite_id = "s-1"\n[forward]\nmax_inflight = 0\n', "forward.max_inflight"),
     ],

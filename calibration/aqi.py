@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -317,8 +318,9 @@ def thai_aqi(
 
 def thai_band(aqi: int) -> AqiBand:
     """The Thai AQI band (level, colour, Thai/English advice) an index falls in."""
-    if isinstance(aqi, bool) or not isinstance(aqi, int):
+    if isinstance(aqi, bool) or not isinstance(aqi, numbers.Integral):
         raise InputError(f"aqi must be an integer index, got {aqi!r}")
+    aqi = int(aqi)
     if aqi < 0:
         raise InputError(f"aqi must be >= 0, got {aqi}")
     for band in THAI_BANDS:
@@ -342,8 +344,9 @@ def thai_aqi_overall(concentrations: Mapping[str, float]) -> AqiResult:
 
 def us_band(aqi: int) -> AqiBand:
     """The US AQI category (Good … Hazardous) an index 0–500 falls in."""
-    if isinstance(aqi, bool) or not isinstance(aqi, int):
+    if isinstance(aqi, bool) or not isinstance(aqi, numbers.Integral):
         raise InputError(f"aqi must be an integer index, got {aqi!r}")
+    aqi = int(aqi)
     if not 0 <= aqi <= 500:
         raise OutOfRangeError(f"US AQI is defined for 0–500, got {aqi}")
     for band in US_BANDS:

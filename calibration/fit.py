@@ -199,12 +199,25 @@ def _need(path: Path, header: Sequence[str], columns: Sequence[str], hint: str) 
         )
 
 
-def read_sensor_csv(path: str | Path, channels: Sequence[str]) -> Series:
+def read_sensor_csv(
+    path: str | Path, channels: Sequence[str], device_id: str | None = None
+) -> Series:
     """Read a node CSV: ``timestamp`` (ISO 8601, UTC; naive times are taken as UTC) and the
-    raw channel columns in ``channels`` (e.g. ``pm25_cf1``, ``rh``)."""
+    raw channel columns in ``channels`` (e.g. ``pm25_cf1``, ``rh``).
+
+    If the file has a ``device_id`` column and ``device_id`` is given, every row must be for
+    that device (a mixed-up export is an error, not a silently wrong calibration).
+    """
     p = Path(path)
     header, rows = _read_rows(p)
     _need(p, header, ["timestamp", *channels], "See docs/calibration.md for the node CSV layout.")
+    if device_id is not None and "device_id" in header:
+        others = sorted({r["device_id"].strip() for r in rows} - {device_id})
+        if others:
+            raise FitError(
+                f"{p}: holds readings of {', '.join(others[:3])}, not only {device_id}; "
+                "export one device per file or give the right --device"
+            )
     times: list[datetime] = []
     cols: dict[str, list[float]] = {c: [] for c in channels}
     for i, row in enumerate(rows, start=2):
@@ -533,7 +546,7 @@ def collocate(
         raise FitError("give the node's device id (--device), e.g. ce-a1b2c3d4e5f6")
     ch = channel or f"{quantity}_cf1"
     ref_col = reference_column or quantity
-    sensor = read_sensor_csv(sensor_csv, [ch, rh_channel])
+    sensor = read_sensor_csv(sensor_csv, [ch, rh_channel], device_id)
     reference, stations = read_reference_csv(reference_csv, ref_col, label=reference_label)
     paired = align(sensor, reference, ch, rh_channel, ref_col, min_hours=min_hours)
     raw_hourly = metrics(paired.raw, paired.reference)
@@ -654,10 +667,15 @@ def write_outputs(
         Registry([*existing, again])
     except RecordError as exc:
         raise FitError(f"the new record cannot join {out}: {exc}") from exc
-    _atomic_pair(
-        [
-            (record_path, lambda p: _write_text(p, text)),
-            (png_path, lambda p: report.write_png(result, p)),
-        ]
-    )
+    if not png_path.parent.is_dir():
+        raise FitError(f"{png_path.parent}: folder for the report does not exist")
+    try:
+        _atomic_pair(
+            [
+                (record_path, lambda p: _write_text(p, text)),
+                (png_path, lambda p: report.write_png(result, p)),
+            ]
+        )
+    except OSError as exc:
+        raise FitError(f"cannot write to {out}: {exc}; nothing was written") from exc
     return record_path, png_path

@@ -40,6 +40,7 @@ from datetime import date, datetime, time
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import jsonschema
@@ -158,7 +159,18 @@ class CalibrationRecord:
     source: str = "<memory>"
 
     def __post_init__(self) -> None:
+        # Freeze the mappings: a record must not change after a value was derived from it.
+        frozen = {
+            k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in self.coefficients.items()
+        }
+        object.__setattr__(self, "coefficients", MappingProxyType(frozen))
+        object.__setattr__(self, "reference", MappingProxyType(dict(self.reference)))
+        object.__setattr__(self, "ranges", MappingProxyType(dict(self.ranges)))
+        object.__setattr__(self, "extra_inputs", tuple(self.extra_inputs))
         _check_record(self)
+
+    def __hash__(self) -> int:
+        return hash((self.id, self.device_id, self.quantity, self.valid_from))
 
     @property
     def inputs(self) -> tuple[str, ...]:

@@ -30,15 +30,16 @@ def speed_of_sound_ms(air_temp_c: float) -> float:
     return 331.3 + 0.606 * t
 
 
-def echo_distance_m(echo_us: float, air_temp_c: float | None) -> float:
-    """Distance to the target from a round-trip echo time, ``d = c·t/2``.
+def echo_distance_m(echo_us: float, air_temp_c: float) -> float:
+    """Distance to the target from a round-trip echo time, ``d = c(T)·t/2``.
 
-    Pass ``air_temp_c=None`` for a sensor that compensates internally (MaxBotix HRXL): it is
-    then assumed to report echo time at 20 °C, so compensation is not applied twice.
+    Only for sensors that report raw echo time (JSN-SR04T, HC-SR04). A sensor that
+    compensates internally (MaxBotix HRXL) already reports distance: do not pass its output
+    through here, or temperature is compensated twice (the board definition says which).
     """
     t_s = non_negative("echo_us", echo_us) * 1e-6
-    c = speed_of_sound_ms(20.0 if air_temp_c is None else air_temp_c)
-    return c * t_s / 2.0
+    # Calibration reference §3: d = c·t_echo/2.
+    return speed_of_sound_ms(air_temp_c) * t_s / 2.0
 
 
 def stage_level_m(z_sensor_m: float, distance_m: float) -> float:

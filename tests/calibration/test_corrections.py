@@ -111,6 +111,6 @@ def test_water_rejects_nonsense() -> None:
     with pytest.raises(InputError):
         water.speed_of_sound_ms(200.0)
     assert water.hydrostatic_depth_m(100.0, 100.5) < 0.0  # above water: reported, not hidden
-    # A sensor that compensates internally is read at 20 °C, not compensated twice.
-    assert water.echo_distance_m(5000.0, None) == pytest.approx((331.3 + 0.606 * 20) * 0.0025)
+    # Warmer air carries sound faster: the same echo means a longer distance.
+    assert water.echo_distance_m(5000.0, 35.0) > water.echo_distance_m(5000.0, 15.0)
     assert water.water_density_kgm3(25.0) == pytest.approx(997.05, abs=0.01)

@@ -220,6 +220,7 @@ def _fit_argv(node: Path, ref: Path, out: Path) -> list[str]:
         ("missing_column", "missing column"),
         ("bad_number", "is not a number"),
         ("missing_file", "no such file"),
+        ("other_device", "not only ce-x"),
     ],
 )
 def test_errors_write_nothing(
@@ -241,6 +242,10 @@ def test_errors_write_nothing(
         reference.write_text("\n".join(lines) + "\n", encoding="utf-8")
     elif case == "missing_file":
         node.unlink()
+    elif case == "other_device":
+        node.write_text(
+            "timestamp,device_id,pm25_cf1,rh\n2026-01-10T00:00:00Z,ce-y,1,2\n", encoding="utf-8"
+        )
     out = tmp_path / "out"
     out.mkdir()
     assert _run_cli(_fit_argv(node, reference, out)) == 1
@@ -258,7 +263,7 @@ def test_png_failure_leaves_no_record(
         raise OSError("disk full")
 
     monkeypatch.setattr(report, "write_png", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(FitError, match="disk full.*nothing was written"):
         fit.write_outputs(shipped, tmp_path)
     assert list(tmp_path.iterdir()) == []
 

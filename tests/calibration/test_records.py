@@ -323,6 +323,14 @@ def test_every_form_applies() -> None:
     assert temp.apply({"temp": 31.5}) == pytest.approx(30.0)
 
 
+def test_record_is_immutable() -> None:
+    rec = _record("polynomial", {"ascending": [1.0, 0.5]})
+    with pytest.raises(TypeError):
+        rec.coefficients["ascending"] = [9.0]  # type: ignore[index]
+    assert rec.apply({"pm25_cf1": 2.0}) == 2.0
+    assert len({rec, rec}) == 1  # hashable, e.g. as a cache key
+
+
 def test_stage_form_requires_level_and_datum() -> None:
     with pytest.raises(RecordError, match="quantity"):
         _record("stage", {"z_sensor": 2.5, "datum": "MSL"}, input_channel="distance")

@@ -43,32 +43,26 @@ LOCATIONS = {
     "parking": {"lat": 12.6832, "lon": 101.2841, "elev_m": 3.0},
 }
 
-# Demo calibration records (the calibration package's TOML format): the US-wide 2021 PM2.5
-# correction as the fleet default, and the canal gauge's surveyed sensor-face height.
+# The canal gauge's surveyed sensor-face height, as a dated calibration record (the
+# calibration package's TOML format). PM2.5 uses the fleet-default records shipped with
+# `calibration` (the US-wide 2021 correction, a prior until a local PCD collocation exists).
 DEMO_RECORDS = """\
 [[record]]
-id = "demo-epa-us-2021"
-device_id = "*"
-quantity = "pm25"
-model = {{ form = "epa_us_2021" }}
-input_channel = "pm25_cf1"
-inputs = ["pm25_cf1", "rh"]
-unit = "ug/m3"
-valid_from = "2020-01-01T00:00:00Z"
-author = "CityEdge demo"
-notes = "Barkjohn et al., AMT 14, 4617 (2021), US-wide correction; a prior until a local PCD collocation exists"
-
-[[record]]
-id = "demo-canal-datum"
+id = "demo-canal-datum-2026"
 device_id = "{water_device}"
 quantity = "level"
-model = {{ form = "stage", z_sensor_m = 3.2, datum = "MSL" }}
-input_channel = "distance"
-inputs = ["distance"]
 unit = "m"
-valid_from = "2020-01-01T00:00:00Z"
+input_channel = "distance"
 author = "CityEdge demo"
-notes = "sensor face surveyed at 3.200 m MSL (demo value)"
+valid_from = 2020-01-01T00:00:00Z
+notes = "sensor face surveyed at 3.200 m above mean sea level (demo value)"
+
+[record.model]
+form = "stage"
+
+[record.model.coefficients]
+z_sensor = 3.2
+datum = "MSL"
 """
 
 
@@ -208,10 +202,14 @@ def _gateway_config(workdir: Path, local: Any, upstream: Any, records: Path) -> 
     return {
         "gateway_id": GATEWAY_ID,
         "site_id": SITE_ID,
+        "data_dir": str(workdir / "gateway"),
+        "location": {**LOCATIONS["air"], "name": "CityEdge demo school"},
         "local": {"host": local.host, "port": local.port},
-        "upstream": {"host": upstream.host, "port": upstream.port},
-        "store": {"path": str(workdir / "gateway" / "store.sqlite")},
-        "calibration": {"records": str(records)},
+        "upstream": {"host": upstream.host, "port": upstream.port, "tls": False},
+        "calibration": {"records": str(records), "fleet_defaults": True},
+        "inventory": {"allow_unknown": True},
+        "alerts": {"water_warning_m": 1.6, "water_critical_m": 2.0},
+        "health": {"interval_s": 5.0},
         "metrics": {"enabled": False},
     }
 
@@ -274,8 +272,15 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                                 view.on_message(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
                     live.update(view.render(title))
         total = sum(r.count for r in view.devices.values())
+        if total == 0 and kinds:
+            console.print("[red]no observation reached the platform.[/] The nodes' last log lines:")
+            for node in nodes:
+                console.print(f"[bold]{node.device_id} ({node.kind})[/]")
+                for line in node.log[-12:]:
+                    console.print("  " + line, markup=False, highlight=False)
+            return 1
         console.print(f"[green]done:[/] {total} observations from {len(view.devices)} devices reached the platform")
-        return 0 if total > 0 or not kinds else 1
+        return 0
     finally:
         for node in nodes:
             with contextlib.suppress(Exception):

@@ -121,8 +121,15 @@ def test_empty_registry_and_empty_directory(tmp_path: Path) -> None:
 
 
 def test_directory_load_and_shipped_fleet_defaults() -> None:
-    reg = Registry.load(DATA / "records")
-    rec = reg.find("ce-anything", "rh", datetime(2026, 3, 1, tzinfo=UTC))
+    fleet = Registry.load(DATA / "records")
+    when = datetime(2026, 3, 1, tzinfo=UTC)
+    pm25 = fleet.find("ce-anything", "pm25", when)
+    assert pm25 is not None and pm25.inputs == ("pm25_cf1", "rh")
+    pm10 = fleet.find("ce-anything", "pm10", when)
+    assert pm10 is not None and pm10.form == "kohler"
+    assert fleet.find("ce-anything", "rh", when) is None  # SHT3x RH needs no fleet correction
+    reg = Registry.load(DATA / "examples")
+    rec = reg.find("ce-anything", "rh", when)
     assert rec is not None
     assert rec.apply({"rh": 40.0}) == pytest.approx(1.259 * 40 + 7.34)
     assert rec.apply({"rh": 80.0}) == 100.0  # clamped by the record's max, documented

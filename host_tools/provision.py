@@ -39,6 +39,22 @@ def board_names(boards_dir: Path = BOARDS_DIR) -> list[str]:
     return sorted(p.stem for p in boards_dir.glob("*.json"))
 
 
+def load_board_checked(name: str, boards_dir: Path = BOARDS_DIR) -> dict[str, Any]:
+    """The board definition `boards/<name>.json`, checked by the boards loader."""
+    if not (boards_dir / f"{name}.json").is_file():
+        known = ", ".join(board_names(boards_dir)) or "none"
+        raise ProvisionError(f"no board definition {name!r} in {boards_dir} (known: {known})")
+    try:
+        from boards import BoardError, load_board
+    except ImportError:  # the loader is optional: fall back to reading the JSON
+        loaded: dict[str, Any] = json.loads((boards_dir / f"{name}.json").read_text())
+        return loaded
+    try:
+        return load_board(boards_dir / f"{name}.json")
+    except BoardError as exc:
+        raise ProvisionError(str(exc), hint=getattr(exc, "hint", "") or None) from exc
+
+
 @dataclass(frozen=True)
 class BrokerTarget:
     """Where the node's MQTT client connects (the site gateway's broker)."""
@@ -85,10 +101,11 @@ class NodeSpec:
                 f"site id {self.site_id!r} must be lower-case letters, digits and '-'",
                 hint="Use a short name such as rayong-school-01.",
             )
-        if not (boards_dir / f"{self.board}.json").is_file():
-            known = ", ".join(board_names(boards_dir)) or "none"
+        board = load_board_checked(self.board, boards_dir)
+        if not board.get("sensors", {}).get(self.kind):
             raise ProvisionError(
-                f"no board definition {self.board!r} in {boards_dir} (known: {known})"
+                f"board {self.board!r} has no {self.kind} sensors",
+                hint=f"Pick a board whose definition wires {self.kind} sensors, or a different kind.",
             )
         for label, value, limit in (("lat", self.lat, 90.0), ("lon", self.lon, 180.0)):
             if not (math.isfinite(value) and -limit <= value <= limit):

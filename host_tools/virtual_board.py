@@ -319,7 +319,7 @@ class VirtualBoard:
                     self._after_exit(proc.returncode)
                 readers = [self._host_master] + ([self._mp_master] if self._mp_master >= 0 else [])
                 writers = [self._host_master] if self._out else []
-            r, w, _ = select.select(readers, writers, [], 0.02)
+            r, _w, _ = select.select(readers, writers, [], 0.02)
             with self._lock:
                 if self._host_master in r:
                     try:

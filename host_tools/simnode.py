@@ -536,6 +536,7 @@ class SimNode:
         compile: bool = True,
         on_line: Callable[[str], None] | None = None,
         battery_soc: float = 0.9,
+        main: str | Path | None = None,
     ) -> None:
         if kind not in KINDS:
             raise SimError(f"unknown node kind {kind!r}", hint="use one of: " + ", ".join(KINDS))
@@ -565,6 +566,7 @@ class SimNode:
         self.events = [dict(e, at=parse_time(e["at"])) for e in (events or [])]
         self.compile = compile
         self.on_line = on_line
+        self.main = Path(main) if main is not None else None  # another entry script (tests)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if flash_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"cityedge-{kind}-")
@@ -748,6 +750,8 @@ class SimNode:
         else:
             main = FIRMWARE / "main.py"
             path = f"{FIRMWARE}:{SIMBOARD}:.frozen"
+        if self.main is not None:
+            main = self.main
         env = dict(os.environ, MICROPYPATH=path)
         self._proc = subprocess.Popen(
             [self.micropython, "-X", f"heapsize={self.heap}", str(main)],

@@ -137,15 +137,8 @@ class Pin:
     OPEN_DRAIN = 7
     PULL_DOWN = 1
     PULL_UP = 2
-    PULL_HOLD = 4
     IRQ_RISING = 1
     IRQ_FALLING = 2
-    WAKE_LOW = 4
-    WAKE_HIGH = 5
-    DRIVE_0 = 0
-    DRIVE_1 = 1
-    DRIVE_2 = 2
-    DRIVE_3 = 3
 
     def __init__(self, id, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
         if isinstance(id, Pin):
@@ -199,23 +192,6 @@ class Pin:
         return "Pin(%d)" % self.id
 
 
-class Signal:
-    def __init__(self, pin, *args, invert=False):
-        self._pin = pin if isinstance(pin, Pin) else Pin(pin, *args)
-        self._invert = invert
-
-    def value(self, v=None):
-        if v is None:
-            return self._pin.value() ^ self._invert
-        self._pin.value((1 if v else 0) ^ self._invert)
-
-    def on(self):
-        self.value(1)
-
-    def off(self):
-        self.value(0)
-
-
 _pins = None
 
 
@@ -243,7 +219,7 @@ def time_pulse_us(pin, pulse_level, timeout_us=1000000):
 
 _LAZY = {
     "UART": "sim_uart", "I2C": "sim_i2c", "SoftI2C": "sim_i2c", "ADC": "sim_adc",
-    "PWM": "sim_adc", "RTC": "sim_rtc", "WDT": "sim_rtc",
+    "PWM": "sim_adc", "Signal": "sim_adc", "RTC": "sim_rtc", "WDT": "sim_rtc",
 }
 
 

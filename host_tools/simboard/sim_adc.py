@@ -1,5 +1,6 @@
-# machine.ADC and machine.PWM of the simulated board. The ADC reads the volts the launcher's
-# model puts on the pin (battery divider, pressure transducer); nothing wired reads 0 V.
+# machine.ADC, machine.PWM and machine.Signal of the simulated board. The ADC reads the volts
+# the launcher's model puts on the pin (battery divider, pressure transducer); nothing wired
+# reads 0 V.
 import sim_link as _link
 
 
@@ -76,3 +77,20 @@ class PWM:
 
     def deinit(self):
         self._duty = 0
+
+
+class Signal:
+    def __init__(self, pin, *args, invert=False):
+        self._pin = pin if hasattr(pin, "value") else __import__("machine").Pin(pin, *args)
+        self._invert = invert
+
+    def value(self, v=None):
+        if v is None:
+            return self._pin.value() ^ self._invert
+        self._pin.value((1 if v else 0) ^ self._invert)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)

@@ -91,7 +91,8 @@ def set_rtc(epoch_s):
 
 def rtc_time():
     """The RTC's reading, float seconds since 1970."""
-    return true_time() + _rtc_offset() + 1e-6  # 1 us: keep float rounding off whole seconds
+    off = _rtc_offset()  # first: on power-on this sets the RTC, and time moves on after it
+    return true_time() + off + 1e-6  # 1 us: keep float rounding off whole seconds
 
 
 def time_ns():

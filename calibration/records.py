@@ -18,6 +18,8 @@ Rules checked on load:
   offset; ``valid_to`` > ``valid_from``; a record with ``superseded_by`` must have ``valid_to``.
 * Validity periods of records for the same device + quantity never overlap (in one file or
   across the files of a directory); record ids are unique.
+* ``hydrostatic`` names one extra input, the barometer channel (``baro``), and gives
+  ``z_sensor + (pressure − baro)/(ρ·g)``.
 * ``device_id = "*"`` is a fleet-wide default; :meth:`Registry.find` prefers a record for the
   device itself and falls back to ``"*"``.
 * The unit matches the quantity (``pm25``/``pm10`` → ``ug/m3``, ``temp`` → ``Cel``,
@@ -72,6 +74,7 @@ FORMS = (
     "epa_fire_smoke_2021",
     "kohler",
     "stage",
+    "hydrostatic",
     "scale_offset",
 )
 """Model forms a record may use."""
@@ -86,6 +89,7 @@ QUANTITY_UNITS: Mapping[str, str] = {
 """Calibrated quantities and the SenML unit each is published in."""
 
 _RH_FORMS = frozenset({"linear_rh", "epa_us_2021", "epa_fire_smoke_2021", "kohler"})
+_ONE_EXTRA_FORMS = _RH_FORMS | {"hydrostatic"}  # hydrostatic: the barometer channel
 _REQUIRED_COEFFICIENTS: Mapping[str, tuple[str, ...]] = {
     "linear": ("slope", "intercept"),
     "linear_rh": ("slope", "rh", "intercept"),
@@ -93,6 +97,7 @@ _REQUIRED_COEFFICIENTS: Mapping[str, tuple[str, ...]] = {
     "piecewise_linear": ("measured", "true"),
     "kohler": ("kappa",),
     "stage": ("z_sensor", "datum"),
+    "hydrostatic": ("z_sensor", "datum"),
     "scale_offset": ("scale", "offset"),
 }
 _PM_QUANTITIES = frozenset({"pm25", "pm10"})
@@ -184,8 +189,8 @@ class CalibrationRecord:
 
     @property
     def datum(self) -> str | None:
-        """For a ``stage`` record, the datum of the level (``"MSL"`` or ``"staff_gauge"``)."""
-        return str(self.coefficients["datum"]) if self.form == "stage" else None
+        """For a ``stage`` or ``hydrostatic`` record, the datum of the level (``"MSL"`` or ``"staff_gauge"``)."""
+        return str(self.coefficients["datum"]) if self.form in ("stage", "hydrostatic") else None
 
     def covers(self, when: datetime) -> bool:
         """True if ``when`` (timezone-aware) is within ``[valid_from, valid_to)``."""
@@ -211,9 +216,8 @@ class CalibrationRecord:
                 )
             values[channel] = _check_channel(self.id, channel, inputs[channel])
         x = values[self.input_channel]
-        rh_channel = self.rh_channel
-        rh = values[rh_channel] if rh_channel is not None else math.nan
-        out = _evaluate(self.form, self.coefficients, x, rh)
+        extra = values[self.extra_inputs[0]] if self.extra_inputs else math.nan
+        out = _evaluate(self.form, self.coefficients, x, extra)
         if self.quantity in _PM_QUANTITIES:
             out = max(0.0, out)
         if not math.isfinite(out):
@@ -292,6 +296,7 @@ def _check_channel(record_id: str, channel: str, value: object) -> float:
 
 
 def _evaluate(form: str, c: Mapping[str, Any], x: float, rh: float) -> float:
+    """``rh`` is the record's one extra input: RH for the PM forms, barometer for hydrostatic."""
     if form == "linear":
         return models.linear(x, float(c["slope"]), float(c["intercept"]))
     if form == "linear_rh":
@@ -315,6 +320,10 @@ def _evaluate(form: str, c: Mapping[str, Any], x: float, rh: float) -> float:
     if form == "stage":
         # Calibration reference §3: level = z_sensor − d, in the datum z_sensor was surveyed in.
         return water.stage_level_m(float(c["z_sensor"]), x)
+    if form == "hydrostatic":
+        # Calibration reference §3: level = z_sensor + (P_abs − P_baro)/(ρ·g).
+        depth = water.hydrostatic_depth_m(x, rh, float(c.get("density", 997.0)))
+        return float(c["z_sensor"]) + depth
     if form == "scale_offset":
         out = float(c["scale"]) * x + float(c["offset"])
         if "min" in c:
@@ -360,10 +369,13 @@ def _check_record(r: CalibrationRecord) -> None:
             raise fail("superseded_by", "a record cannot supersede itself")
     if r.input_channel in r.extra_inputs:
         raise fail("extra_inputs", f"repeats input_channel {r.input_channel!r}")
-    if r.form in _RH_FORMS:
+    if r.form in _ONE_EXTRA_FORMS:
         if len(r.extra_inputs) != 1:
+            what = '"baro"' if r.form == "hydrostatic" else '"rh"'
+            which = "barometer" if r.form == "hydrostatic" else "RH"
             raise fail(
-                "extra_inputs", f'form {r.form} needs exactly one, the RH channel, e.g. ["rh"]'
+                "extra_inputs",
+                f"form {r.form} needs exactly one, the {which} channel, e.g. [{what}]",
             )
     elif r.extra_inputs:
         raise fail("extra_inputs", f"form {r.form} uses no extra inputs; remove them")
@@ -379,8 +391,8 @@ def _check_record(r: CalibrationRecord) -> None:
         and r.quantity not in _PM_QUANTITIES
     ):
         raise fail("quantity", f"form {r.form} corrects PM; quantity must be pm25 or pm10")
-    if r.form == "stage" and r.quantity != "level":
-        raise fail("quantity", "form stage gives a water level; quantity must be level")
+    if r.form in ("stage", "hydrostatic") and r.quantity != "level":
+        raise fail("quantity", f"form {r.form} gives a water level; quantity must be level")
     c = r.coefficients
     for key in _REQUIRED_COEFFICIENTS.get(r.form, ()):
         if key not in c:

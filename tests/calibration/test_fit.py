@@ -316,3 +316,15 @@ def test_python_dash_m(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 1 and "output folder does not exist" in proc.stderr
+    assert not (tmp_path / "nope").exists()
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "calibration", "fit", "--sensor", str(SENSOR),
+         "--reference", str(REFERENCE), "--device", DEVICE, "--out-dir", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(p.suffix for p in out.iterdir())
+    assert written == [".png", ".toml"]
+    assert len(Registry.load(out)) == 1

@@ -318,6 +318,28 @@ def test_every_form_applies() -> None:
     )
     assert stage.apply({"distance": 0.874}) == pytest.approx(1.626)
     assert stage.datum == "MSL"
+    hydro = _record(
+        "hydrostatic",
+        {"z_sensor": -0.5, "datum": "staff_gauge", "density": 997.05},
+        quantity="level",
+        unit="m",
+        input_channel="pressure",
+        extra_inputs=["baro"],
+    )
+    assert hydro.inputs == ("pressure", "baro") and hydro.datum == "staff_gauge"
+    assert hydro.apply({"pressure": 111.325, "baro": 101.325}) == pytest.approx(
+        -0.5 + 1.0227, abs=5e-5
+    )
+    with pytest.raises(InputError, match="'baro'"):
+        hydro.apply({"pressure": 111.325})
+    with pytest.raises(RecordError, match="barometer"):
+        _record(
+            "hydrostatic",
+            {"z_sensor": 0.0, "datum": "MSL"},
+            quantity="level",
+            unit="m",
+            input_channel="pressure",
+        )
     with pytest.raises(InputError):
         stage.apply({"distance": -0.1})
     temp = _record(

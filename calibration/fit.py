@@ -233,7 +233,9 @@ def read_sensor_csv(
             cols[c].append(_parse_float(row[c], f"{p}:{i}: {c}"))
     if not times:
         raise FitError(f"{p}: no data rows")
-    order = sorted(range(len(times)), key=times.__getitem__)
+    # Sort by time; a repeated timestamp (a replayed reading) keeps its last row, once.
+    last_row = {t: k for k, t in enumerate(times)}
+    order = [last_row[t] for t in sorted(last_row)]
     return Series(
         tuple(times[k] for k in order),
         {c: np.asarray([v[k] for k in order], dtype=np.float64) for c, v in cols.items()},

@@ -154,6 +154,21 @@ def test_hourly_completeness_rule() -> None:
     assert means[start]["x"] == pytest.approx(np.mean(values[:12]))
 
 
+def test_replayed_rows_count_once(tmp_path: Path) -> None:
+    p = tmp_path / "node.csv"
+    p.write_text(
+        "timestamp,pm25_cf1,rh\n"
+        "2026-01-01T00:05:00Z,20,50\n2026-01-01T00:00:00+07:00,5,40\n2026-01-01T00:05:00Z,22,50\n",
+        encoding="utf-8",
+    )
+    series = fit.read_sensor_csv(p, ["pm25_cf1", "rh"])
+    assert series.times == (
+        datetime(2025, 12, 31, 17, tzinfo=UTC),  # an offset is honoured and converted to UTC
+        datetime(2026, 1, 1, 0, 5, tzinfo=UTC),
+    )
+    assert series.columns["pm25_cf1"].tolist() == [5.0, 22.0]
+
+
 def test_daily_completeness_rule() -> None:
     start = datetime(2026, 1, 1, 17, tzinfo=UTC)  # 00:00 Bangkok
     hours = [start + timedelta(hours=k) for k in range(24)]  # one full local day

@@ -28,16 +28,16 @@ class Kind:
     async def prepare(self):
         if self.sleeps_sensor():
             for s in self.app.sensors:
-                s.wake()
+                s.power(True)
 
     async def sample(self, t):
         """One sample; returns (values, window_s, n, alarm) when a report is due, else None."""
         values = {}
         for s in self.app.sensors:
-            await s.read(values)
+            await s.read(values, self.app)
         if self.sleeps_sensor():
             for s in self.app.sensors:
-                s.sleep()
+                s.power(False)
         if self.t_start is None:
             self.t_start = t
         self.win.add(values)

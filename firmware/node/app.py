@@ -1,10 +1,15 @@
 # The node application: wires config, board, outbox, MQTT link and the node kind together
-# and runs them as asyncio tasks (sampling, publishing, health, commands, watchdog). No task
-# sleeps by blocking; every network wait has a timeout (node.mqtt).
+# and runs them as asyncio tasks (sampling, publishing, status, commands, watchdog, WiFi).
+# No task sleeps by blocking; every network wait has a timeout (node.mqtt).
+# RAM: an ESP32 without PSRAM has ~100 KB of heap for everything. Modules needed only now and
+# then (config, state, board, status, commands, selftest) are imported, used and unloaded
+# (use()/drop()), so their code does not sit in RAM between uses.
 import gc
+import sys
 import json
 import asyncio
 import machine
+import node
 from node import FW, clock
 
 _ROOT = "cityedge/v1/node/"
@@ -18,18 +23,26 @@ UNITS = {
 # Decimal places kept per unit: below the sensors' resolution, so nothing real is lost.
 _PLACES = {"ug/m3": 1, "Cel": 2, "%RH": 2, "m": 3, "kPa": 3, "uT": 2, "V": 3}
 _WINDOW = 8  # readings in flight (published, custody not yet confirmed)
-_RESET_NAMES = {1: "power_on", 2: "hard_reset", 3: "watchdog", 4: "deep_sleep", 5: "soft_reset"}
+_WDT_MS = 30000  # hardware watchdog: generous for a slow flash write or an NTP exchange
+_RESETS = ("other", "power_on", "hard_reset", "watchdog", "deep_sleep", "soft_reset")
 
 
 def log(msg):
     print("node:", msg)
 
 
-def reset_cause():
+def use(name):
+    """Import node.<name> for a moment; drop() gives its RAM back."""
+    return __import__("node." + name, None, None, (name,))
+
+
+def drop(name):
+    sys.modules.pop("node." + name, None)
     try:
-        return _RESET_NAMES.get(machine.reset_cause(), "other")
-    except (AttributeError, OSError):
-        return "other"
+        delattr(node, name)
+    except AttributeError:
+        pass
+    gc.collect()
 
 
 def mac_id():
@@ -39,40 +52,42 @@ def mac_id():
 
 class App:
     def __init__(self):
-        from node import config, state
-
-        state.ensure_dir()
+        st = use("state")
+        st.ensure_dir()
+        drop("state")
+        config = use("config")
         self.cfg, self.config_error = config.load()
+        if not config.valid_device_id(self.cfg["device_id"]):
+            self.cfg["device_id"] = mac_id()
+        drop("config")
         cfg = self.cfg
-        if self.config_error:
-            log("SAFE MODE: " + self.config_error)
-        if not config.valid_device_id(cfg["device_id"]):
-            cfg["device_id"] = mac_id()
         self.device_id = cfg["device_id"]
         self.kind_name = cfg["kind"]
-        self.reset_cause = reset_cause()
-        self.safe = self.config_error is not None
         try:
-            from node import board as _b
-
-            self.board = _b.load()
+            c = machine.reset_cause()
+            self.reset_cause = _RESETS[c] if 0 < c < len(_RESETS) else "other"
+        except (AttributeError, OSError):
+            self.reset_cause = "other"
+        b = use("board")
+        try:
+            self.board = b.load()
         except (OSError, ValueError) as e:
             self.board = {}
-            if not self.safe:
-                self.safe = True
-                self.config_error = "board.json: %s" % e
+            self.config_error = self.config_error or ("board.json: %s" % e)
+        drop("board")
+        self.safe = self.config_error is not None
+        if self.safe:
+            log("SAFE MODE: " + self.config_error)
         self.deep_sleep = bool(self.board.get("power", {}).get("deep_sleep"))
         self.rtc_state = None
         if self.deep_sleep and not self.safe:
-            from node import sleep
-
-            self.rtc_state = sleep.restore(self)
+            self.rtc_state = use("sleep").restore(self)
         from node.outbox import Outbox
 
         self.outbox = Outbox("data", cfg["outbox_slots"],
                              int(cfg["intervals"]["custody_s"] * 2000), clock.ticks_ms,
                              clock.ticks_diff, self.rtc_state and self.rtc_state["ob"])
-        self.boot = None
+        self.boot = 0
         self.seq = 0
         self.t0_ms = clock.ticks_ms()
         self.uptime_base_s = 0
@@ -84,40 +99,43 @@ class App:
         self.t_cmd = (topic + "cmd").encode()
         self.t_custody = (topic + "custody").encode()
         self.sensors = []
+        self.buses = {}
         self.battery = None
         self.led = None
         self.kind = None
         self.wlan = None
         self.link = None
-        self.wdt = None
-        self.wake = asyncio.Event()  # publisher has something to do
+        self.rssi = None
+        self.wake = asyncio.Event()  # the publisher has something to do
         self.net_up = asyncio.Event()
         self._cmds = []
         self._cmd_ev = asyncio.Event()
         self._beat_ms = clock.ticks_ms()
         self._custody_ms = clock.ticks_ms()
         self._status_now = False
-        self.rssi = None
-        gc.collect()
 
     # --- bring-up ---
 
     def new_boot(self):
-        from node import state
-
-        self.boot = state.next_boot("data", self.outbox.last_boot)
+        self.boot = use("state").next_boot("data", self.outbox.last_boot)
+        drop("state")
         self.seq = 0
 
     def bring_up(self):
-        from node import board as _b
-
-        self.led = _b.Led(self.board.get("status_led"))
-        self.battery = _b.battery(self.board)
+        b = use("board")
+        self.led = b.led(self.board)
+        self.battery = b.battery(self.board)
         if not self.safe:
-            self.sensors = _b.sensors(self.board, self.kind_name)
-            mod = __import__("node." + self.kind_name, None, None, ("Kind",))
-            self.kind = mod.Kind(self)
-        gc.collect()
+            self.sensors = b.sensors(self.board, self.kind_name, self.buses)
+        drop("board")
+        if not self.safe:
+            self.kind = use(self.kind_name).Kind(self)
+
+    def retry_sensor(self, s):
+        b = use("board")
+        ok = b.bring_up(s, self.board, self.buses)
+        drop("board")
+        return ok
 
     def state_msg(self, state):
         return json.dumps({"v": 1, "device_id": self.device_id, "state": state,
@@ -129,8 +147,8 @@ class App:
         m = self.cfg["mqtt"]
         core = mqtt.Core(self.device_id, m["username"] or None, m["password"] or None,
                          m["keepalive_s"], self.t_state, self.state_msg("offline"))
-        subs = [(self.t_cmd, 1), (self.t_custody, 1)]
-        self.link = mqtt.Link(core, m["host"], m["port"], subs, self.on_message,
+        self.link = mqtt.Link(core, m["host"], m["port"],
+                              [(self.t_cmd, 1), (self.t_custody, 1)], self.on_message,
                               self.on_connect, log=log, ready=self.net_up)
 
     # --- readings ---
@@ -138,12 +156,17 @@ class App:
     def uptime_s(self):
         return self.uptime_base_s + clock.ticks_diff(clock.ticks_ms(), self.t0_ms) // 1000
 
+    def battery_v(self):
+        if self.battery is None:
+            return None
+        v = self.battery.read()
+        return None if v is None else round(v[0], 3)
+
     def emit(self, values, t, window_s, n, alarm):
-        """Turn one kind result into a reading in the outbox (staged; flushed by the caller)."""
-        if self.battery is not None:
-            v = self.battery.volts()
-            if v is not None:
-                values["battery"] = v
+        """Turn one kind result into a reading staged in the outbox."""
+        v = self.battery_v()
+        if v is not None:
+            values["battery"] = v
         raw = {}
         for ch, v in values.items():
             u = UNITS.get(ch, "/")
@@ -152,17 +175,15 @@ class App:
             raw[ch] = {"v": v, "u": u}
         if not raw:
             return False  # every sensor failed: no reading (the errors are in the status)
-        msg = json.dumps({"v": 1, "device_id": self.device_id, "kind": self.kind_name,
-                          "fw": FW, "boot": self.boot, "seq": self.seq, "t": t,
-                          "synced": clock.synced, "window_s": window_s, "n": n,
-                          "alarm": alarm, "raw": raw})
-        self.outbox.add(self.boot, self.seq, msg)
+        self.outbox.add(self.boot, self.seq, json.dumps({
+            "v": 1, "device_id": self.device_id, "kind": self.kind_name, "fw": FW,
+            "boot": self.boot, "seq": self.seq, "t": t, "synced": clock.synced,
+            "window_s": window_s, "n": n, "alarm": alarm, "raw": raw}))
         self.seq += 1
         return True
 
     async def sample_once(self):
-        k = self.kind
-        r = await k.sample(clock.now())
+        r = await self.kind.sample(clock.mono())
         if r is not None:
             self.emit(r[0], clock.now(), r[1], r[2], r[3])
         if self.outbox.staged:
@@ -170,12 +191,16 @@ class App:
             self.wake.set()
         return r
 
+    async def sleep_until(self, when):
+        d = clock.ticks_diff(when, clock.ticks_ms())
+        if d > 0:
+            await asyncio.sleep_ms(d)
+
     async def sampler(self):
         iv = self.cfg["intervals"]
         nxt = clock.ticks_ms()
         while True:
             lead = self.kind.lead_ms()
-            period = int(iv["sample_s"] * 1000)
             if lead:
                 await self.sleep_until(clock.ticks_add(nxt, -lead))
                 await self.kind.prepare()
@@ -185,34 +210,30 @@ class App:
                 await self.sample_once()
             except OSError as e:  # flash full or failing: say so, keep sampling
                 log("sample: %r" % (e,))
+            period = int(iv["sample_s"] * 1000)
             nxt = clock.ticks_add(nxt, period)
             if clock.ticks_diff(clock.ticks_ms(), nxt) > period:
-                nxt = clock.ticks_ms()  # fell far behind (e.g. blocked): do not burst
-
-    async def sleep_until(self, when):
-        d = clock.ticks_diff(when, clock.ticks_ms())
-        if d > 0:
-            await asyncio.sleep_ms(d)
+                nxt = clock.ticks_ms()  # fell far behind: skip, do not burst
 
     # --- publishing from the outbox ---
 
     async def publisher(self):
         ob = self.outbox
         link = self.link
-        custody_ms = int(self.cfg["intervals"]["custody_s"] * 1000)
         while True:
             await link.up.wait()
             rec = ob.next_unsent(_WINDOW)
             if rec is None:
+                custody_ms = int(self.cfg["intervals"]["custody_s"] * 1000)
                 self.wake.clear()
                 try:
-                    await asyncio.wait_for_ms(self.wake.wait(), max(custody_ms // 4, 50))
+                    await asyncio.wait_for_ms(self.wake.wait(), max(custody_ms // 4, 20))
                 except asyncio.TimeoutError:
                     pass
                 if ob.sent and clock.ticks_diff(clock.ticks_ms(), self._custody_ms) > custody_ms:
-                    # No custody for a while (gateway down or an ack lost): go back and
-                    # resend from the oldest unconfirmed reading; the gateway de-duplicates.
-                    log("custody timeout: resending %d" % ob.depth)
+                    # No custody for a while (gateway down or an ack lost): go back to the
+                    # oldest unconfirmed reading and resend; the gateway de-duplicates.
+                    log("no custody: resending %d" % ob.depth)
                     ob.rewind()
                     self._custody_ms = clock.ticks_ms()
                 ob.maybe_persist()
@@ -229,8 +250,7 @@ class App:
         try:
             m = json.loads(payload)
             b, a, z = m["boot"], m["from"], m["to"]
-            if m.get("v") != 1 or not isinstance(b, int) or not isinstance(a, int) \
-                    or not isinstance(z, int):
+            if m["v"] != 1 or type(b) is not int or type(a) is not int or type(z) is not int:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             log("bad custody message ignored")
@@ -242,10 +262,9 @@ class App:
     def on_message(self, topic, payload):
         if topic == self.t_custody:
             self.on_custody(payload)
-        elif topic == self.t_cmd:
-            if len(self._cmds) < 4:
-                self._cmds.append(bytes(payload))
-                self._cmd_ev.set()
+        elif topic == self.t_cmd and len(self._cmds) < 4:
+            self._cmds.append(bytes(payload))
+            self._cmd_ev.set()
 
     async def on_connect(self):
         self.outbox.rewind()  # everything not in custody goes again, in order
@@ -259,14 +278,14 @@ class App:
 
     # --- status and commands ---
 
-    def status_msg(self):
-        from node import status
-
-        return status.build(self)
-
     async def send_status(self):
-        gc.collect()
-        await self.link.publish(self.t_status, self.status_msg(), 1)
+        msg = use("status").build(self)
+        drop("status")
+        log("status free_heap %d depth %d" % (gc.mem_free(), self.outbox.depth))
+        await self.link.publish(self.t_status, msg, 1)
+
+    def request_status(self):
+        self._status_now = True
 
     async def commands(self):
         while True:
@@ -274,83 +293,69 @@ class App:
             self._cmd_ev.clear()
             while self._cmds:
                 raw = self._cmds.pop(0)
-                from node import commands
-
                 try:
-                    await commands.handle(self, raw)
+                    await use("commands").handle(self, raw)
                 except Exception as e:  # a bad command must never stop the node
                     log("command failed: %r" % (e,))
+                drop("commands")
 
     async def health(self):
+        """Every second: feed the watchdog (only while the sampler beats), persist the
+        custody watermark when due, send the status when due."""
         iv = self.cfg["intervals"]
+        try:
+            wdt = machine.WDT(timeout=_WDT_MS)
+        except (AttributeError, ValueError, OSError):
+            wdt = None
         last = clock.ticks_ms()
         while True:
+            stall_ms = int((iv["sample_s"] * 3 + iv["warmup_s"]) * 1000) + 20000
+            if self.kind is None or clock.ticks_diff(clock.ticks_ms(), self._beat_ms) < stall_ms:
+                if wdt is not None:
+                    wdt.feed()
+            else:
+                log("sampler stalled: letting the watchdog reset the node")
             period = int(iv["status_s"] * 1000)
-            wait = period - clock.ticks_diff(clock.ticks_ms(), last)
-            if wait > 0 and not self._status_now:
-                try:
-                    await asyncio.wait_for_ms(self._status_wait(), min(wait, 1000))
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            self._status_now = False
-            last = clock.ticks_ms()
-            self.outbox.maybe_persist()
-            if self.link is not None and self.link.up.is_set():
-                try:
-                    await self.send_status()
-                except OSError:
-                    pass
-
-    async def _status_wait(self):
-        while not self._status_now:
-            await asyncio.sleep_ms(100)
-
-    def request_status(self):
-        self._status_now = True
-
-    async def watchdog(self):
-        # Fed only while the sampler keeps beating: a hung sampler (or a blocked loop)
-        # lets the hardware watchdog reset the node.
-        from node import watchdog
-
-        await watchdog.run(self)
-
-    async def wifi(self):
-        from node import net
-
-        await net.keep_up(self)
+            if self._status_now or clock.ticks_diff(clock.ticks_ms(), last) >= period:
+                self._status_now = False
+                last = clock.ticks_ms()
+                self.outbox.maybe_persist()
+                if self.link.up.is_set():
+                    try:
+                        await self.send_status()
+                    except OSError:
+                        pass
+            await asyncio.sleep_ms(min(1000, max(period // 4, 10)))
 
     # --- entry ---
 
     async def run(self):
         if self.deep_sleep and not self.safe:
-            from node import sleep
-
-            await sleep.run(self)
+            await use("sleep").run(self)
             return
         self.new_boot()
         log("boot %d, %s, reset cause %s%s" % (self.boot, self.kind_name, self.reset_cause,
                                                " SAFE MODE" if self.safe else ""))
         self.bring_up()
         self.make_link()
-        tasks = [asyncio.create_task(self.wifi()), asyncio.create_task(self.watchdog()),
-                 asyncio.create_task(self.publisher()), asyncio.create_task(self.health()),
-                 asyncio.create_task(self.commands())]
+        from node import net
+
+        asyncio.create_task(net.keep_up(self))
+        asyncio.create_task(self.publisher())
+        asyncio.create_task(self.health())
+        asyncio.create_task(self.commands())
         if self.kind is not None:
-            tasks.append(asyncio.create_task(self.sampler()))
+            asyncio.create_task(self.sampler())
+        gc.collect()
         await self.link.run(clock.ticks_ms, clock.ticks_diff, asyncio.sleep_ms)
 
 
 def main():
     try:
-        app = App()
-        asyncio.run(app.run())
+        asyncio.run(App().run())
     except KeyboardInterrupt:
         raise
     except Exception as e:  # last resort: log, then reset like a crashed device would
-        import sys
-
         sys.print_exception(e)
         import time
 

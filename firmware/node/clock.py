@@ -7,6 +7,7 @@ import time
 EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0
 
 synced = False
+stepped = 0  # sum of the steps NTP made to the clock: now() - stepped never jumps
 ticks_ms = time.ticks_ms
 ticks_diff = time.ticks_diff
 ticks_add = time.ticks_add
@@ -17,12 +18,19 @@ def now():
     return time.time() + EPOCH_OFFSET
 
 
+def mono():
+    """Seconds on a scale NTP does not step: for durations (windows, rates)."""
+    return time.time() + EPOCH_OFFSET - stepped
+
+
 def sync(host=""):
     """Set the RTC from NTP (one UDP exchange, ~1 s timeout in ntptime). Raises OSError."""
-    global synced
+    global synced, stepped
     import ntptime
 
     if host:
         ntptime.host = host
+    before = time.time()
     ntptime.settime()
+    stepped += time.time() - before
     synced = True

@@ -26,7 +26,7 @@ class Kind:
     async def sample(self, t):
         values = {}
         for s in self.app.sensors:
-            await s.read(values)
+            await s.read(values, self.app)
         self.since += 1
         iv = self.app.cfg["intervals"]
         beat = self.since >= round(iv["heartbeat_s"] / iv["sample_s"])

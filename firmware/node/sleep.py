@@ -36,6 +36,7 @@ def restore(app):
 
 def save(app, radio_in, sleep_ms):
     st = {"dev": app.device_id, "boot": app.boot, "seq": app.seq, "synced": clock.synced,
+          "step": clock.stepped,
           "up": app.uptime_s() + sleep_ms // 1000, "radio": radio_in,
           "ob": app.outbox.hint(), "kind": app.kind.save() if app.kind else None}
     raw = json.dumps(st)
@@ -84,9 +85,10 @@ async def radio(app, timeout_ms=_CONNECT_WAIT_MS):
         if app.kind is not None:
             await app.send_status()
         while app._cmds:  # a command queued for us arrived while we were awake
-            from node import commands
+            from node.app import use, drop
 
-            await commands.handle(app, app._cmds.pop(0))
+            await use("commands").handle(app, app._cmds.pop(0))
+            drop("commands")
     except (OSError, asyncio.TimeoutError) as e:
         log("radio wake: %r" % (e,))
     link.stop()
@@ -106,6 +108,7 @@ async def run(app):
         app.boot = st["boot"]
         app.seq = st["seq"]
         clock.synced = st["synced"]
+        clock.stepped = st["step"]
         app.uptime_base_s = st["up"]
         radio_in = st["radio"]
     log("wake: boot %d seq %d" % (app.boot, app.seq))

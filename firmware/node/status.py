@@ -10,18 +10,18 @@ def sensor_errors(app):
         key = s.driver if s.driver not in out else s.name
         out[key] = s.errors()
     if app.battery is not None:
-        out["battery"] = app.battery.errors()
+        e = {}
+        for k, v in app.battery.errors.items():
+            if v:
+                e[k] = v
+        out["battery"] = e
     return out
 
 
 def build(app):
     gc.collect()
     ob = app.outbox
-    bv = None
-    if app.battery is not None:
-        bv = app.battery.volts()
-        if bv is not None:
-            bv = round(bv, 3)
+    bv = app.battery_v()
     iv = {}
     for k in ("sample_s", "report_s", "status_s"):
         iv[k] = app.cfg["intervals"][k]

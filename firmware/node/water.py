@@ -71,7 +71,7 @@ class Kind:
     async def sample(self, t):
         values = {}
         for s in self.app.sensors:
-            await s.read(values)
+            await s.read(values, self.app)
         if self.t_start is None:
             self.t_start = t
         self.win.add(values)

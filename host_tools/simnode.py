@@ -74,6 +74,11 @@ _FALLBACK_INTERVALS = {"sample_s": 10.0, "report_s": 60.0, "status_s": 300.0}
 # Files under .sim/ that a real ESP32 loses on power-on or a hard reset (RTC domain).
 _RTC_FILES = ("rtc_offset", "rtc_memory")
 _LOG_LINES = 20000
+# Heap allowance for the simulated board's own modules (machine, network, ntptime, time and the
+# bus stubs, as .mpy on the 64-bit unix port). On an ESP32 these live in ROM and cost no heap,
+# so the node process gets `heap` + this; tests/firmware/test_simboard_heap.py checks that the
+# simulated board never needs more, so the firmware's own budget stays exactly `heap`.
+SIM_HEAP = 36 * 1024
 ESPRESSIF_OUI = "240ac4"
 
 
@@ -128,11 +133,13 @@ def parse_time(value: str | float | datetime | None) -> float | None:
     return dt.timestamp()
 
 
-def parse_heap(heap: str | int) -> str:
+def parse_heap(heap: str | int) -> int:
+    """Bytes from 65536, "64k" or "1m"."""
     text = str(heap).strip().lower()
-    if not re.fullmatch(r"\d+[km]?", text):
+    m = re.fullmatch(r"(\d+)([km]?)", text)
+    if m is None:
         raise SimError(f"heap size {heap!r} is not understood", hint="use e.g. 64k, 96k or 1m")
-    return text
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2)]
 
 
 def _sources_digest(roots: list[Path]) -> str:
@@ -537,6 +544,7 @@ class SimNode:
         on_line: Callable[[str], None] | None = None,
         battery_soc: float = 0.9,
         main: str | Path | None = None,
+        sim_heap: str | int = SIM_HEAP,
     ) -> None:
         if kind not in KINDS:
             raise SimError(f"unknown node kind {kind!r}", hint="use one of: " + ", ".join(KINDS))
@@ -554,6 +562,7 @@ class SimNode:
             raise SimError(f"board {self.board['name']} has no {kind} sensors",
                            hint="pick a board with this kind (cityedge node simulate --board sim)")
         self.heap = parse_heap(heap)
+        self.sim_heap = parse_heap(sim_heap)
         self.speed = float(speed)
         self.seed = seed if seed is not None else random.SystemRandom().randrange(1, 2**31)
         self.start_time = parse_time(start)
@@ -754,14 +763,15 @@ class SimNode:
             main = self.main
         env = dict(os.environ, MICROPYPATH=path)
         self._proc = subprocess.Popen(
-            [self.micropython, "-X", f"heapsize={self.heap}", str(main)],
+            [self.micropython, "-X", f"heapsize={self.heap + self.sim_heap}", str(main)],
             cwd=self.flash_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, start_new_session=True)
         self.boots += 1
         self.reset_causes.append(self._cause)
         self._boot_host_t = time.time()
         self.state = "running"
-        self._note(f"boot {self.boots}: {RESET_NAMES[self._cause]} (pid {self._proc.pid})")
+        self._note(f"boot {self.boots}: {RESET_NAMES[self._cause]} (pid {self._proc.pid}, "
+                   f"heap {self.heap // 1024}k + {self.sim_heap // 1024}k for the simulated board)")
         threading.Thread(target=self._pump, args=(self._proc,), name=f"simnode-log-{self.kind}",
                          daemon=True).start()
 
@@ -911,7 +921,10 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--broker", required=True, metavar="HOST:PORT", help="the site broker")
     p.add_argument("--device-id", help="ce- plus 12 hex digits (default: from the seed)")
     p.add_argument("--board", default="sim", help="board name in boards/ or a path (default sim)")
-    p.add_argument("--heap", default="64k", help="MicroPython heap (default 64k)")
+    p.add_argument("--heap", default="64k",
+                   help="the firmware's MicroPython heap (default 64k); the simulated board's own "
+                        "modules get --sim-heap on top, as they are in ROM on a real ESP32")
+    p.add_argument("--sim-heap", default=f"{SIM_HEAP // 1024}k", help=argparse.SUPPRESS)
     p.add_argument("--speed", type=float, default=1.0, help="simulated time runs N times faster")
     p.add_argument("--duration", type=float, help="stop after this many real seconds")
     p.add_argument("--flash-dir", help="the node's flash directory (kept; default: temporary)")
@@ -940,13 +953,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         node = SimNode(args.kind, broker=args.broker, device_id=args.device_id,
                        flash_dir=args.flash_dir, board=args.board, heap=args.heap,
-                       speed=args.speed, seed=args.seed, start=args.start,
+                       sim_heap=args.sim_heap, speed=args.speed, seed=args.seed, start=args.start,
                        username=args.username, password=password, site_id=args.site_id,
                        on_line=echo)
     except SimError as exc:
         raise CityEdgeError(str(exc), hint=exc.hint or None) from exc
     print(f"[sim] {node.kind} node {node.device_id}, board {node.board['name']}, flash {node.flash_dir}, "
-          f"heap {node.heap}, speed {node.speed:g}x, seed {node.seed}", flush=True)
+          f"heap {node.heap // 1024}k + {node.sim_heap // 1024}k for the simulated board, "
+          f"speed {node.speed:g}x, seed {node.seed}", flush=True)
     try:
         node.start()
         deadline = None if args.duration is None else time.monotonic() + args.duration

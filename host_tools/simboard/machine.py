@@ -1,24 +1,14 @@
 # Simulated ESP32 `machine` module for the MicroPython unix port. It shadows the small builtin
 # machine module (a machine.py on MICROPYPATH wins) and gives the firmware what an ESP32 has.
-# Buses find their fake devices from /board.json and the node kind in /config.json (simhw.py);
-# resets, deep sleep and the watchdog end the process with the codes below, and the launcher
-# (host_tools/simnode.py) restarts it with the matching reset cause, like the chip would.
-import sys
+# Buses reach their fake devices in the launcher through sim_link; resets, deep sleep and the
+# watchdog end the process with the codes below, and the launcher (host_tools/simnode.py)
+# restarts it with the matching reset cause, like the chip would. Everything the firmware
+# rarely needs loads on first use (__getattr__ below): on an ESP32 this module is in ROM and
+# costs no heap, here every function does.
+from micropython import const
 
 import sim_link as _link
 import time
-
-_saved = sys.path[:]
-sys.path.clear()
-try:
-    import machine as _builtin  # the unix port's own machine module (mem8, PinBase, ...)
-finally:
-    sys.path.extend(_saved)
-del _saved
-
-mem8 = _builtin.mem8
-mem16 = _builtin.mem16
-mem32 = _builtin.mem32
 
 # machine.reset_cause() values on an ESP32 (ports/esp32/modmachine.c).
 PWRON_RESET = 1
@@ -26,30 +16,17 @@ HARD_RESET = 2
 WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
-# machine.wake_reason() values on an ESP32.
-PIN_WAKE = EXT0_WAKE = 2
-EXT1_WAKE = 3
-TIMER_WAKE = 4
-TOUCHPAD_WAKE = 5
-ULP_WAKE = 6
-IDLE = 1
-SLEEP = 2
-DEEPSLEEP = 4
 
 # Process exit codes the launcher understands (also written to .sim/exit with details).
-EXIT_DEEPSLEEP = 100
-EXIT_RESET = 101
-EXIT_WDT = 102
-EXIT_SOFT_RESET = 103
+_EXIT_DEEPSLEEP = const(100)
+_EXIT_RESET = const(101)  # 102: the watchdog (sim_rtc.py), 103: soft_reset (sim_misc.py)
 
-_SIM = ".sim/"
-_freq = 240000000
 _cause = None
 
 
 def _exit(reason, code, detail=0):
     try:
-        with open(_SIM + "exit", "w") as f:
+        with open(".sim/exit", "w") as f:
             f.write("%s %d" % (reason, detail))
     except OSError:
         pass
@@ -60,15 +37,11 @@ def reset_cause():
     global _cause
     if _cause is None:
         try:
-            with open(_SIM + "reset_cause") as f:
+            with open(".sim/reset_cause") as f:
                 _cause = int(f.read())
         except (OSError, ValueError):
             _cause = PWRON_RESET
     return _cause
-
-
-def wake_reason():
-    return TIMER_WAKE if reset_cause() == DEEPSLEEP_RESET else 0
 
 
 def unique_id():
@@ -85,50 +58,16 @@ def unique_id():
     return bytes(b)
 
 
-def freq(hz=None):
-    global _freq
-    if hz is None:
-        return _freq
-    if hz not in (20000000, 40000000, 80000000, 160000000, 240000000):
-        raise ValueError("frequency must be 20MHz, 40MHz, 80Mhz, 160MHz or 240MHz")
-    _freq = hz
-
-
-def idle():
-    time.sleep_ms(1)
-
-
-def disable_irq():
-    return 0
-
-
-def enable_irq(state=0):
-    pass
-
-
 def reset():
     print("sim: machine.reset()")
-    _exit("reset", EXIT_RESET)
-
-
-def soft_reset():
-    print("sim: machine.soft_reset()")
-    _exit("soft_reset", EXIT_SOFT_RESET)
+    _exit("reset", _EXIT_RESET)
 
 
 def deepsleep(time_ms=0):
     # The launcher keeps the process down for time_ms of real time (0: until it is stopped),
     # then restarts it with DEEPSLEEP_RESET; RTC memory and the RTC clock survive.
     print("sim: deepsleep %d ms" % time_ms)
-    _exit("deepsleep", EXIT_DEEPSLEEP, time_ms)
-
-
-def lightsleep(time_ms=0):
-    # Execution resumes where it stopped; the WiFi link survives a short light sleep.
-    time.sleep_ms(time_ms if time_ms > 0 else 1)
-
-
-sleep = lightsleep
+    _exit("deepsleep", _EXIT_DEEPSLEEP, time_ms)
 
 
 class Pin:
@@ -219,15 +158,15 @@ def time_pulse_us(pin, pulse_level, timeout_us=1000000):
 
 _LAZY = {
     "UART": "sim_uart", "I2C": "sim_i2c", "SoftI2C": "sim_i2c", "ADC": "sim_adc",
-    "PWM": "sim_adc", "Signal": "sim_adc", "RTC": "sim_rtc", "WDT": "sim_rtc",
+    "PWM": "sim_pwm", "Signal": "sim_pwm", "RTC": "sim_rtc", "WDT": "sim_rtc",
 }
 
 
 def __getattr__(name):
     # Peripheral classes load on first use, so a node pays heap only for the buses it has.
-    mod = _LAZY.get(name)
-    if mod is None:
-        raise AttributeError(name)
-    obj = getattr(__import__(mod), name)
+    mod = _LAZY.get(name, "sim_misc")
+    obj = getattr(__import__(mod), name, None)
+    if obj is None:
+        raise AttributeError("module 'machine' has no attribute '%s'" % name)
     globals()[name] = obj
     return obj

@@ -18,28 +18,10 @@ STAT_BEACON_TIMEOUT = 200
 STAT_ASSOC_FAIL = 203
 STAT_HANDSHAKE_TIMEOUT = 204
 AUTH_OPEN = 0
-AUTH_WEP = 1
-AUTH_WPA_PSK = 2
 AUTH_WPA2_PSK = 3
-AUTH_WPA_WPA2_PSK = 4
-MODE_11B = 1
-MODE_11G = 2
-MODE_11N = 4
 
 _DOWN_FILE = "sim_wifi_down"
-_hostname = "esp32"
 _ifaces = {}
-
-
-def hostname(name=None):
-    global _hostname
-    if name is None:
-        return _hostname
-    _hostname = name
-
-
-def country(code=None):
-    return "TH" if code is None else None
 
 
 def _down():
@@ -93,10 +75,9 @@ class WLAN:
         self._rssi = self._rssi0
         self._rng = (int(sim.get("seed", 1)) * 2654435761 + 1) & 0x7FFFFFFF or 1
         self._ip = cfg.get("ip", "192.168.4.%d" % (20 + base[5] % 200))
-        mac = bytearray(base)
-        if interface == AP_IF:
-            mac[5] = (mac[5] + 1) & 0xFF  # the ESP32's soft-AP MAC is base MAC + 1
-        self._mac = bytes(mac)
+        if interface == AP_IF:  # the ESP32's soft-AP MAC is base MAC + 1
+            base = base[:5] + bytes(((base[5] + 1) & 0xFF,))
+        self._mac = base
         self._pm = WLAN.PM_PERFORMANCE
         self._txpower = 20
 
@@ -166,8 +147,6 @@ class WLAN:
                     self._pm = v
                 elif k == "txpower":
                     self._txpower = v
-                elif k in ("dhcp_hostname", "hostname"):
-                    hostname(v)
                 elif k in ("reconnects", "channel", "ssid", "essid", "key", "security",
                            "max_clients", "hidden", "protocol"):
                     pass
@@ -179,8 +158,6 @@ class WLAN:
             return self._mac
         if p in ("essid", "ssid"):
             return self._ssid or ""
-        if p in ("dhcp_hostname", "hostname"):
-            return _hostname
         if p == "pm":
             return self._pm
         if p == "txpower":
@@ -196,20 +173,3 @@ class WLAN:
         if self.isconnected():
             return (self._ip, "255.255.255.0", "192.168.4.1", "192.168.4.1")
         return ("0.0.0.0", "0.0.0.0", "0.0.0.0", "0.0.0.0")
-
-    def ipconfig(self, param):
-        if param == "addr4":
-            c = self.ifconfig()
-            return (c[0], c[1])
-        if param == "dhcp4":
-            return True
-        raise ValueError("unknown ipconfig param")
-
-    def scan(self):
-        if not self._active:
-            raise OSError("Wifi Not Started")
-        time.sleep_ms(100)
-        if self._fail or _down():
-            return []
-        ssid = (self._ap_ssid or self._ssid or "cityedge-sim").encode()
-        return [(ssid, b"\x24\x0a\xc4\x00\x00\xfe", 6, self._rssi0, AUTH_WPA2_PSK, False)]

@@ -34,6 +34,7 @@ def run(tmp_path: Path) -> Iterator[Any]:
         path = tmp_path / f"script{len(nodes)}.py"
         path.write_text(script)
         kw.setdefault("seed", 4)
+        kw.setdefault("sim_heap", 0)  # these scripts run in a 64 KB heap, board modules included
         node = SimNode(kind, broker=NO_BROKER, main=path, flash_dir=tmp_path / f"flash{len(nodes)}", **kw)
         nodes.append(node)
         return node.start()
@@ -180,11 +181,11 @@ def test_deepsleep_keeps_rtc_memory_and_power_cut_clears_it(run: Any) -> None:
     node.kill()
     mark = len(node.log)
     node.start()  # power-on: RTC memory is gone
-    node.wait_for("^boot 0 cause %d " % PWRON_RESET, start=mark)
-    node.wait_for("^boot 1 cause %d " % DEEPSLEEP_RESET, start=mark)
+    node.wait_for(f"^boot 0 cause {PWRON_RESET} ", start=mark)
+    node.wait_for(f"^boot 1 cause {DEEPSLEEP_RESET} ", start=mark)
     mark = len(node.log)
     node.reboot()  # EN button: RTC memory is gone too, flash stays
-    node.wait_for("^boot 0 cause %d " % HARD_RESET, start=mark)
+    node.wait_for(f"^boot 0 cause {HARD_RESET} ", start=mark)
 
 
 WDT_SCRIPT = """

@@ -144,7 +144,7 @@ def test_flash_flood_rises_fast_and_recedes() -> None:
 def test_distance_stays_in_the_sensor_range() -> None:
     m = signals.Model({"seed": 8, "water": {"sensor_height_m": 4.0}})
     t0 = local_midnight("2026-09-01")
-    for k in range(0, 30 * 24 * 6):
+    for k in range(30 * 24 * 6):
         d = m.canal(t0 + k * 600.0)["distance_m"]
         assert 0.25 < d < 4.5
 

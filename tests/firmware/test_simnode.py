@@ -1,0 +1,181 @@
+"""The node launcher: flash preparation, identity, time scaling, process hygiene, and the
+`cityedge node simulate` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from boards import load_board
+from host_tools.simnode import (
+    HARD_RESET,
+    PWRON_RESET,
+    SimError,
+    SimNode,
+    compile_tree,
+    firmware_intervals,
+    parse_heap,
+    parse_time,
+)
+from tests.support.tools import FIRMWARE, REPO, micropython
+
+pytestmark = pytest.mark.micropython
+
+BROKER = "127.0.0.1:9"  # nothing listens: these nodes never get MQTT up
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); it has no resources left.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ")[1].startswith("Z")
+
+
+def test_config_scales_every_firmware_interval_and_keeps_identity(tmp_path: Path) -> None:
+    node = SimNode("air", broker="10.0.0.5:1884", speed=60, seed=5, username="ce-user",
+                   password="s3cret", flash_dir=tmp_path,
+                   config_overrides={"intervals": {"sample_s": 30}, "location": {"lat": 12.68}})
+    cfg = node.node_config()
+    defaults = firmware_intervals(micropython(), str(FIRMWARE))
+    assert set(cfg["intervals"]) == set(defaults), "only keys the firmware knows"
+    assert cfg["intervals"]["sample_s"] == pytest.approx(0.5)  # 30 simulated s at 60x
+    assert cfg["intervals"]["report_s"] == pytest.approx(defaults["report_s"] / 60)
+    assert cfg["mqtt"] == {"host": "10.0.0.5", "port": 1884, "username": "ce-user",
+                           "password": "s3cret", "tls": False, "keepalive_s": 60}
+    assert cfg["location"] == {"lat": 12.68}
+    assert re.fullmatch(r"ce-240ac4[0-9a-f]{6}", node.device_id)
+    assert cfg["device_id"] == node.device_id and cfg["kind"] == "air"
+    assert SimNode("air", broker=BROKER, seed=5).device_id == node.device_id
+    assert SimNode("air", broker=BROKER, seed=6).device_id != node.device_id
+    assert SimNode("air", broker=BROKER, device_id="ce-a1b2c3d4e5f6").mac == "a1b2c3d4e5f6"
+
+
+def test_flash_dir_is_prepared_and_identity_survives_a_new_launcher(tmp_path: Path) -> None:
+    script = tmp_path / "idle.py"
+    script.write_text("import machine\nprint('id', machine.unique_id().hex())\n")
+    flash = tmp_path / "flash"
+    with SimNode("parking", broker=BROKER, flash_dir=flash, seed=9, speed=2.0, main=script,
+                 start="2026-03-01T00:00:00Z") as node:
+        assert node.wait_for("^id ") == "id " + node.mac
+        first_id = node.device_id
+        sim = json.loads((flash / "sim.json").read_text())
+        assert sim["speed"] == 2.0 and sim["seed"] == 9 and sim["unique_id"] == node.mac
+        assert sim["clock"]["sim_t0"] == parse_time("2026-03-01T00:00:00Z")
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", sim["hw"])
+        assert json.loads((flash / "board.json").read_text()) == load_board("sim")
+        assert json.loads((flash / "config.json").read_text())["kind"] == "parking"
+    # A new launcher on the same flash (no seed, no id given) is the same device rebooting.
+    again = SimNode("parking", broker=BROKER, flash_dir=flash, main=script)
+    assert again.device_id == first_id
+
+
+def test_stop_and_kill_leave_no_process(tmp_path: Path) -> None:
+    script = tmp_path / "busy.py"
+    script.write_text("import machine, time\nmachine.WDT(timeout=60000)\nprint('up')\n"
+                      "while True:\n    time.sleep_ms(50)\n")
+    node = SimNode("air", broker=BROKER, main=script, flash_dir=tmp_path / "f")
+    node.start()
+    node.wait_for("^up$")
+    pid = node.pid
+    assert pid is not None and node.running
+    node.stop()
+    assert not node.running and node.state == "off" and _gone(pid)
+    node.start()
+    node.wait_for("^up$", start=len(node.log) - 2)
+    pid2 = node.pid
+    assert pid2 is not None and pid2 != pid
+    node.kill()
+    assert _gone(pid2) and node.returncode == -signal.SIGKILL
+    node.start()
+    node.reboot()
+    node.wait_for("hard reset")
+    assert node.reset_causes[-2:] == [PWRON_RESET, HARD_RESET]
+    node.close()
+    assert not node.running
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "traffic"}, "unknown node kind"),
+        ({"broker": "localhost"}, "is not host:port"),
+        ({"heap": "lots"}, "heap size"),
+        ({"start": "yesterday"}, "cannot read the start time"),
+        ({"device_id": "ce-XYZ"}, "is not ce- plus 12"),
+        ({"board": "esp32-nonesuch"}, "no board file"),
+        ({"speed": 0}, "speed must be positive"),
+    ],
+)
+def test_bad_settings_say_what_to_do(kwargs: dict[str, object], message: str) -> None:
+    args: dict[str, object] = {"kind": "air", "broker": BROKER, **kwargs}
+    with pytest.raises(SimError, match=message) as err:
+        SimNode(**args)  # type: ignore[arg-type]
+    assert err.value.hint
+
+
+def test_small_parsers() -> None:
+    assert parse_heap("64k") == 65536 and parse_heap(1000) == 1000 and parse_heap("1m") == 1 << 20
+    assert parse_time("2026-02-20") == parse_time("2026-02-20T00:00:00Z") == 1771545600.0
+    assert parse_time(12.5) == 12.5 and parse_time(None) is None
+
+
+def test_compiled_tree_is_cached(tmp_path: Path) -> None:
+    a = compile_tree(cache_root=tmp_path)
+    assert (a / "firmware" / "main.py").exists()
+    assert (a / "simboard" / "machine.mpy").exists()
+    assert not (a / "simboard" / "signals.mpy").exists()  # runs in the launcher, not the node
+    assert compile_tree(cache_root=tmp_path) == a
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "host_tools.cli", "node", "simulate", *args]
+
+
+def test_cli_runs_streams_and_stops_after_duration(tmp_path: Path) -> None:
+    flash = tmp_path / "flash"
+    out = subprocess.run(_cli("--kind", "water", "--broker", BROKER, "--duration", "2", "--seed", "3",
+                              "--flash-dir", str(flash), "--speed", "30"),
+                         capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "[sim] boot 1: power-on" in out.stdout
+    assert "[sim] stopped" in out.stdout
+    pid = int(re.search(r"power-on \(pid (\d+)", out.stdout).group(1))  # type: ignore[union-attr]
+    assert _gone(pid)
+    cfg = json.loads((flash / "config.json").read_text())
+    assert cfg["kind"] == "water" and cfg["intervals"]["sample_s"] == pytest.approx(
+        firmware_intervals(micropython(), str(FIRMWARE))["sample_s"] / 30)
+
+
+def test_cli_ctrl_c_stops_the_node(tmp_path: Path) -> None:
+    proc = subprocess.Popen(_cli("--kind", "air", "--broker", BROKER, "--flash-dir", str(tmp_path / "f")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    pid = None
+    deadline = time.monotonic() + 30
+    while pid is None and time.monotonic() < deadline:
+        m = re.search(r"power-on \(pid (\d+)", proc.stdout.readline())
+        pid = int(m.group(1)) if m else None
+    assert pid is not None
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "interrupted" in rest
+    assert _gone(pid)
+
+
+def test_cli_bad_broker_is_a_clear_error() -> None:
+    out = subprocess.run(_cli("--kind", "air", "--broker", "nowhere"), capture_output=True, text=True,
+                         timeout=60, cwd=REPO, check=False)
+    assert out.returncode == 1
+    assert "is not host:port" in out.stderr and "what to do" in out.stderr

@@ -634,7 +634,11 @@ class Gateway:
         pending: set[asyncio.Task[None]] = set()
         last_delete = time.monotonic()
 
-        async def send(row: Row, replay: bool) -> None:
+        # The backlog may hold at most half of the in-flight window: the other half stays free
+        # for live rows, which therefore never queue behind a whole drain batch.
+        backlog_window = asyncio.Semaphore(max(1, self.config.forward.max_inflight // 2))
+
+        async def send(row: Row, replay: bool, backlog: bool) -> None:
             try:
                 payload = _replay(row.payload) if replay else row.payload
                 await client.publish(row.topic, payload, qos=1, timeout=self.config.upstream.timeout_s)
@@ -649,6 +653,8 @@ class Gateway:
                 failures.append(exc)
             finally:
                 window.release()
+                if backlog:
+                    backlog_window.release()
 
         try:
             while True:
@@ -667,8 +673,8 @@ class Gateway:
                     if rows:
                         live_cursor = rows[-1].id
                     elif backlog_cursor < boundary and tokens >= 1.0:
-                        rows = await store.call(store.fetch, backlog_cursor,
-                                                min(int(tokens), fwd.batch), boundary)
+                        size = min(int(tokens), fwd.batch, max(1, fwd.max_inflight // 2))
+                        rows = await store.call(store.fetch, backlog_cursor, size, boundary)
                         if rows:
                             backlog_cursor = rows[-1].id
                             tokens -= len(rows)
@@ -681,12 +687,16 @@ class Gateway:
                     if rows:
                         backlog_cursor = live_cursor = rows[-1].id
                 for row in rows:
+                    if replay:
+                        await backlog_window.acquire()
                     await window.acquire()
                     if failures:
                         window.release()
+                        if replay:
+                            backlog_window.release()
                         raise failures[0]
                     is_replay = replay or row.id <= boundary
-                    task = asyncio.create_task(send(row, is_replay))
+                    task = asyncio.create_task(send(row, is_replay, replay))
                     pending.add(task)
                     task.add_done_callback(pending.discard)
                 if self._acked and (

@@ -132,7 +132,7 @@ class StoreSection:
     max_age_s: float = 30 * 86400.0
     min_free_bytes: int = 256 * 1024 * 1024
     commit_max_readings: int = 256
-    commit_max_ms: float = 50.0
+    commit_max_ms: float = 20.0
     synchronous: str = "full"
     dedup_horizon_s: float = 7 * 86400.0
     max_payload_bytes: int = 16384

@@ -53,7 +53,6 @@ CREATE TABLE IF NOT EXISTS queue(
     priority INTEGER NOT NULL DEFAULT 0,
     size INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS queue_priority ON queue(priority, id);
 CREATE TABLE IF NOT EXISTS seen(
     device_id TEXT NOT NULL,
     boot INTEGER NOT NULL,
@@ -61,7 +60,6 @@ CREATE TABLE IF NOT EXISTS seen(
     received REAL NOT NULL,
     PRIMARY KEY(device_id, boot, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS seen_received ON seen(received);
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
@@ -281,7 +279,7 @@ class Store:
             self.counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
             raise
         result.commit_s = time.perf_counter() - t0
-        if now - self._last_prune > 60.0:
+        if now - self._last_prune > 3600.0:  # a full scan of `seen`, hourly (no extra index)
             self._last_prune = now
             self.prune_seen(now)
         return result
@@ -297,11 +295,16 @@ class Store:
             if bytes_over is not None and freed >= bytes_over:
                 break
             want = 256 if n_rows is None else min(256, n_rows - dropped)
-            rows = db.execute(
-                "SELECT id, size, device_id FROM queue ORDER BY priority, id LIMIT ?",
-                (want + len(self.leased),),
-            ).fetchall()
-            rows = [r for r in rows if r[0] not in self.leased][:want]
+            rows = []
+            for priority in (PRIORITY_READING, PRIORITY_ALERT_READING, PRIORITY_ALERT):
+                # Rowid order: the oldest rows of the lowest priority go first.
+                found = db.execute(
+                    "SELECT id, size, device_id FROM queue WHERE priority = ? ORDER BY id LIMIT ?",
+                    (priority, want + len(self.leased)),
+                ).fetchall()
+                rows = [r for r in found if r[0] not in self.leased][:want]
+                if rows:
+                    break
             if not rows:
                 break
             for rid, size, _dev in rows:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from edge_gateway import contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
-from edge_gateway.ingest import Accepted, Rejected, classify
+from edge_gateway.ingest import Accepted, Rejected, classify, reading_is_valid
 from host_tools.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, Platform, gateway_config, reading, run_async, wait_ready
 
@@ -107,6 +107,31 @@ def test_wrong_types_are_rejected_with_a_reason(key: str, value: Any) -> None:
         assert out.body["device_id"] == DEV
     else:
         assert out.reason_code in ("schema", "device_mismatch", "not_json")
+
+
+@settings(max_examples=400, deadline=None)
+@given(key=st.sampled_from(["v", "device_id", "kind", "fw", "boot", "seq", "t", "synced", "raw",
+                            "n", "window_s", "alarm", "extra"]),
+       value=json_values,
+       channel=st.text(max_size=34), unit=st.text(max_size=6) | st.sampled_from(["ug/m3", "m", "/"]),
+       v=json_values)
+def test_fast_reading_check_never_accepts_what_the_schema_refuses(
+    key: str, value: Any, channel: str, unit: str, v: Any
+) -> None:
+    body = reading(DEV, "air", 1, 1)
+    body[key] = value
+    variant = reading(DEV, "water", 2, 3)
+    variant["raw"] = {channel: {"v": v, "u": unit}}
+    for candidate in (body, variant):
+        if reading_is_valid(candidate):
+            contract.validate("reading", candidate)
+    assert reading_is_valid(reading(DEV, "parking", 0, 0))
+
+
+def test_nan_and_infinity_are_not_json() -> None:
+    body = json.dumps(reading(DEV, "air", 1, 1)).replace("31.0", "NaN").encode()
+    r = classify(TOPIC, body, 16384)
+    assert isinstance(r, Rejected) and r.reason_code == "not_json"
 
 
 def test_specific_rejections() -> None:

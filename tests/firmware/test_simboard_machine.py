@@ -302,3 +302,25 @@ def test_wifi_that_never_associates(run: Any) -> None:
               "w.connect('x', 'y')\ntime.sleep_ms(300)\nprint('st', w.isconnected(), w.status())\n")
     node = run("water", script, wifi={"fail": True, "assoc_ms": 100})
     assert node.wait_for("^st ") == "st False 201"  # STAT_NO_AP_FOUND
+
+
+RTC_SCRIPT = """
+import machine, time
+rtc = machine.RTC()
+if machine.reset_cause() == machine.PWRON_RESET:
+    rtc.datetime((2026, 4, 13, 0, 6, 30, 0, 0))  # Songkran morning, UTC
+    print("set", time.time(), time.gmtime()[:6])
+    machine.reset()
+print("after", machine.reset_cause(), time.time(), rtc.datetime()[:3], machine.unique_id().hex())
+"""
+
+
+def test_rtc_set_by_the_firmware_survives_a_soft_reset(run: Any) -> None:
+    node = run("parking", RTC_SCRIPT, speed=1.0)
+    _, t_set, *_ = node.wait_for("^set ").split(" ", 2)
+    assert int(t_set) == int(datetime(2026, 4, 13, 6, 30, tzinfo=UTC).timestamp())
+    assert "(2026, 4, 13, 6, 30, 0)" in node.wait_for("^set ")
+    _, cause, t_after, rest = node.wait_for("^after ").split(" ", 3)
+    assert cause == str(SOFT_RESET)
+    assert 0 <= int(t_after) - int(t_set) <= 5  # the RTC kept its time through the reset
+    assert rest == f"(2026, 4, 13) {node.mac}"

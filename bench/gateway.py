@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,9 +41,9 @@ import paho.mqtt.client as mqtt
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_gateway import contract  # noqa: E402
-from edge_gateway.store import Entry, Limits, Store  # noqa: E402
-from host_tools.brokers import MosquittoBroker, free_port, wait_for_port  # noqa: E402
+from edge_gateway import contract
+from edge_gateway.store import Entry, Limits, Store
+from host_tools.brokers import MosquittoBroker, free_port, wait_for_port
 
 SITE = "bench-site-01"
 GATEWAY = "gw-bench-01"

@@ -37,7 +37,7 @@ from typing import Any
 
 import aiomqtt
 
-from edge_gateway import __version__, contract, systemd
+from edge_gateway import __version__, contract, sdnotify
 from edge_gateway.config import BrokerSection, ConfigError, GatewayConfig, load_config
 from edge_gateway.devices import DeviceTracker
 from edge_gateway.ingest import Accepted, classify, deadletter_payload, iso_utc
@@ -232,7 +232,7 @@ class Gateway:
                 self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats)
                 self.metrics_port = await self._metrics.start()
             self.ready = True
-            systemd.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
+            sdnotify.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
             stop_wait = asyncio.create_task(self._stop.wait(), name="stop-wait")
             done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for t in done:
@@ -240,7 +240,7 @@ class Gateway:
                     raise RuntimeError(f"gateway task {t.get_name()} failed") from t.exception()
             stop_wait.cancel()
         finally:
-            systemd.notify("STOPPING=1")
+            sdnotify.notify("STOPPING=1")
             self.ready = False
             for t in tasks:
                 t.cancel()
@@ -725,7 +725,7 @@ class Gateway:
         """Watchdog pings (only while the store thread answers), oldest-age gauge, age bound."""
         assert self.store is not None
         store = self.store
-        interval = systemd.watchdog_interval_s()
+        interval = sdnotify.watchdog_interval_s()
         period = min(interval or 5.0, 5.0)
         while True:
             try:
@@ -740,5 +740,5 @@ class Gateway:
                 log.warning("store bound reached, dropped %s", dropped)
             self._oldest_age = None if oldest is None else max(0.0, time.time() - oldest)
             if interval is not None:
-                systemd.notify("WATCHDOG=1")
+                sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(period)

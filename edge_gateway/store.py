@@ -230,6 +230,7 @@ class Store:
         db.execute("BEGIN IMMEDIATE")
         try:
             inserted = 0
+            others = 0
             for e in entries:
                 if e.key is not None:
                     cur = db.execute(
@@ -241,6 +242,8 @@ class Store:
                         result.duplicates.append(e.key)
                         continue
                     result.accepted.append(e.key)
+                else:
+                    others += 1
                 size = len(e.payload) + len(e.topic)
                 db.execute(
                     "INSERT INTO queue(topic, payload, device_id, boot, seq, received, priority, "
@@ -265,6 +268,7 @@ class Store:
                     (dev, boot, seq, received),
                 )
             self._bump("readings_stored", len(result.accepted))
+            self._bump("alerts_stored", others)
             self._bump("duplicates", len(result.duplicates))
             for name, n in (counters or {}).items():
                 self._bump(name, n)

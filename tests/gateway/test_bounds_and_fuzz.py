@@ -56,6 +56,9 @@ async def test_tiny_store_drop_policy_counts_add_up(
         delivered_keys = {(o["device_id"], o["seq"]) for o in platform.observations()}
         assert len(delivered_keys) == s["readings_out"]
         assert produced == len(delivered_keys) + s["dropped"]["max_bytes"]
+        c = gw.store.counters if gw.store is not None else {}
+        assert c["readings_stored"] + c.get("alerts_stored", 0) == (
+            c["delivered"] + s["dropped_total"] + s["queue_depth"])
         # drop oldest: what is left is the newest of each device
         for node in nodes:
             seqs = sorted(seq for dev, seq in delivered_keys if dev == node.device_id)

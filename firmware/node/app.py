@@ -12,7 +12,6 @@ import machine
 import node
 from node import FW, clock
 
-_ROOT = "cityedge/v1/node/"
 UNITS = {
     "pm1_cf1": "ug/m3", "pm25_cf1": "ug/m3", "pm10_cf1": "ug/m3",
     "pm1_atm": "ug/m3", "pm25_atm": "ug/m3", "pm10_atm": "ug/m3",
@@ -24,7 +23,6 @@ UNITS = {
 _PLACES = {"ug/m3": 1, "Cel": 2, "%RH": 2, "m": 3, "kPa": 3, "uT": 2, "V": 3}
 _WINDOW = 8  # readings in flight (published, custody not yet confirmed)
 _WDT_MS = 30000  # hardware watchdog: generous for a slow flash write or an NTP exchange
-_RESETS = ("other", "power_on", "hard_reset", "watchdog", "deep_sleep", "soft_reset")
 
 
 def log(msg):
@@ -45,59 +43,14 @@ def drop(name):
     gc.collect()
 
 
-def mac_id():
-    b = machine.unique_id()
-    return "ce-" + "".join("%02x" % x for x in b[-6:])
-
-
 class App:
     def __init__(self):
-        st = use("state")
-        st.ensure_dir()
-        drop("state")
-        config = use("config")
-        self.cfg, self.config_error = config.load()
-        if not config.valid_device_id(self.cfg["device_id"]):
-            self.cfg["device_id"] = mac_id()
-        drop("config")
-        cfg = self.cfg
-        self.device_id = cfg["device_id"]
-        self.kind_name = cfg["kind"]
-        try:
-            c = machine.reset_cause()
-            self.reset_cause = _RESETS[c] if 0 < c < len(_RESETS) else "other"
-        except (AttributeError, OSError):
-            self.reset_cause = "other"
-        b = use("board")
-        try:
-            self.board = b.load()
-        except (OSError, ValueError) as e:
-            self.board = {}
-            self.config_error = self.config_error or ("board.json: %s" % e)
-        drop("board")
-        self.safe = self.config_error is not None
-        if self.safe:
-            log("SAFE MODE: " + self.config_error)
-        self.deep_sleep = bool(self.board.get("power", {}).get("deep_sleep"))
+        self.config_error = None
         self.rtc_state = None
-        if self.deep_sleep and not self.safe:
-            self.rtc_state = use("sleep").restore(self)
-        from node.outbox import Outbox
-
-        self.outbox = Outbox("data", cfg["outbox_slots"],
-                             int(cfg["intervals"]["custody_s"] * 2000), clock.ticks_ms,
-                             clock.ticks_diff, self.rtc_state and self.rtc_state["ob"])
         self.boot = 0
         self.seq = 0
         self.t0_ms = clock.ticks_ms()
         self.uptime_base_s = 0
-        topic = _ROOT + self.device_id + "/"
-        self.t_reading = topic + "reading"
-        self.t_status = topic + "status"
-        self.t_state = topic + "state"
-        self.t_ack = topic + "ack"
-        self.t_cmd = (topic + "cmd").encode()
-        self.t_custody = (topic + "custody").encode()
         self.sensors = []
         self.buses = {}
         self.battery = None
@@ -113,23 +66,22 @@ class App:
         self._beat_ms = clock.ticks_ms()
         self._custody_ms = clock.ticks_ms()
         self._status_now = False
+        use("startup").init(self)  # config, board, outbox: see node/startup.py
+        drop("startup")
 
-    # --- bring-up ---
+    # --- bring-up (node/startup.py, unloaded after use) ---
 
     def new_boot(self):
-        self.boot = use("state").next_boot("data", self.outbox.last_boot)
-        drop("state")
-        self.seq = 0
+        use("startup").new_boot(self)
+        drop("startup")
 
     def bring_up(self):
-        b = use("board")
-        self.led = b.led(self.board)
-        self.battery = b.battery(self.board)
-        if not self.safe:
-            self.sensors = b.sensors(self.board, self.kind_name, self.buses)
-        drop("board")
-        if not self.safe:
-            self.kind = use(self.kind_name).Kind(self)
+        use("startup").bring_up(self)
+        drop("startup")
+
+    def make_link(self):
+        use("startup").make_link(self)
+        drop("startup")
 
     def retry_sensor(self, s):
         b = use("board")
@@ -140,16 +92,6 @@ class App:
     def state_msg(self, state):
         return json.dumps({"v": 1, "device_id": self.device_id, "state": state,
                            "boot": self.boot, "fw": FW})
-
-    def make_link(self):
-        from node import mqtt
-
-        m = self.cfg["mqtt"]
-        core = mqtt.Core(self.device_id, m["username"] or None, m["password"] or None,
-                         m["keepalive_s"], self.t_state, self.state_msg("offline"))
-        self.link = mqtt.Link(core, m["host"], m["port"],
-                              [(self.t_cmd, 1), (self.t_custody, 1)], self.on_message,
-                              self.on_connect, log=log, ready=self.net_up)
 
     # --- readings ---
 
@@ -208,8 +150,9 @@ class App:
             self._beat_ms = clock.ticks_ms()
             try:
                 await self.sample_once()
-            except OSError as e:  # flash full or failing: say so, keep sampling
+            except Exception as e:  # flash full, heap short: say so, keep sampling
                 log("sample: %r" % (e,))
+                gc.collect()
             period = int(iv["sample_s"] * 1000)
             nxt = clock.ticks_add(nxt, period)
             if clock.ticks_diff(clock.ticks_ms(), nxt) > period:

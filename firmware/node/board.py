@@ -8,9 +8,15 @@ import machine
 PATH = "board.json"
 
 
-def load(path=PATH):
+def load(kind, path=PATH):
+    """The parts of /board.json this node uses (descriptions and other kinds' sensors are
+    dropped: every byte kept here is heap)."""
     with open(path) as f:
-        return json.load(f)
+        b = json.load(f)
+    p = b.get("power", {})
+    return {"buses": b.get("buses", {}), "sensors": {kind: b.get("sensors", {}).get(kind, [])},
+            "power": {"deep_sleep": p.get("deep_sleep", False), "battery": p.get("battery")},
+            "status_led": b.get("status_led")}
 
 
 def bus(board, name, cache):

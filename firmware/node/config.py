@@ -102,8 +102,8 @@ def _check_section(key, cfg):
                 return "intervals.%s: must be > 0" % k
         if v["report_s"] < v["sample_s"]:
             return "intervals.report_s: must be >= sample_s"
-        if v["report_s"] > 60 * v["sample_s"]:
-            return "intervals.report_s: at most 60 samples per report (raise sample_s)"
+        if v["report_s"] > 30 * v["sample_s"]:
+            return "intervals.report_s: at most 30 samples per report (raise sample_s)"
     if key == "mqtt" and not 0 < v["port"] < 65536:
         return "mqtt.port: must be 1-65535"
     if key == "outbox_slots" and not 8 <= v <= 4096:

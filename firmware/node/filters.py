@@ -2,7 +2,7 @@
 # growing in the hot loop). A Window keeps up to `size` samples per channel in array('f').
 from array import array
 
-MAX_SAMPLES = 60  # per report window (config checks report_s / sample_s <= this)
+MAX_SAMPLES = 30  # per report window (config checks report_s / sample_s <= this)
 
 
 def median(a, n):

@@ -41,8 +41,8 @@ class Core:
     """One MQTT connection. Methods raise OSError on any failure; nothing here retries."""
 
     def __init__(self, client_id, username=None, password=None, keepalive_s=60,
-                 will_topic=None, will_msg=None, will_retain=True, obuf_size=1024,
-                 ibuf_size=512):
+                 will_topic=None, will_msg=None, will_retain=True, obuf_size=320,
+                 ibuf_size=384):
         self.client_id = client_id
         self.username = username
         self.password = password
@@ -71,9 +71,10 @@ class Core:
         self._obuf[pos + 2:pos + 2 + n] = s
         return pos + 2 + n
 
-    def _send(self, first, body_len, body_start):
+    def _send(self, first, body_len, body_start, body_end=None):
         # Write the fixed header just before the body already placed at body_start.
         # body_start leaves 5 bytes: 1 type byte + up to 4 remaining-length bytes.
+        # body_end: where the part in the buffer ends, if the rest follows separately.
         lb = self._lb
         i = 0
         n = body_len
@@ -91,7 +92,7 @@ class Core:
         self._obuf[start + 1:start + 1 + i] = lb[:i]
         if self._w is None:
             raise OSError(_ECONNABORTED)
-        self._w.write(self._omv[start:body_start + body_len])
+        self._w.write(self._omv[start:body_start + body_len if body_end is None else body_end])
 
     async def _drain(self, timeout_ms):
         try:
@@ -166,19 +167,18 @@ class Core:
 
     async def publish(self, topic, msg, qos=0, retain=False, pid=0, dup=False,
                       timeout_ms=10000):
-        """Queue and flush one PUBLISH. msg: bytes, bytearray, memoryview or str."""
+        """Queue and flush one PUBLISH. msg: bytes, bytearray, memoryview or str.
+        The fixed header and topic are built in the small output buffer; the payload is
+        queued straight from the caller's buffer (no copy), in the same synchronous step."""
         if isinstance(msg, str):
             msg = msg.encode()
         pos = self._put_str(5, topic)
         if qos:
             struct.pack_into("!H", self._obuf, pos, pid)
             pos += 2
-        n = len(msg)
-        if pos + n > len(self._obuf):
-            raise OSError(_EMSGSIZE)
-        self._obuf[pos:pos + n] = msg
         first = _PUBLISH | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
-        self._send(first, pos + n - 5, 5)
+        self._send(first, pos + len(msg) - 5, 5, pos)
+        self._w.write(msg)
         await self._drain(timeout_ms)
 
     async def subscribe(self, topic, qos, pid, timeout_ms=10000):

@@ -37,8 +37,9 @@ class Outbox:
         self.persist_ms = persist_ms
         self._ticks_ms = ticks_ms
         self._ticks_diff = ticks_diff
-        self.buf = bytearray(_SLOT)
+        self.buf = bytearray(_SLOT)  # the record handed to the publisher (next_unsent)
         self._mv = memoryview(self.buf)
+        self._hb = bytearray(_HDR)  # headers written/checked while that record is in flight
         self._staged = []
         self.cap = cap
         self.head = 0  # slot written next
@@ -173,6 +174,10 @@ class Outbox:
             payload = payload.encode()
         if len(payload) > MAX_PAYLOAD:
             raise ValueError("record too long for an outbox slot")
+        if len(self._staged) >= 8:
+            # Flash writes keep failing: do not let RAM fill up; drop and count the oldest.
+            self._staged.pop(0)
+            self.dropped += 1
         self._staged.append((boot, seq, payload))
 
     @property
@@ -184,9 +189,11 @@ class Outbox:
         if not self._staged:
             return 0
         f = self._f
-        hdr = self._mv[:_HDR]
+        hb = self._hb
         n = 0
-        for boot, seq, payload in self._staged:
+        st = self._staged
+        while st:
+            boot, seq, payload = st[0]
             if self.depth == self.cap:
                 # Full: the oldest pending reading is overwritten, and counted.
                 self.tail = (self.tail + 1) % self.cap
@@ -196,16 +203,16 @@ class Outbox:
                 self.dropped += 1
                 self._dirty = True
             ln = len(payload)
-            struct.pack_into(_FMT, self.buf, 0, _MAGIC, 0, ln, boot, seq, 0)
-            c = crc32(payload, crc32(self._mv[2:12]))
-            struct.pack_into("<I", self.buf, 12, c)
+            struct.pack_into(_FMT, hb, 0, _MAGIC, 0, ln, boot, seq, 0)
+            c = crc32(payload, crc32(memoryview(hb)[2:12]))
+            struct.pack_into("<I", hb, 12, c)
             f.seek(self.head * _SLOT)
-            f.write(hdr)
+            f.write(hb)
             f.write(payload)
             self.head = (self.head + 1) % self.cap
             self.depth += 1
+            st.pop(0)
             n += 1
-        self._staged.clear()
         f.flush()
         try:
             os.sync()
@@ -245,20 +252,30 @@ class Outbox:
         if self.sent:
             self.sent -= 1
 
+    def _key(self, i):
+        """(boot, seq) from slot i's header (into _hb, not buf), or None if it is not a slot."""
+        f = self._f
+        f.seek(i * _SLOT)
+        if f.readinto(self._hb) != _HDR:
+            return None
+        magic, _, ln, boot, seq, _ = struct.unpack_from(_FMT, self._hb, 0)
+        if magic != _MAGIC or ln > MAX_PAYLOAD:
+            return None
+        return boot, seq
+
     def custody(self, boot, first, last):
         """The gateway holds (boot, first..last) durably: release those records from the tail.
-        Returns how many were released."""
+        Returns how many were released. Reads headers only: the record in buf may be in flight."""
         n = 0
         while self.depth:
-            r = self._read_slot(self.tail)
-            if r is None:
-                self.corrupt += 1
-                self._pop()
+            k = self._key(self.tail)
+            if k is None:
+                self._pop()  # not a record (torn): it can never be confirmed
                 self._dirty = True
                 continue
-            if r[0] != boot or not first <= r[1] <= last:
+            if k[0] != boot or not first <= k[1] <= last:
                 break
-            self.wm_boot, self.wm_seq = r[0], r[1]
+            self.wm_boot, self.wm_seq = k
             self._pop()
             n += 1
         if n:

@@ -27,7 +27,9 @@ import random
 import re
 import shutil
 import signal
+import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import tempfile
@@ -511,6 +513,115 @@ class SimHardware:
             self._thread = None
 
 
+class LinkProxy:
+    """The node's network path to the broker: a TCP relay on loopback that the WiFi switch
+    cuts. `up(False)` is a WiFi drop as the node's sockets see it: open connections go silent
+    (nothing is forwarded either way and nothing is closed, like a link that vanished; only
+    keepalive timeouts notice), and new connections are reset at once. `up(True)` lets new
+    connections through again; the silenced ones stay dead, as their TCP state would be."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self._up = True
+        self._lock = threading.Lock()
+        self._conns: list[tuple[socket.socket, socket.socket, list[bool]]] = []
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self.connections = 0
+
+    @property
+    def port(self) -> int:
+        if self._listener is None:
+            raise SimError("the link relay is not running")
+        port: int = self._listener.getsockname()[1]
+        return port
+
+    def start(self) -> Self:
+        if self._listener is not None:
+            return self
+        lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(16)
+        self._listener = lst
+        self._thread = threading.Thread(target=self._accept, args=(lst,), name="simlink", daemon=True)
+        self._thread.start()
+        return self
+
+    def up(self, on: bool) -> None:
+        with self._lock:
+            self._up = on
+            if not on:
+                for _, _, alive in self._conns:
+                    alive[0] = False
+
+    def _accept(self, lst: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = lst.accept()
+            except OSError:
+                return  # listener closed
+            with self._lock:
+                up = self._up
+            if not up:
+                _reset(client)
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                _reset(client)  # broker down: the node sees its connection refused
+                continue
+            server.settimeout(None)
+            alive = [True]
+            with self._lock:
+                self._conns.append((client, server, alive))
+                self.connections += 1
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b, alive), daemon=True,
+                                 name="simlink-pump").start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, alive: list[bool]) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if alive[0]:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        if alive[0]:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+        with self._lock:
+            self._conns = [c for c in self._conns if c[0] is not src and c[1] is not src]
+        with contextlib.suppress(OSError):
+            src.close()
+
+    def stop(self) -> None:
+        lst, self._listener = self._listener, None
+        if lst is not None:
+            with contextlib.suppress(OSError):
+                lst.shutdown(socket.SHUT_RDWR)
+            lst.close()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for client, server, _ in conns:
+            for sock in (client, server):
+                with contextlib.suppress(OSError):
+                    sock.close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def _reset(sock: socket.socket) -> None:
+    # Close with an RST (SO_LINGER 0): the peer's next read fails with ECONNRESET.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 # -- the node ---------------------------------------------------------------------------------
 
 
@@ -545,6 +656,7 @@ class SimNode:
         battery_soc: float = 0.9,
         main: str | Path | None = None,
         sim_heap: str | int = SIM_HEAP,
+        link_relay: bool = True,
     ) -> None:
         if kind not in KINDS:
             raise SimError(f"unknown node kind {kind!r}", hint="use one of: " + ", ".join(KINDS))
@@ -587,6 +699,8 @@ class SimNode:
         self.clock = SimClock(self.speed, self.start_time)
         self.model = signals.Model(self._sim_settings(include_runtime=False))
         self._soc = battery_soc
+        # The node reaches the broker through a relay the WiFi switch can cut (set_wifi).
+        self.link: LinkProxy | None = LinkProxy(self.broker_host, self.broker_port) if link_relay else None
         self.hardware = SimHardware(self.board, kind, self.model, self.clock, self.seed,
                                     battery_soc=self._battery_now)
         self._lines: deque[str] = deque(maxlen=_LOG_LINES)
@@ -637,6 +751,8 @@ class SimNode:
 
     def close(self) -> None:
         self.stop()
+        if self.link is not None:
+            self.link.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -669,12 +785,16 @@ class SimNode:
         return self.clock.now()
 
     def set_wifi(self, up: bool) -> None:
-        """Take the WiFi link down (the node sees a beacon timeout) or bring it back."""
+        """Take the WiFi link down or bring it back. Down: `isconnected()` turns False (beacon
+        timeout), open connections to the broker go silent and new ones are reset (LinkProxy)."""
         marker = self.flash_dir / "sim_wifi_down"
         if up:
             marker.unlink(missing_ok=True)
         else:
+            self.flash_dir.mkdir(parents=True, exist_ok=True)
             marker.touch()
+        if self.link is not None:
+            self.link.up(up)
 
     # -- flash preparation -------------------------------------------------------------------
     def _existing_device_id(self) -> str | None:
@@ -723,12 +843,15 @@ class SimNode:
     def node_config(self) -> dict[str, Any]:
         """The config.json this node gets: identity, broker, and intervals divided by speed."""
         intervals = dict(firmware_intervals(self.micropython, str(FIRMWARE)))
+        host, port = self.broker_host, self.broker_port
+        if self.link is not None:
+            host, port = "127.0.0.1", self.link.start().port
         cfg: dict[str, Any] = {
             "device_id": self.device_id,
             "kind": self.kind,
             "site_id": self.site_id,
             "wifi": {"ssid": self.wifi["ssid"], "password": "simulated"},
-            "mqtt": {"host": self.broker_host, "port": self.broker_port,
+            "mqtt": {"host": host, "port": port,
                      "username": self.username or "", "password": self.password or "",
                      "tls": False, "keepalive_s": 60},
             "intervals": intervals,
@@ -740,6 +863,8 @@ class SimNode:
 
     def _prepare_flash(self) -> None:
         self.flash_dir.mkdir(parents=True, exist_ok=True)
+        if self.link is not None:
+            self.link.up(not (self.flash_dir / "sim_wifi_down").exists())
         (self.flash_dir / ".sim").mkdir(exist_ok=True)
         if not self._config_written:
             _write_json(self.flash_dir / "config.json", self.node_config())

@@ -7,17 +7,21 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from boards import load_board
+from host_tools.brokers import free_port
 from host_tools.simnode import (
     HARD_RESET,
     PWRON_RESET,
+    LinkProxy,
     SimError,
     SimNode,
     compile_tree,
@@ -51,8 +55,13 @@ def test_config_scales_every_firmware_interval_and_keeps_identity(tmp_path: Path
     assert set(cfg["intervals"]) == set(defaults), "only keys the firmware knows"
     assert cfg["intervals"]["sample_s"] == pytest.approx(0.5)  # 30 simulated s at 60x
     assert cfg["intervals"]["report_s"] == pytest.approx(defaults["report_s"] / 60)
-    assert cfg["mqtt"] == {"host": "10.0.0.5", "port": 1884, "username": "ce-user",
+    # The node reaches the broker through the launcher's relay (so WiFi drops cut the link).
+    assert node.link is not None and node.link.target == ("10.0.0.5", 1884)
+    assert cfg["mqtt"] == {"host": "127.0.0.1", "port": node.link.port, "username": "ce-user",
                            "password": "s3cret", "tls": False, "keepalive_s": 60}
+    direct = SimNode("air", broker="10.0.0.5:1884", seed=5, link_relay=False).node_config()
+    assert (direct["mqtt"]["host"], direct["mqtt"]["port"]) == ("10.0.0.5", 1884)
+    node.close()
     assert cfg["location"] == {"lat": 12.68}
     assert re.fullmatch(r"ce-240ac4[0-9a-f]{6}", node.device_id)
     assert cfg["device_id"] == node.device_id and cfg["kind"] == "air"
@@ -179,3 +188,78 @@ def test_cli_bad_broker_is_a_clear_error() -> None:
                          timeout=60, cwd=REPO, check=False)
     assert out.returncode == 1
     assert "is not host:port" in out.stderr and "what to do" in out.stderr
+
+
+def _echo_server() -> tuple[socket.socket, int]:
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, srv.getsockname()[1]
+
+
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(4096):
+            conn.sendall(data)
+
+
+def _roundtrip(sock: socket.socket, payload: bytes) -> bytes:
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+def test_wifi_drop_silences_the_link_to_the_broker() -> None:
+    srv, port = _echo_server()
+    relay = LinkProxy("127.0.0.1", port).start()
+    try:
+        old = socket.create_connection(("127.0.0.1", relay.port), timeout=2)
+        assert _roundtrip(old, b"CONNECT") == b"CONNECT"
+        relay.up(False)
+        # An open connection goes silent: nothing comes back, nothing is closed.
+        old.settimeout(0.3)
+        old.sendall(b"PINGREQ")
+        with pytest.raises(TimeoutError):
+            old.recv(10)
+        # A new connection is reset at once.
+        fresh = socket.create_connection(("127.0.0.1", relay.port), timeout=2)
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            fresh.sendall(b"CONNECT")
+            if not fresh.recv(10):
+                raise ConnectionResetError
+        relay.up(True)
+        again = socket.create_connection(("127.0.0.1", relay.port), timeout=2)
+        assert _roundtrip(again, b"CONNECT again") == b"CONNECT again"
+        with pytest.raises(TimeoutError):
+            old.recv(10)  # the connection from before the drop stays dead
+        assert relay.connections == 2
+    finally:
+        relay.stop()
+        srv.close()
+
+
+def test_broker_down_refuses_the_node() -> None:
+    relay = LinkProxy("127.0.0.1", free_port()).start()  # nothing listens there
+    try:
+        sock = socket.create_connection(("127.0.0.1", relay.port), timeout=2)
+        with pytest.raises((ConnectionResetError, BrokenPipeError)):
+            sock.sendall(b"CONNECT")
+            if not sock.recv(10):
+                raise ConnectionResetError
+    finally:
+        relay.stop()

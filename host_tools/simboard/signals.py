@@ -237,7 +237,7 @@ class Model:
         temp = self.temperature(t)
         m = month0(t)
         # Dew point near the night minimum in the wet season, lower in the dry months.
-        dry = 1.0 if _P_RAIN[m] >= 0.3 else 3.5
+        dry = 1.0 if _P_RAIN[m] >= 0.3 else 2.5
         td = _monthly(_TMIN, t) - dry - 1.5 * self.smooth(t / 43200.0, 3)
         if td > temp:
             td = temp

@@ -59,7 +59,7 @@ KINDS = ("air", "water", "parking")
 # Process exit codes of the simulated board (host_tools/simboard/machine.py).
 EXIT_DEEPSLEEP = 100
 EXIT_RESET = 101
-EXIT_WDT = 102
+EXIT_WDT = 102  # reserved; the watchdog ends the process with SIGKILL and .sim/exit 'wdt'
 EXIT_SOFT_RESET = 103
 # machine.reset_cause() values on an ESP32.
 PWRON_RESET = 1
@@ -1049,7 +1049,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--heap", default="64k",
                    help="the firmware's MicroPython heap (default 64k); the simulated board's own "
                         "modules get --sim-heap on top, as they are in ROM on a real ESP32")
-    p.add_argument("--sim-heap", default=f"{SIM_HEAP // 1024}k", help=argparse.SUPPRESS)
+    p.add_argument("--sim-heap", default=f"{SIM_HEAP // 1024}k",
+                   help=f"heap for the simulated board's own modules (default {SIM_HEAP // 1024}k)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated time runs N times faster")
     p.add_argument("--duration", type=float, help="stop after this many real seconds")
     p.add_argument("--flash-dir", help="the node's flash directory (kept; default: temporary)")

@@ -19,7 +19,7 @@ SOFT_RESET = 5
 
 # Process exit codes the launcher understands (also written to .sim/exit with details).
 _EXIT_DEEPSLEEP = const(100)
-_EXIT_RESET = const(101)  # 102: the watchdog (sim_rtc.py), 103: soft_reset (sim_misc.py)
+_EXIT_RESET = const(101)  # 103: soft_reset (sim_misc.py); the watchdog kills (sim_rtc.py)
 
 _cause = None
 

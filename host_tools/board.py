@@ -81,18 +81,31 @@ def parse_info(data: dict[str, Any]) -> BoardInfo:
     )
 
 
+def _open_failure(port: str) -> BaseException | None:
+    """mpremote reports only "failed to access": open the port once more to learn why."""
+    try:
+        serial.Serial(port, exclusive=True).close()
+    except (serial.SerialException, OSError) as exc:
+        return exc
+    return None
+
+
 class Board:
     """An open raw-REPL session. Use as a context manager."""
 
-    def __init__(self, port: str, baud: int = 115200, soft_reset: bool = True) -> None:
+    def __init__(
+        self, port: str, baud: int = 115200, soft_reset: bool = True, timeout_s: float = 10.0
+    ) -> None:
         self.port = port
         check_port(port)
         try:
-            self._t = SerialTransport(port, baudrate=baud)
+            # A read timeout: on a pty mpremote reads without polling first (its QEMU path),
+            # and without one a silent board would block those reads for ever.
+            self._t = SerialTransport(port, baudrate=baud, timeout=0.5)
         except (TransportError, serial.SerialException, OSError) as exc:
-            raise translate_open_error(port, exc.__cause__ or exc) from exc
+            raise translate_open_error(port, _open_failure(port) or exc) from exc
         try:
-            self._t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=10)
+            self._t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout_s)
         except (TransportError, serial.SerialException, OSError) as exc:
             self._t.close()
             raise RawReplError(f"the board on {port} did not enter the raw REPL ({exc})") from exc

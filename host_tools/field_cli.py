@@ -207,6 +207,21 @@ def _wifi_password(args: argparse.Namespace) -> str:
     )
 
 
+def _intervals(items: list[str]) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not sep or not name.endswith("_s") or seconds <= 0:
+            raise ProvisionError(f"--interval {item!r} is not NAME_s=SECONDS",
+                                 hint="For example --interval report_s=300.")
+        found[name] = seconds
+    return found
+
+
 @_translated
 def cmd_provision(args: argparse.Namespace) -> int:
     from host_tools.batch import Job, Reporter, read_batch_csv, run_parallel
@@ -218,6 +233,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     if not args.broker:
         raise ProvisionError("no broker given", hint="Give --broker HOST[:PORT] of the site gateway.")
     broker = BrokerTarget.parse(args.broker, tls=args.tls)
+    intervals = _intervals(args.interval)
     password = _wifi_password(args)
     specs: list[Job[NodeSpec]] = []
     if args.batch:
@@ -225,7 +241,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             spec = NodeSpec(
                 kind=row.kind, site_id=row.site, board=row.board or args.board, lat=row.lat,
                 lon=row.lon, wifi_ssid=row.ssid or args.ssid, wifi_password=password,
-                broker=broker, name=row.name, elev_m=row.elev_m,
+                broker=broker, name=row.name, elev_m=row.elev_m, intervals=intervals,
             )
             specs.append(Job(row.port, spec))
     else:
@@ -236,7 +252,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
             specs.append(Job(port, NodeSpec(
                 kind=args.kind, site_id=args.site, board=args.board, lat=args.lat, lon=args.lon,
                 wifi_ssid=args.ssid, wifi_password=password, broker=broker, name=args.name,
-                elev_m=args.elev_m,
+                elev_m=args.elev_m, intervals=intervals,
             )))
     for job in specs:
         job.spec.validate()  # every row checked before any board is touched
@@ -449,6 +465,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--wifi-password-file", help=f"file holding the WiFi password (or set ${WIFI_PASSWORD_ENV})")
     p.add_argument("--broker", help="site broker HOST[:PORT] (the gateway)")
     p.add_argument("--tls", action="store_true", help="the node connects with TLS (port 8883)")
+    p.add_argument("--interval", action="append", default=[], metavar="NAME=SECONDS",
+                   help="override a firmware interval, e.g. report_s=300 (repeatable)")
     p.add_argument("--deploy", action="store_true", help="deploy the firmware first")
     p.add_argument("--broker-dir", help="where to write the site's Mosquitto passwd and acl")
     _deploy_opts(p)

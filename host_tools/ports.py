@@ -64,12 +64,9 @@ def holders(device: str) -> list[tuple[int, str]]:
         target = os.path.realpath(device)
     except OSError:
         return []
-    me = os.getpid()
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         pid = int(proc.name)
-        if pid == me:
-            continue
         try:
             fds = list((proc / "fd").iterdir())
         except OSError:

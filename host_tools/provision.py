@@ -90,7 +90,7 @@ class NodeSpec:
     broker: BrokerTarget
     name: str | None = None
     elev_m: float | None = None
-    intervals: dict[str, int] = field(default_factory=dict)
+    intervals: dict[str, float] = field(default_factory=dict)
     thresholds: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, boards_dir: Path = BOARDS_DIR) -> NodeSpec:

@@ -136,8 +136,24 @@ class VirtualBoard:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"vboard {self.device}", daemon=True)
+        self._hardware: Any = None
         self.boots = 0
         self.transcript = bytearray()  # the last 64 KiB the board printed, for test diagnostics
+
+    def attach_sensors(self, kind: str, unique_id: str, board: str = "sim", seed: int = 1) -> None:
+        """Wire the simulated board's sensors for `kind` (the node simulator's byte-level
+        fakes, served over loopback) and give the board its MAC; call before `start()`."""
+        from boards import load_board
+        from host_tools.simboard import signals
+        from host_tools.simnode import SimClock, SimHardware
+
+        settings: dict[str, Any] = {"v": 1, "kind": kind, "seed": seed, "speed": 1.0,
+                                    "unique_id": unique_id, "wifi": {}, "events": []}
+        clock = SimClock(1.0, None)
+        hw = SimHardware(load_board(board), kind, signals.Model(settings), clock, seed).start()  # type: ignore[no-untyped-call]
+        self._hardware = hw
+        settings.update(clock=clock.as_json(), hw=hw.address)
+        (self.flash_dir / "sim.json").write_text(json.dumps(settings))
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -152,6 +168,9 @@ class VirtualBoard:
         self._stop.set()
         self._thread.join(timeout=5)
         self._kill()
+        if self._hardware is not None:
+            self._hardware.stop()
+            self._hardware = None
         for fd in (self._host_master, self._host_slave):
             try:
                 os.close(fd)
@@ -172,6 +191,16 @@ class VirtualBoard:
             self._write_cause(HARD_RESET)
             self._emit(ROM_BANNER.replace(b"0x1 (POWERON_RESET)", b"0x1 (POWERON_RESET)"))
             self._spawn("main")
+
+    def wait_for(self, text: bytes, timeout_s: float = 10.0) -> bool:
+        """True once the board has printed `text` (within the last 64 KiB of output)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if text in self.transcript:
+                    return True
+            time.sleep(0.02)
+        return False
 
     @property
     def running_main(self) -> bool:

@@ -408,6 +408,9 @@ class SimHardware:
             except (ValueError, KeyError, IndexError) as exc:
                 log.warning("simulated hardware: bad request %r: %s", line, exc)
                 return "err 22"
+            except Exception:  # the server boundary: the node sees EIO, never a hang
+                log.exception("simulated hardware: %r failed", line)
+                return "err 5"
 
     def _dispatch(self, p: list[str]) -> str:
         op = p[0]
@@ -836,6 +839,7 @@ class SimNode:
         }
         if include_runtime:
             settings["clock"] = self.clock.as_json()
+            settings["start"] = self.clock.sim_t0
             settings["hw"] = self.hardware.address
             settings["battery"] = {"soc": round(self._soc, 6)}
         return settings

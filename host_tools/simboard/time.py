@@ -50,8 +50,8 @@ def _load():
     _sim_t0 = clock.get("sim_t0")
     if _host_t0 is None:  # no launcher: the simulated clock is the host's clock
         _host_t0 = _host.time_ns() / 1e9
-    if _sim_t0 is None:
-        _sim_t0 = _host_t0
+    if _sim_t0 is None:  # a hand-written sim.json may give just "start" (epoch seconds)
+        _sim_t0 = cfg.get("start", _host_t0)
 
 
 def true_time():

@@ -226,11 +226,11 @@ def _roundtrip(sock: socket.socket, payload: bytes) -> bytes:
 
 def _assert_reset(port: int) -> None:
     # Reset during the handshake, on the first write, or (as EOF) on the first read.
-    with pytest.raises((ConnectionResetError, BrokenPipeError)):
-        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-            sock.sendall(b"CONNECT")
-            if not sock.recv(10):
-                raise ConnectionResetError
+    with (pytest.raises((ConnectionResetError, BrokenPipeError)),
+          socket.create_connection(("127.0.0.1", port), timeout=2) as sock):
+        sock.sendall(b"CONNECT")
+        if not sock.recv(10):
+            raise ConnectionResetError
 
 
 def test_wifi_drop_silences_the_link_to_the_broker() -> None:
@@ -264,3 +264,18 @@ def test_broker_down_refuses_the_node() -> None:
         _assert_reset(relay.port)
     finally:
         relay.stop()
+
+
+def test_hardware_server_answers_bad_requests_with_errors(tmp_path: Path) -> None:
+    node = SimNode("air", broker=BROKER, seed=2, flash_dir=tmp_path)
+    hw = node.hardware
+    assert hw.handle("U 1 17 16 9600") == "ok pm"
+    assert hw.handle("U 2 4 5 9600") == "ok -"  # nothing wired to those pins
+    assert hw.handle("zap") == "err 22"
+    assert hw.handle("u nosuch a") == "err 22"
+    handle = hw.handle("I 0 22 21").split()[1]
+    assert hw.handle(f"i {handle} -1 s") == "ok 68"
+    assert hw.handle(f"i {handle} 80 r 2") == "err 19"
+    hw.board = {**hw.board, "sensors": {"air": [{"name": "pm", "driver": "laser-9000", "bus": "uart1"}]}}
+    hw.power_on()
+    assert hw.handle("u pm a") == "err 5"  # no fake for that driver: EIO, not a hung node

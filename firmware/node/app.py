@@ -12,15 +12,8 @@ import machine
 import node
 from node import FW, clock
 
-UNITS = {
-    "pm1_cf1": "ug/m3", "pm25_cf1": "ug/m3", "pm10_cf1": "ug/m3",
-    "pm1_atm": "ug/m3", "pm25_atm": "ug/m3", "pm10_atm": "ug/m3",
-    "temp": "Cel", "rh": "%RH", "distance": "m", "air_temp": "Cel",
-    "pressure": "kPa", "baro": "kPa", "mag_x": "uT", "mag_y": "uT", "mag_z": "uT",
-    "field_delta": "uT", "occupied": "/", "battery": "V",
-}
-# Decimal places kept per unit: below the sensors' resolution, so nothing real is lost.
-_PLACES = {"ug/m3": 1, "Cel": 2, "%RH": 2, "m": 3, "kPa": 3, "uT": 2, "V": 3}
+_BATTERY = ("V", 3)  # battery channel: volts, mV resolution
+_INF = float("inf")
 _WINDOW = 8  # readings in flight (published, custody not yet confirmed)
 _WDT_MS = 30000  # hardware watchdog: generous for a slow flash write or an NTP exchange
 
@@ -105,22 +98,30 @@ class App:
         return None if v is None else round(v[0], 3)
 
     def emit(self, values, t, window_s, n, alarm):
-        """Turn one kind result into a reading staged in the outbox."""
+        """Turn one kind result into a reading staged in the outbox. The JSON is formatted
+        directly (ASCII only: names, units and numbers), without building dicts per channel."""
         v = self.battery_v()
         if v is not None:
             values["battery"] = v
-        raw = {}
+        units = self.kind.UNITS
+        parts = []
         for ch, v in values.items():
-            u = UNITS.get(ch, "/")
-            if not isinstance(v, bool):
-                v = round(v, _PLACES.get(u, 3))
-            raw[ch] = {"v": v, "u": u}
-        if not raw:
+            u, places = units.get(ch, _BATTERY)
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            elif v != v or v in (_INF, -_INF):
+                continue  # never a non-number on the wire (a driver fault)
+            else:
+                v = repr(round(v, places))
+            parts.append('"%s":{"v":%s,"u":"%s"}' % (ch, v, u))
+        if not parts:
             return False  # every sensor failed: no reading (the errors are in the status)
-        self.outbox.add(self.boot, self.seq, json.dumps({
-            "v": 1, "device_id": self.device_id, "kind": self.kind_name, "fw": FW,
-            "boot": self.boot, "seq": self.seq, "t": t, "synced": clock.synced,
-            "window_s": window_s, "n": n, "alarm": alarm, "raw": raw}))
+        tf = ("false", "true")
+        self.outbox.add(self.boot, self.seq, (
+            '{"v":1,"device_id":"%s","kind":"%s","fw":"%s","boot":%d,"seq":%d,"t":%d,'
+            '"synced":%s,"window_s":%d,"n":%d,"alarm":%s,"raw":{%s}}') % (
+            self.device_id, self.kind_name, FW, self.boot, self.seq, t, tf[clock.synced],
+            window_s, n, tf[alarm], ",".join(parts)))
         self.seq += 1
         return True
 
@@ -130,6 +131,7 @@ class App:
             self.emit(r[0], clock.now(), r[1], r[2], r[3])
         if self.outbox.staged:
             self.outbox.flush()
+            log("stored %d/%d depth %d" % (self.boot, self.seq - 1, self.outbox.depth))
             self.wake.set()
         return r
 
@@ -215,7 +217,8 @@ class App:
         self.wake.set()
         try:
             await self.link.publish(self.t_state, self.state_msg("online"), 1, True)
-            await self.send_status()
+            if not self.deep_sleep:  # a battery node sends it once per radio wake itself
+                await self.send_status()
         except OSError:
             pass
 

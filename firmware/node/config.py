@@ -117,8 +117,9 @@ def _check_section(key, cfg):
 
 
 def merge(cfg, raw):
-    """Merge the site's raw dict into cfg section by section. Returns the first error or None;
-    a section with an error is left at its default (safe-mode salvage)."""
+    """Merge the site's raw dict into cfg. Returns the first error or None. Salvage for safe
+    mode: a bad key inside a section is skipped (its siblings still apply, so a typo in a
+    threshold does not cost the broker address); a section failing its checks stays default."""
     first = None
     if not isinstance(raw, dict):
         return "config: expected a JSON object"
@@ -126,17 +127,25 @@ def merge(cfg, raw):
         if k not in cfg:
             first = first or ("%s: unknown key" % k)
             continue
-        err = _check_value(k, cfg[k], raw[k])
-        if err is None:
-            old = cfg[k]
-            if isinstance(old, dict):
-                old = dict(old)
-                cfg[k].update(raw[k])
-            else:
-                cfg[k] = raw[k]
-            err = _check_section(k, cfg)
-            if err is not None:
-                cfg[k] = old
+        old = cfg[k]
+        v = raw[k]
+        if isinstance(old, dict) and isinstance(v, dict):
+            new = dict(old)
+            for kk in v:
+                err = _check_value(k + "." + kk, old.get(kk), v[kk]) if kk in old \
+                    else "%s.%s: unknown key" % (k, kk)
+                if err is None:
+                    new[kk] = v[kk]
+                first = first or err
+            cfg[k] = new
+        else:
+            err = _check_value(k, old, v)
+            first = first or err
+            if err is None:
+                cfg[k] = v
+        err = _check_section(k, cfg)
+        if err is not None:
+            cfg[k] = old
         first = first or err
     if not cfg["device_id"]:
         first = first or "device_id: missing"

@@ -150,10 +150,6 @@ class Core:
             except OSError:
                 pass
 
-    @property
-    def is_open(self):
-        return self._w is not None
-
     async def disconnect(self, timeout_ms=2000):
         if self._w is not None:
             try:
@@ -270,7 +266,7 @@ class Link:
 
     def __init__(self, core, host, port, subscriptions, on_message, on_connect=None,
                  timeout_ms=10000, backoff_min_ms=1000, backoff_max_ms=300000,
-                 puback_timeout_ms=5000, retries=3, log=None, ready=None):
+                 puback_timeout_ms=5000, retries=3, log=print, ready=None):
         self.core = core
         self.host = host
         self.port = port
@@ -286,14 +282,12 @@ class Link:
         self.ready = ready  # an Event set while the network is up (None: always)
         self.up = asyncio.Event()
         self._ack = asyncio.Event()
-        self._suback = asyncio.Event()
         self._lock = asyncio.Lock()
         self._wait_pid = 0
         self._pid = 0
         self._rx_ms = 0
         self._tx_ms = 0
         self.connects = 0
-        self.failures = 0
         self.last_error = None
         self._stop = False
         self._kick = False
@@ -303,10 +297,6 @@ class Link:
     def _next_pid(self):
         self._pid = self._pid % 65535 + 1
         return self._pid
-
-    def _say(self, msg):
-        if self.log:
-            self.log(msg)
 
     def kick(self):
         """Drop the connection (e.g. a publish got no PUBACK); run() reconnects."""
@@ -326,7 +316,6 @@ class Link:
         for topic, qos in self.subscriptions:
             pid = self._next_pid()
             self._wait_pid = pid
-            self._suback.clear()
             await c.subscribe(topic, qos, pid, self.timeout_ms)
             # The reader is not running yet: read the SUBACK here.
             while True:
@@ -341,7 +330,7 @@ class Link:
         self.connects += 1
         self._up_ms = ticks_ms()
         self.up.set()
-        self._say("mqtt up")
+        self.log("mqtt up")
         if self.on_connect is not None:
             task = asyncio.create_task(self.on_connect())
         else:
@@ -386,7 +375,7 @@ class Link:
             try:
                 self.on_message(topic, payload)
             except Exception as e:  # a bad message must never take the link down
-                self._say("on_message: %r" % (e,))
+                self.log("on_message: %r" % (e,))
             if ptype & 0x06:
                 await c.puback(pid, self.timeout_ms)
         # PINGRESP and anything else: only refreshes _rx_ms
@@ -412,8 +401,7 @@ class Link:
                 if ticks_diff(ticks_ms(), self._up_ms) > 60000:
                     delay = self.backoff_min_ms
                 self._up_ms = None
-            self.failures += 1
-            self._say("mqtt down: %r, retry in %d ms" % (self.last_error, delay))
+            self.log("mqtt down: %r, retry in %d ms" % (self.last_error, delay))
             # jitter: wait between delay/2 and delay so a site's nodes do not reconnect together
             j = delay // 2
             if random is not None and j > 0:

@@ -14,6 +14,7 @@
 # records in RAM, flush() writes the staged batch with one seek/write per slot and one sync.
 import json
 import os
+import sys
 import struct
 from binascii import crc32
 from micropython import const
@@ -23,10 +24,6 @@ _HDR = const(16)
 _MAGIC = const(0xCE)
 _FMT = "<BBHIII"
 MAX_PAYLOAD = _SLOT - _HDR
-
-
-def _key_gt(b1, s1, b2, s2):
-    return b1 > b2 or (b1 == b2 and s1 > s2)
 
 
 class Outbox:
@@ -53,7 +50,10 @@ class Outbox:
         self.last_boot = -1  # highest key on flash (so a lost state file cannot reuse a boot)
         self._dirty = False
         self._persisted_ms = None
-        self._load_meta()
+        self._want_cap = None
+        from node import ringscan  # start-up only: unloaded right after
+
+        ringscan.load_meta(self)
         try:
             self._f = open(self.path, "r+b")
         except OSError:
@@ -63,7 +63,15 @@ class Outbox:
             (_, self.head, self.tail, self.depth, self.last_boot, self.wm_boot, self.wm_seq,
              self.dropped, self.corrupt) = hint
         else:
-            self._recover()
+            ringscan.recover(self)
+        del ringscan
+        sys.modules.pop("node.ringscan", None)
+        try:
+            import node
+
+            del node.ringscan
+        except (ImportError, AttributeError):
+            pass
 
     def hint(self):
         """Pointers to keep in RTC memory across deep sleep (see __init__ hint)."""
@@ -71,22 +79,6 @@ class Outbox:
                 self.wm_seq, self.dropped, self.corrupt]
 
     # --- persistence of the small state ---
-
-    def _load_meta(self):
-        try:
-            with open(self.meta_path) as f:
-                m = json.load(f)
-            self.wm_boot = m["boot"]
-            self.wm_seq = m["seq"]
-            self.dropped = m["dropped"]
-            self.corrupt = m.get("corrupt", 0)
-            old_cap = m["cap"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return
-        if old_cap != self.cap:
-            # The ring on flash has the old geometry. Keep it until it is empty (then resize).
-            self._want_cap = self.cap
-            self.cap = old_cap
 
     def persist(self):
         text = json.dumps({"cap": self.cap, "boot": self.wm_boot, "seq": self.wm_seq,
@@ -132,46 +124,11 @@ class Outbox:
             return None
         return boot, seq, ln
 
-    def _recover(self):
-        cap = self.cap
-        best = -1
-        bb = bs = -1
-        for i in range(cap):
-            r = self._read_slot(i)
-            if r is not None and _key_gt(r[0], r[1], bb, bs):
-                bb, bs, best = r[0], r[1], i
-        self.last_boot = bb
-        if best < 0:
-            self.head = self.tail = self.depth = 0
-        else:
-            self.head = (best + 1) % cap
-            # Oldest to newest starts at head; the first record past the watermark is the tail.
-            self.depth = 0
-            for k in range(cap):
-                i = (self.head + k) % cap
-                r = self._read_slot(i)
-                if r is not None and _key_gt(r[0], r[1], self.wm_boot, self.wm_seq):
-                    self.tail = i
-                    self.depth = cap - k
-                    break
-            if not self.depth:
-                self.tail = self.head
-        self.sent = 0
-        want = getattr(self, "_want_cap", None)
-        if want is not None and self.depth == 0:
-            self.cap = want
-            self.head = self.tail = 0
-            self._want_cap = None
-            self._f.close()
-            self._f = open(self.path, "w+b")  # truncate: old geometry gone
-            self.persist()
-
     # --- producer side ---
 
     def add(self, boot, seq, payload):
-        """Stage one record (payload: str or bytes, <= MAX_PAYLOAD bytes) for the next flush."""
-        if isinstance(payload, str):
-            payload = payload.encode()
+        """Stage one record (payload: bytes, or an ASCII-only str, written as is: its length
+        is its byte count) of at most MAX_PAYLOAD bytes for the next flush."""
         if len(payload) > MAX_PAYLOAD:
             raise ValueError("record too long for an outbox slot")
         if len(self._staged) >= 8:

@@ -21,7 +21,12 @@ def level_of(values):
     return None
 
 
+UNITS = {  # channel: (SenML unit, decimals kept)
+    "distance": ("m", 3), "air_temp": ("Cel", 2), "pressure": ("kPa", 3), "baro": ("kPa", 3),
+}
+
 class Kind:
+    UNITS = UNITS
     name = "water"
 
     def __init__(self, app):

@@ -395,7 +395,20 @@ class SimHardware:
             if "trigger_pin" in e and "echo_pin" in e:
                 pins[int(e["trigger_pin"])] = (e["name"], "trigger")
                 pins[int(e["echo_pin"])] = (e["name"], "echo")
+            if "set_pin" in e:
+                pins[int(e["set_pin"])] = (e["name"], "set")
         return pins
+
+    def _set_pin(self, dev: Any, value: int | None) -> int:
+        # PMS5003 SET: high or floating = running, low = sleep (Plantower manual, pin 3).
+        if value is not None:
+            asleep = value == 0
+            if dev.asleep and not asleep:
+                dev._next_t = None  # the fan restarts; frames resume a period later
+            dev.asleep = asleep
+            if asleep:
+                dev._out[:] = b""
+        return 0 if dev.asleep else 1
 
     def handle(self, line: str) -> str:
         """Answer one request line (without newline): 'ok <payload>' or 'err <errno>'."""
@@ -468,13 +481,17 @@ class SimHardware:
                 return ",".join(str(k) for k in sorted(pins))
             name, role = pins[int(p[1])]
             dev = self.device(name)
+            if role == "set":
+                return str(self._set_pin(dev, int(p[3]) if p[2] == "w" else None))
             pin_obj = dev.trigger if role == "trigger" else dev.echo
             if p[2] == "v":
                 return str(pin_obj.value())
             if p[2] == "w":
                 pin_obj.value(int(p[3]))
                 return ""
-            return str(dev.pulse_us(pin_obj, int(p[3]), int(p[4])))
+            if p[2] == "t":
+                return str(dev.pulse_us(pin_obj, int(p[3]), int(p[4])))
+            raise ValueError(f"unknown pin operation {p[2]!r}")
         raise ValueError(f"unknown operation {op!r}")
 
     # -- server ------------------------------------------------------------------------------

@@ -276,6 +276,16 @@ def test_hardware_server_answers_bad_requests_with_errors(tmp_path: Path) -> Non
     handle = hw.handle("I 0 22 21").split()[1]
     assert hw.handle(f"i {handle} -1 s") == "ok 68"
     assert hw.handle(f"i {handle} 80 r 2") == "err 19"
+    # The PMS5003's SET pin: low puts it to sleep (no frames), high wakes it.
+    assert hw.handle("p -1 list") == "ok 4"
+    hw.handle("u pm w 424de100000170")  # passive mode, as the driver sets it
+    assert hw.handle("u pm r -1") == "ok 424d0004e1000174"  # the mode change's reply
+    assert hw.handle("p 4 w 0") == "ok 0" and hw.device("pm").asleep
+    hw.handle("u pm w 424de200000171")  # passive read request: a sleeping sensor ignores it
+    assert hw.handle("u pm a") == "ok 0"
+    assert hw.handle("p 4 w 1") == "ok 1" and hw.handle("p 4 v") == "ok 1"
+    hw.handle("u pm w 424de200000171")
+    assert hw.handle("u pm a") == "ok 32"
     hw.board = {**hw.board, "sensors": {"air": [{"name": "pm", "driver": "laser-9000", "bus": "uart1"}]}}
     hw.power_on()
     assert hw.handle("u pm a") == "err 5"  # no fake for that driver: EIO, not a hung node

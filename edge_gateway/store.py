@@ -3,8 +3,11 @@
 Tables
 ------
 ``queue``     observations and alerts waiting for the upstream PUBACK (deleted on ack).
-``seen``      the de-duplication memory: one row per (device_id, boot, seq) ever committed,
-              kept for ``dedup_horizon_s`` after it was received, delivered or not.
+``seen_ranges`` the de-duplication memory: one row per (device_id, boot) holding the sequence
+              numbers committed so far as sorted ranges (``[[0, 1234], [1240, 1300]]``), kept
+              for ``dedup_horizon_s`` after that boot was last heard of, delivered or not. One
+              small row per device instead of one row per reading: a group commit dirties one or
+              two pages of it rather than a page per device (SD-card writes).
 ``counters``  monotonic counters (received, delivered, duplicates, drops by reason) committed in
               the same transaction as the rows they count, so they survive crashes exactly.
 
@@ -22,18 +25,53 @@ threads); the asyncio side calls it through :meth:`Store.call`.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import contextlib
+import json
 import os
 import shutil
 import sqlite3
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge_gateway.zdict import DICTIONARY_V1
+
 T = TypeVar("T")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written; the message says what to do."""
+
+
+
+# Stored payloads start with a format byte: 0 = the JSON as is, 1 = zlib with DICTIONARY_V1.
+_PLAIN = b"\x00"
+_ZDICT_V1 = b"\x01"
+
+
+def encode_payload(payload: bytes) -> bytes:
+    """Compress one payload for the store (about 16x smaller for an observation)."""
+    comp = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_DEFAULT_STRATEGY, DICTIONARY_V1)
+    packed = comp.compress(payload) + comp.flush()
+    if len(packed) + 1 < len(payload) + 1:
+        return _ZDICT_V1 + packed
+    return _PLAIN + payload
+
+
+def decode_payload(stored: bytes) -> bytes:
+    tag, body = stored[:1], stored[1:]
+    if tag == _ZDICT_V1:
+        decomp = zlib.decompressobj(15, DICTIONARY_V1)
+        return decomp.decompress(body) + decomp.flush()
+    if tag == _PLAIN:
+        return body
+    raise StoreError(f"stored payload has unknown format byte {tag!r}; was the store written by "
+                     "a newer gateway? Upgrade this one.")
 
 PRIORITY_READING = 0
 PRIORITY_ALERT_READING = 1  # an observation that raised or cleared an alert
@@ -53,20 +91,16 @@ CREATE TABLE IF NOT EXISTS queue(
     priority INTEGER NOT NULL DEFAULT 0,
     size INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS seen(
+CREATE TABLE IF NOT EXISTS seen_ranges(
     device_id TEXT NOT NULL,
     boot INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    received REAL NOT NULL,
-    PRIMARY KEY(device_id, boot, seq)
+    ranges TEXT NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY(device_id, boot)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or written; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +139,51 @@ class CommitResult:
     commit_s: float = 0.0
 
 
+MAX_RANGES = 4096  # per (device, boot); beyond it the oldest ranges are forgotten
+
+
+class SeenRanges:
+    """Sequence numbers of one (device, boot) as sorted, disjoint, non-adjacent [lo, hi] ranges.
+
+    Gaps (readings a node dropped, or not yet resent) keep their own ranges. If a boot ever has
+    more than ``MAX_RANGES`` gaps, the oldest ranges are forgotten: a very late copy of such a
+    reading is then taken as new (a possible duplicate upstream, never a loss).
+    """
+
+    __slots__ = ("his", "los")
+
+    def __init__(self, ranges: list[list[int]] | None = None) -> None:
+        self.los: list[int] = [r[0] for r in ranges or []]
+        self.his: list[int] = [r[1] for r in ranges or []]
+
+    def __contains__(self, seq: int) -> bool:
+        i = bisect.bisect_right(self.los, seq) - 1
+        return i >= 0 and seq <= self.his[i]
+
+    def add(self, seq: int) -> None:
+        i = bisect.bisect_right(self.los, seq) - 1  # the range starting at or before seq
+        if i >= 0 and seq <= self.his[i]:
+            return
+        joins_left = i >= 0 and self.his[i] == seq - 1
+        joins_right = i + 1 < len(self.los) and self.los[i + 1] == seq + 1
+        if joins_left and joins_right:
+            self.his[i] = self.his[i + 1]
+            del self.los[i + 1], self.his[i + 1]
+        elif joins_left:
+            self.his[i] = seq
+        elif joins_right:
+            self.los[i + 1] = seq
+        else:
+            self.los.insert(i + 1, seq)
+            self.his.insert(i + 1, seq)
+            if len(self.los) > MAX_RANGES:
+                del self.los[0], self.his[0]
+
+    def dumps(self) -> str:
+        return json.dumps([[lo, hi] for lo, hi in zip(self.los, self.his, strict=True)],
+                          separators=(",", ":"))
+
+
 class Store:
     """The SQLite store. Create with :meth:`open`; use from one thread only (see ``call``)."""
 
@@ -120,6 +199,7 @@ class Store:
         self.depth = 0
         self.leased: set[int] = set()
         self.counters: dict[str, int] = {}
+        self.seen: dict[tuple[str, int], SeenRanges] = {}
         self._last_age_check = 0.0
         self._last_prune = 0.0
 
@@ -165,9 +245,20 @@ class Store:
                 "aside and restart to start a new one"
             ) from exc
         self._db = db
+        db.execute("DROP TABLE IF EXISTS seen")  # the per-reading table of early versions
+        self.prune_seen(time.time())
+        self._reload_mirrors()
+
+    def _reload_mirrors(self) -> None:
+        """Re-read depth, bytes, counters and the de-duplication memory from the database."""
+        db = self.db
         row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue").fetchone()
         self.depth, self.bytes = int(row[0]), int(row[1])
         self.counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
+        self.seen = {
+            (str(dev), int(boot)): SeenRanges(json.loads(ranges))
+            for dev, boot, ranges in db.execute("SELECT device_id, boot, ranges FROM seen_ranges")
+        }
 
     def close(self) -> None:
         if self._db is not None:
@@ -200,14 +291,24 @@ class Store:
             )
 
     def is_new(self, keys: Iterable[tuple[str, int, int]]) -> list[bool]:
-        """Which of these keys have not been committed before (no write)."""
+        """Which of these keys have not been committed before (memory only, no I/O)."""
         out = []
         for dev, boot, seq in keys:
-            row = self.db.execute(
-                "SELECT 1 FROM seen WHERE device_id=? AND boot=? AND seq=?", (dev, boot, seq)
-            ).fetchone()
-            out.append(row is None)
+            ranges = self.seen.get((dev, boot))
+            out.append(ranges is None or seq not in ranges)
         return out
+
+    def _remember(self, key: tuple[str, int, int], dirty: set[tuple[str, int]]) -> bool:
+        """Add a key to the de-duplication memory; False if it was there already."""
+        dev, boot, seq = key
+        ranges = self.seen.get((dev, boot))
+        if ranges is None:
+            ranges = self.seen[(dev, boot)] = SeenRanges()
+        elif seq in ranges:
+            return False
+        ranges.add(seq)
+        dirty.add((dev, boot))
+        return True
 
     def commit(
         self,
@@ -231,26 +332,23 @@ class Store:
         try:
             inserted = 0
             others = 0
+            dirty: set[tuple[str, int]] = set()
             for e in entries:
                 if e.key is not None:
-                    cur = db.execute(
-                        "INSERT OR IGNORE INTO seen(device_id, boot, seq, received) "
-                        "VALUES(?, ?, ?, ?)",
-                        (*e.key, e.received),
-                    )
-                    if cur.rowcount == 0:
+                    if not self._remember(e.key, dirty):
                         result.duplicates.append(e.key)
                         continue
                     result.accepted.append(e.key)
                 else:
                     others += 1
-                size = len(e.payload) + len(e.topic)
+                stored = encode_payload(e.payload)
+                size = len(stored) + len(e.topic)
                 db.execute(
                     "INSERT INTO queue(topic, payload, device_id, boot, seq, received, priority, "
                     "size) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         e.topic,
-                        e.payload,
+                        stored,
                         e.key[0] if e.key else None,
                         e.key[1] if e.key else None,
                         e.key[2] if e.key else None,
@@ -262,10 +360,14 @@ class Store:
                 inserted += 1
                 self.bytes += size
                 self.depth += 1
-            for dev, boot, seq, received in remember:  # keys of readings sent to dead letters
+            for dev, boot, seq, _received in remember:  # keys of readings sent to dead letters
+                self._remember((dev, boot, seq), dirty)
+            for dev, boot in dirty:
                 db.execute(
-                    "INSERT OR IGNORE INTO seen(device_id, boot, seq, received) VALUES(?, ?, ?, ?)",
-                    (dev, boot, seq, received),
+                    "INSERT INTO seen_ranges(device_id, boot, ranges, updated) VALUES(?, ?, ?, ?) "
+                    "ON CONFLICT(device_id, boot) DO UPDATE SET ranges = excluded.ranges, "
+                    "updated = excluded.updated",
+                    (dev, boot, self.seen[(dev, boot)].dumps(), now),
                 )
             self._bump("readings_stored", len(result.accepted))
             self._bump("alerts_stored", others)
@@ -277,13 +379,10 @@ class Store:
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            # Re-read the in-memory mirrors from the database: the transaction is gone.
-            row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue").fetchone()
-            self.depth, self.bytes = int(row[0]), int(row[1])
-            self.counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
+            self._reload_mirrors()  # the transaction is gone: so are its in-memory effects
             raise
         result.commit_s = time.perf_counter() - t0
-        if now - self._last_prune > 3600.0:  # a full scan of `seen`, hourly (no extra index)
+        if now - self._last_prune > 3600.0:
             self._last_prune = now
             self.prune_seen(now)
         return result
@@ -376,11 +475,14 @@ class Store:
         return dropped
 
     def prune_seen(self, now: float) -> int:
-        """Forget de-duplication keys older than the horizon."""
-        cur = self.db.execute(
-            "DELETE FROM seen WHERE received < ?", (now - self.limits.dedup_horizon_s,)
-        )
-        return int(cur.rowcount)
+        """Forget the sequence ranges of boots not heard of for ``dedup_horizon_s``."""
+        cutoff = now - self.limits.dedup_horizon_s
+        gone = self.db.execute(
+            "DELETE FROM seen_ranges WHERE updated < ? RETURNING device_id, boot", (cutoff,)
+        ).fetchall()
+        for dev, boot in gone:
+            self.seen.pop((str(dev), int(boot)), None)
+        return len(gone)
 
     def delivered(self, ids: Sequence[int]) -> int:
         """Delete rows the upstream acknowledged; returns how many were still there."""
@@ -424,7 +526,8 @@ class Store:
                 "AND id <= ? ORDER BY id LIMIT ?",
                 (after_id, upto_id, limit),
             )
-        rows = [Row(int(r[0]), str(r[1]), bytes(r[2]), r[3], float(r[4])) for r in cur]
+        rows = [Row(int(r[0]), str(r[1]), decode_payload(bytes(r[2])), r[3], float(r[4]))
+                for r in cur]
         self.leased.update(r.id for r in rows)
         return rows
 

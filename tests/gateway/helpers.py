@@ -22,6 +22,11 @@ import aiomqtt
 from edge_gateway import contract
 from host_tools.brokers import MosquittoBroker
 
+# Mosquitto started as root drops to the `mosquitto` user unless told otherwise, and then cannot
+# read certificates or write persistence files under pytest's 0700 temporary directories.
+# (No effect when the tests run as an ordinary user.)
+AS_INVOKER = ["user root"]
+
 
 def run_async(fn: Callable[..., Awaitable[None]]) -> Callable[..., None]:
     """Run an async test function in a fresh event loop (no pytest plugin needed)."""
@@ -44,7 +49,8 @@ async def wait_ready(gw: Any, timeout_s: float = 15.0, upstream: bool = True) ->
 
 
 def gateway_config(
-    local: MosquittoBroker, upstream: MosquittoBroker, workdir: Path, **sections: Any
+    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, workdir: Path,
+    **sections: Any,
 ) -> dict[str, Any]:
     """A config dict for loopback brokers; ``sections`` are merged over the defaults."""
     cfg: dict[str, Any] = {
@@ -52,9 +58,10 @@ def gateway_config(
         "site_id": "test-site-01",
         "data_dir": str(workdir),
         "location": {"lat": 13.75, "lon": 100.5},
-        "local": {"host": local.host, "port": local.port, "reconnect_min_s": 0.1,
+        "local": {"host": local_broker.host, "port": local_broker.port, "reconnect_min_s": 0.1,
                   "reconnect_max_s": 0.5},
-        "upstream": {"host": upstream.host, "port": upstream.port, "reconnect_min_s": 0.1,
+        "upstream": {"host": upstream_broker.host, "port": upstream_broker.port,
+                     "reconnect_min_s": 0.1,
                      "reconnect_max_s": 0.5, "timeout_s": 5.0},
         "store": {"min_free_bytes": 0},
         "metrics": {"enabled": False},

@@ -1,5 +1,7 @@
-"""Platform broker down for a while under steady load: afterwards every reading arrives exactly
-once, in order per device within the live and the replayed stream, replayed ones marked."""
+"""Platform broker down for a while under steady load: afterwards every reading has arrived, in
+order per device within the live and the replayed stream, replayed ones marked. QoS 1 is
+at-least-once: the only repeats allowed are of observations that were in flight when the broker
+died (its PUBACK never came back), at most one in-flight window."""
 
 from __future__ import annotations
 
@@ -13,15 +15,34 @@ from edge_gateway import contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from host_tools.brokers import MosquittoBroker
-from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async, wait_ready
+from tests.gateway.helpers import (
+    AS_INVOKER,
+    FakeNode,
+    Platform,
+    gateway_config,
+    run_async,
+    wait_ready,
+)
 
 pytestmark = pytest.mark.broker
 
 
-def check_exactly_once_in_order(obs: list[dict], produced: dict[str, int]) -> tuple[int, int]:
-    """Each (device, seq) exactly once; order kept per device within each stream."""
-    keys = [(o["device_id"], o["boot"], o["seq"]) for o in obs]
-    assert len(keys) == len(set(keys)), "a reading reached the platform twice"
+def check_complete_in_order(
+    obs: list[dict], produced: dict[str, int], in_flight_before: int, window: int
+) -> tuple[int, int]:
+    """Every (device, seq) arrived; repeats only of what arrived before the outage began, at most
+    one in-flight window; order kept per device within each stream (first arrivals)."""
+    first: dict[tuple[str, int, int], int] = {}
+    repeats: list[tuple[str, int, int]] = []
+    for i, o in enumerate(obs):
+        key = (o["device_id"], o["boot"], o["seq"])
+        if key in first:
+            repeats.append(key)
+            assert first[key] < in_flight_before, f"{key} repeated but was not in flight at the outage"
+        else:
+            first[key] = i
+    assert len(repeats) <= window, f"{len(repeats)} repeats"
+    obs = [obs[i] for i in sorted(first.values())]
     for dev, n in produced.items():
         got = sorted(o["seq"] for o in obs if o["device_id"] == dev)
         assert got == list(range(n)), f"{dev}: missing {sorted(set(range(n)) - set(got))[:10]}"
@@ -38,7 +59,7 @@ async def test_upstream_outage_under_load_loses_and_duplicates_nothing(
 ) -> None:
     local = broker_factory("local")
     # Persistence: the platform consumer's queued messages survive the broker's restart.
-    upstream = broker_factory("upstream", persistence=True)
+    upstream = broker_factory("upstream", persistence=True, extra_config=AS_INVOKER)
     config = GatewayConfig.from_dict(
         gateway_config(local, upstream, tmp_path, forward={"drain_rate_per_s": 400.0})
     )
@@ -56,6 +77,7 @@ async def test_upstream_outage_under_load_loses_and_duplicates_nothing(
 
     try:
         await load(1.0, 40)
+        arrived_before_outage = len(platform.messages)
         upstream.stop()  # the platform goes away for a while; nodes keep sending
         await load(2.5, 40)
         stored_during_outage = gw.stats()["queue_depth"]
@@ -74,13 +96,14 @@ async def test_upstream_outage_under_load_loses_and_duplicates_nothing(
         obs = platform.observations()
         for o in obs[:50]:
             contract.validate("observation", o)
-        live, replayed = check_exactly_once_in_order(obs, produced)
+        before = sum(1 for t, _ in platform.messages[:arrived_before_outage] if t.endswith("/observation"))
+        live, replayed = check_complete_in_order(obs, produced, before + 32, window=32)
         assert replayed >= stored_during_outage - 5
         assert live > 0
         s = gw.stats()
         assert s["dropped_total"] == 0
         assert s["upstream_offline_s"] >= 2.0
-        assert s["replayed_out"] == replayed
+        assert s["replayed_out"] == sum(1 for o in obs if o["replay"])
     finally:
         for node in nodes:
             await node.stop()

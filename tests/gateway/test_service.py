@@ -18,7 +18,7 @@ import pytest
 
 from edge_gateway import contract
 from host_tools.brokers import MosquittoBroker
-from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async
+from tests.gateway.helpers import AS_INVOKER, FakeNode, Platform, gateway_config, run_async
 from tests.gateway.test_crash import write_toml
 from tests.support.tools import REPO
 
@@ -45,7 +45,7 @@ async def test_service_reload_keeps_store_and_notifies_systemd(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
 ) -> None:
     local = broker_factory("local")
-    upstream = broker_factory("upstream", persistence=True)
+    upstream = broker_factory("upstream", persistence=True, extra_config=AS_INVOKER)
     upstream.stop()
     dev = "ce-00000000f001"
     cfg = gateway_config(local, upstream, tmp_path, inventory={"allow_unknown": True})

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from calibration.records import Registry, parse_records
 from edge_gateway import contract
@@ -20,8 +24,12 @@ from edge_gateway.store import (
     PRIORITY_READING,
     Entry,
     Limits,
+    SeenRanges,
     Store,
+    decode_payload,
+    encode_payload,
 )
+from edge_gateway.zdict import DICTIONARY_V1
 from tests.gateway.helpers import reading
 
 WATER = "ce-0000000f0001"
@@ -303,3 +311,50 @@ def test_metrics_render_prometheus_text() -> None:
     assert "cityedge_gateway_queue_oldest_age_seconds NaN" in text
     for line in text.splitlines():
         assert line.startswith("#") or len(line.split(" ")) == 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=300), max_size=200))
+def test_seen_ranges_behave_like_a_set(seqs: list[int]) -> None:
+    ranges, model = SeenRanges(), set()
+    for seq in seqs:
+        assert (seq in ranges) == (seq in model)
+        ranges.add(seq)
+        model.add(seq)
+    assert all(s in ranges for s in model)
+    assert not any(s in ranges for s in range(-2, 305) if s not in model)
+    again = SeenRanges(json.loads(ranges.dumps()))
+    assert all((s in again) == (s in model) for s in range(-2, 305))
+    assert all(ranges.his[i] + 1 < ranges.los[i + 1] for i in range(len(ranges.los) - 1))
+
+
+def test_seen_ranges_persist_across_reopen_and_prune(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    store.commit([entry("a", s) for s in (0, 1, 2, 5, 7, 6)])
+    store.close()
+    again = open_store(tmp_path)
+    assert again.is_new([("a", 1, s) for s in range(9)]) == [
+        False, False, False, True, True, False, False, False, True]
+    assert again.prune_seen(time.time() + 10_000) == 1  # beyond the 3600 s horizon
+    assert again.is_new([("a", 1, 0)]) == [True]
+    again.close()
+
+
+def test_store_payload_dictionary_is_frozen() -> None:
+    # Rows on every gateway's SD card were compressed with these bytes: never edit them.
+    assert hashlib.sha256(DICTIONARY_V1).hexdigest() == (
+        "561a0cb9a34ce5877f23e91827af4c57aeb0902046c207ee2c3171da99fb9671"
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=3000))
+def test_stored_payloads_round_trip(payload: bytes) -> None:
+    assert decode_payload(encode_payload(payload)) == payload
+
+
+def test_observations_are_stored_compressed() -> None:
+    p = Processor(base_config())
+    t0 = 1_790_000_000.0
+    payload = p.process(AIR, reading(AIR, "air", 1, 0, t=t0, value=20.0), t0).payload
+    assert len(encode_payload(payload)) * 8 < len(payload)

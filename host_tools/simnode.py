@@ -166,6 +166,8 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
     root = cache_root or Path(tempfile.gettempdir()) / f"cityedge-mpy-{os.getuid()}"
     out = root / digest
     if (out / "ok").exists():
+        with contextlib.suppress(OSError):
+            os.utime(out)  # in use: newest, so pruning keeps it
         return out
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
@@ -193,7 +195,19 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    _prune(root, keep=out)
     return out
+
+
+def _prune(root: Path, keep: Path, trees: int = 8) -> None:
+    # Every firmware edit makes a new tree: keep the newest few, drop abandoned builds.
+    now = time.time()
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and p != keep),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for i, path in enumerate(entries):
+        stale_build = path.name.startswith("build-") and now - path.stat().st_mtime > 3600
+        if stale_build or (not path.name.startswith("build-") and i >= trees - 1):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @lru_cache(maxsize=4)

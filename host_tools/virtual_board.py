@@ -165,17 +165,20 @@ class VirtualBoard:
         return self
 
     def close(self) -> None:
+        if self._host_master < 0:
+            return
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self._kill()
         if self._hardware is not None:
             self._hardware.stop()
             self._hardware = None
-        for fd in (self._host_master, self._host_slave):
-            try:
+        # Closing twice must not close descriptors the process has reused since.
+        fds, self._host_master, self._host_slave = (self._host_master, self._host_slave), -1, -1
+        for fd in fds:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
 
     def __enter__(self) -> Self:
         return self.start()

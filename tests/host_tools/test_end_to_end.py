@@ -1,0 +1,130 @@
+"""Three virtual boards provisioned in parallel from a site CSV, then running the firmware: their
+readings reach the real gateway through a real Mosquitto holding the generated passwd and ACL,
+each authenticated with its own credential; forging another node's topic is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from edge_gateway import contract
+from edge_gateway.app import Gateway
+from edge_gateway.config import GatewayConfig
+from host_tools.brokers import MosquittoBroker
+from host_tools.cli import main as cityedge
+from host_tools.inventory import Inventory
+from host_tools.provision import create_gateway_credential
+from host_tools.virtual_board import VirtualBoard
+from tests.gateway.helpers import Platform, gateway_config, wait_ready
+from tests.host_tools.mqtt_helpers import ROOT_SAFE, Client, connect_refused
+
+pytestmark = [pytest.mark.broker, pytest.mark.micropython, pytest.mark.slow]
+SITE = "rayong-school-01"
+SEEN: set[str] = set()  # device ids seen at the platform, for the failure message
+NODES = [("246f28000011", "air"), ("246f28000012", "water"), ("246f28000013", "parking")]
+
+
+def test_three_boards_provisioned_in_parallel_reach_the_gateway(
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
+    broker_factory: Callable[..., MosquittoBroker],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inv_path = tmp_path / "inventory.sqlite"
+    with Inventory(inv_path) as inv:
+        gw_password = create_gateway_credential(inv, "gw-rayong-01")
+    boards = [vboard_factory(mac, mac, kind) for mac, kind in NODES]
+    site_csv = tmp_path / "school.csv"
+    site_csv.write_text(
+        "port,kind,site,lat,lon,name\n"
+        + "".join(f"{vb.device},{kind},{SITE},12.68,101.27,node {i}\n"
+                  for i, (vb, (_, kind)) in enumerate(zip(boards, NODES, strict=True)))
+    )
+    local = MosquittoBroker("site", workdir=tmp_path / "site-broker",
+                            password_file=tmp_path / "broker" / "passwd",
+                            acl_file=tmp_path / "broker" / "acl", extra_config=ROOT_SAFE)
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    code = cityedge([
+        "node", "provision", "--batch", str(site_csv), "--deploy", "--board", "sim",
+        "--ssid", "school-iot", "--broker", f"127.0.0.1:{local.port}",
+        "--broker-dir", str(tmp_path / "broker"), "--inventory", str(inv_path),
+        "--interval", "sample_s=1", "--interval", "report_s=2", "--interval", "heartbeat_s=2",
+    ])
+    assert code == 0
+    ids = [f"ce-{mac}" for mac, _ in NODES]
+    configs = {json.loads((vb.flash_dir / "config.json").read_text())["device_id"]:
+               json.loads((vb.flash_dir / "config.json").read_text()) for vb in boards}
+    assert sorted(configs) == ids
+    with Inventory(inv_path) as inv:
+        devices = {d.device_id: d for d in inv.devices(site_id=SITE)}
+        assert sorted(devices) == ids
+        for d in devices.values():
+            assert d.credential_version == 1 and d.firmware_version
+            assert [e.action for e in inv.events(d.device_id)] == ["provision", "deploy"]
+
+    local.start()
+    try:
+        upstream = broker_factory("platform", extra_config=ROOT_SAFE)
+        for vb in boards:
+            vb.hard_reset()  # press EN: the deployed firmware starts with its new config
+        try:
+            asyncio.run(_gateway_receives(tmp_path, local, upstream, gw_password, ids))
+        except TimeoutError:
+            seen = sorted(SEEN)
+            tails = "\n".join(bytes(vb.transcript[-600:]).decode(errors="replace") for vb in boards)
+            log = local.log_path.read_text()[-1500:]
+            pytest.fail(f"not every node reached the platform ({seen}). Boards:\n{tails}\nbroker:\n{log}")
+
+        # A node's credential cannot speak for another node, nor log in as one.
+        for vb in boards:
+            vb.close()  # stop the nodes: only the forger speaks from here on
+        a, b = ids[0], ids[1]
+        spy = Client(local.port, "gw-rayong-01", gw_password)
+        spy.subscribe(f"cityedge/v1/node/{b}/reading")
+        spy.subscribe(f"cityedge/v1/node/{a}/reading")
+        forger = Client(local.port, a, configs[a]["mqtt"]["password"])
+        assert forger.ok
+        forger.publish(f"cityedge/v1/node/{b}/reading", b'{"forged": 1}', qos=1)  # PUBACKed
+        forger.publish(f"cityedge/v1/node/{b}/reading", b'{"forged": 0}', qos=0)
+        forger.publish(f"cityedge/v1/node/{a}/reading", b'{"own": 1}', qos=1)
+        assert spy.received.get(timeout=10) == (f"cityedge/v1/node/{a}/reading", b'{"own": 1}')
+        with pytest.raises(queue.Empty):
+            spy.received.get(timeout=1.0)
+        assert connect_refused(local.port, b, configs[a]["mqtt"]["password"])
+        forger.close()
+        spy.close()
+    finally:
+        local.stop(kill=True)
+
+
+async def _gateway_receives(
+    tmp_path: Path, local: MosquittoBroker, upstream: MosquittoBroker, gw_password: str,
+    ids: list[str],
+) -> None:
+    config = GatewayConfig.from_dict(gateway_config(
+        local, upstream, tmp_path / "gw", site_id=SITE,
+        local={"username": "gw-rayong-01", "password": gw_password},
+    ))
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    platform = await Platform(upstream).start()
+    try:
+        await wait_ready(gw)
+        def all_seen() -> bool:
+            SEEN.update(o["device_id"] for o in platform.observations())
+            return SEEN >= set(ids)
+
+        await platform.wait_for(all_seen, timeout_s=45)
+        for o in platform.observations():
+            contract.validate("observation", o)
+            assert o["site_id"] == SITE
+    finally:
+        await platform.stop()
+        task.cancel()
+        with __import__("contextlib").suppress(BaseException):
+            await task

@@ -369,7 +369,12 @@ def bench_drain(work: Path, backlog: int, live_n: int) -> dict[str, Any]:
         upstream.close()
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # run the finally blocks: stop brokers and gateways
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small run, under a minute")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")

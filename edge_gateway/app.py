@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import signal
+import sqlite3
 import ssl
 import time
 from collections import defaultdict
@@ -146,7 +147,15 @@ class Gateway:
         self.metrics_port: int | None = None
         self.ready = False
         self._reload_requested = False
-        self._latencies: list[float] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self._upstream_task: asyncio.Task[None] | None = None
+        self._store_failures = 0
+
+    def _spawn(self, coro: Any) -> None:
+        """Run a fire-and-forget coroutine, keeping a reference until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -159,7 +168,7 @@ class Gateway:
         """Re-read the config file (as on SIGHUP); the store and its contents are kept."""
         self._reload_requested = True
         if self._stop is not None:
-            asyncio.get_running_loop().create_task(self.reload())
+            self._spawn(self.reload())
 
     def stats(self) -> dict[str, Any]:
         """Counters and gauges (also what the metrics endpoint shows)."""
@@ -226,7 +235,7 @@ class Gateway:
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
         if cfg.upstream.enabled:
-            tasks.append(asyncio.create_task(self._upstream_loop(), name="upstream"))
+            self._upstream_task = asyncio.create_task(self._upstream_loop(), name="upstream")
         try:
             if cfg.metrics.enabled:
                 self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats)
@@ -234,14 +243,22 @@ class Gateway:
             self.ready = True
             sdnotify.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
             stop_wait = asyncio.create_task(self._stop.wait(), name="stop-wait")
-            done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t is not stop_wait and not t.cancelled() and t.exception() is not None:
-                    raise RuntimeError(f"gateway task {t.get_name()} failed") from t.exception()
-            stop_wait.cancel()
+            while not stop_wait.done():
+                watched = [stop_wait, *tasks]
+                if self._upstream_task is not None:
+                    watched.append(self._upstream_task)
+                # Wake at least every second: a reload may have started or stopped forwarding.
+                done, _ = await asyncio.wait(watched, timeout=1.0,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    if t is not stop_wait and not t.cancelled() and t.exception() is not None:
+                        raise RuntimeError(f"gateway task {t.get_name()} failed") from t.exception()
         finally:
             sdnotify.notify("STOPPING=1")
             self.ready = False
+            if self._upstream_task is not None:
+                tasks.append(self._upstream_task)
+            tasks.extend(self._background)
             for t in tasks:
                 t.cancel()
             for t in tasks:
@@ -295,6 +312,13 @@ class Gateway:
             dropped = await store_.call(store_.enforce)
             if dropped:
                 log.warning("new store bounds dropped %s", dropped)
+        if new.upstream.enabled and self._upstream_task is None:
+            self._upstream_task = asyncio.create_task(self._upstream_loop(), name="upstream")
+        elif not new.upstream.enabled and self._upstream_task is not None:
+            self._upstream_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._upstream_task
+            self._upstream_task = None
         if new.local != old.local and self._local_reconnect is not None:
             self._local_reconnect.set()
         if new.upstream != old.upstream and self._upstream_reconnect is not None:
@@ -412,7 +436,7 @@ class Gateway:
         if client is None:
             return
         body = deadletter_payload(self.config.gateway_id, topic, data, reason)
-        asyncio.get_running_loop().create_task(
+        self._spawn(
             self._publish_quietly(client, contract.deadletter_topic(self.config.gateway_id), body, 0)
         )
 
@@ -449,7 +473,20 @@ class Gateway:
                     break
             # Shielded: once the batch is on the store thread, let the commit finish even if the
             # gateway is being stopped, then ack what was committed.
-            result = await asyncio.shield(store.call(self._pipeline, batch))
+            try:
+                result = await asyncio.shield(store.call(self._pipeline, batch))
+            except (sqlite3.Error, OSError) as exc:
+                # Nothing of this batch was committed, so no custody was sent: the nodes keep the
+                # readings and send them again. Give up (systemd restarts us) only if it persists.
+                self._store_failures += 1
+                self.counters["store_errors"] += 1
+                log.error("store write failed (%d in a row), %d readings not acknowledged: %s",
+                          self._store_failures, len(batch), exc)
+                if self._store_failures >= 10:
+                    raise
+                await asyncio.sleep(1.0)
+                continue
+            self._store_failures = 0
             self._after_commit(result)
 
     def _pipeline(self, batch: list[_Incoming]) -> _PipelineResult:
@@ -523,7 +560,7 @@ class Gateway:
         for dev, boot, lo, hi in custody_ranges(c.accepted + c.duplicates):
             body = json.dumps({"v": 1, "boot": boot, "from": lo, "to": hi}, separators=(",", ":"))
             self.counters["custody_acks"] += 1
-            asyncio.get_running_loop().create_task(
+            self._spawn(
                 self._publish_quietly(client, contract.node_topic(dev, "custody"), body.encode(), 1)
             )
 

@@ -3,8 +3,9 @@
 #   - /sim.json "wifi": {"fail": true}            the AP is never found;
 #   - a file "sim_wifi_down" in the flash dir       the link drops (and cannot associate) while
 #                                                    it exists; `touch`/`rm` it from a test.
-# Sockets still go over the host's loopback: the firmware should, as on a device, treat
-# isconnected() == False as "no network" (a real ESP32's sockets fail at that point).
+# The launcher's broker relay goes silent at the same time (SimNode.set_wifi), so open sockets
+# behave as over a vanished link; the firmware learns of the drop from isconnected() or from
+# its own keepalive timeouts, as on a device.
 import time
 
 STA_IF = 0

@@ -56,9 +56,11 @@ def _ok(value: Any) -> bool:
 
 def _status_detail(value: Any) -> str:
     if isinstance(value, dict):
+        where = f"{value['host']}:{value['port']}" if "host" in value and "port" in value else ""
         if value.get("error"):
-            return str(value["error"])
-        return _fmt({k: v for k, v in value.items() if k not in ("ok", "connected")}) or "ok"
+            return f"{where} {value['error']}".strip()
+        rest = _fmt({k: v for k, v in value.items() if k not in ("ok", "connected", "host", "port")})
+        return ", ".join(x for x in (where, rest) if x) or "ok"
     return _fmt(value)
 
 
@@ -83,14 +85,27 @@ def parse_selftest(output: str, port: str = "") -> SelfTest:
         (str(s.get("name", i)), s) for i, s in enumerate(sensors) if isinstance(s, dict)
     )
     for name, reading in items:
-        ok = _ok(reading)
-        detail = str(reading.get("error")) if isinstance(reading, dict) and reading.get("error") else _fmt(
-            reading.get("values", reading) if isinstance(reading, dict) else reading
-        )
+        if isinstance(reading, dict):
+            ok = _ok(reading)
+            values = reading.get("reading", reading.get("values"))
+            detail = str(reading["error"]) if reading.get("error") else _fmt(values or {})
+            if reading.get("driver"):
+                detail = f"{reading['driver']}: {detail}"
+        else:
+            ok, detail = bool(reading), _fmt(reading)
         checks.append(Check(f"sensor {name}", ok, detail))
-    for key in ("wifi", "mqtt", "config", "clock", "outbox"):
+    if not checks:
+        checks.append(Check("sensors", False, "no sensor answered (check board.json and wiring)"))
+    if "config_error" in data:
+        err = data["config_error"]
+        checks.append(Check("config", err is None, str(err) if err else "ok"))
+    if data.get("battery_v") is not None:
+        checks.append(Check("battery", True, f"{data['battery_v']} V"))
+    for key in ("wifi", "mqtt"):
         if key in data:
             checks.append(Check(key, _ok(data[key]), _status_detail(data[key])))
+    if data.get("error"):
+        checks.append(Check("self-test", False, str(data["error"])))
     fw = data.get("fw") or data.get("fw_version") or data.get("firmware")
     return SelfTest(
         port=port,

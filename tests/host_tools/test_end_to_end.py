@@ -69,6 +69,14 @@ def test_three_boards_provisioned_in_parallel_reach_the_gateway(
 
     local.start()
     try:
+        # The self-test on each board: sensors, WiFi, and MQTT with its own credential.
+        ports = [a for vb in boards for a in ("--port", vb.device)]
+        assert cityedge(["node", "verify", *ports, "--inventory", str(inv_path)]) == 0
+        with Inventory(inv_path) as inv:
+            for device_id in ids:
+                last = inv.events(device_id)[0]
+                assert (last.action, last.ok) == ("verify", True)
+                assert last.detail["mqtt"]["ok"] and last.detail["device_id"] == device_id
         upstream = broker_factory("platform", extra_config=ROOT_SAFE)
         for vb in boards:
             vb.hard_reset()  # press EN: the deployed firmware starts with its new config

@@ -221,6 +221,10 @@ class Gateway:
         )
         store = self.store
         self.processor = Processor(cfg, registries)
+        saved = await store.call(store.get_meta, "alert_state")
+        if saved:
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                self.processor.restore_alert_state(json.loads(saved))
         log.info(
             "gateway %s (site %s) store %s: %d rows waiting",
             cfg.gateway_id, cfg.site_id, cfg.store_path, store.depth,
@@ -534,8 +538,11 @@ class Gateway:
                     json.dumps(alert, separators=(",", ":"), ensure_ascii=False).encode(),
                     item.received, PRIORITY_ALERT, None,
                 ))
+        # Alert states change only with alerts; they are committed with the rows that caused them.
+        meta = {"alert_state": json.dumps(processor.alert_state())} if alerts else None
         result = store.commit(
-            entries, duplicates, counters={"processing_errors": errors}, remember=remember
+            entries, duplicates, counters={"processing_errors": errors}, remember=remember,
+            meta=meta,
         )
         result.accepted.extend(k[:3] for k in remember)  # custody: the dead letter holds them
         return _PipelineResult(result, dead, alerts, dict(per_device))

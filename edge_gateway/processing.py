@@ -106,7 +106,25 @@ class Processor:
         self.quality: QualityChecker = quality if quality is not None else StreamingQuality()
         self._water: dict[str, _WaterAlertState] = {}
         self._air: dict[str, _AirState] = {}
+        self._saved_bands: dict[str, int] = {}
         self.calibration_errors = 0
+
+    def alert_state(self) -> dict[str, Any]:
+        """The alert states (not the rolling data) as plain data, to survive a restart: after a
+        power cut a water level already above its warning must not be announced again."""
+        return {
+            "water": {d: {"level": w.level, "rising": w.rising} for d, w in self._water.items()},
+            "pm25_band": {d: a.band for d, a in self._air.items() if a.band is not None},
+        }
+
+    def restore_alert_state(self, saved: Mapping[str, Any]) -> None:
+        for dev, w in (saved.get("water") or {}).items():
+            if w.get("level") in ("normal", "warning", "critical"):
+                state = self._water.setdefault(str(dev), _WaterAlertState())
+                state.level, state.rising = str(w["level"]), bool(w.get("rising"))
+        self._saved_bands = {
+            str(d): int(b) for d, b in (saved.get("pm25_band") or {}).items() if isinstance(b, int)
+        }
 
     def reconfigure(
         self, config: GatewayConfig, registries: tuple[Registry | None, Registry | None]
@@ -283,7 +301,7 @@ class Processor:
         if state is None:
             report_s = (device.report_s if device else None) or self.config.inventory.default_report_s
             interval = timedelta(seconds=min(report_s, 86400.0))
-            state = _AirState(aqi.Rolling24h(interval))
+            state = _AirState(aqi.Rolling24h(interval), band=self._saved_bands.pop(device_id, None))
             self._air[device_id] = state
         mean = state.rolling.add(datetime.fromtimestamp(t, UTC), float(pm25))
         if mean.mean is None:

@@ -317,6 +317,7 @@ class Store:
         now: float | None = None,
         counters: dict[str, int] | None = None,
         remember: Sequence[tuple[str, int, int, float]] = (),
+        meta: dict[str, str] | None = None,
     ) -> CommitResult:
         """Store a group of entries in one transaction and enforce the bounds.
 
@@ -371,6 +372,12 @@ class Store:
                 )
             self._bump("readings_stored", len(result.accepted))
             self._bump("alerts_stored", others)
+            for key, value in (meta or {}).items():
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES(?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
             self._bump("duplicates", len(result.duplicates))
             for name, n in (counters or {}).items():
                 self._bump(name, n)
@@ -534,6 +541,10 @@ class Store:
     def release_all(self) -> None:
         """Forget leases (the upstream connection is gone; unacked rows will be fetched again)."""
         self.leased.clear()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def max_id(self) -> int:
         row = self.db.execute("SELECT COALESCE(MAX(id), 0) FROM queue").fetchone()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from edge_gateway import contract
@@ -74,6 +76,26 @@ async def test_readings_are_calibrated_forwarded_acked_and_deleted(
                 await asyncio.sleep(0.05)
         s = gw.stats()
         assert s["readings_stored"] == 25 and s["delivered"] == 25 and s["readings_out"] == 25
+
+        # Node status → retained device status with battery, RSSI, outbox and completeness.
+        status = contract.example("node_status")
+        status.update(device_id=node.device_id, rssi_dbm=-71, battery_v=3.91,
+                      outbox={"depth": 4, "capacity": 512, "dropped": 2})
+        async with aiomqtt.Client(local_broker.host, local_broker.port) as c:
+            await c.publish(contract.node_topic(node.device_id, "status"), json.dumps(status), qos=1)
+        topic = contract.device_status_topic("test-site-01", node.device_id)
+
+        def latest() -> dict | None:
+            found = [b for t, b in platform.messages if t == topic and b.get("rssi_dbm") == -71]
+            return found[-1] if found else None
+
+        await platform.wait_for(lambda: latest() is not None, timeout_s=10)
+        dev = latest()
+        assert dev is not None
+        contract.validate("device_status", dev)
+        assert dev["battery_v"] == 3.91 and dev["outbox_depth"] == 4 and dev["outbox_dropped"] == 2
+        assert dev["received_24h"] == 20 and dev["state"] == "online"
+        assert dev["completeness"] == round(20 / dev["expected_24h"], 3)
     finally:
         await node.stop()
         await other.stop()

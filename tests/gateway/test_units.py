@@ -358,3 +358,18 @@ def test_observations_are_stored_compressed() -> None:
     t0 = 1_790_000_000.0
     payload = p.process(AIR, reading(AIR, "air", 1, 0, t=t0, value=20.0), t0).payload
     assert len(encode_payload(payload)) * 8 < len(payload)
+
+
+def test_alert_state_survives_a_restart() -> None:
+    cfg = base_config(alerts={"water_warning_m": 2.0, "water_critical_m": 3.0, "hold_s": 60})
+    t0 = 1_790_000_000.0
+    first = processor(cfg)
+    raised = first.process(WATER, reading(WATER, "water", 1, 0, t=t0, value=4.5 - 2.2), t0).alerts
+    assert [(a["alert"], a["state"]) for a in raised] == [("water_warning", "raised")]
+    saved = json.loads(json.dumps(first.alert_state()))
+    again = processor(cfg)  # a new process after a power cut
+    again.restore_alert_state(saved)
+    t1 = t0 + 600
+    out = again.process(WATER, reading(WATER, "water", 2, 0, t=t1, value=4.5 - 2.25), t1)
+    assert out.alerts == []  # still above the warning: not announced twice
+    assert out.observation["derived"]["level_state"]["state"] == "warning"

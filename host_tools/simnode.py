@@ -228,6 +228,16 @@ def firmware_intervals(micropython: str, firmware_dir: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in values.items()}
 
 
+EVENT_TYPES = ("flash_flood",)
+
+
+def _event(event: dict[str, Any]) -> dict[str, Any]:
+    if event.get("type") not in EVENT_TYPES or "at" not in event:
+        raise SimError(f"scenario event {event!r} is not understood",
+                       hint='use {"type": "flash_flood", "at": "2026-09-01T03:00Z", "rise_m": 1.5}')
+    return dict(event, at=parse_time(event["at"]))
+
+
 def mac_from(device_id: str | None, seed: int | None) -> str:
     """12 hex digits: from a ce-xxxxxxxxxxxx device id, else an Espressif MAC from the seed."""
     if device_id:
@@ -719,7 +729,7 @@ class SimNode:
         self.site_id = site_id
         self.micropython = micropython or micropython_path()
         self.wifi = {"ssid": "cityedge-sim", "assoc_ms": 800, "rssi_dbm": -67, **(wifi or {})}
-        self.events = [dict(e, at=parse_time(e["at"])) for e in (events or [])]
+        self.events = [_event(e) for e in (events or [])]
         self.compile = compile
         self.on_line = on_line
         self.main = Path(main) if main is not None else None  # another entry script (tests)
@@ -1128,6 +1138,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, help="signal seed (default: random)")
     p.add_argument("--start", help="simulated start time, ISO date or epoch (default: now)")
     p.add_argument("--site-id", default="sim-site-01")
+    p.add_argument("--flash-flood", action="append", default=[], metavar="WHEN",
+                   help="water: a flash flood (1.5 m in 20 min) at this simulated time, ISO or "
+                        "epoch; repeatable")
     p.add_argument("--username", help="MQTT user name (default: none)")
     p.add_argument("--password-file", help="file holding the MQTT password")
     p.set_defaults(func=_cmd_simulate)
@@ -1152,6 +1165,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
                        flash_dir=args.flash_dir, board=args.board, heap=args.heap,
                        sim_heap=args.sim_heap, speed=args.speed, seed=args.seed, start=args.start,
                        username=args.username, password=password, site_id=args.site_id,
+                       events=[{"type": "flash_flood", "at": when} for when in args.flash_flood],
                        on_line=echo)
     except SimError as exc:
         raise CityEdgeError(str(exc), hint=exc.hint or None) from exc

@@ -124,6 +124,7 @@ def test_stop_and_kill_leave_no_process(tmp_path: Path) -> None:
         ({"device_id": "ce-XYZ"}, "is not ce- plus 12"),
         ({"board": "esp32-nonesuch"}, "no board file"),
         ({"speed": 0}, "speed must be positive"),
+        ({"events": [{"type": "earthquake", "at": 0}]}, "scenario event"),
     ],
 )
 def test_bad_settings_say_what_to_do(kwargs: dict[str, object], message: str) -> None:
@@ -154,13 +155,16 @@ def _cli(*args: str) -> list[str]:
 def test_cli_runs_streams_and_stops_after_duration(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
     out = subprocess.run(_cli("--kind", "water", "--broker", BROKER, "--duration", "2", "--seed", "3",
-                              "--flash-dir", str(flash), "--speed", "30"),
+                              "--flash-dir", str(flash), "--speed", "30",
+                              "--flash-flood", "2026-09-01T03:00:00Z"),
                          capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
     assert out.returncode == 0, out.stderr
     assert "[sim] boot 1: power-on" in out.stdout
     assert "[sim] stopped" in out.stdout
     pid = int(re.search(r"power-on \(pid (\d+)", out.stdout).group(1))  # type: ignore[union-attr]
     assert _gone(pid)
+    sim = json.loads((flash / "sim.json").read_text())
+    assert sim["events"] == [{"type": "flash_flood", "at": parse_time("2026-09-01T03:00:00Z")}]
     cfg = json.loads((flash / "config.json").read_text())
     assert cfg["kind"] == "water" and cfg["intervals"]["sample_s"] == pytest.approx(
         firmware_intervals(micropython(), str(FIRMWARE))["sample_s"] / 30)

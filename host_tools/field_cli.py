@@ -377,10 +377,11 @@ def cmd_inventory(args: argparse.Namespace) -> int:
             out.print(table)
             return 0
         devices = inv.devices(search=args.search, site_id=args.site)
-        table = Table(title=f"inventory {inv.path} ({len(devices)} devices)")
-        for col in ("device", "kind", "site", "name", "board", "lat, lon", "firmware",
-                    "credential", "updated (UTC)"):
-            table.add_column(col)
+        table = Table(title=f"{len(devices)} device(s) in {inv.path}")
+        table.add_column("device", no_wrap=True, min_width=15)
+        for col in ("kind", "site", "name", "board", "lat, lon", "firmware", "credential",
+                    "updated (UTC)"):
+            table.add_column(col, overflow="fold")
         for d in devices:
             table.add_row(d.device_id, d.kind, d.site_id, d.name or "", d.board,
                           f"{d.lat:.5f}, {d.lon:.5f}" if d.lat is not None and d.lon is not None else "",

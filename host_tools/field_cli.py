@@ -108,13 +108,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         row = [p.device, p.usb_id, p.bridge or p.description, p.serial_number or ""]
         if args.probe:
             try:
-                info = flashing.probe(p.device, before=args.before)
+                info = flashing.probe(p.device, before=args.before, after=args.after)
                 row += [info.description, f"{info.mac} / {info.device_id}"]
             except FieldError as exc:
                 row += ["[red]no answer", str(exc.hint)[:80]]
         table.add_row(*row)
     out.print(table)
-    if args.probe:
+    if args.probe and args.after == "no-reset":
         err.print("Boards probed are left in the bootloader: press EN/RST (or re-plug) to run them.")
     return 0
 
@@ -433,6 +433,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("list", help="list USB serial ports with ESP32 boards (chip and MAC with --probe)")
     p.add_argument("--all", action="store_true", help="show every USB serial port")
     p.add_argument("--probe", action="store_true", help="ask each board's bootloader for chip and MAC")
+    p.add_argument("--after", default="hard-reset", choices=("hard-reset", "no-reset"))
     _reset_modes(p)
     p.set_defaults(func=cmd_list)
 

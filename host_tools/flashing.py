@@ -198,15 +198,18 @@ def chip_info(esp: ESPLoader) -> ChipInfo:
     return ChipInfo(chip=esp.CHIP_NAME, description=esp.get_chip_description(), mac=bytes(mac).hex())
 
 
-def probe(port: str, *, before: str = "default-reset", attempts: int = 3) -> ChipInfo:
-    """Chip and MAC of the board on `port` (leaves it in the bootloader; press EN to run)."""
+def probe(
+    port: str, *, before: str = "default-reset", after: str = "hard-reset", attempts: int = 3
+) -> ChipInfo:
+    """Chip and MAC of the board on `port`; `after="hard-reset"` lets it run again."""
     esp = connect(port, before=before, attempts=attempts)
     try:
-        return chip_info(esp)
+        info = chip_info(esp)
     except FatalError as exc:
-        raise _translate(port, exc) from exc
-    finally:
         esp._port.close()
+        raise _translate(port, exc) from exc
+    _release(esp, after)
+    return info
 
 
 def _release(esp: ESPLoader, after: str) -> None:

@@ -61,7 +61,7 @@ def test_flash_writes_verified_image_and_erases(tmp_path: Path, rom: FakeRom) ->
 
 
 def test_probe_reads_chip_and_mac(rom: FakeRom) -> None:
-    info = flashing.probe(rom.device, before="no-reset")
+    info = flashing.probe(rom.device, **PTY)
     assert (info.chip, info.mac) == ("ESP32", MAC)
 
 

@@ -34,11 +34,11 @@ def restore(app):
         return None
 
 
-def save(app, radio_in, sleep_ms):
+def save(app, radio_in, sleep_ms, kind_state):
     st = {"dev": app.device_id, "boot": app.boot, "seq": app.seq, "synced": clock.synced,
           "step": clock.stepped,
           "up": app.uptime_s() + sleep_ms // 1000, "radio": radio_in,
-          "ob": app.outbox.hint(), "kind": app.kind.save() if app.kind else None}
+          "ob": app.outbox.hint(), "kind": kind_state}
     raw = json.dumps(st)
     rtc = machine.RTC()
     try:
@@ -82,8 +82,7 @@ async def radio(app, timeout_ms=_CONNECT_WAIT_MS):
             ob.mark_sent()
             t0 = clock.ticks_ms()
         ok = ob.depth == 0
-        if app.kind is not None:
-            await app.send_status()
+        await app.send_status()
         while app._cmds:  # a command queued for us arrived while we were awake
             from node.app import use, drop
 
@@ -130,7 +129,9 @@ async def run(app):
     alarm = r is not None and r[3]
     per = max(1, round(iv["batch_s"] / iv["sample_s"]))
     radio_in -= 1
+    kind_state = app.kind.save()
     if alarm or radio_in < 0 or app.outbox.depth * 2 >= app.outbox.cap or app._status_now:
+        _unload_sampling(app)
         await radio(app)
         radio_in = per - 1
         if wdt:
@@ -139,5 +140,22 @@ async def run(app):
     period = int(iv["sample_s"] * 1000)
     left = period - clock.ticks_diff(clock.ticks_ms(), t_wake)
     left = left if left > 10 else 10
-    save(app, radio_in, left)
+    save(app, radio_in, left, kind_state)
     machine.deepsleep(left)
+
+
+def _unload_sampling(app):
+    """This wake has sampled: give the sensor code's RAM to the radio phase (WiFi, MQTT).
+    The status still reports the sensors' error counts, taken now."""
+    import sys
+    from node.app import use, drop
+
+    app.errors_snapshot = use("status").sensor_errors(app)
+    drop("status")
+    app.kind = None
+    app.sensors = []
+    for m in list(sys.modules):
+        if m.startswith("drivers.") and m != "drivers.battery":
+            del sys.modules[m]
+    for m in (app.kind_name, "sensors", "filters"):
+        drop(m)

@@ -5,6 +5,9 @@ from node import FW, clock
 
 
 def sensor_errors(app):
+    snap = getattr(app, "errors_snapshot", None)
+    if snap is not None:
+        return snap
     out = {}
     for s in app.sensors:
         key = s.driver if s.driver not in out else s.name

@@ -192,7 +192,7 @@ class VirtualBoard:
             self._kill()
             self._raw = False
             self._write_cause(HARD_RESET)
-            self._emit(ROM_BANNER.replace(b"0x1 (POWERON_RESET)", b"0x1 (POWERON_RESET)"))
+            self._emit(ROM_BANNER)  # EN pulls the chip's reset line: POWERON_RESET on an ESP32
             self._spawn("main")
 
     def wait_for(self, text: bytes, timeout_s: float = 10.0) -> bool:

@@ -185,3 +185,15 @@ def test_file_hashes_match_hashlib(vboard: VirtualBoard) -> None:
     with Board(vboard.device) as board:
         got = board.file_hashes(["/blob.bin", "/missing"])
     assert got == {"/blob.bin": hashlib.sha256(data).hexdigest(), "/missing": None}
+
+
+def test_soft_reset_restarts_the_interpreter_like_a_board(vboard: VirtualBoard) -> None:
+    with Board(vboard.device) as board:
+        board.exec("marker_ = 42")
+        assert board.exec("print(marker_)").strip() == "42"
+    boots = vboard.boots
+    with Board(vboard.device) as board:  # mpremote soft-resets on entering the raw REPL
+        assert board.exec("print('marker_' in globals())").strip() == "False"
+        assert board.exec("import os\nprint(os.getcwd(), sorted(os.listdir('/')))").split()[0] == "/"
+    assert vboard.boots == boots + 1
+    assert b"MPY: soft reboot\r\n" in vboard.transcript

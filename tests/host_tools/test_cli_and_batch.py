@@ -61,6 +61,18 @@ def test_flash_refuses_a_bad_image_before_any_board(tmp_path: Path, capsys: pyte
     assert "SHA-256" in err and "what to do" in err
 
 
+def test_usb_bridges_are_recognised() -> None:
+    from host_tools.ports import bridge_name
+
+    assert bridge_name(0x10C4, 0xEA60) == "Silicon Labs CP210x"
+    assert bridge_name(0x1A86, 0x7523) == "WCH CH340"
+    assert bridge_name(0x1A86, 0x55D4) == "WCH CH9102"
+    assert bridge_name(0x0403, 0x6015) == "FTDI FT231X"
+    assert bridge_name(0x303A, 0x1001) == "Espressif native USB"
+    assert bridge_name(0x046D, 0xC52B) is None  # a mouse receiver
+    assert bridge_name(None, None) is None
+
+
 def test_batch_csv_is_checked_line_by_line(tmp_path: Path) -> None:
     good = tmp_path / "school.csv"
     good.write_text(

@@ -47,3 +47,18 @@ def test_hil_deploy_provision_verify(port: str, tmp_path: Path) -> None:
     assert st.device_id == result.device_id and st.firmware == build.version
     assert any(c.name.startswith("sensor ") for c in st.checks)
     assert not st.passed  # WiFi "hil-none" and a TEST-NET broker cannot pass
+
+
+def test_hil_probe_and_flash(port: str, tmp_path: Path) -> None:
+    """Needs CITYEDGE_HIL_IMAGE: a MicroPython .bin with its .sha256 beside it."""
+    from host_tools import flashing
+
+    image = os.environ.get("CITYEDGE_HIL_IMAGE")
+    if not image:
+        pytest.fail("set CITYEDGE_HIL_IMAGE to a MicroPython .bin (with IMAGE.sha256) to run this")
+    info = flashing.probe(port)
+    assert len(info.mac) == 12
+    result = flashing.flash_image(port, Path(image))
+    assert result.chip.mac == info.mac
+    with Board(port) as board:  # MicroPython answers again after the hard reset
+        assert board.mac() == info.mac

@@ -396,7 +396,7 @@ def cmd_broker_files(args: argparse.Namespace) -> int:
 
     with _inventory(args) as inv:
         if args.gateway_user:
-            password = create_gateway_credential(inv, args.gateway_user)
+            password = create_gateway_credential(inv, args.gateway_user, args.site)
             # Printed once to the terminal for the gateway's config; only the hash is kept.
             out.print(f"Gateway user [bold]{args.gateway_user}[/], password: [bold]{password}[/]")
             err.print("Put this password in the gateway's config now; it is not stored anywhere.")

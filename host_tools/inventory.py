@@ -56,6 +56,7 @@ CREATE INDEX IF NOT EXISTS events_device ON events(device_id, at);
 CREATE TABLE IF NOT EXISTS broker_users (
     username TEXT PRIMARY KEY,
     role TEXT NOT NULL,
+    site_id TEXT NOT NULL,
     password_hash TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
@@ -239,13 +240,14 @@ class Inventory:
             )
             yield
 
-    def set_broker_user(self, username: str, role: str, password_hash: str) -> None:
+    def set_broker_user(self, username: str, role: str, site_id: str, password_hash: str) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO broker_users (username, role, password_hash, updated_at)"
-                " VALUES (?,?,?,?) ON CONFLICT(username) DO UPDATE SET role=excluded.role,"
-                " password_hash=excluded.password_hash, updated_at=excluded.updated_at",
-                (username, role, password_hash, utc_now()),
+                "INSERT INTO broker_users (username, role, site_id, password_hash, updated_at)"
+                " VALUES (?,?,?,?,?) ON CONFLICT(username) DO UPDATE SET role=excluded.role,"
+                " site_id=excluded.site_id, password_hash=excluded.password_hash,"
+                " updated_at=excluded.updated_at",
+                (username, role, site_id, password_hash, utc_now()),
             )
 
     # --- reads --------------------------------------------------------------------------
@@ -285,11 +287,16 @@ class Inventory:
             out.append(Event(**d))
         return out
 
-    def broker_users(self) -> dict[str, tuple[str, str]]:
-        """username → (role, password hash) for every account the site broker must know."""
+    def broker_users(self, site_id: str) -> dict[str, tuple[str, str]]:
+        """username → (role, password hash) for every account one site's broker must know:
+        that site's gateway account(s) and devices, and no other site's."""
         users: dict[str, tuple[str, str]] = {}
-        for r in self._db.execute("SELECT username, role, password_hash FROM broker_users"):
+        for r in self._db.execute(
+            "SELECT username, role, password_hash FROM broker_users WHERE site_id=?", (site_id,)
+        ):
             users[r["username"]] = (r["role"], r["password_hash"])
-        for r in self._db.execute("SELECT device_id, password_hash FROM devices"):
+        for r in self._db.execute(
+            "SELECT device_id, password_hash FROM devices WHERE site_id=?", (site_id,)
+        ):
             users[r["device_id"]] = ("device", r["password_hash"])
         return users

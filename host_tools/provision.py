@@ -194,32 +194,29 @@ def provision_board(
     return ProvisionResult(device_id, board.port, spec.site_id, spec.kind, version, previous is not None)
 
 
-def export_broker_files(
-    inventory: Inventory, out_dir: Path, site_id: str | None = None
-) -> tuple[Path, Path]:
-    """Write `passwd` and `acl` for a site's Mosquitto from the inventory's current hashes.
+def export_broker_files(inventory: Inventory, out_dir: Path, site_id: str) -> tuple[Path, Path]:
+    """Write `passwd` and `acl` for one site's Mosquitto from the inventory's current hashes.
 
-    Only current credentials are written, so a rotated credential stops working as soon as
-    the broker reloads these files (SIGHUP, or `systemctl reload mosquitto`).
+    Only that site's gateway account(s) and devices are in it, and only their current
+    credentials, so a rotated credential stops working as soon as the broker reloads these
+    files (SIGHUP, or `systemctl reload mosquitto`).
     """
     users: dict[str, str] = {}
     gateways: list[str] = []
-    site_devices = {d.device_id for d in inventory.devices(site_id=site_id)}
-    for user, (role, hashed) in inventory.broker_users().items():
+    for user, (role, hashed) in inventory.broker_users(site_id).items():
+        users[user] = hashed
         if role == "gateway":
             gateways.append(user)
-            users[user] = hashed
-        elif user in site_devices:
-            users[user] = hashed
     passwd, acl = out_dir / "passwd", out_dir / "acl"
     broker_auth.write_broker_files(passwd, acl, users, gateways)
     return passwd, acl
 
 
-def create_gateway_credential(inventory: Inventory, username: str) -> str:
-    """A new password for the gateway's broker account; only its hash is kept."""
+def create_gateway_credential(inventory: Inventory, username: str, site_id: str) -> str:
+    """A new password for a site gateway's broker account; only its hash is kept."""
     broker_auth.check_username(username)
+    if not _SITE_RE.match(site_id):
+        raise ProvisionError(f"site id {site_id!r} must be lower-case letters, digits and '-'")
     password = broker_auth.new_password()
-    inventory.set_broker_user(username, "gateway", broker_auth.hash_password(password))
+    inventory.set_broker_user(username, "gateway", site_id, broker_auth.hash_password(password))
     return password
-

@@ -62,9 +62,11 @@ def test_real_mosquitto_enforces_generated_files(
     _store(inv, _device(a, "school-1", "pw-a"))
     _store(inv, _device(b, "school-1", "pw-b"))
     _store(inv, _device("ce-ccccccccccc3", "other-site", "pw-c"))
-    gw_pw = create_gateway_credential(inv, "gw-school-1")
+    gw_pw = create_gateway_credential(inv, "gw-school-1", "school-1")
+    create_gateway_credential(inv, "gw-other", "other-site")
     passwd, acl = export_broker_files(inv, tmp_path / "broker", site_id="school-1")
     assert "ce-ccccccccccc3:" not in passwd.read_text()  # another site's device is not let in
+    assert "gw-other:" not in passwd.read_text()  # nor another site's gateway
     assert "pw-a" not in passwd.read_text()
     broker = broker_factory(
         "auth", password_file=passwd, acl_file=acl, extra_config=ROOT_SAFE

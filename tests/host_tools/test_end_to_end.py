@@ -37,7 +37,7 @@ def test_three_boards_provisioned_in_parallel_reach_the_gateway(
 ) -> None:
     inv_path = tmp_path / "inventory.sqlite"
     with Inventory(inv_path) as inv:
-        gw_password = create_gateway_credential(inv, "gw-rayong-01")
+        gw_password = create_gateway_credential(inv, "gw-rayong-01", SITE)
     boards = [vboard_factory(mac, mac, kind) for mac, kind in NODES]
     site_csv = tmp_path / "school.csv"
     site_csv.write_text(

@@ -94,6 +94,7 @@ class FakeEsp32:
     responding: bool = True  # False: like a board that is not in download mode
     writes: list[tuple[int, int]] = field(default_factory=list)  # (offset, size) per FLASH_*_BEGIN
     erased_all: int = 0
+    bad_cell: int | None = None  # a flash address that reads back with bit 0 flipped (worn cell)
     _w_offset: int = 0
     _w_block: int = 0
     _w_seq: int = 0
@@ -210,7 +211,10 @@ class FakeEsp32:
 
     def _md5(self, data: bytes, chk: int) -> tuple[int, bytes, int]:
         addr, size, _, _ = struct.unpack("<IIII", data[:16])
-        digest = hashlib.md5(self.flash[addr : addr + size]).digest()
+        region = bytearray(self.flash[addr : addr + size])
+        if self.bad_cell is not None and addr <= self.bad_cell < addr + size:
+            region[self.bad_cell - addr] ^= 1
+        digest = hashlib.md5(region).digest()
         return 0, (digest if self.stub else digest.hex().encode()), 0
 
     def _erase_flash(self, data: bytes, chk: int) -> tuple[int, bytes, int]:

@@ -60,6 +60,13 @@ def test_flash_writes_verified_image_and_erases(tmp_path: Path, rom: FakeRom) ->
     assert seen and seen[-1][0] == seen[-1][1]  # progress reached 100 %
 
 
+def test_flash_that_reads_back_wrong_is_reported(tmp_path: Path, rom: FakeRom) -> None:
+    rom.chip.bad_cell = 0x1000 + 5000
+    with pytest.raises(ChecksumError, match="does not read back") as exc:
+        flashing.flash_image(rom.device, make_image(tmp_path), **PTY)
+    assert "--erase" in exc.value.hint
+
+
 def test_probe_reads_chip_and_mac(rom: FakeRom) -> None:
     info = flashing.probe(rom.device, **PTY)
     assert (info.chip, info.mac) == ("ESP32", MAC)

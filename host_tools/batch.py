@@ -16,13 +16,36 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from host_tools.errors import BatchFileError, FieldError
 
 T = TypeVar("T")
 MAX_PARALLEL = 16  # USB hubs and laptops cope with this many CDC/UART devices talking at once
+
+
+class _BytesColumn(ProgressColumn):
+    """Bytes written, for stages that write bytes (flash, deploy); blank for the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes = DownloadColumn()
+
+    def render(self, task: Task) -> Text:
+        if task.total is not None and task.total > 1:
+            return self._bytes.render(task)
+        return Text("")
 
 
 class Reporter:
@@ -84,7 +107,7 @@ def run_parallel(
     progress = Progress(
         TextColumn("{task.description}", style="bold"),
         BarColumn(),
-        DownloadColumn(),
+        _BytesColumn(),
         TimeElapsedColumn(),
         console=console,
         transient=False,

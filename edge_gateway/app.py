@@ -626,6 +626,7 @@ class Gateway:
                         tg.create_task(self._forward(client))
                         tg.create_task(self._status_publisher(client, topic))
                         tg.create_task(self._watch_upstream_reconnect())
+                        tg.create_task(self._watch_disconnect(client))
             except* aiomqtt.MqttError as group:
                 log.warning("platform broker %s:%d: %s", section.host, section.port,
                             "; ".join(str(e) for e in group.exceptions))
@@ -638,6 +639,14 @@ class Gateway:
                     self._offline_since = time.monotonic()
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, section.reconnect_min_s), section.reconnect_max_s)
+
+    @staticmethod
+    async def _watch_disconnect(client: aiomqtt.Client) -> None:
+        """Raise as soon as the link drops, instead of when the in-flight PUBACKs time out. The
+        gateway subscribes to nothing upstream, so the iterator only ends with a disconnect."""
+        async for _message in client.messages:
+            pass
+        raise aiomqtt.MqttError("platform broker connection closed")
 
     async def _watch_upstream_reconnect(self) -> None:
         assert self._upstream_reconnect is not None

@@ -69,14 +69,6 @@ def test_three_boards_provisioned_in_parallel_reach_the_gateway(
 
     local.start()
     try:
-        # The self-test on each board: sensors, WiFi, and MQTT with its own credential.
-        ports = [a for vb in boards for a in ("--port", vb.device)]
-        assert cityedge(["node", "verify", *ports, "--inventory", str(inv_path)]) == 0
-        with Inventory(inv_path) as inv:
-            for device_id in ids:
-                last = inv.events(device_id)[0]
-                assert (last.action, last.ok) == ("verify", True)
-                assert last.detail["mqtt"]["ok"] and last.detail["device_id"] == device_id
         upstream = broker_factory("platform", extra_config=ROOT_SAFE)
         for vb in boards:
             vb.hard_reset()  # press EN: the deployed firmware starts with its new config
@@ -87,6 +79,16 @@ def test_three_boards_provisioned_in_parallel_reach_the_gateway(
             tails = "\n".join(bytes(vb.transcript[-600:]).decode(errors="replace") for vb in boards)
             log = local.log_path.read_text()[-1500:]
             pytest.fail(f"not every node reached the platform ({seen}). Boards:\n{tails}\nbroker:\n{log}")
+
+        # The self-test on each running node (verify stops main.py with Ctrl-C, as on a
+        # board): sensors, WiFi, and MQTT with the node's own credential.
+        ports = [a for vb in boards for a in ("--port", vb.device)]
+        assert cityedge(["node", "verify", *ports, "--inventory", str(inv_path)]) == 0
+        with Inventory(inv_path) as inv:
+            for device_id in ids:
+                last = inv.events(device_id)[0]
+                assert (last.action, last.ok) == ("verify", True)
+                assert last.detail["mqtt"]["ok"] and last.detail["device_id"] == device_id
 
         # A node's credential cannot speak for another node, nor log in as one.
         for vb in boards:

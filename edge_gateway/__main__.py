@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from calibration.errors import CalibrationError
 from edge_gateway.cli import run_service
 from edge_gateway.config import ConfigError, load_config
+from edge_gateway.store import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         print(f"what to do: {exc.hint}", file=sys.stderr)
         return 2
-    return run_service(config, args.config)
+    try:
+        return run_service(config, args.config)
+    except (StoreError, CalibrationError) as exc:  # a message a technician can act on
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

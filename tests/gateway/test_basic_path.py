@@ -102,3 +102,58 @@ async def test_readings_are_calibrated_forwarded_acked_and_deleted(
         await platform.stop()
         gw.request_stop()
         await task
+
+
+STAGE = """
+[[record]]
+id = "stage-ce-0000000d0001"
+device_id = "ce-0000000d0001"
+quantity = "level"
+unit = "m"
+input_channel = "distance"
+author = "survey"
+valid_from = 2020-01-01T00:00:00Z
+[record.model]
+form = "stage"
+[record.model.coefficients]
+z_sensor = 4.0
+datum = "MSL"
+"""
+
+
+@run_async
+async def test_canal_level_alert_reaches_the_platform(
+    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    records = tmp_path / "stage.toml"
+    records.write_text(STAGE)
+    device = {"id": "ce-0000000d0001", "kind": "water", "water_warning_m": 2.0,
+              "water_critical_m": 3.0}
+    config = GatewayConfig.from_dict(gateway_config(
+        local_broker, upstream_broker, tmp_path, calibration={"records": str(records)},
+        inventory={"allow_unknown": False, "device": [device]}))
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    await wait_ready(gw)
+    platform = await Platform(upstream_broker).start()
+    node = await FakeNode(local_broker, "ce-0000000d0001", "water").start()
+    try:
+        await node.publish(3, value=2.5)  # level 1.5 m MSL: normal
+        await node.publish(3, value=1.8)  # level 2.2 m MSL: above the warning level
+        await node.wait_acked()
+        alert_topic = contract.alert_topic("test-site-01", node.device_id)
+        await platform.wait_for(lambda: any(t == alert_topic for t, _ in platform.messages))
+        await platform.wait_for(lambda: len(platform.observations()) == 6)
+        alerts = [b for t, b in platform.messages if t == alert_topic]
+        assert len(alerts) == 1
+        contract.validate("alert", alerts[0])
+        assert (alerts[0]["alert"], alerts[0]["state"], alerts[0]["threshold"]) == (
+            "water_warning", "raised", 2.0)
+        states = [o["derived"]["level_state"]["state"] for o in platform.observations()]
+        assert states == ["normal"] * 3 + ["warning"] * 3
+        assert platform.observations()[-1]["calibrated"]["level"]["v"] == 2.2
+    finally:
+        await node.stop()
+        await platform.stop()
+        gw.request_stop()
+        await task

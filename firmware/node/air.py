@@ -9,10 +9,16 @@ CHANNELS = ("pm1_cf1", "pm25_cf1", "pm10_cf1", "pm1_atm", "pm25_atm", "pm10_atm"
 
 
 UNITS = {  # channel: (SenML unit, decimals kept: below the sensor's resolution)
-    "pm1_cf1": ("ug/m3", 1), "pm25_cf1": ("ug/m3", 1), "pm10_cf1": ("ug/m3", 1),
-    "pm1_atm": ("ug/m3", 1), "pm25_atm": ("ug/m3", 1), "pm10_atm": ("ug/m3", 1),
-    "temp": ("Cel", 2), "rh": ("%RH", 2),
+    "pm1_cf1": ("ug/m3", 1),
+    "pm25_cf1": ("ug/m3", 1),
+    "pm10_cf1": ("ug/m3", 1),
+    "pm1_atm": ("ug/m3", 1),
+    "pm25_atm": ("ug/m3", 1),
+    "pm10_atm": ("ug/m3", 1),
+    "temp": ("Cel", 2),
+    "rh": ("%RH", 2),
 }
+
 
 class Kind:
     UNITS = UNITS

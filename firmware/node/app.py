@@ -83,8 +83,9 @@ class App:
         return ok
 
     def state_msg(self, state):
-        return json.dumps({"v": 1, "device_id": self.device_id, "state": state,
-                           "boot": self.boot, "fw": FW})
+        return json.dumps(
+            {"v": 1, "device_id": self.device_id, "state": state, "boot": self.boot, "fw": FW}
+        )
 
     # --- readings ---
 
@@ -117,11 +118,27 @@ class App:
         if not parts:
             return False  # every sensor failed: no reading (the errors are in the status)
         tf = ("false", "true")
-        self.outbox.add(self.boot, self.seq, (
-            '{"v":1,"device_id":"%s","kind":"%s","fw":"%s","boot":%d,"seq":%d,"t":%d,'
-            '"synced":%s,"window_s":%d,"n":%d,"alarm":%s,"raw":{%s}}') % (
-            self.device_id, self.kind_name, FW, self.boot, self.seq, t, tf[clock.synced],
-            window_s, n, tf[alarm], ",".join(parts)))
+        self.outbox.add(
+            self.boot,
+            self.seq,
+            (
+                '{"v":1,"device_id":"%s","kind":"%s","fw":"%s","boot":%d,"seq":%d,"t":%d,'
+                '"synced":%s,"window_s":%d,"n":%d,"alarm":%s,"raw":{%s}}'
+            )
+            % (
+                self.device_id,
+                self.kind_name,
+                FW,
+                self.boot,
+                self.seq,
+                t,
+                tf[clock.synced],
+                window_s,
+                n,
+                tf[alarm],
+                ",".join(parts),
+            ),
+        )
         self.seq += 1
         return True
 
@@ -280,8 +297,10 @@ class App:
             await use("sleep").run(self)
             return
         self.new_boot()
-        log("boot %d, %s, reset cause %s%s" % (self.boot, self.kind_name, self.reset_cause,
-                                               " SAFE MODE" if self.safe else ""))
+        log(
+            "boot %d, %s, reset cause %s%s"
+            % (self.boot, self.kind_name, self.reset_cause, " SAFE MODE" if self.safe else "")
+        )
         self.bring_up()
         self.make_link()
         from node import net

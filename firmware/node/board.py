@@ -14,9 +14,12 @@ def load(kind, path=PATH):
     with open(path) as f:
         b = json.load(f)
     p = b.get("power", {})
-    return {"buses": b.get("buses", {}), "sensors": {kind: b.get("sensors", {}).get(kind, [])},
-            "power": {"deep_sleep": p.get("deep_sleep", False), "battery": p.get("battery")},
-            "status_led": b.get("status_led")}
+    return {
+        "buses": b.get("buses", {}),
+        "sensors": {kind: b.get("sensors", {}).get(kind, [])},
+        "power": {"deep_sleep": p.get("deep_sleep", False), "battery": p.get("battery")},
+        "status_led": b.get("status_led"),
+    }
 
 
 def bus(board, name, cache):
@@ -25,11 +28,16 @@ def bus(board, name, cache):
         return b
     spec = board["buses"][name]
     if spec["type"] == "uart":
-        b = machine.UART(spec["id"], baudrate=spec.get("baudrate", 9600), tx=spec["tx"],
-                         rx=spec["rx"], timeout=0)
+        b = machine.UART(
+            spec["id"], baudrate=spec.get("baudrate", 9600), tx=spec["tx"], rx=spec["rx"], timeout=0
+        )
     elif spec["type"] == "i2c":
-        b = machine.I2C(spec["id"], scl=machine.Pin(spec["scl"]), sda=machine.Pin(spec["sda"]),
-                        freq=spec.get("freq", 100000))
+        b = machine.I2C(
+            spec["id"],
+            scl=machine.Pin(spec["scl"]),
+            sda=machine.Pin(spec["sda"]),
+            freq=spec.get("freq", 100000),
+        )
     else:
         raise ValueError("bus %s: unknown type %s" % (name, spec["type"]))
     cache[name] = b
@@ -57,24 +65,36 @@ def driver(board, s, cache):
     if d in ("a02yyuw", "jsn-sr04t"):
         from drivers.ultrasonic import UltrasonicUART
 
-        return UltrasonicUART(b, s.get("blind_m", 0.03), s.get("max_m", 4.5),
-                              trigger=s.get("trigger", False),
-                              compensates=s.get("compensated", True)), b
+        return UltrasonicUART(
+            b,
+            s.get("blind_m", 0.03),
+            s.get("max_m", 4.5),
+            trigger=s.get("trigger", False),
+            compensates=s.get("compensated", True),
+        ), b
     if d in ("hc-sr04", "jsn-sr04t-pulse"):
         from drivers.ultrasonic import UltrasonicPulse
         import time
 
         trig = machine.Pin(s["trigger_pin"], machine.Pin.OUT)
         echo = machine.Pin(s["echo_pin"], machine.Pin.IN)
-        return UltrasonicPulse(trig, echo, machine.time_pulse_us, time.sleep_us,
-                               s.get("pings", 5), s.get("blind_m", 0.25), s.get("max_m", 4.5),
-                               compensates=s.get("compensated", False)), None
+        return UltrasonicPulse(
+            trig,
+            echo,
+            machine.time_pulse_us,
+            time.sleep_us,
+            s.get("pings", 5),
+            s.get("blind_m", 0.25),
+            s.get("max_m", 4.5),
+            compensates=s.get("compensated", False),
+        ), None
     if d == "pressure":
         from drivers.pressure import PressureTransducer
 
         adc = machine.ADC(machine.Pin(s["adc_pin"]), atten=machine.ADC.ATTN_11DB)
-        return PressureTransducer(adc, s.get("p_max_kpa", 100.0),
-                                  divider=s.get("divider", 1.0)), None
+        return PressureTransducer(
+            adc, s.get("p_max_kpa", 100.0), divider=s.get("divider", 1.0)
+        ), None
     if d == "qmc5883l":
         from drivers.qmc5883l import QMC5883L
 

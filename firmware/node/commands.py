@@ -34,8 +34,16 @@ def _parse(raw):
 
 
 async def _ack(app, cid, ok, error=None):
-    msg = json.dumps({"v": 1, "device_id": app.device_id, "id": cid[:40], "ok": ok,
-                      "error": error[:200] if error else None, "t": clock.now()})
+    msg = json.dumps(
+        {
+            "v": 1,
+            "device_id": app.device_id,
+            "id": cid[:40],
+            "ok": ok,
+            "error": error[:200] if error else None,
+            "t": clock.now(),
+        }
+    )
     await app.link.publish(app.t_ack, msg, 1)
 
 

@@ -18,8 +18,14 @@ def defaults():
         "site_id": "",
         "location": {"lat": 0.0, "lon": 0.0, "elev_m": 0.0},
         "wifi": {"ssid": "", "password": ""},
-        "mqtt": {"host": "", "port": 1883, "username": "", "password": "", "tls": False,
-                 "keepalive_s": 60},
+        "mqtt": {
+            "host": "",
+            "port": 1883,
+            "username": "",
+            "password": "",
+            "tls": False,
+            "keepalive_s": 60,
+        },
         "ntp_host": "",
         # Every duration lives here: the simulation divides them all by its speed-up.
         "intervals": {
@@ -132,8 +138,11 @@ def merge(cfg, raw):
         if isinstance(old, dict) and isinstance(v, dict):
             new = dict(old)
             for kk in v:
-                err = _check_value(k + "." + kk, old.get(kk), v[kk]) if kk in old \
+                err = (
+                    _check_value(k + "." + kk, old.get(kk), v[kk])
+                    if kk in old
                     else "%s.%s: unknown key" % (k, kk)
+                )
                 if err is None:
                     new[kk] = v[kk]
                 first = first or err

@@ -40,9 +40,18 @@ def _timeout_error():
 class Core:
     """One MQTT connection. Methods raise OSError on any failure; nothing here retries."""
 
-    def __init__(self, client_id, username=None, password=None, keepalive_s=60,
-                 will_topic=None, will_msg=None, will_retain=True, obuf_size=320,
-                 ibuf_size=384):
+    def __init__(
+        self,
+        client_id,
+        username=None,
+        password=None,
+        keepalive_s=60,
+        will_topic=None,
+        will_msg=None,
+        will_retain=True,
+        obuf_size=320,
+        ibuf_size=384,
+    ):
         self.client_id = client_id
         self.username = username
         self.password = password
@@ -68,7 +77,7 @@ class Core:
             s = s.encode()
         n = len(s)
         struct.pack_into("!H", self._obuf, pos, n)
-        self._obuf[pos + 2:pos + 2 + n] = s
+        self._obuf[pos + 2 : pos + 2 + n] = s
         return pos + 2 + n
 
     def _send(self, first, body_len, body_start, body_end=None):
@@ -89,10 +98,10 @@ class Core:
                 break
         start = body_start - 1 - i
         self._obuf[start] = first
-        self._obuf[start + 1:start + 1 + i] = lb[:i]
+        self._obuf[start + 1 : start + 1 + i] = lb[:i]
         if self._w is None:
             raise OSError(_ECONNABORTED)
-        self._w.write(self._omv[start:body_start + body_len if body_end is None else body_end])
+        self._w.write(self._omv[start : body_start + body_len if body_end is None else body_end])
 
     async def _drain(self, timeout_ms):
         try:
@@ -107,7 +116,8 @@ class Core:
         self.close()
         try:
             self._r, self._w = await asyncio.wait_for_ms(
-                asyncio.open_connection(host, port), timeout_ms)
+                asyncio.open_connection(host, port), timeout_ms
+            )
         except asyncio.TimeoutError:
             raise _timeout_error()
         pos = 5
@@ -161,8 +171,7 @@ class Core:
 
     # --- outgoing packets ---
 
-    async def publish(self, topic, msg, qos=0, retain=False, pid=0, dup=False,
-                      timeout_ms=10000):
+    async def publish(self, topic, msg, qos=0, retain=False, pid=0, dup=False, timeout_ms=10000):
         """Queue and flush one PUBLISH. msg: bytes, bytearray, memoryview or str.
         The fixed header and topic are built in the small output buffer; the payload is
         queued straight from the caller's buffer (no copy), in the same synchronous step."""
@@ -251,7 +260,7 @@ class Core:
 def parse_publish(ptype, ibuf, n):
     """Split an incoming PUBLISH in ibuf[:n] into (topic bytes, pid, payload memoryview)."""
     tlen = (ibuf[0] << 8) | ibuf[1]
-    topic = bytes(ibuf[2:2 + tlen])
+    topic = bytes(ibuf[2 : 2 + tlen])
     pos = 2 + tlen
     pid = 0
     if ptype & 0x06:
@@ -264,9 +273,22 @@ class Link:
     """A kept-up MQTT connection: reconnect with backoff + jitter, re-subscribe, keepalive,
     QoS 1 retransmission. Run `run()` as a task; use `publish()` from other tasks."""
 
-    def __init__(self, core, host, port, subscriptions, on_message, on_connect=None,
-                 timeout_ms=10000, backoff_min_ms=1000, backoff_max_ms=300000,
-                 puback_timeout_ms=5000, retries=3, log=print, ready=None):
+    def __init__(
+        self,
+        core,
+        host,
+        port,
+        subscriptions,
+        on_message,
+        on_connect=None,
+        timeout_ms=10000,
+        backoff_min_ms=1000,
+        backoff_max_ms=300000,
+        puback_timeout_ms=5000,
+        retries=3,
+        log=print,
+        ready=None,
+    ):
         self.core = core
         self.host = host
         self.port = port

@@ -27,8 +27,9 @@ MAX_PAYLOAD = _SLOT - _HDR
 
 
 class Outbox:
-    def __init__(self, directory="data", cap=512, persist_ms=60000, ticks_ms=None,
-                 ticks_diff=None, hint=None):
+    def __init__(
+        self, directory="data", cap=512, persist_ms=60000, ticks_ms=None, ticks_diff=None, hint=None
+    ):
         self.path = directory + "/outbox.bin"
         self.meta_path = directory + "/outbox.json"
         self.persist_ms = persist_ms
@@ -60,8 +61,17 @@ class Outbox:
             self._f = open(self.path, "w+b")
         if hint is not None and hint[0] == self.cap:
             # Deep-sleep wake: pointers kept in RTC memory, no need to scan the ring.
-            (_, self.head, self.tail, self.depth, self.last_boot, self.wm_boot, self.wm_seq,
-             self.dropped, self.corrupt) = hint
+            (
+                _,
+                self.head,
+                self.tail,
+                self.depth,
+                self.last_boot,
+                self.wm_boot,
+                self.wm_seq,
+                self.dropped,
+                self.corrupt,
+            ) = hint
         else:
             ringscan.recover(self)
         del ringscan
@@ -75,14 +85,30 @@ class Outbox:
 
     def hint(self):
         """Pointers to keep in RTC memory across deep sleep (see __init__ hint)."""
-        return [self.cap, self.head, self.tail, self.depth, self.last_boot, self.wm_boot,
-                self.wm_seq, self.dropped, self.corrupt]
+        return [
+            self.cap,
+            self.head,
+            self.tail,
+            self.depth,
+            self.last_boot,
+            self.wm_boot,
+            self.wm_seq,
+            self.dropped,
+            self.corrupt,
+        ]
 
     # --- persistence of the small state ---
 
     def persist(self):
-        text = json.dumps({"cap": self.cap, "boot": self.wm_boot, "seq": self.wm_seq,
-                           "dropped": self.dropped, "corrupt": self.corrupt})
+        text = json.dumps(
+            {
+                "cap": self.cap,
+                "boot": self.wm_boot,
+                "seq": self.wm_seq,
+                "dropped": self.dropped,
+                "corrupt": self.corrupt,
+            }
+        )
         tmp = self.meta_path + ".tmp"
         with open(tmp, "w") as f:
             f.write(text)
@@ -99,8 +125,11 @@ class Outbox:
         """Write the watermark if it changed and persist_ms passed since the last write."""
         if not self._dirty:
             return False
-        if self._persisted_ms is not None and self._ticks_ms is not None and \
-                self._ticks_diff(self._ticks_ms(), self._persisted_ms) < self.persist_ms:
+        if (
+            self._persisted_ms is not None
+            and self._ticks_ms is not None
+            and self._ticks_diff(self._ticks_ms(), self._persisted_ms) < self.persist_ms
+        ):
             return False
         self.persist()
         return True
@@ -117,10 +146,10 @@ class Outbox:
         magic, _, ln, boot, seq, crc = struct.unpack_from(_FMT, self.buf, 0)
         if magic != _MAGIC or ln > MAX_PAYLOAD:
             return None
-        if ln and f.readinto(self._mv[_HDR:_HDR + ln]) != ln:
+        if ln and f.readinto(self._mv[_HDR : _HDR + ln]) != ln:
             return None
         c = crc32(self._mv[2:12])
-        if crc32(self._mv[_HDR:_HDR + ln], c) != crc:
+        if crc32(self._mv[_HDR : _HDR + ln], c) != crc:
             return None
         return boot, seq, ln
 
@@ -186,7 +215,7 @@ class Outbox:
             i = (self.tail + self.sent) % self.cap
             r = self._read_slot(i)
             if r is not None:
-                return r[0], r[1], self._mv[_HDR:_HDR + r[2]]
+                return r[0], r[1], self._mv[_HDR : _HDR + r[2]]
             # A slot that does not check (torn write, flash fault) can never be delivered.
             self.corrupt += 1
             self._dirty = True

@@ -7,9 +7,13 @@ import math
 
 
 UNITS = {  # channel: (SenML unit, decimals kept)
-    "mag_x": ("uT", 2), "mag_y": ("uT", 2), "mag_z": ("uT", 2), "field_delta": ("uT", 2),
+    "mag_x": ("uT", 2),
+    "mag_y": ("uT", 2),
+    "mag_z": ("uT", 2),
+    "field_delta": ("uT", 2),
     "occupied": ("/", 0),
 }
+
 
 class Kind:
     UNITS = UNITS

@@ -45,8 +45,13 @@ async def _sensors(shim, kind, out):
                 err = s.dev.last_error or "no reading"
         good = bool(vals) and err is None
         ok = ok and good
-        out[s.name] = {"driver": s.driver, "ok": good, "reading": vals,
-                       "errors": s.errors(), "error": None if good else err}
+        out[s.name] = {
+            "driver": s.driver,
+            "ok": good,
+            "reading": vals,
+            "errors": s.errors(),
+            "error": None if good else err,
+        }
     return ok
 
 
@@ -56,8 +61,12 @@ async def _wifi(shim):
     try:
         if await net.associate(shim, _WIFI_TIMEOUT_MS):
             return {"ok": True, "rssi_dbm": net.rssi(shim), "error": None}
-        return {"ok": False, "rssi_dbm": None, "error": "no association within %d s (SSID, "
-                "password, distance to the access point?)" % (_WIFI_TIMEOUT_MS // 1000)}
+        return {
+            "ok": False,
+            "rssi_dbm": None,
+            "error": "no association within %d s (SSID, "
+            "password, distance to the access point?)" % (_WIFI_TIMEOUT_MS // 1000),
+        }
     except Exception as e:
         return {"ok": False, "rssi_dbm": None, "error": _err(e)}
 
@@ -67,8 +76,9 @@ async def _mqtt(cfg):
 
     m = cfg["mqtt"]
     # A separate client id and no last will: the check must not disturb the node's session.
-    core = mqtt.Core(cfg["device_id"] + "-st", m["username"] or None, m["password"] or None,
-                     10, None, None)
+    core = mqtt.Core(
+        cfg["device_id"] + "-st", m["username"] or None, m["password"] or None, 10, None, None
+    )
     res = {"ok": False, "host": m["host"], "port": m["port"], "error": None}
     try:
         await core.connect(m["host"], m["port"], _MQTT_TIMEOUT_MS)
@@ -89,8 +99,15 @@ async def _run():
         from node.startup import mac_id
 
         cfg["device_id"] = mac_id()
-    result = {"v": 1, "device_id": cfg["device_id"], "kind": cfg["kind"], "fw": FW,
-              "config_error": cerr, "sensors": {}, "battery_v": None}
+    result = {
+        "v": 1,
+        "device_id": cfg["device_id"],
+        "kind": cfg["kind"],
+        "fw": FW,
+        "config_error": cerr,
+        "sensors": {},
+        "battery_v": None,
+    }
     try:
         brd = _b.load(cfg["kind"])
     except Exception as e:
@@ -108,10 +125,18 @@ async def _run():
     if result["wifi"]["ok"]:
         result["mqtt"] = await _mqtt(cfg)
     else:
-        result["mqtt"] = {"ok": False, "host": cfg["mqtt"]["host"], "port": cfg["mqtt"]["port"],
-                          "error": "skipped: no WiFi"}
-    result["pass"] = bool(sensors_ok and result["wifi"]["ok"] and result["mqtt"]["ok"]
-                          and result["config_error"] is None)
+        result["mqtt"] = {
+            "ok": False,
+            "host": cfg["mqtt"]["host"],
+            "port": cfg["mqtt"]["port"],
+            "error": "skipped: no WiFi",
+        }
+    result["pass"] = bool(
+        sensors_ok
+        and result["wifi"]["ok"]
+        and result["mqtt"]["ok"]
+        and result["config_error"] is None
+    )
     return result
 
 

@@ -35,10 +35,17 @@ def restore(app):
 
 
 def save(app, radio_in, sleep_ms, kind_state):
-    st = {"dev": app.device_id, "boot": app.boot, "seq": app.seq, "synced": clock.synced,
-          "step": clock.stepped,
-          "up": app.uptime_s() + sleep_ms // 1000, "radio": radio_in,
-          "ob": app.outbox.hint(), "kind": kind_state}
+    st = {
+        "dev": app.device_id,
+        "boot": app.boot,
+        "seq": app.seq,
+        "synced": clock.synced,
+        "step": clock.stepped,
+        "up": app.uptime_s() + sleep_ms // 1000,
+        "radio": radio_in,
+        "ob": app.outbox.hint(),
+        "kind": kind_state,
+    }
     raw = json.dumps(st)
     rtc = machine.RTC()
     try:

@@ -46,8 +46,14 @@ def init(app):
         app.rtc_state = use("sleep").restore(app)
     from node.outbox import Outbox
 
-    app.outbox = Outbox("data", cfg["outbox_slots"], int(cfg["intervals"]["custody_s"] * 2000),
-                        clock.ticks_ms, clock.ticks_diff, app.rtc_state and app.rtc_state["ob"])
+    app.outbox = Outbox(
+        "data",
+        cfg["outbox_slots"],
+        int(cfg["intervals"]["custody_s"] * 2000),
+        clock.ticks_ms,
+        clock.ticks_diff,
+        app.rtc_state and app.rtc_state["ob"],
+    )
     topic = _ROOT + app.device_id + "/"
     app.t_reading = topic + "reading"
     app.t_status = topic + "status"
@@ -78,7 +84,21 @@ def make_link(app):
     from node import mqtt
 
     m = app.cfg["mqtt"]
-    core = mqtt.Core(app.device_id, m["username"] or None, m["password"] or None,
-                     m["keepalive_s"], app.t_state, app.state_msg("offline"))
-    app.link = mqtt.Link(core, m["host"], m["port"], [(app.t_cmd, 1), (app.t_custody, 1)],
-                         app.on_message, app.on_connect, log=log, ready=app.net_up)
+    core = mqtt.Core(
+        app.device_id,
+        m["username"] or None,
+        m["password"] or None,
+        m["keepalive_s"],
+        app.t_state,
+        app.state_msg("offline"),
+    )
+    app.link = mqtt.Link(
+        core,
+        m["host"],
+        m["port"],
+        [(app.t_cmd, 1), (app.t_custody, 1)],
+        app.on_message,
+        app.on_connect,
+        log=log,
+        ready=app.net_up,
+    )

@@ -29,13 +29,24 @@ def build(app):
     for k in ("sample_s", "report_s", "status_s"):
         iv[k] = app.cfg["intervals"][k]
     err = app.config_error
-    return json.dumps({
-        "v": 1, "device_id": app.device_id, "kind": app.kind_name, "fw": FW,
-        "boot": app.boot, "t": clock.now(), "synced": clock.synced,
-        "uptime_s": app.uptime_s(), "reset_cause": app.reset_cause,
-        "free_heap": gc.mem_free(), "rssi_dbm": app.rssi, "battery_v": bv,
-        "outbox": {"depth": ob.depth, "capacity": ob.cap, "dropped": ob.dropped},
-        "sensor_errors": sensor_errors(app),
-        "config_error": err[:200] if err else None,
-        "intervals": iv, "seq": app.seq,
-    })
+    return json.dumps(
+        {
+            "v": 1,
+            "device_id": app.device_id,
+            "kind": app.kind_name,
+            "fw": FW,
+            "boot": app.boot,
+            "t": clock.now(),
+            "synced": clock.synced,
+            "uptime_s": app.uptime_s(),
+            "reset_cause": app.reset_cause,
+            "free_heap": gc.mem_free(),
+            "rssi_dbm": app.rssi,
+            "battery_v": bv,
+            "outbox": {"depth": ob.depth, "capacity": ob.cap, "dropped": ob.dropped},
+            "sensor_errors": sensor_errors(app),
+            "config_error": err[:200] if err else None,
+            "intervals": iv,
+            "seq": app.seq,
+        }
+    )

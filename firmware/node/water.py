@@ -22,8 +22,12 @@ def level_of(values):
 
 
 UNITS = {  # channel: (SenML unit, decimals kept)
-    "distance": ("m", 3), "air_temp": ("Cel", 2), "pressure": ("kPa", 3), "baro": ("kPa", 3),
+    "distance": ("m", 3),
+    "air_temp": ("Cel", 2),
+    "pressure": ("kPa", 3),
+    "baro": ("kPa", 3),
 }
+
 
 class Kind:
     UNITS = UNITS
@@ -98,8 +102,15 @@ class Kind:
         return out, w, n, self.alarm
 
     def save(self):
-        return [self.t_start, self.alarm, self.since, self._k, list(self._t), list(self._lv),
-                self.win.save()]
+        return [
+            self.t_start,
+            self.alarm,
+            self.since,
+            self._k,
+            list(self._t),
+            list(self._lv),
+            self.win.save(),
+        ]
 
     def load(self, s):
         self.t_start, self.alarm, self.since, self._k = s[0], s[1], s[2], s[3]

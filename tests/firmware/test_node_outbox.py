@@ -86,8 +86,13 @@ def _drain(flash: Path, cap: int) -> tuple[list[tuple[int, int]], list[int]]:
     p = _run(DRAIN, flash, CAP=cap)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 0, out
-    recs = [(int(a), int(b)) for _, a, b in (ln.split() for ln in out.splitlines() if ln.startswith("REC"))]
-    depth = [int(x) for x in next(ln for ln in out.splitlines() if ln.startswith("DEPTH")).split()[1:]]
+    recs = [
+        (int(a), int(b))
+        for _, a, b in (ln.split() for ln in out.splitlines() if ln.startswith("REC"))
+    ]
+    depth = [
+        int(x) for x in next(ln for ln in out.splitlines() if ln.startswith("DEPTH")).split()[1:]
+    ]
     assert "LEFT 0" in out
     return recs, depth
 
@@ -137,7 +142,7 @@ def test_torn_slot_is_skipped_and_counted(tmp_path: Path) -> None:
     # Tear the newest slot: power lost half-way through its payload.
     blob = bytearray((tmp_path / "data" / "outbox.bin").read_bytes())
     slot = (last % 16) * 512
-    blob[slot + 20: slot + 40] = b"\xff" * 20
+    blob[slot + 20 : slot + 40] = b"\xff" * 20
     (tmp_path / "data" / "outbox.bin").write_bytes(bytes(blob))
     recs, _ = _drain(tmp_path, 16)
     assert recs and recs[-1][1] == last - 1, "the torn newest reading is not delivered"

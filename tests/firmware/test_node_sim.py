@@ -42,8 +42,9 @@ class Gateway:
     def start(self) -> Gateway:
         # A persistent session, as a gateway has: while it is away the broker keeps its QoS 1
         # readings, so nothing published meanwhile is lost or overtaken.
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="test-gateway",
-                        clean_session=False)
+        c = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id="test-gateway", clean_session=False
+        )
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("cityedge/v1/node/+/+", 1)
         c.on_message = self._on_message
         c.connect("127.0.0.1", self.port)
@@ -62,8 +63,12 @@ class Gateway:
         if parsed is None:
             return
         device, leaf = parsed
-        schema = {"reading": "reading", "status": "node_status", "ack": "command_ack",
-                  "state": "node_state"}.get(leaf)
+        schema = {
+            "reading": "reading",
+            "status": "node_status",
+            "ack": "command_ack",
+            "state": "node_state",
+        }.get(leaf)
         if schema is None:
             return
         try:
@@ -161,8 +166,10 @@ def test_every_kind_publishes_valid_readings_and_status(
     broker: MosquittoBroker, gateway: Gateway, nodes: list[SimNode]
 ) -> None:
     fast = {"intervals": {"sample_s": 10, "report_s": 30, "status_s": 120, "heartbeat_s": 60}}
-    made = [_node(nodes, k, broker, speed=60, config_overrides=fast).start()
-            for k in ("air", "water", "parking")]
+    made = [
+        _node(nodes, k, broker, speed=60, config_overrides=fast).start()
+        for k in ("air", "water", "parking")
+    ]
     for n in made:
         gateway.wait(lambda n=n: gateway.n_readings(n.device_id) >= 4, 40, f"{n.kind} readings")
         gateway.wait(lambda n=n: len(gateway.statuses.get(n.device_id, [])) >= 1, 20, "status")
@@ -184,7 +191,9 @@ def test_every_kind_publishes_valid_readings_and_status(
     air = gateway.readings[made[0].device_id]
     assert all(r["synced"] for r in air[1:]), "NTP set the clock once WiFi was up"
     assert all(0 < r["raw"]["pm25_atm"]["v"] < 1000 for r in air)
-    assert all(abs(r["window_s"] - 30) <= 2 and r["n"] == 3 for r in air[1:]), [(r["window_s"], r["n"], r["t"]) for r in air]
+    assert all(abs(r["window_s"] - 30) <= 2 and r["n"] == 3 for r in air[1:]), [
+        (r["window_s"], r["n"], r["t"]) for r in air
+    ]
     water = gateway.readings[made[1].device_id]
     assert all(0.03 < r["raw"]["distance"]["v"] < 4.5 for r in water)
     assert gateway.states[made[0].device_id][0]["state"] == "online"
@@ -219,23 +228,36 @@ def test_outage_and_power_cut_lose_nothing_and_duplicate_nothing(
     node.start()
     time.sleep(2.0)
     broker.start()
-    gateway.wait(lambda: any(r["boot"] == 1 and r["seq"] >= 4 for r in gateway.readings.get(dev, [])),
-                 40, "readings of the second boot")
+    gateway.wait(
+        lambda: any(r["boot"] == 1 and r["seq"] >= 4 for r in gateway.readings.get(dev, [])),
+        40,
+        "readings of the second boot",
+    )
     stored = _stored(node)
     assert set(stored) == {0, 1}, stored
-    gateway.wait(lambda: all(any(r["boot"] == b and r["seq"] >= s for r in gateway.readings[dev])
-                             for b, s in _stored(node).items()), 30, "the backlog")
+    gateway.wait(
+        lambda: all(
+            any(r["boot"] == b and r["seq"] >= s for r in gateway.readings[dev])
+            for b, s in _stored(node).items()
+        ),
+        30,
+        "the backlog",
+    )
     per_boot = assert_complete(gateway.readings[dev])
     for boot, last in stored.items():
         assert per_boot[boot][0] == 0, f"boot {boot} starts at seq 0"
-        assert per_boot[boot][-1] >= last, f"boot {boot}: stored up to {last}, got {per_boot[boot][-1]}"
+        assert per_boot[boot][-1] >= last, (
+            f"boot {boot}: stored up to {last}, got {per_boot[boot][-1]}"
+        )
     # Exactly once after de-dup; the resends the gateway threw away are the proof of retries.
     assert gateway.duplicates + gateway.out_of_order > 0, "readings were resent after the outage"
     assert not gateway.errors, gateway.errors[:3]
 
 
 def _ack(gateway: Gateway, dev: str, cid: str, timeout_s: float = 20) -> dict[str, Any]:
-    gateway.wait(lambda: any(a["id"] == cid for a in gateway.acks.get(dev, [])), timeout_s, f"ack {cid}")
+    gateway.wait(
+        lambda: any(a["id"] == cid for a in gateway.acks.get(dev, [])), timeout_s, f"ack {cid}"
+    )
     return next(a for a in gateway.acks[dev] if a["id"] == cid)
 
 
@@ -248,18 +270,28 @@ def test_commands_are_acknowledged_and_set_takes_effect(
     gateway.wait(lambda: gateway.n_readings(dev) >= 2, 30, "readings")
     assert gateway.readings[dev][-1]["n"] == 3
     # The node's config is in its own (here: simulated-speed) seconds: 1.0 s = 6 samples.
-    gateway.command(dev, {"v": 1, "id": "c-set", "cmd": "set", "args": {"intervals": {"report_s": 1.0}}})
+    gateway.command(
+        dev, {"v": 1, "id": "c-set", "cmd": "set", "args": {"intervals": {"report_s": 1.0}}}
+    )
     ack = _ack(gateway, dev, "c-set")
     assert ack["ok"] is True and ack["error"] is None
-    gateway.wait(lambda: sum(r["n"] == 6 for r in gateway.readings[dev]) >= 2, 30, "6-sample reports")
+    gateway.wait(
+        lambda: sum(r["n"] == 6 for r in gateway.readings[dev]) >= 2, 30, "6-sample reports"
+    )
     assert json.loads((node.flash_dir / "config.json").read_text())["intervals"]["report_s"] == 1.0
     bad = [
-        ("c-type", {"v": 1, "id": "c-type", "cmd": "set", "args": {"intervals": {"report_s": "x"}}},
-         "intervals.report_s"),
+        (
+            "c-type",
+            {"v": 1, "id": "c-type", "cmd": "set", "args": {"intervals": {"report_s": "x"}}},
+            "intervals.report_s",
+        ),
         ("c-key", {"v": 1, "id": "c-key", "cmd": "set", "args": {"wifi": {"ssid": "x"}}}, "wifi"),
         ("c-cmd", {"v": 1, "id": "c-cmd", "cmd": "explode"}, "cmd"),
-        ("c-range", {"v": 1, "id": "c-range", "cmd": "set", "args": {"intervals": {"sample_s": -1}}},
-         "sample_s"),
+        (
+            "c-range",
+            {"v": 1, "id": "c-range", "cmd": "set", "args": {"intervals": {"sample_s": -1}}},
+            "sample_s",
+        ),
     ]
     for cid, cmd, word in bad:
         gateway.command(dev, cmd)
@@ -267,7 +299,11 @@ def test_commands_are_acknowledged_and_set_takes_effect(
         assert ack["ok"] is False and word in ack["error"], ack
     assert gateway.client is not None
     gateway.client.publish(contract.node_topic(dev, "cmd"), b"{not json", qos=1)
-    gateway.wait(lambda: any(a["id"] == "" and not a["ok"] for a in gateway.acks.get(dev, [])), 20, "bad JSON ack")
+    gateway.wait(
+        lambda: any(a["id"] == "" and not a["ok"] for a in gateway.acks.get(dev, [])),
+        20,
+        "bad JSON ack",
+    )
     n_status = len(gateway.statuses.get(dev, []))
     gateway.command(dev, {"v": 1, "id": "c-status", "cmd": "status"})
     assert _ack(gateway, dev, "c-status")["ok"] is True
@@ -277,7 +313,11 @@ def test_commands_are_acknowledged_and_set_takes_effect(
     assert _ack(gateway, dev, "c-blink")["ok"] is True
     gateway.command(dev, {"v": 1, "id": "c-boot", "cmd": "reboot"})
     assert _ack(gateway, dev, "c-boot")["ok"] is True
-    gateway.wait(lambda: any(s["boot"] == 1 for s in gateway.statuses.get(dev, [])), 30, "status after reboot")
+    gateway.wait(
+        lambda: any(s["boot"] == 1 for s in gateway.statuses.get(dev, [])),
+        30,
+        "status after reboot",
+    )
     after = next(s for s in gateway.statuses[dev] if s["boot"] == 1)
     assert after["reset_cause"] == "soft_reset"
     assert after["intervals"]["report_s"] == 1.0, "the set survived the reboot"
@@ -286,11 +326,17 @@ def test_commands_are_acknowledged_and_set_takes_effect(
 
 @pytest.mark.parametrize(
     ("override", "word"),
-    [({"bogus": 1}, "bogus: unknown key"),
-     ({"thresholds": {"on_ut": "high"}}, "thresholds.on_ut: expected a number")],
+    [
+        ({"bogus": 1}, "bogus: unknown key"),
+        ({"thresholds": {"on_ut": "high"}}, "thresholds.on_ut: expected a number"),
+    ],
 )
 def test_bad_config_runs_safe_mode_and_says_why(
-    broker: MosquittoBroker, gateway: Gateway, nodes: list[SimNode], override: dict[str, Any], word: str
+    broker: MosquittoBroker,
+    gateway: Gateway,
+    nodes: list[SimNode],
+    override: dict[str, Any],
+    word: str,
 ) -> None:
     node = _node(nodes, "air", broker, speed=60, config_overrides=override).start()
     dev = node.device_id
@@ -304,8 +350,15 @@ def test_bad_config_runs_safe_mode_and_says_why(
 
 DAY_S = 86400.0
 DAY_SPEED = 2880.0  # a simulated day in 30 s
-DAY_CONFIG = {"intervals": {"sample_s": 240, "report_s": 1200, "status_s": 1800,
-                            "heartbeat_s": 1800, "custody_s": 600}}
+DAY_CONFIG = {
+    "intervals": {
+        "sample_s": 240,
+        "report_s": 1200,
+        "status_s": 1800,
+        "heartbeat_s": 1800,
+        "custody_s": 600,
+    }
+}
 
 
 def _day_heap(statuses: list[dict[str, Any]]) -> tuple[float, float]:
@@ -320,12 +373,16 @@ def test_a_simulated_day_in_the_heap_without_growth(
     """Every kind runs a time-accelerated day in the node heap (HEAP, plus the simulated
     board's own allowance): no MemoryError, no reset, and free heap (after gc.collect(), as
     the status reports it) in the last quarter of the day no lower than in the first."""
-    made = [_node(nodes, k, broker, speed=DAY_SPEED, config_overrides=DAY_CONFIG).start()
-            for k in ("air", "water", "parking")]
+    made = [
+        _node(nodes, k, broker, speed=DAY_SPEED, config_overrides=DAY_CONFIG).start()
+        for k in ("air", "water", "parking")
+    ]
     t0 = time.monotonic()
     time.sleep(DAY_S / DAY_SPEED)
     for n in made:
-        gateway.wait(lambda n=n: len(gateway.statuses.get(n.device_id, [])) >= 44, 15, f"{n.kind} statuses")
+        gateway.wait(
+            lambda n=n: len(gateway.statuses.get(n.device_id, [])) >= 44, 15, f"{n.kind} statuses"
+        )
     elapsed = time.monotonic() - t0
     for n in made:
         log = "\n".join(n.log)
@@ -333,8 +390,10 @@ def test_a_simulated_day_in_the_heap_without_growth(
         assert n.boots == 1, f"{n.kind} reset during the day: {n.reset_causes}"
         sts = gateway.statuses[n.device_id]
         first, last = _day_heap(sts)
-        print(f"day {n.kind}: {len(sts)} statuses in {elapsed:.0f} s, free heap first quarter "
-              f"{first:.0f}, last quarter {last:.0f}, readings {gateway.n_readings(n.device_id)}")
+        print(
+            f"day {n.kind}: {len(sts)} statuses in {elapsed:.0f} s, free heap first quarter "
+            f"{first:.0f}, last quarter {last:.0f}, readings {gateway.n_readings(n.device_id)}"
+        )
         assert last >= first - 256, f"{n.kind}: free heap fell from {first:.0f} to {last:.0f}"
         assert gateway.n_readings(n.device_id) >= 40
         assert_complete(gateway.readings[n.device_id])
@@ -347,7 +406,9 @@ def test_battery_board_deep_sleeps_and_batches_its_radio_wakes(
     """sim-battery (power.deep_sleep): one sample per wake, the radio only every batch_s;
     the run's boot id and sequence survive deep sleep in RTC memory."""
     cfg = {"intervals": {"sample_s": 60, "report_s": 300, "batch_s": 900, "status_s": 900}}
-    node = _node(nodes, "water", broker, speed=120, board="sim-battery", config_overrides=cfg).start()
+    node = _node(
+        nodes, "water", broker, speed=120, board="sim-battery", config_overrides=cfg
+    ).start()
     dev = node.device_id
     gateway.wait(lambda: gateway.n_readings(dev) >= 6, 60, "batched readings")
     sleeps = sum("deep sleep" in ln for ln in node.log if ln.startswith("[sim]"))
@@ -381,9 +442,20 @@ def test_selftest_prints_one_line_for_verify(
 
     def selftest() -> Any:
         r = subprocess.run(
-            [micropython(), "-X", "heapsize=256k", "-c", "import node.selftest\nnode.selftest.run()\n"],
-            cwd=node.flash_dir, capture_output=True, text=True, timeout=60,
-            env={"MICROPYPATH": f"{tree / 'firmware'}:{tree / 'simboard'}:.frozen"})
+            [
+                micropython(),
+                "-X",
+                "heapsize=256k",
+                "-c",
+                "import node.selftest\nnode.selftest.run()\n",
+            ],
+            check=False,
+            cwd=node.flash_dir,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"MICROPYPATH": f"{tree / 'firmware'}:{tree / 'simboard'}:.frozen"},
+        )
         assert sum(ln.startswith("SELFTEST ") for ln in r.stdout.splitlines()) == 1, r.stdout
         return parse_selftest(r.stdout)
 

@@ -256,11 +256,18 @@ class App:
             self._cmd_ev.clear()
             while self._cmds:
                 raw = self._cmds.pop(0)
-                try:
-                    await use("commands").handle(self, raw)
-                except Exception as e:  # a bad command must never stop the node
-                    log("command failed: %r" % (e,))
-                drop("commands")
+                for attempt in (1, 2):  # once more after a collect if the heap was short
+                    try:
+                        await use("commands").handle(self, raw)
+                        attempt = 0
+                    except MemoryError as e:
+                        log("command: %r (attempt %d)" % (e, attempt))
+                    except Exception as e:  # a bad command must never stop the node
+                        log("command failed: %r" % (e,))
+                        attempt = 0
+                    drop("commands")
+                    if not attempt:
+                        break
 
     async def health(self):
         """Every second: feed the watchdog (only while the sampler beats), persist the

@@ -254,7 +254,12 @@ def test_outage_and_power_cut_lose_nothing_and_duplicate_nothing(
     assert not gateway.errors, gateway.errors[:3]
 
 
-def _ack(gateway: Gateway, dev: str, cid: str, timeout_s: float = 20) -> dict[str, Any]:
+def _ack(gateway: Gateway, dev: str, cid: str, timeout_s: float = 20, node: SimNode | None = None) -> dict[str, Any]:
+    if node is not None and not any(a["id"] == cid for a in gateway.acks.get(dev, [])):
+        try:
+            gateway.wait(lambda: any(a["id"] == cid for a in gateway.acks.get(dev, [])), timeout_s, cid)
+        except AssertionError as e:
+            raise AssertionError("\n".join(node.log[-30:])) from e
     gateway.wait(
         lambda: any(a["id"] == cid for a in gateway.acks.get(dev, [])), timeout_s, f"ack {cid}"
     )
@@ -273,7 +278,7 @@ def test_commands_are_acknowledged_and_set_takes_effect(
     gateway.command(
         dev, {"v": 1, "id": "c-set", "cmd": "set", "args": {"intervals": {"report_s": 1.0}}}
     )
-    ack = _ack(gateway, dev, "c-set")
+    ack = _ack(gateway, dev, "c-set", node=node)
     assert ack["ok"] is True and ack["error"] is None
     gateway.wait(
         lambda: sum(r["n"] == 6 for r in gateway.readings[dev]) >= 2, 30, "6-sample reports"

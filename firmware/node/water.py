@@ -10,6 +10,10 @@ _RHO_G = 9806.65  # Pa per metre of fresh water (1000 kg/m3 * 9.80665 m/s2)
 _P_STD_KPA = 101.325  # standard atmosphere, when there is no barometer
 
 
+def _med3(a, b, c):
+    return max(min(a, b), min(max(a, b), c))
+
+
 def level_of(values):
     """A number that grows with the water level: -distance, or the pressure depth in m."""
     d = values.get("distance")
@@ -39,8 +43,8 @@ class Kind:
         self.t_start = None
         self.alarm = False
         self.since = 0  # samples since the last report
-        self._t = array("i", (0, 0, 0))  # last 3 level samples (ring): time, level
-        self._lv = array("f", (0.0, 0.0, 0.0))
+        self._t = array("i", bytes(4 * 6))  # last 6 level samples (ring): time, level
+        self._lv = array("f", bytes(4 * 6))
         self._k = 0
 
     def lead_ms(self):
@@ -53,19 +57,21 @@ class Kind:
         return self.app.cfg["intervals"][k]
 
     def _rise_m_per_min(self, t, lv):
-        # Over the last 3 samples, so one noisy echo cannot raise an alarm by itself.
-        i = self._k % 3
+        """Median of the last 3 levels against the median of the 3 before, per minute: one
+        bad echo (a leaf, a bird) moves neither median, so it cannot raise an alarm."""
         k = self._k
-        self._t[i] = t
-        self._lv[i] = lv
+        self._t[k % 6] = t
+        self._lv[k % 6] = lv
         self._k = k + 1
-        if k < 2:
+        if k < 5:
             return 0.0
-        old = (k - 2) % 3
-        dt = t - self._t[old]
+        a = self._lv
+        new = _med3(a[k % 6], a[(k - 1) % 6], a[(k - 2) % 6])
+        old = _med3(a[(k - 3) % 6], a[(k - 4) % 6], a[(k - 5) % 6])
+        dt = self._t[(k - 1) % 6] - self._t[(k - 4) % 6]  # middle sample of each triple
         if dt <= 0:
             return 0.0
-        return (lv - self._lv[old]) * 60.0 / dt
+        return (new - old) * 60.0 / dt
 
     def _alarming(self, values, t):
         th = self.app.cfg["thresholds"]
@@ -114,7 +120,7 @@ class Kind:
 
     def load(self, s):
         self.t_start, self.alarm, self.since, self._k = s[0], s[1], s[2], s[3]
-        for i in range(3):
+        for i in range(6):
             self._t[i] = s[4][i]
             self._lv[i] = s[5][i]
         self.win.load(s[6])

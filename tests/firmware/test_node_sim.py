@@ -187,6 +187,8 @@ def test_every_kind_publishes_valid_readings_and_status(
         assert rs[0]["seq"] == 0
         st = gateway.statuses[n.device_id][-1]
         assert st["config_error"] is None
+        assert isinstance(st["rssi_dbm"], int) and -100 < st["rssi_dbm"] < -20
+        assert st["reset_cause"] == "power_on" and st["uptime_s"] >= 0
         assert st["outbox"]["capacity"] == 512
     air = gateway.readings[made[0].device_id]
     assert all(r["synced"] for r in air[1:]), "NTP set the clock once WiFi was up"
@@ -254,10 +256,14 @@ def test_outage_and_power_cut_lose_nothing_and_duplicate_nothing(
     assert not gateway.errors, gateway.errors[:3]
 
 
-def _ack(gateway: Gateway, dev: str, cid: str, timeout_s: float = 20, node: SimNode | None = None) -> dict[str, Any]:
+def _ack(
+    gateway: Gateway, dev: str, cid: str, timeout_s: float = 20, node: SimNode | None = None
+) -> dict[str, Any]:
     if node is not None and not any(a["id"] == cid for a in gateway.acks.get(dev, [])):
         try:
-            gateway.wait(lambda: any(a["id"] == cid for a in gateway.acks.get(dev, [])), timeout_s, cid)
+            gateway.wait(
+                lambda: any(a["id"] == cid for a in gateway.acks.get(dev, [])), timeout_s, cid
+            )
         except AssertionError as e:
             raise AssertionError("\n".join(node.log[-30:])) from e
     gateway.wait(
@@ -474,3 +480,27 @@ def test_selftest_prints_one_line_for_verify(
     st = selftest()
     assert not st.passed and not st.raw["mqtt"]["ok"] and st.raw["mqtt"]["error"]
     broker.start()
+
+
+def test_wifi_loss_is_survived_without_loss(
+    broker: MosquittoBroker, gateway: Gateway, nodes: list[SimNode]
+) -> None:
+    """The access point disappears for a while (beacon timeout): the node notices, stops
+    MQTT, keeps sampling into the outbox, re-associates and sends the backlog in order."""
+    cfg = {"intervals": {"sample_s": 10, "report_s": 30, "status_s": 600}}
+    node = _node(nodes, "air", broker, speed=60, config_overrides=cfg).start()
+    dev = node.device_id
+    gateway.wait(lambda: gateway.n_readings(dev) >= 2, 30, "first readings")
+    node.set_wifi(False)
+    node.wait_for("WiFi link lost", 10)
+    time.sleep(2.5)
+    node.set_wifi(True)
+    node.wait_for("node: wifi up", 20, start=len(node.log) - 50)
+    before = gateway.n_readings(dev)
+    gateway.wait(lambda: gateway.n_readings(dev) >= before + 4, 30, "the backlog and new readings")
+    assert sum(ln == "node: wifi up" for ln in node.log) >= 2
+    assert sum(ln == "node: mqtt up" for ln in node.log) >= 2
+    stored = _stored(node)[0]
+    gateway.wait(lambda: gateway.readings[dev][-1]["seq"] >= stored, 20, "all stored readings")
+    assert_complete(gateway.readings[dev])
+    assert not gateway.errors, gateway.errors[:3]

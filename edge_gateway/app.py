@@ -759,7 +759,7 @@ class Gateway:
                     last_delete = time.monotonic()
                     await self._flush_deletes()
                 if not rows:
-                    wait = 0.05
+                    wait = 0.05 if not self._acked else fwd.delete_max_ms / 1000.0
                     if backlog_cursor < boundary and fwd.live_first:
                         wait = min(wait, max(0.001, (1.0 - tokens) / fwd.drain_rate_per_s))
                     with contextlib.suppress(TimeoutError):

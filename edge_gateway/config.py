@@ -162,7 +162,7 @@ class ForwardSection:
     drain_rate_per_s: float = 200.0
     live_first: bool = True
     batch: int = 256
-    delete_max_ms: float = 100.0
+    delete_max_ms: float = 20.0
 
     def validate(self, key: str) -> None:
         if not 1 <= self.max_inflight <= 65535:

@@ -99,9 +99,10 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(
             got = {seq for (d, _b, seq) in keys if d == dev}
             assert got == set(range(n)), f"{dev}: lost {sorted(set(range(n)) - got)[:10]}"
         dups = sum(c - 1 for c in keys.values())
-        # At-least-once upstream: only rows in flight or acked-but-not-yet-deleted at a kill
-        # may be sent again (forward.max_inflight + forward.batch per kill, docs/gateway.md).
-        assert dups <= KILLS * (32 + 256), f"{dups} duplicates"
+        # At-least-once upstream: only rows in flight (forward.max_inflight = 32) or acknowledged
+        # but not yet deleted (forward.delete_max_ms = 20 ms, ~6 rows here) at a kill may be sent
+        # again (docs/gateway.md, loss window); measured 4-17 per kill.
+        assert dups <= KILLS * (32 + 32), f"{dups} duplicates"
         for o in obs[:20]:
             contract.validate("observation", o)
         healths = [b for t, b in platform.messages if t.endswith("/health")]

@@ -7,6 +7,18 @@ from node import clock
 _ASSOC_TIMEOUT_MS = 20000
 _NTP_RETRY_MS = 3600000  # unsynced: try NTP hourly; synced: re-sync daily against RTC drift
 _NTP_EVERY_MS = 86400000
+# Station states that end an association attempt (ESP32 port's network.STAT_*).
+_FAILED = tuple(
+    getattr(network, n)
+    for n in (
+        "STAT_NO_AP_FOUND",
+        "STAT_WRONG_PASSWORD",
+        "STAT_ASSOC_FAIL",
+        "STAT_HANDSHAKE_TIMEOUT",
+        "STAT_BEACON_TIMEOUT",
+    )
+    if hasattr(network, n)
+)
 
 
 def log(msg):
@@ -31,6 +43,8 @@ async def associate(app, timeout_ms=_ASSOC_TIMEOUT_MS):
     while clock.ticks_diff(clock.ticks_ms(), t0) < timeout_ms:
         if w.isconnected():
             return True
+        if w.status() in _FAILED:
+            break  # no AP, wrong password, handshake timeout: give up now, retry later
         await asyncio.sleep_ms(100)
     try:
         w.disconnect()

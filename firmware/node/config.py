@@ -112,6 +112,10 @@ def _check_section(key, cfg):
             return "intervals.report_s: at most 30 samples per report (raise sample_s)"
     if key == "mqtt" and not 0 < v["port"] < 65536:
         return "mqtt.port: must be 1-65535"
+    if key == "mqtt" and v["tls"]:
+        # One TLS session costs ~25 KB of heap (anchors.md): too much beside the outbox on an
+        # ESP32 without PSRAM. The site broker is on the LAN; TLS is the gateway's uplink.
+        return "mqtt.tls: not supported on the node; use the site broker's plain listener"
     if key == "outbox_slots" and not 8 <= v <= 4096:
         return "outbox_slots: must be 8-4096"
     if key == "thresholds":

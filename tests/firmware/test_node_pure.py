@@ -58,6 +58,7 @@ def test_good_config_merges_over_defaults(tmp_path: Path) -> None:
         ({**GOOD, "thresholds": {"on_ut": 1, "off_ut": 2}}, "hysteresis"),
         ({**GOOD, "mqtt": {**GOOD["mqtt"], "port": 70000}}, "mqtt.port"),
         ({**GOOD, "wifi": {"ssid": 5}}, "wifi.ssid: expected a string"),
+        ({**GOOD, "mqtt": {**GOOD["mqtt"], "tls": True}}, "mqtt.tls: not supported"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path: Path, raw: Any, word: str) -> None:

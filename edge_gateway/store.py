@@ -435,20 +435,9 @@ class Store:
         lim = self.limits
         if now - self._last_age_check >= 1.0:
             self._last_age_check = now
-            cutoff = now - lim.max_age_s
-            old = [
-                (rid, size)
-                for rid, size in self.db.execute(
-                    "SELECT id, size FROM queue WHERE received < ?", (cutoff,)
-                )
-                if rid not in self.leased
-            ]
-            if old:
-                self.db.executemany("DELETE FROM queue WHERE id=?", [(rid,) for rid, _ in old])
-                self.bytes -= sum(int(s) for _, s in old)
-                self.depth -= len(old)
-                self._bump("dropped_max_age", len(old))
-                dropped["max_age"] = len(old)
+            n = self._drop_old(now - lim.max_age_s)
+            if n:
+                dropped["max_age"] = n
         if self.bytes > lim.max_bytes:
             n = self._evict("max_bytes", None, self.bytes - lim.max_bytes)
             if n:
@@ -459,6 +448,29 @@ class Store:
             n = self._evict("disk_floor", inserted, None)
             if n:
                 dropped["disk_floor"] = n
+        return dropped
+
+    def _drop_old(self, cutoff: float) -> int:
+        """Drop rows received before ``cutoff``. Rows are stored in time order, so this reads
+        from the oldest end and stops at the first young row: no scan of the whole table."""
+        db = self.db
+        dropped = 0
+        after = 0
+        while True:
+            rows = db.execute(
+                "SELECT id, size, received FROM queue WHERE id > ? ORDER BY id LIMIT 512", (after,)
+            ).fetchall()
+            old = [(rid, size) for rid, size, received in rows if received < cutoff]
+            doomed = [(rid, size) for rid, size in old if rid not in self.leased]
+            if doomed:
+                db.executemany("DELETE FROM queue WHERE id=?", [(rid,) for rid, _ in doomed])
+                self.bytes -= sum(int(size) for _, size in doomed)
+                self.depth -= len(doomed)
+                dropped += len(doomed)
+            if len(old) < len(rows) or not rows:
+                break
+            after = rows[-1][0]
+        self._bump("dropped_max_age", dropped)
         return dropped
 
     def free_bytes(self) -> int:
@@ -559,7 +571,8 @@ class Store:
         return int(row[0])
 
     def oldest_received(self) -> float | None:
-        row = self.db.execute("SELECT MIN(received) FROM queue").fetchone()
+        """Receive time of the first row in store order (rows are appended in time order)."""
+        row = self.db.execute("SELECT received FROM queue ORDER BY id LIMIT 1").fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def snapshot(self) -> dict[str, Any]:

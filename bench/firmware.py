@@ -113,7 +113,7 @@ def min_heap(kind: str, broker: MosquittoBroker, quick: bool) -> tuple[int, int]
     return best, free
 
 
-def radio_wakes_per_day(broker: MosquittoBroker, quick: bool) -> float:
+def radio_wakes_per_day(broker: MosquittoBroker, quick: bool) -> dict[str, float]:
     """Count radio wakes of the battery board per wake (sample_s=60, batch_s=900), scaled to a day."""
     sim_s = 1800.0 if quick else 7200.0
     speed = 240.0
@@ -134,12 +134,17 @@ def radio_wakes_per_day(broker: MosquittoBroker, quick: bool) -> float:
             time.sleep(0.5)
     finally:
         node.stop()
-    radio = sum(ln.startswith("node: mqtt up") for ln in node.log)
+    reasons: dict[str, int] = {}
+    for ln in node.log:
+        if ln.startswith("node: radio: "):
+            why = ln[len("node: radio: ") :]
+            reasons[why] = reasons.get(why, 0) + 1
     wakes = sum(ln.startswith("node: wake:") for ln in node.log)
     node.close()
     # Per wake, then a day of wakes: a wake can take longer in real time than the sped-up
     # sample period, so simulated time is not the right denominator.
-    return radio / max(wakes, 1) * 86400.0 / iv["sample_s"]
+    per_day = 86400.0 / iv["sample_s"] / max(wakes, 1)
+    return {why: n * per_day for why, n in reasons.items()}
 
 
 def battery_days(
@@ -174,7 +179,7 @@ def main() -> int:
         ]
         for t in threads:
             t.start()
-        wakes_box: list[float] = []
+        wakes_box: list[dict[str, float]] = []
         tw = threading.Thread(
             target=lambda: wakes_box.append(radio_wakes_per_day(broker, args.quick))
         )
@@ -184,7 +189,8 @@ def main() -> int:
         tw.join()
     finally:
         broker.close()
-    wakes = wakes_box[0]
+    by_reason = wakes_box[0]
+    wakes = sum(by_reason.values())
     for kind in KINDS:
         resident = sum(sizes.get(m, 0) for m in RESIDENT[kind])
         heap_k, free = results[kind]
@@ -193,7 +199,9 @@ def main() -> int:
         print(
             f"kind={kind} mpy_total_bytes={total} mpy_resident_bytes={resident} "
             f"min_heap={heap_k}k free_heap_at_min={free} "
-            f"radio_wakes_per_day_battery={wakes:.0f} radio_wakes_per_day_mains=1 "
+            f"radio_wakes_per_day_battery={wakes:.0f} "
+            f"alarm_wakes_per_day_battery={by_reason.get('alarm', 0.0):.0f} "
+            f"radio_wakes_per_day_mains=1 "
             f"battery_days_default={d_default:.0f} battery_days_sample60={d_60:.0f}",
             flush=True,
         )

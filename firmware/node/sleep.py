@@ -137,7 +137,20 @@ async def run(app):
     per = max(1, round(iv["batch_s"] / iv["sample_s"]))
     radio_in -= 1
     kind_state = app.kind.save()
-    if alarm or radio_in < 0 or app.outbox.depth * 2 >= app.outbox.cap or app._status_now:
+    full = app.outbox.depth * 2 >= app.outbox.cap
+    if alarm or radio_in < 0 or full or app._status_now:
+        log(
+            "radio: %s"
+            % (
+                "alarm"
+                if alarm
+                else "batch"
+                if radio_in < 0
+                else "outbox half full"
+                if full
+                else "status"
+            )
+        )
         _unload_sampling(app)
         await radio(app)
         radio_in = per - 1

@@ -173,8 +173,9 @@ class Gateway:
     def stats(self) -> dict[str, Any]:
         """Counters and gauges (also what the metrics endpoint shows)."""
         out: dict[str, Any] = dict(self.counters)
-        for key in ("messages_in", "readings_in", "readings_out", "alerts_out", "custody_acks",
-                    "dead_letters", "processing_errors"):
+        for key in ("messages_in", "readings_in", "readings_out", "replayed_out", "alerts_out",
+                    "alerts_raised", "custody_acks", "command_acks", "dead_letters",
+                    "processing_errors", "store_errors"):
             out.setdefault(key, 0)
         out["dead_letters_by_reason"] = dict(self.dead_letters)
         store = self.store

@@ -10,12 +10,11 @@ import json
 import asyncio
 import machine
 import node
+from micropython import const
 from node import FW, clock
 
-_BATTERY = ("V", 3)  # battery channel: volts, mV resolution
-_INF = float("inf")
-_WINDOW = 8  # readings in flight (published, custody not yet confirmed)
-_WDT_MS = 30000  # hardware watchdog: generous for a slow flash write or an NTP exchange
+_WINDOW = const(8)  # readings in flight (published, custody not yet confirmed)
+_WDT_MS = const(30000)  # hardware watchdog: generous for a slow flash write or an NTP exchange
 
 
 def log(msg):
@@ -107,10 +106,10 @@ class App:
         units = self.kind.UNITS
         parts = []
         for ch, v in values.items():
-            u, places = units.get(ch, _BATTERY)
+            u, places = units.get(ch, ("V", 3))  # else: battery, mV
             if isinstance(v, bool):
                 v = "true" if v else "false"
-            elif v != v or v in (_INF, -_INF):
+            elif v != v or v - v != 0:  # NaN, or +-inf (inf - inf is NaN)
                 continue  # never a non-number on the wire (a driver fault)
             else:
                 v = repr(round(v, places))

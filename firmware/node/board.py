@@ -111,9 +111,6 @@ def bring_up(sensor, board, cache):
         return False
 
 
-_FIRST = ("sht3x", "bme280")  # temperature first: the ultrasonic compensates with it
-
-
 def sensors(board, kind, cache):
     from node.sensors import Sensor
 
@@ -121,7 +118,8 @@ def sensors(board, kind, cache):
     out = []
     for first in (True, False):
         for s in specs:
-            if (s.get("driver") in _FIRST) == first:
+            # temperature first: the ultrasonic compensates with it
+            if (s.get("driver") in ("sht3x", "bme280")) == first:
                 out.append(Sensor(s, kind))
     for x in out:
         bring_up(x, board, cache)

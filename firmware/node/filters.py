@@ -2,7 +2,15 @@
 # growing in the hot loop). A Window keeps up to `size` samples per channel in array('f').
 from array import array
 
-MAX_SAMPLES = 30  # per report window (config checks report_s / sample_s <= this)
+try:
+    from micropython import const
+except ImportError:  # CPython (the pure tests)
+
+    def const(x):
+        return x
+
+
+_MAX_SAMPLES = const(30)  # per report window (config checks report_s / sample_s <= this)
 
 
 def median(a, n):
@@ -46,7 +54,7 @@ def robust_mean(a, n, k, scratch):
 class Window:
     """Samples of named channels over one report window."""
 
-    def __init__(self, channels, size=MAX_SAMPLES):
+    def __init__(self, channels, size=_MAX_SAMPLES):
         self.channels = channels
         self.size = size
         self.data = {}

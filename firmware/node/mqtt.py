@@ -30,11 +30,8 @@ _DISCONNECT = const(0xE0)
 _ETIMEDOUT = const(110)
 _ECONNABORTED = const(103)
 _EPROTO = const(71)
-_EMSGSIZE = const(90)
-
-
-def _timeout_error():
-    return OSError(_ETIMEDOUT)
+_OBUF = const(320)
+_IBUF = const(384)
 
 
 class Core:
@@ -48,24 +45,17 @@ class Core:
         keepalive_s=60,
         will_topic=None,
         will_msg=None,
-        will_retain=True,
-        obuf_size=320,
-        ibuf_size=384,
     ):
         self.client_id = client_id
         self.username = username
         self.password = password
         self.keepalive_s = keepalive_s
         self.will_topic = will_topic
-        self.will_msg = will_msg
-        self.will_retain = will_retain
-        self._obuf = bytearray(obuf_size)
-        self._omv = memoryview(self._obuf)
-        self.ibuf = bytearray(ibuf_size)
-        self._imv = memoryview(self.ibuf)
-        self._hdr = bytearray(1)
-        self._hmv = memoryview(self._hdr)
-        self._lb = bytearray(4)
+        self.will_msg = will_msg  # sent retained, QoS 1 (contract: state topic)
+        # out: fixed header + topic (+ CONNECT fields); payloads go out from their own buffer
+        self._obuf = bytearray(_OBUF)
+        self.ibuf = bytearray(_IBUF)  # in: commands and custody acks are far smaller
+        self._hdr = bytearray(5)  # [0]: a received byte; [1:5]: remaining-length encoding
         self._r = None
         self._w = None
         self.oversized = 0  # incoming packets larger than ibuf, drained and dropped
@@ -80,13 +70,13 @@ class Core:
         self._obuf[pos + 2 : pos + 2 + n] = s
         return pos + 2 + n
 
-    def _send(self, first, body_len, body_start, body_end=None):
-        # Write the fixed header just before the body already placed at body_start.
-        # body_start leaves 5 bytes: 1 type byte + up to 4 remaining-length bytes.
-        # body_end: where the part in the buffer ends, if the rest follows separately.
-        lb = self._lb
-        i = 0
-        n = body_len
+    def _send(self, first, length, start=5, end=None):
+        # Write the fixed header just before the body already placed at `start` (which
+        # leaves 5 bytes: type + up to 4 remaining-length bytes) and queue the packet.
+        # end: where the part in the buffer ends, if the rest of the body follows separately.
+        lb = self._hdr
+        i = 1
+        n = length
         while True:
             b = n & 0x7F
             n >>= 7
@@ -96,22 +86,22 @@ class Core:
             i += 1
             if not n:
                 break
-        start = body_start - 1 - i
-        self._obuf[start] = first
-        self._obuf[start + 1 : start + 1 + i] = lb[:i]
+        at = start - i
+        self._obuf[at] = first
+        self._obuf[at + 1 : start] = lb[1:i]
         if self._w is None:
             raise OSError(_ECONNABORTED)
-        self._w.write(self._omv[start : body_start + body_len if body_end is None else body_end])
+        self._w.write(memoryview(self._obuf)[at : start + length if end is None else end])
 
     async def _drain(self, timeout_ms):
         try:
             await asyncio.wait_for_ms(self._w.drain(), timeout_ms)
         except asyncio.TimeoutError:
-            raise _timeout_error()
+            raise OSError(_ETIMEDOUT)
 
     # --- connection ---
 
-    async def connect(self, host, port, timeout_ms=10000, clean=True):
+    async def connect(self, host, port, timeout_ms=10000):
         """Open TCP, send CONNECT, wait for CONNACK. Returns session_present."""
         self.close()
         try:
@@ -119,14 +109,12 @@ class Core:
                 asyncio.open_connection(host, port), timeout_ms
             )
         except asyncio.TimeoutError:
-            raise _timeout_error()
+            raise OSError(_ETIMEDOUT)
         pos = 5
         pos = self._put_str(pos, "MQTT")
-        flags = 0x02 if clean else 0
+        flags = 0x02  # clean session: the outbox, not the broker, keeps what must survive
         if self.will_topic:
-            flags |= 0x04 | (0x08)  # will flag, will QoS 1
-            if self.will_retain:
-                flags |= 0x20
+            flags |= 0x04 | 0x08 | 0x20  # will flag, will QoS 1, will retain
         if self.username:
             flags |= 0x80
             if self.password:
@@ -214,27 +202,28 @@ class Core:
             try:
                 n = await asyncio.wait_for_ms(r.readinto(mv[got:]), timeout_ms)
             except asyncio.TimeoutError:
-                raise _timeout_error()
+                raise OSError(_ETIMEDOUT)
             if not n:
                 raise OSError(_ECONNABORTED)  # peer closed the connection
             got += n
 
-    async def read_packet(self, first_timeout_ms, timeout_ms=10000):
+    async def read_packet(self, wait_ms, timeout_ms=10000):
         """Read one packet. Returns (type byte, payload length); the payload is in ibuf[:n]
         (n may exceed len(ibuf) for an oversized packet, whose payload was dropped).
-        Raises asyncio.TimeoutError if no packet starts within first_timeout_ms (nothing
+        Raises asyncio.TimeoutError if no packet starts within wait_ms (nothing
         consumed, safe to call again); OSError if a started packet does not complete."""
         r = self._r
         if r is None:
             raise OSError(_ECONNABORTED)
-        n = await asyncio.wait_for_ms(r.readinto(self._hmv), first_timeout_ms)
+        one = memoryview(self._hdr)[:1]
+        n = await asyncio.wait_for_ms(r.readinto(one), wait_ms)
         if not n:
             raise OSError(_ECONNABORTED)
         ptype = self._hdr[0]
         length = 0
         shift = 0
         while True:
-            await self._read_into(self._hmv, timeout_ms)
+            await self._read_into(one, timeout_ms)
             b = self._hdr[0]
             length |= (b & 0x7F) << shift
             if not b & 0x80:
@@ -245,13 +234,13 @@ class Core:
         size = len(self.ibuf)
         if length <= size:
             if length:
-                await self._read_into(self._imv[:length], timeout_ms)
+                await self._read_into(memoryview(self.ibuf)[:length], timeout_ms)
             return ptype, length
         # Oversized: drain it through ibuf and drop it.
         left = length
         while left:
             k = left if left < size else size
-            await self._read_into(self._imv[:k], timeout_ms)
+            await self._read_into(memoryview(self.ibuf)[:k], timeout_ms)
             left -= k
         self.oversized += 1
         return ptype, length
@@ -316,10 +305,6 @@ class Link:
         self._up_ms = None
         self._ticks_ms = None
 
-    def _next_pid(self):
-        self._pid = self._pid % 65535 + 1
-        return self._pid
-
     def kick(self):
         """Drop the connection (e.g. a publish got no PUBACK); run() reconnects."""
         self._kick = True
@@ -336,7 +321,7 @@ class Link:
         now = ticks_ms()
         self._rx_ms = self._tx_ms = now
         for topic, qos in self.subscriptions:
-            pid = self._next_pid()
+            pid = self._pid = self._pid % 65535 + 1
             self._wait_pid = pid
             await c.subscribe(topic, qos, pid, self.timeout_ms)
             # The reader is not running yet: read the SUBACK here.
@@ -441,7 +426,7 @@ class Link:
             if not qos:
                 await c.publish(topic, msg, 0, retain, 0, False, self.timeout_ms)
                 return
-            pid = self._next_pid()
+            pid = self._pid = self._pid % 65535 + 1
             self._wait_pid = pid
             dup = False
             for _ in range(self.retries + 1):
@@ -463,4 +448,4 @@ class Link:
                     dup = True
             self._wait_pid = 0
             self.kick()
-            raise _timeout_error()
+            raise OSError(_ETIMEDOUT)

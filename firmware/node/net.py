@@ -2,11 +2,12 @@
 # A lost association clears app.net_up, which stops MQTT connection attempts until it is back.
 import asyncio
 import network
+from micropython import const
 from node import clock
 
-_ASSOC_TIMEOUT_MS = 20000
-_NTP_RETRY_MS = 3600000  # unsynced: try NTP hourly; synced: re-sync daily against RTC drift
-_NTP_EVERY_MS = 86400000
+_ASSOC_TIMEOUT_MS = const(20000)
+_NTP_RETRY_MS = const(3600000)  # unsynced: try NTP hourly; synced: re-sync daily against RTC drift
+_NTP_EVERY_MS = const(86400000)
 # Station states that end an association attempt (ESP32 port's network.STAT_*).
 _FAILED = tuple(
     getattr(network, n)

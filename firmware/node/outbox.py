@@ -22,8 +22,7 @@ from micropython import const
 _SLOT = const(512)
 _HDR = const(16)
 _MAGIC = const(0xCE)
-_FMT = "<BBHIII"
-MAX_PAYLOAD = _SLOT - _HDR
+_MAX_PAYLOAD = const(496)  # _SLOT - _HDR
 
 
 class Outbox:
@@ -143,8 +142,8 @@ class Outbox:
         n = f.readinto(self._mv[:_HDR])
         if n != _HDR:
             return None
-        magic, _, ln, boot, seq, crc = struct.unpack_from(_FMT, self.buf, 0)
-        if magic != _MAGIC or ln > MAX_PAYLOAD:
+        magic, _, ln, boot, seq, crc = struct.unpack_from("<BBHIII", self.buf, 0)
+        if magic != _MAGIC or ln > _MAX_PAYLOAD:
             return None
         if ln and f.readinto(self._mv[_HDR : _HDR + ln]) != ln:
             return None
@@ -157,8 +156,8 @@ class Outbox:
 
     def add(self, boot, seq, payload):
         """Stage one record (payload: bytes, or an ASCII-only str, written as is: its length
-        is its byte count) of at most MAX_PAYLOAD bytes for the next flush."""
-        if len(payload) > MAX_PAYLOAD:
+        is its byte count) of at most _MAX_PAYLOAD bytes for the next flush."""
+        if len(payload) > _MAX_PAYLOAD:
             raise ValueError("record too long for an outbox slot")
         if len(self._staged) >= 8:
             # Flash writes keep failing: do not let RAM fill up; drop and count the oldest.
@@ -189,7 +188,7 @@ class Outbox:
                 self.dropped += 1
                 self._dirty = True
             ln = len(payload)
-            struct.pack_into(_FMT, hb, 0, _MAGIC, 0, ln, boot, seq, 0)
+            struct.pack_into("<BBHIII", hb, 0, _MAGIC, 0, ln, boot, seq, 0)
             c = crc32(payload, crc32(memoryview(hb)[2:12]))
             struct.pack_into("<I", hb, 12, c)
             f.seek(self.head * _SLOT)
@@ -244,8 +243,8 @@ class Outbox:
         f.seek(i * _SLOT)
         if f.readinto(self._hb) != _HDR:
             return None
-        magic, _, ln, boot, seq, _ = struct.unpack_from(_FMT, self._hb, 0)
-        if magic != _MAGIC or ln > MAX_PAYLOAD:
+        magic, _, ln, boot, seq, _ = struct.unpack_from("<BBHIII", self._hb, 0)
+        if magic != _MAGIC or ln > _MAX_PAYLOAD:
             return None
         return boot, seq
 

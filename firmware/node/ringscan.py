@@ -5,10 +5,6 @@
 import json
 
 
-def _key_gt(b1, s1, b2, s2):
-    return b1 > b2 or (b1 == b2 and s1 > s2)
-
-
 def load_meta(ob):
     try:
         with open(ob.meta_path) as f:
@@ -32,7 +28,7 @@ def recover(ob):
     bb = bs = -1
     for i in range(cap):
         r = ob._read_slot(i)
-        if r is not None and _key_gt(r[0], r[1], bb, bs):
+        if r is not None and (r[0], r[1]) > (bb, bs):
             bb, bs, best = r[0], r[1], i
     ob.last_boot = bb
     ob.head = ob.tail = ob.depth = 0
@@ -41,7 +37,7 @@ def recover(ob):
         for k in range(cap):
             i = (ob.head + k) % cap
             r = ob._read_slot(i)
-            if r is not None and _key_gt(r[0], r[1], ob.wm_boot, ob.wm_seq):
+            if r is not None and (r[0], r[1]) > (ob.wm_boot, ob.wm_seq):
                 ob.tail = i
                 ob.depth = cap - k
                 break

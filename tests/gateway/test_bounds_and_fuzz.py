@@ -19,7 +19,15 @@ from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.ingest import Accepted, Rejected, classify, reading_is_valid
 from host_tools.brokers import MosquittoBroker
-from tests.gateway.helpers import FakeNode, Platform, gateway_config, reading, run_async, wait_ready
+from tests.gateway.helpers import (
+    AS_INVOKER,
+    FakeNode,
+    Platform,
+    gateway_config,
+    reading,
+    run_async,
+    wait_ready,
+)
 
 
 @run_async
@@ -27,7 +35,10 @@ async def test_tiny_store_drop_policy_counts_add_up(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
 ) -> None:
     local = broker_factory("local")
-    upstream = broker_factory("upstream")
+    # A persistent consumer session (broker persistence) so nothing the gateway sends right
+    # after the broker comes back is missed by the test's consumer.
+    upstream = broker_factory("upstream", persistence=True, extra_config=AS_INVOKER)
+    platform = await Platform(upstream).start()
     upstream.stop()  # the platform is unreachable while the store fills
     config = GatewayConfig.from_dict(
         gateway_config(local, upstream, tmp_path, store={"max_bytes": 16384, "min_free_bytes": 0})
@@ -49,7 +60,6 @@ async def test_tiny_store_drop_policy_counts_add_up(
         produced = sum(n.next_seq for n in nodes)
         assert s["readings_stored"] == produced
         upstream.start()  # drains by itself: no new reading arrives after this point
-        platform = await Platform(upstream).start()
         await platform.wait_for(lambda: gw.stats()["queue_depth"] == 0, timeout_s=30)
         await asyncio.sleep(0.3)
         s = gw.stats()
@@ -64,8 +74,8 @@ async def test_tiny_store_drop_policy_counts_add_up(
             seqs = sorted(seq for dev, seq in delivered_keys if dev == node.device_id)
             assert seqs == list(range(node.next_seq - len(seqs), node.next_seq))
         assert all(o["replay"] for o in platform.observations())
-        await platform.stop()
     finally:
+        await platform.stop()
         for node in nodes:
             await node.stop()
         gw.request_stop()

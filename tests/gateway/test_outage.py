@@ -110,3 +110,34 @@ async def test_upstream_outage_under_load_loses_and_duplicates_nothing(
         await platform.stop()
         gw.request_stop()
         await task
+
+
+@run_async
+async def test_strict_order_when_live_first_is_off(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    local = broker_factory("local")
+    upstream = broker_factory("upstream", persistence=True, extra_config=AS_INVOKER)
+    platform = await Platform(upstream).start()  # a persistent session, kept across the restart
+    upstream.stop()
+    config = GatewayConfig.from_dict(gateway_config(
+        local, upstream, tmp_path, forward={"live_first": False, "drain_rate_per_s": 5.0}))
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    await wait_ready(gw, upstream=False)
+    node = await FakeNode(local, "ce-00000000c0f0", "parking").start()
+    try:
+        await node.publish(30)
+        await node.wait_acked(10)
+        upstream.start()
+        await wait_ready(gw)
+        await node.publish(10)
+        await platform.wait_for(lambda: len(platform.observations()) >= 40, timeout_s=20)
+        obs = platform.observations()
+        assert [o["seq"] for o in obs] == list(range(40))  # store order, not live first
+        assert [o["replay"] for o in obs] == [True] * 30 + [False] * 10
+    finally:
+        await platform.stop()
+        await node.stop()
+        gw.request_stop()
+        await task

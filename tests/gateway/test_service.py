@@ -46,6 +46,7 @@ async def test_service_reload_keeps_store_and_notifies_systemd(
 ) -> None:
     local = broker_factory("local")
     upstream = broker_factory("upstream", persistence=True, extra_config=AS_INVOKER)
+    platform = await Platform(upstream).start()  # a persistent session, kept across the restart
     upstream.stop()
     dev = "ce-00000000f001"
     cfg = gateway_config(local, upstream, tmp_path, inventory={"allow_unknown": True})
@@ -96,7 +97,6 @@ async def test_service_reload_keeps_store_and_notifies_systemd(
         await node.publish(10)
         await node.wait_acked(20)
         upstream.start()
-        platform = await Platform(upstream).start()
         await platform.wait_for(lambda: len(platform.observations()) >= 60, timeout_s=30)
         await platform.wait_for(
             lambda: any(t.endswith(f"/device/{dev}/status") for t, _ in platform.messages), 10)
@@ -109,8 +109,8 @@ async def test_service_reload_keeps_store_and_notifies_systemd(
         status = [b for t, b in platform.messages if t.endswith(f"/device/{dev}/status")][-1]
         contract.validate("device_status", status)
         assert status["received_24h"] == 60 and status["state"] == "online"
-        await platform.stop()
     finally:
+        await platform.stop()
         await node.stop()
         proc.send_signal(signal.SIGTERM)
         try:

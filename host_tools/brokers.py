@@ -108,6 +108,10 @@ class MosquittoBroker:
             "connection_messages true",
             f"listener {self.port} 127.0.0.1",
         ]
+        if os.geteuid() == 0 and not any(x.split()[:1] == ["user"] for x in self.extra_config):
+            # Started as root, Mosquitto drops to the `mosquitto` user and then cannot write its
+            # log or persistence file, or read certificates, in a 0700 temporary directory.
+            lines.append("user root")
         if self.password_file is not None:
             lines += ["allow_anonymous false", f"password_file {self.password_file}"]
         else:

@@ -14,10 +14,11 @@ Tasks inside ``run()``:
 * **committer**: takes up to ``store.commit_max_readings`` readings or waits at most
   ``store.commit_max_ms``; on the store thread it de-duplicates, processes (calibration, QC,
   indices, alerts) and commits them in one transaction; then it sends custody ranges to nodes.
-* **upstream**: keeps a connection to the platform broker; sends live rows first and drains the
-  backlog at ``forward.drain_rate_per_s``, at most ``forward.max_inflight`` unacknowledged;
-  deletes a row only after its PUBACK. Publishes retained gateway health (last will: offline)
-  and retained device status.
+* **upstream**: keeps a persistent session on the platform broker; sends live rows first and
+  drains the backlog at ``forward.drain_rate_per_s``, at most ``forward.max_inflight``
+  unfinished, exactly once with QoS 2 and packet ids kept in the store
+  (:mod:`edge_gateway.upstream`); deletes a row after its PUBCOMP. Publishes retained gateway
+  health (last will: offline) and retained device status.
 * **metrics** (optional) and the **systemd watchdog**.
 """
 
@@ -52,14 +53,15 @@ from edge_gateway.store import (
     Entry,
     Limits,
     Row,
+    STATE_RELEASED,
+    InFlight,
     Store,
     open_store,
 )
+from edge_gateway.upstream import MidAllocator, Qos2Link, wire_payload
 
 log = logging.getLogger("edge_gateway")
 
-_REPLAY_FALSE = b'"replay":false}'
-_REPLAY_TRUE = b'"replay":true}'
 
 
 @dataclass
@@ -75,6 +77,20 @@ class _PipelineResult:
     dead: list[tuple[str, bytes, str]] = field(default_factory=list)  # topic, payload, reason
     alerts: int = 0
     per_device: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Slot:
+    """A row on its way through the QoS 2 handshake on the current connection."""
+
+    row_id: int
+    mid: int
+    topic: str
+    replay: bool
+    backlog: bool  # holds a permit of the backlog half of the window
+    released: bool = False  # PUBREC received and committed, PUBREL sent
+    recorded: bool = False  # PUBREC received (commit pending or done)
+    since: float = field(default_factory=time.monotonic)
 
 
 class _Reconnect(Exception):
@@ -95,12 +111,6 @@ def _tls_context(section: BrokerSection) -> ssl.SSLContext | None:
     if section.tls_insecure:
         ctx.check_hostname = False
     return ctx
-
-
-def _replay(payload: bytes) -> bytes:
-    if payload.endswith(_REPLAY_FALSE):
-        return payload[: -len(_REPLAY_FALSE)] + _REPLAY_TRUE
-    return payload
 
 
 def custody_ranges(keys: list[tuple[str, int, int]]) -> list[tuple[str, int, int, int]]:
@@ -139,7 +149,8 @@ class Gateway:
         self._upstream: aiomqtt.Client | None = None
         self._local_reconnect: asyncio.Event | None = None
         self._upstream_reconnect: asyncio.Event | None = None
-        self._acked: list[int] = []
+        self._acked: list[tuple[int, int]] = []  # (row id, mid): PUBCOMP received, not deleted
+        self._mids = MidAllocator()
         self._offline_since: float | None = time.monotonic()
         self._offline_total = 0.0
         self._last_commit_s = 0.0
@@ -606,25 +617,36 @@ class Gateway:
             topic = contract.gateway_health_topic(self.config.site_id, self.config.gateway_id)
             will = aiomqtt.Will(topic, self._health("offline"), qos=1, retain=True)
             try:
+                # Before connecting: finish pending deletes, then read the rows that have packet
+                # ids — the broker may hold them; they are finished first (PUBREL or PUBLISH).
+                await self._flush_deletes()
+                await store.call(store.release_all)
+                flight = await store.call(store.in_flight)
+                self._mids.reset({f.mid: f.id for f in flight})
                 client = self._client(
                     section,
                     f"cityedge-{self.config.gateway_id}-up",
-                    clean_session=True,
+                    clean_session=False,  # the broker keeps the QoS 2 state of our packet ids
                     will=will,
                     max_inflight_messages=self.config.forward.max_inflight,
                 )
+                conn = _Connection(self, flight)
+                conn.link = Qos2Link(client, conn.on_pubrec, conn.on_pubcomp)
                 async with client:
                     log.info("connected to the platform broker %s:%d", section.host, section.port)
+                    if flight:
+                        log.info("finishing %d messages in flight before the restart or reconnect",
+                                 len(flight))
                     if self._offline_since is not None:
                         self._offline_total += time.monotonic() - self._offline_since
                         self._offline_since = None
                     self._upstream = client
                     delay = section.reconnect_min_s
-                    await self._flush_deletes()
-                    await store.call(store.release_all)
                     await client.publish(topic, self._health("online"), qos=1, retain=True)
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._forward(client))
+                        tg.create_task(self._forward(conn))
+                        tg.create_task(conn.releaser())
+                        tg.create_task(conn.watchdog(section.timeout_s))
                         tg.create_task(self._status_publisher(client, topic))
                         tg.create_task(self._watch_upstream_reconnect())
                         tg.create_task(self._watch_disconnect(client))
@@ -667,15 +689,33 @@ class Gateway:
                 )
 
     async def _flush_deletes(self) -> None:
+        """Delete the rows whose PUBCOMP came; their packet ids are free once that commits."""
         if not self._acked or self.store is None:
             return
-        ids, self._acked = self._acked, []
+        done, self._acked = self._acked, []
         store = self.store
-        await store.call(store.delivered, ids)
+        await store.call(store.delivered, [rid for rid, _ in done])
+        self._free_mids(done)
 
-    async def _forward(self, client: aiomqtt.Client) -> None:
+    def _free_mids(self, done: list[tuple[int, int]]) -> None:
+        for rid, mid in done:
+            if self._mids.busy.get(mid) == rid:
+                self._mids.free(mid)
+
+    def _completed(self, slot: _Slot) -> None:
+        """PUBCOMP: the platform broker delivered the row's message; delete the row (lazily)."""
+        self._acked.append((slot.row_id, slot.mid))
+        if slot.topic.endswith("/observation"):
+            self.counters["readings_out"] += 1
+            if slot.replay:
+                self.counters["replayed_out"] += 1
+        else:
+            self.counters["alerts_out"] += 1
+
+    async def _forward(self, conn: _Connection) -> None:
         """Send rows oldest first; live rows (stored after this connection began) go first and
-        the backlog drains at ``drain_rate_per_s``. A row is deleted only after its PUBACK."""
+        the backlog drains at ``drain_rate_per_s``. Rows that already have a packet id (from
+        before a restart or reconnect) are finished first. A row is deleted after its PUBCOMP."""
         assert self.store is not None and self._new_rows is not None
         store, new_rows = self.store, self._new_rows
         boundary = await store.call(store.max_id)
@@ -683,95 +723,69 @@ class Gateway:
         backlog_cursor = 0
         tokens = 0.0
         last_refill = time.monotonic()
-        window = asyncio.Semaphore(self.config.forward.max_inflight)
-        failures: list[BaseException] = []
-        pending: set[asyncio.Task[None]] = set()
         last_delete = time.monotonic()
+        window, backlog_window = conn.window, conn.backlog_window
 
-        # The backlog may hold at most half of the in-flight window: the other half stays free
-        # for live rows, which therefore never queue behind a whole drain batch.
-        backlog_window = asyncio.Semaphore(max(1, self.config.forward.max_inflight // 2))
-
-        async def send(row: Row, replay: bool, backlog: bool) -> None:
-            try:
-                payload = _replay(row.payload) if replay else row.payload
-                await client.publish(row.topic, payload, qos=1, timeout=self.config.upstream.timeout_s)
-                self._acked.append(row.id)
-                if row.topic.endswith("/observation"):
-                    self.counters["readings_out"] += 1
-                    if replay:
-                        self.counters["replayed_out"] += 1
-                else:
-                    self.counters["alerts_out"] += 1
-            except aiomqtt.MqttError as exc:
-                failures.append(exc)
-            finally:
-                window.release()
-                if backlog:
-                    backlog_window.release()
-
-        try:
-            while True:
-                if failures:
-                    raise failures[0]
-                fwd = self.config.forward
-                now = time.monotonic()
-                tokens = min(tokens + (now - last_refill) * fwd.drain_rate_per_s,
-                             max(1.0, fwd.drain_rate_per_s))
-                last_refill = now
-                new_rows.clear()
-                rows: list[Row] = []
-                replay = False
-                if fwd.live_first:
-                    rows = await store.call(store.fetch, live_cursor, fwd.batch)
+        await conn.resume()
+        while True:
+            conn.check()
+            fwd = self.config.forward
+            now = time.monotonic()
+            tokens = min(tokens + (now - last_refill) * fwd.drain_rate_per_s,
+                         max(1.0, fwd.drain_rate_per_s))
+            last_refill = now
+            new_rows.clear()
+            rows: list[Row] = []
+            replay = False
+            if fwd.live_first:
+                rows = await store.call(store.fetch, live_cursor, fwd.batch)
+                if rows:
+                    live_cursor = rows[-1].id
+                elif backlog_cursor < boundary and tokens >= 1.0:
+                    size = min(int(tokens), fwd.batch, max(1, fwd.max_inflight // 2))
+                    rows = await store.call(store.fetch, backlog_cursor, size, boundary)
                     if rows:
-                        live_cursor = rows[-1].id
-                    elif backlog_cursor < boundary and tokens >= 1.0:
-                        size = min(int(tokens), fwd.batch, max(1, fwd.max_inflight // 2))
-                        rows = await store.call(store.fetch, backlog_cursor, size, boundary)
-                        if rows:
-                            backlog_cursor = rows[-1].id
-                            tokens -= len(rows)
-                        else:
-                            backlog_cursor = boundary
-                        replay = True
-                else:
-                    cursor = max(live_cursor if backlog_cursor >= boundary else 0, backlog_cursor)
-                    rows = await store.call(store.fetch, cursor, fwd.batch)
-                    if rows:
-                        backlog_cursor = live_cursor = rows[-1].id
-                for row in rows:
+                        backlog_cursor = rows[-1].id
+                        tokens -= len(rows)
+                    else:
+                        backlog_cursor = boundary
+                    replay = True
+            else:
+                cursor = max(live_cursor if backlog_cursor >= boundary else 0, backlog_cursor)
+                rows = await store.call(store.fetch, cursor, fwd.batch)
+                if rows:
+                    backlog_cursor = live_cursor = rows[-1].id
+            i = 0
+            while i < len(rows):
+                # Wait for one free place in the window, then take every other free one: the
+                # packet ids of the whole group are committed in one transaction.
+                if replay:
+                    await backlog_window.acquire()
+                await window.acquire()
+                group = [rows[i]]
+                i += 1
+                while (i < len(rows) and not window.locked()
+                       and not (replay and backlog_window.locked())):
                     if replay:
                         await backlog_window.acquire()
                     await window.acquire()
-                    if failures:
-                        window.release()
-                        if replay:
-                            backlog_window.release()
-                        raise failures[0]
-                    is_replay = replay or row.id <= boundary
-                    task = asyncio.create_task(send(row, is_replay, replay))
-                    pending.add(task)
-                    task.add_done_callback(pending.discard)
-                if self._acked and (
-                    len(self._acked) >= fwd.batch
-                    or time.monotonic() - last_delete >= fwd.delete_max_ms / 1000.0
-                ):
-                    last_delete = time.monotonic()
-                    await self._flush_deletes()
-                if not rows:
-                    wait = 0.05 if not self._acked else fwd.delete_max_ms / 1000.0
-                    if backlog_cursor < boundary and fwd.live_first:
-                        wait = min(wait, max(0.001, (1.0 - tokens) / fwd.drain_rate_per_s))
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(wait):
-                            await new_rows.wait()
-        finally:
-            for task in list(pending):
-                task.cancel()
-            for task in list(pending):
-                with contextlib.suppress(BaseException):
-                    await task
+                    group.append(rows[i])
+                    i += 1
+                await conn.publish(group, [replay or row.id <= boundary for row in group], replay)
+                last_delete = time.monotonic()  # publish() committed the pending deletes
+            if self._acked and (
+                len(self._acked) >= fwd.batch
+                or time.monotonic() - last_delete >= fwd.delete_max_ms / 1000.0
+            ):
+                last_delete = time.monotonic()
+                await self._flush_deletes()
+            if not rows:
+                wait = 0.05 if not self._acked else fwd.delete_max_ms / 1000.0
+                if backlog_cursor < boundary and fwd.live_first:
+                    wait = min(wait, max(0.001, (1.0 - tokens) / fwd.drain_rate_per_s))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await new_rows.wait()
 
     # -- housekeeping -------------------------------------------------------------------------
 
@@ -796,3 +810,102 @@ class Gateway:
             if interval is not None:
                 sdnotify.notify("WATCHDOG=1")
             await asyncio.sleep(period)
+
+
+class _Connection:
+    """The QoS 2 state of one platform connection: rows between PUBLISH and PUBCOMP by packet
+    id, the in-flight window, and the group commits that precede PUBLISH and PUBREL."""
+
+    def __init__(self, gw: Gateway, flight: list[InFlight]) -> None:
+        assert gw.store is not None
+        self.gw = gw
+        self.store: Store = gw.store
+        self.flight = flight
+        self.link: Qos2Link | None = None
+        self.slots: dict[int, _Slot] = {}
+        max_inflight = gw.config.forward.max_inflight
+        self.window = asyncio.Semaphore(max_inflight)
+        # The backlog may hold at most half of the in-flight window: the other half stays free
+        # for live rows, which therefore never queue behind a whole drain batch.
+        self.backlog_window = asyncio.Semaphore(max(1, max_inflight // 2))
+        self._pubrecs: list[_Slot] = []
+        self._pubrec_event = asyncio.Event()
+        self._failure: BaseException | None = None
+
+    def check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    async def resume(self) -> None:
+        """Finish what has a packet id already, in store order: released rows get a PUBREL,
+        published rows the same PUBLISH again (DUP)."""
+        assert self.link is not None
+        for f in self.flight:
+            await self.window.acquire()
+            slot = _Slot(f.id, f.mid, f.topic, f.replay, backlog=False,
+                         released=f.state == STATE_RELEASED, recorded=f.state == STATE_RELEASED)
+            self.slots[f.mid] = slot
+            if slot.released:
+                self.link.pubrel(f.mid)
+            else:
+                self.link.publish(f.mid, f.topic, wire_payload(f.payload, f.replay), dup=True)
+        self.flight = []
+
+    async def publish(self, rows: list[Row], replays: list[bool], backlog: bool) -> None:
+        """Give the rows packet ids, commit them (with the deletes pending), then PUBLISH."""
+        assert self.link is not None
+        gw, store = self.gw, self.store
+        assign = [(row.id, gw._mids.take(row.id), r) for row, r in zip(rows, replays, strict=True)]
+        done, gw._acked = gw._acked, []
+        await store.call(store.publish_rows, assign, [rid for rid, _ in done])
+        gw._free_mids(done)
+        for row, (rid, mid, r) in zip(rows, assign, strict=True):
+            self.slots[mid] = _Slot(rid, mid, row.topic, r, backlog)
+            self.link.publish(mid, row.topic, wire_payload(row.payload, r), dup=False)
+
+    def on_pubrec(self, mid: int) -> None:
+        slot = self.slots.get(mid)
+        if slot is None or slot.recorded:
+            return  # a repeated PUBREC, or none of ours (never PUBREL what we do not know)
+        slot.recorded = True
+        self._pubrecs.append(slot)
+        self._pubrec_event.set()
+
+    def on_pubcomp(self, mid: int) -> None:
+        slot = self.slots.pop(mid, None)
+        if slot is None:
+            return
+        self.gw._completed(slot)
+        self.window.release()
+        if slot.backlog:
+            self.backlog_window.release()
+
+    async def releaser(self) -> None:
+        """PUBRECs → one commit marking their rows released → PUBRELs (in PUBREC order)."""
+        assert self.link is not None
+        store = self.store
+        while True:
+            await self._pubrec_event.wait()
+            self._pubrec_event.clear()
+            slots, self._pubrecs = self._pubrecs, []
+            if not slots:
+                continue
+            await store.call(store.mark_released, [s.row_id for s in slots])
+            now = time.monotonic()
+            for s in slots:
+                s.released = True
+                s.since = now
+                self.link.pubrel(s.mid)
+
+    async def watchdog(self, timeout_s: float) -> None:
+        """The link counts as broken when a PUBREC or PUBCOMP is overdue."""
+        while True:
+            await asyncio.sleep(min(1.0, timeout_s / 4))
+            now = time.monotonic()
+            late = [s for s in self.slots.values() if now - s.since > timeout_s
+                    and (s.released or not s.recorded)]
+            if late:
+                raise aiomqtt.MqttError(
+                    f"no {'PUBCOMP' if late[0].released else 'PUBREC'} within {timeout_s:g} s "
+                    f"for {len(late)} messages"
+                )

@@ -2,7 +2,11 @@
 
 Tables
 ------
-``queue``     observations and alerts waiting for the upstream PUBACK (deleted on ack).
+``queue``     observations and alerts waiting for the platform (deleted after the QoS 2
+              handshake completed). A row goes through: *waiting* (``mid`` NULL) → *published*
+              (``mid`` and ``replay`` committed before the PUBLISH leaves, ``state`` 1) →
+              *released* (``state`` 2, committed after the PUBREC and before the PUBREL) →
+              deleted (after the PUBCOMP; the delete may be lazy). See ``edge_gateway.upstream``.
 ``seen_ranges`` the de-duplication memory: one row per (device_id, boot) holding the sequence
               numbers committed so far as sorted ranges (``[[0, 1234], [1240, 1300]]``), kept
               for ``dedup_horizon_s`` after that boot was last heard of, delivered or not. One
@@ -89,7 +93,10 @@ CREATE TABLE IF NOT EXISTS queue(
     seq INTEGER,
     received REAL NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    mid INTEGER,
+    replay INTEGER NOT NULL DEFAULT 0,
+    state INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS seen_ranges(
     device_id TEXT NOT NULL,
@@ -129,6 +136,32 @@ class Row:
     payload: bytes
     device_id: str | None
     received: float
+
+
+# Row states on the way to the platform (QoS 2): see the module docstring.
+STATE_WAITING = 0
+STATE_PUBLISHED = 1
+STATE_RELEASED = 2
+
+# Columns added after the first release; older stores get them on open.
+_MIGRATIONS = (
+    ("mid", "ALTER TABLE queue ADD COLUMN mid INTEGER"),
+    ("replay", "ALTER TABLE queue ADD COLUMN replay INTEGER NOT NULL DEFAULT 0"),
+    ("state", "ALTER TABLE queue ADD COLUMN state INTEGER NOT NULL DEFAULT 0"),
+)
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A row that has a packet id: PUBLISHed (``state`` 1) or released (``state`` 2). ``payload``
+    is the stored payload; what went on the wire is ``wire_payload(payload, replay)``."""
+
+    id: int
+    topic: str
+    payload: bytes
+    mid: int
+    replay: bool
+    state: int
 
 
 @dataclass
@@ -238,6 +271,10 @@ class Store:
                     "aside (it is kept for analysis) and restart to start a new one"
                 )
             db.executescript(_SCHEMA)
+            columns = {str(r[1]) for r in db.execute("PRAGMA table_info(queue)")}
+            for name, ddl in _MIGRATIONS:
+                if name not in columns:
+                    db.execute(ddl)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise StoreError(
@@ -408,8 +445,11 @@ class Store:
             rows = []
             for priority in (PRIORITY_READING, PRIORITY_ALERT_READING, PRIORITY_ALERT):
                 # Rowid order: the oldest rows of the lowest priority go first.
+                # Rows with a packet id are never dropped: the platform broker may hold them
+                # (exactly once means finishing their handshake), and they are few.
                 found = db.execute(
-                    "SELECT id, size, device_id FROM queue WHERE priority = ? ORDER BY id LIMIT ?",
+                    "SELECT id, size, device_id FROM queue WHERE priority = ? AND mid IS NULL "
+                    "ORDER BY id LIMIT ?",
                     (priority, want + len(self.leased)),
                 ).fetchall()
                 rows = [r for r in found if r[0] not in self.leased][:want]
@@ -458,10 +498,12 @@ class Store:
         after = 0
         while True:
             rows = db.execute(
-                "SELECT id, size, received FROM queue WHERE id > ? ORDER BY id LIMIT 512", (after,)
+                "SELECT id, size, received, mid FROM queue WHERE id > ? ORDER BY id LIMIT 512",
+                (after,),
             ).fetchall()
-            old = [(rid, size) for rid, size, received in rows if received < cutoff]
-            doomed = [(rid, size) for rid, size in old if rid not in self.leased]
+            old = [(rid, size, mid) for rid, size, received, mid in rows if received < cutoff]
+            doomed = [(rid, size) for rid, size, mid in old
+                      if rid not in self.leased and mid is None]
             if doomed:
                 db.executemany("DELETE FROM queue WHERE id=?", [(rid,) for rid, _ in doomed])
                 self.bytes -= sum(int(size) for _, size in doomed)
@@ -504,53 +546,108 @@ class Store:
         return len(gone)
 
     def delivered(self, ids: Sequence[int]) -> int:
-        """Delete rows the upstream acknowledged; returns how many were still there."""
+        """Delete rows the platform took (PUBCOMP); returns how many were still there."""
         if not ids:
             return 0
         db = self.db
-        # A delete need not be fsynced: if a power cut undoes it, the row is sent again (a
-        # duplicate the platform can recognise, never a loss), and the next insert's fsync makes
-        # it durable anyway (WAL frames are written in order). A process crash cannot undo it.
+        # A delete need not be fsynced: if a power cut undoes it, the row is still marked
+        # released, so only a PUBREL is sent again (answered with PUBCOMP, no duplicate), and
+        # the next fsynced commit makes it durable anyway (WAL frames are written in order).
+        # A process crash cannot undo it.
         if self.synchronous == "full":
             db.execute("PRAGMA synchronous=NORMAL")
         db.execute("BEGIN IMMEDIATE")
         try:
-            n = 0
-            freed = 0
-            for rid in ids:
-                row = db.execute("DELETE FROM queue WHERE id=? RETURNING size", (rid,)).fetchone()
-                if row is not None:
-                    n += 1
-                    freed += int(row[0])
-            self._bump("delivered", n)
+            n, freed = self._delete(ids)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._reload_mirrors()
+            raise
+        finally:
+            if self.synchronous == "full":
+                db.execute("PRAGMA synchronous=FULL")
+        self._after_delete(ids, n, freed)
+        return n
+
+    def _delete(self, ids: Sequence[int]) -> tuple[int, int]:
+        """Inside a transaction: delete delivered rows, count them."""
+        n = 0
+        freed = 0
+        for rid in ids:
+            row = self.db.execute("DELETE FROM queue WHERE id=? RETURNING size", (rid,)).fetchone()
+            if row is not None:
+                n += 1
+                freed += int(row[0])
+        self._bump("delivered", n)
+        return n, freed
+
+    def _after_delete(self, ids: Sequence[int], n: int, freed: int) -> None:
+        for rid in ids:
+            self.leased.discard(rid)
+        self.bytes -= freed
+        self.depth -= n
+
+    def publish_rows(self, assign: Sequence[tuple[int, int, bool]], done: Sequence[int] = ()) -> int:
+        """One transaction: delete ``done`` rows (their QoS 2 handshake completed), then give
+        each ``(id, mid, replay)`` row its packet id and replay flag — committed (fsynced with
+        ``synchronous = full``) before any of those PUBLISHes leaves. Returns rows deleted."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            n, freed = self._delete(done)
+            db.executemany(
+                "UPDATE queue SET mid = ?, replay = ?, state = 1 WHERE id = ?",
+                [(mid, 1 if replay else 0, rid) for rid, mid, replay in assign],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._reload_mirrors()
+            raise
+        self._after_delete(done, n, freed)
+        return n
+
+    def mark_released(self, ids: Sequence[int]) -> None:
+        """The platform broker sent PUBREC for these rows: record it (durably) before PUBREL."""
+        if not ids:
+            return
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("UPDATE queue SET state = 2 WHERE id = ?", [(rid,) for rid in ids])
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
-        finally:
-            if self.synchronous == "full":
-                db.execute("PRAGMA synchronous=FULL")
-        for rid in ids:
-            self.leased.discard(rid)
-        self.bytes -= freed
-        self.depth -= n
-        return n
+
+    def in_flight(self) -> list[InFlight]:
+        """Rows that have a packet id (published or released), in store order."""
+        cur = self.db.execute(
+            "SELECT id, topic, payload, mid, replay, state FROM queue WHERE mid IS NOT NULL "
+            "ORDER BY id"
+        )
+        return [InFlight(int(r[0]), str(r[1]), decode_payload(bytes(r[2])), int(r[3]),
+                         bool(r[4]), int(r[5])) for r in cur]
 
     # -- reads --------------------------------------------------------------------------------
 
     def fetch(self, after_id: int, limit: int, upto_id: int | None = None) -> list[Row]:
-        """Rows with id > after_id (and <= upto_id), oldest first; they become leased."""
+        """Waiting rows (no packet id yet) with id > after_id (and <= upto_id), oldest first;
+        they become leased."""
         if upto_id is None:
             cur = self.db.execute(
                 "SELECT id, topic, payload, device_id, received FROM queue WHERE id > ? "
-                "ORDER BY id LIMIT ?",
+                "AND mid IS NULL ORDER BY id LIMIT ?",
                 (after_id, limit),
             )
         else:
             cur = self.db.execute(
                 "SELECT id, topic, payload, device_id, received FROM queue WHERE id > ? "
-                "AND id <= ? ORDER BY id LIMIT ?",
+                "AND id <= ? AND mid IS NULL ORDER BY id LIMIT ?",
                 (after_id, upto_id, limit),
             )
         rows = [Row(int(r[0]), str(r[1]), decode_payload(bytes(r[2])), r[3], float(r[4]))

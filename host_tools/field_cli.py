@@ -12,7 +12,7 @@ import getpass
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,11 @@ def cmd_flash(args: argparse.Namespace) -> int:
 # --- deploy --------------------------------------------------------------------------------
 
 
-def _deploy_one(port: str, board_name: str, args: argparse.Namespace, rep: Any) -> Any:
+def _deploy_one(port: str, board_name: str, args: argparse.Namespace, rep: Any,
+                board: Any = None) -> Any:
+    """Deploy to `port`; in the open `board` session when given (provision --deploy, so the
+    firmware is not started between deploy and provision), else in a session of its own that
+    ends by starting the new firmware."""
     from host_tools import deploy as dp
     from host_tools.board import Board
     from host_tools.provision import device_id_from_mac
@@ -164,10 +168,10 @@ def _deploy_one(port: str, board_name: str, args: argparse.Namespace, rep: Any) 
     cross = dp.find_mpy_cross(args.mpy_cross)
     build = dp.build_firmware(Path(args.firmware), cross)
     rep.stage("raw REPL")
-    with Board(port) as board:
+    with Board(port) if board is None else nullcontext(board) as session:
         rep.stage("copying")
-        res = dp.deploy(board, build, board_name, cross=cross, progress=rep.bytes)
-        device_id = device_id_from_mac(board.mac())
+        res = dp.deploy(session, build, board_name, cross=cross, progress=rep.bytes)
+        device_id = device_id_from_mac(session.mac())
     with _inventory(args) as inv:
         inv.record_event(
             "deploy", device_id=device_id, port=port, firmware_version=build.label,
@@ -259,12 +263,14 @@ def cmd_provision(args: argparse.Namespace) -> int:
 
     def work(job: Job[NodeSpec], rep: Reporter) -> tuple[str, Any]:
         firmware = None
-        if args.deploy:
-            res, _ = _deploy_one(job.port, job.spec.board, args, rep)
-            firmware = res.firmware
-        rep.stage("provisioning")
-        with _inventory(args) as inv, Board(job.port) as board:
-            result = provision_board(board, job.spec, inv, firmware_version=firmware)
+        with Board(job.port) as board:  # closing it starts the firmware with its new config
+            if args.deploy:
+                res, _ = _deploy_one(job.port, job.spec.board, args, rep, board)
+                firmware = res.firmware
+            rep.stage("provisioning")
+            with _inventory(args) as inv:
+                result = provision_board(board, job.spec, inv, firmware_version=firmware)
+            rep.stage("starting firmware")
         rep.bytes(1, 1)
         what = "credential rotated" if result.rotated else "new device"
         return (f"{result.device_id} {result.kind} @ {result.site_id}, "

@@ -164,6 +164,8 @@ def _translate(port: str, exc: BaseException) -> FieldError:
     text = str(exc)
     if isinstance(exc, serial.SerialException | OSError) and not isinstance(exc, FatalError):
         return translate_open_error(port, exc)  # type: ignore[return-value]
+    if "Could not open" in text:  # esptool's FatalError around pyserial's: busy, permission
+        return translate_open_error(port, exc)  # type: ignore[return-value]
     if "No serial data received" in text or "Failed to connect" in text or "Invalid head" in text:
         return NoSerialDataError(f"{port}: the board did not answer esptool ({text.splitlines()[0]})")
     if "does not contain an" in text or "is not an" in text:

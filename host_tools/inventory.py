@@ -13,7 +13,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,7 +141,12 @@ class Inventory:
             self._db.execute("ROLLBACK")
             raise
         else:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:  # disk full, I/O error, a drive that went away
+                with suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+                raise InventoryError(f"could not save to the inventory {self.path}: {exc}") from exc
 
     # --- writes -------------------------------------------------------------------------
 

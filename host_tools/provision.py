@@ -16,7 +16,7 @@ from typing import Any
 
 from host_tools import broker_auth
 from host_tools.board import Board
-from host_tools.errors import ProvisionError
+from host_tools.errors import FieldError, ProvisionError
 from host_tools.inventory import Device, Inventory, utc_now
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,9 +189,33 @@ def provision_board(
     )
     config = build_config(spec, device_id, password, version)
     data = json.dumps(config, separators=(",", ":")).encode()
-    with inventory.provisioning(device, board.port):
-        board.write_file_atomic(CONFIG_PATH, data)
+    before = board.read_file(CONFIG_PATH)  # put back if the inventory cannot record the new one
+    replaced = False
+    try:
+        with inventory.provisioning(device, board.port):
+            board.write_file_atomic(CONFIG_PATH, data)
+            replaced = True
+    except BaseException:
+        if replaced:  # the board has the new config but the inventory does not: undo it
+            _restore_config(board, before)
+        raise
     return ProvisionResult(device_id, board.port, spec.site_id, spec.kind, version, previous is not None)
+
+
+def _restore_config(board: Board, before: bytes | None) -> None:
+    """Put the board's config back as it was before a provision whose inventory write failed,
+    so the node never holds a credential the inventory (and so the broker) does not know."""
+    try:
+        if before is None:
+            board.remove(CONFIG_PATH)
+        else:
+            board.write_file_atomic(CONFIG_PATH, before)
+    except FieldError as exc:
+        raise ProvisionError(
+            f"the inventory did not record the new credential, and the board's previous config "
+            f"could not be put back ({exc})",
+            hint="Run the same provision command again: it writes a fresh config and records it.",
+        ) from exc
 
 
 def export_broker_files(inventory: Inventory, out_dir: Path, site_id: str) -> tuple[Path, Path]:

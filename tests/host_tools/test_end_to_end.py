@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import queue
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,8 +71,8 @@ def test_three_boards_provisioned_in_parallel_reach_the_gateway(
     local.start()
     try:
         upstream = broker_factory("platform", extra_config=ROOT_SAFE)
-        for vb in boards:
-            vb.hard_reset()  # press EN: the deployed firmware starts with its new config
+        # No EN press, no power cycle: provisioning left each board running its firmware.
+        assert all(vb.running_main for vb in boards)
         try:
             asyncio.run(_gateway_receives(tmp_path, local, upstream, gw_password, ids))
         except TimeoutError:
@@ -138,3 +139,69 @@ async def _gateway_receives(
         task.cancel()
         with __import__("contextlib").suppress(BaseException):
             await task
+
+
+def _next_status(spy: Client, device_id: str, after_boot: int, timeout_s: float = 30.0) -> dict:
+    """The first status the node publishes from a boot later than `after_boot`."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            topic, payload = spy.received.get(timeout=left)
+        except queue.Empty:
+            break
+        if topic == f"cityedge/v1/node/{device_id}/status":
+            status: dict = json.loads(payload)
+            if status["boot"] > after_boot:
+                return status
+    raise AssertionError(f"{device_id} published no status from a boot after {after_boot}")
+
+
+def test_node_runs_its_firmware_after_provision_verify_and_deploy(
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A technician who unplugs the laptop after any command leaves a running node: after
+    `provision`, `verify` and `deploy` the board leaves the raw REPL and soft-resets, so main.py
+    runs and its status and readings reach the broker without a power cycle or EN press."""
+    inv_path = tmp_path / "inventory.sqlite"
+    with Inventory(inv_path) as inv:
+        gw_password = create_gateway_credential(inv, "gw-rayong-01", SITE)
+    mac = "246f28000021"
+    device_id = f"ce-{mac}"
+    vb = vboard_factory(mac, mac, "air")
+    broker = MosquittoBroker("site", workdir=tmp_path / "site-broker",
+                             password_file=tmp_path / "broker" / "passwd",
+                             acl_file=tmp_path / "broker" / "acl", extra_config=ROOT_SAFE)
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    common = ["--port", vb.device, "--inventory", str(inv_path)]
+    assert cityedge([
+        "node", "provision", "--deploy", "--kind", "air", "--site", SITE, "--lat", "12.68",
+        "--lon", "101.27", "--board", "sim", "--ssid", "school-iot",
+        "--broker", f"127.0.0.1:{broker.port}", "--broker-dir", str(tmp_path / "broker"),
+        "--interval", "sample_s=1", "--interval", "report_s=2", *common,
+    ]) == 0
+    assert vb.running_main  # main.py started by the tool itself
+    broker.start()
+    try:
+        spy = Client(broker.port, "gw-rayong-01", gw_password)
+        spy.subscribe(f"cityedge/v1/node/{device_id}/#")
+        first = _next_status(spy, device_id, after_boot=-1)
+        assert first["config_error"] is None and first["reset_cause"] == "soft_reset"
+        deadline = time.monotonic() + 30
+        while spy.received.get(timeout=max(0.1, deadline - time.monotonic()))[0] != (
+            f"cityedge/v1/node/{device_id}/reading"
+        ):
+            pass  # a reading, authenticated with the node's own credential, reached the broker
+
+        assert cityedge(["node", "verify", *common]) == 0
+        assert vb.running_main
+        after_verify = _next_status(spy, device_id, after_boot=first["boot"])
+
+        assert cityedge(["node", "deploy", "--board", "sim", *common]) == 0
+        assert vb.running_main
+        after_deploy = _next_status(spy, device_id, after_boot=after_verify["boot"])
+        assert after_deploy["config_error"] is None
+        spy.close()
+    finally:
+        broker.stop(kill=True)

@@ -84,14 +84,16 @@ def test_bad_checksum_never_touches_the_board(tmp_path: Path, rom: FakeRom) -> N
 
 def test_image_for_another_chip_is_refused(tmp_path: Path, rom: FakeRom) -> None:
     image = make_image(tmp_path, chip_id=9)  # an ESP32-S3 image (IMAGE_CHIP_ID 9)
-    with pytest.raises(WrongChipError, match="not built for this ESP32"):
+    with pytest.raises(WrongChipError, match="not built for this ESP32") as exc:
         flashing.flash_image(rom.device, image, **PTY)
+    assert "ESP32_GENERIC" in exc.value.hint  # which image to download instead
     assert rom.chip.writes == []
 
 
 def test_image_problems_say_what_is_wrong(tmp_path: Path, rom: FakeRom) -> None:
-    with pytest.raises(ImageError, match="does not exist"):
+    with pytest.raises(ImageError, match="does not exist") as missing:
         flashing.flash_image(rom.device, tmp_path / "missing.bin", **PTY)
+    assert "micropython.org" in missing.value.hint and ".sha256" in missing.value.hint
     bad = tmp_path / "firmware.uf2"
     bad.write_bytes(b"UF2\n" + b"\0" * 100)
     with pytest.raises(ImageError, match="not an ESP32 firmware image") as exc:
@@ -113,6 +115,7 @@ def test_silent_board_explains_boot_button(tmp_path: Path, rom: FakeRom) -> None
 
 def test_wrong_chip_is_refused(tmp_path: Path, rom: FakeRom) -> None:
     rom.chip.regs[CHIP_DETECT_MAGIC_REG] = 0x000007C6  # ESP32-S2's magic value (esptool targets)
-    with pytest.raises(WrongChipError, match="ESP32-S2"):
+    with pytest.raises(WrongChipError, match="has an ESP32-S2, but the image is for ESP32") as exc:
         flashing.flash_image(rom.device, make_image(tmp_path), chip="esp32", **PTY)
+    assert "--chip" in exc.value.hint
     assert rom.chip.writes == []

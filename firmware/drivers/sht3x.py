@@ -10,11 +10,10 @@ except ImportError:
 
 
 ADDRESSES = (0x44, 0x45)  # datasheet "I2C address" table (ADDR pin low / high)
-_CMD_MEASURE_HI = (
-    b"\x24\x00"  # single shot, high repeatability, no clock stretching (single-shot command table)
-)
-_CMD_STATUS = b"\xf3\x2d"  # read status register ("Status Register" section)
-_CMD_RESET = b"\x30\xa2"  # soft reset ("Reset" section)
+# single shot, high repeatability, no clock stretching (single-shot command table)
+_CMD_MEASURE_HI = const(b"\x24\x00")
+_CMD_STATUS = const(b"\xf3\x2d")  # read status register ("Status Register" section)
+_CMD_RESET = const(b"\x30\xa2")  # soft reset ("Reset" section)
 MEASURE_MS = const(16)  # high repeatability max duration ~15 ms (timing table)
 
 REASONS = ("crc", "bus")

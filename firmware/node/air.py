@@ -6,6 +6,8 @@
 from node.filters import Window
 
 CHANNELS = ("pm1_cf1", "pm25_cf1", "pm10_cf1", "pm1_atm", "pm25_atm", "pm10_atm", "temp", "rh")
+# driver -> the channel of each value it returns (node.sensors)
+NAMES = {"pms5003": CHANNELS[:6], "sht3x": CHANNELS[6:], "bme280": CHANNELS[6:]}
 
 
 UNITS = {  # channel: (SenML unit, decimals kept: below the sensor's resolution)

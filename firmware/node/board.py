@@ -44,43 +44,43 @@ def bus(board, name, cache):
     return b
 
 
+def _cls(path):
+    """'drivers.mod.Class' -> the class, imported now. One long literal per driver: a string
+    over 10 characters is not interned, so the drivers this node does not use cost it no
+    interned names (qstrs), which stay in RAM after this module is unloaded."""
+    m, _, c = path.rpartition(".")
+    return getattr(__import__(m, None, None, (c,)), c)
+
+
 def driver(board, s, cache):
     """-> (driver object, its bus or None). Raises OSError/ValueError/KeyError on failure."""
     d = s["driver"]
     b = bus(board, s["bus"], cache) if "bus" in s else None
+    Pin = machine.Pin
     if d == "pms5003":
-        from drivers.pms5003 import PMS5003
-
         if "set_pin" in s:
-            machine.Pin(s["set_pin"], machine.Pin.OUT, value=1)  # SET high: running
-        return PMS5003(b, passive=True), b
+            Pin(s["set_pin"], Pin.OUT, value=1)  # SET high: running
+        return _cls("drivers.pms5003.PMS5003")(b, True), b
     if d == "sht3x":
-        from drivers.sht3x import SHT3x
-
-        return SHT3x(b, s.get("address", 0x44)), b
+        return _cls("drivers.sht3x.SHT3x")(b, s.get("address", 0x44)), b
     if d == "bme280":
-        from drivers.bme280 import BME280
-
-        return BME280(b, s.get("address", 0x76)), b
+        return _cls("drivers.bme280.BME280")(b, s.get("address", 0x76)), b
     if d in ("a02yyuw", "jsn-sr04t"):
-        from drivers.ultrasonic import UltrasonicUART
-
-        return UltrasonicUART(
+        # (uart, min_m, max_m, trigger)
+        return _cls("drivers.ultrasonic.UltrasonicUART")(
             b,
             s.get("blind_m", 0.03),
             s.get("max_m", 4.5),
-            trigger=s.get("trigger", False),
+            s.get("trigger", False),
             compensates=s.get("compensated", True),
         ), b
     if d in ("hc-sr04", "jsn-sr04t-pulse"):
-        from drivers.ultrasonic import UltrasonicPulse
         import time
 
-        trig = machine.Pin(s["trigger_pin"], machine.Pin.OUT)
-        echo = machine.Pin(s["echo_pin"], machine.Pin.IN)
-        return UltrasonicPulse(
-            trig,
-            echo,
+        # (trigger, echo, pulse_us, sleep_us, pings, min_m, max_m)
+        return _cls("drivers.ultrasonic.UltrasonicPulse")(
+            Pin(s["trigger_pin"], Pin.OUT),
+            Pin(s["echo_pin"], Pin.IN),
             machine.time_pulse_us,
             time.sleep_us,
             s.get("pings", 5),
@@ -89,21 +89,20 @@ def driver(board, s, cache):
             compensates=s.get("compensated", False),
         ), None
     if d == "pressure":
-        from drivers.pressure import PressureTransducer
-
-        adc = machine.ADC(machine.Pin(s["adc_pin"]), atten=machine.ADC.ATTN_11DB)
-        return PressureTransducer(
-            adc, s.get("p_max_kpa", 100.0), divider=s.get("divider", 1.0)
+        adc = machine.ADC(Pin(s["adc_pin"]), atten=machine.ADC.ATTN_11DB)
+        # (adc, p_max_kpa, divider)
+        return _cls("drivers.pressure.PressureTransducer")(
+            adc, s.get("p_max_kpa", 100.0), s.get("divider", 1.0)
         ), None
     if d == "qmc5883l":
-        from drivers.qmc5883l import QMC5883L
-
-        return QMC5883L(b, s.get("address", 0x0D)), b
+        return _cls("drivers.qmc5883l.QMC5883L")(b, s.get("address", 0x0D)), b
     raise ValueError("unknown driver %s" % d)
 
 
 def bring_up(sensor, board, cache):
     try:
+        if sensor.names is None:
+            raise ValueError("%s: not a sensor this kind of node reports" % sensor.driver)
         sensor.dev, sensor.bus = driver(board, sensor.spec, cache)
         return True
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -114,13 +113,14 @@ def bring_up(sensor, board, cache):
 def sensors(board, kind, cache):
     from node.sensors import Sensor
 
+    names = __import__("node." + kind, None, None, ("NAMES",)).NAMES
     specs = board.get("sensors", {}).get(kind, [])
     out = []
     for first in (True, False):
         for s in specs:
             # temperature first: the ultrasonic compensates with it
             if (s.get("driver") in ("sht3x", "bme280")) == first:
-                out.append(Sensor(s, kind))
+                out.append(Sensor(s, names.get(s.get("driver"))))
     for x in out:
         bring_up(x, board, cache)
     return out
@@ -131,10 +131,8 @@ def battery(board):
     if not spec:
         return None
     try:
-        from drivers.battery import Battery
-
         adc = machine.ADC(machine.Pin(spec["adc_pin"]), atten=machine.ADC.ATTN_11DB)
-        return Battery(adc, divider=spec.get("divider", 2.0))
+        return _cls("drivers.battery.Battery")(adc, spec.get("divider", 2.0))
     except (OSError, ValueError, KeyError, ImportError):
         return None
 

@@ -5,7 +5,9 @@ import json
 import asyncio
 from node import clock
 
-_CMDS = ("set", "reboot", "identify", "status")
+from micropython import const
+
+_CMDS = const(("set", "reboot", "identify", "status"))
 
 
 def _parse(raw):
@@ -54,14 +56,17 @@ async def handle(app, raw):
         await _ack(app, cid, False, err)
         return
     if cmd == "set":
-        from node import config
+        from node.app import use, drop
 
+        config = use("config")
         err = config.apply_set(app.cfg, args)
         if err is None:
             try:
                 config.save_set(args)
             except (OSError, ValueError) as e:
                 err = "set applied but not saved to config.json: %s" % e
+        del config
+        drop("config")  # not resident: give its RAM back
         await _ack(app, cid, err is None, err)
         app.request_status()
     elif cmd == "status":

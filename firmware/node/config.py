@@ -10,50 +10,38 @@ PATH = "config.json"
 KINDS = ("air", "water", "parking")
 
 
+# The defaults as JSON text, parsed on each call (callers mutate their copy). Text, not a dict
+# literal: a string this long is not interned, so keys only the defaults name (site_id,
+# location, ...) cost no interned name (qstr) on the node; json.loads makes plain strings.
+# intervals (every duration lives there: the simulation divides them all by its speed-up):
+#   sample_s read the sensors; report_s one averaged reading (air, water at rest); status_s
+#   heartbeat on .../status; heartbeat_s parking: a reading even without a state change;
+#   alarm_report_s water: report period while alarming; warmup_s PMS fan run before a reading
+#   when it sleeps between samples; batch_s battery boards: radio wake period; custody_s
+#   resend unacknowledged readings after this long.
+# thresholds: warn_distance_m water, 0 = off, at or below it: alarm; rise_m_per_min water:
+#   level rising faster: alarm; on_ut/off_ut parking: delta from the free-bay baseline (uT)
+#   with on_count/off_count consecutive samples above/below; baseline_alpha tracking weight
+#   while free; outlier_mads air: samples further than this many MADs from the median drop.
+_DEFAULTS = (
+    '{"device_id": "", "kind": "air", "site_id": "",'
+    ' "location": {"lat": 0.0, "lon": 0.0, "elev_m": 0.0},'
+    ' "wifi": {"ssid": "", "password": ""},'
+    ' "mqtt": {"host": "", "port": 1883, "username": "", "password": "", "tls": false,'
+    ' "keepalive_s": 60},'
+    ' "ntp_host": "",'
+    ' "intervals": {"sample_s": 10.0, "report_s": 60.0, "status_s": 300.0,'
+    ' "heartbeat_s": 600.0, "alarm_report_s": 10.0, "warmup_s": 30.0, "batch_s": 900.0,'
+    ' "custody_s": 30.0},'
+    ' "thresholds": {"warn_distance_m": 0.0, "rise_m_per_min": 0.05, "on_ut": 12.0,'
+    ' "off_ut": 6.0, "on_count": 3, "off_count": 3, "baseline_alpha": 0.05,'
+    ' "outlier_mads": 3.5},'
+    ' "outbox_slots": 512, "credential_version": 1}'
+)
+
+
 def defaults():
-    # A fresh dict each call: callers mutate their copy.
-    return {
-        "device_id": "",
-        "kind": "air",
-        "site_id": "",
-        "location": {"lat": 0.0, "lon": 0.0, "elev_m": 0.0},
-        "wifi": {"ssid": "", "password": ""},
-        "mqtt": {
-            "host": "",
-            "port": 1883,
-            "username": "",
-            "password": "",
-            "tls": False,
-            "keepalive_s": 60,
-        },
-        "ntp_host": "",
-        # Every duration lives here: the simulation divides them all by its speed-up.
-        "intervals": {
-            "sample_s": 10.0,  # read the sensors
-            "report_s": 60.0,  # publish one averaged reading (air, water at rest)
-            "status_s": 300.0,  # heartbeat on .../status
-            "heartbeat_s": 600.0,  # parking: reading even without a state change
-            "alarm_report_s": 10.0,  # water: report period while the level is alarming
-            "warmup_s": 30.0,  # PMS fan run before a reading when sleeping between samples
-            "batch_s": 900.0,  # battery boards: radio wake period for queued readings
-            "custody_s": 30.0,  # resend un-acknowledged readings after this long
-        },
-        "thresholds": {
-            # water: distance sensor face -> water; smaller distance = higher water
-            "warn_distance_m": 0.0,  # 0 disables; at or below it: alarm
-            "rise_m_per_min": 0.05,  # level rising faster than this: alarm
-            # parking: vector distance from the free-bay baseline (uT)
-            "on_ut": 12.0,  # N consecutive samples above -> occupied
-            "off_ut": 6.0,  # M consecutive samples below -> free
-            "on_count": 3,
-            "off_count": 3,
-            "baseline_alpha": 0.05,  # baseline tracking weight while free
-            # air: samples further than this many MADs from the median are dropped
-            "outlier_mads": 3.5,
-        },
-        "outbox_slots": 512,
-        "credential_version": 1,
-    }
+    return json.loads(_DEFAULTS)
 
 
 def _is_num(v):

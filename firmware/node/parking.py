@@ -6,6 +6,8 @@
 import math
 
 
+NAMES = {"qmc5883l": ("mag_x", "mag_y", "mag_z")}  # driver -> its channels (node.sensors)
+
 UNITS = {  # channel: (SenML unit, decimals kept)
     "mag_x": ("uT", 2),
     "mag_y": ("uT", 2),

@@ -8,11 +8,13 @@ _RETRY_EVERY = const(30)  # samples between re-tries of a sensor that failed bri
 
 
 class Sensor:
-    def __init__(self, spec, kind):
+    def __init__(self, spec, names):
         self.spec = spec
         self.name = spec.get("name", spec["driver"])
         self.driver = spec["driver"]
-        self.kind = kind
+        # The channel each value of the driver goes to (None: not reported), from the node
+        # kind's NAMES, so this resident module names no kind's channels.
+        self.names = names
         self.dev = None
         self.bus = None
         self.init_errors = 0
@@ -45,6 +47,7 @@ class Sensor:
                 return False
         d = self.driver
         dev = self.dev
+        names = self.names
         if d == "pms5003":
             u = self.bus
             n = u.any()
@@ -60,49 +63,27 @@ class Sensor:
                 v = dev.read()
             finally:
                 dev.passive = True
-            if v is None:
-                return False
-            out["pm1_cf1"] = v[0]
-            out["pm25_cf1"] = v[1]
-            out["pm10_cf1"] = v[2]
-            out["pm1_atm"] = v[3]
-            out["pm25_atm"] = v[4]
-            out["pm10_atm"] = v[5]
-            return True
-        if d == "sht3x" or d == "bme280":
+        elif d == "sht3x" or d == "bme280":
             if not dev.start():
                 return False
             await asyncio.sleep_ms(20)  # SHT3x high repeatability 15 ms; BME280 x1 9.3 ms max
             v = dev.read_result()
-            if v is None:
-                return False
-            if self.kind == "air":
-                out["temp"] = v[0]
-                out["rh"] = v[1]
-            else:
-                out["air_temp"] = v[0]
-                if d == "bme280" and self.kind == "water":
-                    out["baro"] = v[2] / 10.0  # hPa -> kPa
-            return True
-        if d == "pressure":
+            if v is not None and len(v) > 2:
+                v = (v[0], v[1], v[2] / 10.0)  # BME280 pressure: hPa -> kPa (contract unit)
+        elif d == "pressure" or d == "qmc5883l":
             v = dev.read()
-            if v is None:
-                return False
-            out["pressure"] = v
-            return True
-        if d == "qmc5883l":
-            v = dev.read()
-            if v is None:
-                return False
-            out["mag_x"] = v[0]
-            out["mag_y"] = v[1]
-            out["mag_z"] = v[2]
-            return True
-        # ultrasonic: compensate with the air temperature read just before, if any
-        v = dev.read(out.get("air_temp"))
+        else:
+            # ultrasonic: names = (distance, the air temperature channel read just before,
+            # which compensates the speed of sound, if there is one)
+            v = dev.read(out.get(names[1]))
         if v is None:
             return False
-        out["distance"] = v
+        if not isinstance(v, tuple):
+            out[names[0]] = v
+            return True
+        for i in range(len(names)):
+            if names[i] is not None:
+                out[names[i]] = v[i]
         return True
 
     def power(self, on):

@@ -22,31 +22,37 @@ def sensor_errors(app):
 
 
 def build(app):
+    """The status JSON, formatted directly (a long template is not interned: none of its keys
+    costs an interned name, and no dict is built per status)."""
     gc.collect()
     ob = app.outbox
-    bv = app.battery_v()
-    iv = {}
-    for k in ("sample_s", "report_s", "status_s"):
-        iv[k] = app.cfg["intervals"][k]
+    iv = app.cfg["intervals"]
     err = app.config_error
-    return json.dumps(
-        {
-            "v": 1,
-            "device_id": app.device_id,
-            "kind": app.kind_name,
-            "fw": FW,
-            "boot": app.boot,
-            "t": clock.now(),
-            "synced": clock.synced,
-            "uptime_s": app.uptime_s(),
-            "reset_cause": app.reset_cause,
-            "free_heap": gc.mem_free(),
-            "rssi_dbm": app.rssi,
-            "battery_v": bv,
-            "outbox": {"depth": ob.depth, "capacity": ob.cap, "dropped": ob.dropped},
-            "sensor_errors": sensor_errors(app),
-            "config_error": err[:200] if err else None,
-            "intervals": iv,
-            "seq": app.seq,
-        }
+    d = json.dumps
+    return (
+        '{"v":1,"device_id":"%s","kind":"%s","fw":"%s","boot":%d,"t":%d,"synced":%s,'
+        '"uptime_s":%d,"reset_cause":"%s","free_heap":%d,"rssi_dbm":%s,"battery_v":%s,'
+        '"outbox":{"depth":%d,"capacity":%d,"dropped":%d},"sensor_errors":%s,'
+        '"config_error":%s,"intervals":{"sample_s":%s,"report_s":%s,"status_s":%s},"seq":%d}'
+    ) % (
+        app.device_id,
+        app.kind_name,
+        FW,
+        app.boot,
+        clock.now(),
+        d(clock.synced),
+        app.uptime_s(),
+        app.reset_cause,
+        gc.mem_free(),
+        d(app.rssi),
+        d(app.battery_v()),
+        ob.depth,
+        ob.cap,
+        ob.dropped,
+        d(sensor_errors(app)),
+        d(err[:200] if err else None),
+        d(iv["sample_s"]),
+        d(iv["report_s"]),
+        d(iv["status_s"]),
+        app.seq,
     )

@@ -6,6 +6,18 @@ from array import array
 from node.filters import Window
 
 CHANNELS = ("distance", "air_temp", "pressure", "baro")
+# driver -> the channel of each value it returns (node.sensors; None: not reported); an
+# ultrasonic sensor's second name is the temperature that compensates its speed of sound.
+_US = ("distance", "air_temp")
+NAMES = {
+    "sht3x": ("air_temp",),
+    "bme280": ("air_temp", None, "baro"),
+    "pressure": ("pressure",),
+    "a02yyuw": _US,
+    "jsn-sr04t": _US,
+    "hc-sr04": _US,
+    "jsn-sr04t-pulse": _US,
+}
 _RHO_G = 9806.65  # Pa per metre of fresh water (1000 kg/m3 * 9.80665 m/s2)
 _P_STD_KPA = 101.325  # standard atmosphere, when there is no barometer
 

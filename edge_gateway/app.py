@@ -69,6 +69,7 @@ class _Incoming:
     device_id: str
     body: dict[str, Any]
     received: float
+    ack: tuple[aiomqtt.Client, int, int] | None = None  # (site client, mid, qos): PUBACK later
 
 
 @dataclass
@@ -111,6 +112,17 @@ def _tls_context(section: BrokerSection) -> ssl.SSLContext | None:
     if section.tls_insecure:
         ctx.check_hostname = False
     return ctx
+
+
+def _puback(ack: tuple[aiomqtt.Client, int, int] | None) -> None:
+    """PUBACK a site-broker message (manual ack). On a connection that is gone this does
+    nothing: the broker sends the message again on the next connection."""
+    if ack is None:
+        return
+    client, mid, qos = ack
+    if qos > 0:
+        with contextlib.suppress(Exception):
+            client._client.ack(mid, qos)  # noqa: SLF001
 
 
 def custody_ranges(keys: list[tuple[str, int, int]]) -> list[tuple[str, int, int, int]]:
@@ -378,6 +390,11 @@ class Gateway:
                 client = self._client(
                     section, f"cityedge-{self.config.gateway_id}", clean_session=False
                 )
+                # A reading is PUBACKed to the site broker only after its group commit: until
+                # then the broker keeps it in our persistent session and, after a crash, sends
+                # it again *before* newer readings — so a crash does not reorder a device's
+                # readings (a node's own resend would arrive after newer ones).
+                client._client.manual_ack_set(True)  # noqa: SLF001 - paho's manual ack
                 async with client:
                     for topic in contract.NODE_SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)
@@ -408,7 +425,8 @@ class Gateway:
                     raise _Reconnect()
                 message = nxt.result()
                 nxt = None
-                await self._on_message(client, str(message.topic), message.payload)
+                await self._on_message(client, str(message.topic), message.payload,
+                                       (client, message.mid, message.qos))
         finally:
             reconnect.cancel()
             if nxt is not None:
@@ -416,7 +434,10 @@ class Gateway:
                 with contextlib.suppress(BaseException):
                     await nxt
 
-    async def _on_message(self, client: aiomqtt.Client, topic: str, payload: Any) -> None:
+    async def _on_message(
+        self, client: aiomqtt.Client, topic: str, payload: Any,
+        ack: tuple[aiomqtt.Client, int, int] | None = None,
+    ) -> None:
         assert self._queue is not None
         self.counters["messages_in"] += 1
         data = payload if isinstance(payload, bytes) else str(payload).encode()
@@ -426,11 +447,13 @@ class Gateway:
         now = time.time()
         if not isinstance(result, Accepted):
             self._dead_letter(client, topic, data, result.reason_code, result.reason)
+            _puback(ack)
             return
         if result.leaf == "reading":
             self.counters["readings_in"] += 1
             self.devices.reading(result.device_id, result.body, now)
-            await self._queue.put(_Incoming(result.device_id, result.body, now))
+            await self._queue.put(_Incoming(result.device_id, result.body, now, ack))
+            return
         elif result.leaf == "status":
             self.devices.status(result.device_id, result.body, now)
         elif result.leaf == "state":
@@ -438,6 +461,7 @@ class Gateway:
         else:
             self.counters["command_acks"] += 1
             self.devices.seen(result.device_id, now)
+        _puback(ack)
 
     def _known_kind(self, device_id: str) -> str | None:
         entry = self.config.device(device_id)
@@ -498,11 +522,15 @@ class Gateway:
                 self.counters["store_errors"] += 1
                 log.error("store write failed (%d in a row), %d readings not acknowledged: %s",
                           self._store_failures, len(batch), exc)
+                for item in batch:  # no custody: the nodes send them again
+                    _puback(item.ack)
                 if self._store_failures >= 10:
                     raise
                 await asyncio.sleep(1.0)
                 continue
             self._store_failures = 0
+            for item in batch:
+                _puback(item.ack)
             self._after_commit(result)
 
     def _pipeline(self, batch: list[_Incoming]) -> _PipelineResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
@@ -90,6 +91,9 @@ def _open_failure(port: str) -> BaseException | None:
     return None
 
 
+_ATTEMPT_S = 2.0  # one try at the raw REPL; Board retries until its timeout_s
+
+
 class Board:
     """An open raw-REPL session. Use as a context manager.
 
@@ -106,7 +110,7 @@ class Board:
         port: str,
         baud: int = 115200,
         soft_reset: bool = True,
-        timeout_s: float = 10.0,
+        timeout_s: float = 15.0,
         *,
         run_main: bool = True,
     ) -> None:
@@ -120,11 +124,26 @@ class Board:
             self._t = SerialTransport(port, baudrate=baud, timeout=0.5)
         except (TransportError, serial.SerialException, OSError) as exc:
             raise translate_open_error(port, _open_failure(port) or exc) from exc
-        try:
-            self._t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=timeout_s)
-        except (TransportError, serial.SerialException, OSError) as exc:
-            self._t.close()
-            raise RawReplError(f"the board on {port} did not enter the raw REPL ({exc})") from exc
+        # Several short attempts rather than one long one: a board that is asleep (battery
+        # boards deep-sleep between samples), rebooting or busy in a C call misses one Ctrl-C,
+        # and answers a later one. A board already in the raw REPL answers a repeated Ctrl-A.
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                self._t.enter_raw_repl(
+                    soft_reset=soft_reset, timeout_overall=min(_ATTEMPT_S, max(left, 0.1))
+                )
+                break
+            except TransportError as exc:
+                if deadline - time.monotonic() > 0:
+                    log.debug("%s: no raw REPL yet (%s), trying again", port, exc)
+                    continue
+                self._t.close()
+                raise RawReplError(f"the board on {port} did not enter the raw REPL ({exc})") from exc
+            except (serial.SerialException, OSError) as exc:
+                self._t.close()
+                raise RawReplError(f"the board on {port} did not enter the raw REPL ({exc})") from exc
 
     def __enter__(self) -> Self:
         return self

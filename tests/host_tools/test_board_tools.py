@@ -314,3 +314,19 @@ def test_inventory_failure_after_the_board_write_puts_the_board_back(
     assert (known.flash_dir / "config.json").read_bytes() == old_config
     assert inv.device("ce-246f28000032") == old
     assert _inventory_counts(tmp_path / "inv.sqlite") == (1, 1)
+
+
+def test_board_busy_for_a_while_is_reached_by_a_later_ctrl_c(tmp_path: Path) -> None:
+    """A board that misses the first Ctrl-C (asleep between samples, booting, stuck in a C
+    call) is tried again until `timeout_s`, then answers."""
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "main.py").write_text(
+        "import time\nprint('deaf')\nt = time.time()\nwhile time.time() - t < 3:\n    try:\n"
+        "        time.sleep(0.05)\n    except KeyboardInterrupt:\n        pass\n"
+        "print('awake')\nwhile True:\n    time.sleep(0.05)\n"
+    )
+    with VirtualBoard(flash) as vb:
+        assert vb.wait_for(b"deaf")
+        with Board(vb.device, timeout_s=10) as board:
+            assert board.exec("print(6 * 7)").strip() == "42"

@@ -28,11 +28,14 @@ class Kind:
 
     def __init__(self, app):
         self.app = app
-        self.win = Window(CHANNELS)
+        self.win = Window(CHANNELS, self._per())
         self.t_start = None
 
     def _iv(self, k):
         return self.app.cfg["intervals"][k]
+
+    def _per(self):
+        return round(self._iv("report_s") / self._iv("sample_s"))  # samples per report
 
     def sleeps_sensor(self):
         return self._iv("sample_s") >= 4 * self._iv("warmup_s")
@@ -55,8 +58,9 @@ class Kind:
                 s.power(False)
         if self.t_start is None:
             self.t_start = t
+        per = self._per()
+        self.win.fit(per)
         self.win.add(values)
-        per = round(self._iv("report_s") / self._iv("sample_s"))
         if self.win.samples < per:
             return None
         out = self.win.robust(self.app.cfg["thresholds"]["outlier_mads"])

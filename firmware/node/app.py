@@ -99,31 +99,17 @@ class App:
 
     def emit(self, values, t, window_s, n, alarm):
         """Turn one kind result into a reading staged in the outbox. The JSON is formatted
-        directly (ASCII only: names, units and numbers), without building dicts per channel."""
+        directly (ASCII only: names, units and numbers), without a dict per channel, and kept
+        as a list of short pieces: no 400-byte string has to find room in a fragmented heap
+        (the outbox writes the pieces one after the other)."""
         v = self.battery_v()
         if v is not None:
             values["battery"] = v
         units = self.kind.UNITS
-        parts = []
-        for ch, v in values.items():
-            u, places = units.get(ch, ("V", 3))  # else: battery, mV
-            if isinstance(v, bool):
-                v = "true" if v else "false"
-            elif v != v or v - v != 0:  # NaN, or +-inf (inf - inf is NaN)
-                continue  # never a non-number on the wire (a driver fault)
-            else:
-                v = repr(round(v, places))
-            parts.append('"%s":{"v":%s,"u":"%s"}' % (ch, v, u))
-        if not parts:
-            return False  # every sensor failed: no reading (the errors are in the status)
         tf = ("false", "true")
-        self.outbox.add(
-            self.boot,
-            self.seq,
-            (
-                '{"v":1,"device_id":"%s","kind":"%s","fw":"%s","boot":%d,"seq":%d,"t":%d,'
-                '"synced":%s,"window_s":%d,"n":%d,"alarm":%s,"raw":{%s}}'
-            )
+        parts = [
+            '{"v":1,"device_id":"%s","kind":"%s","fw":"%s","boot":%d,"seq":%d,"t":%d,'
+            '"synced":%s,"window_s":%d,"n":%d,"alarm":%s,"raw":{'
             % (
                 self.device_id,
                 self.kind_name,
@@ -135,9 +121,21 @@ class App:
                 window_s,
                 n,
                 tf[alarm],
-                ",".join(parts),
-            ),
-        )
+            )
+        ]
+        for ch, v in values.items():
+            u, places = units.get(ch, ("V", 3))  # else: battery, mV
+            if isinstance(v, bool):
+                v = tf[v]
+            elif v != v or v - v != 0:  # NaN, or +-inf (inf - inf is NaN)
+                continue  # never a non-number on the wire (a driver fault)
+            else:
+                v = repr(round(v, places))
+            parts.append('%s"%s":{"v":%s,"u":"%s"}' % ("," if len(parts) > 1 else "", ch, v, u))
+        if len(parts) == 1:
+            return False  # every sensor failed: no reading (the errors are in the status)
+        parts.append("}}")
+        self.outbox.add(self.boot, self.seq, parts)
         self.seq += 1
         return True
 
@@ -241,7 +239,7 @@ class App:
     # --- status and commands ---
 
     async def send_status(self):
-        msg = use("status").build(self)
+        msg = use("status").build(self)  # a list of short pieces, sent one after the other
         drop("status")
         log("status free_heap %d depth %d" % (gc.mem_free(), self.outbox.depth))
         await self.link.publish(self.t_status, msg, 1)

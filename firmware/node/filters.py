@@ -52,9 +52,11 @@ def robust_mean(a, n, k, scratch):
 
 
 class Window:
-    """Samples of named channels over one report window."""
+    """Samples of named channels over one report window. Sized to the samples a report
+    actually takes (fit() grows it after a `set`), not to the most a config allows."""
 
     def __init__(self, channels, size=_MAX_SAMPLES):
+        size = min(max(size, 1), _MAX_SAMPLES)
         self.channels = channels
         self.size = size
         self.data = {}
@@ -64,6 +66,20 @@ class Window:
             self.count[c] = 0
         self._scratch = array("f", bytes(4 * size))
         self.samples = 0
+
+    def fit(self, size):
+        """Room for `size` samples per channel; the samples already held stay."""
+        size = min(max(size, 1), _MAX_SAMPLES)
+        if size <= self.size:
+            return
+        for c in self.channels:
+            old = self.data[c]
+            a = array("f", bytes(4 * size))
+            for i in range(self.count[c]):
+                a[i] = old[i]
+            self.data[c] = a
+        self._scratch = array("f", bytes(4 * size))
+        self.size = size
 
     def add(self, values):
         self.samples += 1

@@ -160,18 +160,22 @@ class Core:
     # --- outgoing packets ---
 
     async def publish(self, topic, msg, qos=0, retain=False, pid=0, dup=False, timeout_ms=10000):
-        """Queue and flush one PUBLISH. msg: bytes, bytearray, memoryview or str.
+        """Queue and flush one PUBLISH. msg: bytes, bytearray, memoryview or str, or a list
+        of them sent one after the other (a long message without one large allocation).
         The fixed header and topic are built in the small output buffer; the payload is
-        queued straight from the caller's buffer (no copy), in the same synchronous step."""
-        if isinstance(msg, str):
-            msg = msg.encode()
+        queued straight from the caller's buffers (no copy), in the same synchronous step."""
+        parts = msg if isinstance(msg, list) else (msg,)
+        n = 0
+        for p in parts:
+            n += len(memoryview(p))  # UTF-8 bytes of a str
         pos = self._put_str(5, topic)
         if qos:
             struct.pack_into("!H", self._obuf, pos, pid)
             pos += 2
         first = _PUBLISH | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
-        self._send(first, pos + len(msg) - 5, 5, pos)
-        self._w.write(msg)
+        self._send(first, pos + n - 5, 5, pos)
+        for p in parts:
+            self._w.write(p)
         await self._drain(timeout_ms)
 
     async def subscribe(self, topic, qos, pid, timeout_ms=10000):

@@ -25,6 +25,15 @@ _MAGIC = const(0xCE)
 _MAX_PAYLOAD = const(496)  # _SLOT - _HDR
 
 
+def _size(payload):
+    if isinstance(payload, list):
+        n = 0
+        for p in payload:
+            n += len(p)
+        return n
+    return len(payload)
+
+
 class Outbox:
     def __init__(
         self, directory="data", cap=512, persist_ms=60000, ticks_ms=None, ticks_diff=None, hint=None
@@ -155,9 +164,10 @@ class Outbox:
     # --- producer side ---
 
     def add(self, boot, seq, payload):
-        """Stage one record (payload: bytes, or an ASCII-only str, written as is: its length
-        is its byte count) of at most _MAX_PAYLOAD bytes for the next flush."""
-        if len(payload) > _MAX_PAYLOAD:
+        """Stage one record of at most _MAX_PAYLOAD bytes for the next flush. payload: bytes,
+        an ASCII-only str (written as is: its length is its byte count), or a list of such
+        pieces, written one after the other (no large string to allocate)."""
+        if _size(payload) > _MAX_PAYLOAD:
             raise ValueError("record too long for an outbox slot")
         if len(self._staged) >= 8:
             # Flash writes keep failing: do not let RAM fill up; drop and count the oldest.
@@ -170,9 +180,6 @@ class Outbox:
         return len(self._staged)
 
     def flush(self):
-        """Write the staged records to their slots, oldest first, then sync once."""
-        if not self._staged:
-            return 0
         f = self._f
         hb = self._hb
         n = 0
@@ -187,13 +194,16 @@ class Outbox:
                     self.sent -= 1
                 self.dropped += 1
                 self._dirty = True
-            ln = len(payload)
-            struct.pack_into("<BBHIII", hb, 0, _MAGIC, 0, ln, boot, seq, 0)
-            c = crc32(payload, crc32(memoryview(hb)[2:12]))
+            parts = payload if isinstance(payload, list) else (payload,)
+            struct.pack_into("<BBHIII", hb, 0, _MAGIC, 0, _size(payload), boot, seq, 0)
+            c = crc32(memoryview(hb)[2:12])
+            for p in parts:
+                c = crc32(p, c)
             struct.pack_into("<I", hb, 12, c)
             f.seek(self.head * _SLOT)
             f.write(hb)
-            f.write(payload)
+            for p in parts:
+                f.write(p)
             self.head = (self.head + 1) % self.cap
             self.depth += 1
             st.pop(0)

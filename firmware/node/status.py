@@ -22,37 +22,33 @@ def sensor_errors(app):
 
 
 def build(app):
-    """The status JSON, formatted directly (a long template is not interned: none of its keys
-    costs an interned name, and no dict is built per status)."""
+    """The status JSON as a list of short pieces (node.mqtt sends them one after the other):
+    no dict per status and no 500-byte string to find room for in a fragmented heap; a long
+    template is not interned, so its keys cost no qstr."""
     gc.collect()
     ob = app.outbox
     iv = app.cfg["intervals"]
     err = app.config_error
     d = json.dumps
-    return (
+    return [
         '{"v":1,"device_id":"%s","kind":"%s","fw":"%s","boot":%d,"t":%d,"synced":%s,'
-        '"uptime_s":%d,"reset_cause":"%s","free_heap":%d,"rssi_dbm":%s,"battery_v":%s,'
-        '"outbox":{"depth":%d,"capacity":%d,"dropped":%d},"sensor_errors":%s,'
-        '"config_error":%s,"intervals":{"sample_s":%s,"report_s":%s,"status_s":%s},"seq":%d}'
-    ) % (
-        app.device_id,
-        app.kind_name,
-        FW,
-        app.boot,
-        clock.now(),
-        d(clock.synced),
-        app.uptime_s(),
-        app.reset_cause,
-        gc.mem_free(),
-        d(app.rssi),
-        d(app.battery_v()),
-        ob.depth,
-        ob.cap,
-        ob.dropped,
+        '"uptime_s":%d,"reset_cause":"%s",'
+        % (
+            app.device_id,
+            app.kind_name,
+            FW,
+            app.boot,
+            clock.now(),
+            d(clock.synced),
+            app.uptime_s(),
+            app.reset_cause,
+        ),
+        '"free_heap":%d,"rssi_dbm":%s,"battery_v":%s,'
+        '"outbox":{"depth":%d,"capacity":%d,"dropped":%d},"sensor_errors":'
+        % (gc.mem_free(), d(app.rssi), d(app.battery_v()), ob.depth, ob.cap, ob.dropped),
         d(sensor_errors(app)),
+        ',"config_error":',
         d(err[:200] if err else None),
-        d(iv["sample_s"]),
-        d(iv["report_s"]),
-        d(iv["status_s"]),
-        app.seq,
-    )
+        ',"intervals":{"sample_s":%s,"report_s":%s,"status_s":%s},"seq":%d}'
+        % (d(iv["sample_s"]), d(iv["report_s"]), d(iv["status_s"]), app.seq),
+    ]

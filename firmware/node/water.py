@@ -51,7 +51,7 @@ class Kind:
 
     def __init__(self, app):
         self.app = app
-        self.win = Window(CHANNELS)
+        self.win = Window(CHANNELS, self._per())
         self.t_start = None
         self.alarm = False
         self.since = 0  # samples since the last report
@@ -67,6 +67,9 @@ class Kind:
 
     def _iv(self, k):
         return self.app.cfg["intervals"][k]
+
+    def _per(self):
+        return round(self._iv("report_s") / self._iv("sample_s"))  # samples per report
 
     def _rise_m_per_min(self, t, lv):
         """Median of the last 3 levels against the median of the 3 before, per minute: one
@@ -101,6 +104,7 @@ class Kind:
             await s.read(values, self.app)
         if self.t_start is None:
             self.t_start = t
+        self.win.fit(self._per())
         self.win.add(values)
         self.since += 1
         was = self.alarm
@@ -108,7 +112,7 @@ class Kind:
         if self.alarm:
             per = max(1, round(self._iv("alarm_report_s") / self._iv("sample_s")))
         else:
-            per = round(self._iv("report_s") / self._iv("sample_s"))
+            per = self._per()
         if not (self.alarm and not was) and self.since < per:
             return None
         out = self.win.medians()

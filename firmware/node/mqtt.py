@@ -32,6 +32,7 @@ _ECONNABORTED = const(103)
 _EPROTO = const(71)
 _OBUF = const(320)
 _IBUF = const(384)
+_RETRIES = const(3)  # PUBLISH retransmissions (DUP) before the link is dropped
 
 
 class Core:
@@ -58,7 +59,6 @@ class Core:
         self._hdr = bytearray(5)  # [0]: a received byte; [1:5]: remaining-length encoding
         self._r = None
         self._w = None
-        self.oversized = 0  # incoming packets larger than ibuf, drained and dropped
 
     # --- packet building (synchronous: a packet is built and queued without an await) ---
 
@@ -178,20 +178,17 @@ class Core:
             self._w.write(p)
         await self._drain(timeout_ms)
 
-    async def subscribe(self, topic, qos, pid, timeout_ms=10000):
-        struct.pack_into("!H", self._obuf, 5, pid)
-        pos = self._put_str(7, topic)
-        self._obuf[pos] = qos
-        self._send(_SUBSCRIBE, pos + 1 - 5, 5)
-        await self._drain(timeout_ms)
-
-    async def puback(self, pid, timeout_ms=10000):
-        struct.pack_into("!H", self._obuf, 5, pid)
-        self._send(_PUBACK, 2, 5)
-        await self._drain(timeout_ms)
-
-    async def ping(self, timeout_ms=10000):
-        self._send(_PINGREQ, 0, 5)
+    async def control(self, first, pid=0, topic=None, qos=0, timeout_ms=10000):
+        """A small packet: SUBSCRIBE (pid, topic, qos), PUBACK (pid) or PINGREQ."""
+        pos = 5
+        if pid:
+            struct.pack_into("!H", self._obuf, 5, pid)
+            pos = 7
+        if topic is not None:
+            pos = self._put_str(7, topic)
+            self._obuf[pos] = qos
+            pos += 1
+        self._send(first, pos - 5, 5)
         await self._drain(timeout_ms)
 
     # --- incoming packets ---
@@ -246,20 +243,7 @@ class Core:
             k = left if left < size else size
             await self._read_into(memoryview(self.ibuf)[:k], timeout_ms)
             left -= k
-        self.oversized += 1
         return ptype, length
-
-
-def parse_publish(ptype, ibuf, n):
-    """Split an incoming PUBLISH in ibuf[:n] into (topic bytes, pid, payload memoryview)."""
-    tlen = (ibuf[0] << 8) | ibuf[1]
-    topic = bytes(ibuf[2 : 2 + tlen])
-    pos = 2 + tlen
-    pid = 0
-    if ptype & 0x06:
-        pid = (ibuf[pos] << 8) | ibuf[pos + 1]
-        pos += 2
-    return topic, pid, memoryview(ibuf)[pos:n]
 
 
 class Link:
@@ -278,7 +262,6 @@ class Link:
         backoff_min_ms=1000,
         backoff_max_ms=300000,
         puback_timeout_ms=5000,
-        retries=3,
         log=print,
         ready=None,
     ):
@@ -292,12 +275,12 @@ class Link:
         self.backoff_min_ms = backoff_min_ms
         self.backoff_max_ms = backoff_max_ms
         self.puback_timeout_ms = puback_timeout_ms
-        self.retries = retries
         self.log = log
         self.ready = ready  # an Event set while the network is up (None: always)
         self.up = asyncio.Event()
         self._ack = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._free = asyncio.Event()  # set while no publish holds the link (a lock)
+        self._free.set()
         self._wait_pid = 0
         self._pid = 0
         self._rx_ms = 0
@@ -327,7 +310,7 @@ class Link:
         for topic, qos in self.subscriptions:
             pid = self._pid = self._pid % 65535 + 1
             self._wait_pid = pid
-            await c.subscribe(topic, qos, pid, self.timeout_ms)
+            await c.control(_SUBSCRIBE, pid, topic, qos, self.timeout_ms)
             # The reader is not running yet: read the SUBACK here.
             while True:
                 ptype, n = await c.read_packet(self.timeout_ms, self.timeout_ms)
@@ -370,7 +353,7 @@ class Link:
                     raise OSError(_ETIMEDOUT)  # broker silent: the link is dead
                 if ticks_diff(now, self._tx_ms) >= ka_ms // 2:
                     self._tx_ms = now
-                    await c.ping(self.timeout_ms)
+                    await c.control(_PINGREQ, 0, None, 0, self.timeout_ms)
         raise OSError(_ECONNABORTED)
 
     async def _dispatch(self, ptype, n):
@@ -380,15 +363,22 @@ class Link:
             if (c.ibuf[0] << 8) | c.ibuf[1] == self._wait_pid:
                 self._ack.set()
         elif kind == _PUBLISH:
-            if n > len(c.ibuf):
-                return  # oversized: dropped (counted in core.oversized); never acked
-            topic, pid, payload = parse_publish(ptype, c.ibuf, n)
+            b = c.ibuf
+            if n > len(b):
+                return  # oversized: drained and dropped; never acked
+            # topic length, topic, [packet id if QoS > 0], payload
+            pos = 2 + ((b[0] << 8) | b[1])
+            topic = bytes(b[2:pos])
+            pid = 0
+            if ptype & 0x06:
+                pid = (b[pos] << 8) | b[pos + 1]
+                pos += 2
             try:
-                self.on_message(topic, payload)
+                self.on_message(topic, memoryview(b)[pos:n])
             except Exception as e:  # a bad message must never take the link down
                 self.log("on_message: %r" % (e,))
-            if ptype & 0x06:
-                await c.puback(pid, self.timeout_ms)
+            if pid:
+                await c.control(_PUBACK, pid, None, 0, self.timeout_ms)
         # PINGRESP and anything else: only refreshes _rx_ms
 
     async def run(self, ticks_ms, ticks_diff, sleep_ms, urandom=None):
@@ -425,31 +415,40 @@ class Link:
         Raises OSError if the link is down or the broker does not acknowledge."""
         if not self.up.is_set():
             raise OSError(_ECONNABORTED)
-        async with self._lock:
-            c = self.core
-            if not qos:
-                await c.publish(topic, msg, 0, retain, 0, False, self.timeout_ms)
+        free = self._free
+        while not free.is_set():  # one publish at a time (one PUBACK awaited)
+            await free.wait()
+        free.clear()
+        try:
+            await self._publish(topic, msg, qos, retain)
+        finally:
+            free.set()
+
+    async def _publish(self, topic, msg, qos, retain):
+        c = self.core
+        if not qos:
+            await c.publish(topic, msg, 0, retain, 0, False, self.timeout_ms)
+            return
+        pid = self._pid = self._pid % 65535 + 1
+        self._wait_pid = pid
+        dup = False
+        for _ in range(_RETRIES + 1):
+            if not self.up.is_set():
+                raise OSError(_ECONNABORTED)
+            self._ack.clear()
+            if self._ticks_ms is not None:
+                self._tx_ms = self._ticks_ms()
+            try:
+                await c.publish(topic, msg, 1, retain, pid, dup, self.timeout_ms)
+            except OSError:
+                self.kick()
+                raise
+            try:
+                await asyncio.wait_for_ms(self._ack.wait(), self.puback_timeout_ms)
+                self._wait_pid = 0
                 return
-            pid = self._pid = self._pid % 65535 + 1
-            self._wait_pid = pid
-            dup = False
-            for _ in range(self.retries + 1):
-                if not self.up.is_set():
-                    raise OSError(_ECONNABORTED)
-                self._ack.clear()
-                if self._ticks_ms is not None:
-                    self._tx_ms = self._ticks_ms()
-                try:
-                    await c.publish(topic, msg, 1, retain, pid, dup, self.timeout_ms)
-                except OSError:
-                    self.kick()
-                    raise
-                try:
-                    await asyncio.wait_for_ms(self._ack.wait(), self.puback_timeout_ms)
-                    self._wait_pid = 0
-                    return
-                except asyncio.TimeoutError:
-                    dup = True
-            self._wait_pid = 0
-            self.kick()
-            raise OSError(_ETIMEDOUT)
+            except asyncio.TimeoutError:
+                dup = True
+        self._wait_pid = 0
+        self.kick()
+        raise OSError(_ETIMEDOUT)

@@ -17,10 +17,10 @@ _FRAME = const(4)
 _MAX_SCAN = const(64)
 _POLL_MS = const(5)  # between empty polls: 40 tries cover the A02YYUW's ~100 ms output period
 _TRIG_US = const(20)  # JSN-SR04T wants a >10 us trigger; 20 us also suits its v3 board
-BLIND_M = 0.25  # JSN-SR04T blind zone ~20-25 cm (calibration-reference section 3)
-MAX_M = 4.5  # JSN-SR04T range ~4.5-6 m (calibration-reference section 3)
-C_REF = 343.42  # c at 20 C from the formula below; used when no temperature is given
-HRXL_US_PER_M = 1000.0  # MaxBotix HRXL-MaxSonar pulse width: 1 us per mm, compensated inside
+_BLIND_M = const(0.25)  # JSN-SR04T blind zone ~20-25 cm (calibration-reference section 3)
+_MAX_M = const(4.5)  # JSN-SR04T range ~4.5-6 m (calibration-reference section 3)
+_C_REF = const(343.42)  # c at 20 C from the formula below; used when no temperature is given
+_HRXL_US_PER_M = const(1000.0)  # MaxBotix HRXL-MaxSonar pulse width: 1 us per mm, compensated
 
 REASONS = ("checksum", "truncated", "timeout", "blind", "range", "too_few", "bus")
 
@@ -41,7 +41,7 @@ def speed_of_sound(temp_c):
 
 def echo_to_m(echo_us, temp_c):
     # d = c * t_echo / 2 (calibration-reference section 3).
-    c = C_REF if temp_c is None else speed_of_sound(temp_c)
+    c = _C_REF if temp_c is None else speed_of_sound(temp_c)
     return c * echo_us * 0.5e-6
 
 
@@ -107,11 +107,11 @@ class UltrasonicUART(_Limits):
     def __init__(
         self,
         uart,
-        min_m=BLIND_M,
-        max_m=MAX_M,
+        min_m=_BLIND_M,
+        max_m=_MAX_M,
         trigger=False,
         compensates=True,
-        c_ref=C_REF,
+        c_ref=_C_REF,
         tries=40,
         wait_ms=None,
         check=True,
@@ -226,12 +226,12 @@ class UltrasonicPulse(_Limits):
         pulse_us,
         sleep_us,
         pings=5,
-        min_m=BLIND_M,
-        max_m=MAX_M,
+        min_m=_BLIND_M,
+        max_m=_MAX_M,
         timeout_us=30000,
         gap_us=60000,
         compensates=False,
-        us_per_m=HRXL_US_PER_M,
+        us_per_m=_HRXL_US_PER_M,
     ):
         if pings < 1 or not pings & 1:
             raise ValueError("pings must be odd")

@@ -21,6 +21,12 @@ def log(msg):
     print("node:", msg)
 
 
+async def _until(t):
+    d = clock.ticks_diff(t, clock.ticks_ms())
+    if d > 0:
+        await asyncio.sleep_ms(d)
+
+
 def use(name):
     """Import node.<name> for a moment; drop() gives its RAM back."""
     return __import__("node." + name, None, None, (name,))
@@ -134,7 +140,7 @@ class App:
             parts.append('%s"%s":{"v":%s,"u":"%s"}' % ("," if len(parts) > 1 else "", ch, v, u))
         if len(parts) == 1:
             return False  # every sensor failed: no reading (the errors are in the status)
-        parts.append("}}")
+        parts.append("}}")  # closes raw, then the reading
         self.outbox.add(self.boot, self.seq, parts)
         self.seq += 1
         return True
@@ -149,25 +155,20 @@ class App:
             self.wake.set()
         return r
 
-    async def sleep_until(self, when):
-        d = clock.ticks_diff(when, clock.ticks_ms())
-        if d > 0:
-            await asyncio.sleep_ms(d)
-
     async def sampler(self):
         iv = self.cfg["intervals"]
         nxt = clock.ticks_ms()
         while True:
             lead = self.kind.lead_ms()
             if lead:
-                await self.sleep_until(clock.ticks_add(nxt, -lead))
+                await _until(clock.ticks_add(nxt, -lead))
                 await self.kind.prepare()
-            await self.sleep_until(nxt)
+            await _until(nxt)
             self._beat_ms = clock.ticks_ms()
             try:
                 await self.sample_once()
             except Exception as e:  # flash full, heap short: say so, keep sampling
-                log("sample: %r" % (e,))
+                log("sample failed: %r" % (e,))
                 gc.collect()
             period = int(iv["sample_s"] * 1000)
             nxt = clock.ticks_add(nxt, period)

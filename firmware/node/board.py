@@ -22,8 +22,8 @@ def load(kind, path=PATH):
     }
 
 
-def bus(board, name, cache):
-    b = cache.get(name)
+def bus(board, name, buses):
+    b = buses.get(name)
     if b is not None:
         return b
     spec = board["buses"][name]
@@ -40,7 +40,7 @@ def bus(board, name, cache):
         )
     else:
         raise ValueError("bus %s: unknown type %s" % (name, spec["type"]))
-    cache[name] = b
+    buses[name] = b
     return b
 
 
@@ -52,10 +52,10 @@ def _cls(path):
     return getattr(__import__(m, None, None, (c,)), c)
 
 
-def driver(board, s, cache):
+def driver(board, s, buses):
     """-> (driver object, its bus or None). Raises OSError/ValueError/KeyError on failure."""
     d = s["driver"]
-    b = bus(board, s["bus"], cache) if "bus" in s else None
+    b = bus(board, s["bus"], buses) if "bus" in s else None
     Pin = machine.Pin
     if d == "pms5003":
         if "set_pin" in s:
@@ -99,18 +99,19 @@ def driver(board, s, cache):
     raise ValueError("unknown driver %s" % d)
 
 
-def bring_up(sensor, board, cache):
+def bring_up(x, board, buses):
+    """Bring up Sensor x's driver; False (counted in x) if it failed."""
     try:
-        if sensor.names is None:
-            raise ValueError("%s: not a sensor this kind of node reports" % sensor.driver)
-        sensor.dev, sensor.bus = driver(board, sensor.spec, cache)
+        if x.names is None:
+            raise ValueError("%s: not a sensor this kind of node reports" % x.driver)
+        x.dev, x.bus = driver(board, x.spec, buses)
         return True
     except (OSError, ValueError, KeyError, TypeError) as e:
-        sensor.failed(str(e))
+        x.failed(str(e))
         return False
 
 
-def sensors(board, kind, cache):
+def sensors(board, kind, buses):
     from node.sensors import Sensor
 
     names = __import__("node." + kind, None, None, ("NAMES",)).NAMES
@@ -122,7 +123,7 @@ def sensors(board, kind, cache):
             if (s.get("driver") in ("sht3x", "bme280")) == first:
                 out.append(Sensor(s, names.get(s.get("driver"))))
     for x in out:
-        bring_up(x, board, cache)
+        bring_up(x, board, buses)
     return out
 
 

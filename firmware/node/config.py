@@ -6,8 +6,16 @@
 import json
 import os
 
+try:
+    from micropython import const
+except ImportError:  # CPython (the pure tests)
+
+    def const(x):
+        return x
+
+
 PATH = "config.json"
-KINDS = ("air", "water", "parking")
+KINDS = const(("air", "water", "parking"))
 
 
 # The defaults as JSON text, parsed on each call (callers mutate their copy). Text, not a dict
@@ -23,7 +31,7 @@ KINDS = ("air", "water", "parking")
 #   level rising faster: alarm; on_ut/off_ut parking: delta from the free-bay baseline (uT)
 #   with on_count/off_count consecutive samples above/below; baseline_alpha tracking weight
 #   while free; outlier_mads air: samples further than this many MADs from the median drop.
-_DEFAULTS = (
+_DEFAULTS = const(
     '{"device_id": "", "kind": "air", "site_id": "",'
     ' "location": {"lat": 0.0, "lon": 0.0, "elev_m": 0.0},'
     ' "wifi": {"ssid": "", "password": ""},'
@@ -44,17 +52,13 @@ def defaults():
     return json.loads(_DEFAULTS)
 
 
-def _is_num(v):
-    return (isinstance(v, int) or isinstance(v, float)) and not isinstance(v, bool)
-
-
 def _check_value(path, default, value):
     """Return None if value fits the default's type, else an error message."""
     if isinstance(default, bool):
         if not isinstance(value, bool):
             return "%s: expected true/false" % path
     elif isinstance(default, (int, float)):
-        if not _is_num(value):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
             return "%s: expected a number" % path
         if isinstance(default, int) and not isinstance(value, int):
             return "%s: expected a whole number" % path
@@ -73,12 +77,17 @@ def _check_value(path, default, value):
     return None
 
 
+_ID_CHARS = const("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
 def valid_device_id(s):
     # contract: ^[a-z0-9][a-z0-9-]{2,40}$
     if not isinstance(s, str) or not 3 <= len(s) <= 41:
         return False
-    for i, ch in enumerate(s):
-        if not ("a" <= ch <= "z" or "0" <= ch <= "9" or (ch == "-" and i > 0)):
+    if s[0] == "-":
+        return False
+    for ch in s:
+        if ch not in _ID_CHARS:
             return False
     return True
 

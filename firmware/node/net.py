@@ -66,7 +66,7 @@ def ntp(app):
         clock.sync(app.cfg["ntp_host"])
         return True
     except (OSError, OverflowError, IndexError) as e:
-        log("ntp: %r" % (e,))
+        log("ntp failed: %r" % (e,))
         return False
 
 

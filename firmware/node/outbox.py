@@ -217,10 +217,10 @@ class Outbox:
 
     # --- consumer side ---
 
-    def next_unsent(self, window):
-        """The next pending record not yet sent, if fewer than `window` are in flight:
+    def next_unsent(self, n):
+        """The next pending record not yet sent, if fewer than `n` are in flight:
         (boot, seq, memoryview payload) valid until the next outbox call, or None."""
-        while self.sent < self.depth and self.sent < window:
+        while self.sent < self.depth and self.sent < n:
             i = (self.tail + self.sent) % self.cap
             r = self._read_slot(i)
             if r is not None:
@@ -258,8 +258,8 @@ class Outbox:
             return None
         return boot, seq
 
-    def custody(self, boot, first, last):
-        """The gateway holds (boot, first..last) durably: release those records from the tail.
+    def custody(self, boot, a, z):
+        """The gateway holds (boot, a..z) durably: release those records from the tail.
         Returns how many were released. Reads headers only: the record in buf may be in flight."""
         n = 0
         while self.depth:
@@ -268,7 +268,7 @@ class Outbox:
                 self._pop()  # not a record (torn): it can never be confirmed
                 self._dirty = True
                 continue
-            if k[0] != boot or not first <= k[1] <= last:
+            if k[0] != boot or not a <= k[1] <= z:
                 break
             self.wm_boot, self.wm_seq = k
             self._pop()

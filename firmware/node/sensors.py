@@ -5,6 +5,7 @@ import asyncio
 from micropython import const
 
 _RETRY_EVERY = const(30)  # samples between re-tries of a sensor that failed bring-up
+_BLINK_MS = const(250)  # identify: LED blink period
 
 
 class Sensor:
@@ -21,10 +22,10 @@ class Sensor:
         self.last_init_error = None
         self._skip = 0
 
-    def failed(self, why):
+    def failed(self, e):
         self.dev = None
         self.init_errors += 1
-        self.last_init_error = why[:80]
+        self.last_init_error = e[:80]
         self._skip = _RETRY_EVERY
 
     def errors(self):
@@ -96,16 +97,16 @@ class Sensor:
 
 
 class Led:
-    def __init__(self, pin, active_high):
+    def __init__(self, pin, on):
         self.pin = pin
-        self.on_level = 1 if active_high else 0
+        self.on = 1 if on else 0  # the pin level that lights it
         self.set(False)
 
     def set(self, on):
-        self.pin.value(self.on_level if on else 1 - self.on_level)
+        self.pin.value(self.on if on else 1 - self.on)
 
-    async def blink(self, seconds, period_ms=250):
-        for i in range(int(seconds * 1000 // period_ms)):
+    async def blink(self, seconds):
+        for i in range(int(seconds * 1000 // _BLINK_MS)):
             self.set(not i & 1)
-            await asyncio.sleep_ms(period_ms // 2)
+            await asyncio.sleep_ms(_BLINK_MS // 2)
         self.set(False)

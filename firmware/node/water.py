@@ -3,12 +3,12 @@
 # while the level is at/above the warning level or rising fast (alarm: true), so a riverside
 # community is warned within one sample period instead of one report period.
 from array import array
-from node.filters import Window
+from node.filters import Window, const
 
 CHANNELS = ("distance", "air_temp", "pressure", "baro")
 # driver -> the channel of each value it returns (node.sensors; None: not reported); an
 # ultrasonic sensor's second name is the temperature that compensates its speed of sound.
-_US = ("distance", "air_temp")
+_US = const(("distance", "air_temp"))
 NAMES = {
     "sht3x": ("air_temp",),
     "bme280": ("air_temp", None, "baro"),
@@ -18,8 +18,8 @@ NAMES = {
     "hc-sr04": _US,
     "jsn-sr04t-pulse": _US,
 }
-_RHO_G = 9806.65  # Pa per metre of fresh water (1000 kg/m3 * 9.80665 m/s2)
-_P_STD_KPA = 101.325  # standard atmosphere, when there is no barometer
+_RHO_G = const(9806.65)  # Pa per metre of fresh water (1000 kg/m3 * 9.80665 m/s2)
+_P_STD_KPA = const(101.325)  # standard atmosphere, when there is no barometer
 
 
 def _med3(a, b, c):

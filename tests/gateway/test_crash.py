@@ -12,15 +12,21 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import aiomqtt
 import pytest
 
 from edge_gateway import contract
+from edge_gateway.app import Gateway, _limits
+from edge_gateway.config import GatewayConfig
+from edge_gateway.store import Entry, Store
+from edge_gateway.upstream import Qos2Link, wire_payload
 from host_tools.brokers import MosquittoBroker
-from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async
+from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async, wait_ready
 from tests.support.tools import REPO
 
 pytestmark = pytest.mark.broker
@@ -130,3 +136,71 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(
             await node.stop()
         await platform.stop()
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+@run_async
+async def test_rows_left_at_each_step_of_the_qos2_handshake_are_delivered_once(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    """The states a crash can leave, set up exactly: the store as the dead gateway left it, the
+    platform broker's session as the dead connection left it. The restarted gateway finishes
+    each row, and the platform gets every observation once."""
+    local = broker_factory("local")
+    upstream = broker_factory("upstream")
+    platform = await Platform(upstream).start()
+    config = GatewayConfig.from_dict(gateway_config(local, upstream, tmp_path))
+    dev = "ce-00000000e001"
+    topic = contract.observation_topic(config.site_id, "air", dev)
+
+    def payload(seq: int) -> bytes:
+        return json.dumps({"device_id": dev, "boot": 1, "seq": seq, "replay": False},
+                          separators=(",", ":")).encode()
+
+    store = Store(config.store_path, _limits(config))
+    store.open()
+    store.commit([Entry(topic, payload(seq), time.time(), key=(dev, 1, seq)) for seq in range(5)])
+    ids = [row.id for row in store.fetch(0, 10)]
+    # seq 0: PUBLISHed, the broker sent PUBREC, the gateway died before committing "released".
+    # seq 1: sent as backlog (replay), PUBREC committed as released, died before the PUBREL.
+    # seq 2: released, PUBREL sent and PUBCOMP received, died before the (lazy) delete.
+    # seq 3: packet id committed, died before the PUBLISH left.   seq 4: never sent.
+    store.publish_rows([(ids[0], 1, False), (ids[1], 2, True), (ids[2], 3, False),
+                        (ids[3], 4, False)])
+    store.mark_released([ids[1], ids[2]])
+    store.close()
+
+    recs: set[int] = set()
+    comps: set[int] = set()
+    dead = aiomqtt.Client(upstream.host, upstream.port, identifier=f"cityedge-{config.gateway_id}-up",
+                          clean_session=False, timeout=5)
+    link = Qos2Link(dead, recs.add, comps.add)
+    async with dead:
+        for seq, mid, replay in ((0, 1, False), (1, 2, True), (2, 3, False)):
+            link.publish(mid, topic, wire_payload(payload(seq), replay), dup=False)
+        async with asyncio.timeout(5):
+            while recs != {1, 2, 3}:
+                await asyncio.sleep(0.01)
+        link.pubrel(3)
+        async with asyncio.timeout(5):
+            while comps != {3}:
+                await asyncio.sleep(0.01)
+    await platform.wait_for(lambda: len(platform.observations()) == 1, timeout_s=5)
+
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    try:
+        await wait_ready(gw)
+        await platform.wait_for(lambda: len(platform.observations()) >= 5, timeout_s=15)
+        async with asyncio.timeout(10):
+            while gw.stats()["queue_depth"]:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # let any duplicate show up
+        obs = platform.observations()
+        assert sorted(o["seq"] for o in obs) == [0, 1, 2, 3, 4]
+        assert [o["replay"] for o in sorted(obs, key=lambda o: o["seq"])] == [
+            False, True, False, False, True]  # seq 4 was stored before this connection began
+        assert "Reused message ID" not in upstream.log_path.read_text(errors="replace")
+    finally:
+        gw.request_stop()
+        await task
+        await platform.stop()

@@ -18,9 +18,14 @@ def notify(message: str) -> bool:
         return False
     if address.startswith("@"):  # abstract namespace socket
         address = "\0" + address[1:]
+    # Non-blocking: this runs on the event loop, and a datagram socket whose reader lags (its
+    # queue holds only net.unix.max_dgram_qlen messages, 10 by default) would otherwise block
+    # the whole gateway in send(). A notification that cannot be queued is dropped instead —
+    # a missed watchdog ping is harmless, a frozen gateway is not.
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
         sock.connect(address)
-        sock.sendall(message.encode())
+        sock.send(message.encode())
         return True
     return False
 

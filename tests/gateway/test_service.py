@@ -63,15 +63,25 @@ async def test_service_reload_keeps_store_and_notifies_systemd(
         [sys.executable, "-m", "edge_gateway", "--config", str(conf)],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env,
     )
+    messages: list[str] = []
+
+    async def read_notify() -> None:
+        # Read the notify socket all along, as systemd does. (The gateway must not depend on it:
+        # a datagram socket holds only net.unix.max_dgram_qlen unread messages — 10 by default —
+        # and the gateway once blocked its event loop sending the 11th watchdog ping, so a
+        # SIGHUP or SIGTERM went unhandled when this test ran slowly.)
+        while True:
+            try:
+                messages.append(notify.recv(4096).decode())
+            except BlockingIOError:
+                await asyncio.sleep(0.05)
+
+    reader = asyncio.create_task(read_notify())
     node = await FakeNode(local, dev, "air").start()
     try:
-        messages: list[str] = []
         async with asyncio.timeout(15):
             while not any("WATCHDOG=1" in m for m in messages):
-                try:
-                    messages.append(notify.recv(4096).decode())
-                except BlockingIOError:
-                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)
         assert messages[0].startswith("READY=1")
 
         await asyncio.sleep(0.5)  # let it subscribe on the site broker
@@ -96,6 +106,10 @@ async def test_service_reload_keeps_store_and_notifies_systemd(
 
         await node.publish(10)
         await node.wait_acked(20)
+        pings = sum("WATCHDOG=1" in m for m in messages)
+        async with asyncio.timeout(5):  # the watchdog still runs after both reloads
+            while sum("WATCHDOG=1" in m for m in messages) == pings:
+                await asyncio.sleep(0.05)
         upstream.start()
         await platform.wait_for(lambda: len(platform.observations()) >= 60, timeout_s=30)
         await platform.wait_for(
@@ -117,6 +131,7 @@ async def test_service_reload_keeps_store_and_notifies_systemd(
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+        reader.cancel()
         notify.close()
     assert proc.returncode == 0, log.read_text()[-2000:]
     stats = cityedge("gateway", "stats", "--config", str(conf), "--json")

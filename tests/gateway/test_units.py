@@ -373,3 +373,22 @@ def test_alert_state_survives_a_restart() -> None:
     out = again.process(WATER, reading(WATER, "water", 2, 0, t=t1, value=4.5 - 2.25), t1)
     assert out.alerts == []  # still above the warning: not announced twice
     assert out.observation["derived"]["level_state"]["state"] == "warning"
+
+
+def test_sd_notify_never_blocks_on_a_reader_that_lags(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog ping runs on the event loop: with nobody reading the socket (its queue is
+    full after net.unix.max_dgram_qlen datagrams) a ping is dropped, it must not block."""
+    import socket
+
+    from edge_gateway import sdnotify
+
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as reader:
+        reader.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        t0 = time.monotonic()
+        sent = [sdnotify.notify("WATCHDOG=1") for _ in range(200)]
+        assert time.monotonic() - t0 < 2.0
+        assert sent[0] and not all(sent)

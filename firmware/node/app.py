@@ -36,7 +36,7 @@ def drop(name):
     sys.modules.pop("node." + name, None)
     try:
         delattr(node, name)
-    except AttributeError:
+    except (AttributeError, KeyError):  # not imported (MicroPython says KeyError)
         pass
     gc.collect()
 
@@ -293,6 +293,8 @@ class App:
                         await self.send_status()
                     except OSError:
                         pass
+                    except MemoryError as e:  # said, and the watchdog stays fed
+                        log("status: %r" % (e,))
             await asyncio.sleep_ms(min(1000, max(period // 4, 10)))
 
     # --- entry ---

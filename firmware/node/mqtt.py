@@ -159,7 +159,7 @@ class Core:
 
     # --- outgoing packets ---
 
-    async def publish(self, topic, msg, qos=0, retain=False, pid=0, dup=False, timeout_ms=10000):
+    async def publish(self, topic, msg, qos=0, retain=False, pid=0, d=False, timeout_ms=10000):
         """Queue and flush one PUBLISH. msg: bytes, bytearray, memoryview or str, or a list
         of them sent one after the other (a long message without one large allocation).
         The fixed header and topic are built in the small output buffer; the payload is
@@ -172,7 +172,7 @@ class Core:
         if qos:
             struct.pack_into("!H", self._obuf, pos, pid)
             pos += 2
-        first = _PUBLISH | (qos << 1) | (0x08 if dup else 0) | (1 if retain else 0)
+        first = _PUBLISH | (qos << 1) | (0x08 if d else 0) | (1 if retain else 0)  # d: DUP
         self._send(first, pos + n - 5, 5, pos)
         for p in parts:
             self._w.write(p)
@@ -193,15 +193,15 @@ class Core:
 
     # --- incoming packets ---
 
-    async def _read_into(self, mv, timeout_ms):
+    async def _read_into(self, b, timeout_ms):
         r = self._r
         if r is None:
             raise OSError(_ECONNABORTED)
         got = 0
-        want = len(mv)
+        want = len(b)
         while got < want:
             try:
-                n = await asyncio.wait_for_ms(r.readinto(mv[got:]), timeout_ms)
+                n = await asyncio.wait_for_ms(r.readinto(b[got:]), timeout_ms)
             except asyncio.TimeoutError:
                 raise OSError(_ETIMEDOUT)
             if not n:
@@ -356,8 +356,8 @@ class Link:
                     await c.control(_PINGREQ, 0, None, 0, self.timeout_ms)
         raise OSError(_ECONNABORTED)
 
-    async def _dispatch(self, ptype, n):
-        kind = ptype & 0xF0
+    async def _dispatch(self, p, n):
+        kind = p & 0xF0  # p: the packet's first byte
         c = self.core
         if kind == _PUBACK and n >= 2:
             if (c.ibuf[0] << 8) | c.ibuf[1] == self._wait_pid:
@@ -370,7 +370,7 @@ class Link:
             pos = 2 + ((b[0] << 8) | b[1])
             topic = bytes(b[2:pos])
             pid = 0
-            if ptype & 0x06:
+            if p & 0x06:
                 pid = (b[pos] << 8) | b[pos + 1]
                 pos += 2
             try:
@@ -419,36 +419,33 @@ class Link:
         while not free.is_set():  # one publish at a time (one PUBACK awaited)
             await free.wait()
         free.clear()
-        try:
-            await self._publish(topic, msg, qos, retain)
+        c = self.core
+        try:  # inline, not a helper coroutine: every coroutine call allocates its frame
+            if not qos:
+                await c.publish(topic, msg, 0, retain, 0, False, self.timeout_ms)
+                return
+            pid = self._pid = self._pid % 65535 + 1
+            self._wait_pid = pid
+            dup = False
+            for _ in range(_RETRIES + 1):
+                if not self.up.is_set():
+                    raise OSError(_ECONNABORTED)
+                self._ack.clear()
+                if self._ticks_ms is not None:
+                    self._tx_ms = self._ticks_ms()
+                try:
+                    await c.publish(topic, msg, 1, retain, pid, dup, self.timeout_ms)
+                except OSError:
+                    self.kick()
+                    raise
+                try:
+                    await asyncio.wait_for_ms(self._ack.wait(), self.puback_timeout_ms)
+                    self._wait_pid = 0
+                    return
+                except asyncio.TimeoutError:
+                    dup = True
+            self._wait_pid = 0
+            self.kick()
+            raise OSError(_ETIMEDOUT)
         finally:
             free.set()
-
-    async def _publish(self, topic, msg, qos, retain):
-        c = self.core
-        if not qos:
-            await c.publish(topic, msg, 0, retain, 0, False, self.timeout_ms)
-            return
-        pid = self._pid = self._pid % 65535 + 1
-        self._wait_pid = pid
-        dup = False
-        for _ in range(_RETRIES + 1):
-            if not self.up.is_set():
-                raise OSError(_ECONNABORTED)
-            self._ack.clear()
-            if self._ticks_ms is not None:
-                self._tx_ms = self._ticks_ms()
-            try:
-                await c.publish(topic, msg, 1, retain, pid, dup, self.timeout_ms)
-            except OSError:
-                self.kick()
-                raise
-            try:
-                await asyncio.wait_for_ms(self._ack.wait(), self.puback_timeout_ms)
-                self._wait_pid = 0
-                return
-            except asyncio.TimeoutError:
-                dup = True
-        self._wait_pid = 0
-        self.kick()
-        raise OSError(_ETIMEDOUT)

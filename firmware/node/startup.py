@@ -8,6 +8,9 @@ from node.app import use, drop, log
 
 _RESETS = const(("other", "power_on", "hard_reset", "watchdog", "deep_sleep", "soft_reset"))
 _ROOT = const("cityedge/v1/node/")
+# What the running node still reads from its config once the link exists (net: wifi and
+# ntp_host; sampling, status and `set`: intervals and thresholds). The rest is dropped: heap.
+_KEEP = const(("intervals", "thresholds", "wifi", "ntp_host"))
 
 
 def mac_id():
@@ -103,3 +106,7 @@ def make_link(app):
         log=log,
         ready=app.net_up,
     )
+    cfg = app.cfg
+    for k in list(cfg):
+        if k not in _KEEP:
+            del cfg[k]

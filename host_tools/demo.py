@@ -271,6 +271,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                             async for message in client.messages:
                                 view.on_message(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
                     live.update(view.render(title))
+            if not console.is_terminal:
+                console.line()  # Live leaves its last frame without a newline when piped
         total = sum(r.count for r in view.devices.values())
         if total == 0 and kinds:
             console.print("[red]no observation reached the platform.[/] The nodes' last log lines:")

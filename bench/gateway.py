@@ -182,7 +182,9 @@ max_inflight_messages_placeholder = 0
 min_free_bytes = 0
 [forward]
 drain_rate_per_s = {drain_rate}
-max_inflight = 256
+# = the brokers' max_inflight_messages (host_tools/brokers.py): a larger QoS 2 window loses
+# messages in Mosquitto (docs/gateway.md, "What the platform broker needs").
+max_inflight = 100
 [calibration]
 fleet_defaults = true
 [metrics]

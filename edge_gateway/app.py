@@ -673,7 +673,7 @@ class Gateway:
                     await client.publish(topic, self._health("online"), qos=1, retain=True)
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._forward(conn))
-                        tg.create_task(conn.releaser())
+                        tg.create_task(conn.committer())
                         tg.create_task(conn.watchdog(section.timeout_s))
                         tg.create_task(self._status_publisher(client, topic))
                         tg.create_task(self._watch_upstream_reconnect())
@@ -756,7 +756,6 @@ class Gateway:
 
         await conn.resume()
         while True:
-            conn.check()
             fwd = self.config.forward
             now = time.monotonic()
             tokens = min(tokens + (now - last_refill) * fwd.drain_rate_per_s,
@@ -783,24 +782,13 @@ class Gateway:
                 rows = await store.call(store.fetch, cursor, fwd.batch)
                 if rows:
                     backlog_cursor = live_cursor = rows[-1].id
-            i = 0
-            while i < len(rows):
-                # Wait for one free place in the window, then take every other free one: the
-                # packet ids of the whole group are committed in one transaction.
+            for row in rows:
+                # One place in the window per row; the flight committer gives the queued rows
+                # their packet ids in one transaction, together with the PUBRECs that came.
                 if replay:
                     await backlog_window.acquire()
                 await window.acquire()
-                group = [rows[i]]
-                i += 1
-                while (i < len(rows) and not window.locked()
-                       and not (replay and backlog_window.locked())):
-                    if replay:
-                        await backlog_window.acquire()
-                    await window.acquire()
-                    group.append(rows[i])
-                    i += 1
-                await conn.publish(group, [replay or row.id <= boundary for row in group], replay)
-                last_delete = time.monotonic()  # publish() committed the pending deletes
+                conn.enqueue(row, replay or row.id <= boundary, replay)
             if self._acked and (
                 len(self._acked) >= fwd.batch
                 or time.monotonic() - last_delete >= fwd.delete_max_ms / 1000.0
@@ -840,6 +828,9 @@ class Gateway:
             await asyncio.sleep(period)
 
 
+FLIGHT_GATHER_S = 0.005  # how long the flight commit waits for a group to form
+
+
 class _Connection:
     """The QoS 2 state of one platform connection: rows between PUBLISH and PUBCOMP by packet
     id, the in-flight window, and the group commits that precede PUBLISH and PUBREL."""
@@ -857,12 +848,8 @@ class _Connection:
         # for live rows, which therefore never queue behind a whole drain batch.
         self.backlog_window = asyncio.Semaphore(max(1, max_inflight // 2))
         self._pubrecs: list[_Slot] = []
-        self._pubrec_event = asyncio.Event()
-        self._failure: BaseException | None = None
-
-    def check(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+        self._rows: list[tuple[Row, bool, bool]] = []
+        self._work = asyncio.Event()
 
     async def resume(self) -> None:
         """Finish what has a packet id already, in store order: released rows get a PUBREL,
@@ -879,17 +866,10 @@ class _Connection:
                 self.link.publish(f.mid, f.topic, wire_payload(f.payload, f.replay), dup=True)
         self.flight = []
 
-    async def publish(self, rows: list[Row], replays: list[bool], backlog: bool) -> None:
-        """Give the rows packet ids, commit them (with the deletes pending), then PUBLISH."""
-        assert self.link is not None
-        gw, store = self.gw, self.store
-        assign = [(row.id, gw._mids.take(row.id), r) for row, r in zip(rows, replays, strict=True)]
-        done, gw._acked = gw._acked, []
-        await store.call(store.publish_rows, assign, [rid for rid, _ in done])
-        gw._free_mids(done)
-        for row, (rid, mid, r) in zip(rows, assign, strict=True):
-            self.slots[mid] = _Slot(rid, mid, row.topic, r, backlog)
-            self.link.publish(mid, row.topic, wire_payload(row.payload, r), dup=False)
+    def enqueue(self, row: Row, replay: bool, backlog: bool) -> None:
+        """A row with a place in the window: the committer publishes it."""
+        self._rows.append((row, replay, backlog))
+        self._work.set()
 
     def on_pubrec(self, mid: int) -> None:
         slot = self.slots.get(mid)
@@ -897,7 +877,7 @@ class _Connection:
             return  # a repeated PUBREC, or none of ours (never PUBREL what we do not know)
         slot.recorded = True
         self._pubrecs.append(slot)
-        self._pubrec_event.set()
+        self._work.set()
 
     def on_pubcomp(self, mid: int) -> None:
         slot = self.slots.pop(mid, None)
@@ -908,22 +888,41 @@ class _Connection:
         if slot.backlog:
             self.backlog_window.release()
 
-    async def releaser(self) -> None:
-        """PUBRECs → one commit marking their rows released → PUBRELs (in PUBREC order)."""
+    async def committer(self) -> None:
+        """The flight group commit: the PUBRECs and the rows queued for publishing that came
+        while the last commit ran (or within ``FLIGHT_GATHER_S``) in one transaction, then the
+        PUBRELs (in PUBREC order) and the PUBLISHes (in store order). Completed rows are
+        deleted separately, lazily (``forward.delete_max_ms``)."""
         assert self.link is not None
-        store = self.store
+        gw, store = self.gw, self.store
+        enough = max(1, gw.config.forward.max_inflight // 4)
         while True:
-            await self._pubrec_event.wait()
-            self._pubrec_event.clear()
-            slots, self._pubrecs = self._pubrecs, []
-            if not slots:
+            await self._work.wait()
+            self._work.clear()
+            # Let a group form (fewer, larger commits: SD-card writes), but not for long.
+            deadline = time.monotonic() + FLIGHT_GATHER_S
+            while len(self._pubrecs) + len(self._rows) < enough:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._work.wait()
+                self._work.clear()
+            pubrecs, self._pubrecs = self._pubrecs, []
+            rows, self._rows = self._rows, []
+            if not pubrecs and not rows:
                 continue
-            await store.call(store.mark_released, [s.row_id for s in slots])
+            assign = [(row.id, gw._mids.take(row.id), replay) for row, replay, _ in rows]
+            await store.call(store.flight_commit, assign, [s.row_id for s in pubrecs])
             now = time.monotonic()
-            for s in slots:
-                s.released = True
-                s.since = now
-                self.link.pubrel(s.mid)
+            for slot in pubrecs:
+                slot.released = True
+                slot.since = now
+                self.link.pubrel(slot.mid)
+            for (row, replay, backlog), (rid, mid, _) in zip(rows, assign, strict=True):
+                self.slots[mid] = _Slot(rid, mid, row.topic, replay, backlog)
+                self.link.publish(mid, row.topic, wire_payload(row.payload, replay), dup=False)
 
     async def watchdog(self, timeout_s: float) -> None:
         """The link counts as broken when a PUBREC or PUBCOMP is overdue."""

@@ -158,15 +158,18 @@ class StoreSection:
 
 @dataclass(frozen=True)
 class ForwardSection:
-    max_inflight: int = 32
+    # QoS 2 messages unfinished at once. Must not exceed the platform broker's in-flight limit
+    # for a client (Mosquitto: max_inflight_messages, default 20): beyond it Mosquitto 2.0
+    # answers PUBREC for a message it only queued and loses it (docs/gateway.md).
+    max_inflight: int = 20
     drain_rate_per_s: float = 200.0
     live_first: bool = True
     batch: int = 256
     delete_max_ms: float = 20.0
 
     def validate(self, key: str) -> None:
-        if not 1 <= self.max_inflight <= 65535:
-            raise ConfigError(f"{key}.max_inflight", "must be 1..65535")
+        if not 1 <= self.max_inflight <= 16384:  # row packet ids: 32767, see upstream.py
+            raise ConfigError(f"{key}.max_inflight", "must be 1..16384")
         if self.drain_rate_per_s <= 0:
             raise ConfigError(f"{key}.drain_rate_per_s", "must be > 0")
         if not 1 <= self.batch <= 10_000:

@@ -589,35 +589,26 @@ class Store:
         self.bytes -= freed
         self.depth -= n
 
-    def publish_rows(self, assign: Sequence[tuple[int, int, bool]], done: Sequence[int] = ()) -> int:
-        """One transaction: delete ``done`` rows (their QoS 2 handshake completed), then give
-        each ``(id, mid, replay)`` row its packet id and replay flag — committed (fsynced with
-        ``synchronous = full``) before any of those PUBLISHes leaves. Returns rows deleted."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            n, freed = self._delete(done)
-            db.executemany(
-                "UPDATE queue SET mid = ?, replay = ?, state = 1 WHERE id = ?",
-                [(mid, 1 if replay else 0, rid) for rid, mid, replay in assign],
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            self._reload_mirrors()
-            raise
-        self._after_delete(done, n, freed)
-        return n
-
-    def mark_released(self, ids: Sequence[int]) -> None:
-        """The platform broker sent PUBREC for these rows: record it (durably) before PUBREL."""
-        if not ids:
+    def flight_commit(
+        self, assign: Sequence[tuple[int, int, bool]] = (), released: Sequence[int] = ()
+    ) -> None:
+        """One transaction for the upstream's QoS 2 state, committed (fsynced with ``synchronous
+        = full``) before any of the packets it covers leaves: mark ``released`` rows (PUBREC
+        came; PUBREL follows), and give each ``(id, mid, replay)`` row its packet id and replay
+        flag (PUBLISH follows)."""
+        if not assign and not released:
             return
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("UPDATE queue SET state = 2 WHERE id = ?", [(rid,) for rid in ids])
+            if released:
+                db.executemany("UPDATE queue SET state = 2 WHERE id = ?",
+                               [(rid,) for rid in released])
+            if assign:
+                db.executemany(
+                    "UPDATE queue SET mid = ?, replay = ?, state = 1 WHERE id = ?",
+                    [(mid, 1 if replay else 0, rid) for rid, mid, replay in assign],
+                )
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):

@@ -164,9 +164,9 @@ async def test_rows_left_at_each_step_of_the_qos2_handshake_are_delivered_once(
     # seq 1: sent as backlog (replay), PUBREC committed as released, died before the PUBREL.
     # seq 2: released, PUBREL sent and PUBCOMP received, died before the (lazy) delete.
     # seq 3: packet id committed, died before the PUBLISH left.   seq 4: never sent.
-    store.publish_rows([(ids[0], 1, False), (ids[1], 2, True), (ids[2], 3, False),
-                        (ids[3], 4, False)])
-    store.mark_released([ids[1], ids[2]])
+    store.flight_commit([(ids[0], 1, False), (ids[1], 2, True), (ids[2], 3, False),
+                         (ids[3], 4, False)])
+    store.flight_commit(released=[ids[1], ids[2]])
     store.close()
 
     recs: set[int] = set()

@@ -204,7 +204,7 @@ class App:
                 await link.publish(self.t_reading, rec[2], 1)
             except OSError:
                 continue  # the link dropped: on_connect rewinds and we start over
-            ob.mark_sent()
+            ob.mark_sent(rec[:2])
 
     def on_custody(self, payload):
         try:

@@ -234,8 +234,13 @@ class Outbox:
                 self.sent += 1
         return None
 
-    def mark_sent(self):
-        self.sent += 1
+    def mark_sent(self, k):
+        """The record (boot, seq) k that next_unsent() returned is published: count it, unless
+        the queue moved while it was on its way (custody released it from the tail, or a
+        reconnect rewound): counting it then would skip the record now at that place, and
+        the receiver would get the rest out of order."""
+        if self.sent < self.depth and self._key((self.tail + self.sent) % self.cap) == k:
+            self.sent += 1
 
     def rewind(self):
         """Resend everything not yet in the gateway's custody (after reconnect/timeout)."""

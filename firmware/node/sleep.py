@@ -86,7 +86,7 @@ async def radio(app, timeout_ms=_CONNECT_WAIT_MS):
                     pass
                 continue
             await link.publish(app.t_reading, rec[2], 1)
-            ob.mark_sent()
+            ob.mark_sent(rec[:2])
             t0 = clock.ticks_ms()
         ok = ob.depth == 0
         await app.send_status()

@@ -110,7 +110,10 @@ def build_firmware(firmware_dir: Path = FIRMWARE_DIR, mpy_cross: MpyCross | None
                 out = Path(tmp) / (rel[:-3] + ".mpy")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 proc = subprocess.run(
-                    [cross.exe, "-s", rel, "-o", str(out), str(src)],
+                    # As the simulation compiles (host_tools/simnode.py compile_tree): -O3 leaves
+                    # line numbers out (less heap); the source name is the path the board
+                    # imports the module from, its __file__, so the two are one interned string.
+                    [cross.exe, "-O3", "-s", rel[:-3] + ".mpy", "-o", str(out), str(src)],
                     check=False,
                     capture_output=True,
                     text=True,

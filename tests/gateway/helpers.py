@@ -193,11 +193,14 @@ class FakeNode:
 @dataclass
 class Platform:
     """A consumer on the platform broker with a persistent session (survives broker restarts
-    when the broker keeps its sessions)."""
+    when the broker keeps its sessions). It subscribes with QoS 2, so what the gateway delivers
+    exactly once to the broker also reaches it exactly once: with QoS 1 the broker sends again,
+    after its restart, what it had sent the consumer but not yet seen PUBACKed."""
 
     broker: MosquittoBroker
     topic: str = f"{contract.ROOT}/site/#"
     client_id: str = "platform-consumer"
+    qos: int = 2
     messages: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     raw: list[tuple[str, bytes, bool]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
@@ -215,7 +218,7 @@ class Platform:
                 async with aiomqtt.Client(self.broker.host, self.broker.port,
                                           identifier=self.client_id, clean_session=False,
                                           timeout=5) as client:
-                    await client.subscribe(self.topic, qos=1)
+                    await client.subscribe(self.topic, qos=self.qos)
                     self._connected.set()
                     async for message in client.messages:
                         payload = bytes(message.payload)  # type: ignore[arg-type]

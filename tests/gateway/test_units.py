@@ -22,6 +22,8 @@ from edge_gateway.processing import Processor
 from edge_gateway.store import (
     PRIORITY_ALERT,
     PRIORITY_READING,
+    STATE_PUBLISHED,
+    STATE_RELEASED,
     Entry,
     Limits,
     SeenRanges,
@@ -29,6 +31,7 @@ from edge_gateway.store import (
     decode_payload,
     encode_payload,
 )
+from edge_gateway.upstream import ROW_MID_MAX, MidAllocator, wire_payload
 from edge_gateway.zdict import DICTIONARY_V1
 from tests.gateway.helpers import reading
 
@@ -134,6 +137,61 @@ def test_store_age_bound_and_leased_rows(tmp_path: Path) -> None:
     assert dropped == {"max_age": 1}
     assert [r.id for r in store.fetch(0, 10, None)] == [leased[0].id]
     store.close()
+
+
+def test_store_rows_with_a_packet_id_are_in_flight_and_never_dropped(tmp_path: Path) -> None:
+    store = open_store(tmp_path, max_age_s=60)
+    store.commit([entry("a", seq) for seq in range(4)])
+    ids = [r.id for r in store.fetch(0, 10)]
+    store.flight_commit([(ids[0], 7, False), (ids[1], 8, True)])
+    store.flight_commit(released=[ids[1]])
+    store.release_all()  # as after a restart: no leases, only what the store says
+    assert [r.id for r in store.fetch(0, 10)] == ids[2:]  # waiting rows only
+    flight = store.in_flight()
+    assert [(f.id, f.mid, f.replay, f.state) for f in flight] == [
+        (ids[0], 7, False, STATE_PUBLISHED), (ids[1], 8, True, STATE_RELEASED)]
+    assert flight[0].payload == b"x" * 100
+    store.release_all()
+    assert store.enforce(now=time.time() + 120) == {"max_age": 2}  # those without a packet id
+    assert [f.id for f in store.in_flight()] == ids[:2]
+    assert store.delivered(ids[:2]) == 2 and store.depth == 0
+    store.close()
+
+
+def test_store_of_an_earlier_version_gets_the_qos2_columns(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "s.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE queue(id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+               "payload BLOB NOT NULL, device_id TEXT, boot INTEGER, seq INTEGER, "
+               "received REAL NOT NULL, priority INTEGER NOT NULL DEFAULT 0, "
+               "size INTEGER NOT NULL)")
+    db.execute("INSERT INTO queue(topic, payload, received, size) VALUES('t', ?, 0, 5)",
+               (encode_payload(b"{}"),))
+    db.commit()
+    db.close()
+    store = Store(path, Limits(10**9, 10**12, 0, 3600.0))
+    store.open()
+    assert [r.payload for r in store.fetch(0, 10)] == [b"{}"] and store.in_flight() == []
+    store.close()
+
+
+def test_mid_allocator_skips_ids_still_held_and_wraps() -> None:
+    mids = MidAllocator()
+    mids.reset({1: 10, 3: 11})
+    assert mids.take(20) == 4  # after the highest held one
+    mids.reset({ROW_MID_MAX: 10, 1: 11})
+    assert mids.take(20) == 2  # wraps, skipping 1
+    mids.free(1)
+    assert mids.take(21) == 3 and mids.busy == {ROW_MID_MAX: 10, 2: 20, 3: 21}
+
+
+def test_wire_payload_is_the_stored_payload_or_its_replay_form() -> None:
+    body = b'{"seq":1,"replay":false}'
+    assert wire_payload(body, False) == body
+    assert wire_payload(body, True) == b'{"seq":1,"replay":true}'
+    assert wire_payload(b'{"alert":1}', True) == b'{"alert":1}'
 
 
 def test_store_disk_floor_stops_growth(tmp_path: Path) -> None:

@@ -693,7 +693,7 @@ class Gateway:
 
     @staticmethod
     async def _watch_disconnect(client: aiomqtt.Client) -> None:
-        """Raise as soon as the link drops, instead of when the in-flight PUBACKs time out. The
+        """Raise as soon as the link drops, instead of when a PUBREC or PUBCOMP times out. The
         gateway subscribes to nothing upstream, so the iterator only ends with a disconnect."""
         async for _message in client.messages:
             pass

@@ -111,7 +111,11 @@ def test_readings_survive_sigkill_in_order_exactly_once(tmp_path: Path) -> None:
         while time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.002)
         p.send_signal(signal.SIGKILL)
-        out, _ = p.communicate(timeout=30)
+        # Read the rest from the same buffered stream readline() used: communicate() with a
+        # timeout reads the raw pipe and would lose lines readline() had already buffered
+        # (an ACKED line lost that way made acknowledged readings look lost).
+        out = p.stdout.read()
+        p.wait(timeout=30)
         # Only complete lines count: a line cut by the kill was printed before its action.
         lines = (first + out).split("\n")[:-1]
         for ln in lines:

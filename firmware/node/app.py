@@ -254,18 +254,30 @@ class App:
             self._cmd_ev.clear()
             while self._cmds:
                 raw = self._cmds.pop(0)
-                for attempt in (1, 2):  # once more after a collect if the heap was short
-                    try:
-                        await use("commands").handle(self, raw)
-                        attempt = 0
-                    except MemoryError as e:
-                        log("command: %r (attempt %d)" % (e, attempt))
-                    except Exception as e:  # a bad command must never stop the node
-                        log("command failed: %r" % (e,))
-                        attempt = 0
+                await self.command(raw)
+
+    async def command(self, raw):
+        for attempt in (1, 2):  # once more after a collect if the heap was short
+            try:
+                r = await use("commands").handle(self, raw)
+                if r is not None:
+                    # A `set` (id, args): applied by node.state with node.commands unloaded,
+                    # then acknowledged (both at once do not fit a 64 KB heap).
                     drop("commands")
-                    if not attempt:
-                        break
+                    err = use("state").set(self.cfg, r[1])
+                    drop("state")
+                    await use("commands").ack(self, r[0], err)
+                    self.request_status()
+                attempt = 0
+            except MemoryError as e:
+                log("command: %r (attempt %d)" % (e, attempt))
+            except Exception as e:  # a bad command must never stop the node
+                log("command failed: %r" % (e,))
+                attempt = 0
+            drop("commands")
+            drop("state")
+            if not attempt:
+                break
 
     async def health(self):
         """Every second: feed the watchdog (only while the sampler beats), persist the

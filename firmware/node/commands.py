@@ -1,10 +1,10 @@
 # Commands on .../cmd (contract schema command), each answered on .../ack (command_ack).
 # Anything malformed is answered with ok=false and a reason; nothing here may raise into the
 # app (the caller also catches, as a last line).
+# A `set` is parsed here and returned to the app, which applies it with node.state after
+# unloading this module: both beside a running air or water node do not fit a 64 KB heap.
 import json
 import asyncio
-from node import clock
-
 from micropython import const
 
 _CMDS = const(("set", "reboot", "identify", "status"))
@@ -35,7 +35,10 @@ def _parse(raw):
     return cid, cmd, args, None
 
 
-async def _ack(app, cid, ok, error=None):
+async def ack(app, cid, error=None):
+    from node import clock
+
+    ok = error is None
     msg = json.dumps(
         {
             "v": 1,
@@ -50,38 +53,28 @@ async def _ack(app, cid, ok, error=None):
 
 
 async def handle(app, raw):
+    """Answer a command; a valid-looking `set` is returned as (id, args) for the app to apply
+    (node.state) and acknowledge (ack) with this module unloaded meanwhile."""
     cid, cmd, args, err = _parse(raw)
     if err is not None:
         print("node: bad command:", err)
-        await _ack(app, cid, False, err)
+        await ack(app, cid, err)
         return
     if cmd == "set":
-        from node.app import use, drop
-
-        config = use("config")
-        err = config.apply_set(app.cfg, args)
-        if err is None:
-            try:
-                config.save_set(args)
-            except (OSError, ValueError) as e:
-                err = "set applied but not saved to config.json: %s" % e
-        del config
-        drop("config")  # not resident: give its RAM back
-        await _ack(app, cid, err is None, err)
-        app.request_status()
+        return cid, args
     elif cmd == "status":
-        await _ack(app, cid, True)
+        await ack(app, cid)
         app.request_status()
     elif cmd == "identify":
         secs = args.get("seconds", 10)
         if not isinstance(secs, (int, float)) or isinstance(secs, bool) or not 0 < secs <= 600:
-            await _ack(app, cid, False, "seconds: a number from 1 to 600")
+            await ack(app, cid, "seconds: a number from 1 to 600")
             return
-        await _ack(app, cid, True)
+        await ack(app, cid)
         if app.led is not None:
             asyncio.create_task(app.led.blink(secs))
     elif cmd == "reboot":
-        await _ack(app, cid, True)
+        await ack(app, cid)
         app.outbox.flush()
         app.outbox.persist()
         await asyncio.sleep_ms(200)

@@ -4,7 +4,6 @@
 # the rest and returns an error string; the app then runs in SAFE MODE (connects if it can,
 # reports its status with config_error set, samples nothing).
 import json
-import os
 
 try:
     from micropython import const
@@ -99,14 +98,11 @@ def _check_section(key, cfg):
         return "device_id: must be 3-41 of a-z 0-9 - (e.g. ce-a1b2c3d4e5f6)"
     if key == "kind" and v not in KINDS:
         return "kind: must be one of air, water, parking"
-    if key == "intervals":
-        for k in v:
-            if v[k] <= 0:
-                return "intervals.%s: must be > 0" % k
-        if v["report_s"] < v["sample_s"]:
-            return "intervals.report_s: must be >= sample_s"
-        if v["report_s"] > 30 * v["sample_s"]:
-            return "intervals.report_s: at most 30 samples per report (raise sample_s)"
+    if key == "intervals" or key == "thresholds":
+        # The same rules as a `set` command (node.state, unloaded again by node.startup).
+        from node.state import _check_section as check
+
+        return check(key, v)
     if key == "mqtt" and not 0 < v["port"] < 65536:
         return "mqtt.port: must be 1-65535"
     if key == "mqtt" and v["tls"]:
@@ -115,11 +111,6 @@ def _check_section(key, cfg):
         return "mqtt.tls: not supported on the node; use the site broker's plain listener"
     if key == "outbox_slots" and not 8 <= v <= 4096:
         return "outbox_slots: must be 8-4096"
-    if key == "thresholds":
-        if v["on_ut"] <= v["off_ut"]:
-            return "thresholds.on_ut: must be above off_ut (hysteresis)"
-        if v["on_count"] < 1 or v["off_count"] < 1:
-            return "thresholds.on_count/off_count: must be >= 1"
     return None
 
 
@@ -176,53 +167,3 @@ def load(path=PATH):
     if err is not None and len(err) > 200:
         err = err[:200]
     return cfg, err
-
-
-def apply_set(cfg, args):
-    """A `set` command: {intervals: {...}, thresholds: {...}}. Validates fully before changing
-    anything. Returns an error string or None (then cfg is updated)."""
-    if not isinstance(args, dict) or not args:
-        return "set: args must be an object with intervals and/or thresholds"
-    trial = {}
-    for k in args:
-        if k not in ("intervals", "thresholds"):
-            return "set: only intervals and thresholds can be set, not %s" % k
-        err = _check_value(k, cfg[k], args[k])
-        if err:
-            return err
-        d = dict(cfg[k])
-        d.update(args[k])
-        trial[k] = d
-    for k in trial:
-        test = {k: trial[k]}
-        err = _check_section(k, test)
-        if err:
-            return err
-    for k in trial:
-        cfg[k] = trial[k]
-    return None
-
-
-def save_set(args, path=PATH):
-    """Persist a validated `set` into /config.json (write temp + rename, atomic)."""
-    with open(path) as f:
-        raw = json.load(f)
-    for k in args:
-        sec = raw.get(k)
-        if not isinstance(sec, dict):
-            sec = {}
-        sec.update(args[k])
-        raw[k] = sec
-    write_atomic(path, json.dumps(raw))
-
-
-def write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    try:
-        os.rename(tmp, path)
-    except OSError:
-        # Some filesystems refuse to rename onto an existing file: remove it first.
-        os.remove(path)
-        os.rename(tmp, path)

@@ -91,10 +91,7 @@ async def radio(app, timeout_ms=_CONNECT_WAIT_MS):
         ok = ob.depth == 0
         await app.send_status()
         while app._cmds:  # a command queued for us arrived while we were awake
-            from node.app import use, drop
-
-            await use("commands").handle(app, app._cmds.pop(0))
-            drop("commands")
+            await app.command(app._cmds.pop(0))
     except (OSError, asyncio.TimeoutError) as e:
         log("radio wake: %r" % (e,))
     link.stop()

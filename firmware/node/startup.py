@@ -27,6 +27,7 @@ def init(app):
     if not config.valid_device_id(app.cfg["device_id"]):
         app.cfg["device_id"] = mac_id()
     drop("config")
+    drop("state")  # config checked intervals and thresholds with its rules
     cfg = app.cfg
     app.device_id = cfg["device_id"]
     app.kind_name = cfg["kind"]

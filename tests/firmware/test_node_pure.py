@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tests.support.tools import FIRMWARE
 
 sys.path.insert(0, str(FIRMWARE))
-from node import config, filters, parking, water  # type: ignore[import-not-found]  # type: ignore[import-not-found]
+from node import config, filters, parking, state, water  # type: ignore[import-not-found]  # type: ignore[import-not-found]
 
 GOOD = {
     "device_id": "ce-a1b2c3d4e5f6",
@@ -80,18 +80,18 @@ def test_set_is_validated_whole_then_persisted(tmp_path: Path) -> None:
     path.write_text(json.dumps(GOOD))
     cfg, _ = config.load(str(path))
     assert (
-        config.apply_set(cfg, {"intervals": {"report_s": 120}, "thresholds": {"on_ut": "x"}})
+        state.apply_set(cfg, {"intervals": {"report_s": 120}, "thresholds": {"on_ut": "x"}})
         == "thresholds.on_ut: expected a number"
     )
     assert cfg["intervals"]["report_s"] == 60.0, "nothing changes when any part is bad"
-    assert config.apply_set(cfg, {"wifi": {"ssid": "x"}}).startswith("set: only intervals")
+    assert state.apply_set(cfg, {"wifi": {"ssid": "x"}}).startswith("set: only intervals")
     assert (
-        config.apply_set(cfg, {"intervals": {"report_s": 5}})
+        state.apply_set(cfg, {"intervals": {"report_s": 5}})
         == "intervals.report_s: must be >= sample_s"
     )
     args = {"intervals": {"report_s": 120}}
-    assert config.apply_set(cfg, args) is None and cfg["intervals"]["report_s"] == 120
-    config.save_set(args, str(path))
+    assert state.apply_set(cfg, args) is None and cfg["intervals"]["report_s"] == 120
+    state.save_set(args, str(path))
     again, err = config.load(str(path))
     assert err is None and again["intervals"]["report_s"] == 120
     assert not (tmp_path / "config.json.tmp").exists()

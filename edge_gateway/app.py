@@ -49,12 +49,12 @@ from edge_gateway.store import (
     PRIORITY_ALERT,
     PRIORITY_ALERT_READING,
     PRIORITY_READING,
+    STATE_RELEASED,
     CommitResult,
     Entry,
+    InFlight,
     Limits,
     Row,
-    STATE_RELEASED,
-    InFlight,
     Store,
     open_store,
 )
@@ -122,7 +122,7 @@ def _puback(ack: tuple[aiomqtt.Client, int, int] | None) -> None:
     client, mid, qos = ack
     if qos > 0:
         with contextlib.suppress(Exception):
-            client._client.ack(mid, qos)  # noqa: SLF001
+            client._client.ack(mid, qos)
 
 
 def custody_ranges(keys: list[tuple[str, int, int]]) -> list[tuple[str, int, int, int]]:
@@ -394,7 +394,7 @@ class Gateway:
                 # then the broker keeps it in our persistent session and, after a crash, sends
                 # it again *before* newer readings — so a crash does not reorder a device's
                 # readings (a node's own resend would arrive after newer ones).
-                client._client.manual_ack_set(True)  # noqa: SLF001 - paho's manual ack
+                client._client.manual_ack_set(True)
                 async with client:
                     for topic in contract.NODE_SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)
@@ -665,6 +665,15 @@ class Gateway:
                     if flight:
                         log.info("finishing %d messages in flight before the restart or reconnect",
                                  len(flight))
+                    released = sum(1 for f in flight if f.state == STATE_RELEASED)
+                    if released and conn.link.session_present is False:
+                        self.counters["upstream_sessions_lost"] += 1
+                        log.warning(
+                            "the platform broker no longer has this gateway's session (it was "
+                            "restarted without persistence, or the session expired): %d readings "
+                            "it had already acknowledged may not have reached its subscribers. "
+                            "Set 'persistence true' on the platform broker (docs/gateway.md, What "
+                            "the platform broker needs)", released)
                     if self._offline_since is not None:
                         self._offline_total += time.monotonic() - self._offline_since
                         self._offline_since = None

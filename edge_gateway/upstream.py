@@ -43,6 +43,7 @@ from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 
 ROW_MID_MAX = 32767  # mids 1..32767: rows; 32768..65535: paho's own publishes
 
@@ -100,7 +101,7 @@ class Qos2Link:
         on_pubrec: Callable[[int], None],
         on_pubcomp: Callable[[int], None],
     ) -> None:
-        p: Any = client._client  # noqa: SLF001 - the documented hooks above
+        p: Any = client._client
         missing = [name for name in _HOOKS if not hasattr(p, name)]
         if missing:
             raise RuntimeError(
@@ -119,24 +120,34 @@ class Qos2Link:
         handle_pubrec = p._handle_pubrec
         handle_pubackcomp = p._handle_pubackcomp
 
-        def pubrec() -> paho.MQTTErrorCode:
+        def pubrec() -> MQTTErrorCode:
             mid = self._mid()
             if mid is not None and mid <= ROW_MID_MAX:
                 on_pubrec(mid)
-                return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
-            return handle_pubrec()  # type: ignore[no-any-return]
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            return MQTTErrorCode(handle_pubrec())
 
-        def pubackcomp(cmd: str) -> paho.MQTTErrorCode:
+        def pubackcomp(cmd: str) -> MQTTErrorCode:
             if cmd == "PUBCOMP":
                 mid = self._mid()
                 if mid is not None and mid <= ROW_MID_MAX:
                     on_pubcomp(mid)
-                    return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
-            return handle_pubackcomp(cmd)  # type: ignore[no-any-return]
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+            return MQTTErrorCode(handle_pubackcomp(cmd))
 
         p._mid_generate = mid_generate
         p._handle_pubrec = pubrec
         p._handle_pubackcomp = pubackcomp
+
+        # Whether the broker still had this gateway's session (CONNACK session present).
+        self.session_present: bool | None = None
+        aiomqtt_on_connect = p.on_connect
+
+        def on_connect(client: Any, userdata: Any, flags: Any, *rest: Any) -> None:
+            self.session_present = bool(getattr(flags, "session_present", False))
+            aiomqtt_on_connect(client, userdata, flags, *rest)
+
+        p.on_connect = on_connect
 
     def _mid(self) -> int | None:
         packet = self._paho._in_packet.get("packet", b"")
@@ -147,10 +158,10 @@ class Qos2Link:
     def publish(self, mid: int, topic: str, payload: bytes, dup: bool) -> None:
         """Queue a QoS 2 PUBLISH with this mid (paho does not track it)."""
         rc = self._paho._send_publish(mid, topic.encode(), payload, 2, False, dup)
-        if rc != paho.MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(rc, "could not publish to the platform broker")
 
     def pubrel(self, mid: int) -> None:
         rc = self._paho._send_pubrel(mid)
-        if rc != paho.MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(rc, "could not send PUBREL to the platform broker")

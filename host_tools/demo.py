@@ -269,7 +269,7 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(timeout):
                             async for message in client.messages:
-                                view.on_message(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+                                view.on_message(str(message.topic), bytes(message.payload))
                     live.update(view.render(title))
             if not console.is_terminal:
                 console.line()  # Live leaves its last frame without a newline when piped

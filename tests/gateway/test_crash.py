@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import signal
@@ -200,6 +201,46 @@ async def test_rows_left_at_each_step_of_the_qos2_handshake_are_delivered_once(
         assert [o["replay"] for o in sorted(obs, key=lambda o: o["seq"])] == [
             False, True, False, False, True]  # seq 4 was stored before this connection began
         assert "Reused message ID" not in upstream.log_path.read_text(errors="replace")
+    finally:
+        gw.request_stop()
+        await task
+        await platform.stop()
+
+
+@run_async
+async def test_a_platform_broker_that_lost_the_session_is_reported(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows the broker had acknowledged (released) cannot be checked once the broker has lost the
+    gateway's session (restarted without persistence): the gateway says so, and counts it."""
+    local = broker_factory("local")
+    upstream = broker_factory("upstream")  # fresh: no session for the gateway
+    platform = await Platform(upstream).start()
+    config = GatewayConfig.from_dict(gateway_config(local, upstream, tmp_path))
+    dev = "ce-00000000e002"
+    topic = contract.observation_topic(config.site_id, "air", dev)
+    store = Store(config.store_path, _limits(config))
+    store.open()
+    store.commit([Entry(topic, json.dumps({"device_id": dev, "boot": 1, "seq": seq,
+                                           "replay": False}).encode(), time.time(),
+                        key=(dev, 1, seq)) for seq in range(3)])
+    ids = [row.id for row in store.fetch(0, 10)]
+    store.flight_commit([(ids[0], 1, False), (ids[1], 2, False)])
+    store.flight_commit(released=[ids[0]])
+    store.close()
+
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    try:
+        with caplog.at_level(logging.WARNING, logger="edge_gateway"):
+            await wait_ready(gw)
+            await platform.wait_for(lambda: len(platform.observations()) >= 2, timeout_s=15)
+        assert gw.stats()["upstream_sessions_lost"] == 1
+        assert any("no longer has this gateway's session" in r.getMessage()
+                   and "persistence true" in r.getMessage() for r in caplog.records)
+        # the released row is not sent again (that could duplicate it); the others arrive
+        await asyncio.sleep(0.5)
+        assert sorted(o["seq"] for o in platform.observations()) == [1, 2]
     finally:
         gw.request_stop()
         await task

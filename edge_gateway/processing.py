@@ -45,11 +45,12 @@ UNITS = {"pm25": "ug/m3", "pm10": "ug/m3", "temp": "Cel", "rh": "%RH", "level": 
 
 
 class QualityChecker(Protocol):
-    """The seam to ``calibration.qc``: flags for one value of one quantity of one device."""
+    """The seam to ``calibration.qc``: flags for one value of one quantity of one device —
+    (flag, tests) provisional, and the settled (flag, tests) of the stream's previous value."""
 
     def check(
         self, device_id: str, quantity: str, t: float, value: float | None
-    ) -> tuple[int, dict[str, int]]: ...
+    ) -> tuple[int, dict[str, int], tuple[int, dict[str, int]] | None]: ...
 
 
 
@@ -106,6 +107,7 @@ class Processor:
         self.quality: QualityChecker = quality if quality is not None else StreamingQuality()
         self._water: dict[str, _WaterAlertState] = {}
         self._air: dict[str, _AirState] = {}
+        self._previous: dict[str, tuple[int, int]] = {}  # device -> (boot, seq) last processed
         self._saved_bands: dict[str, int] = {}
         self.calibration_errors = 0
 
@@ -186,6 +188,8 @@ class Processor:
         calibrated = self._calibrate(device_id, kind, raw, when)
         quality: dict[str, int] = {}
         quality_tests: dict[str, dict[str, int]] = {}
+        settles_quality: dict[str, int] = {}
+        settles_tests: dict[str, dict[str, int]] = {}
         for quantity, entry in calibrated.items():
             value = entry["v"]
             if value is None:
@@ -194,10 +198,12 @@ class Processor:
             if isinstance(value, bool):
                 quality[quantity] = UNKNOWN
                 continue
-            flag, tests = self.quality.check(device_id, quantity, t, float(value))
+            flag, tests, settled = self.quality.check(device_id, quantity, t, float(value))
             quality[quantity] = flag
             if tests:
                 quality_tests[quantity] = tests
+            if settled is not None:
+                settles_quality[quantity], settles_tests[quantity] = settled
         t_eval = t if synced else received
         derived, alerts = self._derive(device_id, device, kind, calibrated, quality, t_eval)
         location = (device.location if device and device.location else cfg.location).as_contract()
@@ -223,6 +229,12 @@ class Processor:
         obs["quality"] = quality
         if quality_tests:
             obs["quality_tests"] = quality_tests
+        previous = self._previous.get(device_id)
+        if settles_quality and previous is not None:
+            # The spike test of the device's previous reading, now that this one is here.
+            obs["settles"] = {"boot": previous[0], "seq": previous[1],
+                              "quality": settles_quality, "quality_tests": settles_tests}
+        self._previous[device_id] = (reading["boot"], reading["seq"])
         if derived:
             obs["derived"] = derived
         obs["replay"] = False  # must stay the last key: the forwarder flips it in the bytes

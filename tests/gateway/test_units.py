@@ -252,6 +252,25 @@ def test_air_observation_has_thai_and_us_aqi_quality_and_none_calibration() -> N
     assert obs["replay"] is False and list(obs)[-1] == "replay"
 
 
+def test_spike_is_settled_by_the_next_observation() -> None:
+    """QARTOD's spike test needs the next value: an observation goes out with spike = 2 and the
+    device's next observation settles it in ``settles`` (a 32 -> 400 -> 30 spike fails)."""
+    p = Processor(base_config(calibration={"fleet_defaults": False}), (None, None))
+    t0 = 1_790_000_000.0
+    values = [30.0, 31.0, 32.0, 400.0, 30.0]
+    obs = [p.process(AIR, reading(AIR, "air", 1, i, t=t0 + 60 * i, value=v), t0 + 60 * i).observation
+           for i, v in enumerate(values)]
+    for o in obs:
+        contract.validate("observation", o)
+        assert o["quality_tests"]["pm25"]["spike"] == 2  # provisional
+    assert "settles" not in obs[0]
+    assert obs[2]["settles"]["seq"] == 1 and obs[2]["settles"]["quality_tests"]["pm25"]["spike"] == 1
+    settled = obs[4]["settles"]
+    assert (settled["boot"], settled["seq"]) == (1, 3)
+    assert settled["quality_tests"]["pm25"]["spike"] == 4
+    assert settled["quality"]["pm25"] == 4
+
+
 def test_fleet_default_calibration_applies_when_no_site_record() -> None:
     p = Processor(base_config())  # fleet defaults from calibration/data/records
     t0 = 1_790_000_000.0

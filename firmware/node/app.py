@@ -5,6 +5,7 @@
 # then (config, state, board, status, commands, selftest) are imported, used and unloaded
 # (use()/drop()), so their code does not sit in RAM between uses.
 import gc
+import os
 import sys
 import json
 import asyncio
@@ -15,6 +16,11 @@ from node import FW, clock
 
 _WINDOW = const(8)  # readings in flight (published, custody not yet confirmed)
 _WDT_MS = const(30000)  # hardware watchdog: generous for a slow flash write or an NTP exchange
+# A `set` is applied at the next boot, where the heap is clean (node/state.py pending_set):
+# the raw command waits in _SET_FILE, its ack (formatted at boot, without "t") in _ACK_FILE.
+_SET_FILE = const("data/set_cmd.json")
+_SET_TMP = const("data/set_cmd.json.tmp")
+_ACK_FILE = const("data/set_ack.json")
 
 
 def log(msg):
@@ -232,6 +238,13 @@ class App:
         self.wake.set()
         try:
             await self.link.publish(self.t_state, self.state_msg("online"), 1, True)
+            try:  # the ack of a `set` applied at this boot (node.state pending_set)
+                with open(_ACK_FILE) as f:
+                    await self.link.publish(self.t_ack, '%s, "t": %d}' % (f.read(), clock.now()), 1)
+                os.remove(_ACK_FILE)  # only once sent: else the next connect sends it
+                log("set: ack sent")
+            except OSError:
+                pass  # none waiting
             if not self.deep_sleep:  # a battery node sends it once per radio wake itself
                 await self.send_status()
         except OSError:
@@ -257,17 +270,33 @@ class App:
                 await self.command(raw)
 
     async def command(self, raw):
+        try:
+            m = json.loads(raw)
+            if m.get("cmd") == "set":
+                # Not checked or applied in this fragmented heap: stored on flash (≤ 384
+                # bytes: the MQTT buffer drops larger packets), then the node restarts (a
+                # battery board: sleeps on) and node.state pending_set applies it at boot;
+                # App.on_connect sends the ack. Readings are on flash: none is lost.
+                m = None
+                with open(_SET_TMP, "w") as f:
+                    f.write(raw)
+                os.rename(_SET_TMP, _SET_FILE)
+                log("set stored: applied at the next boot or wake")
+                if not self.deep_sleep:
+                    self.outbox.flush()
+                    self.outbox.persist()
+                    await asyncio.sleep_ms(200)  # its PUBACK leaves (a clean session anyway)
+                    machine.reset()
+                return
+        except (ValueError, AttributeError, MemoryError):
+            pass  # not JSON, not an object (or the heap short): node.commands answers
+        except OSError as e:
+            log("set not stored: %r" % (e,))
+            return
+        m = None
         for attempt in (1, 2):  # once more after a collect if the heap was short
             try:
-                r = await use("commands").handle(self, raw)
-                if r is not None:
-                    # A `set` (id, args): applied by node.state with node.commands unloaded,
-                    # then acknowledged (both at once do not fit a 64 KB heap).
-                    drop("commands")
-                    err = use("state").set(self.cfg, r[1])
-                    drop("state")
-                    await use("commands").ack(self, r[0], err)
-                    self.request_status()
+                await use("commands").handle(self, raw)
                 attempt = 0
             except MemoryError as e:
                 log("command: %r (attempt %d)" % (e, attempt))
@@ -275,7 +304,6 @@ class App:
                 log("command failed: %r" % (e,))
                 attempt = 0
             drop("commands")
-            drop("state")
             if not attempt:
                 break
 

@@ -78,7 +78,7 @@ def driver(board, s, buses):
         import time
 
         # (trigger, echo, pulse_us, sleep_us, pings, min_m, max_m)
-        return _cls("drivers.ultrasonic.UltrasonicPulse")(
+        return _cls("drivers.ultrasonic_pulse.UltrasonicPulse")(
             Pin(s["trigger_pin"], Pin.OUT),
             Pin(s["echo_pin"], Pin.IN),
             machine.time_pulse_us,

@@ -27,6 +27,12 @@ def init(app):
     if not config.valid_device_id(app.cfg["device_id"]):
         app.cfg["device_id"] = mac_id()
     drop("config")
+    # A `set` stored by the running node (App.command) is applied now, while the heap is
+    # clean; its ack goes out after the connect (App.on_connect). A battery board wakes its
+    # radio for it (node/sleep.py: _status_now).
+    if use("state").pending_set(app.cfg):
+        app._status_now = True
+    drop("commands")
     drop("state")  # config checked intervals and thresholds with its rules
     cfg = app.cfg
     app.device_id = cfg["device_id"]

@@ -15,6 +15,15 @@ except ImportError:  # CPython (the pure tests)
 
 
 _PATH = const("config.json")
+_SET_FILE = const("data/set_cmd.json")  # written by node/app.py App.command
+_ACK_FILE = const("data/set_ack.json")
+_ACK_TMP = const("data/set_ack.json.tmp")
+_QUOTE = const(0x22)
+_BSLASH = const(0x5C)
+_LBRACE = const(0x7B)
+_RBRACE = const(0x7D)
+_LBRACKET = const(0x5B)
+_RBRACKET = const(0x5D)
 
 
 def next_boot(directory="data", floor=-1):
@@ -113,60 +122,63 @@ def set(cfg, args, path=_PATH):
 def save_set(args, path=_PATH):
     """Persist a validated `set` into /config.json: copy the file to a temp file, replacing each
     set section by that section merged with the new values, then rename (atomic). Streamed a
-    few bytes at a time: the parsed file would take ~4 KB of a fragmented 64 KB heap."""
+    few bytes at a time: the parsed file would take ~4 KB of a fragmented 64 KB heap. Bytes,
+    not str: iterating a str makes a one-character string per character, and MicroPython
+    interns each of those for good (a qstr each, ~13 per set before)."""
     tmp = path + ".tmp"
     todo = list(args)
     depth = 0
     instr = esc = False
     key = None  # the last top-level string read (a section's name when its value starts)
     sec = None  # the text of a section being replaced
-    with open(path) as f, open(tmp, "w") as out:
+    with open(path, "rb") as f, open(tmp, "wb") as out:
         while True:
             chunk = f.read(32)
             if not chunk:
                 break
-            o = []
+            o = bytearray()
             for ch in chunk:
                 if instr:
                     if esc:
                         esc = False
-                    elif ch == "\\":
+                    elif ch == _BSLASH:
                         esc = True
-                    elif ch == '"':
+                    elif ch == _QUOTE:
                         instr = False
                     elif depth == 1:
-                        key += ch
-                elif ch == '"':
+                        key.append(ch)
+                elif ch == _QUOTE:
                     instr = True
                     if depth == 1:
-                        key = ""
-                elif ch == "{" or ch == "[":
+                        key = bytearray()
+                elif ch == _LBRACE or ch == _LBRACKET:
                     depth += 1
-                    if depth == 2 and key in todo:
+                    if depth == 2 and key is not None and key.decode() in todo:
+                        key = key.decode()
                         todo.remove(key)
-                        sec = []
-                elif ch == "}" or ch == "]":
+                        sec = bytearray()
+                elif ch == _RBRACE or ch == _RBRACKET:
                     depth -= 1
                     if sec is not None and depth == 1:
                         sec.append(ch)
-                        d = json.loads("".join(sec))
+                        d = json.loads(sec)
                         d.update(args[key])
-                        out.write("".join(o))
-                        o = []
-                        json.dump(d, out)
+                        out.write(o)
+                        o = bytearray()
+                        out.write(json.dumps(d).encode())
                         sec = None
                         continue
                     if depth == 0:
                         for k in todo:  # sections the file does not have yet
-                            o.append(', "%s": ' % k if key is not None else '"%s": ' % k)
-                            o.append(json.dumps(args[k]))
+                            o.extend((', "%s": ' % k if key is not None else '"%s": ' % k).encode())
+                            o.extend(json.dumps(args[k]).encode())
                             key = k
                         todo = ()
                 if sec is not None:
                     sec.append(ch)
                 else:
                     o.append(ch)
-            out.write("".join(o))
+            out.write(o)
     if sec is not None or depth or instr:
         raise ValueError("config.json: not valid JSON")
     try:
@@ -175,3 +187,62 @@ def save_set(args, path=_PATH):
         # Some filesystems refuse to rename onto an existing file: remove it first.
         os.remove(path)
         os.rename(tmp, path)
+
+
+def pending_set(cfg, directory="data"):
+    """At boot, before the running node's modules load: apply a `set` that node.app stored
+    and restarted for (App.command), with the same rules, all or nothing, and keep its ack
+    (without "t", which App.on_connect adds when it sends it) in a file until it is sent.
+    The command is removed before it is applied, so a set that crashed a boot is not tried
+    again. Returns True while an ack waits to be sent. cfg: the loaded config, updated.
+    No new short names here (each would be interned on every boot; water is near a step)."""
+    ack = directory + _ACK_FILE[4:]
+    try:
+        with open(directory + _SET_FILE[4:]) as f:
+            raw = f.read(1024)
+        os.remove(directory + _SET_FILE[4:])
+    except OSError:
+        raw = None
+    if raw is not None:
+        # The checks of node.commands.handle (not imported: its names would be interned).
+        cid = ""
+        try:
+            m = json.loads(raw)
+            cid = m["id"]
+            if type(cid) is not str or not 0 < len(cid) <= 40:
+                cid = ""
+                err = "id: a string of 1-40 characters is required"
+            elif m.get("v") != 1:
+                err = "v: must be 1"
+            else:
+                err = None
+                for k in m:
+                    if k not in ("v", "id", "cmd", "args"):
+                        err = "%s: unknown key" % k
+                        break
+                if err is None:
+                    err = set(cfg, m.get("args", {}))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            err = "id: a string of 1-40 characters is required"
+        print("node: set %s applied at boot, error: %r" % (cid, err))
+        tmp = directory + _ACK_TMP[4:]
+        with open(tmp, "w") as f:
+            f.write(
+                '{"v": 1, "device_id": %s, "id": %s, "ok": %s, "error": %s'
+                % (
+                    json.dumps(cfg["device_id"]),
+                    json.dumps(cid),
+                    json.dumps(err is None),
+                    json.dumps(err[:200] if err else None),
+                )
+            )
+        try:
+            os.rename(tmp, ack)
+        except OSError:
+            os.remove(ack)
+            os.rename(tmp, ack)
+    try:
+        os.stat(ack)
+        return True
+    except OSError:
+        return False

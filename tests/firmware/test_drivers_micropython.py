@@ -59,7 +59,7 @@ def make(name):
         f = fakes.FakeUltrasonicUART(src, continuous=False)  # A02YYUW controlled mode
         return f, UltrasonicUART(f, trigger=True)
     if name == "ultrasonic_pulse":
-        from drivers.ultrasonic import UltrasonicPulse
+        from drivers.ultrasonic_pulse import UltrasonicPulse
         f = fakes.FakeRanger(src)
         return f, UltrasonicPulse(f.trigger, f.echo, f.pulse_us, nosleep)
     if name == "pressure":

@@ -18,7 +18,7 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
         sys.path.insert(0, str(_p))
 
 import fakes
-from drivers import bme280, pms5003, qmc5883l, sht3x, ultrasonic
+from drivers import bme280, pms5003, qmc5883l, sht3x, ultrasonic, ultrasonic_pulse
 
 FAST = settings(max_examples=300, deadline=None)
 
@@ -290,6 +290,6 @@ def test_ultrasonic_driver_on_random_stream(data: bytes, chunk: int) -> None:
 def test_pulse_driver_result_within_limits(echoes: list[int], temp: float) -> None:
     it = iter(echoes)
     pin = fakes.FakePin()
-    drv = ultrasonic.UltrasonicPulse(pin, pin, lambda p, lvl, t: next(it), lambda us: None)
+    drv = ultrasonic_pulse.UltrasonicPulse(pin, pin, lambda p, lvl, t: next(it), lambda us: None)
     r = drv.read(temp)
     assert r is None or drv.min_m <= r <= drv.max_m

@@ -13,7 +13,7 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
         sys.path.insert(0, str(_p))
 
 import fakes
-from drivers import battery, pressure, ultrasonic
+from drivers import battery, pressure, ultrasonic, ultrasonic_pulse
 
 
 def _src(**v: float):
@@ -30,7 +30,7 @@ def _no_sleep(us: int) -> None:
 def test_speed_of_sound_vector() -> None:
     # calibration-reference section 8: T = 30 C, echo 5000 us -> c = 349.48 m/s, d = 0.8737 m.
     assert ultrasonic.speed_of_sound(30.0) == pytest.approx(349.48)
-    assert ultrasonic.echo_to_m(5000, 30.0) == pytest.approx(0.8737, abs=5e-5)
+    assert ultrasonic_pulse.echo_to_m(5000, 30.0) == pytest.approx(0.8737, abs=5e-5)
 
 
 def test_uart_frame_vector() -> None:
@@ -44,8 +44,8 @@ def test_uart_frame_vector() -> None:
 
 def test_median() -> None:
     v = [5, 1, 4, 2, 3]
-    assert ultrasonic.median(v, 5) == 3
-    assert ultrasonic.median([4, 1, 3, 2, 99], 4) == 2.5
+    assert ultrasonic_pulse.median(v, 5) == 3
+    assert ultrasonic_pulse.median([4, 1, 3, 2, 99], 4) == 2.5
 
 
 def test_hydrostatic_vector() -> None:
@@ -138,7 +138,7 @@ def test_uart_absent_sensor_fails_bring_up() -> None:
 
 def _pulse(d: float, temp: float = 30.0, **kw: object):
     fake = fakes.FakeRanger(_src(distance_m=d, temp=temp))
-    drv = ultrasonic.UltrasonicPulse(fake.trigger, fake.echo, fake.pulse_us, _no_sleep, **kw)
+    drv = ultrasonic_pulse.UltrasonicPulse(fake.trigger, fake.echo, fake.pulse_us, _no_sleep, **kw)
     return fake, drv
 
 
@@ -166,7 +166,9 @@ def test_pulse_internally_compensated_sensor_ignores_temperature() -> None:
             return 1750  # 1 us per mm
 
     h = HRXL()
-    drv = ultrasonic.UltrasonicPulse(h.trigger, h.echo, h.pulse_us, _no_sleep, compensates=True)
+    drv = ultrasonic_pulse.UltrasonicPulse(
+        h.trigger, h.echo, h.pulse_us, _no_sleep, compensates=True
+    )
     assert drv.read(40.0) == pytest.approx(1.75)
     assert drv.read(None) == pytest.approx(1.75)
 
@@ -206,7 +208,7 @@ def test_pulse_echo_longer_than_timeout() -> None:
 def test_pulse_needs_odd_pings() -> None:
     fake = fakes.FakeRanger(_src(distance_m=1.0))
     with pytest.raises(ValueError):
-        ultrasonic.UltrasonicPulse(fake.trigger, fake.echo, fake.pulse_us, _no_sleep, pings=4)
+        ultrasonic_pulse.UltrasonicPulse(fake.trigger, fake.echo, fake.pulse_us, _no_sleep, pings=4)
 
 
 def test_pulse_without_trigger_gets_no_echo() -> None:

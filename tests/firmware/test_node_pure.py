@@ -97,6 +97,45 @@ def test_set_is_validated_whole_then_persisted(tmp_path: Path) -> None:
     assert not (tmp_path / "config.json.tmp").exists()
 
 
+def test_pending_set_is_applied_once_at_boot_and_its_ack_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """node.state.pending_set: the `set` App.command stored before its restart is applied
+    (all or nothing), removed before it is applied, and its ack kept until it is sent."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    Path("config.json").write_text(json.dumps(GOOD))
+    cfg, _ = config.load()
+    pending = tmp_path / "data" / "set_cmd.json"
+    ackfile = tmp_path / "data" / "set_ack.json"
+    assert state.pending_set(cfg) is False, "nothing stored, nothing to send"
+    cmd = {"v": 1, "id": "s-1", "cmd": "set", "args": {"intervals": {"report_s": 120}}}
+    pending.write_text(json.dumps(cmd))
+    assert state.pending_set(cfg) is True and not pending.exists()
+    assert cfg["intervals"]["report_s"] == 120
+    assert json.loads(Path("config.json").read_text())["intervals"]["report_s"] == 120
+    ack = json.loads('%s, "t": %d}' % (ackfile.read_text(), 1234))  # as App.on_connect
+    assert ack == {
+        "v": 1,
+        "device_id": cfg["device_id"],
+        "id": "s-1",
+        "ok": True,
+        "error": None,
+        "t": 1234,
+    }
+    assert state.pending_set(cfg) is True, "the ack waits until it is sent"
+    ackfile.unlink()
+    bad = {"v": 1, "id": "s-2%", "cmd": "set", "args": {"intervals": {"report_s": 1}}}
+    pending.write_text(json.dumps(bad))
+    assert state.pending_set(cfg) is True and cfg["intervals"]["report_s"] == 120
+    ack = json.loads(ackfile.read_text() + "}")
+    assert ack["id"] == "s-2%" and ack["ok"] is False and "report_s" in ack["error"]
+    for raw, word in (("{not json", "id"), ('{"v": 1, "id": "s-3", "cmd": "set", "x": 1}', "x")):
+        pending.write_text(raw)
+        state.pending_set(cfg)
+        assert word in json.loads(ackfile.read_text() + "}")["error"]
+
+
 @given(st.text(max_size=50))
 def test_device_id_rule_matches_the_contract(s: str) -> None:
     import re

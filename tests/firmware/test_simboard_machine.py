@@ -117,7 +117,7 @@ def test_magnetometer_reads_the_bay_model(run: Any) -> None:
 
 WATER_SCRIPT = """
 import gc, json, machine, time
-from drivers.ultrasonic import UltrasonicPulse
+from drivers.ultrasonic_pulse import UltrasonicPulse
 from drivers.pressure import PressureTransducer, head_m
 from drivers.bme280 import BME280
 from drivers.battery import Battery

@@ -1,7 +1,9 @@
 # Trigger/echo ultrasonic ranging (JSN-SR04T mode 1, HC-SR04, MaxBotix HRXL): the echo pulse
 # lasts the round trip; d = c * t / 2 with c = 331.3 + 0.606 * T m/s (calibration-reference
-# section 3). Apart from drivers/ultrasonic.py (the UART sensors, whose limits and speed of
-# sound it shares) so that a UART node does not intern these names (docs/firmware.md "Heap").
+# section 3). Apart from drivers/ultrasonic.py (the UART sensors), and not importing it: each
+# module's names are interned for good when it loads, so a UART node does not pay for these
+# and a pulse node not for the UART's (docs/firmware.md "Heap"). The limit checks and the
+# speed of sound are therefore the same as there (tests/firmware/test_drivers_ranging.py).
 try:
     from micropython import const
 except ImportError:
@@ -10,13 +12,19 @@ except ImportError:
         return x
 
 
-from drivers.ultrasonic import _Limits, speed_of_sound
-
 _TRIG_US = const(20)  # JSN-SR04T wants a >10 us trigger; 20 us also suits its v3 board
 _BLIND_M = const(0.25)  # JSN-SR04T blind zone ~20-25 cm (calibration-reference section 3)
 _MAX_M = const(4.5)  # JSN-SR04T range ~4.5-6 m (calibration-reference section 3)
 _C_REF = const(343.42)  # c at 20 C from the formula below; used when no temperature is given
 _HRXL_US_PER_M = const(1000.0)  # MaxBotix HRXL-MaxSonar pulse width: 1 us per mm, compensated
+
+
+REASONS = ("timeout", "blind", "range", "too_few", "bus")
+
+
+def speed_of_sound(temp_c):
+    # c = 331.3 + 0.606 * T m/s (calibration-reference section 3).
+    return 331.3 + 0.606 * temp_c
 
 
 def echo_to_m(echo_us, temp_c):
@@ -40,7 +48,7 @@ def median(values, n):
     return (values[h - 1] + values[h]) / 2
 
 
-class UltrasonicPulse(_Limits):
+class UltrasonicPulse:
     """Trigger/echo ranging. pulse_us(pin, level, timeout_us) is machine.time_pulse_us on a
     board (negative on timeout); sleep_us is time.sleep_us. read(temp_c) -> metres (median of
     `pings` echoes) or None. compensates=True is for sensors whose pulse width is already
@@ -73,9 +81,25 @@ class UltrasonicPulse(_Limits):
         self.compensates = compensates
         self.us_per_m = us_per_m
         self._echo = [0] * pings
-        self._init_limits(min_m, max_m)
-        self.errors["too_few"] = 0
+        self.min_m = min_m
+        self.max_m = max_m
+        self.errors = {}
+        for r in REASONS:
+            self.errors[r] = 0
+        self.last_error = None
         trigger.value(0)
+
+    def _count(self, reason):
+        self.errors[reason] += 1
+        self.last_error = reason
+
+    def _check(self, d):
+        # Returns d, or None after counting why the reading was rejected.
+        if d < self.min_m:
+            return self._count("blind")
+        if d > self.max_m:
+            return self._count("range")
+        return d
 
     def ping_us(self):
         """One trigger pulse and the echo width in us (negative on timeout)."""

@@ -324,9 +324,14 @@ class App:
             else:
                 log("sampler stalled: letting the watchdog reset the node")
             period = int(iv["status_s"] * 1000)
-            if self._status_now or clock.ticks_diff(clock.ticks_ms(), last) >= period:
+            now = clock.ticks_ms()
+            late = clock.ticks_diff(now, last)
+            if self._status_now or late >= period:
                 self._status_now = False
-                last = clock.ticks_ms()
+                # The next one a period after this one was due, not after now: this loop
+                # wakes up to a quarter period late (more behind a slow driver read), and
+                # re-arming from now lost that every time. Far behind (or asked for): now.
+                last = clock.ticks_add(last, period) if period <= late < 2 * period else now
                 self.outbox.maybe_persist()
                 if self.link.up.is_set():
                     try:

@@ -517,6 +517,18 @@ def test_battery_board_deep_sleeps_and_batches_its_radio_wakes(
     assert {"distance", "pressure", "air_temp"} <= set(rs[-1]["raw"])
     st = gateway.statuses[dev][-1]
     assert st["reset_cause"] == "deep_sleep" and st["battery_v"] is not None
+    # A `set` that arrived during a radio wake is stored by App.command (as here) and applied
+    # at the next wake, which wakes the radio to send its ack: still boot 0 (deep sleep).
+    cmd = {"v": 1, "id": "b-set", "cmd": "set", "args": {"intervals": {"report_s": 3.0}}}
+    tmp = node.flash_dir / "data" / "set_cmd.json.tmp"
+    tmp.write_text(json.dumps(cmd))
+    tmp.rename(node.flash_dir / "data" / "set_cmd.json")
+    ack = _ack(gateway, dev, "b-set", node=node)
+    assert ack["ok"] is True, ack
+    n_status = len(gateway.statuses[dev])
+    gateway.wait(lambda: len(gateway.statuses[dev]) > n_status, 30, "a status after the set")
+    assert gateway.statuses[dev][-1]["intervals"]["report_s"] == 3.0
+    assert {r["boot"] for r in gateway.readings[dev]} == {0}
     assert not gateway.errors, gateway.errors[:3]
 
 

@@ -104,9 +104,7 @@ class UltrasonicUART(_Limits):
             self.init()
 
     def init(self):
-        self._drain()
-        if self.trigger:
-            self.uart.write(b"\x55")
+        self.request()
         if self.read_raw() is not True:
             raise OSError(19, f"ultrasonic sensor: no valid frame on {self.uart!r}")
 
@@ -166,11 +164,18 @@ class UltrasonicUART(_Limits):
             n += got
         return "checksum" if bad_sum else "timeout"
 
-    def read(self, temp_c=None):
+    def request(self):
+        """Drop stale frames and, for a triggered sensor, ask for a fresh one. The node calls
+        this, awaits the frame's bytes (uart.any()), then read(temp_c, False), so the asyncio
+        loop is not held while the sensor answers."""
+        self._drain()
+        if self.trigger:
+            self.uart.write(b"\x55")
+
+    def read(self, temp_c=None, fresh=True):
         try:
-            self._drain()
-            if self.trigger:
-                self.uart.write(b"\x55")
+            if fresh:
+                self.request()
             r = self.read_raw()
         except OSError:
             return self._count("bus")

@@ -76,7 +76,21 @@ class Sensor:
         else:
             # ultrasonic: names = (distance, the air temperature channel read just before,
             # which compensates the speed of sound, if there is one)
-            v = dev.read(out.get(names[1]))
+            u = getattr(dev, "uart", None)
+            if u is None:  # trigger/echo ranging: time_pulse_us, bounded by its timeout
+                v = dev.read(out.get(names[1]))
+            else:
+                # UART frame: request it, then await its 4 bytes (A02YYUW: a frame per 100 ms,
+                # 9600 baud) instead of letting the driver poll with time.sleep_ms.
+                try:
+                    dev.request()
+                except OSError:
+                    pass  # read() counts the bus error
+                k = 30
+                while k and u.any() < 4:
+                    await asyncio.sleep_ms(10)
+                    k -= 1
+                v = dev.read(out.get(names[1]), False)
         if v is None:
             return False
         if not isinstance(v, tuple):

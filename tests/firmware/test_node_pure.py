@@ -114,7 +114,7 @@ def test_pending_set_is_applied_once_at_boot_and_its_ack_kept(
     assert state.pending_set(cfg) is True and not pending.exists()
     assert cfg["intervals"]["report_s"] == 120
     assert json.loads(Path("config.json").read_text())["intervals"]["report_s"] == 120
-    ack = json.loads('%s, "t": %d}' % (ackfile.read_text(), 1234))  # as App.on_connect
+    ack = json.loads(f'{ackfile.read_text()}, "t": 1234}}')  # as App.on_connect
     assert ack == {
         "v": 1,
         "device_id": cfg["device_id"],

@@ -167,6 +167,18 @@ def _node(nodes: list[SimNode], kind: str, broker: MosquittoBroker, **kw: Any) -
     return n
 
 
+def _wait_for_stored(gateway: Gateway, node: SimNode, dev: str, what: str) -> None:
+    """Wait until the gateway has every reading the node's flash says it stored, per boot."""
+    gateway.wait(
+        lambda: all(
+            any(r["boot"] == b and r["seq"] >= s for r in gateway.readings[dev])
+            for b, s in _stored(node).items()
+        ),
+        30,
+        what,
+    )
+
+
 def test_every_kind_publishes_valid_readings_and_status(
     broker: MosquittoBroker, gateway: Gateway, nodes: list[SimNode]
 ) -> None:
@@ -242,14 +254,7 @@ def test_outage_and_power_cut_lose_nothing_and_duplicate_nothing(
     )
     stored = _stored(node)
     assert set(stored) == {0, 1}, stored
-    gateway.wait(
-        lambda: all(
-            any(r["boot"] == b and r["seq"] >= s for r in gateway.readings[dev])
-            for b, s in _stored(node).items()
-        ),
-        30,
-        "the backlog",
-    )
+    _wait_for_stored(gateway, node, dev, "the backlog")
     per_boot = assert_complete(gateway.readings[dev])
     for boot, last in stored.items():
         assert per_boot[boot][0] == 0, f"boot {boot} starts at seq 0"
@@ -394,14 +399,7 @@ def test_set_is_applied_by_a_restart_at_64k_without_losing_a_reading(
     gateway.wait(lambda: any(r["boot"] == 2 for r in gateway.readings[dev]), 30, "boot 2 readings")
     stored = _stored(node)
     assert set(stored) == {0, 1, 2}, stored
-    gateway.wait(
-        lambda: all(
-            any(r["boot"] == b and r["seq"] >= s for r in gateway.readings[dev])
-            for b, s in _stored(node).items()
-        ),
-        30,
-        "every stored reading",
-    )
+    _wait_for_stored(gateway, node, dev, "every stored reading")
     rs = gateway.readings[dev]
     keys = [(r["boot"], r["seq"]) for r in rs]
     assert len(keys) == len(set(keys)), "a reading was stored twice"

@@ -11,15 +11,22 @@ from host_tools.brokers import MosquittoBroker, mosquitto_path
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--port", default=None, help="serial port of a real board for hil tests")
+    parser.addoption(
+        "--run-soak",
+        action="store_true",
+        default=False,
+        help="also run the soak tests (long runs: minutes of traffic; not part of CI's suite)",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--port"):
-        return
     skip_hil = pytest.mark.skip(reason="needs a real board: give --port /dev/ttyUSB0")
+    skip_soak = pytest.mark.skip(reason="soak test: run with --run-soak (takes minutes)")
     for item in items:
-        if "hil" in item.keywords:
+        if "hil" in item.keywords and not config.getoption("--port"):
             item.add_marker(skip_hil)
+        if "soak" in item.keywords and not config.getoption("--run-soak"):
+            item.add_marker(skip_soak)
 
 
 @pytest.fixture

@@ -173,6 +173,9 @@ class Gateway:
         self._background: set[asyncio.Task[Any]] = set()
         self._upstream_task: asyncio.Task[None] | None = None
         self._store_failures = 0
+        self._stopping = False  # the final offline health was sent: no more online ones
+        self._online_since: float | None = None  # when the current platform connection began
+        self._upstream_health_topic: str | None = None
 
     def _spawn(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it is done."""
@@ -284,6 +287,8 @@ class Gateway:
         finally:
             sdnotify.notify("STOPPING=1")
             self.ready = False
+            with contextlib.suppress(Exception):
+                await self._publish_stopped("gateway stopped")
             if self._upstream_task is not None:
                 tasks.append(self._upstream_task)
             tasks.extend(self._background)
@@ -341,8 +346,10 @@ class Gateway:
             if dropped:
                 log.warning("new store bounds dropped %s", dropped)
         if new.upstream.enabled and self._upstream_task is None:
+            self._stopping = False
             self._upstream_task = asyncio.create_task(self._upstream_loop(), name="upstream")
         elif not new.upstream.enabled and self._upstream_task is not None:
+            await self._publish_stopped("forwarding disabled by a reload")
             self._upstream_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._upstream_task
@@ -613,17 +620,26 @@ class Gateway:
 
     # -- platform broker ----------------------------------------------------------------------
 
-    def _health(self, state: str) -> bytes:
+    def _health(self, state: str, reason: str | None = None) -> bytes:
+        """The retained health message. ``online`` carries the figures; ``offline`` a reason:
+        ``stopped`` (a clean stop, ``t`` = the stop time) or ``connection_lost`` (the last
+        will: no ``t``, since the broker sends it when it notices the loss, but
+        ``online_since``, when the lost connection began)."""
         s = self.stats()
         body: dict[str, Any] = {
             "v": 1,
             "site_id": self.config.site_id,
             "gateway_id": self.config.gateway_id,
             "state": state,
-            "t": iso_utc(time.time()),
             "version": __version__,
         }
-        if state == "online":
+        if reason != "connection_lost":
+            body["t"] = iso_utc(time.time())
+        if reason is not None:
+            body["reason"] = reason
+        if self._online_since is not None:
+            body["online_since"] = iso_utc(self._online_since)
+        if state == "online" or reason == "stopped":
             body.update(
                 queue_depth=max(0, int(s["queue_depth"])),
                 oldest_age_s=s["oldest_age_s"],
@@ -643,7 +659,9 @@ class Gateway:
             section = self.config.upstream
             self._upstream_reconnect.clear()
             topic = contract.gateway_health_topic(self.config.site_id, self.config.gateway_id)
-            will = aiomqtt.Will(topic, self._health("offline"), qos=1, retain=True)
+            self._online_since = time.time()
+            will = aiomqtt.Will(topic, self._health("offline", "connection_lost"), qos=1,
+                                retain=True)
             try:
                 # Before connecting: finish pending deletes, then read the rows that have packet
                 # ids — the broker may hold them; they are finished first (PUBREL or PUBLISH).
@@ -678,8 +696,9 @@ class Gateway:
                         self._offline_total += time.monotonic() - self._offline_since
                         self._offline_since = None
                     self._upstream = client
+                    self._upstream_health_topic = topic
                     delay = section.reconnect_min_s
-                    await client.publish(topic, self._health("online"), qos=1, retain=True)
+                    await self._publish_online(client, topic)
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._forward(conn))
                         tg.create_task(conn.committer())
@@ -694,6 +713,7 @@ class Gateway:
                 log.info("reconnecting to the platform broker with new settings")
                 delay = 0.0
             finally:
+                self._online_since = None
                 if self._upstream is not None:
                     self._upstream = None
                     self._offline_since = time.monotonic()
@@ -713,10 +733,32 @@ class Gateway:
         await self._upstream_reconnect.wait()
         raise _Reconnect()
 
+    async def _publish_online(self, client: aiomqtt.Client, topic: str) -> None:
+        if not self._stopping:  # once the final offline health is out, never say online again
+            await client.publish(topic, self._health("online"), qos=1, retain=True)
+
+    async def _publish_stopped(self, why: str) -> None:
+        """Before a clean disconnect (which discards the last will): the final retained health,
+        ``offline`` with the stop time, so the platform does not keep the last ``online``."""
+        self._stopping = True
+        client, topic = self._upstream, self._upstream_health_topic
+        if client is None or topic is None:
+            return  # not connected: the broker already published the will (connection_lost)
+        try:
+            async with asyncio.timeout(min(5.0, self.config.upstream.timeout_s)):
+                await client.publish(topic, self._health("offline", "stopped"), qos=1,
+                                     retain=True)
+            log.info("final health sent to the platform broker: offline (%s)", why)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            log.warning("could not send the final offline health (%s): %s; the platform keeps "
+                        "the last online message until the broker's keepalive ends", why, exc)
+
     async def _status_publisher(self, client: aiomqtt.Client, health_topic: str) -> None:
         while True:
             await asyncio.sleep(self.config.health.interval_s)
-            await client.publish(health_topic, self._health("online"), qos=1, retain=True)
+            if self._stopping:
+                return
+            await self._publish_online(client, health_topic)
             now = time.time()
             for dev in list(self.devices.devices):
                 body = json.dumps(self.devices.payload(dev, now), separators=(",", ":"))

@@ -1,0 +1,120 @@
+"""The gateway as an admin runs it: what the platform's retained health says after a clean stop
+and after a crash, and the log priorities journald sees."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from edge_gateway import contract
+from host_tools.brokers import MosquittoBroker
+from tests.gateway.helpers import gateway_config, run_async
+from tests.gateway.test_crash import write_toml
+from tests.support.tools import REPO
+
+pytestmark = pytest.mark.broker
+
+SITE, GW = "test-site-01", "gw-test-01"
+KEEPALIVE_S = 5
+
+
+async def retained_health(broker: MosquittoBroker, timeout_s: float = 5.0,
+                          live: bool = False) -> dict[str, Any]:
+    """What a platform consumer connecting now gets: the retained gateway health (or, with
+    ``live``, a live one if nothing is retained yet)."""
+    topic = contract.gateway_health_topic(SITE, GW)
+    async with aiomqtt.Client(broker.host, broker.port, identifier="health-reader",
+                              clean_session=True, timeout=5) as client:
+        await client.subscribe(topic, qos=1)
+        async with asyncio.timeout(timeout_s):
+            async for message in client.messages:
+                assert live or message.retain, "expected the retained health first"
+                body: dict[str, Any] = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                contract.validate("gateway_health", body)
+                return body
+    raise AssertionError("no retained health")
+
+
+async def wait_health(broker: MosquittoBroker, state: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            body = await retained_health(broker, timeout_s=1.0, live=True)
+            if body["state"] == state:
+                return body
+        except TimeoutError:
+            pass  # nothing retained yet
+        if time.monotonic() > deadline:
+            raise AssertionError(f"retained health did not become {state!r} in {timeout_s} s")
+        await asyncio.sleep(0.1)
+
+
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def start(conf: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "edge_gateway", "--config", str(conf)], cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=log.open("ab"),
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+
+
+@run_async
+async def test_clean_stop_leaves_offline_with_the_stop_time_and_a_kill_leaves_the_will(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    local = broker_factory("local")
+    upstream = broker_factory("upstream")
+    cfg = gateway_config(local, upstream, tmp_path, upstream={"keepalive_s": KEEPALIVE_S})
+    cfg["health"] = {"interval_s": 0.5}  # keep publishing online right up to the stop
+    conf = tmp_path / "gateway.toml"
+    write_toml(conf, cfg)
+    log = tmp_path / "gw.log"
+
+    proc = start(conf, log)
+    try:
+        online = await wait_health(upstream, "online", 20)
+        await asyncio.sleep(1.2)  # a few periodic online messages have gone out
+        stopped_at = time.time()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0, log.read_text()[-2000:]
+        exited_at = time.time()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    health = await retained_health(upstream)
+    assert health["state"] == "offline" and health["reason"] == "stopped", health
+    # t is the stop time (whole seconds), not the connect time
+    assert int(stopped_at) - 1 <= _ts(health["t"]) <= exited_at + 1, (health, stopped_at)
+    assert _ts(health["t"]) >= _ts(online["t"])
+    assert health["queue_depth"] == 0 and "online_since" in health
+
+    proc = start(conf, log)
+    try:
+        online = await wait_health(upstream, "online", 20)
+        assert online.get("reason") is None
+        proc.kill()
+        killed_at = time.monotonic()
+        will = await wait_health(upstream, "offline", KEEPALIVE_S * 1.5 + 2)
+        assert time.monotonic() - killed_at <= KEEPALIVE_S * 1.5 + 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+    assert will["reason"] == "connection_lost", will
+    assert "t" not in will  # the broker sends it when it notices: no time the gateway could know
+    assert will["online_since"] == online["online_since"]

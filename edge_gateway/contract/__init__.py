@@ -7,11 +7,14 @@ The JSON Schema files beside this module and ``asyncapi.json`` are the normative
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import ValidationError
 
 VERSION = 1
@@ -96,9 +99,95 @@ def schema(name: str) -> dict[str, Any]:
     return loaded
 
 
+# RFC 3339 section 5.6 date-time: full-date "T" full-time, the offset mandatory. jsonschema
+# checks "date-time" only when the optional rfc3339-validator package is installed (and then
+# silently passes anything when it is not), so the contract brings its own check: the same
+# grammar ajv-formats applies, and the calendar (month 13, 30 February) through datetime.
+_DATE_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-](\d{2}):(\d{2}))"
+)
+
+FORMAT_CHECKER = FormatChecker()
+
+
+def is_date_time(instance: object) -> bool:
+    """RFC 3339 date-time (non-strings pass: "format" constrains strings only)."""
+    if not isinstance(instance, str):
+        return True
+    m = _DATE_TIME.fullmatch(instance)
+    if m is None:
+        raise ValueError("not an RFC 3339 date-time such as 2026-11-22T03:20:00Z")
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if second == 60 and minute == 59:  # a leap second: valid at the end of any minute 59
+        second = 59
+    datetime(year, month, day, hour, minute, second)  # ValueError names what is out of range
+    if m.group(9) is not None and (int(m.group(9)) > 23 or int(m.group(10)) > 59):
+        raise ValueError("time offset out of range")
+    return True
+
+
+FORMAT_CHECKER.checks("date-time", raises=ValueError)(is_date_time)
+
+
+def ecma_pattern(pattern: str) -> re.Pattern[str]:
+    """Compile a JSON Schema ``pattern`` (ECMA-262) for Python with ECMA's meaning of ``$``:
+    the end of the string. Python's ``$`` also matches before a trailing newline, so
+    ``^[a-z]+$`` would accept ``"abc\\n"``; here every ``$`` outside a character class
+    becomes ``\\Z``."""
+    out: list[str] = []
+    in_class = escaped = False
+    for ch in pattern:
+        if escaped:
+            out.append(ch)
+            escaped = False
+        elif ch == "\\":
+            out.append(ch)
+            escaped = True
+        elif in_class:
+            out.append(ch)
+            in_class = ch != "]"
+        elif ch == "[":
+            out.append(ch)
+            in_class = True
+        else:
+            out.append(r"\Z" if ch == "$" else ch)
+    return re.compile("".join(out))
+
+
+_ecma_pattern = cache(ecma_pattern)
+
+
+def _pattern(validator: Any, patrn: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _ecma_pattern(patrn).search(instance):
+        yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+
+def _pattern_properties(
+    validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+) -> Iterator[ValidationError]:
+    if not validator.is_type(instance, "object"):
+        return
+    for patrn, subschema in patterns.items():
+        for key, value in instance.items():
+            if _ecma_pattern(patrn).search(key):
+                yield from validator.descend(value, subschema, path=key, schema_path=patrn)
+
+
+#: Draft 2020-12 with what the contract promises and plain jsonschema does not check: formats
+#: (date-time) and ECMA-262 ``$`` in patterns. Use it (or :func:`validate`) for contract data.
+ContractValidator = validators.extend(
+    Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties}
+)
+
+
+def validator_for(schema_doc: dict[str, Any]) -> Any:
+    """A validator for any schema, with the contract's format checker and pattern semantics."""
+    return ContractValidator(schema_doc, format_checker=FORMAT_CHECKER)
+
+
 @cache
-def _validator(name: str) -> Draft202012Validator:
-    return Draft202012Validator(schema(name), format_checker=Draft202012Validator.FORMAT_CHECKER)
+def _validator(name: str) -> Any:
+    return validator_for(schema(name))
 
 
 def validate(name: str, payload: Any) -> None:

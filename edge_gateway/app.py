@@ -77,7 +77,7 @@ class _PipelineResult:
     commit: CommitResult
     dead: list[tuple[str, bytes, str]] = field(default_factory=list)  # topic, payload, reason
     alerts: int = 0
-    per_device: dict[str, int] = field(default_factory=dict)
+    samples: list[tuple[str, float]] = field(default_factory=list)  # (device, sample time)
 
 
 @dataclass
@@ -123,6 +123,15 @@ def _puback(ack: tuple[aiomqtt.Client, int, int] | None) -> None:
     if qos > 0:
         with contextlib.suppress(Exception):
             client._client.ack(mid, qos)
+
+
+def sample_time(body: dict[str, Any], received: float) -> float:
+    """When a reading was sampled, for completeness: its ``t`` when the node's clock is synced
+    and ``t`` is not in the future (5 min of clock skew allowed), else the receive time."""
+    t = body.get("t")
+    if body.get("synced") is True and isinstance(t, (int, float)) and 0 < t <= received + 300:
+        return float(t)
+    return received
 
 
 def custody_ranges(keys: list[tuple[str, int, int]]) -> list[tuple[str, int, int, int]]:
@@ -248,6 +257,7 @@ class Gateway:
         )
         store = self.store
         self.processor = Processor(cfg, registries)
+        self.devices.restore(*await store.call(store.sample_counts, time.time()))
         saved = await store.call(store.get_meta, "alert_state")
         if saved:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
@@ -554,12 +564,13 @@ class Gateway:
         remember: list[tuple[str, int, int, float]] = []
         alerts = 0
         errors = 0
-        per_device: dict[str, int] = defaultdict(int)
+        samples: list[tuple[str, float]] = []
         for item, key, new in zip(batch, keys, fresh, strict=True):
             if not new or key in in_batch:
                 duplicates.append(key)
                 continue
             in_batch.add(key)
+            samples.append((item.device_id, sample_time(item.body, item.received)))
             try:
                 processed = processor.process(item.device_id, item.body, item.received)
             except Exception as exc:  # a processing bug must not lose or block the reading
@@ -577,7 +588,6 @@ class Gateway:
                 contract.observation_topic(cfg.site_id, kind, item.device_id),
                 processed.payload, item.received, priority, key,
             ))
-            per_device[item.device_id] += 1
             for alert in processed.alerts:
                 alerts += 1
                 entries.append(Entry(
@@ -589,10 +599,10 @@ class Gateway:
         meta = {"alert_state": json.dumps(processor.alert_state())} if alerts else None
         result = store.commit(
             entries, duplicates, counters={"processing_errors": errors}, remember=remember,
-            meta=meta,
+            meta=meta, samples=samples,
         )
         result.accepted.extend(k[:3] for k in remember)  # custody: the dead letter holds them
-        return _PipelineResult(result, dead, alerts, dict(per_device))
+        return _PipelineResult(result, dead, alerts, samples)
 
     def _after_commit(self, result: _PipelineResult) -> None:
         assert self._new_rows is not None
@@ -600,8 +610,8 @@ class Gateway:
         self._last_commit_s = c.commit_s
         self.counters["alerts_raised"] += result.alerts
         now = time.time()
-        for dev, n in result.per_device.items():
-            self.devices.counted(dev, now, n)
+        for dev, t in result.samples:
+            self.devices.counted(dev, t, now)
         for topic, payload, reason in result.dead:
             self.counters["processing_errors"] += 1
             self._dead_letter(self._local, topic, payload, "processing", reason)

@@ -1,18 +1,27 @@
 """Per-device status the gateway publishes (retained): last seen, battery, signal, outbox,
-and completeness = readings received ÷ readings expected over the last 24 hours."""
+and completeness = readings received ÷ readings expected over the last 24 hours.
+
+Completeness counts readings by **sample time** (the reading's ``t``; its receive time when the
+node's clock is not synced), de-duplicated, in 10-minute buckets that the store keeps
+(:meth:`edge_gateway.store.Store.sample_counts`), so a backlog upload counts where its readings
+belong and a restart forgets nothing:
+
+    received_24h = new readings whose sample time is in the last 24 h
+    expected_24h = max(1, floor(min(24 h, now - first sample time) / report_s))
+    completeness = received_24h / expected_24h   (above 1 with alarm-driven extra readings)
+"""
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_gateway.config import GatewayConfig
 from edge_gateway.ingest import iso_utc
+from edge_gateway.store import SAMPLE_BUCKET_S, SAMPLE_DAY_S
 
-_DAY_S = 86400.0
-_BUCKET_S = 600.0  # completeness counted in 10-minute buckets: 144 per day
+_DAY_S = float(SAMPLE_DAY_S)
 
 
 @dataclass
@@ -29,20 +38,20 @@ class DeviceState:
     outbox_dropped: int | None = None
     report_s: float | None = None
     sensor_errors: dict[str, Any] = field(default_factory=dict)
-    buckets: deque[list[float]] = field(default_factory=deque)  # [bucket_start, count]
+    buckets: dict[int, int] = field(default_factory=dict)  # sample-time bucket start -> count
+    first_sample: float | None = None  # earliest sample time ever counted (kept in the store)
     dirty: bool = True
 
-    def count(self, now: float, n: int = 1) -> None:
-        start = now - now % _BUCKET_S
-        if self.buckets and self.buckets[-1][0] == start:
-            self.buckets[-1][1] += n
-        else:
-            self.buckets.append([start, float(n)])
-        while self.buckets and self.buckets[0][0] <= now - _DAY_S:
-            self.buckets.popleft()
+    def count(self, t: float, now: float) -> None:
+        """One new reading with sample time ``t``."""
+        start = int(t // SAMPLE_BUCKET_S) * SAMPLE_BUCKET_S
+        self.buckets[start] = self.buckets.get(start, 0) + 1
+        self.first_sample = t if self.first_sample is None else min(self.first_sample, t)
+        for old in [b for b in self.buckets if b <= now - _DAY_S]:
+            del self.buckets[old]
 
     def received_24h(self, now: float) -> int:
-        return int(sum(c for s, c in self.buckets if s > now - _DAY_S))
+        return sum(c for s, c in self.buckets.items() if now - _DAY_S < s <= now)
 
 
 class DeviceTracker:
@@ -50,11 +59,21 @@ class DeviceTracker:
         self.config = config
         self.devices: dict[str, DeviceState] = {}
         self.started = time.time()
+        # Completeness counts from the store, for devices not heard from since the start: a
+        # device joins ``devices`` (and gets a status message) when it is heard from again.
+        self._restored: dict[str, DeviceState] = {}
+
+    def restore(self, counts: dict[str, dict[int, int]], firsts: dict[str, float]) -> None:
+        """Load the stored completeness buckets (:meth:`Store.sample_counts`)."""
+        for dev in set(counts) | set(firsts):
+            target = self.devices.get(dev) or self._restored.setdefault(dev, DeviceState(dev))
+            target.buckets = dict(counts.get(dev, {}))
+            target.first_sample = firsts.get(dev)
 
     def _get(self, device_id: str) -> DeviceState:
         state = self.devices.get(device_id)
         if state is None:
-            state = DeviceState(device_id)
+            state = self._restored.pop(device_id, None) or DeviceState(device_id)
             entry = self.config.device(device_id)
             if entry is not None:
                 state.kind = entry.kind
@@ -78,8 +97,9 @@ class DeviceTracker:
         if battery is not None and isinstance(battery.get("v"), (int, float)):
             self._get(device_id).battery_v = float(battery["v"])
 
-    def counted(self, device_id: str, now: float, n: int) -> None:
-        self._get(device_id).count(now, n)
+    def counted(self, device_id: str, sample_time: float, now: float) -> None:
+        """A new (not duplicate) reading was committed."""
+        self._get(device_id).count(sample_time, now)
 
     def status(self, device_id: str, body: dict[str, Any], now: float) -> None:
         self.seen(device_id, now, body.get("kind"), body.get("fw"))
@@ -114,10 +134,11 @@ class DeviceTracker:
             or state.report_s
             or self.config.inventory.default_report_s
         )
-        # Expected readings: over 24 h, or since the device was first seen if that is shorter.
+        # Expected readings: over 24 h, or since the device's first sample if that is shorter.
         span = _DAY_S
-        if state.first_seen is not None:
-            span = min(_DAY_S, max(report_s, now - state.first_seen))
+        first = state.first_sample if state.first_sample is not None else state.first_seen
+        if first is not None:
+            span = min(_DAY_S, max(report_s, now - first))
         expected = max(1, int(span / report_s))
         received = state.received_24h(now)
         state_name = state.presence

@@ -38,6 +38,7 @@ import shutil
 import sqlite3
 import time
 import zlib
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,16 @@ CREATE TABLE IF NOT EXISTS seen_ranges(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples(
+    device_id TEXT NOT NULL,
+    bucket INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY(device_id, bucket)
+) WITHOUT ROWID;
 """
+
+SAMPLE_BUCKET_S = 600  # completeness: readings counted per device in 10-minute sample-time buckets
+SAMPLE_DAY_S = 86400
 
 
 @dataclass(frozen=True)
@@ -355,12 +365,14 @@ class Store:
         counters: dict[str, int] | None = None,
         remember: Sequence[tuple[str, int, int, float]] = (),
         meta: dict[str, str] | None = None,
+        samples: Sequence[tuple[str, float]] = (),
     ) -> CommitResult:
         """Store a group of entries in one transaction and enforce the bounds.
 
         A reading whose key was committed before is not stored again and comes back in
         ``duplicates`` (it is durable already, so custody may be acknowledged again).
-        ``remember`` keys are only added to the de-duplication memory.
+        ``remember`` keys are only added to the de-duplication memory. ``samples`` are
+        ``(device_id, sample time)`` of the new readings, counted for completeness.
         """
         now = time.time() if now is None else now
         t0 = time.perf_counter()
@@ -418,6 +430,7 @@ class Store:
             self._bump("duplicates", len(result.duplicates))
             for name, n in (counters or {}).items():
                 self._bump(name, n)
+            self._count_samples(samples)
             result.dropped = self._enforce_bounds(now, inserted)
             db.execute("COMMIT")
         except BaseException:
@@ -535,8 +548,47 @@ class Store:
             raise
         return dropped
 
+    def _count_samples(self, samples: Sequence[tuple[str, float]]) -> None:
+        """Per device and 10-minute bucket of sample time, how many new readings; and each
+        device's first sample time (meta ``first_sample:<device>``)."""
+        per: dict[tuple[str, int], int] = defaultdict(int)
+        first: dict[str, float] = {}
+        for dev, t in samples:
+            per[(dev, int(t // SAMPLE_BUCKET_S) * SAMPLE_BUCKET_S)] += 1
+            first[dev] = min(t, first.get(dev, t))
+        for (dev, bucket), n in per.items():
+            self.db.execute(
+                "INSERT INTO samples(device_id, bucket, n) VALUES(?, ?, ?) "
+                "ON CONFLICT(device_id, bucket) DO UPDATE SET n = n + excluded.n",
+                (dev, bucket, n),
+            )
+        for dev, t in first.items():
+            self.db.execute(
+                "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "value = excluded.value WHERE CAST(excluded.value AS REAL) < CAST(value AS REAL)",
+                (f"first_sample:{dev}", repr(float(t))),
+            )
+
+    def sample_counts(self, now: float) -> tuple[dict[str, dict[int, int]], dict[str, float]]:
+        """Readings per device and sample-time bucket of the last 24 h, and first sample times
+        (what completeness is computed from; kept across restarts)."""
+        counts: dict[str, dict[int, int]] = defaultdict(dict)
+        for dev, bucket, n in self.db.execute(
+            "SELECT device_id, bucket, n FROM samples WHERE bucket > ?", (now - SAMPLE_DAY_S,)
+        ):
+            counts[str(dev)][int(bucket)] = int(n)
+        firsts = {
+            str(k).removeprefix("first_sample:"): float(v)
+            for k, v in self.db.execute(
+                "SELECT key, value FROM meta WHERE key LIKE 'first_sample:%'")
+        }
+        return dict(counts), firsts
+
     def prune_seen(self, now: float) -> int:
-        """Forget the sequence ranges of boots not heard of for ``dedup_horizon_s``."""
+        """Forget the sequence ranges of boots not heard of for ``dedup_horizon_s`` (and
+        completeness buckets older than a day)."""
+        self.db.execute("DELETE FROM samples WHERE bucket <= ?",
+                        (now - SAMPLE_DAY_S - SAMPLE_BUCKET_S,))
         cutoff = now - self.limits.dedup_horizon_s
         gone = self.db.execute(
             "DELETE FROM seen_ranges WHERE updated < ? RETURNING device_id, boot", (cutoff,)

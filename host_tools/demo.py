@@ -16,6 +16,7 @@ import signal
 import tempfile
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -198,7 +199,22 @@ async def _stop_broker(broker: MosquittoBroker | EmbeddedBroker) -> None:
         await broker.stop()
 
 
-def _gateway_config(workdir: Path, local: Any, upstream: Any, records: Path) -> dict[str, Any]:
+def node_location(kind: str, index: int) -> dict[str, Any]:
+    """Where the demo's ``index``-th simulated node stands: its kind's site, nodes of one kind
+    about 50 m apart, so every observation carries its own node's position."""
+    base = LOCATIONS[kind]
+    return {**base, "lat": round(base["lat"] + 0.00045 * index, 6), "name": f"demo {kind} {index}"}
+
+
+def _gateway_config(workdir: Path, local: Any, upstream: Any, records: Path,
+                    nodes: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The demo gateway's config; ``nodes`` = (device id, kind) each get an inventory entry with
+    their own location (otherwise every observation would carry the school's)."""
+    index: dict[str, int] = {}
+    devices = []
+    for device_id, kind in nodes:
+        i = index[kind] = index.get(kind, -1) + 1
+        devices.append({"id": device_id, "kind": kind, "location": node_location(kind, i)})
     return {
         "gateway_id": GATEWAY_ID,
         "site_id": SITE_ID,
@@ -207,7 +223,7 @@ def _gateway_config(workdir: Path, local: Any, upstream: Any, records: Path) -> 
         "local": {"host": local.host, "port": local.port},
         "upstream": {"host": upstream.host, "port": upstream.port, "tls": False},
         "calibration": {"records": str(records), "fleet_defaults": True},
-        "inventory": {"allow_unknown": True},
+        "inventory": {"allow_unknown": True, "device": devices},
         "alerts": {"water_warning_m": 1.6, "water_critical_m": 2.0},
         "health": {"interval_s": 5.0},
         "metrics": {"enabled": False},
@@ -242,13 +258,14 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                 speed=args.speed,
                 seed=1000 + i,
                 site_id=SITE_ID,
-                config_overrides={"location": LOCATIONS[kind]},
+                config_overrides={"location": node_location(kind, kinds[:i].count(kind))},
             )
             nodes.append(node)
         water = next((n.device_id for n in nodes if n.kind == "water"), "ce-000000000000")
         records = workdir / "calibration.toml"
         records.write_text(DEMO_RECORDS.format(water_device=water))
-        config = GatewayConfig.from_dict(_gateway_config(workdir, local, upstream, records))
+        config = GatewayConfig.from_dict(_gateway_config(
+            workdir, local, upstream, records, [(n.device_id, n.kind) for n in nodes]))
         gateway = Gateway(config)
         gateway_task = asyncio.create_task(gateway.run(), name="gateway")
         for node in nodes:

@@ -169,3 +169,14 @@ def test_ajv_strict_mode_compiles_every_schema_and_agrees_on_the_verdicts(
                 zip(cases, verdicts, expected, strict=True) if v != e]
     assert not disagree, disagree
     assert expected.count(False) > len(BAD_DATE_TIMES)  # the bad cases were there and refused
+
+
+def test_example_times_agree() -> None:
+    """The example observation was sampled when it says (t and phenomenon_time are one time),
+    received a moment later, from the example reading."""
+    from datetime import datetime
+
+    obs, reading = contract.example("observation"), contract.example("reading")
+    sampled = datetime.fromisoformat(obs["phenomenon_time"]).timestamp()
+    assert obs["t"] == sampled == reading["t"]
+    assert 0 <= datetime.fromisoformat(obs["received_time"]).timestamp() - sampled < 60

@@ -118,3 +118,67 @@ async def test_clean_stop_leaves_offline_with_the_stop_time_and_a_kill_leaves_th
     assert will["reason"] == "connection_lost", will
     assert "t" not in will  # the broker sends it when it notices: no time the gateway could know
     assert will["online_since"] == online["online_since"]
+
+
+@run_async
+async def test_completeness_counts_by_sample_time_and_survives_a_restart(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    from edge_gateway.app import Gateway
+    from edge_gateway.config import GatewayConfig
+    from tests.gateway.helpers import FakeNode, wait_ready
+
+    local = broker_factory("local")
+    cfg = gateway_config(local, local, tmp_path, upstream={"enabled": False},
+                         inventory={"default_report_s": 600})
+    dev = "ce-00000000c0de"
+    now = time.time()
+
+    async def run_gateway(sends: list[float]) -> dict[str, Any]:
+        gw = Gateway(GatewayConfig.from_dict(cfg))
+        task = asyncio.create_task(gw.run())
+        node = await FakeNode(local, dev, "water", boot=len(sends)).start()
+        try:
+            await wait_ready(gw, upstream=False)
+            for t in sends:
+                await node.publish(1, t=t)
+            await node.wait_acked()
+            return gw.devices.payload(dev, time.time())
+        finally:
+            await node.stop()
+            gw.request_stop()
+            await task
+
+    # A node back after 12 hours uploads its backlog at once: one reading per 10 minutes over
+    # the last 12 h, plus one from 25 h ago (outside the window). By arrival time that was 73
+    # readings "in the last second" of a device first seen a second ago: completeness 73.
+    backlog = [now - 25 * 3600] + [now - 12 * 3600 + 600 * i for i in range(72)]
+    status = await run_gateway(backlog)
+    contract.validate("device_status", status)
+    assert status["received_24h"] == 72
+    assert status["expected_24h"] == 24 * 3600 // 600  # first sample 25 h ago: a full day
+    assert status["completeness"] == round(72 / 144, 3)
+
+    # After a restart the counts are still there (they were 0 before: memory only).
+    status = await run_gateway([now])
+    assert status["received_24h"] == 73 and status["completeness"] == round(73 / 144, 3)
+
+
+def test_demo_nodes_each_carry_their_own_location(tmp_path: Path) -> None:
+    from edge_gateway.config import GatewayConfig
+    from host_tools.demo import _gateway_config
+
+    nodes = [("ce-0000000000a1", "air"), ("ce-0000000000a2", "air"),
+             ("ce-0000000000b1", "water"), ("ce-0000000000c1", "parking")]
+    broker = type("B", (), {"host": "127.0.0.1", "port": 1883})()
+    (tmp_path / "r.toml").write_text("")
+    config = GatewayConfig.from_dict(_gateway_config(tmp_path, broker, broker, tmp_path / "r.toml",
+                                                     nodes))
+    where = {}
+    for device_id, _kind in nodes:
+        entry = config.device(device_id)
+        assert entry is not None and entry.location is not None
+        where[device_id] = (entry.location.lat, entry.location.lon)
+    assert len(set(where.values())) == len(nodes)  # four nodes, four places
+    assert (config.location.lat, config.location.lon) not in {where["ce-0000000000b1"],
+                                                              where["ce-0000000000c1"]}

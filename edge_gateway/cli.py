@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import sys
 from typing import Any
 
 from edge_gateway.config import ConfigError, GatewayConfig, load_config
@@ -55,13 +53,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_service(config: GatewayConfig, config_path: str | None) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the config file."""
     from edge_gateway.app import Gateway
+    from edge_gateway.journal import setup_logging
 
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-        )
-    logging.getLogger("edge_gateway").setLevel(config.log_level.upper())
+    setup_logging(config.log_level)  # syslog priorities when stderr is the journal
     gateway = Gateway(config, config_path)
     asyncio.run(gateway.run(handle_signals=True))
     return EXIT_OK

@@ -182,3 +182,86 @@ def test_demo_nodes_each_carry_their_own_location(tmp_path: Path) -> None:
     assert len(set(where.values())) == len(nodes)  # four nodes, four places
     assert (config.location.lat, config.location.lon) not in {where["ce-0000000000b1"],
                                                               where["ce-0000000000c1"]}
+
+
+def _journal_env(log: Path) -> dict[str, str]:
+    """What systemd sets when stderr is the journal: JOURNAL_STREAM = device:inode of stderr."""
+    st = log.stat()
+    return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+
+
+@run_async
+async def test_service_logs_carry_syslog_priorities_when_stderr_is_the_journal(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    import socket
+
+    local = broker_factory("local")
+    with socket.socket() as s:  # a platform port nobody listens on: warnings
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    cfg = gateway_config(local, local, tmp_path, upstream={"port": dead_port})
+    conf = tmp_path / "gateway.toml"
+    write_toml(conf, cfg)
+    log = tmp_path / "journal.log"
+    log.touch()
+    proc = start(conf, log, _journal_env(log))
+    try:
+        async with asyncio.timeout(20):
+            while "platform broker" not in log.read_text():
+                await asyncio.sleep(0.05)
+        conf.write_text(conf.read_text() + "[bogus]\nx = 1\n")
+        proc.send_signal(signal.SIGHUP)  # a config that does not validate: an error
+        async with asyncio.timeout(10):
+            while "reload refused" not in log.read_text():
+                await asyncio.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = log.read_text().splitlines()
+    assert lines and all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines[:5]
+    by_text = {line[3:]: line[:3] for line in lines}
+    assert any(p == "<4>" and "platform broker 127.0.0.1" in t for t, p in by_text.items())
+    assert any(p == "<3>" and "reload refused" in t and "bogus" in t for t, p in by_text.items())
+    assert any(p == "<6>" and "gateway stopped" in t for t, p in by_text.items())
+    assert not any(line[3:7].isdigit() for line in lines)  # no own timestamp: journald adds it
+
+
+def test_config_error_lines_are_errors_and_exit_2(tmp_path: Path) -> None:
+    # A config error: each line at priority err, and exit code 2 (the unit's
+    # RestartPreventExitStatus, so systemd does not restart it every 2 s for ever).
+    bad = tmp_path / "bad.toml"
+    bad.write_text('gateway_id = "gw-a1"\nsite_id = "s-1"\n[local]\nport = 99999\n')
+    err = tmp_path / "err.log"
+    err.touch()
+    out = subprocess.run([sys.executable, "-m", "edge_gateway", "--config", str(bad)], cwd=REPO,
+                         stderr=err.open("wb"), env={**os.environ, **_journal_env(err)},
+                         timeout=60, check=False)
+    assert out.returncode == 2
+    lines = err.read_text().splitlines()
+    assert lines and all(line.startswith("<3>") for line in lines), lines
+
+
+def test_plain_stderr_keeps_timestamps_and_level_names(tmp_path: Path) -> None:
+    import logging
+
+    from edge_gateway.journal import JournalFormatter, priority, stream_is_journal
+
+    f = tmp_path / "x.log"
+    with f.open("w") as stream:
+        assert not stream_is_journal(stream, {})
+        assert not stream_is_journal(stream, {"JOURNAL_STREAM": "1:2"})
+        st = f.stat()
+        assert stream_is_journal(stream, {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert [priority(x) for x in (50, 40, 30, 25, 20, 10, 5)] == [2, 3, 4, 6, 6, 7, 7]
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys as _sys
+
+        record = logging.LogRecord("edge_gateway", logging.ERROR, __file__, 1, "failed", None,
+                                   _sys.exc_info())
+    text = JournalFormatter().format(record)
+    assert len(text.splitlines()) > 2 and all(x.startswith("<3>") for x in text.splitlines())

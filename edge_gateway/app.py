@@ -39,7 +39,7 @@ from typing import Any
 
 import aiomqtt
 
-from edge_gateway import __version__, contract, sdnotify
+from edge_gateway import __version__, contract, metrics, sdnotify
 from edge_gateway.config import BrokerSection, ConfigError, GatewayConfig, load_config
 from edge_gateway.devices import DeviceTracker
 from edge_gateway.ingest import Accepted, classify, deadletter_payload, iso_utc
@@ -161,8 +161,10 @@ class Gateway:
         self.store: Store | None = None
         self.processor: Processor | None = None
         self.devices = DeviceTracker(config)
+        # Event-loop counters (edge_gateway.metrics: the "process" and "saved" ones); the saved
+        # ones are written to the store by _save_counters, _saved is what it holds of them.
         self.counters: dict[str, int] = defaultdict(int)
-        self.dead_letters: dict[str, int] = defaultdict(int)
+        self._saved: dict[str, int] = {}
         self._queue: asyncio.Queue[_Incoming] | None = None
         self._stop: asyncio.Event | None = None
         self._new_rows: asyncio.Event | None = None
@@ -206,36 +208,51 @@ class Gateway:
             self._spawn(self.reload())
 
     def stats(self) -> dict[str, Any]:
-        """Counters and gauges (also what the metrics endpoint shows)."""
-        out: dict[str, Any] = dict(self.counters)
-        for key in ("messages_in", "readings_in", "readings_out", "replayed_out", "alerts_out",
-                    "alerts_raised", "custody_acks", "command_acks", "dead_letters",
-                    "processing_errors", "store_errors"):
-            out.setdefault(key, 0)
-        out["dead_letters_by_reason"] = dict(self.dead_letters)
+        """Every figure of :data:`edge_gateway.metrics.METRICS` (also what the metrics endpoint
+        and the health message show)."""
         store = self.store
-        persisted: dict[str, int] = dict(store.counters) if store is not None else {}
-        out["readings_stored"] = persisted.get("readings_stored", 0)
-        out["duplicates"] = persisted.get("duplicates", 0)
-        out["delivered"] = persisted.get("delivered", 0)
-        out["dropped"] = {
-            k.removeprefix("dropped_"): v for k, v in persisted.items() if k.startswith("dropped_")
-        }
-        out["dropped_total"] = sum(out["dropped"].values())
-        out["queue_depth"] = store.depth if store is not None else 0
-        out["queue_bytes"] = store.bytes if store is not None else 0
-        out["store_file_bytes"] = store.file_bytes() if store is not None else 0
-        out["oldest_age_s"] = self._oldest_age
         offline = self._offline_total
         if self._offline_since is not None:
             offline += time.monotonic() - self._offline_since
-        out["upstream_offline_s"] = round(offline, 3)
-        out["upstream_connected"] = self._upstream is not None
-        out["local_connected"] = self._local is not None
-        out["last_commit_s"] = self._last_commit_s
-        out["devices"] = len(self.devices.devices)
-        out["ready"] = self.ready
-        return out
+        given = {
+            "queue_depth": store.depth if store is not None else 0,
+            "queue_bytes": store.bytes if store is not None else 0,
+            "store_file_bytes": store.file_bytes() if store is not None else 0,
+            "oldest_age_s": self._oldest_age,
+            "upstream_offline_s": round(offline, 3),
+            "upstream_connected": self._upstream is not None,
+            "local_connected": self._local is not None,
+            "last_commit_s": self._last_commit_s,
+            "devices": len(self.devices.devices),
+            "ready": self.ready,
+        }
+        stored = dict(store.counters) if store is not None else {}
+        return metrics.collect(self.counters, stored, given)
+
+    def _load_saved_counters(self) -> None:
+        """At start: the saved counters continue from what the store holds."""
+        assert self.store is not None
+        for name, value in self.store.counters.items():
+            if metrics.saved_counter(name):
+                self.counters[name] += value
+                self._saved[name] = value
+
+    async def _save_counters(self) -> None:
+        """Write what the saved counters gained since the last time (one small transaction)."""
+        store = self.store
+        if store is None:
+            return
+        gained = {name: n - self._saved.get(name, 0) for name, n in list(self.counters.items())
+                  if metrics.saved_counter(name) and n != self._saved.get(name, 0)}
+        if not gained:
+            return
+        try:
+            await store.call(store.add_counters, gained)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("could not save counters (kept in memory, tried again): %s", exc)
+            return
+        for name, n in gained.items():
+            self._saved[name] = self._saved.get(name, 0) + n
 
     _oldest_age: float | None = None
 
@@ -258,6 +275,7 @@ class Gateway:
         store = self.store
         self.processor = Processor(cfg, registries)
         self.devices.restore(*await store.call(store.sample_counts, time.time()))
+        self._load_saved_counters()
         saved = await store.call(store.get_meta, "alert_state")
         if saved:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
@@ -312,6 +330,8 @@ class Gateway:
                     await self._metrics.stop()
             with contextlib.suppress(BaseException):
                 await self._flush_deletes()
+            with contextlib.suppress(BaseException):
+                await self._save_counters()
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
@@ -487,8 +507,7 @@ class Gateway:
     def _dead_letter(
         self, client: aiomqtt.Client | None, topic: str, data: bytes, code: str, reason: str
     ) -> None:
-        self.counters["dead_letters"] += 1
-        self.dead_letters[code] += 1
+        self.counters[f"dead_letter_{code}"] += 1
         log.debug("dead letter (%s) from %s: %s", code, topic[:120], reason)
         if client is None:
             return
@@ -565,6 +584,7 @@ class Gateway:
         alerts = 0
         errors = 0
         samples: list[tuple[str, float]] = []
+        calibration_errors = processor.calibration_errors
         for item, key, new in zip(batch, keys, fresh, strict=True):
             if not new or key in in_batch:
                 duplicates.append(key)
@@ -598,7 +618,9 @@ class Gateway:
         # Alert states change only with alerts; they are committed with the rows that caused them.
         meta = {"alert_state": json.dumps(processor.alert_state())} if alerts else None
         result = store.commit(
-            entries, duplicates, counters={"processing_errors": errors}, remember=remember,
+            entries, duplicates, remember=remember,
+            counters={"processing_errors": errors,
+                      "calibration_errors": processor.calibration_errors - calibration_errors},
             meta=meta, samples=samples,
         )
         result.accepted.extend(k[:3] for k in remember)  # custody: the dead letter holds them
@@ -612,8 +634,7 @@ class Gateway:
         now = time.time()
         for dev, t in result.samples:
             self.devices.counted(dev, t, now)
-        for topic, payload, reason in result.dead:
-            self.counters["processing_errors"] += 1
+        for topic, payload, reason in result.dead:  # processing_errors: counted by the commit
             self._dead_letter(self._local, topic, payload, "processing", reason)
         if c.dropped:
             log.warning("store bound reached, dropped %s", c.dropped)
@@ -650,15 +671,7 @@ class Gateway:
         if self._online_since is not None:
             body["online_since"] = iso_utc(self._online_since)
         if state == "online" or reason == "stopped":
-            body.update(
-                queue_depth=max(0, int(s["queue_depth"])),
-                oldest_age_s=s["oldest_age_s"],
-                dropped=s["dropped"],
-                dead_letters=int(s["dead_letters"]),
-                duplicates=int(s["duplicates"]),
-                upstream_offline_s=float(s["upstream_offline_s"]),
-                devices=int(s["devices"]),
-            )
+            body.update(metrics.health(s))  # the metrics marked health in the table
         return json.dumps(body, separators=(",", ":")).encode()
 
     async def _upstream_loop(self) -> None:
@@ -883,6 +896,7 @@ class Gateway:
                 continue
             if dropped:
                 log.warning("store bound reached, dropped %s", dropped)
+            await self._save_counters()
             self._oldest_age = None if oldest is None else max(0.0, time.time() - oldest)
             if interval is not None:
                 sdnotify.notify("WATCHDOG=1")

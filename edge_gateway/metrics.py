@@ -1,6 +1,30 @@
-"""Prometheus text exposition (format 0.0.4) over a minimal asyncio HTTP server.
+"""The gateway's figures: ONE table (:data:`METRICS`) drives ``Gateway.stats()``, the Prometheus
+endpoint and the retained health message.
 
-``GET /metrics`` answers the current figures; anything else gets 404. No dependency.
+Adding a figure is one line in :data:`METRICS` (and the ``+= 1`` where it happens):
+
+    Metric("disk_full", "disk_full_total", "counter", "commits refused: disk full", "saved",
+           health=True),
+
+``source`` says where the value lives:
+
+* ``store``: a counter the store updates in the same transaction as the rows it counts
+  (``Store.counters``; exact across crashes);
+* ``saved``: a counter the event loop increments (``Gateway.counters[key] += 1``) and the
+  gateway writes to the store's ``counters`` table every few seconds and at a clean stop, so
+  it survives restarts (use it for anything that signals loss or trouble);
+* ``process``: a counter of this process only (since the start);
+* ``given``: a value the gateway computes when asked (gauges, the offline time).
+
+A metric with ``reasons`` is one labelled counter: its per-reason counts are the counters named
+``<counter_prefix><reason>``, every known reason is exported at 0 from the start (so an
+``increase()`` alert sees the first event), ``stats()[key]`` is the dict by reason and
+``stats()[total]`` the sum. Names follow the Prometheus conventions: base unit last
+(``_seconds``, ``_bytes``), ``_total`` on counters, no NaN (an empty queue's oldest age is 0).
+
+``GET /metrics`` answers the text format 0.0.4 (over a minimal asyncio HTTP server, no
+dependency), with ``cityedge_build_info`` and the standard ``process_*`` metrics from
+``/proc/self``.
 """
 
 from __future__ import annotations
@@ -8,55 +32,214 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+import os
+import platform
+import resource
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from edge_gateway import __version__
+from edge_gateway.ingest import REASON_CODES
+from edge_gateway.store import DROP_REASONS
 
 log = logging.getLogger(__name__)
 
-# name, type, help, key in the stats dict (or a callable picking the value/labels)
-_SIMPLE = (
-    ("cityedge_gateway_messages_received_total", "counter", "MQTT messages received from nodes", "messages_in"),
-    ("cityedge_gateway_readings_received_total", "counter", "valid node readings received (duplicates included)", "readings_in"),
-    ("cityedge_gateway_readings_stored_total", "counter", "readings committed to the store (new ones)", "readings_stored"),
-    ("cityedge_gateway_readings_forwarded_total", "counter", "observations acknowledged by the platform broker", "readings_out"),
-    ("cityedge_gateway_alerts_forwarded_total", "counter", "alerts acknowledged by the platform broker", "alerts_out"),
-    ("cityedge_gateway_duplicates_total", "counter", "readings de-duplicated on (device_id, boot, seq)", "duplicates"),
-    ("cityedge_gateway_custody_acks_total", "counter", "custody acknowledgements sent to nodes", "custody_acks"),
-    ("cityedge_gateway_queue_depth", "gauge", "rows waiting for the platform broker", "queue_depth"),
-    ("cityedge_gateway_queue_bytes", "gauge", "payload bytes waiting in the store", "queue_bytes"),
-    ("cityedge_gateway_store_file_bytes", "gauge", "size of the store files on disk", "store_file_bytes"),
-    ("cityedge_gateway_queue_oldest_age_seconds", "gauge", "age of the oldest waiting row", "oldest_age_s"),
-    ("cityedge_gateway_upstream_connected", "gauge", "1 when connected to the platform broker", "upstream_connected"),
-    ("cityedge_gateway_upstream_offline_seconds_total", "counter", "seconds without a platform connection", "upstream_offline_s"),
-    ("cityedge_gateway_local_connected", "gauge", "1 when connected to the site broker", "local_connected"),
-    ("cityedge_gateway_commit_seconds_last", "gauge", "duration of the last group commit", "last_commit_s"),
-    ("cityedge_gateway_devices", "gauge", "devices seen", "devices"),
+PREFIX = "cityedge_gateway_"
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str  # the stats() key
+    name: str  # the Prometheus name, after PREFIX
+    kind: str  # "counter" or "gauge"
+    help: str
+    source: str  # "store", "saved", "process" or "given" (see the module docstring)
+    health: bool = False  # also in the retained gateway health message
+    reasons: tuple[str, ...] = ()  # a counter labelled {reason}: the known reasons
+    counter_prefix: str = ""  # ... counted as <counter_prefix><reason>
+    total: str | None = None  # ... and stats()[total] = their sum
+
+
+DEAD_LETTER_REASONS = (*REASON_CODES, "processing")
+
+METRICS: tuple[Metric, ...] = (
+    Metric("messages_in", "messages_received_total", "counter",
+           "MQTT messages received from nodes", "process"),
+    Metric("readings_in", "readings_received_total", "counter",
+           "valid node readings received (duplicates included)", "process"),
+    Metric("readings_stored", "readings_stored_total", "counter",
+           "readings committed to the store (new ones)", "store"),
+    Metric("alerts_stored", "alerts_stored_total", "counter",
+           "alerts committed to the store", "store"),
+    Metric("duplicates", "duplicates_total", "counter",
+           "readings de-duplicated on (device_id, boot, seq)", "store", health=True),
+    Metric("readings_out", "readings_forwarded_total", "counter",
+           "observations completed by the platform broker (PUBCOMP)", "process"),
+    Metric("replayed_out", "readings_replayed_total", "counter",
+           "observations completed with replay true (backlog after an outage)", "process"),
+    Metric("alerts_out", "alerts_forwarded_total", "counter",
+           "alerts completed by the platform broker (PUBCOMP)", "process"),
+    Metric("alerts_raised", "alerts_raised_total", "counter",
+           "alerts raised or cleared by processing", "process"),
+    Metric("delivered", "rows_delivered_total", "counter",
+           "stored rows deleted after the platform broker completed them", "store"),
+    Metric("custody_acks", "custody_acks_total", "counter",
+           "custody acknowledgements sent to nodes", "process"),
+    Metric("command_acks", "command_acks_total", "counter",
+           "command acknowledgements received from nodes", "process"),
+    Metric("dropped", "dropped_total", "counter",
+           "stored rows dropped by the store bounds, by reason", "store", health=True,
+           reasons=DROP_REASONS, counter_prefix="dropped_", total="dropped_total"),
+    Metric("dead_letters_by_reason", "dead_letters_total", "counter",
+           "messages refused (sent to the dead-letter topic), by reason", "saved", health=True,
+           reasons=DEAD_LETTER_REASONS, counter_prefix="dead_letter_", total="dead_letters"),
+    Metric("processing_errors", "processing_errors_total", "counter",
+           "readings whose processing failed (kept as dead letters)", "store", health=True),
+    Metric("calibration_errors", "calibration_errors_total", "counter",
+           "calibrations that failed (the raw value passed through)", "store", health=True),
+    Metric("store_errors", "store_errors_total", "counter",
+           "group commits that failed (the readings were not acknowledged)", "saved",
+           health=True),
+    Metric("upstream_sessions_lost", "upstream_sessions_lost_total", "counter",
+           "reconnects where the platform broker had lost the session with messages pending",
+           "saved", health=True),
+    Metric("upstream_offline_s", "upstream_offline_seconds_total", "counter",
+           "seconds without a platform connection since the start", "given", health=True),
+    Metric("queue_depth", "queue_depth", "gauge",
+           "rows waiting for the platform broker", "given", health=True),
+    Metric("queue_bytes", "queue_bytes", "gauge",
+           "stored bytes of the waiting rows", "given"),
+    Metric("oldest_age_s", "queue_oldest_age_seconds", "gauge",
+           "age of the oldest waiting row (0 when none waits)", "given", health=True),
+    Metric("store_file_bytes", "store_file_bytes", "gauge",
+           "size of the store files on disk", "given"),
+    Metric("upstream_connected", "upstream_connected", "gauge",
+           "1 when connected to the platform broker", "given"),
+    Metric("local_connected", "local_connected", "gauge",
+           "1 when subscribed on the site broker", "given"),
+    Metric("last_commit_s", "last_commit_duration_seconds", "gauge",
+           "duration of the last group commit", "given"),
+    Metric("devices", "devices", "gauge", "devices heard from since the start", "given",
+           health=True),
+    Metric("ready", "ready", "gauge", "1 once the store is open and the gateway runs", "given"),
 )
+
+BY_KEY = {m.key: m for m in METRICS}
+
+
+def saved_counter(name: str) -> bool:
+    """True for the loop-side counters the gateway writes to the store (``source = saved``)."""
+    for m in METRICS:
+        if m.source == "saved" and (name == m.key if not m.reasons
+                                    else name.startswith(m.counter_prefix)):
+            return True
+    return False
+
+
+def collect(counters: Mapping[str, int], stored: Mapping[str, int],
+            given: Mapping[str, Any]) -> dict[str, Any]:
+    """The stats dict: every metric of the table from its source. ``counters`` are the event
+    loop's (``process`` and ``saved`` ones), ``stored`` the store's, ``given`` the computed."""
+    out: dict[str, Any] = {}
+    for m in METRICS:
+        src: Mapping[str, Any] = (stored if m.source == "store"
+                                  else given if m.source == "given" else counters)
+        if m.reasons:
+            by = {r: 0 for r in m.reasons}
+            for name, n in src.items():
+                if name.startswith(m.counter_prefix):
+                    by[name.removeprefix(m.counter_prefix)] = int(n)
+            out[m.key] = by
+            if m.total:
+                out[m.total] = sum(by.values())
+        else:
+            out[m.key] = src.get(m.key, None if m.source == "given" else 0)
+    return out
+
+
+def health(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures the retained health message carries (the metrics marked ``health``)."""
+    out: dict[str, Any] = {}
+    for m in METRICS:
+        if m.health:
+            out[m.key] = stats.get(m.key)
+            if m.total:
+                out[m.total] = stats.get(m.total)
+    return out
+
+
+# --- Prometheus text format ------------------------------------------------------------------
 
 
 def _fmt(value: Any) -> str:
     if value is None:
-        return "NaN"
+        return "0"
     if isinstance(value, bool):
         return "1" if value else "0"
     return repr(float(value)) if isinstance(value, float) else str(int(value))
 
 
-def render(stats: Mapping[str, Any]) -> str:
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+
+
+def _family(name: str, kind: str, help_text: str,
+            samples: Iterable[tuple[str, Any]]) -> list[str]:
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    lines.extend(f"{name}{labels} {_fmt(value)}" for labels, value in samples)
+    return lines
+
+
+def _process_metrics() -> list[str]:
+    """The standard process_* metrics (what Prometheus client libraries export), Linux only."""
     lines: list[str] = []
-    for name, kind, help_text, key in _SIMPLE:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name} {_fmt(stats.get(key))}")
-    for name, key, label, help_text in (
-        ("cityedge_gateway_dropped_total", "dropped", "reason", "stored rows dropped by the store bounds, by reason"),
-        ("cityedge_gateway_dead_letters_total", "dead_letters_by_reason", "reason", "messages refused, by reason"),
-    ):
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} counter")
-        values: Mapping[str, int] = stats.get(key) or {}
-        for reason, n in sorted(values.items()):
-            lines.append(f'{name}{{{label}="{reason}"}} {int(n)}')
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(x.split()[1]) for x in f if x.startswith(b"btime"))
+        utime, stime = int(fields[11]), int(fields[12])
+        start = btime + int(fields[19]) / ticks
+        vsize, rss = int(fields[20]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return lines
+    lines += _family("process_cpu_seconds_total", "counter",
+                     "Total user and system CPU time spent in seconds.",
+                     [("", (utime + stime) / ticks)])
+    lines += _family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
+                     [("", rss)])
+    lines += _family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
+                     [("", vsize)])
+    lines += _family("process_start_time_seconds", "gauge",
+                     "Start time of the process since unix epoch in seconds.", [("", start)])
+    lines += _family("process_open_fds", "gauge", "Number of open file descriptors.",
+                     [("", fds)])
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    lines += _family("process_max_fds", "gauge", "Maximum number of open file descriptors.",
+                     [("", soft)])
+    return lines
+
+
+def render(stats: Mapping[str, Any], process: bool = True) -> str:
+    """The exposition text of a stats dict (missing counters read 0)."""
+    lines: list[str] = []
+    for m in METRICS:
+        samples: list[tuple[str, Any]]
+        if m.reasons:
+            by: Mapping[str, int] = {r: 0 for r in m.reasons} | dict(stats.get(m.key) or {})
+            samples = [(f'{{reason="{_escape(r)}"}}', n) for r, n in sorted(by.items())]
+        else:
+            samples = [("", stats.get(m.key))]
+        lines += _family(PREFIX + m.name, m.kind, m.help, samples)
+    labels = (f'{{version="{_escape(__version__)}",python="{platform.python_version()}",'
+              f'implementation="{platform.python_implementation()}"}}')
+    lines += _family("cityedge_build_info", "gauge",
+                     "CityEdge gateway build: version and Python (always 1)", [(labels, 1)])
+    if process:
+        lines += _process_metrics()
     return "\n".join(lines) + "\n"
 
 

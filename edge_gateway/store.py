@@ -548,6 +548,20 @@ class Store:
             raise
         return dropped
 
+    def add_counters(self, gained: dict[str, int]) -> None:
+        """Add to counters kept in the store, in one transaction (the gateway's saved ones)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for name, n in gained.items():
+                self._bump(name, n)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            self._reload_mirrors()
+            raise
+
     def _count_samples(self, samples: Sequence[tuple[str, float]]) -> None:
         """Per device and 10-minute bucket of sample time, how many new readings; and each
         device's first sample time (meta ``first_sample:<device>``)."""

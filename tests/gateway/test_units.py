@@ -385,7 +385,7 @@ def test_metrics_render_prometheus_text() -> None:
                    "dropped": {"max_bytes": 3}, "dead_letters_by_reason": {"schema": 1}})
     assert "cityedge_gateway_readings_received_total 5" in text
     assert 'cityedge_gateway_dropped_total{reason="max_bytes"} 3' in text
-    assert "cityedge_gateway_queue_oldest_age_seconds NaN" in text
+    assert "cityedge_gateway_queue_oldest_age_seconds 0" in text  # an empty queue: no NaN
     for line in text.splitlines():
         assert line.startswith("#") or len(line.split(" ")) == 2
 

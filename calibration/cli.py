@@ -146,7 +146,8 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     f.add_argument("--out-dir", type=Path, default=Path("."), help="folder for record + PNG")
     f.add_argument("--record-id", help="record id (default: DEVICE-QUANTITY-YYYYMMDD-FORM)")
     f.add_argument("--author", default="cityedge calibrate fit", help="who made this record")
-    f.add_argument("--quantity", choices=("pm25", "pm10"), default="pm25")
+    f.add_argument("--quantity", choices=("pm25", "pm10"), default="pm25",
+                   help="quantity to fit (default pm25)")
     f.add_argument("--channel", help="raw input channel (default: QUANTITY_cf1)")
     f.add_argument("--rh-channel", default="rh", help="the node's RH channel (default: rh)")
     f.add_argument("--station", help="reference station code (default: the CSV's station)")
@@ -172,9 +173,11 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     c.set_defaults(func=_guard(_check))
 
     a = sub.add_parser("aqi", help="compute a Thai (default) or US AQI with band and advice")
-    a.add_argument("pollutant", choices=("pm25", "pm10", "o3", "o3_1h", "co", "no2", "so2"))
+    a.add_argument("pollutant", choices=("pm25", "pm10", "o3", "o3_1h", "co", "no2", "so2"),
+                   help="the pollutant of the concentration")
     a.add_argument("concentration", type=float, help="µg/m³ for PM; ppb/ppm as the table says")
-    a.add_argument("--index", choices=("thai", "us"), default="thai")
+    a.add_argument("--index", choices=("thai", "us"), default="thai",
+                   help="Thai AQI (PCD bands, default) or US AQI")
     a.set_defaults(func=_guard(_aqi))
 
 

@@ -18,20 +18,34 @@ EXIT_CONFIG = 2
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("gateway", help="run and inspect the site gateway")
+    p = subparsers.add_parser(
+        "gateway", help="run and inspect the site gateway",
+        description="Run the site gateway (as the systemd service does), check its config, and "
+                    "read its store's figures. docs/gateway.md explains all of it.")
     sub = p.add_subparsers(dest="gateway_command", metavar="GATEWAY_COMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), EXIT_CONFIG)[1])
 
-    run = sub.add_parser("run", help="run the gateway (as the systemd service does)")
+    run = sub.add_parser(
+        "run", help="run the gateway (as the systemd service does)",
+        description="Run the gateway in the foreground until SIGTERM or Ctrl-C; SIGHUP re-reads "
+                    "the config. Exit 2 on a config error.")
     run.add_argument("--config", required=True, metavar="FILE", help="gateway TOML config")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check-config", help="validate a config file and print it (secrets hidden)")
-    check.add_argument("config", metavar="FILE")
+    check = sub.add_parser(
+        "check-config", help="validate a config file and print it (secrets hidden)",
+        description="Validate a gateway config; on an error, name the key and exit 2, else print "
+                    "a summary (passwords never shown).")
+    check.add_argument("config", metavar="FILE", help="gateway TOML config")
     check.set_defaults(func=cmd_check_config)
 
-    stats = sub.add_parser("stats", help="queue depth, oldest row and drop counts from the store")
-    stats.add_argument("--config", required=True, metavar="FILE")
+    stats = sub.add_parser(
+        "stats", help="queue depth, oldest row and drop counts from the store",
+        description="Read the store (read-only, also while the gateway runs): rows waiting, the "
+                    "oldest one, and the counters kept across restarts (drops, dead letters, "
+                    "errors).")
+    stats.add_argument("--config", required=True, metavar="FILE",
+                       help="gateway TOML config (the store is read, read-only, from its data_dir)")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=cmd_stats)
 

@@ -22,6 +22,7 @@ TOP_LEVEL = (
     ("host_tools.demo", "add_parser"),
     ("edge_gateway.cli", "add_parser"),
     ("calibration.cli", "add_parser"),
+    ("host_tools.completion", "add_parser"),
 )
 NODE_LEVEL = (
     ("host_tools.simnode", "add_parser"),
@@ -72,7 +73,21 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[str]]:
     node_sub = node.add_subparsers(dest="node_command", metavar="NODE_COMMAND")
     node.set_defaults(func=lambda args: _print_help(node))
     missing += _register(node_sub, NODE_LEVEL)
+    _describe(parser)
     return parser, missing
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Every sub-command's own --help starts with a description: the one-line help its parent
+    lists, unless the area gave a longer one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                if not child.description and helps.get(name):
+                    text = str(helps[name])
+                    child.description = text[0].upper() + text[1:] + "."
+                _describe(child)
 
 
 def _print_help(parser: argparse.ArgumentParser) -> int:

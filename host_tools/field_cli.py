@@ -8,7 +8,9 @@ table and fail (exit 1) if any board failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
+import json
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -98,6 +100,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from host_tools.ports import list_serial_ports
 
     ports = list_serial_ports(include_all=args.all)
+    if args.json:
+        return _list_json(ports, args)
     if not ports:
         err.print("[yellow]No ESP32 board found.[/] Plug one in with a USB data cable (not a "
                   "charge-only cable); on Linux check 'dmesg | tail' for ttyUSB/ttyACM.")
@@ -121,6 +125,25 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.probe and args.after == "no-reset":
         err.print("Boards probed are left in the bootloader: press EN/RST (or re-plug) to run them.")
     return 0
+
+
+def _list_json(ports: list[Any], args: argparse.Namespace) -> int:
+    """``node list --json``: one object per port (chip, MAC and device id with --probe)."""
+    from host_tools import flashing
+
+    rows: list[dict[str, Any]] = []
+    for p in ports:
+        row: dict[str, Any] = {"port": p.device, "usb_id": p.usb_id, "bridge": p.bridge,
+                               "description": p.description, "serial": p.serial_number}
+        if args.probe:
+            try:
+                info = flashing.probe(p.device, before=args.before, after=args.after)
+                row.update(chip=info.description, mac=info.mac, device_id=info.device_id)
+            except FieldError as exc:
+                row.update(error=str(exc), hint=exc.hint)
+        rows.append(row)
+    print(json.dumps(rows, indent=2))
+    return 0 if rows else 1
 
 
 # --- flash ---------------------------------------------------------------------------------
@@ -375,6 +398,14 @@ def cmd_label(args: argparse.Namespace) -> int:
 @_translated
 def cmd_inventory(args: argparse.Namespace) -> int:
     with _inventory(args) as inv:
+        if args.json:  # the device records without their password hashes, or the history
+            if args.history:
+                rows = [dataclasses.asdict(e) for e in inv.events(args.history)]
+            else:
+                rows = [{k: v for k, v in dataclasses.asdict(d).items() if k != "password_hash"}
+                        for d in inv.devices(search=args.search, site_id=args.site)]
+            print(json.dumps(rows, indent=2, ensure_ascii=False))
+            return 0
         if args.history:
             table = Table(title=f"history of {args.history}")
             for col in ("when (UTC)", "action", "ok", "port", "firmware", "credential", "details"):
@@ -443,7 +474,10 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("list", help="list USB serial ports with ESP32 boards (chip and MAC with --probe)")
     p.add_argument("--all", action="store_true", help="show every USB serial port")
     p.add_argument("--probe", action="store_true", help="ask each board's bootloader for chip and MAC")
-    p.add_argument("--after", default="hard-reset", choices=("hard-reset", "no-reset"))
+    p.add_argument("--after", default="hard-reset", choices=("hard-reset", "no-reset"),
+                   help="after --probe: reset the board to run it (default) or leave it in the "
+                        "bootloader")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per port)")
     _reset_modes(p)
     p.set_defaults(func=cmd_list)
 
@@ -453,7 +487,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--erase", action="store_true", help="erase the whole flash first (removes all files)")
     p.add_argument("--chip", default="esp32", help="chip the image is for (default esp32)")
     p.add_argument("--baud", type=int, default=460800, help="flashing speed (115200 for long cables)")
-    p.add_argument("--after", default="hard-reset", choices=("hard-reset", "no-reset"))
+    p.add_argument("--after", default="hard-reset", choices=("hard-reset", "no-reset"),
+                   help="after flashing: reset the board to run it (default) or leave it in the "
+                        "bootloader")
     _reset_modes(p)
     _common(p)
     p.set_defaults(func=cmd_flash)
@@ -466,11 +502,11 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("provision", help="give nodes identity, site, WiFi and their own MQTT credential")
     p.add_argument("--batch", metavar="SITE.csv", help="CSV: port,kind,site,lat,lon[,name,board,elev_m,ssid]")
-    p.add_argument("--kind", choices=("air", "water", "parking"))
+    p.add_argument("--kind", choices=("air", "water", "parking"), help="what the node measures")
     p.add_argument("--site", help="site id, e.g. rayong-school-01")
-    p.add_argument("--lat", type=float)
-    p.add_argument("--lon", type=float)
-    p.add_argument("--elev-m", type=float, default=None)
+    p.add_argument("--lat", type=float, help="latitude of the node, WGS 84 degrees")
+    p.add_argument("--lon", type=float, help="longitude of the node, WGS 84 degrees")
+    p.add_argument("--elev-m", type=float, default=None, help="elevation in metres (optional)")
     p.add_argument("--name", help="a name people use for the node, e.g. 'gate, pole 2'")
     p.add_argument("--board", default="esp32-devkitc", help="board definition (default esp32-devkitc)")
     p.add_argument("--ssid", help="WiFi network name")
@@ -492,7 +528,7 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("monitor", help="follow a node's serial log (Ctrl-C to stop)")
     p.add_argument("--port", help="serial port (default: the one board plugged in)")
-    p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--baud", type=int, default=115200, help="serial speed (default 115200)")
     p.add_argument("--interrupt", action="store_true", help="send Ctrl-C first (stop a blocking main.py)")
     p.add_argument("--reset", action="store_true", help="reset the board through RTS to watch it boot")
     p.set_defaults(func=cmd_monitor)
@@ -508,11 +544,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("search", nargs="?", help="part of a device id, site, name, kind or MAC")
     p.add_argument("--site", help="only this site")
     p.add_argument("--history", metavar="DEVICE_ID", help="flash/deploy/provision/verify events of a device")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON (devices without password hashes, or the history's events)")
     _common(p, many_ports=False)
     p.set_defaults(func=cmd_inventory)
 
     p = sub.add_parser("broker-files", help="write a site's Mosquitto passwd and acl from the inventory")
-    p.add_argument("--site", required=True)
+    p.add_argument("--site", required=True, help="site id whose devices get accounts")
     p.add_argument("--out", required=True, help="directory for passwd and acl")
     p.add_argument("--gateway-user", help="create (or rotate) this gateway account and print its password once")
     _common(p, many_ports=False)

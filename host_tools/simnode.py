@@ -1134,7 +1134,7 @@ def add_parser(subparsers: Any) -> None:
         description="Run the node firmware under the MicroPython unix port on a simulated ESP32 "
                     "board and stream its log. Ctrl-C stops it. Keep --flash-dir between runs "
                     "to reboot the same node.")
-    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--kind", required=True, choices=KINDS, help="what the simulated node measures")
     p.add_argument("--broker", required=True, metavar="HOST:PORT", help="the site broker")
     p.add_argument("--device-id", help="ce- plus 12 hex digits (default: from the seed)")
     p.add_argument("--board", default="sim", help="board name in boards/ or a path (default sim)")
@@ -1148,7 +1148,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--flash-dir", help="the node's flash directory (kept; default: temporary)")
     p.add_argument("--seed", type=int, help="signal seed (default: random)")
     p.add_argument("--start", help="simulated start time, ISO date or epoch (default: now)")
-    p.add_argument("--site-id", default="sim-site-01")
+    p.add_argument("--site-id", default="sim-site-01", help="site id in its config (default sim-site-01)")
     p.add_argument("--flash-flood", action="append", default=[], metavar="WHEN",
                    help="water: a flash flood (1.5 m in 20 min) at this simulated time, ISO or "
                         "epoch; repeatable")

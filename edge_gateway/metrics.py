@@ -35,6 +35,7 @@ import logging
 import os
 import platform
 import resource
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ from edge_gateway.store import DROP_REASONS
 log = logging.getLogger(__name__)
 
 PREFIX = "cityedge_gateway_"
+_IMPORTED = time.time()
 
 
 @dataclass(frozen=True)
@@ -198,14 +200,17 @@ def _process_metrics() -> list[str]:
         with open("/proc/self/stat", "rb") as f:
             fields = f.read().rsplit(b")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")
-        with open("/proc/stat", "rb") as f:
-            btime = next(int(x.split()[1]) for x in f if x.startswith(b"btime"))
         utime, stime = int(fields[11]), int(fields[12])
-        start = btime + int(fields[19]) / ticks
         vsize, rss = int(fields[20]), int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
         fds = len(os.listdir("/proc/self/fd"))
-    except (OSError, ValueError, IndexError, StopIteration):
+    except (OSError, ValueError, IndexError):
         return lines
+    try:  # boot time: /proc/stat, hidden by the unit's ProcSubset=pid
+        with open("/proc/stat", "rb") as f:
+            btime = next(int(x.split()[1]) for x in f if x.startswith(b"btime"))
+        start = btime + int(fields[19]) / ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        start = _IMPORTED  # when this module was loaded: within a second of the start
     lines += _family("process_cpu_seconds_total", "counter",
                      "Total user and system CPU time spent in seconds.",
                      [("", (utime + stime) / ticks)])

@@ -115,7 +115,7 @@ class _View:
         stats = (
             f"gateway: {h.get('state', '?')}  queue={h.get('queue_depth', '?')}  "
             f"duplicates={h.get('duplicates', '?')}  dead letters={h.get('dead_letters', '?')}  "
-            f"dropped={h.get('dropped', {})}  upstream offline={h.get('upstream_offline_s', '?')} s  "
+            f"dropped={h.get('dropped_total', '?')}  upstream offline={h.get('upstream_offline_s', '?')} s  "
             f"| invalid on the platform side: {self.invalid}  | running {time.monotonic() - self.started:.0f} s"
         )
         alerts = "\n".join(self.alerts) or "none yet"
@@ -200,10 +200,11 @@ async def _stop_broker(broker: MosquittoBroker | EmbeddedBroker) -> None:
 
 
 def node_location(kind: str, index: int) -> dict[str, Any]:
-    """Where the demo's ``index``-th simulated node stands: its kind's site, nodes of one kind
-    about 50 m apart, so every observation carries its own node's position."""
+    """Where the demo's ``index``-th simulated node stands (lat, lon, elev_m: the node's own
+    config takes these keys): its kind's site, nodes of one kind about 50 m apart, so every
+    observation carries its own node's position."""
     base = LOCATIONS[kind]
-    return {**base, "lat": round(base["lat"] + 0.00045 * index, 6), "name": f"demo {kind} {index}"}
+    return {**base, "lat": round(base["lat"] + 0.00045 * index, 6)}
 
 
 def _gateway_config(workdir: Path, local: Any, upstream: Any, records: Path,
@@ -214,7 +215,8 @@ def _gateway_config(workdir: Path, local: Any, upstream: Any, records: Path,
     devices = []
     for device_id, kind in nodes:
         i = index[kind] = index.get(kind, -1) + 1
-        devices.append({"id": device_id, "kind": kind, "location": node_location(kind, i)})
+        devices.append({"id": device_id, "kind": kind,
+                        "location": {**node_location(kind, i), "name": f"demo {kind} {i}"}})
     return {
         "gateway_id": GATEWAY_ID,
         "site_id": SITE_ID,

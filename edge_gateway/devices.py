@@ -143,6 +143,7 @@ class DeviceTracker:
             "expected_24h": expected,
             "sensor_errors": state.sensor_errors,
             "fw": state.fw,
+            "report_s": report_s,  # the cadence the fleet view judges liveness by
         }
         if state.kind in ("air", "water", "parking"):
             body["kind"] = state.kind

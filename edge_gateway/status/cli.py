@@ -83,3 +83,56 @@ def cmd_maintenance(args: argparse.Namespace) -> int:
     out = _request(f"{base}/api/devices/{args.device}/maintenance", token, body)
     print(f"{out['device_id']}: {out['state']} ({out['reason']})")
     return EXIT_OK
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``cityedge fleet …`` and ``cityedge report …``."""
+    fleet = sub.add_parser("fleet", help="the city-wide status page from the platform broker")
+    fsub = fleet.add_subparsers(dest="fleet_command", metavar="FLEET_COMMAND")
+    fleet.set_defaults(func=lambda args: (fleet.print_help(), 2)[1])
+    serve = fsub.add_parser("serve", help="serve sites → site → device pages and the JSON API")
+    serve.add_argument("--broker", required=True, metavar="HOST:PORT", help="platform broker")
+    serve.add_argument("--username", help="this view's own read-only account")
+    serve.add_argument("--password-file", metavar="FILE", help="its password (one line)")
+    serve.add_argument("--tls", action="store_true", help="TLS to the broker")
+    serve.add_argument("--ca-file", metavar="FILE", help="CA bundle (with --tls)")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback)")
+    serve.add_argument("--port", type=int, default=9190)
+    serve.add_argument("--lang", choices=("th", "en"), default="th")
+    serve.add_argument("--stale-s", type=float, default=180.0,
+                       help="a gateway health older than this counts as down")
+    serve.add_argument("--client-id", default="cityedge-fleet-view")
+    serve.set_defaults(func=cmd_fleet_serve)
+
+
+def cmd_fleet_serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import ssl
+
+    from edge_gateway.status.fleet import FleetModel, FleetSettings, serve
+
+    host, sep, port = str(args.broker).rpartition(":")
+    if not sep or not port.isdigit():
+        raise _fail(f"--broker {args.broker!r} is not HOST:PORT", "e.g. --broker "
+                    "platform.city.example:8883 --tls")
+    if args.host not in ("127.0.0.1", "::1", "localhost"):
+        raise _fail(f"--host {args.host} is not loopback: the fleet view has no login",
+                    "serve on 127.0.0.1 behind the city's reverse proxy (with its login)")
+    password = None
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text().strip()
+        except OSError as exc:
+            raise _fail(f"cannot read {args.password_file}: {exc.strerror}",
+                        "give the file holding this view's broker password") from None
+    tls = None
+    if args.tls:
+        tls = ssl.create_default_context(cafile=args.ca_file)
+    model = FleetModel(FleetSettings(stale_s=args.stale_s))
+    try:
+        asyncio.run(serve(model, (host, int(port)), (args.host, args.port), args.username,
+                          password, tls, args.lang, args.client_id))
+    except OSError as exc:
+        raise _fail(f"cannot serve on {args.host}:{args.port}: {exc.strerror}",
+                    "pick a free --port") from None
+    return EXIT_OK

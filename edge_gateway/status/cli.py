@@ -103,6 +103,7 @@ def add_parsers(sub: Any) -> None:
                        help="a gateway health older than this counts as down")
     serve.add_argument("--client-id", default="cityedge-fleet-view")
     serve.set_defaults(func=cmd_fleet_serve)
+    add_report(sub)
 
 
 def cmd_fleet_serve(args: argparse.Namespace) -> int:
@@ -135,4 +136,46 @@ def cmd_fleet_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise _fail(f"cannot serve on {args.host}:{args.port}: {exc.strerror}",
                     "pick a free --port") from None
+    return EXIT_OK
+
+
+def add_report(sub: Any) -> None:
+    report = sub.add_parser("report", help="reports from a gateway's store")
+    rsub = report.add_subparsers(dest="report_command", metavar="REPORT_COMMAND")
+    report.set_defaults(func=lambda args: (report.print_help(), 2)[1])
+    comp = rsub.add_parser("completeness",
+                           help="CSV, PNG heatmap and HTML summary of a month's completeness")
+    comp.add_argument("--config", required=True, metavar="FILE", help="the gateway's TOML config")
+    comp.add_argument("--site", required=True, help="the site (the gateway's site_id)")
+    comp.add_argument("--month", required=True, help="YYYY-MM, e.g. 2026-11")
+    comp.add_argument("--out", default=".", metavar="DIR", help="where the files go")
+    comp.set_defaults(func=cmd_report_completeness)
+
+
+def cmd_report_completeness(args: argparse.Namespace) -> int:
+    from edge_gateway.cli import _load
+    from edge_gateway.status import report
+
+    config = _load(args.config)
+    if args.site != config.site_id:
+        raise _fail(f"--site {args.site} is not this gateway's site ({config.site_id})",
+                    "run the report on the site's gateway, with its config")
+    try:
+        rows = report.compute(config, args.month)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc), "give --month YYYY-MM and the gateway's own config") from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"completeness-{args.site}-{args.month}"
+    report.write_csv(rows, out / f"{stem}.csv", args.site)
+    png: Path | None = out / f"{stem}.png"
+    try:
+        report.write_png(rows, out / f"{stem}.png", f"{args.site} {args.month}")
+    except ImportError as exc:
+        print(f"no heatmap: {exc}")
+        png = None
+    report.write_html(rows, out / f"{stem}.html", png, args.site, args.month)
+    total = report.month_percent(rows)
+    print(f"{len({r.device_id for r in rows})} devices, {len({r.day for r in rows})} days: "
+          f"{'–' if total is None else f'{total:.1f} %'} complete; wrote {out / stem}.csv/.png/.html")
     return EXIT_OK

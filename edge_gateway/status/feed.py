@@ -407,7 +407,8 @@ class StatusFeed:
             text = path.read_text().strip()
         return text
 
-    def _open(self) -> None:
+    def open_store(self) -> None:
+        """Open (or create) the history file and load what it holds, and the token."""
         now = time.time()
         self._db = open_db(self.db_path)
         self.history.load(self._db, now)
@@ -420,12 +421,12 @@ class StatusFeed:
                                        None if end is None else float(end), reason))
         self.token = self._load_token()
 
-    def flush(self) -> None:
+    def flush(self, now: float | None = None) -> None:
         """Write the history and device facts (worker thread; the history has its own lock)."""
         db = self._db
         if db is None:
             return
-        now = time.time()
+        now = time.time() if now is None else now
         self.history.flush(db, now)
         docs = [(k, json.dumps(d.doc(), separators=(",", ":"))) for k, d in
                 list(self.devices.items())]
@@ -434,7 +435,7 @@ class StatusFeed:
         db.execute("COMMIT")
 
     async def start(self) -> None:
-        await asyncio.to_thread(self._open)
+        await asyncio.to_thread(self.open_store)
         self._tasks.append(asyncio.create_task(self._flusher(), name="status-flush"))
         try:
             from edge_gateway.status.web import start_site  # aiohttp: only when served

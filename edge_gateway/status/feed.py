@@ -282,10 +282,13 @@ class StatusFeed:
             return None
         received = 0
         day = lo
+        maintained = any(w.device_id == dev.device_id for w in self.windows)
         while day < now:
             name = local_day(day)
             counts = self.history.day_counts(dev.device_id, name)
-            if counts is not None:
+            if counts is not None and not maintained:
+                received += sum(counts)
+            elif counts is not None:
                 start = day_start(name)
                 for i in range(BUCKETS):
                     if counts[i] and not self._bucket_in_maint(dev.device_id, start + i * BUCKET_S):

@@ -107,11 +107,18 @@ def test_page_shows_a_killed_node_offline_with_its_reason_without_a_reload(
         else:
             pytest.fail(f"nodes not online on the page: {devs}\n" + "\n".join(nodes[0].log[-20:]))
 
+        def cell(device_id: str) -> dict[str, str]:
+            # One script call: the table is replaced every poll, so no element is held.
+            got: dict[str, str] = browser.execute_script(
+                "var c = document.querySelector(arguments[0]);"
+                "return c ? {state: c.getAttribute('data-state'),"
+                " reason: c.querySelector('.reason').textContent} : {};",
+                f"#row-{device_id} td.state")
+            return got
+
         browser.get(f"{base}/?lang=en")
         for n in nodes:
-            row = browser.find_element(By.ID, f"row-{n.device_id}")
-            assert row.find_element(By.CSS_SELECTOR, "td.state").get_attribute(
-                "data-state") == "online"
+            assert cell(n.device_id)["state"] == "online"
         browser.execute_script("window.__notReloaded = true;")
         browser.save_screenshot(str(tmp_path / "before.png"))
 
@@ -121,20 +128,18 @@ def test_page_shows_a_killed_node_offline_with_its_reason_without_a_reload(
         cadence = 60.0 / SPEED
 
         def offline(drv: Any) -> bool:
-            cell = drv.find_element(By.CSS_SELECTOR, f"#row-{victim.device_id} td.state")
-            return cell.get_attribute("data-state") == "offline"
+            return cell(victim.device_id).get("state") == "offline"
 
         # Two intervals + the margin after the last reading, plus one poll of the page (5 s).
         WebDriverWait(browser, 2 * cadence + MARGIN_S + 5 + 10, poll_frequency=0.5).until(offline)
         took = time.monotonic() - killed_at
         assert took <= 2 * cadence + MARGIN_S + 5 + 10
         assert browser.execute_script("return window.__notReloaded === true;"), "page reloaded"
-        reason = browser.find_element(
-            By.CSS_SELECTOR, f"#row-{victim.device_id} td.state .reason").text
+        reason = cell(victim.device_id)["reason"]
         assert "no reading for" in reason and "expected every 2 s" in reason, reason
-        other = browser.find_element(By.CSS_SELECTOR, f"#row-{nodes[1].device_id} td.state")
-        assert other.get_attribute("data-state") == "online"
-        counts = browser.find_element(By.CSS_SELECTOR, '[data-count="offline"]').text
+        assert cell(nodes[1].device_id)["state"] == "online"
+        counts = browser.execute_script(
+            "return document.querySelector('[data-count=\"offline\"]').textContent;")
         assert counts == "1"
 
         IMG.mkdir(parents=True, exist_ok=True)

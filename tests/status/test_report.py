@@ -16,7 +16,7 @@ from edge_gateway.status.report import compute, month_percent
 
 FULL, GAPPY, MAINT, NEVER = ("ce-00000000d001", "ce-00000000d002", "ce-00000000d003",
                              "ce-00000000d004")
-REPORT_S = 300  # 288 readings a Bangkok day
+REPORT_S = 600  # 144 readings a Bangkok day
 
 
 def _t(day: int, hour: float = 0.0) -> float:
@@ -43,7 +43,7 @@ def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_pat
     for day in range(1, 31):
         if day == 15:
             feed.start_maintenance(MAINT, 24, "mast repainted", now=_t(15))
-        for k in range(288):
+        for k in range(144):
             t = _t(day) + k * REPORT_S + 7
             for dev in (FULL, GAPPY, MAINT):
                 if dev == GAPPY and day == 10 and t < _t(10, 6):
@@ -59,18 +59,18 @@ def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_pat
     by = {(r.device_id, r.day): r for r in rows}
     assert len(rows) == 4 * 30
     full = [r for r in rows if r.device_id == FULL]
-    assert all((r.expected, r.received, r.percent) == (288, 288, 100.0) for r in full)
+    assert all((r.expected, r.received, r.percent) == (144, 144, 100.0) for r in full)
     gap = by[(GAPPY, "2026-11-10")]
-    assert (gap.expected, gap.received, gap.percent) == (288, 216, 75.0)
+    assert (gap.expected, gap.received, gap.percent) == (144, 108, 75.0)
     assert by[(GAPPY, "2026-11-11")].percent == 100.0
     m = by[(MAINT, "2026-11-15")]
     assert (m.expected, m.received, m.percent, m.note) == (0, 0, None, "maintenance")
     assert by[(MAINT, "2026-11-14")].percent == 100.0 and by[(MAINT, "2026-11-16")].percent == 100.0
     never = [r for r in rows if r.device_id == NEVER]
-    assert all((r.expected, r.received, r.percent, r.note) == (288, 0, 0.0, "no data")
+    assert all((r.expected, r.received, r.percent, r.note) == (144, 0, 0.0, "no data")
                for r in never)
     assert month_percent(full) == 100.0
-    assert month_percent([r for r in rows if r.device_id == GAPPY]) == 99.2  # 8568 / 8640
+    assert month_percent([r for r in rows if r.device_id == GAPPY]) == 99.2  # 4284 / 4320
     assert month_percent([r for r in rows if r.device_id == MAINT]) == 100.0  # 29 days
     assert month_percent(never) == 0.0
 

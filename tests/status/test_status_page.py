@@ -92,6 +92,9 @@ async def test_status_page_counts_table_api_maintenance_and_security(
     air = water = None
     try:
         await wait_ready(gw)
+        async with asyncio.timeout(15):  # the page starts after the store opened
+            while not gw.ready:
+                await asyncio.sleep(0.05)
         port = gw.status_feed.port
         assert port
         base = f"http://127.0.0.1:{port}"

@@ -141,7 +141,11 @@ def city(work: Path) -> dict[str, Any]:
         base = f"http://127.0.0.1:{port}"
         try:
             wait_for_port("127.0.0.1", port, 30)
-            while json.loads(_get(f"{base}/api/summary"))["devices"] < SITES * PER_SITE:
+            while True:
+                sites = json.loads(_get(f"{base}/api/sites"))
+                if (sum(x["counts"]["devices"] for x in sites) >= SITES * PER_SITE
+                        and all(x["gateway"] for x in sites)):
+                    break
                 time.sleep(0.1)
             ready_s = time.monotonic() - t1
             summary = json.loads(_get(f"{base}/api/summary"))

@@ -207,7 +207,7 @@ async def subscribe(model: FleetModel, host: str, port: int, username: str | Non
                                       tls_context=tls, identifier=client_id,
                                       clean_session=True, keepalive=keepalive_s,
                                       timeout=10) as client:
-                await client.subscribe([(STATUS_TOPIC, 1), (HEALTH_TOPIC, 1)])
+                await client.subscribe([(HEALTH_TOPIC, 1), (STATUS_TOPIC, 1)])  # gateways first
                 model.connected = True
                 delay = 0.5
                 log.info("fleet: subscribed on %s:%d", host, port)

@@ -270,12 +270,12 @@ class Gateway:
             if cfg.metrics.enabled:
                 self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats)
                 self.metrics_port = await self._metrics.start()
-            if cfg.status.enabled:
+            self.ready = True
+            sdnotify.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
+            if cfg.status.enabled:  # the page (edge_gateway/status), after READY: not needed for it
                 self.status_feed.gateway_stats = self.stats
                 self.status_feed.calibration = self._calibration_record
                 await self.status_feed.start()
-            self.ready = True
-            sdnotify.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
             stop_wait = asyncio.create_task(self._stop.wait(), name="stop-wait")
             while not stop_wait.done():
                 watched = [stop_wait, *tasks]

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLUSH_S = 30.0
+DRAIN_S = 2.0
+INCOMING_MAX = 200_000
 EVENTS_KEPT = 20
 # The quantity a device's plots and "last value" show, per kind: (quantity, unit).
 MAIN = {"air": ("pm25", "ug/m3"), "water": ("level", "m"), "parking": ("occupied", "")}
@@ -103,7 +105,10 @@ class StatusFeed:
         self.devices: dict[str, Device] = {}
         self.history = History(config.status.history_max_bytes)
         self.windows: list[Window] = []
-        self._incoming: deque[tuple[dict[str, Any], float]] = deque()
+        # Filled on the store thread, emptied on the loop (every DRAIN_S at least); bounded so a
+        # stalled page can never grow the gateway without limit.
+        self._incoming: deque[tuple[dict[str, Any], float]] = deque(maxlen=INCOMING_MAX)
+        self.active = False  # the hooks do nothing until the page runs
         self._db: sqlite3.Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._runner: Any = None
@@ -127,11 +132,18 @@ class StatusFeed:
 
     def observation(self, obs: Mapping[str, Any], received: float) -> None:
         """A new reading, processed and about to be committed (called on the store thread)."""
-        self._incoming.append((dict(obs), received))
+        if self.active:
+            self._incoming.append((dict(obs), received))
 
     def message(self, leaf: str, device_id: str, body: Mapping[str, Any], now: float) -> None:
-        if leaf == "reading":
+        if leaf == "reading" or not self.active:
             return  # counted once committed (observation): a resent duplicate is not new data
+        try:
+            self._message(leaf, device_id, body, now)
+        except Exception:  # the page must never disturb the gateway's ingest
+            log.exception("status page: message from %s not taken", device_id)
+
+    def _message(self, leaf: str, device_id: str, body: Mapping[str, Any], now: float) -> None:
         dev = self._get(device_id, now)
         if leaf == "status":
             dev.status = {k: body[k] for k in _STATUS_KEYS if k in body}
@@ -149,6 +161,8 @@ class StatusFeed:
         self.version += 1
 
     def dead_letter(self, topic: str, code: str, reason: str, now: float) -> None:
+        if not self.active:
+            return
         parts = topic.split("/")
         if len(parts) >= 5 and parts[2] == "node":
             dev = self.devices.get(parts[3])
@@ -173,7 +187,10 @@ class StatusFeed:
         now = time.time() if now is None else now
         while self._incoming:
             obs, received = self._incoming.popleft()
-            self._take(obs, received, now)
+            try:
+                self._take(obs, received, now)
+            except Exception:
+                log.exception("status page: observation not taken")
         for entry in self.config.inventory.device:
             if entry.id not in self.devices:
                 self._get(entry.id, self.started)
@@ -423,6 +440,7 @@ class StatusFeed:
             self.windows.append(Window(int(wid), dev_id, float(start),
                                        None if end is None else float(end), reason))
         self.token = self._load_token()
+        self.active = True
 
     def flush(self, now: float | None = None) -> None:
         """Write the history and device facts (worker thread; the history has its own lock)."""
@@ -438,7 +456,26 @@ class StatusFeed:
         db.execute("COMMIT")
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.open_store)
+        """Open the history and serve the page. Any failure is logged and the gateway runs on
+        without its page (a damaged history file is moved aside and started afresh)."""
+        try:
+            try:
+                await asyncio.to_thread(self.open_store)
+            except sqlite3.DatabaseError as exc:
+                aside = self.db_path.with_name(f"history.sqlite.damaged-{int(time.time())}")
+                log.error("status history %s unreadable (%s): moved to %s, starting afresh",
+                          self.db_path, exc, aside)
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+                self.db_path.rename(aside)
+                self.devices.clear()
+                self.windows.clear()
+                await asyncio.to_thread(self.open_store)
+        except (OSError, RuntimeError, sqlite3.Error) as exc:
+            log.error("status page not started: %s", exc)
+            return
+        self.active = True
         self._tasks.append(asyncio.create_task(self._flusher(), name="status-flush"))
         try:
             from edge_gateway.status.web import start_site  # aiohttp: only when served
@@ -452,15 +489,20 @@ class StatusFeed:
         log.info("status page on http://%s:%d/", self.config.status.host, self.port)
 
     async def _flusher(self) -> None:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(FLUSH_S)
+            await asyncio.sleep(DRAIN_S)
             self.drain()
+            if time.monotonic() - last < FLUSH_S:
+                continue
+            last = time.monotonic()
             try:
                 await asyncio.to_thread(self.flush)
             except sqlite3.Error as exc:
                 log.warning("status history not saved: %s", exc)
 
     async def stop(self) -> None:
+        self.active = False
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

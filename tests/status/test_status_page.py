@@ -18,7 +18,7 @@ import pytest
 from edge_gateway import contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import ConfigError, GatewayConfig
-from edge_gateway.status import liveness
+from edge_gateway.status import StatusFeed, liveness
 from edge_gateway.status.history import REC_SIZE, History
 from host_tools.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, gateway_config, run_async, wait_ready
@@ -59,6 +59,23 @@ def test_history_stays_within_its_byte_bound() -> None:
                         fromlist=["local_day"]).local_day(now - 1)) is not None
 
 
+@run_async
+async def test_a_damaged_history_is_moved_aside_and_the_page_still_starts(tmp_path: Path) -> None:
+    (tmp_path / "history.sqlite").write_bytes(b"this is not a database" * 100)
+    feed = StatusFeed(GatewayConfig.from_dict({"gateway_id": "gw-x-01", "site_id": "site-x-01",
+                                               "data_dir": str(tmp_path),
+                                               "status": {"port": 0}}))
+    await feed.start()
+    try:
+        assert feed.port and feed.active
+        assert list(tmp_path.glob("history.sqlite.damaged-*"))
+        async with aiohttp.ClientSession() as http, http.get(
+                f"http://127.0.0.1:{feed.port}/api/summary") as r:
+            assert r.status == 200 and (await r.json())["devices"] == 0
+    finally:
+        await feed.stop()
+
+
 def test_lan_bind_needs_a_token_file() -> None:
     with pytest.raises(ConfigError, match="status.token_file"):
         GatewayConfig.from_dict({"gateway_id": "gw-x-01", "site_id": "site-x-01",
@@ -92,8 +109,8 @@ async def test_status_page_counts_table_api_maintenance_and_security(
     air = water = None
     try:
         await wait_ready(gw)
-        async with asyncio.timeout(15):  # the page starts after the store opened
-            while not gw.ready:
+        async with asyncio.timeout(15):  # the page starts after READY
+            while not gw.status_feed.port:
                 await asyncio.sleep(0.05)
         port = gw.status_feed.port
         assert port

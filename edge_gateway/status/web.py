@@ -309,8 +309,9 @@ class App:
     async def api_devices(self, request: web.Request) -> web.Response:
         q = _query(request)
         state = q.get("state", "")
-        if state and state not in (*render.T.keys(),):
-            raise web.HTTPBadRequest(text=f"state must be one of {', '.join(STATES)}")
+        if state and state not in (*STATES, "unknown"):
+            return web.json_response(
+                {"error": f"state must be one of {', '.join((*STATES, 'unknown'))}"}, status=400)
         return web.json_response(self._rows(q))
 
     async def api_device(self, request: web.Request) -> web.Response:

@@ -158,6 +158,17 @@ async def test_status_page_counts_table_api_maintenance_and_security(
             assert "no reading for" in devs[AIR]["reason"]
             assert "WiFi RSSI -91 dBm" in devs[AIR]["reason"]
             assert "ไม่มีข้อมูลมา" in devs[AIR]["reason_th"]
+            async with http.get(base + "/api/devices?state=bogus") as r:
+                assert r.status == 400 and "state must be one of" in (await r.json())["error"]
+            # The table filters and sorts on the server (works without the script).
+            async with http.get(base + "/?lang=en&q=canal") as r:
+                page = await r.text()
+            assert f"row-{WATER}" in page and f"row-{AIR}" not in page
+            for desc, first in (("", AIR), ("1", SILENT)):  # "<script…" < "canal" < "never"
+                async with http.get(base + f"/?lang=en&sort=name&desc={desc}") as r:
+                    page = await r.text()
+                order = sorted((page.index(f"row-{d}"), d) for d in (AIR, WATER, SILENT))
+                assert order[0][1] == first, order
             offline = await get_json("/api/devices?state=offline&site=test-site-01")
             assert [d["device_id"] for d in offline] == [AIR]
             assert await get_json("/api/devices?state=offline&site=other-site") == []

@@ -18,8 +18,10 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge_gateway import contract
+from edge_gateway.ingest import iso_utc
+from host_tools.broker_auth import hash_password, password_file_text
 from host_tools.brokers import MosquittoBroker, free_port
-from tests.gateway.helpers import reading
+from tests.gateway.helpers import AS_INVOKER, reading
 
 pytestmark = pytest.mark.broker
 KEEPALIVE_S = 5
@@ -47,7 +49,22 @@ def _wait(pred: Callable[[], Any], timeout_s: float, what: str) -> Any:
 def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
     tmp_path: Path, broker_factory: Callable[..., MosquittoBroker]
 ) -> None:
-    platform = broker_factory("platform")
+    """(With accounts: the gateways', and the view's own read-only one.)"""
+    # The platform broker with accounts: each gateway writes its own site; the city view has
+    # its own account that can only read the retained status and health.
+    auth = tmp_path / "platform-auth"
+    auth.mkdir()
+    passwords = {f"gw-fleet-0{i}": f"gw-pw-{i}" for i in range(1, 4)} | {"fleet-view": "view-pw"}
+    (auth / "passwd").write_text(password_file_text(
+        {u: hash_password(p) for u, p in passwords.items()}))
+    acl = "".join(f"user gw-fleet-0{i}\ntopic readwrite cityedge/v1/site/fleet-site-0{i}/#\n\n"
+                  for i in range(1, 4))
+    acl += ("user fleet-view\ntopic read cityedge/v1/site/+/device/+/status\n"
+            "topic read cityedge/v1/site/+/gateway/+/health\n")
+    (auth / "acl").write_text(acl)
+    (auth / "view.pw").write_text("view-pw\n")
+    platform = broker_factory("platform", password_file=auth / "passwd", acl_file=auth / "acl",
+                              extra_config=AS_INVOKER)
     procs: list[subprocess.Popen[bytes]] = []
     sites = [f"fleet-site-0{i}" for i in range(1, 4)]
     devices = {s: f"ce-00000000f0{i:02d}" for i, s in enumerate(sites, 1)}
@@ -70,6 +87,7 @@ def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
                 f'data_dir = "{tmp_path / f"gw{i}"}"\n'
                 f'[local]\nhost = "{local.host}"\nport = {local.port}\n'
                 f'[upstream]\nhost = "{platform.host}"\nport = {platform.port}\n'
+                f'username = "gw-fleet-0{i}"\npassword = "gw-pw-{i}"\n'
                 f'keepalive_s = {KEEPALIVE_S}\nreconnect_min_s = 0.2\n'
                 '[metrics]\nenabled = false\n[status]\nenabled = false\n'
                 '[health]\ninterval_s = 1\n')
@@ -82,7 +100,8 @@ def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
             nodes.append(node)
         fleet = subprocess.Popen(
             [sys.executable, "-m", "host_tools.cli", "fleet", "serve", "--broker",
-             platform.address, "--port", str(port), "--lang", "en"],
+             platform.address, "--port", str(port), "--lang", "en", "--username", "fleet-view",
+             "--password-file", str(auth / "view.pw")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(fleet)
         base = f"http://127.0.0.1:{port}"
@@ -111,6 +130,20 @@ def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
         assert got[sites[1]]["counts"]["unknown"] == 1 and got[sites[1]]["counts"]["online"] == 0
         for s in (sites[0], sites[2]):
             assert got[s]["gateway"]["state"] == "online" and got[s]["counts"]["online"] == 1
+        # The view's account cannot write: a forged "online" health under it is dropped.
+        forger = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="forger")
+        forger.username_pw_set("fleet-view", "view-pw")
+        forger.connect(platform.host, platform.port)
+        forger.loop_start()
+        forged = {"v": 1, "site_id": sites[1], "gateway_id": "gw-fleet-02", "state": "online",
+                  "t": iso_utc(time.time())}
+        forger.publish(contract.gateway_health_topic(sites[1], "gw-fleet-02"),
+                       json.dumps(forged), qos=1, retain=True).wait_for_publish(5)
+        forger.loop_stop()
+        forger.disconnect()
+        time.sleep(1.0)
+        got = {s["site_id"]: s for s in _get(f"{base}/api/sites")}
+        assert got[sites[1]]["gateway"]["state"] == "offline", "a read-only account wrote"
         dev = _get(f"{base}/api/devices/{devices[sites[1]]}")
         assert dev["state"] == "unknown" and "gw-fleet-02 is down" in dev["reason"]
         assert [d["device_id"] for d in _get(f"{base}/api/devices?state=unknown")] == [

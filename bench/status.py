@@ -87,7 +87,8 @@ def publish_city(broker: MosquittoBroker) -> None:
             silent = (s * PER_SITE + d) % 10 == 0
             body = {"v": 1, "site_id": site, "gateway_id": gw, "device_id": dev, "kind": "air",
                     "state": "offline" if silent else "online",
-                    "last_seen": iso_utc(now - (3600 if silent else 20)), "battery_v": 3.9,
+                    "last_seen": iso_utc(now - (3600 if silent else 20)),
+                    "last_reading": iso_utc(now - (3600 if silent else 20)), "battery_v": 3.9,
                     "rssi_dbm": -70, "outbox_depth": 0, "outbox_dropped": 0,
                     "completeness": 0.98, "received_24h": 1411, "expected_24h": 1440,
                     "sensor_errors": {}, "fw": "0.1.0", "report_s": 60.0}

@@ -6,8 +6,9 @@ health of every site, ``cityedge/v1/site/+/device/+/status`` and
 device. A gateway whose health says ``offline`` (its last will: the broker sends it within
 1.5 × the gateway's keepalive, at once when the socket closes) or whose last health is older
 than ``stale_s`` by its own timestamp is *down*, and its devices are *unknown*, whatever their
-last retained status said. A device's liveness comes from its ``last_seen`` against its own
-cadence (``86400 / expected_24h``), with the same rule as on the gateway.
+last retained status said. A device's liveness comes from its ``last_reading`` (else ``last_seen``)
+against its own cadence (``report_s``, else ``86400 / expected_24h``), with the same rule as
+on the gateway.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ class FleetModel:
     def _row(self, site: Site, body: dict[str, Any], now: float) -> dict[str, Any]:
         s = self.settings
         gw = self._gateway(site, body.get("gateway_id"), now)
-        last = _ts(body.get("last_seen"))
+        # Liveness is data: the last reading; last_seen also counts status heartbeats (a
+        # gateway too old to send last_reading falls back to it).
+        last = _ts(body["last_reading"]) if "last_reading" in body else _ts(body.get("last_seen"))
         exp = body.get("expected_24h")
         rep = body.get("report_s")
         cadence = (float(rep) if isinstance(rep, (int, float)) and rep > 0 else

@@ -72,7 +72,11 @@ def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
     nodes: list[mqtt.Client] = []
     seq = [0]
 
+    talker = "ce-00000000f0aa"  # sends status heartbeats only, never a reading
+
     def send() -> None:  # one reading per site (a node reporting)
+        status = contract.example("node_status") | {"device_id": talker, "t": time.time()}
+        nodes[0].publish(contract.node_topic(talker, "status"), json.dumps(status), qos=1)
         for node, site in zip(nodes, sites, strict=True):
             body = reading(devices[site], "air", 1, seq[0])
             node.publish(contract.node_topic(devices[site], "reading"), json.dumps(body), qos=1)
@@ -113,6 +117,9 @@ def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
                        and got[s]["counts"]["online"] == 1 for s in sites)
 
         _wait(all_up, 60, "three sites online, one device each")
+        # Liveness is data: status heartbeats alone never make a device online.
+        quiet = _wait(lambda: _get(f"{base}/api/devices/{talker}"), 10, "the talker's status")
+        assert quiet["state"] == "never", quiet
         devs = _get(f"{base}/api/devices?site={sites[1]}")
         assert [d["device_id"] for d in devs] == [devices[sites[1]]]
         assert devs[0]["state"] == "online"

@@ -45,6 +45,7 @@ from edge_gateway.devices import DeviceTracker
 from edge_gateway.ingest import Accepted, classify, deadletter_payload, iso_utc
 from edge_gateway.metrics import MetricsServer
 from edge_gateway.processing import Processor, load_registries
+from edge_gateway.status import StatusFeed
 from edge_gateway.store import (
     PRIORITY_ALERT,
     PRIORITY_ALERT_READING,
@@ -163,6 +164,7 @@ class Gateway:
         self.devices = DeviceTracker(config)
         # Event-loop counters (edge_gateway.metrics: the "process" and "saved" ones); the saved
         # ones are written to the store by _save_counters, _saved is what it holds of them.
+        self.status_feed = StatusFeed(config)  # the status page (edge_gateway/status)
         self.counters: dict[str, int] = defaultdict(int)
         self._saved: dict[str, int] = {}
         self._queue: asyncio.Queue[_Incoming] | None = None
@@ -301,6 +303,10 @@ class Gateway:
                 self.metrics_port = await self._metrics.start()
             self.ready = True
             sdnotify.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
+            if cfg.status.enabled:  # the page (edge_gateway/status), after READY: not needed for it
+                self.status_feed.gateway_stats = self.stats
+                self.status_feed.calibration = self._calibration_record
+                await self.status_feed.start()
             stop_wait = asyncio.create_task(self._stop.wait(), name="stop-wait")
             while not stop_wait.done():
                 watched = [stop_wait, *tasks]
@@ -328,6 +334,8 @@ class Gateway:
             if self._metrics is not None:
                 with contextlib.suppress(BaseException):
                     await self._metrics.stop()
+            with contextlib.suppress(BaseException):
+                await self.status_feed.stop()
             with contextlib.suppress(BaseException):
                 await self._flush_deletes()
             with contextlib.suppress(BaseException):
@@ -366,6 +374,7 @@ class Gateway:
             registries = await asyncio.to_thread(load_registries, new)
         self.config = new
         self.devices.config = new
+        self.status_feed.config = new
         store, processor = self.store, self.processor
         if store is not None:
             store_ = store
@@ -486,6 +495,7 @@ class Gateway:
             self._dead_letter(client, topic, data, result.reason_code, result.reason)
             _puback(ack)
             return
+        self.status_feed.message(result.leaf, result.device_id, result.body, now)
         if result.leaf == "reading":
             self.counters["readings_in"] += 1
             self.devices.reading(result.device_id, result.body, now)
@@ -500,6 +510,13 @@ class Gateway:
             self.devices.seen(result.device_id, now)
         _puback(ack)
 
+    def _calibration_record(self, record_id: str) -> Any:
+        processor = self.processor
+        for reg in (processor.site_registry, processor.fleet_registry) if processor else ():
+            if reg is not None and (rec := reg.get(record_id)) is not None:
+                return rec
+        return None
+
     def _known_kind(self, device_id: str) -> str | None:
         entry = self.config.device(device_id)
         return entry.kind if entry is not None else None
@@ -508,6 +525,7 @@ class Gateway:
         self, client: aiomqtt.Client | None, topic: str, data: bytes, code: str, reason: str
     ) -> None:
         self.counters[f"dead_letter_{code}"] += 1
+        self.status_feed.dead_letter(topic, code, reason, time.time())
         log.debug("dead letter (%s) from %s: %s", code, topic[:120], reason)
         if client is None:
             return
@@ -602,6 +620,7 @@ class Gateway:
                 # Remember the key so a resend is a duplicate; the dead letter holds the payload.
                 remember.append((*key, item.received))
                 continue
+            self.status_feed.observation(processed.observation, item.received)
             kind = str(item.body["kind"])
             priority = PRIORITY_ALERT_READING if processed.alerts else PRIORITY_READING
             entries.append(Entry(

@@ -49,6 +49,10 @@ def add_parser(subparsers: Any) -> None:
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=cmd_stats)
 
+    from edge_gateway.status.cli import add_maintenance
+
+    add_maintenance(sub)
+
 
 def _load(path: str) -> GatewayConfig:
     try:

@@ -286,6 +286,39 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class StatusSection:
+    """The status page and JSON API (edge_gateway.status, docs/status.md)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 9180
+    token_file: str | None = None  # default <data_dir>/status-token, made (0600) if missing
+    late_grace_s: float = 30.0
+    offline_margin_s: float = 60.0
+    history_max_bytes: int = 8 * 1024 * 1024
+    low_battery_v: float = 3.5
+    lang: str = "th"
+
+    def validate(self, key: str) -> None:
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"{key}.port", f"{self.port} is not a TCP port (0 picks a free one)")
+        if self.host not in ("127.0.0.1", "::1", "localhost") and not self.token_file:
+            raise ConfigError(
+                f"{key}.token_file",
+                f"host {self.host!r} is not loopback: a LAN address needs a token file",
+                hint="set status.token_file to a file holding a long random token (readable "
+                "only by the gateway's user), or keep status.host = \"127.0.0.1\"",
+            )
+        for name in ("late_grace_s", "offline_margin_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name}", "must be >= 0")
+        if self.history_max_bytes < 64 * 1024:
+            raise ConfigError(f"{key}.history_max_bytes", "must be at least 65536")
+        if self.lang not in ("th", "en"):
+            raise ConfigError(f"{key}.lang", "must be th or en")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration. Build with :func:`load_config` or :meth:`from_dict`."""
 
@@ -303,6 +336,7 @@ class GatewayConfig:
     alerts: AlertsSection = field(default_factory=AlertsSection)
     health: HealthSection = field(default_factory=HealthSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    status: StatusSection = field(default_factory=StatusSection)
     source: str = field(default="<dict>", compare=False)
 
     @classmethod
@@ -368,6 +402,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 _PATH_KEYS = {
     ("store", "path"),
+    ("status", "token_file"),
     ("calibration", "records"),
     ("local", "ca_file"),
     ("local", "cert_file"),

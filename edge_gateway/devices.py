@@ -31,6 +31,7 @@ class DeviceState:
     fw: str | None = None
     first_seen: float | None = None
     last_seen: float | None = None
+    last_reading: float | None = None  # a reading, not a status or session: what liveness means
     presence: str = "unknown"  # from the node's retained state topic
     battery_v: float | None = None
     rssi_dbm: int | None = None
@@ -93,6 +94,7 @@ class DeviceTracker:
 
     def reading(self, device_id: str, body: dict[str, Any], now: float) -> None:
         self.seen(device_id, now, body.get("kind"), body.get("fw"))
+        self._get(device_id).last_reading = now
         battery = body.get("raw", {}).get("battery")
         if battery is not None and isinstance(battery.get("v"), (int, float)):
             self._get(device_id).battery_v = float(battery["v"])
@@ -164,6 +166,8 @@ class DeviceTracker:
             "expected_24h": expected,
             "sensor_errors": state.sensor_errors,
             "fw": state.fw,
+            "report_s": report_s,  # the cadence the fleet view judges liveness by
+            "last_reading": None if state.last_reading is None else iso_utc(state.last_reading),
         }
         if state.kind in ("air", "water", "parking"):
             body["kind"] = state.kind

@@ -23,6 +23,7 @@ TOP_LEVEL = (
     ("edge_gateway.cli", "add_parser"),
     ("calibration.cli", "add_parser"),
     ("host_tools.completion", "add_parser"),
+    ("edge_gateway.status.cli", "add_parsers"),
 )
 NODE_LEVEL = (
     ("host_tools.simnode", "add_parser"),

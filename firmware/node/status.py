@@ -21,6 +21,17 @@ def sensor_errors(app):
     return out
 
 
+def _cadence(app, iv):
+    # How often readings reach the gateway when that is not report_s: the gateway judges
+    # liveness by it (a battery board wakes its radio every batch_s; a parking node sends a
+    # reading on a change or every heartbeat_s).
+    if getattr(app, "deep_sleep", False):
+        return ',"batch_s":%s' % json.dumps(iv["batch_s"])
+    if app.kind_name == "parking":
+        return ',"heartbeat_s":%s' % json.dumps(iv["heartbeat_s"])
+    return ""
+
+
 def build(app):
     """The status JSON as a list of short pieces (node.mqtt sends them one after the other):
     no dict per status and no 500-byte string to find room for in a fragmented heap; a long
@@ -49,6 +60,6 @@ def build(app):
         d(sensor_errors(app)),
         ',"config_error":',
         d(err[:200] if err else None),
-        ',"intervals":{"sample_s":%s,"report_s":%s,"status_s":%s},"seq":%d}'
-        % (d(iv["sample_s"]), d(iv["report_s"]), d(iv["status_s"]), app.seq),
+        ',"intervals":{"sample_s":%s,"report_s":%s,"status_s":%s%s},"seq":%d}'
+        % (d(iv["sample_s"]), d(iv["report_s"]), d(iv["status_s"]), _cadence(app, iv), app.seq),
     ]

@@ -207,6 +207,9 @@ def test_every_kind_publishes_valid_readings_and_status(
         assert isinstance(st["rssi_dbm"], int) and -100 < st["rssi_dbm"] < -20
         assert st["reset_cause"] == "power_on" and st["uptime_s"] >= 0
         assert st["outbox"]["capacity"] == 512
+        # The cadence the gateway's status page judges liveness by (edge_gateway/status).
+        assert st["intervals"].get("heartbeat_s") == (1.0 if n.kind == "parking" else None)
+        assert "batch_s" not in st["intervals"]
     air = gateway.readings[made[0].device_id]
     assert all(r["synced"] for r in air[1:]), "NTP set the clock once WiFi was up"
     assert all(0 < r["raw"]["pm25_atm"]["v"] < 1000 for r in air)
@@ -515,6 +518,7 @@ def test_battery_board_deep_sleeps_and_batches_its_radio_wakes(
     assert {"distance", "pressure", "air_temp"} <= set(rs[-1]["raw"])
     st = gateway.statuses[dev][-1]
     assert st["reset_cause"] == "deep_sleep" and st["battery_v"] is not None
+    assert st["intervals"]["batch_s"] == 900 / 120, "the gateway judges liveness by batch_s"
     # A `set` that arrived during a radio wake is stored by App.command (as here) and applied
     # at the next wake, which wakes the radio to send its ack: still boot 0 (deep sleep).
     cmd = {"v": 1, "id": "b-set", "cmd": "set", "args": {"intervals": {"report_s": 3.0}}}

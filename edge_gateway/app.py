@@ -173,6 +173,7 @@ class Gateway:
         self._background: set[asyncio.Task[Any]] = set()
         self._upstream_task: asyncio.Task[None] | None = None
         self._store_failures = 0
+        self.notify: Any = None  # the alert dispatcher (edge_gateway.notify), when configured
 
     def _spawn(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it is done."""
@@ -249,6 +250,10 @@ class Gateway:
         if saved:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 self.processor.restore_alert_state(json.loads(saved))
+        if cfg.notify.config:
+            from edge_gateway.notify.hook import start_in_gateway
+
+            self.notify = await asyncio.to_thread(start_in_gateway, cfg)
         log.info(
             "gateway %s (site %s) store %s: %d rows waiting",
             cfg.gateway_id, cfg.site_id, cfg.store_path, store.depth,
@@ -264,9 +269,12 @@ class Gateway:
         ]
         if cfg.upstream.enabled:
             self._upstream_task = asyncio.create_task(self._upstream_loop(), name="upstream")
+        if self.notify is not None:
+            tasks.append(asyncio.create_task(self.notify.run(), name="notify"))
         try:
             if cfg.metrics.enabled:
-                self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats)
+                self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats,
+                                              self.notify.metrics_text if self.notify else None)
                 self.metrics_port = await self._metrics.start()
             self.ready = True
             sdnotify.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
@@ -301,6 +309,8 @@ class Gateway:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
             await asyncio.to_thread(store.shutdown)
+            if self.notify is not None:
+                self.notify.close()
             log.info("gateway stopped; %d rows kept in the store", store.depth)
 
     # -- reload -------------------------------------------------------------------------------
@@ -548,6 +558,7 @@ class Gateway:
         alerts = 0
         errors = 0
         per_device: dict[str, int] = defaultdict(int)
+        to_notify: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
         for item, key, new in zip(batch, keys, fresh, strict=True):
             if not new or key in in_batch:
                 duplicates.append(key)
@@ -571,6 +582,8 @@ class Gateway:
                 processed.payload, item.received, priority, key,
             ))
             per_device[item.device_id] += 1
+            to_notify[0].extend(processed.alerts)
+            to_notify[1].append(processed.observation)
             for alert in processed.alerts:
                 alerts += 1
                 entries.append(Entry(
@@ -580,6 +593,11 @@ class Gateway:
                 ))
         # Alert states change only with alerts; they are committed with the rows that caused them.
         meta = {"alert_state": json.dumps(processor.alert_state())} if alerts else None
+        if self.notify is not None:  # recorded (fsync) before this commit: see notify/hook.py
+            try:
+                self.notify.record(*to_notify)
+            except Exception:  # the alerts still go to the platform with the readings
+                log.exception("alert dispatcher: recording %d alerts failed", len(to_notify[0]))
         result = store.commit(
             entries, duplicates, counters={"processing_errors": errors}, remember=remember,
             meta=meta,

@@ -286,6 +286,17 @@ class MetricsSection:
 
 
 @dataclass(frozen=True)
+class NotifySection:
+    """``config``: the alert dispatcher's own file (alerts.toml, docs/alerts.md)."""
+
+    config: str | None = None
+
+    def validate(self, key: str) -> None:
+        if self.config is not None and not Path(self.config).is_file():
+            raise ConfigError(f"{key}.config", f"file {self.config!r} does not exist")
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration. Build with :func:`load_config` or :meth:`from_dict`."""
 
@@ -303,6 +314,7 @@ class GatewayConfig:
     alerts: AlertsSection = field(default_factory=AlertsSection)
     health: HealthSection = field(default_factory=HealthSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
+    notify: NotifySection = field(default_factory=NotifySection)
     source: str = field(default="<dict>", compare=False)
 
     @classmethod
@@ -369,6 +381,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 _PATH_KEYS = {
     ("store", "path"),
     ("calibration", "records"),
+    ("notify", "config"),
     ("local", "ca_file"),
     ("local", "cert_file"),
     ("local", "key_file"),

@@ -1,0 +1,148 @@
+"""Central mode: the platform broker's streams into the dispatcher (``cityedge alerts serve``).
+
+Subscriptions (QoS 1, persistent session, each message PUBACKed only after it was recorded,
+so a crash of this process loses nothing; a repeat is harmless because incidents are state):
+
+* ``cityedge/v1/site/+/alert/+`` — the gateways' alerts;
+* ``cityedge/v1/site/+/+/+/observation`` — peaks of open incidents and place names;
+* ``cityedge/v1/site/+/gateway/+/health`` — ``"state": "offline"`` (the gateway's last will,
+  or its clean stop) raises ``gateway_offline``; ``online`` clears it;
+* ``cityedge/v1/site/+/device/+/status`` — ``last_seen`` and the interval: :func:`silent_nodes`
+  raises ``node_silent`` one interval plus ``silent_grace_s`` after the last reading;
+* ``cityedge/v1/site/+/gateway/+/dispatcher`` — a gateway dispatcher's heartbeat; none for
+  ``quiet_after_s`` raises ``dispatcher_quiet`` (the dead-man's switch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from edge_gateway.notify.dispatcher import Dispatcher
+from edge_gateway.notify.incidents import parse_t, silent_nodes
+from edge_gateway.notify.settings import NotifySettings
+
+log = logging.getLogger(__name__)
+
+TOPICS = (
+    "cityedge/v1/site/+/alert/+",
+    "cityedge/v1/site/+/+/+/observation",
+    "cityedge/v1/site/+/gateway/+/health",
+    "cityedge/v1/site/+/device/+/status",
+    "cityedge/v1/site/+/gateway/+/dispatcher",
+)
+
+
+def synthetic(site: str, device: str, name: str, state: str, t: float, message: str,
+              kind: str = "water") -> dict[str, Any]:
+    return {"v": 1, "site_id": site, "gateway_id": device, "device_id": device, "kind": kind,
+            "alert": name, "state": state, "severity": "warning" if state == "raised" else "info",
+            "t": datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "value": None,
+            "unit": None, "message": message}
+
+
+class Central:
+    def __init__(self, settings: NotifySettings, dispatcher: Dispatcher) -> None:
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
+        self.silent: set[tuple[str, str]] = set()
+        self.heartbeats: dict[tuple[str, str], float] = {}
+        self.quiet: set[tuple[str, str]] = set()
+
+    async def run(self) -> None:
+        import aiomqtt
+
+        s = self.settings
+        delay = 0.5
+        watch = asyncio.create_task(self._watch())
+        try:
+            while True:
+                try:
+                    client = aiomqtt.Client(
+                        s.broker_host, s.broker_port, username=s.broker_username,
+                        password=s.broker_password.get() if s.broker_password else None,
+                        identifier=s.broker_client_id, clean_session=False)
+                    client._client.manual_ack_set(True)
+                    async with client:
+                        for topic in TOPICS:
+                            await client.subscribe(topic, qos=1)
+                        log.info("central dispatcher on %s:%d", s.broker_host, s.broker_port)
+                        delay = 0.5
+                        async for message in client.messages:
+                            await asyncio.to_thread(self.handle, str(message.topic), message.payload)
+                            if message.qos > 0:
+                                with contextlib.suppress(Exception):
+                                    client._client.ack(message.mid, message.qos)
+                except aiomqtt.MqttError as exc:
+                    log.warning("platform broker %s:%d: %s", s.broker_host, s.broker_port, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        finally:
+            watch.cancel()
+
+    def handle(self, topic: str, payload: Any) -> None:
+        try:
+            body = json.loads(bytes(payload))
+        except (ValueError, TypeError):
+            log.warning("not JSON on %s: ignored", topic)
+            return
+        if not isinstance(body, dict):
+            return
+        parts = topic.split("/")
+        try:
+            if parts[3] == "alert":
+                self.dispatcher.record([body], [])
+            elif parts[-1] == "observation":
+                self.dispatcher.record([], [body])
+            elif parts[3] == "gateway" and parts[-1] == "health":
+                self._health(parts[2], parts[4], body)
+            elif parts[3] == "device" and parts[-1] == "status":
+                self.statuses[(parts[2], parts[4])] = {**body, "site_id": parts[2],
+                                                       "device_id": parts[4]}
+            elif parts[-1] == "dispatcher":
+                self.heartbeats[(parts[2], parts[4])] = time.time()
+        except (KeyError, ValueError, TypeError) as exc:
+            log.warning("%s: cannot use this message (%s): ignored", topic, exc)
+
+    def _health(self, site: str, gateway: str, body: dict[str, Any]) -> None:
+        state = body.get("state")
+        now = time.time()
+        if state == "offline":
+            self.dispatcher.record([synthetic(site, gateway, "gateway_offline", "raised", now,
+                                              f"gateway {gateway} offline")])
+        elif state is not None:
+            self.dispatcher.record([synthetic(site, gateway, "gateway_offline", "cleared", now,
+                                              f"gateway {gateway} back online")])
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self.check, time.time())
+
+    def check(self, now: float) -> None:
+        """The silent-node and quiet-dispatcher rules."""
+        late = {(site, dev) for site, dev, _ in silent_nodes(
+            self.statuses.values(), now, self.settings.silent_grace_s)}
+        alerts = []
+        for key in late - self.silent:
+            alerts.append(synthetic(*key, "node_silent", "raised", now, f"{key[1]} silent"))
+        for key in self.silent - late:
+            last = self.statuses.get(key, {}).get("last_seen")
+            alerts.append(synthetic(*key, "node_silent", "cleared",
+                                    parse_t(last) if last else now, f"{key[1]} reporting again"))
+        self.silent = late
+        quiet = {k for k, t in self.heartbeats.items() if now - t > self.settings.quiet_after_s}
+        for key in quiet - self.quiet:
+            alerts.append(synthetic(*key, "dispatcher_quiet", "raised", now, f"{key[1]} quiet"))
+        for key in self.quiet - quiet:
+            alerts.append(synthetic(*key, "dispatcher_quiet", "cleared", now, f"{key[1]} back"))
+        self.quiet = quiet
+        if alerts:
+            self.dispatcher.record(alerts)

@@ -1,0 +1,92 @@
+"""Delivery against local servers speaking the real APIs: LINE failover on 429 and on a nearly
+used quota (nothing lost, visible in the metrics), the webhook's HMAC, retry-key semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge_gateway.notify.dispatcher import Dispatcher
+from tests.notify.conftest import GROUP, settings_of, wait_until, water_alert
+from tests.support.fake_services import FakeLine, WebhookReceiver
+
+
+async def _run_until(d: Dispatcher, pred: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    task = asyncio.create_task(d.run())
+    try:
+        await wait_until(pred, timeout_s)
+    finally:
+        d.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(task, 10)
+
+
+def _raise_n(d: Dispatcher, n: int) -> None:
+    t0 = time.time()
+    for i in range(n):
+        d.record([water_alert(f"ce-0000000000{i:02d}", "water_warning", "raised", t0, 1.3 + i / 100)])
+
+
+def test_line_push_uses_the_real_api_and_a_retry_key(alerts_config: Any, line: FakeLine,
+                                                      hook: WebhookReceiver) -> None:
+    d = Dispatcher(settings_of(alerts_config()))
+    _raise_n(d, 3)
+    asyncio.run(_run_until(d, lambda: len(line.delivered) == 3))
+    assert {m["to"] for m in line.delivered} == {GROUP}
+    assert len({m["retry_key"] for m in line.delivered}) == 3
+    text = line.delivered[0]["text"]
+    assert "ce-000000000000" in text and "1.3 m" in text and "ระดับน้ำในคลอง" in text
+    assert "https://status.example.go.th/device/ce-000000000000" in text
+    assert hook.received == []
+    # The same retry key again is a 409 at LINE and counts as sent, not as a second message.
+    d2 = Dispatcher(settings_of(alerts_config()))
+    with d2.outbox.transaction() as db:
+        db.execute("UPDATE outbox SET state = 0")
+    asyncio.run(_run_until(d2, lambda: d2.outbox.pending()[0] == 0))
+    assert len(line.delivered) == 3 and line.conflicts == 3
+    d.close()
+    d2.close()
+
+
+def test_line_429_fails_over_to_the_webhook_nothing_lost(alerts_config: Any, line: FakeLine,
+                                                         hook: WebhookReceiver) -> None:
+    line.force_429 = "You have reached your monthly limit."
+    d = Dispatcher(settings_of(alerts_config()))
+    _raise_n(d, 6)
+    asyncio.run(_run_until(d, lambda: len(hook.received) == 6))
+    assert line.delivered == [] and line.throttled >= 1
+    assert hook.bad_signatures == 0 and len({m["id"] for m in hook.received}) == 6
+    assert sorted(m["device_id"] for m in hook.received) == [f"ce-0000000000{i:02d}" for i in range(6)]
+    metrics = d.metrics_text()
+    assert 'cityedge_notify_failovers_total{from="line",to="hook",reason="429"}' in metrics
+    assert 'cityedge_notify_sent_total{channel="hook"} 6' in metrics
+    assert d.outbox.pending()[0] == 0
+    d.close()
+
+
+def test_quota_nearly_used_fails_over_before_the_429(alerts_config: Any, line: FakeLine,
+                                                     hook: WebhookReceiver) -> None:
+    line.quota, line.used = 100, 88
+    d = Dispatcher(settings_of(alerts_config(line_extra="quota_reserve = 10")))
+    _raise_n(d, 5)
+    asyncio.run(_run_until(d, lambda: len(line.delivered) + len(hook.received) == 5))
+    # 88 used of 100 with a reserve of 10: two go on LINE, then the rest on the webhook.
+    assert len(line.delivered) == 2 and len(hook.received) == 3 and line.throttled == 0
+    assert 'reason="quota"' in d.metrics_text()
+    assert 'cityedge_notify_line_quota_remaining{channel="line"} 10' in d.metrics_text()
+    d.close()
+
+
+def test_webhook_signature_checked_by_the_receiver(alerts_config: Any, hook: WebhookReceiver,
+                                                   tmp_path: Path) -> None:
+    (tmp_path / "hook.secret").write_text("a-different-secret")
+    routes = '[[routes]]\nchannels = ["hook"]\n'
+    d = Dispatcher(settings_of(alerts_config(routes=routes)))
+    _raise_n(d, 1)
+    asyncio.run(_run_until(d, lambda: hook.bad_signatures >= 2, 20))
+    assert hook.received == [] and d.outbox.pending()[0] == 1  # kept, not lost
+    d.close()

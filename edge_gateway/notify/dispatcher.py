@@ -53,7 +53,7 @@ class Dispatcher:
         self._stop = False
         with self.outbox.lock:
             self._open_devices: set[Any] = {r[0] for r in self.outbox.db.execute(
-                "SELECT device FROM incidents WHERE open = 1")}
+                "SELECT device FROM incidents WHERE open >= 1")}
 
     # -- recording (any thread) ---------------------------------------------------------------
 
@@ -64,14 +64,15 @@ class Dispatcher:
             self.incidents.remember(obs)
         # Observations matter to the outbox only for the peak of an open incident: no write
         # (and no fsync) for a reading of a device without one.
-        observations = [o for o in observations if o.get("device_id") in self._open_devices]
+        interest = self._open_devices | {a.get("device_id") for a in alerts}
+        observations = [o for o in observations if o.get("device_id") in interest]
         if not alerts and not observations:
             return 0
         now = self.clock()
         with self.outbox.transaction() as db:
             n = self.incidents.record(db, alerts, observations, now)
             self._open_devices = {r[0] for r in db.execute(
-                "SELECT device FROM incidents WHERE open = 1")}
+                "SELECT device FROM incidents WHERE open >= 1")}
         self.counters["recorded_alerts"] += len(alerts)
         if n:
             self.counters["queued"] += n

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +33,7 @@ from edge_gateway.notify.outbox import Outbox
 from edge_gateway.notify.settings import NotifySettings, Route
 from edge_gateway.notify.templates import Templates, render
 
+SUSPECT, FAIL = 3, 4  # QARTOD flags (calibration.qc)
 RANK = {None: 0, "info": 0, "watch": 1, "warning": 2, "critical": 3}
 FAMILY = {
     "water_warning": "water_level", "water_critical": "water_level",
@@ -63,6 +65,7 @@ class _Open:
     last: dict[str, Any]
     acked: bool
     escalated: bool
+    held: bool = False
 
 
 def _target(family: str, current: str | None, alerts: list[dict[str, Any]]) -> str | None:
@@ -91,6 +94,8 @@ class Incidents:
         self.templates = templates or Templates(settings.templates)
         self.places: dict[str, str] = dict(places or {})
         self.aqi: dict[str, dict[str, Any]] = {}  # device -> the last observation's thai_aqi
+        self.last_obs: dict[str, deque[Mapping[str, Any]]] = {}
+        self.suppressed = 0  # raises dropped because the reading's settled QC flag failed
 
     # -- recording ----------------------------------------------------------------------------
 
@@ -98,8 +103,6 @@ class Incidents:
                observations: Iterable[Mapping[str, Any]], now: float) -> int:
         """Apply one batch (inside an outbox transaction); returns notifications queued."""
         queued = 0
-        for obs in observations:
-            self._observe(db, obs)
         groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for alert in alerts:
             family = FAMILY.get(str(alert.get("alert")))
@@ -109,17 +112,20 @@ class Incidents:
             groups.setdefault(key, []).append(dict(alert))
         for (site, device, family), batch in groups.items():
             queued += self._apply(db, site, device, family, batch, now)
+        for obs in observations:
+            self._observe(db, obs)
+            queued += self._settle(db, obs, now)
         return queued
 
     def _find_open(self, db: sqlite3.Connection, site: str, device: str, family: str) -> _Open | None:
         row = db.execute(
-            "SELECT no, tier, max_tier, opened_t, peak, unit, last, acked_at, escalated "
-            "FROM incidents WHERE site = ? AND device = ? AND family = ? AND open = 1",
+            "SELECT no, tier, max_tier, opened_t, peak, unit, last, acked_at, escalated, open "
+            "FROM incidents WHERE site = ? AND device = ? AND family = ? AND open >= 1",
             (site, device, family)).fetchone()
         if row is None:
             return None
         return _Open(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]),
-                     row[7] is not None, bool(row[8]))
+                     row[7] is not None, bool(row[8]), row[9] == 2)
 
     def _apply(self, db: sqlite3.Connection, site: str, device: str, family: str,
                batch: list[dict[str, Any]], now: float) -> int:
@@ -133,17 +139,28 @@ class Incidents:
         if current is None:
             assert target is not None
             key = f"{site}/{device}/{family}/{last['t']}"
+            held = self._suspect(device, family, t)
             cur = db.execute(
                 "INSERT OR IGNORE INTO incidents(key, site, device, family, tier, max_tier, "
-                "opened_t, opened_wall, peak, unit, last) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "opened_t, opened_wall, peak, unit, last, open, held) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (key, site, device, family, target, target, t, now, value,
-                 last.get("unit"), json.dumps(last, ensure_ascii=False)))
-            if cur.rowcount == 0:
+                 last.get("unit"), json.dumps(last, ensure_ascii=False), 2 if held else 1, held))
+            if cur.rowcount == 0 or held:
                 return 0
             no = int(db.execute("SELECT no FROM incidents WHERE key = ?", (key,)).fetchone()[0])
             inc = _Open(no, target, target, t, value, last.get("unit"), last, False, False)
             return self._notify(db, "raised", site, device, family, inc, now)
         peak = _max(current.peak, value)
+        if current.held and target is None:  # gone before its quality settled: no message
+            db.execute("DELETE FROM incidents WHERE no = ?", (current.no,))
+            return 0
+        if current.held:
+            db.execute("UPDATE incidents SET tier = ?, max_tier = ?, peak = ?, last = ? "
+                       "WHERE no = ?", (target, target if RANK[target] > RANK[current.max_tier]
+                                        else current.max_tier, peak,
+                                        json.dumps(last, ensure_ascii=False), current.no))
+            return 0
         if target is None:
             db.execute("UPDATE incidents SET open = 0, closed_t = ?, peak = ?, last = ? WHERE no = ?",
                        (t, peak, json.dumps(last, ensure_ascii=False), current.no))
@@ -158,9 +175,48 @@ class Incidents:
         current.tier, current.max_tier, current.peak, current.last = target, max_tier, peak, last
         return self._notify(db, "upgraded", site, device, family, current, now)
 
+    def _suspect(self, device: str, family: str, t: float) -> str | None:
+        """``boot:seq`` of the reading that raised this, if its provisional QC flag is SUSPECT
+        (its spike test needs the next reading): the raise waits for the settled flag."""
+        if family not in ("water_level", "pm25"):
+            return None
+        obs = next((o for o in self.last_obs.get(device, ())
+                    if abs(float(o.get("t", -1)) - t) <= 1.0), None)
+        if obs is None:
+            return None
+        quantity = "level" if family == "water_level" else "pm25"
+        if (obs.get("quality") or {}).get(quantity) == SUSPECT:
+            return f"{obs.get('boot')}:{obs.get('seq')}"
+        return None
+
+    def _settle(self, db: sqlite3.Connection, obs: Mapping[str, Any], now: float) -> int:
+        """A held raise: sent when the breaching reading's settled flag did not fail, dropped
+        (a single spike is not a flood) when it failed."""
+        settles = obs.get("settles")
+        if not isinstance(settles, dict):
+            return 0
+        ref = f"{settles.get('boot')}:{settles.get('seq')}"
+        site, device = str(obs.get("site_id")), str(obs.get("device_id"))
+        rows = db.execute("SELECT no, family FROM incidents WHERE site = ? AND device = ? AND "
+                          "open = 2 AND held = ?", (site, device, ref)).fetchall()
+        n = 0
+        for no, family in rows:
+            quantity = "level" if family == "water_level" else "pm25"
+            flag = (settles.get("quality") or {}).get(quantity)
+            if flag == FAIL:
+                db.execute("DELETE FROM incidents WHERE no = ?", (no,))
+                self.suppressed += 1
+                continue
+            db.execute("UPDATE incidents SET open = 1, held = NULL WHERE no = ?", (no,))
+            inc = self._find_open(db, site, device, family)
+            if inc is not None:
+                n += self._notify(db, "raised", site, device, family, inc, now)
+        return n
+
     def remember(self, obs: Mapping[str, Any]) -> None:
         """The device's place name and last Thai AQI (in memory, for the messages)."""
         device = str(obs.get("device_id"))
+        self.last_obs.setdefault(device, deque(maxlen=16)).append(obs)
         name = (obs.get("location") or {}).get("name")
         if name:
             self.places[device] = str(name)
@@ -219,6 +275,9 @@ class Incidents:
         derived_rate = a.get("rate_m_per_h")
         if family == "water_rising" and isinstance(value, (int, float)):
             derived_rate = value
+        elif family == "water_level" and self.last_obs.get(device):
+            state = ((self.last_obs[device][-1].get("derived") or {}).get("level_state") or {})
+            derived_rate = state.get("rate_m_per_h")
         if isinstance(derived_rate, (int, float)):
             trend = (w(lang, "rising", rate=f"{abs(derived_rate):.2f}") if derived_rate > 0.005
                      else w(lang, "falling", rate=f"{abs(derived_rate):.2f}")
@@ -245,9 +304,10 @@ class Incidents:
         when = datetime.fromtimestamp(closed_t or parse_t(a["t"]), UTC) + local
         return {
             "site": site, "device": device, "place": self.places.get(device, device),
-            "what": w(lang, family), "value": _num(value), "unit": unit,
+            "what": w(lang, family), "value": _num(value, unit), "unit": unit,
+            "threshold": _num(a.get("threshold"), unit) if family == "water_level" else "",
             "tier": w(lang, inc.max_tier), "trend": trend, "aqi": aqi, "advice": advice,
-            "link": link, "duration": duration, "peak": _num(inc.peak), "incident": inc.no,
+            "link": link, "duration": duration, "peak": _num(inc.peak, unit), "incident": inc.no,
             "time": when.strftime("%Y-%m-%d %H:%M") + f" (UTC{self.settings.utc_offset_h:+g})",
             "title": f"{w(lang, inc.max_tier)}: {w(lang, family)} {self.places.get(device, device)}",
         }
@@ -284,7 +344,7 @@ class Incidents:
         for lang in self.settings.languages:
             lines = [f"#{no} {self.templates.word(lang, fam)} {self.places.get(dev, dev)} ({site}) "
                      f"{self.templates.word(lang, tier)}, "
-                     f"{_duration(now - opened, lang)}, peak {_num(peak)} {unit or ''}".rstrip()
+                     f"{_duration(now - opened, lang)}, peak {_num(peak, unit)} {unit or ''}".rstrip()
                      for no, site, dev, fam, tier, opened, peak, unit in rows]
             per_lang[lang] = {"count": len(rows), "list": "\n".join(lines) or "-"}
         text = render(self.templates, self.settings.languages, "digest", per_lang)
@@ -346,10 +406,12 @@ def _max(a: float | None, b: float | None) -> float | None:
     return a if b is None else max(a, b)
 
 
-def _num(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.2f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:.0f}"
-    return "" if value is None else str(value)
+def _num(value: Any, unit: str | None = None) -> str:
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, (int, float)):
+        return f"{value:.2f}" if unit in ("m", "m/h") else f"{value:.1f}"
+    return str(value)
 
 
 def _duration(seconds: float, lang: str) -> str:

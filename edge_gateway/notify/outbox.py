@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS incidents (
     last TEXT NOT NULL,
     acked_at REAL,
     acked_by TEXT,
-    escalated INTEGER NOT NULL DEFAULT 0
+    escalated INTEGER NOT NULL DEFAULT 0,
+    held TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """

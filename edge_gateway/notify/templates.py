@@ -1,7 +1,7 @@
 """Messages in Thai and English from templates a city can edit (``templates.toml``).
 
 :func:`render` fills one template per language and joins them (Thai first by default). A line
-whose placeholders all came out empty is dropped, so a message without a status page or a trend
+whose placeholders (other than ``{unit}``) all came out empty is dropped, so a message without a status page or a trend
 has no blank "Status:" line. Unknown placeholders stay as typed (``{oops}``) instead of failing:
 a typo in a city's template must not stop a flood warning.
 """
@@ -47,19 +47,11 @@ class Templates:
         values = _Keep({k: "" if v is None else str(v) for k, v in ctx.items()})
         out = []
         for line in template.splitlines():
-            names = _FIELD.findall(line)
-            if names and all(values.get(n, "x") == "" for n in names) and not _literal(line):
+            names = [n for n in _FIELD.findall(line) if n != "unit"]
+            if names and all(values.get(n, "x") == "" for n in names):
                 continue
-            filled = string.Formatter().vformat(line, (), values)
-            if names and not filled.strip(" :"):
-                continue
-            out.append(filled)
+            out.append(string.Formatter().vformat(line, (), values))
         return "\n".join(out).strip()
-
-
-def _literal(line: str) -> str:
-    """The text of a template line outside its placeholders (stripped of punctuation)."""
-    return _FIELD.sub("", line).strip(" :,()-")
 
 
 def render(templates: Templates, languages: tuple[str, ...], kind: str,

@@ -39,7 +39,7 @@ def test_line_push_uses_the_real_api_and_a_retry_key(alerts_config: Any, line: F
     assert {m["to"] for m in line.delivered} == {GROUP}
     assert len({m["retry_key"] for m in line.delivered}) == 3
     text = line.delivered[0]["text"]
-    assert "ce-000000000000" in text and "1.3 m" in text and "ระดับน้ำในคลอง" in text
+    assert "ce-000000000000" in text and "1.30 m" in text and "ระดับน้ำในคลอง" in text
     assert "https://status.example.go.th/device/ce-000000000000" in text
     assert hook.received == []
     # The same retry key again is a 409 at LINE and counts as sent, not as a second message.

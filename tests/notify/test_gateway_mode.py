@@ -52,7 +52,7 @@ async def test_breach_at_the_gateway_reaches_line_once(
         await asyncio.sleep(0.5)
         assert len(line.delivered) == 1  # one incident, one message
         text = line.delivered[0]["text"]
-        assert "Khlong Saen Saep pier 3" in text and "2.2 m" in text
+        assert "Khlong Saen Saep pier 3" in text and "2.20 m" in text
         assert "เตือนภัย" in text and "WARNING" in text
         body = await asyncio.to_thread(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics").read())

@@ -251,9 +251,11 @@ class Gateway:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 self.processor.restore_alert_state(json.loads(saved))
         if cfg.notify.config:
-            from edge_gateway.notify.hook import start_in_gateway
+            from edge_gateway.notify.hook import heartbeat_publisher, start_in_gateway
 
             self.notify = await asyncio.to_thread(start_in_gateway, cfg)
+            if self.notify is not None:
+                self.notify.on_heartbeat = heartbeat_publisher(self)
         log.info(
             "gateway %s (site %s) store %s: %d rows waiting",
             cfg.gateway_id, cfg.site_id, cfg.store_path, store.depth,

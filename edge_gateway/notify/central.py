@@ -7,8 +7,9 @@ so a crash of this process loses nothing; a repeat is harmless because incidents
 * ``cityedge/v1/site/+/+/+/observation`` — peaks of open incidents and place names;
 * ``cityedge/v1/site/+/gateway/+/health`` — ``"state": "offline"`` (the gateway's last will,
   or its clean stop) raises ``gateway_offline``; ``online`` clears it;
-* ``cityedge/v1/site/+/device/+/status`` — ``last_seen`` and the interval: :func:`silent_nodes`
-  raises ``node_silent`` one interval plus ``silent_grace_s`` after the last reading;
+* ``cityedge/v1/site/+/device/+/status`` — ``last_seen``; with the device's interval (the
+  median gap of its last observations, else ``default_report_s``) :func:`silent_nodes` raises
+  ``node_silent`` one interval plus ``silent_grace_s`` after the last reading;
 * ``cityedge/v1/site/+/gateway/+/dispatcher`` — a gateway dispatcher's heartbeat; none for
   ``quiet_after_s`` raises ``dispatcher_quiet`` (the dead-man's switch).
 """
@@ -17,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -54,6 +57,9 @@ class Central:
         self.silent: set[tuple[str, str]] = set()
         self.heartbeats: dict[tuple[str, str], float] = {}
         self.quiet: set[tuple[str, str]] = set()
+        self.offline: set[tuple[str, str]] = set()
+        self.obs_times: dict[tuple[str, str], deque[float]] = {}
+        self.intervals: dict[tuple[str, str], float] = {}
 
     async def run(self) -> None:
         import aiomqtt
@@ -94,42 +100,64 @@ class Central:
             return
         if not isinstance(body, dict):
             return
-        parts = topic.split("/")
+        parts = topic.split("/")  # cityedge/v1/site/<site>/<what>/<id>[/<leaf>]
         try:
-            if parts[3] == "alert":
+            site, what, ident = parts[3], parts[4], parts[5]
+            if what == "alert":
                 self.dispatcher.record([body], [])
             elif parts[-1] == "observation":
+                self._interval(site, parts[-2], body)
                 self.dispatcher.record([], [body])
-            elif parts[3] == "gateway" and parts[-1] == "health":
-                self._health(parts[2], parts[4], body)
-            elif parts[3] == "device" and parts[-1] == "status":
-                self.statuses[(parts[2], parts[4])] = {**body, "site_id": parts[2],
-                                                       "device_id": parts[4]}
+            elif what == "gateway" and parts[-1] == "health":
+                self._health(site, ident, body)
+            elif what == "device" and parts[-1] == "status":
+                self.statuses[(site, ident)] = {**body, "site_id": site, "device_id": ident}
             elif parts[-1] == "dispatcher":
-                self.heartbeats[(parts[2], parts[4])] = time.time()
-        except (KeyError, ValueError, TypeError) as exc:
+                self.heartbeats[(site, ident)] = time.time()
+        except (IndexError, KeyError, ValueError, TypeError) as exc:
             log.warning("%s: cannot use this message (%s): ignored", topic, exc)
+
+    def _interval(self, site: str, device: str, obs: dict[str, Any]) -> None:
+        """A device's report interval, learnt from its observations: the median gap of the last
+        few (live ones only: a replayed backlog says nothing about the node's pace)."""
+        if obs.get("replay") or not isinstance(obs.get("t"), (int, float)):
+            return
+        times = self.obs_times.setdefault((site, device), deque(maxlen=6))
+        times.append(float(obs["t"]))
+        gaps = sorted(b - a for a, b in itertools.pairwise(times) if b > a)
+        if gaps:
+            self.intervals[(site, device)] = gaps[len(gaps) // 2]
 
     def _health(self, site: str, gateway: str, body: dict[str, Any]) -> None:
         state = body.get("state")
         now = time.time()
         if state == "offline":
+            self.offline.add((site, gateway))
             self.dispatcher.record([synthetic(site, gateway, "gateway_offline", "raised", now,
                                               f"gateway {gateway} offline")])
         elif state is not None:
+            self.offline.discard((site, gateway))
             self.dispatcher.record([synthetic(site, gateway, "gateway_offline", "cleared", now,
                                               f"gateway {gateway} back online")])
 
     async def _watch(self) -> None:
         while True:
-            await asyncio.sleep(5.0)
-            with contextlib.suppress(Exception):
+            await asyncio.sleep(self.settings.rules_interval_s)
+            try:
                 await asyncio.to_thread(self.check, time.time())
+            except Exception:  # a rule failure must not stop the stream
+                log.exception("central rules")
 
     def check(self, now: float) -> None:
         """The silent-node and quiet-dispatcher rules."""
+        # A gateway that is offline has its own incident; its nodes are not reported one by one.
+        statuses = [{"report_s": self.intervals.get((s["site_id"], s["device_id"])), **s}
+                    for s in self.statuses.values()
+                    if (s["site_id"], s.get("gateway_id")) not in self.offline]
         late = {(site, dev) for site, dev, _ in silent_nodes(
-            self.statuses.values(), now, self.settings.silent_grace_s)}
+            statuses, now, self.settings.silent_grace_s, self.settings.default_report_s)}
+        late |= {k for k in self.silent  # unchanged while their gateway is offline
+                 if (k[0], self.statuses.get(k, {}).get("gateway_id")) in self.offline}
         alerts = []
         for key in late - self.silent:
             alerts.append(synthetic(*key, "node_silent", "raised", now, f"{key[1]} silent"))

@@ -209,7 +209,8 @@ class Dispatcher:
                     self.on_heartbeat(self.stats())
             except Exception:
                 log.exception("alert timers")
-            await asyncio.sleep(min(5.0, self.settings.heartbeat_ping_interval_s))
+            s = self.settings
+            await asyncio.sleep(min(5.0, s.heartbeat_ping_interval_s, s.heartbeat_publish_s))
 
     def tick(self) -> int:
         """Escalations due, the daily digest and the daily alive message (once per local day)."""

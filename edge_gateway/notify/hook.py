@@ -5,10 +5,15 @@ again — which changes nothing (incidents are state, outbox rows are keyed)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from edge_gateway.config import ConfigError, GatewayConfig
+from edge_gateway import contract
+from edge_gateway.config import GatewayConfig
 from edge_gateway.notify.dispatcher import Dispatcher
 from edge_gateway.notify.settings import load_settings
 
@@ -33,4 +38,20 @@ def start_in_gateway(config: GatewayConfig) -> Dispatcher | None:
     return dispatcher
 
 
-__all__ = ["ConfigError", "start_in_gateway"]
+def heartbeat_publisher(gateway: Any) -> Callable[[dict[str, Any]], None]:
+    """The dead-man's switch towards the platform: every few seconds the dispatcher's figures
+    go to ``cityedge/v1/site/<site>/gateway/<gw>/dispatcher`` (QoS 0, not retained), which the
+    central side watches (``dispatcher_quiet``). Nothing is sent while the platform is away."""
+    cfg = gateway.config
+    topic = f"{contract.ROOT}/site/{cfg.site_id}/gateway/{cfg.gateway_id}/dispatcher"
+
+    def publish(stats: dict[str, Any]) -> None:
+        client = gateway._upstream
+        if client is None:
+            return
+        body = {"v": 1, "gateway_id": cfg.gateway_id, "t": time.time(),
+                "pending": stats.get("pending"), "oldest_pending_age_s": stats.get("oldest_pending_age_s"),
+                "sent": sum((stats.get("sent") or {}).values())}
+        gateway._spawn(gateway._publish_quietly(client, topic, json.dumps(body).encode(), 0))
+
+    return publish

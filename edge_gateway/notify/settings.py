@@ -129,8 +129,11 @@ class NotifySettings:
     heartbeat_hour: int = 8
     heartbeat_ping_url: str | None = None  # an uptime monitor's URL, GET every ping_interval_s
     heartbeat_ping_interval_s: float = 60.0
+    heartbeat_publish_s: float = 5.0  # gateway mode: heartbeat to the platform this often
     quiet_after_s: float = 180.0  # central: a dispatcher whose heartbeat is this late is quiet
     silent_grace_s: float = 60.0
+    default_report_s: float = 60.0  # central: a device's interval when its status has none
+    rules_interval_s: float = 5.0  # central: how often the silence rules are evaluated
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None  # central mode only (the gateway serves its own)
     # central mode: the platform broker
@@ -145,6 +148,7 @@ class NotifySettings:
 _TOP = {
     "mode", "outbox", "status_url", "templates", "languages", "retry_min_s", "retry_max_s",
     "attempts_before_failover", "digest_hour", "utc_offset_h", "silent_grace_s", "quiet_after_s",
+    "default_report_s", "rules_interval_s",
     "metrics_host", "metrics_port", "channels", "routes", "heartbeat", "broker",
 }
 _CHANNEL_KEYS = {
@@ -236,7 +240,7 @@ def _build(data: dict[str, Any], base: Path, source: str, default_outbox: str | 
                 raise ConfigError(f"{key}.tiers", f"{t!r} is not one of {', '.join(TIERS)}")
         routes.append(route)
     hb = dict(data.pop("heartbeat", None) or {})
-    _check_keys(hb, {"channels", "hour", "ping_url", "ping_interval_s"}, "heartbeat")
+    _check_keys(hb, {"channels", "hour", "ping_url", "ping_interval_s", "publish_s"}, "heartbeat")
     broker = dict(data.pop("broker", None) or {})
     password = _secret(broker, "password", "broker", base, required=False)
     _check_keys(broker, {"host", "port", "username", "client_id"}, "broker")
@@ -254,6 +258,7 @@ def _build(data: dict[str, Any], base: Path, source: str, default_outbox: str | 
             heartbeat_hour=int(hb.get("hour", 8)),
             heartbeat_ping_url=hb.get("ping_url"),
             heartbeat_ping_interval_s=float(hb.get("ping_interval_s", 60.0)),
+            heartbeat_publish_s=float(hb.get("publish_s", 5.0)),
             broker_host=broker.get("host", "127.0.0.1"), broker_port=int(broker.get("port", 1883)),
             broker_username=broker.get("username"), broker_password=password,
             broker_client_id=broker.get("client_id", "cityedge-alerts"),

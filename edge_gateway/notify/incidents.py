@@ -261,9 +261,34 @@ class Incidents:
         per_lang = {lang: self._context(lang, site, device, family, inc, closed_t)
                     for lang in self.settings.languages}
         text = render(self.templates, self.settings.languages, kind, per_lang)
-        return {"text": text, "title": per_lang[self.settings.languages[0]]["title"],
-                "tier": inc.max_tier, "kind": kind, "incident": inc.no, "site_id": site,
-                "device_id": device, "family": family, "alert": a}
+        out = {"text": text, "title": per_lang[self.settings.languages[0]]["title"],
+               "tier": inc.max_tier, "kind": kind, "incident": inc.no, "site_id": site,
+               "device_id": device, "family": family, "alert": a}
+        if family in ("water_level", "water_rising") and self.settings.cap:
+            out["cap"] = self._cap(kind, site, device, family, inc, per_lang, closed_t)
+        return out
+
+    def _cap(self, kind: str, site: str, device: str, family: str, inc: _Open,
+             per_lang: Mapping[str, Mapping[str, Any]], closed_t: float | None) -> str:
+        from edge_gateway.notify.cap import cap_xml
+
+        a = inc.last
+        recent = self.last_obs.get(device)
+        location = (recent[-1].get("location") if recent else None) or None
+        texts = {lang: {"event": str(c["what"]), "headline": str(c["title"]),
+                        "description": self.templates.one(lang, kind, c),
+                        "area": f"{c['place']} ({site})"} for lang, c in per_lang.items()}
+        value = a.get("value") if family == "water_level" else None
+        link = self.settings.status_url
+        return cap_xml(
+            kind=kind, site=site, device=device, incident=inc.no, tier=inc.max_tier,
+            sent_t=closed_t or parse_t(a["t"]), first_t=inc.opened_t,
+            sender=self.settings.cap_sender or f"cityedge.{site}",
+            offset_h=self.settings.utc_offset_h, texts=texts,
+            value=value if isinstance(value, (int, float)) else None,
+            threshold=a.get("threshold") if family == "water_level" else None, unit="m",
+            location=location, web=link.format(device_id=device, site_id=site) if link else None,
+        ).decode()
 
     def _context(self, lang: str, site: str, device: str, family: str, inc: _Open,
                  closed_t: float | None) -> dict[str, Any]:

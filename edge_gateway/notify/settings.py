@@ -118,6 +118,8 @@ class NotifySettings:
     status_url: str | None = None  # e.g. "https://status.city.example/device/{device_id}"
     templates: str | None = None
     languages: tuple[str, ...] = ("th", "en")
+    cap: bool = True  # water notifications carry OASIS CAP 1.2 XML (webhook body "cap")
+    cap_sender: str | None = None  # CAP <sender>; default "cityedge.<site>"
     channels: dict[str, Channel] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     retry_min_s: float = 2.0
@@ -148,7 +150,7 @@ class NotifySettings:
 _TOP = {
     "mode", "outbox", "status_url", "templates", "languages", "retry_min_s", "retry_max_s",
     "attempts_before_failover", "digest_hour", "utc_offset_h", "silent_grace_s", "quiet_after_s",
-    "default_report_s", "rules_interval_s",
+    "default_report_s", "rules_interval_s", "cap", "cap_sender",
     "metrics_host", "metrics_port", "channels", "routes", "heartbeat", "broker",
 }
 _CHANNEL_KEYS = {

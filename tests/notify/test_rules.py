@@ -27,7 +27,8 @@ def _processor(tmp_path: Path, **alerts: Any) -> Processor:
     records = tmp_path / "stage.toml"
     records.write_text(STAGE)
     device = {"id": DEVICE, "kind": "water", "water_warning_m": 2.0, "water_critical_m": 3.0,
-              "name": "Khlong Lat Phrao gauge 2", "report_s": 1.0}
+              "name": "Khlong Lat Phrao gauge 2", "report_s": 1.0,
+              "location": {"lat": 13.8237, "lon": 100.6105, "name": "Khlong Lat Phrao gauge 2"}}
     cfg = GatewayConfig.from_dict({
         "gateway_id": "gw-bkk-canal-01", "site_id": "bkk-canal-01", "data_dir": str(tmp_path),
         "calibration": {"records": str(records)}, "alerts": alerts,

@@ -103,7 +103,7 @@ report_s = 1.0
 name = "Ban Khlong school"
 ''')
     log = tmp_path / "procs.log"
-    serve = _proc([sys.executable, "-m", "host_tools.cli", "alerts", "serve", "--config",
+    serve = _proc([str(Path(sys.executable).parent / "cityedge"), "alerts", "serve", "--config",
                    str(central)], log)
     gateway = _proc([sys.executable, "-m", "edge_gateway", "--config", str(gw)], log)
     node = await FakeNode(local_broker, DEV, "air").start()

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from edge_gateway.notify.dispatcher import Dispatcher
+from host_tools.cli import main as cli_main
 from tests.notify.conftest import settings_of, wait_until, water_alert
 from tests.support.fake_services import FakeLine, WebhookReceiver, _Server
 
-REPO = Path(__file__).resolve().parents[2]
 ROUTE = '''
 [[routes]]
 channels = ["line"]
@@ -27,23 +25,24 @@ escalate_to = ["hook"]
 
 
 def test_unacknowledged_incident_escalates_an_acknowledged_one_does_not(
-        alerts_config: Any, line: FakeLine, hook: WebhookReceiver) -> None:
+        alerts_config: Any, line: FakeLine, hook: WebhookReceiver,
+        capsys: pytest.CaptureFixture[str]) -> None:
     config = alerts_config(routes=ROUTE)
     d = Dispatcher(settings_of(config))
     t0 = time.time()
     d.record([water_alert("ce-000000000a01", "water_critical", "raised", t0, 3.2)])
     d.record([water_alert("ce-000000000a02", "water_critical", "raised", t0, 3.1)])
-    # Incident #2 is acknowledged from the command line (another process, the same outbox).
-    out = subprocess.run([sys.executable, "-m", "host_tools.cli", "alerts", "ack", "2", "--by",
-                          "somchai", "--config", str(config)], cwd=REPO, capture_output=True,
-                         text=True, timeout=60, check=False)
-    assert out.returncode == 0 and "acknowledged" in out.stdout, out.stderr
+    # Incident #2 is acknowledged with the command (its own connection to the same outbox).
+    assert cli_main(["alerts", "ack", "2", "--by", "somchai", "--config", str(config)]) == 0
+    assert "acknowledged" in capsys.readouterr().out
 
     async def go() -> None:
         task = asyncio.create_task(d.run())
         try:
-            await wait_until(lambda: len(hook.received) >= 1 and len(line.delivered) == 2, 20)
-            await asyncio.sleep(0.5)
+            await wait_until(lambda: len(line.delivered) == 2, 20)
+            await asyncio.sleep(0.6)  # escalate_after_s = 0.5
+            d.tick()  # (the dispatcher's own timer does this every few seconds)
+            await wait_until(lambda: len(hook.received) >= 1, 20)
             d.tick()
             await asyncio.sleep(0.3)
         finally:
@@ -56,10 +55,9 @@ def test_unacknowledged_incident_escalates_an_acknowledged_one_does_not(
     assert [m["kind"] for m in hook.received] == ["escalated"]
     assert hook.received[0]["device_id"] == "ce-000000000a01"
     assert "not acknowledged" in hook.received[0]["text"]
-    listing = subprocess.run([sys.executable, "-m", "host_tools.cli", "alerts", "list", "--config",
-                              str(config)], cwd=REPO, capture_output=True, text=True, timeout=60,
-                             check=False)
-    assert "acked by somchai" in listing.stdout and "2 open incident(s)" in listing.stdout
+    assert cli_main(["alerts", "list", "--config", str(config)]) == 0
+    listing = capsys.readouterr().out
+    assert "acked by somchai" in listing and "2 open incident(s)" in listing
     d.close()
 
 

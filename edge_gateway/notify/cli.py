@@ -41,8 +41,18 @@ def add_parser(subparsers: Any) -> None:
         ("test", "send a test message on every channel (or --channel NAME)", cmd_test),
         ("ack", "acknowledge an incident (stops its escalation)", cmd_ack),
         ("list", "open incidents and the outbox", cmd_list),
+        ("line-group-id", "receive LINE webhooks and print the group ids the bot joins",
+         cmd_line_group_id),
     ):
         sp = sub.add_parser(name, help=text)
+        if name == "line-group-id":
+            sp.add_argument("--secret-file", required=True, metavar="FILE",
+                            help="file holding the LINE channel secret (Basic settings tab)")
+            sp.add_argument("--host", default="127.0.0.1")
+            sp.add_argument("--port", type=int, default=8080)
+            sp.add_argument("--count", type=int, default=0, help="stop after N group ids")
+            sp.set_defaults(func=func)
+            continue
         sp.add_argument("--config", required=True, metavar="FILE", help="alerts TOML config")
         sp.set_defaults(func=func)
         if name == "test":
@@ -193,4 +203,59 @@ def cmd_list(args: argparse.Namespace) -> int:
               f"peak {r['peak']} {r['unit'] or ''} {'acked by ' + r['acked_by'] if r['acked_by'] else ''}")
     print(f"{len(rows)} open incident(s); {pending} notification(s) waiting"
           + ("" if oldest is None else f", oldest {time.time() - oldest:.0f} s"))
+    return 0
+
+
+def cmd_line_group_id(args: argparse.Namespace) -> int:
+    """The bot learns a group's id only from a webhook: when it is invited (a ``join`` event)
+    or when someone writes in the group. Each request is checked against
+    ``x-line-signature`` (base64 HMAC-SHA256 of the body with the channel secret)."""
+    from pathlib import Path
+
+    secret = Path(args.secret_file).read_text("utf-8").strip()
+    return asyncio.run(_line_group_id(secret, args.host, args.port, args.count))
+
+
+async def _line_group_id(secret: str, host: str, port: int, count: int) -> int:
+    import base64
+    import hashlib
+    import hmac
+
+    from edge_gateway.notify.channels import need_aiohttp
+
+    need_aiohttp()
+    from aiohttp import web
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def hook(request: Any) -> Any:
+        body = await request.read()
+        want = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+        if not hmac.compare_digest(want, request.headers.get("x-line-signature", "")):
+            print("a request with a wrong x-line-signature was refused", flush=True)
+            return web.Response(status=401)
+        for event in json.loads(body).get("events", []):
+            source = event.get("source") or {}
+            group = source.get("groupId") or source.get("roomId")
+            if group and group not in seen:
+                seen.append(group)
+                print(f"{source.get('type')} id: {group}  (event {event.get('type')})", flush=True)
+                if count and len(seen) >= count:
+                    done.set()
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/line/webhook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    print(f"listening on http://{host}:{bound}/line/webhook; set the channel's webhook URL to "
+          "the public HTTPS address that forwards here, then invite the bot to the group",
+          flush=True)
+    try:
+        await done.wait()
+    finally:
+        await runner.cleanup()
     return 0

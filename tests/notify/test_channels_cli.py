@@ -4,6 +4,7 @@ environment variables and appear in no output, log or listing (grepped)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -117,3 +118,56 @@ token_env = "NTFY_TOKEN"
     for secret in (LINE_TOKEN, HOOK_SECRET, SMTP_PASSWORD, NTFY_TOKEN):
         assert secret not in everything
     assert "DEBUG" in everything or "INFO" in everything  # the logs were there to grep
+
+
+def test_line_group_id_helper_prints_the_group_of_a_signed_join_event(tmp_path: Path) -> None:
+    import base64
+    import hashlib
+    import hmac
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    secret = "channel-secret-0123456789abcdef"
+    (tmp_path / "secret").write_text(secret)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "cityedge"), "alerts",
+                             "line-group-id", "--secret-file", str(tmp_path / "secret"),
+                             "--port", str(port), "--count", "1"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    body = json.dumps({"destination": "U" + "0" * 32, "events": [{
+        "type": "join", "mode": "active", "timestamp": 1780000000000,
+        "source": {"type": "group", "groupId": "C" + "a1" * 16},
+        "webhookEventId": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "replyToken": "r",
+        "deliveryContext": {"isRedelivery": False}}]}).encode()
+
+    def post(signature: str) -> int:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/line/webhook", data=body,
+                                     headers={"x-line-signature": signature,
+                                              "Content-Type": "application/json"})
+        try:
+            return int(urllib.request.urlopen(req, timeout=5).status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                status = post("bad")
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert status == 401
+        good = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+        assert post(good) == 200
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"group id: C{'a1' * 16}" in out and "wrong x-line-signature" in out
+    assert secret not in out

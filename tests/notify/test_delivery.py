@@ -90,3 +90,29 @@ def test_webhook_signature_checked_by_the_receiver(alerts_config: Any, hook: Web
     asyncio.run(_run_until(d, lambda: hook.bad_signatures >= 2, 20))
     assert hook.received == [] and d.outbox.pending()[0] == 1  # kept, not lost
     d.close()
+
+
+def test_the_example_config_loads(tmp_path: Path, monkeypatch: Any) -> None:
+    import tomllib
+
+    from edge_gateway.config import ConfigError
+    from edge_gateway.notify.settings import settings_from_dict
+
+    example = Path(__file__).resolve().parents[2] / "edge_gateway/examples/alerts.toml"
+    data = tomllib.loads(example.read_text())
+    monkeypatch.setenv("CITYEDGE_SMTP_PASSWORD", "x")
+    for name in ("line-canal", "eoc"):
+        secret = tmp_path / name
+        secret.write_text("s")
+        key = "token_file" if name == "line-canal" else "secret_file"
+        data["channels"][name][key] = str(secret)
+    s = settings_from_dict(data, tmp_path)
+    assert [r.channels for r in s.routes] == [("line-canal", "eoc"), ("phones",)]
+    assert s.routes[0].escalate_to == ("duty-mail", "phones")
+    data["routes"][0]["channels"] = ["nope"]
+    try:
+        settings_from_dict(data, tmp_path)
+    except ConfigError as exc:
+        assert "routes[0].channels" in str(exc) and "no channel named 'nope'" in str(exc)
+    else:
+        raise AssertionError("an unknown channel must be refused")

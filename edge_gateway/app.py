@@ -251,7 +251,7 @@ class Gateway:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 self.processor.restore_alert_state(json.loads(saved))
         if cfg.notify.config:
-            from edge_gateway.notify.hook import heartbeat_publisher, start_in_gateway
+            from edge_gateway.notify.hook import heartbeat_publisher, start_in_gateway, supervise
 
             self.notify = await asyncio.to_thread(start_in_gateway, cfg)
             if self.notify is not None:
@@ -272,7 +272,7 @@ class Gateway:
         if cfg.upstream.enabled:
             self._upstream_task = asyncio.create_task(self._upstream_loop(), name="upstream")
         if self.notify is not None:
-            tasks.append(asyncio.create_task(self.notify.run(), name="notify"))
+            tasks.append(asyncio.create_task(supervise(self.notify), name="notify"))
         try:
             if cfg.metrics.enabled:
                 self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats,

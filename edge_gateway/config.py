@@ -294,6 +294,13 @@ class NotifySection:
     def validate(self, key: str) -> None:
         if self.config is not None and not Path(self.config).is_file():
             raise ConfigError(f"{key}.config", f"file {self.config!r} does not exist")
+        if self.config is not None:  # its own errors name its own keys (and the file)
+            from edge_gateway.notify.settings import load_settings
+
+            try:
+                load_settings(self.config)
+            except ConfigError as exc:
+                raise ConfigError(f"{key}.config", str(exc), hint=exc.hint) from None
 
 
 @dataclass(frozen=True)

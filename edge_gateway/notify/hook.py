@@ -5,6 +5,7 @@ again — which changes nothing (incidents are state, outbox rows are keyed)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_gateway import contract
-from edge_gateway.config import GatewayConfig
+from edge_gateway.config import ConfigError, GatewayConfig
 from edge_gateway.notify.dispatcher import Dispatcher
 from edge_gateway.notify.settings import load_settings
 
@@ -36,6 +37,23 @@ def start_in_gateway(config: GatewayConfig) -> Dispatcher | None:
     dispatcher = Dispatcher(settings, places=places, site_id=config.site_id)
     log.info("alert dispatcher in the gateway: outbox %s", settings.outbox)
     return dispatcher
+
+
+async def supervise(dispatcher: Dispatcher) -> None:
+    """Run the dispatcher for as long as the gateway runs: a failure (aiohttp missing, a bug)
+    is logged and retried; it never stops the gateway, and the outbox keeps recording."""
+    while True:
+        try:
+            await dispatcher.run()
+            return
+        except asyncio.CancelledError:
+            raise
+        except ConfigError as exc:
+            log.error("alert dispatcher: %s (%s); notifications wait in the outbox", exc, exc.hint)
+        except Exception:
+            log.exception("alert dispatcher failed; restarting it in 30 s (the outbox keeps "
+                          "every notification)")
+        await asyncio.sleep(30.0)
 
 
 def heartbeat_publisher(gateway: Any) -> Callable[[dict[str, Any]], None]:

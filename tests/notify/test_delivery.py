@@ -116,3 +116,31 @@ def test_the_example_config_loads(tmp_path: Path, monkeypatch: Any) -> None:
         assert "routes[0].channels" in str(exc) and "no channel named 'nope'" in str(exc)
     else:
         raise AssertionError("an unknown channel must be refused")
+
+
+def test_a_bad_alerts_file_is_named_by_the_gateway_config(tmp_path: Path) -> None:
+    from edge_gateway.config import ConfigError, GatewayConfig
+
+    bad = tmp_path / "alerts.toml"
+    bad.write_text('[channels.x]\ntype = "line"\nto = "C1"\ntoken_env = "CITYEDGE_NO_SUCH_VAR"\n')
+    try:
+        GatewayConfig.from_dict({"gateway_id": "gw-a-01", "site_id": "site-a-01",
+                                 "notify": {"config": str(bad)}})
+    except ConfigError as exc:
+        assert exc.key == "notify.config"
+        assert "channels.x.token_env: environment variable CITYEDGE_NO_SUCH_VAR is not set" in str(exc)
+    else:
+        raise AssertionError("a broken alerts file must be refused")
+
+
+def test_a_city_edits_the_templates(alerts_config: Any, tmp_path: Path) -> None:
+    (tmp_path / "mine.toml").write_text(
+        '[en]\nraised = "FLOOD WATCH {place}: {value} {unit}\\n{link}"\n'
+        '[words.th]\nwater_level = "น้ำในคลองแสนแสบ"\n')
+    d = Dispatcher(settings_of(alerts_config(extra='templates = "mine.toml"')))
+    _raise_n(d, 1)
+    (message,) = [r.message for r in d.outbox.due(time.time() + 1)]
+    assert "FLOOD WATCH ce-000000000000: 1.30 m" in message["text"]
+    assert "น้ำในคลองแสนแสบ" in message["text"]  # the Thai template, with the city's word
+    assert "Status: https://status.example.go.th/device/ce-000000000000" in message["text"]
+    d.close()

@@ -42,7 +42,7 @@ TOPICS = (
 
 
 def synthetic(site: str, device: str, name: str, state: str, t: float, message: str,
-              kind: str = "water") -> dict[str, Any]:
+              kind: str = "system") -> dict[str, Any]:
     return {"v": 1, "site_id": site, "gateway_id": device, "device_id": device, "kind": kind,
             "alert": name, "state": state, "severity": "warning" if state == "raised" else "info",
             "t": datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "value": None,

@@ -169,6 +169,12 @@ class Dispatcher:
             self.failed[(name, outcome.status)] += 1
             log.warning("notification %d on %s: %s (%s)", row.id, name, outcome.status,
                         outcome.reason)
+            if outcome.status == "failover" and len(chain) == 1:  # nowhere else to go: wait
+                attempts += 1
+                wait_s = max(self._backoff(attempts), sender.blocked_until - time.monotonic())
+                await asyncio.to_thread(self.outbox.reschedule, row.id, pos, attempts,
+                                        self.clock() + wait_s, outcome.reason)
+                return
             if outcome.status == "retry":
                 attempts += 1
                 if attempts < self.settings.attempts_before_failover or len(chain) == 1:

@@ -144,3 +144,32 @@ def test_a_city_edits_the_templates(alerts_config: Any, tmp_path: Path) -> None:
     assert "น้ำในคลองแสนแสบ" in message["text"]  # the Thai template, with the city's word
     assert "Status: https://status.example.go.th/device/ce-000000000000" in message["text"]
     d.close()
+
+
+def test_line_only_route_waits_out_a_429_and_delivers_later(alerts_config: Any, line: FakeLine,
+                                                            hook: WebhookReceiver) -> None:
+    line.force_429 = "Too Many Requests"
+    d = Dispatcher(settings_of(alerts_config(routes='[[routes]]\nchannels = ["line"]\n')))
+    _raise_n(d, 2)
+
+    async def go() -> None:
+        task = asyncio.create_task(d.run())
+        try:
+            await wait_until(lambda: line.throttled >= 1, 10)
+            await asyncio.sleep(0.3)
+            assert line.delivered == [] and d.outbox.pending()[0] == 2  # kept, not dropped
+            line.force_429 = None
+            for s in d.senders.values():
+                s.blocked_until = 0.0  # (LINE's Retry-After would say when; here: now)
+            with d.outbox.transaction() as db:
+                db.execute("UPDATE outbox SET next_at = 0")
+            d.wake()
+            await wait_until(lambda: len(line.delivered) == 2, 10)
+        finally:
+            d.stop()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(task, 10)
+
+    asyncio.run(go())
+    assert d.failovers == {}  # no other channel: no failover, just a wait
+    d.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,9 @@ async def test_breach_at_the_gateway_reaches_line_once(
     node = await FakeNode(local_broker, "ce-0000000d0001", "water").start()
     try:
         await node.publish(3, value=2.5)  # 1.5 m MSL: normal
-        t_breach = time.monotonic()
         await node.publish(3, value=1.8)  # 2.2 m MSL: above the warning level 2.0
+        # The issue's bound: at LINE within 30 s of the breach (bench/alerts.py measures it).
         await wait_until(lambda: len(line.delivered) == 1, 30)
-        latency = time.monotonic() - t_breach
         await node.wait_acked()
         await asyncio.sleep(0.5)
         assert len(line.delivered) == 1  # one incident, one message
@@ -58,7 +56,6 @@ async def test_breach_at_the_gateway_reaches_line_once(
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics").read())
         assert b'cityedge_notify_sent_total{channel="line"} 1' in body
         assert b"cityedge_gateway_readings_stored_total 6" in body
-        assert latency < 30
     finally:
         await node.stop()
         gw.request_stop()

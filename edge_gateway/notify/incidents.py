@@ -36,7 +36,7 @@ from edge_gateway.notify.templates import Templates, render
 SUSPECT, FAIL = 3, 4  # QARTOD flags (calibration.qc)
 RANK = {None: 0, "info": 0, "watch": 1, "warning": 2, "critical": 3}
 FAMILY = {
-    "water_warning": "water_level", "water_critical": "water_level",
+    "water_watch": "water_level", "water_warning": "water_level", "water_critical": "water_level",
     "water_rising_fast": "water_rising", "pm25_band": "pm25", "node_silent": "silent",
     "device_offline": "silent", "gateway_offline": "gateway", "dispatcher_quiet": "dispatcher",
 }
@@ -74,7 +74,7 @@ def _target(family: str, current: str | None, alerts: list[dict[str, Any]]) -> s
     for a in alerts:
         name, state = a["alert"], a["state"]
         if family == "water_level":
-            this = "critical" if name == "water_critical" else "warning"
+            this = {"water_critical": "critical", "water_watch": "watch"}.get(name, "warning")
             if state == "raised" and RANK[this] >= RANK[tier]:
                 tier = this
             elif state == "cleared" and tier == this:

@@ -144,3 +144,43 @@ def test_pm25_band_on_thai_aqi_carries_colour_and_advice(tmp_path: Path, alerts_
     assert "now WARNING" in texts[1] and "orange" in texts[1] and "สีส้ม" in texts[1]
     assert "ควรเฝ้าระวังสุขภาพ" in texts[1] and "reduce outdoor activity" in texts[1]
     d.close()
+
+
+def test_three_tiers_per_gauge_watch_warning_danger(tmp_path: Path, alerts_config: Any,
+                                                    line: FakeLine) -> None:
+    records = tmp_path / "stage.toml"
+    records.write_text(STAGE)
+    cfg = GatewayConfig.from_dict({
+        "gateway_id": "gw-bkk-canal-01", "site_id": "bkk-canal-01", "data_dir": str(tmp_path),
+        "calibration": {"records": str(records)},
+        "alerts": {"hold_s": 120, "water_rising_m_per_h": 5.0},
+        "inventory": {"device": [{"id": DEVICE, "kind": "water", "water_watch_m": 1.8,
+                                  "water_warning_m": 2.0, "water_critical_m": 2.4}]}})
+    proc = Processor(cfg)
+    routes = '[[routes]]\nchannels = ["line"]\n[[routes]]\nchannels = ["hook"]\ntiers = ["critical"]\n'
+    d = Dispatcher(settings_of(alerts_config(routes=routes)))
+    # Up 1 cm a minute from 1.7 m to 2.5 m, then down again the same way.
+    up = [1.7 + 0.01 * i for i in range(81)]
+    levels = [(T0 + 60 * i, v + _noise(i) / 4) for i, v in enumerate(up + up[::-1])]
+    alerts = _feed(d, proc, levels, batch=1)
+    raised = [a["alert"] for a in alerts if a["state"] == "raised"]
+    assert raised[:3] == ["water_watch", "water_warning", "water_critical"]
+    asyncio.run(_drain(d, line, 4))
+    kinds = [m["text"].split("\n\n")[1].split("\n")[0] for m in line.delivered]
+    assert len(kinds) == 4, kinds  # raised (watch), now WARNING, now DANGER, cleared
+    assert kinds[0].startswith("[WATCH]") and "now WARNING" in kinds[1]
+    assert "now DANGER" in kinds[2] and kinds[3].startswith("[cleared]")
+    assert "peak 2.50 m" in line.delivered[3]["text"]
+
+
+def test_watch_level_must_be_the_lowest_tier(tmp_path: Path) -> None:
+    from edge_gateway.config import ConfigError
+
+    device = {"id": DEVICE, "kind": "water", "water_watch_m": 2.1, "water_warning_m": 2.0}
+    try:
+        GatewayConfig.from_dict({"gateway_id": "gw-bkk-canal-01", "site_id": "bkk-canal-01",
+                                 "inventory": {"device": [device]}})
+    except ConfigError as exc:
+        assert exc.key == "inventory.device[0].water_watch_m" and "below water_warning_m" in str(exc)
+    else:
+        raise AssertionError("watch above warning must be refused")

@@ -48,8 +48,8 @@ async def test_silent_node_and_offline_gateway_raised_centrally(
     central.write_text(f'''
 mode = "central"
 outbox = "central.sqlite"
-silent_grace_s = 2
-quiet_after_s = 3
+silent_grace_s = 4
+quiet_after_s = 5
 rules_interval_s = 0.5
 [broker]
 host = "127.0.0.1"

@@ -251,11 +251,12 @@ class Gateway:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 self.processor.restore_alert_state(json.loads(saved))
         if cfg.notify.config:
-            from edge_gateway.notify.hook import heartbeat_publisher, start_in_gateway, supervise
+            from edge_gateway.notify import hook
 
-            self.notify = await asyncio.to_thread(start_in_gateway, cfg)
+            self.notify = await asyncio.to_thread(hook.start_in_gateway, cfg)
             if self.notify is not None:
-                self.notify.on_heartbeat = heartbeat_publisher(self)
+                self.notify.on_heartbeat = hook.heartbeat_publisher(self)
+                self.notify.statuses = hook.device_statuses(self)
         log.info(
             "gateway %s (site %s) store %s: %d rows waiting",
             cfg.gateway_id, cfg.site_id, cfg.store_path, store.depth,
@@ -272,6 +273,8 @@ class Gateway:
         if cfg.upstream.enabled:
             self._upstream_task = asyncio.create_task(self._upstream_loop(), name="upstream")
         if self.notify is not None:
+            from edge_gateway.notify.hook import supervise
+
             tasks.append(asyncio.create_task(supervise(self.notify), name="notify"))
         try:
             if cfg.metrics.enabled:

@@ -23,11 +23,10 @@ import json
 import logging
 import time
 from collections import deque
-from datetime import UTC, datetime
 from typing import Any
 
 from edge_gateway.notify.dispatcher import Dispatcher
-from edge_gateway.notify.incidents import parse_t, silent_nodes
+from edge_gateway.notify.incidents import synthetic
 from edge_gateway.notify.settings import NotifySettings
 
 log = logging.getLogger(__name__)
@@ -41,22 +40,14 @@ TOPICS = (
 )
 
 
-def synthetic(site: str, device: str, name: str, state: str, t: float, message: str,
-              kind: str = "system") -> dict[str, Any]:
-    return {"v": 1, "site_id": site, "gateway_id": device, "device_id": device, "kind": kind,
-            "alert": name, "state": state, "severity": "warning" if state == "raised" else "info",
-            "t": datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "value": None,
-            "unit": None, "message": message}
-
-
 class Central:
     def __init__(self, settings: NotifySettings, dispatcher: Dispatcher) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
         self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
-        self.silent: set[tuple[str, str]] = set()
+        self.silence = dispatcher.silence  # resumed from the open incidents
         self.heartbeats: dict[tuple[str, str], float] = {}
-        self.quiet: set[tuple[str, str]] = set()
+        self.quiet: set[tuple[str, str]] = set(dispatcher.open_keys("dispatcher"))
         self.offline: set[tuple[str, str]] = set()
         self.obs_times: dict[tuple[str, str], deque[float]] = {}
         self.intervals: dict[tuple[str, str], float] = {}
@@ -113,7 +104,11 @@ class Central:
             elif what == "device" and parts[-1] == "status":
                 self.statuses[(site, ident)] = {**body, "site_id": site, "device_id": ident}
             elif parts[-1] == "dispatcher":
-                self.heartbeats[(site, ident)] = time.time()
+                # Retained: after a restart here, the last one says when it was sent.
+                sent = body.get("t")
+                now = time.time()
+                self.heartbeats[(site, ident)] = (min(float(sent), now) if
+                                                  isinstance(sent, (int, float)) else now)
         except (IndexError, KeyError, ValueError, TypeError) as exc:
             log.warning("%s: cannot use this message (%s): ignored", topic, exc)
 
@@ -150,22 +145,12 @@ class Central:
 
     def check(self, now: float) -> None:
         """The silent-node and quiet-dispatcher rules."""
-        # A gateway that is offline has its own incident; its nodes are not reported one by one.
+        # A gateway that is offline has its own incident; its nodes are not reported one by one
+        # (and the ones already silent stay so until it is back).
         statuses = [{"report_s": self.intervals.get((s["site_id"], s["device_id"])), **s}
-                    for s in self.statuses.values()
-                    if (s["site_id"], s.get("gateway_id")) not in self.offline]
-        late = {(site, dev) for site, dev, _ in silent_nodes(
-            statuses, now, self.settings.silent_grace_s, self.settings.default_report_s)}
-        late |= {k for k in self.silent  # unchanged while their gateway is offline
-                 if (k[0], self.statuses.get(k, {}).get("gateway_id")) in self.offline}
-        alerts = []
-        for key in late - self.silent:
-            alerts.append(synthetic(*key, "node_silent", "raised", now, f"{key[1]} silent"))
-        for key in self.silent - late:
-            last = self.statuses.get(key, {}).get("last_seen")
-            alerts.append(synthetic(*key, "node_silent", "cleared",
-                                    parse_t(last) if last else now, f"{key[1]} reporting again"))
-        self.silent = late
+                    for s in self.statuses.values()]
+        alerts = self.silence.evaluate(statuses, now, frozen={
+            k for k, s in self.statuses.items() if (k[0], s.get("gateway_id")) in self.offline})
         quiet = {k for k, t in self.heartbeats.items() if now - t > self.settings.quiet_after_s}
         for key in quiet - self.quiet:
             alerts.append(synthetic(*key, "dispatcher_quiet", "raised", now, f"{key[1]} quiet"))

@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edge_gateway.notify.channels import SENDERS, Outcome, Sender, need_aiohttp
-from edge_gateway.notify.incidents import Incidents
+from edge_gateway.notify.incidents import Incidents, SilenceRules
 from edge_gateway.notify.outbox import Outbox, OutRow
 from edge_gateway.notify.settings import NotifySettings
 from edge_gateway.notify.templates import render
@@ -48,12 +48,23 @@ class Dispatcher:
         self.failovers: dict[tuple[str, str, str], int] = defaultdict(int)
         self.last_sent_latency_s: float | None = None
         self.on_heartbeat: Callable[[dict[str, Any]], None] | None = None
+        # In the gateway: the device tracker's last_seen and interval per device, for the
+        # silent-node rule (centrally the device status messages feed the same rule).
+        self.statuses: Callable[[], list[dict[str, Any]]] | None = None
+        self.silence = SilenceRules(settings.silent_grace_s, settings.default_report_s)
+        self.silence.silent = set(self.open_keys("silent"))
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = False
         with self.outbox.lock:
             self._open_devices: set[Any] = {r[0] for r in self.outbox.db.execute(
                 "SELECT device FROM incidents WHERE open >= 1")}
+
+    def open_keys(self, family: str) -> list[tuple[str, str]]:
+        """(site, device) of the open incidents of a family (rules resume them after a restart)."""
+        with self.outbox.lock:
+            return [(str(a), str(b)) for a, b in self.outbox.db.execute(
+                "SELECT site, device FROM incidents WHERE family = ? AND open >= 1", (family,))]
 
     # -- recording (any thread) ---------------------------------------------------------------
 
@@ -207,6 +218,10 @@ class Dispatcher:
         while True:
             try:
                 await asyncio.to_thread(self.tick)
+                if self.statuses is not None:
+                    silent = self.silence.evaluate(self.statuses(), self.clock())
+                    if silent:
+                        await asyncio.to_thread(self.record, silent)
                 s = self.settings
                 if s.heartbeat_ping_url and time.monotonic() - last_ping >= s.heartbeat_ping_interval_s:
                     last_ping = time.monotonic()

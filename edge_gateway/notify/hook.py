@@ -56,10 +56,32 @@ async def supervise(dispatcher: Dispatcher) -> None:
         await asyncio.sleep(30.0)
 
 
+def device_statuses(gateway: Any) -> Callable[[], list[dict[str, Any]]]:
+    """The gateway's own view of its devices for the silent-node rule: when each was last
+    heard from and its report interval (inventory, else what the node announced, else
+    ``inventory.default_report_s``)."""
+
+    def get() -> list[dict[str, Any]]:
+        cfg = gateway.config
+        out = []
+        for dev, state in list(gateway.devices.devices.items()):
+            if state.last_seen is None:
+                continue
+            entry = cfg.device(dev)
+            report = ((entry.report_s if entry and entry.report_s else None) or state.report_s
+                      or cfg.inventory.default_report_s)
+            out.append({"site_id": cfg.site_id, "gateway_id": cfg.gateway_id, "device_id": dev,
+                        "last_seen": state.last_seen, "report_s": report})
+        return out
+
+    return get
+
+
 def heartbeat_publisher(gateway: Any) -> Callable[[dict[str, Any]], None]:
     """The dead-man's switch towards the platform: every few seconds the dispatcher's figures
-    go to ``cityedge/v1/site/<site>/gateway/<gw>/dispatcher`` (QoS 0, not retained), which the
-    central side watches (``dispatcher_quiet``). Nothing is sent while the platform is away."""
+    go to ``cityedge/v1/site/<site>/gateway/<gw>/dispatcher`` (QoS 0, retained, with the time
+    it was sent), which the central side watches (``dispatcher_quiet``), also across its own
+    restarts. Nothing is sent while the platform is away."""
     cfg = gateway.config
     topic = f"{contract.ROOT}/site/{cfg.site_id}/gateway/{cfg.gateway_id}/dispatcher"
 
@@ -70,6 +92,7 @@ def heartbeat_publisher(gateway: Any) -> Callable[[dict[str, Any]], None]:
         body = {"v": 1, "gateway_id": cfg.gateway_id, "t": time.time(),
                 "pending": stats.get("pending"), "oldest_pending_age_s": stats.get("oldest_pending_age_s"),
                 "sent": sum((stats.get("sent") or {}).values())}
-        gateway._spawn(gateway._publish_quietly(client, topic, json.dumps(body).encode(), 0))
+        gateway._spawn(gateway._publish_quietly(client, topic, json.dumps(body).encode(), 0,
+                                                retain=True))
 
     return publish

@@ -114,3 +114,21 @@ def test_uptime_ping(alerts_config: Any) -> None:
         d.close()
     finally:
         monitor.stop()
+
+
+def test_silence_rules_resume_after_a_restart(alerts_config: Any) -> None:
+    config = alerts_config()
+    now = time.time()
+    status = {"site_id": "s-site-01", "device_id": "ce-000000000b01", "gateway_id": "gw-s-01",
+              "last_seen": now - 100, "report_s": 10}
+    d = Dispatcher(settings_of(config))
+    d.record(d.silence.evaluate([status], now))
+    d.close()
+    d2 = Dispatcher(settings_of(config))  # restarted: the node is still silent, then reports
+    assert d2.silence.evaluate([status], now) == []
+    back = d2.silence.evaluate([{**status, "last_seen": now}], now)
+    assert [(a["alert"], a["state"]) for a in back] == [("node_silent", "cleared")]
+    d2.record(back)
+    kinds = [r[0] for r in d2.outbox.db.execute("SELECT kind FROM outbox ORDER BY id")]
+    assert kinds == ["raised", "cleared"]
+    d2.close()

@@ -63,3 +63,36 @@ async def test_breach_at_the_gateway_reaches_line_once(
     logs = caplog.text + (tmp_path / "alerts.toml").read_text()
     assert LINE_TOKEN not in logs and HOOK_SECRET not in logs
     assert LINE_TOKEN not in repr(gw.notify.settings) and LINE_TOKEN not in str(gw.stats())
+
+
+@run_async
+async def test_silent_node_at_the_gateway(
+    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path,
+    alerts_config: Any, line: FakeLine,
+) -> None:
+    """Without a central dispatcher, the gateway's own dispatcher tells when a node stops."""
+    device = {"id": "ce-0000000a0002", "kind": "air", "report_s": 1.0, "name": "Wat school"}
+    config = GatewayConfig.from_dict(gateway_config(
+        local_broker, upstream_broker, tmp_path, inventory={"device": [device]},
+        notify={"config": str(alerts_config(
+            extra="silent_grace_s = 2\n[heartbeat]\npublish_s = 0.5\n"))}))
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    await wait_ready(gw)
+    node = await FakeNode(local_broker, "ce-0000000a0002", "air").start()
+    try:
+        for _ in range(3):
+            await node.publish(1)
+            await asyncio.sleep(1.0)
+        await node.wait_acked()
+        await node.stop()
+        await wait_until(lambda: any("Sensor node silent" in m["text"] for m in line.delivered),
+                         2 * 1.0 + 60)
+        node = await FakeNode(local_broker, "ce-0000000a0002", "air", boot=2).start()
+        await node.publish(1)
+        await wait_until(lambda: len(line.delivered) == 2, 30)
+        assert "[cleared] Sensor node silent at Wat school" in line.delivered[1]["text"]
+    finally:
+        await node.stop()
+        gw.request_stop()
+        await task

@@ -268,6 +268,20 @@ def _build(data: dict[str, Any], base: Path, source: str, default_outbox: str | 
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError("", f"invalid value: {exc}") from None
+    if settings.status_url is not None:
+        try:
+            settings.status_url.format(device_id="ce-000000000000", site_id="site-x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError("status_url", f"only {{device_id}} and {{site_id}} can be filled "
+                              f"in ({exc})") from None
+    if settings.templates is not None:
+        try:
+            tomllib.loads(Path(settings.templates).read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigError("templates", f"cannot read {settings.templates!r}: {exc.strerror}",
+                              hint="copy edge_gateway/notify/templates.toml and edit it") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("templates", f"{settings.templates}: not valid TOML: {exc}") from None
     for name in settings.heartbeat_channels:
         if name not in channels:
             raise ConfigError("heartbeat.channels", f"no channel named {name!r}")

@@ -50,7 +50,10 @@ class Templates:
             names = [n for n in _FIELD.findall(line) if n != "unit"]
             if names and all(values.get(n, "x") == "" for n in names):
                 continue
-            out.append(string.Formatter().vformat(line, (), values))
+            try:
+                out.append(string.Formatter().vformat(line, (), values))
+            except (ValueError, IndexError, AttributeError):  # e.g. "{value:.2f}" on text
+                out.append(line)
         return "\n".join(out).strip()
 
 

@@ -173,3 +173,24 @@ def test_line_only_route_waits_out_a_429_and_delivers_later(alerts_config: Any, 
     asyncio.run(go())
     assert d.failovers == {}  # no other channel: no failover, just a wait
     d.close()
+
+
+def test_config_mistakes_are_named_and_a_template_typo_does_not_stop_a_warning(
+        alerts_config: Any, tmp_path: Path) -> None:
+    from edge_gateway.config import ConfigError
+    from edge_gateway.notify.settings import settings_from_dict
+
+    for data, key in (({"status_url": "https://s.example/{id}"}, "status_url"),
+                      ({"templates": "missing.toml"}, "templates")):
+        try:
+            settings_from_dict(data, tmp_path)
+        except ConfigError as exc:
+            assert exc.key == key
+        else:
+            raise AssertionError(f"{data} must be refused")
+    (tmp_path / "mine.toml").write_text('[en]\nraised = "Level {value:.2f} at {place} {oops}"\n')
+    d = Dispatcher(settings_of(alerts_config(extra='templates = "mine.toml"')))
+    _raise_n(d, 1)
+    (message,) = [r.message for r in d.outbox.due(time.time() + 1)]
+    assert "Level {value:.2f} at {place} {oops}" in message["text"]  # shown as typed, still sent
+    d.close()

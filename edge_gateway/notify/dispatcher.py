@@ -119,6 +119,9 @@ class Dispatcher:
             log.info("alert dispatcher: %d channels, %d routes, outbox %s (%d waiting)",
                      len(self.senders), len(self.settings.routes), self.outbox.path,
                      self.outbox.pending()[0])
+            if not self.settings.routes:
+                log.warning("%s has no [[routes]]: incidents are recorded but nobody is told",
+                            self.settings.source)
             timers = asyncio.create_task(self._timers(session))
             try:
                 while not self._stop:

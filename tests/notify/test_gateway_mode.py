@@ -75,13 +75,13 @@ async def test_silent_node_at_the_gateway(
     config = GatewayConfig.from_dict(gateway_config(
         local_broker, upstream_broker, tmp_path, inventory={"device": [device]},
         notify={"config": str(alerts_config(
-            extra="silent_grace_s = 2\n[heartbeat]\npublish_s = 0.5\n"))}))
+            extra="silent_grace_s = 1\n[heartbeat]\npublish_s = 0.5\n"))}))
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     await wait_ready(gw)
     node = await FakeNode(local_broker, "ce-0000000a0002", "air").start()
     try:
-        for _ in range(3):
+        for _ in range(2):
             await node.publish(1)
             await asyncio.sleep(1.0)
         await node.wait_acked()

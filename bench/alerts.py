@@ -28,27 +28,13 @@ import paho.mqtt.client as mqtt
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_gateway import contract  # noqa: E402
-from host_tools.brokers import MosquittoBroker  # noqa: E402
-from tests.support.fake_services import FakeLine  # noqa: E402
+from edge_gateway import contract
+from host_tools.brokers import MosquittoBroker
+from tests.gateway.test_basic_path import STAGE
+from tests.support.fake_services import FakeLine
 
 TOKEN = "bench-line-token"
 GROUP = "C" + "1" * 32
-STAGE = """
-[[record]]
-id = "stage-{dev}"
-device_id = "{dev}"
-quantity = "level"
-unit = "m"
-input_channel = "distance"
-author = "bench"
-valid_from = 2020-01-01T00:00:00Z
-[record.model]
-form = "stage"
-[record.model.coefficients]
-z_sensor = 4.0
-datum = "MSL"
-"""
 
 
 def reading(dev: str, seq: int, level: float, t: float) -> bytes:
@@ -67,7 +53,7 @@ def run_mode(mode: str, work: Path, breaches: int, delay_ms: int) -> list[float]
     line = FakeLine(TOKEN, quota=None, delay_s=delay_ms / 1000).start()
     (work / "line.token").write_text(TOKEN)
     devices = [f"ce-0000bench{i:04d}" for i in range(breaches)]
-    (work / "stage.toml").write_text("".join(STAGE.format(dev=d) for d in devices))
+    (work / "stage.toml").write_text("".join(STAGE.replace("ce-0000000d0001", d) for d in devices))
     channel = (f'[channels.line]\ntype = "line"\nto = "{GROUP}"\ntoken_file = "line.token"\n'
                f'api_base = "{line.url}"\nrate_per_min = 6000\nburst = 100\n'
                '[[routes]]\nchannels = ["line"]\n')

@@ -189,6 +189,7 @@ class Gateway:
         self._stopping = False  # the final offline health was sent: no more online ones
         self._online_since: float | None = None  # when the current platform connection began
         self._upstream_health_topic: str | None = None
+        self.notify: Any = None  # the alert dispatcher (edge_gateway.notify), when configured
 
     def _spawn(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it is done."""
@@ -282,6 +283,13 @@ class Gateway:
         if saved:
             with contextlib.suppress(ValueError, TypeError, AttributeError):
                 self.processor.restore_alert_state(json.loads(saved))
+        if cfg.notify.config:
+            from edge_gateway.notify import hook
+
+            self.notify = await asyncio.to_thread(hook.start_in_gateway, cfg)
+            if self.notify is not None:
+                self.notify.on_heartbeat = hook.heartbeat_publisher(self)
+                self.notify.statuses = hook.device_statuses(self)
         log.info(
             "gateway %s (site %s) store %s: %d rows waiting",
             cfg.gateway_id, cfg.site_id, cfg.store_path, store.depth,
@@ -297,9 +305,14 @@ class Gateway:
         ]
         if cfg.upstream.enabled:
             self._upstream_task = asyncio.create_task(self._upstream_loop(), name="upstream")
+        if self.notify is not None:
+            from edge_gateway.notify.hook import supervise
+
+            tasks.append(asyncio.create_task(supervise(self.notify), name="notify"))
         try:
             if cfg.metrics.enabled:
-                self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats)
+                self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats,
+                                              self.notify.metrics_text if self.notify else None)
                 self.metrics_port = await self._metrics.start()
             self.ready = True
             sdnotify.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
@@ -344,6 +357,8 @@ class Gateway:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
             await asyncio.to_thread(store.shutdown)
+            if self.notify is not None:
+                self.notify.close()
             log.info("gateway stopped; %d rows kept in the store", store.depth)
 
     # -- reload -------------------------------------------------------------------------------
@@ -603,6 +618,7 @@ class Gateway:
         errors = 0
         samples: list[tuple[str, float]] = []
         calibration_errors = processor.calibration_errors
+        to_notify: tuple[list[dict[str, Any]], list[dict[str, Any]]] = ([], [])
         for item, key, new in zip(batch, keys, fresh, strict=True):
             if not new or key in in_batch:
                 duplicates.append(key)
@@ -627,6 +643,8 @@ class Gateway:
                 contract.observation_topic(cfg.site_id, kind, item.device_id),
                 processed.payload, item.received, priority, key,
             ))
+            to_notify[0].extend(processed.alerts)
+            to_notify[1].append(processed.observation)
             for alert in processed.alerts:
                 alerts += 1
                 entries.append(Entry(
@@ -636,6 +654,11 @@ class Gateway:
                 ))
         # Alert states change only with alerts; they are committed with the rows that caused them.
         meta = {"alert_state": json.dumps(processor.alert_state())} if alerts else None
+        if self.notify is not None:  # recorded (fsync) before this commit: see notify/hook.py
+            try:
+                self.notify.record(*to_notify)
+            except Exception:  # the alerts still go to the platform with the readings
+                log.exception("alert dispatcher: recording %d alerts failed", len(to_notify[0]))
         result = store.commit(
             entries, duplicates, remember=remember,
             counters={"processing_errors": errors,

@@ -185,6 +185,7 @@ class DeviceEntry:
     name: str | None = None
     location: Location | None = None
     report_s: float | None = None
+    water_watch_m: float | None = None
     water_warning_m: float | None = None
     water_critical_m: float | None = None
 
@@ -203,6 +204,15 @@ class DeviceEntry:
             and self.water_critical_m <= self.water_warning_m
         ):
             raise ConfigError(f"{key}.water_critical_m", "must be above water_warning_m")
+        _check_watch(self.water_watch_m, self.water_warning_m, self.water_critical_m, key)
+
+
+def _check_watch(watch: float | None, warning: float | None, critical: float | None,
+                 key: str) -> None:
+    """The watch level is the lowest tier (watch < warning < critical / danger)."""
+    for name, above in (("water_warning_m", warning), ("water_critical_m", critical)):
+        if watch is not None and above is not None and watch >= above:
+            raise ConfigError(f"{key}.water_watch_m", f"must be below {name}")
 
 
 @dataclass(frozen=True)
@@ -240,6 +250,7 @@ class CalibrationSection:
 
 @dataclass(frozen=True)
 class AlertsSection:
+    water_watch_m: float | None = None
     water_warning_m: float | None = None
     water_critical_m: float | None = None
     water_rising_m_per_h: float = 0.3
@@ -254,6 +265,7 @@ class AlertsSection:
             and self.water_critical_m <= self.water_warning_m
         ):
             raise ConfigError(f"{key}.water_critical_m", "must be above water_warning_m")
+        _check_watch(self.water_watch_m, self.water_warning_m, self.water_critical_m, key)
         if self.water_rising_m_per_h <= 0:
             raise ConfigError(f"{key}.water_rising_m_per_h", "must be > 0")
         if self.water_hysteresis_m < 0:
@@ -319,6 +331,24 @@ class StatusSection:
 
 
 @dataclass(frozen=True)
+class NotifySection:
+    """``config``: the alert dispatcher's own file (alerts.toml, docs/alerts.md)."""
+
+    config: str | None = None
+
+    def validate(self, key: str) -> None:
+        if self.config is not None and not Path(self.config).is_file():
+            raise ConfigError(f"{key}.config", f"file {self.config!r} does not exist")
+        if self.config is not None:  # its own errors name its own keys (and the file)
+            from edge_gateway.notify.settings import load_settings
+
+            try:
+                load_settings(self.config)
+            except ConfigError as exc:
+                raise ConfigError(f"{key}.config", str(exc), hint=exc.hint) from None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     """The whole gateway configuration. Build with :func:`load_config` or :meth:`from_dict`."""
 
@@ -337,6 +367,7 @@ class GatewayConfig:
     health: HealthSection = field(default_factory=HealthSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     status: StatusSection = field(default_factory=StatusSection)
+    notify: NotifySection = field(default_factory=NotifySection)
     source: str = field(default="<dict>", compare=False)
 
     @classmethod
@@ -404,6 +435,7 @@ _PATH_KEYS = {
     ("store", "path"),
     ("status", "token_file"),
     ("calibration", "records"),
+    ("notify", "config"),
     ("local", "ca_file"),
     ("local", "cert_file"),
     ("local", "key_file"),

@@ -251,10 +251,12 @@ def render(stats: Mapping[str, Any], process: bool = True) -> str:
 class MetricsServer:
     """Serve ``render(stats())`` on host:port."""
 
-    def __init__(self, host: str, port: int, stats: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(self, host: str, port: int, stats: Callable[[], Mapping[str, Any]],
+                 extra: Callable[[], str] | None = None) -> None:
         self.host = host
         self.port = port
         self._stats = stats
+        self.extra = extra  # more exposition lines (the alert dispatcher's)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
@@ -278,7 +280,9 @@ class MetricsServer:
                     pass
             parts = request.decode("latin-1").split()
             if len(parts) >= 2 and parts[0] in ("GET", "HEAD") and parts[1].split("?")[0] == "/metrics":
-                body = render(self._stats()).encode()
+                stats = self._stats()
+                text = render(stats) if stats else ""
+                body = (text + (self.extra() if self.extra is not None else "")).encode()
                 head = (
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"

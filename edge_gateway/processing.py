@@ -64,7 +64,7 @@ class Processed:
 
 @dataclass
 class _WaterAlertState:
-    level: str = "normal"  # normal / warning / critical
+    level: str = "normal"  # normal / watch / warning / critical
     below_since: float | None = None
     rising: bool = False
     calm_since: float | None = None
@@ -121,7 +121,7 @@ class Processor:
 
     def restore_alert_state(self, saved: Mapping[str, Any]) -> None:
         for dev, w in (saved.get("water") or {}).items():
-            if w.get("level") in ("normal", "warning", "critical"):
+            if w.get("level") in _RANK:
                 state = self._water.setdefault(str(dev), _WaterAlertState())
                 state.level, state.rising = str(w["level"]), bool(w.get("rising"))
         self._saved_bands = {
@@ -398,6 +398,7 @@ class Processor:
         if not isinstance(level, (int, float)) or isinstance(level, bool) or quality.get("level") == FAIL:
             return {}, []
         a = self.config.alerts
+        watch = device.water_watch_m if device and device.water_watch_m is not None else a.water_watch_m
         warning = device.water_warning_m if device and device.water_warning_m is not None else a.water_warning_m
         critical = (
             device.water_critical_m if device and device.water_critical_m is not None else a.water_critical_m
@@ -408,25 +409,25 @@ class Processor:
         alerts: list[dict[str, Any]] = []
         datum = str(entry.get("datum", "")) if entry else ""
         unit_text = "m MSL" if datum == "MSL" else "m (staff gauge)"
-        new_level = _water_level_state(state.level, float(level), warning, critical, a.water_hysteresis_m)
+        thresholds = {"watch": watch, "warning": warning, "critical": critical}
+        new_level = _water_level_state(state.level, float(level), thresholds, a.water_hysteresis_m)
         if new_level != state.level:
-            rank = {"normal": 0, "warning": 1, "critical": 2}
-            if rank[new_level] > rank[state.level]:
+            if _RANK[new_level] > _RANK[state.level]:
                 state.below_since = None
-                alerts.append(self._water_alert(device_id, kind, new_level, "raised", level, warning,
-                                                critical, t, unit_text))
+                alerts.append(self._water_alert(device_id, kind, new_level, "raised", level,
+                                                thresholds, t, unit_text))
                 state.level = new_level
             else:
                 if state.below_since is None:
                     state.below_since = t
                 if t - state.below_since >= a.hold_s:
                     alerts.append(self._water_alert(device_id, kind, state.level, "cleared", level,
-                                                    warning, critical, t, unit_text))
+                                                    thresholds, t, unit_text))
                     state.level = new_level
                     state.below_since = None
                     if new_level != "normal":
                         alerts.append(self._water_alert(device_id, kind, new_level, "raised", level,
-                                                        warning, critical, t, unit_text))
+                                                        thresholds, t, unit_text))
         else:
             state.below_since = None
         if rate is not None:
@@ -459,6 +460,7 @@ class Processor:
                 "datum": datum or None,
                 "warning_m": warning,
                 "critical_m": critical,
+                **({"watch_m": watch} if watch is not None else {}),
                 "rate_m_per_h": None if rate is None else round(rate, 3),
                 "rising_fast": state.rising,
             }
@@ -472,20 +474,19 @@ class Processor:
         level_state: str,
         state: str,
         level: float,
-        warning: float | None,
-        critical: float | None,
+        thresholds: Mapping[str, float | None],
         t: float,
         unit_text: str,
     ) -> dict[str, Any]:
-        threshold = critical if level_state == "critical" else warning
-        th_name = "วิกฤต" if level_state == "critical" else "เฝ้าระวัง"
+        threshold = thresholds[level_state]
+        th_name = {"critical": "วิกฤต", "warning": "เฝ้าระวัง", "watch": "เฝ้าดู"}[level_state]
         if state == "raised":
             msg = f"Water level {level:.2f} {unit_text} is above the {level_state} level {threshold:.2f} m"
             msg_th = f"ระดับน้ำ {level:.2f} ม. สูงกว่าระดับ{th_name} {threshold:.2f} ม."
         else:
             msg = f"Water level {level:.2f} {unit_text} is back below the {level_state} level {threshold:.2f} m"
             msg_th = f"ระดับน้ำ {level:.2f} ม. ต่ำกว่าระดับ{th_name} {threshold:.2f} ม. แล้ว"
-        severity = "critical" if level_state == "critical" else "warning"
+        severity = {"critical": "critical", "warning": "warning"}.get(level_state, "info")
         if state == "cleared":
             severity = "info"
         return self._alert(
@@ -494,24 +495,27 @@ class Processor:
         )
 
 
+_RANK = {"normal": 0, "watch": 1, "warning": 2, "critical": 3}
+
+
 def _water_level_state(
-    current: str, level: float, warning: float | None, critical: float | None, hysteresis: float
+    current: str, level: float, thresholds: Mapping[str, float | None], hysteresis: float
 ) -> str:
     """The level state with hysteresis: rising into a band needs the threshold, falling out of
-    it needs the threshold minus the margin."""
-    rank = {"normal": 0, "warning": 1, "critical": 2}
+    it needs the threshold minus the margin. Bands: watch < warning < critical (each optional)."""
     raw = "normal"
-    if warning is not None and level >= warning:
-        raw = "warning"
-    if critical is not None and level >= critical:
-        raw = "critical"
-    if rank[raw] >= rank[current]:
+    for name in ("watch", "warning", "critical"):
+        threshold = thresholds.get(name)
+        if threshold is not None and level >= threshold:
+            raw = name
+    if _RANK[raw] >= _RANK[current]:
         return raw
-    # Falling: stay in the current band until below its threshold minus the margin.
-    if current == "critical" and critical is not None and level > critical - hysteresis:
-        return "critical"
-    if current in ("critical", "warning") and warning is not None and level > warning - hysteresis:
-        return "warning"
+    # Falling: stay in the highest band (not above the current one) whose threshold minus the
+    # margin the level is still above.
+    for name in ("critical", "warning", "watch"):
+        threshold = thresholds.get(name)
+        if _RANK[name] <= _RANK[current] and threshold is not None and level > threshold - hysteresis:
+            return name
     return raw
 
 

@@ -24,6 +24,7 @@ TOP_LEVEL = (
     ("calibration.cli", "add_parser"),
     ("host_tools.completion", "add_parser"),
     ("edge_gateway.status.cli", "add_parsers"),
+    ("edge_gateway.notify.cli", "add_parser"),
 )
 NODE_LEVEL = (
     ("host_tools.simnode", "add_parser"),

@@ -63,9 +63,13 @@ def _run(brokers: list[MosquittoBroker], sink_db: SinkDb, sink_process: Callable
         for p in pubs:
             p.flush(120)
         total = sum(sent.values())
-        assert wait_until(lambda: sink_db.query(
-            "SELECT count(*) FROM cityedge.observation")[0][0] >= total, 120), (
-            f"{sink_db.query('SELECT count(*) FROM cityedge.observation')[0][0]} of {total} stored")
+        stored = wait_until(lambda: sink_db.query(
+            "SELECT count(*) FROM cityedge.observation")[0][0] >= total, 120)
+        if not stored:
+            have = {(str(d), int(s)) for d, s in sink_db.query(
+                "SELECT device_id, seq FROM cityedge.observation")}
+            missing = sorted({(d, s) for d, n in sent.items() for s in range(n)} - have)
+            raise AssertionError(f"{len(have)} of {total} stored; missing {missing[:20]}")
     finally:
         stop.set()
         thread.join(10)
@@ -106,6 +110,7 @@ def test_consumers_killed_every_few_seconds_lose_and_duplicate_nothing(
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)
 def test_soak_consumers_killed_for_minutes(
     broker_factory: Callable[..., MosquittoBroker], sink_db: SinkDb,
     sink_process: Callable[..., Any],

@@ -117,6 +117,8 @@ class Store:
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.conn = conn
         self._months: set[tuple[str, date]] = set()
+        self._latest: dict[str, Mapping[str, Any]] = {}
+        self._locked: set[str] = set()
         self.counts = WriteCounts()
 
     def ensure_partition(self, table: str, when: datetime) -> None:
@@ -146,6 +148,42 @@ class Store:
             self.counts.duplicates += 1
         return inserted
 
+    def flush_latest(self) -> None:
+        """Move ``device_latest`` forward for the devices of this transaction: only to a newer
+        ``(boot, seq)``, whatever order readings arrive in; devices in sorted order, so that
+        concurrent consumers lock the rows in the same order (no deadlock)."""
+        for device_id in sorted(self._latest):
+            o = self._latest[device_id]
+            self.conn.execute(
+                """INSERT INTO cityedge.device_latest AS d (device_id, boot, seq, t, site_id,
+                     kind, observation) VALUES (%s, %s, %s, %s, %s, %s, %s)
+                   ON CONFLICT (device_id) DO UPDATE SET boot = excluded.boot,
+                     seq = excluded.seq, t = excluded.t, site_id = excluded.site_id,
+                     kind = excluded.kind, observation = excluded.observation,
+                     updated_at = now()
+                   WHERE (excluded.boot, excluded.seq) > (d.boot, d.seq)""",
+                (device_id, o["boot"], o["seq"], utc(o["t"]), o["site_id"], o["kind"], _j(o)),
+            )
+        self._latest.clear()
+        self._locked.clear()
+
+    def latest_of(self, doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        return self._latest.get(str(doc.get("device_id")))
+
+    def restore_latest(self, doc: Mapping[str, Any], kept: Mapping[str, Any] | None) -> None:
+        """Undo what a rolled-back savepoint's write gathered for device_latest."""
+        device = str(doc.get("device_id"))
+        self._locked.discard(device)  # the savepoint's rollback released its lock
+        if kept is None:
+            self._latest.pop(device, None)
+        else:
+            self._latest[device] = kept
+
+    def discard(self) -> None:
+        """Forget what a rolled-back transaction had gathered."""
+        self._latest.clear()
+        self._locked.clear()
+
     def reject(self, topic: str, payload: bytes, reason: str) -> None:
         self.conn.execute(
             "INSERT INTO cityedge.rejected (topic, payload, reason) VALUES (%s, %s, %s)",
@@ -157,6 +195,13 @@ class Store:
 
     def _write_observation(self, o: Mapping[str, Any]) -> bool:
         key = (o["device_id"], o["boot"], o["seq"])
+        if o["device_id"] not in self._locked:
+            # One transaction at a time per device: a reading and the later one that settles
+            # its flags may reach two consumers at once; without this, each could miss the
+            # other's uncommitted row and the settle would stay parked. Batches are sorted by
+            # device, so consumers take these locks in one order.
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (o["device_id"],))
+            self._locked.add(o["device_id"])
         t = utc(o["t"])
         cur = self.conn.execute(
             """INSERT INTO cityedge.observation (device_id, boot, seq, t, site_id, gateway_id,
@@ -173,16 +218,10 @@ class Store:
         )  # fmt: skip
         if cur.rowcount == 0:
             return False
-        # Keep the newest reading per device by (boot, seq), whatever order they arrive in.
-        self.conn.execute(
-            """INSERT INTO cityedge.device_latest AS d (device_id, boot, seq, t, site_id, kind,
-                 observation) VALUES (%s, %s, %s, %s, %s, %s, %s)
-               ON CONFLICT (device_id) DO UPDATE SET boot = excluded.boot, seq = excluded.seq,
-                 t = excluded.t, site_id = excluded.site_id, kind = excluded.kind,
-                 observation = excluded.observation, updated_at = now()
-               WHERE (excluded.boot, excluded.seq) > (d.boot, d.seq)""",
-            (*key, t, o["site_id"], o["kind"], _j(o)),
-        )
+        # The newest per device is written once per transaction by flush_latest().
+        best = self._latest.get(o["device_id"])
+        if best is None or (o["boot"], o["seq"]) > (best["boot"], best["seq"]):
+            self._latest[o["device_id"]] = o
         # Final flags that came (in the next reading) before this reading did.
         self.conn.execute(
             """WITH p AS (DELETE FROM cityedge.pending_settle

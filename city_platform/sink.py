@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import queue
+import random
 import signal
 import subprocess
 import sys
@@ -257,23 +258,33 @@ class Consumer:
                 good.append(decode(item[1].topic, bytes(item[1].payload)))
             except ContractError as exc:
                 bad.append((item, str(exc)))
+        # One lock order for every consumer: by device, then (boot, seq).
+        good.sort(key=_lock_order)
         delay = 0.5
         while True:
             try:
                 store.partitions_for(good)
                 self._write(conn, store, good, bad, savepoints=False)
                 break
+            except pg.errors.TransactionRollback as exc:
+                # Deadlock or serialization failure with another consumer: nothing was
+                # committed, so run the batch again after a short random pause.
+                store.discard()
+                log.info("batch rolled back (%s); retrying", str(exc).splitlines()[0])
+                time.sleep(random.uniform(0.02, 0.2))
             except (pg.DataError, pg.IntegrityError, KeyError, ValueError, TypeError) as exc:
                 # One payload the database refuses: redo the batch with a savepoint each, so
                 # the others are stored and that one is rejected with the reason.
                 log.warning("batch refused (%s); writing one by one", exc)
                 conn.rollback()
+                store.discard()
                 self._write(conn, store, good, bad, savepoints=True)
                 break
             except pg.OperationalError as exc:
                 log.warning("database error (%s); retrying the batch in %.1f s", exc, delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 30)
+                store.discard()
                 conn.close()
                 conn = self._connect_db()
                 store = Store(conn)
@@ -299,13 +310,22 @@ class Consumer:
                 if not savepoints:
                     store.write(kind, doc)
                     continue
+                kept = store.latest_of(doc)
                 try:
                     with conn.transaction():
                         store.write(kind, doc)
                 except (pg.DataError, pg.IntegrityError, KeyError, ValueError, TypeError) as exc:
+                    store.restore_latest(doc, kept)
                     store.reject(kind, json.dumps(doc).encode(), f"database refused it: {exc}")
             for (_, msg), reason in bad:
                 store.reject(msg.topic, bytes(msg.payload), reason)
+            store.flush_latest()
+
+
+def _lock_order(item: tuple[str, Mapping[str, Any]]) -> tuple[str, str, int, int]:
+    kind, doc = item
+    return (str(doc.get("device_id") or doc.get("gateway_id") or ""), kind,
+            int(doc.get("boot", 0)), int(doc.get("seq", 0)))
 
 
 def consume(cfg: SinkConfig, index: int) -> int:

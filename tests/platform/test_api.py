@@ -71,6 +71,7 @@ def _fill(db: SinkDb) -> list[tuple[float, float, int]]:
         with conn.transaction():
             for table, doc in docs:
                 assert store.write(table, doc)
+            store.flush_latest()
     return air
 
 

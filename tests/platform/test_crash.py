@@ -111,10 +111,11 @@ def test_consumers_killed_every_few_seconds_lose_and_duplicate_nothing(
 
 @pytest.mark.soak
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("duration_s", [int(os.environ.get("CITYEDGE_SOAK_S", "240"))])
 def test_soak_consumers_killed_for_minutes(
     broker_factory: Callable[..., MosquittoBroker], sink_db: SinkDb,
-    sink_process: Callable[..., Any],
+    sink_process: Callable[..., Any], duration_s: int,
 ) -> None:
     brokers = [broker_factory("district-a"), broker_factory("district-b")]
-    _run(brokers, sink_db, sink_process, duration_s=240, rate_per_s=300, kill_every_s=4,
+    _run(brokers, sink_db, sink_process, duration_s=duration_s, rate_per_s=300, kill_every_s=4,
          devices=40)

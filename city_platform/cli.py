@@ -49,6 +49,8 @@ def _config(args: argparse.Namespace) -> Any:
 
     if not args.broker:
         raise PlatformError("no broker given", "give --broker HOST:PORT (once per broker)")
+    if bool(args.certfile) != bool(args.keyfile) or (args.certfile and not args.cafile):
+        raise PlatformError("a client certificate needs --cafile, --certfile and --keyfile")
     return SinkConfig(
         brokers=tuple(Broker.parse(b) for b in args.broker),
         db_url=_db(args),
@@ -60,6 +62,8 @@ def _config(args: argparse.Namespace) -> Any:
         username=args.username,
         password=os.environ.get(PASSWORD_ENV),
         cafile=args.cafile,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
     )
 
 
@@ -120,6 +124,8 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
                    help="how long a broker keeps a stopped consumer's messages")
     p.add_argument("--username", help=f"MQTT user (password from ${PASSWORD_ENV})")
     p.add_argument("--cafile", help="CA certificate: connect to the brokers with TLS")
+    p.add_argument("--certfile", help="client certificate, for brokers that require one")
+    p.add_argument("--keyfile", help="the client certificate's private key")
 
 
 def add_parser(sub: Any) -> None:

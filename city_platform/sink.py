@@ -88,6 +88,8 @@ class SinkConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     cafile: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
 
     def argv(self) -> list[str]:
         """The `cityedge platform consume` arguments that give a child process this config."""
@@ -97,8 +99,10 @@ class SinkConfig:
             args += ["--broker", str(b)]
         if self.username:
             args += ["--username", self.username]
-        if self.cafile:
-            args += ["--cafile", self.cafile]
+        for flag, value in (("--cafile", self.cafile), ("--certfile", self.certfile),
+                            ("--keyfile", self.keyfile)):
+            if value:
+                args += [flag, value]
         return args
 
 
@@ -166,7 +170,8 @@ class Consumer:
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self.cfg.password)
         if self.cfg.cafile:
-            client.tls_set(ca_certs=self.cfg.cafile)
+            client.tls_set(ca_certs=self.cfg.cafile, certfile=self.cfg.certfile,
+                           keyfile=self.cfg.keyfile)
         client.reconnect_delay_set(1, 30)
 
         def on_connect(c: mqtt.Client, _u: object, flags: Any, rc: Any, _p: Any) -> None:

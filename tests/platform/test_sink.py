@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -115,3 +116,31 @@ def test_sink_without_a_migrated_database_says_what_to_do(sink_db: SinkDb, tmp_p
     assert result.returncode != 0
     assert "cityedge platform migrate" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sink_reads_a_broker_that_requires_tls_and_a_client_certificate(
+    broker_factory: Callable[..., MosquittoBroker], sink_db: SinkDb,
+    sink_process: Callable[..., object], tmp_path: Path,
+) -> None:
+    from host_tools.brokers import free_port
+    from tests.gateway.helpers import AS_INVOKER
+    from tests.gateway.test_tls import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    tls_port = free_port()
+    broker = broker_factory("district-tls", tls_listener={
+        "port": str(tls_port), "cafile": str(pki["ca"]), "certfile": str(pki["server_cert"]),
+        "keyfile": str(pki["server_key"]), "require_certificate": "true"}, extra_config=AS_INVOKER)
+    sink_process([f"127.0.0.1:{tls_port}"], sink_db.writer_url, consumers=1, cafile=str(pki["ca"]),
+                 certfile=str(pki["client_cert"]), keyfile=str(pki["client_key"]))
+    pub = Publisher(broker.host, broker.port, "gw-plain")  # the plain listener, for the test only
+    try:
+        for seq in range(3):
+            o = observation("site-tls-01", "gw-site-tls-01", "ce-0000000000ff", 1, seq, time.time() - 60 + seq)
+            pub.send(contract.observation_topic("site-tls-01", "air", o["device_id"]), o)
+        pub.flush()
+        assert wait_until(lambda: sink_db.query(
+            "SELECT count(*) FROM cityedge.observation")[0][0] == 3, 30)
+    finally:
+        pub.close()
+    # The sink was given the TLS listener only, so every row above came over TLS.

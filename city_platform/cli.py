@@ -64,6 +64,7 @@ def _config(args: argparse.Namespace) -> Any:
         cafile=args.cafile,
         certfile=args.certfile,
         keyfile=args.keyfile,
+        stats_interval_s=args.stats_interval,
     )
 
 
@@ -126,6 +127,8 @@ def _broker_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cafile", help="CA certificate: connect to the brokers with TLS")
     p.add_argument("--certfile", help="client certificate, for brokers that require one")
     p.add_argument("--keyfile", help="the client certificate's private key")
+    p.add_argument("--stats-interval", type=float, default=60.0, metavar="SECONDS",
+                   help="print each consumer's counts this often (0: never)")
 
 
 def add_parser(sub: Any) -> None:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from city_platform import PlatformError
-from city_platform.db import Store, check_schema, connect
+from city_platform.db import Store, WriteCounts, check_schema, connect
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -90,11 +90,13 @@ class SinkConfig:
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    stats_interval_s: float = 60.0
 
     def argv(self) -> list[str]:
         """The `cityedge platform consume` arguments that give a child process this config."""
         args = ["--db", self.db_url, "--group", self.group, "--client-prefix", self.client_prefix,
-                "--batch-max", str(self.batch_max), "--session-expiry", str(self.session_expiry_s)]
+                "--batch-max", str(self.batch_max), "--session-expiry", str(self.session_expiry_s),
+                "--stats-interval", str(self.stats_interval_s)]
         for b in self.brokers:
             args += ["--broker", str(b)]
         if self.username:
@@ -210,11 +212,20 @@ class Consumer:
         self.clients = [self._client(b, n) for n, b in enumerate(self.cfg.brokers)]
         for c in self.clients:
             c.loop_start()
+        next_stats = time.monotonic() + self.cfg.stats_interval_s
         try:
             while not self.stop.is_set():
                 batch = self._take()
                 if batch:
                     conn, store = self._commit(conn, store, batch)
+                if self.cfg.stats_interval_s > 0 and time.monotonic() >= next_stats:
+                    n = store.counts
+                    # One line a minute for the operator (journald): what this consumer did.
+                    print(f"consumer {self.index}: {n.inserted} stored, {n.duplicates} already "
+                          f"there (redelivered), {n.rejected} rejected in the last "
+                          f"{self.cfg.stats_interval_s:.0f} s", flush=True)
+                    store.counts = WriteCounts()
+                    next_stats = time.monotonic() + self.cfg.stats_interval_s
         finally:
             for c in self.clients:
                 c.disconnect()

@@ -4,6 +4,7 @@ redeliveries and garbage handled, roles kept apart."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +36,8 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
     sink_process: Callable[..., object],
 ) -> None:
     a, b = broker_factory("district-a"), broker_factory("district-b")
-    sink_process([a.address, b.address], sink_db.writer_url, consumers=2)
+    sink = sink_process([a.address, b.address], sink_db.writer_url, consumers=2,
+                        stats_interval="1")
     pa, pb = Publisher(a.host, a.port, "gw-a"), Publisher(b.host, b.port, "gw-b")
     t0 = time.time() - 600
     try:
@@ -101,6 +103,13 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
         conn.execute("DROP TABLE cityedge.alert")
     with psycopg.connect(sink_db.writer_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute("DELETE FROM cityedge.observation")
+    # Each consumer reports what it did; the repeat shows up as "already there".
+    def reported() -> tuple[int, int, int]:
+        log = sink.log_path.read_text()  # type: ignore[attr-defined]
+        return (sum(int(m) for m in re.findall(r"consumer \d: (\d+) stored", log)),
+                sum(int(m) for m in re.findall(r"(\d+) already there", log)),
+                sum(int(m) for m in re.findall(r"(\d+) rejected", log)))
+    assert wait_until(lambda: reported() == (43, 2, 2), 15), reported()
     doc = sink_db.query("SELECT observation FROM cityedge.device_latest ORDER BY 1 LIMIT 1")[0][0]
     contract.validate("observation", json.loads(json.dumps(doc)))
 

@@ -26,18 +26,17 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import json
 import os
 import signal
 import subprocess
 import time
 from typing import Any
 
-from city_platform.db import connect, create_login, migrate  # noqa: E402
-from city_platform.pgserver import PostgresServer  # noqa: E402
-from edge_gateway import contract  # noqa: E402
-from host_tools.brokers import MosquittoBroker  # noqa: E402
-from tests.platform.helpers import Publisher, observation  # noqa: E402
+from city_platform.db import connect, create_login, migrate
+from city_platform.pgserver import PostgresServer
+from edge_gateway import contract
+from host_tools.brokers import MosquittoBroker
+from tests.platform.helpers import Publisher, observation
 
 DEVICES = 50
 

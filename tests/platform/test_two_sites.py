@@ -172,3 +172,79 @@ def test_readings_from_two_sites_land_once_and_rederive(
         assert cal["v"] == round(record.apply({"pm25_cf1": raw["pm25_cf1"]["v"]}), 4)
         assert cal["v"] == pytest.approx(0.613 * raw["pm25_cf1"]["v"] + 1.27, abs=1e-4)
     assert {r[0] for r in sink_db.query("SELECT site_id FROM cityedge.gateway_health")} == set(sites)
+
+
+def _check_rows(sink_db: SinkDb, registry: Registry) -> list[tuple[Any, ...]]:
+    rows = sink_db.query(
+        "SELECT site_id, device_id, boot, seq, extract(epoch FROM t), raw, calibrated "
+        "FROM cityedge.observation ORDER BY device_id, boot, seq")
+    assert len({(r[1], r[2], r[3]) for r in rows}) == len(rows)
+    for r in rows:
+        cal = r[6]["pm25"]
+        record = registry.get(cal["calibration_id"])
+        assert record is not None
+        assert registry.find(r[1], "pm25", datetime.fromtimestamp(float(r[4]), UTC)) == record
+        assert cal["v"] == round(record.apply({"pm25_cf1": r[5]["pm25_cf1"]["v"]}), 4)
+    return rows
+
+
+@pytest.mark.soak
+@pytest.mark.micropython
+@pytest.mark.timeout(600)
+def test_micropython_nodes_through_two_gateways_land_once(
+    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker], sink_db: SinkDb,
+    sink_process: Callable[..., Any], gateways: Callable[[Path], subprocess.Popen[bytes]],
+) -> None:
+    """The same with the real firmware under the MicroPython unix port, one air node per site
+    (slower: a soak test). The sink's rows equal what an integrator subscribed on both platform
+    brokers received."""
+    import json as _json
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    from host_tools.simnode import SimNode
+
+    records = tmp_path / "calibration.toml"
+    records.write_text(RECORDS)
+    registry = Registry.load(records)
+    sites = ["chiangmai-school-01", "chiangmai-school-02"]
+    local = [broker_factory(f"site{i}") for i in range(2)]
+    platform = [broker_factory(f"district{i}") for i in range(2)]
+    sink_process([b.address for b in platform], sink_db.writer_url, consumers=2)
+    seen: set[tuple[str, int, int]] = set()
+    lock = threading.Lock()
+    watchers = []
+    for i, b in enumerate(platform):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{i}")
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            o = _json.loads(msg.payload)
+            with lock:
+                seen.add((o["device_id"], o["boot"], o["seq"]))
+
+        c.on_message = on_message
+        c.on_connect = lambda c_, u, f, rc, p: c_.subscribe("cityedge/v1/site/+/+/+/observation", 2)
+        c.connect(b.host, b.port)
+        c.loop_start()
+        watchers.append(c)
+    for i, site in enumerate(sites):
+        gateways(gateway_config(tmp_path, site, local[i], platform[i], records))
+    nodes = [SimNode("air", broker=local[i].address, speed=30, seed=100 + i,
+                     flash_dir=tmp_path / f"node{i}", site_id=site) for i, site in enumerate(sites)]
+    try:
+        for n in nodes:
+            n.start()
+        assert wait_until(lambda: min(
+            sink_db.query("SELECT count(*) FROM cityedge.observation WHERE device_id = %s",
+                           (n.device_id,))[0][0] for n in nodes) >= 6, 240), "\n".join(nodes[0].log[-20:])
+    finally:
+        for n in nodes:
+            n.stop()
+    time.sleep(5.0)
+    for c in watchers:
+        c.loop_stop()
+        c.disconnect()
+    rows = _check_rows(sink_db, registry)
+    assert {(str(r[1]), int(r[2]), int(r[3])) for r in rows} == seen
+    assert {r[0] for r in rows} == set(sites)

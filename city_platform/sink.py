@@ -93,8 +93,9 @@ class SinkConfig:
     stats_interval_s: float = 60.0
 
     def argv(self) -> list[str]:
-        """The `cityedge platform consume` arguments that give a child process this config."""
-        args = ["--db", self.db_url, "--group", self.group, "--client-prefix", self.client_prefix,
+        """The `cityedge platform consume` arguments that give a child process this config
+        (the database URL, which may hold a password, goes in its environment instead)."""
+        args = ["--group", self.group, "--client-prefix", self.client_prefix,
                 "--batch-max", str(self.batch_max), "--session-expiry", str(self.session_expiry_s),
                 "--stats-interval", str(self.stats_interval_s)]
         for b in self.brokers:
@@ -200,6 +201,10 @@ class Consumer:
         client.on_message = on_message
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.cfg.session_expiry_s
+        # As many unacknowledged messages as one batch holds; the broker sends no more to this
+        # consumer until its PUBACKs (after commit) free the window. Mosquitto also caps this
+        # with its max_inflight_messages (default 20): raise it for the sink's listener.
+        props.ReceiveMaximum = max(1, min(self.cfg.batch_max, 65535))
         # clean_start=False on the first connect too: a restarted consumer takes up the session
         # (and the unacknowledged messages) its killed predecessor left.
         client.connect_async(broker.host, broker.port, keepalive=30, clean_start=False,
@@ -368,6 +373,7 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         env = dict(os.environ)
+        env["CITYEDGE_DB_URL"] = self.cfg.db_url  # not on the command line (ps shows it)
         if self.cfg.password:
             env["CITYEDGE_SINK_PASSWORD"] = self.cfg.password  # not on the command line
         cmd = [self.python, "-m", "city_platform", "consume", "--index", str(index),

@@ -104,6 +104,9 @@ def gateways() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
             proc.wait()
 
 
+PROBES = ("ce-0000000000c1", "ce-0000000000c2")
+
+
 def reading(device: str, boot: int, seq: int, t: float, cf1: float) -> dict[str, Any]:
     r = copy.deepcopy(contract.example("reading"))
     r.update(device_id=device, boot=boot, seq=seq, t=t)
@@ -132,7 +135,21 @@ def test_readings_from_two_sites_land_once_and_rederive(
     nodes = [Publisher(b.host, b.port, f"nodes-{i}") for i, b in enumerate(local)]
     now = time.time()
     try:
-        time.sleep(1.0)  # the gateways subscribe to their site brokers
+        # Like a node, resend a first reading until it is stored: then the gateway is
+        # subscribed on its site broker and the whole path is up.
+        for i, n in enumerate(nodes):
+            probe = PROBES[i]
+
+            def arrived(probe: str = probe) -> bool:
+                return bool(sink_db.query(
+                    "SELECT count(*) FROM cityedge.observation WHERE device_id = %s", (probe,))[0][0])
+
+            deadline = time.monotonic() + 60
+            while not arrived():
+                assert time.monotonic() < deadline, "the path site -> gateway -> sink never came up"
+                n.send(contract.node_topic(probe, "reading"), reading(probe, 1, 0, now - 3600, 12.0), qos=1)
+                n.flush()
+                wait_until(arrived, 1.0, 0.1)
         for seq in range(per_device):
             for i, devs in devices.items():
                 for d in devs:
@@ -143,7 +160,7 @@ def test_readings_from_two_sites_land_once_and_rederive(
             time.sleep(0.05)
         for n in nodes:
             n.flush()
-        want = per_device * 4
+        want = per_device * 4 + len(PROBES)
         assert wait_until(lambda: sink_db.query(
             "SELECT count(*) FROM cityedge.observation")[0][0] >= want, 90), (
             sink_db.query("SELECT count(*) FROM cityedge.observation"))
@@ -159,6 +176,7 @@ def test_readings_from_two_sites_land_once_and_rederive(
         "FROM cityedge.observation ORDER BY device_id, boot, seq")
     assert len(rows) == want
     assert len({(r[1], r[2], r[3]) for r in rows}) == want
+    assert sorted(r[1] for r in rows if r[1] in PROBES) == sorted(PROBES)  # each probe once
     for site_index, devs in devices.items():
         for d in devs:
             mine = [r for r in rows if r[1] == d]

@@ -12,6 +12,9 @@ SCHEMA = "cityedge"
 WRITER_ROLE = "cityedge_writer"
 READER_ROLE = "cityedge_reader"
 PARTITIONED_TABLES = ("observation", "device_status", "gateway_health", "alert")
+# A consumer exits with this when its configuration or the schema is wrong: its supervisor
+# stops instead of restarting it (EX_CONFIG of sysexits.h).
+EXIT_CONFIG = 78
 INSTALL_HINT = "install the platform extra: pip install 'cityedge[platform]'"
 
 

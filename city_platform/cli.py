@@ -11,7 +11,7 @@ import argparse
 import os
 from typing import Any
 
-from city_platform import INSTALL_HINT, PARTITIONED_TABLES, PlatformError
+from city_platform import EXIT_CONFIG, INSTALL_HINT, PARTITIONED_TABLES, PlatformError
 
 DB_ENV = "CITYEDGE_DB_URL"
 PASSWORD_ENV = "CITYEDGE_SINK_PASSWORD"
@@ -21,14 +21,14 @@ PASSWORD_ENV = "CITYEDGE_SINK_PASSWORD"
 DEFAULT_KEEP = {"observation": 24, "device_status": 12, "gateway_health": 12, "alert": 24}
 
 
-def _guard(handler: Any) -> Any:
+def _guard(handler: Any, exit_code: int = 1) -> Any:
     def run(args: argparse.Namespace) -> int:
         from host_tools.cli import CityEdgeError
 
         try:
             return int(handler(args))
         except PlatformError as exc:
-            raise CityEdgeError(str(exc), exc.hint) from exc
+            raise CityEdgeError(str(exc), exc.hint, exit_code=exit_code) from exc
         except ModuleNotFoundError as exc:
             raise CityEdgeError(f"{exc.name} is not installed", INSTALL_HINT) from exc
 
@@ -144,7 +144,7 @@ def add_parser(sub: Any) -> None:
     p = psub.add_parser("consume", help="one consumer process (what 'sink' runs N of)")
     _broker_args(p)
     p.add_argument("--index", type=int, default=0, help="this consumer's number")
-    p.set_defaults(func=_guard(_consume))
+    p.set_defaults(func=_guard(_consume, EXIT_CONFIG))
 
     p = psub.add_parser("migrate", help="create or upgrade the sink's tables (as their owner)")
     p.add_argument("--db", help=f"postgresql:// URL of the owner (or ${DB_ENV})")

@@ -119,7 +119,8 @@ class Store:
         self._months: set[tuple[str, date]] = set()
         self._latest: dict[str, Mapping[str, Any]] = {}
         self._locked: set[str] = set()
-        self.counts = WriteCounts()
+        self.counts = WriteCounts()  # committed
+        self._tx = WriteCounts()  # in the open transaction
 
     def ensure_partition(self, table: str, when: datetime) -> None:
         key = (table, _month(when))
@@ -143,10 +144,20 @@ class Store:
         writer = getattr(self, f"_write_{table}")
         inserted: bool = writer(doc)
         if inserted:
-            self.counts.add(table)
+            self._tx.add(table)
         else:
-            self.counts.duplicates += 1
+            self._tx.duplicates += 1
         return inserted
+
+    def committed(self) -> None:
+        """The transaction committed: its counts become the store's."""
+        t, c = self._tx, self.counts
+        c.inserted += t.inserted
+        c.duplicates += t.duplicates
+        c.rejected += t.rejected
+        for table, n in t.by_table.items():
+            c.by_table[table] = c.by_table.get(table, 0) + n
+        self._tx = WriteCounts()
 
     def flush_latest(self) -> None:
         """Move ``device_latest`` forward for the devices of this transaction: only to a newer
@@ -183,13 +194,14 @@ class Store:
         """Forget what a rolled-back transaction had gathered."""
         self._latest.clear()
         self._locked.clear()
+        self._tx = WriteCounts()
 
     def reject(self, topic: str, payload: bytes, reason: str) -> None:
         self.conn.execute(
             "INSERT INTO cityedge.rejected (topic, payload, reason) VALUES (%s, %s, %s)",
             (topic, payload, reason[:2000]),
         )
-        self.counts.rejected += 1
+        self._tx.rejected += 1
 
     # --- one function per payload ------------------------------------------------------------
 

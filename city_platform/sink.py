@@ -36,8 +36,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from city_platform import PlatformError
-from city_platform.db import Store, WriteCounts, check_schema, connect
+from city_platform import EXIT_CONFIG, PlatformError
+from city_platform.db import Store, WriteCounts, check_schema, connect, partition_time
 
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
@@ -140,6 +140,10 @@ def decode(topic: str, payload: bytes) -> tuple[str, dict[str, Any]]:
              "gateway_health": doc.get("gateway_id"), "alert": doc.get("device_id")}[kind]
     if named != p[5]:
         raise contract.ContractError(f"the payload's id {named!r} does not match the topic")
+    try:
+        partition_time(kind, doc)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise contract.ContractError(f"{kind}: its time cannot be stored: {exc}") from None
     return kind, doc
 
 
@@ -274,9 +278,11 @@ class Consumer:
 
         good: list[tuple[str, dict[str, Any]]] = []
         bad: list[tuple[Item, str]] = []
+        topics: dict[int, str] = {}
         for item in batch:
             try:
                 good.append(decode(item[1].topic, bytes(item[1].payload)))
+                topics[id(good[-1][1])] = item[1].topic
             except ContractError as exc:
                 bad.append((item, str(exc)))
         # One lock order for every consumer: by device, then (boot, seq).
@@ -299,7 +305,7 @@ class Consumer:
                 log.warning("batch refused (%s); writing one by one", exc)
                 conn.rollback()
                 store.discard()
-                self._write(conn, store, good, bad, savepoints=True)
+                self._write(conn, store, good, bad, savepoints=True, topics=topics)
                 break
             except pg.OperationalError as exc:
                 log.warning("database error (%s); retrying the batch in %.1f s", exc, delay)
@@ -323,6 +329,7 @@ class Consumer:
         bad: Sequence[tuple[Item, str]],
         *,
         savepoints: bool,
+        topics: Mapping[int, str] | None = None,
     ) -> None:
         import psycopg as pg
 
@@ -337,10 +344,12 @@ class Consumer:
                         store.write(kind, doc)
                 except (pg.DataError, pg.IntegrityError, KeyError, ValueError, TypeError) as exc:
                     store.restore_latest(doc, kept)
-                    store.reject(kind, json.dumps(doc).encode(), f"database refused it: {exc}")
+                    topic = (topics or {}).get(id(doc), kind)
+                    store.reject(topic, json.dumps(doc).encode(), f"database refused it: {exc}")
             for (_, msg), reason in bad:
                 store.reject(msg.topic, bytes(msg.payload), reason)
             store.flush_latest()
+        store.committed()
 
 
 def _lock_order(item: tuple[str, Mapping[str, Any]]) -> tuple[str, str, int, int]:
@@ -385,23 +394,41 @@ class Supervisor:
         return {i: p.pid for i, p in self.procs.items() if p.poll() is None}
 
     def run(self) -> int:
+        started: dict[int, float] = {}
+        backoff: dict[int, float] = {}
+        due: dict[int, float] = {}
         for i in range(self.cfg.consumers):
             self._spawn(i)
+            started[i] = time.monotonic()
         try:
             while not self.stop.wait(0.2):
                 for i, proc in list(self.procs.items()):
                     code = proc.poll()
                     if code is None:
                         continue
-                    if code > 0:
-                        # It said why (a schema or configuration error): restarting would
-                        # only repeat it.
-                        log.error("consumer %d exited with %d; stopping the sink", i, code)
+                    if code == EXIT_CONFIG:
+                        # It said why (schema or configuration): restarting would repeat it.
+                        log.error("consumer %d cannot run (see its message); stopping the sink", i)
                         return code
-                    how = f"signal {-code}" if code < 0 else "a clean stop"
-                    log.warning("consumer %d (pid %d) ended by %s; restarting", i, proc.pid, how)
+                    if i in due:  # a restart after a back-off is scheduled
+                        if time.monotonic() < due[i]:
+                            continue
+                        del due[i]
+                    else:
+                        how = f"signal {-code}" if code < 0 else f"exit code {code}"
+                        log.warning("consumer %d (pid %d) ended by %s; restarting", i, proc.pid,
+                                    how)
+                        # An error exit soon after its start again: back off (1 s doubling to
+                        # 30 s). A kill, or an error after a good run, restarts at once.
+                        quick = time.monotonic() - started.get(i, 0.0) < 10
+                        backoff[i] = (min(backoff.get(i, 0.5) * 2, 30.0)
+                                      if quick and code > 0 else 0.0)
+                        if backoff[i]:
+                            due[i] = time.monotonic() + backoff[i]
+                            continue
                     self.restarts += 1
                     self._spawn(i)
+                    started[i] = time.monotonic()
         finally:
             for proc in self.procs.values():
                 if proc.poll() is None:

@@ -59,13 +59,19 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
         pa.send("cityedge/v1/site/site-a-01/air/ce-00000000000a/observation", b"\x00 not json")
         wrong = observation("site-a-01", "gw-site-a-01", "ce-00000000000c", 1, 0, t0)
         pa.send("cityedge/v1/site/site-a-01/air/ce-00000000000a/observation", wrong)
+        # Valid by the schema, impossible to store: the consumer rejects them and carries on.
+        far = observation("site-a-01", "gw-site-a-01", "ce-00000000000d", 1, 0, t0)
+        far["t"] = 1e300
+        pa.send(contract.observation_topic("site-a-01", "air", "ce-00000000000d"), far)
+        huge = observation("site-a-01", "gw-site-a-01", "ce-00000000000d", 2**40, 0, t0)
+        pa.send(contract.observation_topic("site-a-01", "air", "ce-00000000000d"), huge)
         pa.flush()
         pb.flush()
 
         def done() -> bool:
             rows = sink_db.query("SELECT count(*) FROM cityedge.observation")
             rej = sink_db.query("SELECT count(*) FROM cityedge.rejected")
-            return rows[0][0] == 40 and rej[0][0] == 2
+            return rows[0][0] == 40 and rej[0][0] == 4
         assert wait_until(done, 60), sink_db.query("SELECT count(*) FROM cityedge.observation")
         time.sleep(1.0)  # anything still on its way would show as an extra row below
     finally:
@@ -79,6 +85,8 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
     reasons = [r[0] for r in sink_db.query("SELECT reason FROM cityedge.rejected ORDER BY id")]
     assert any("not JSON" in r for r in reasons), reasons
     assert any("does not match the topic" in r for r in reasons), reasons
+    assert any("cannot be stored" in r for r in reasons), reasons
+    assert any("database refused it" in r and "out of range" in r for r in reasons), reasons
     latest = sink_db.query("SELECT device_id, boot, seq FROM cityedge.device_latest ORDER BY 1")
     assert latest == [("ce-00000000000a", 1, 19), ("ce-00000000000b", 3, 19)]
     # Every reading but each device's last got its final flags from the next one.
@@ -109,7 +117,7 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
         return (sum(int(m) for m in re.findall(r"consumer \d: (\d+) stored", log)),
                 sum(int(m) for m in re.findall(r"(\d+) already there", log)),
                 sum(int(m) for m in re.findall(r"(\d+) rejected", log)))
-    assert wait_until(lambda: reported() == (43, 2, 2), 15), reported()
+    assert wait_until(lambda: reported() == (43, 2, 4), 15), reported()
     doc = sink_db.query("SELECT observation FROM cityedge.device_latest ORDER BY 1 LIMIT 1")[0][0]
     contract.validate("observation", json.loads(json.dumps(doc)))
 

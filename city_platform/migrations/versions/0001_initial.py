@@ -53,7 +53,6 @@ CREATE TABLE cityedge.observation (
   PRIMARY KEY (device_id, boot, seq, t)
 ) PARTITION BY RANGE (t);
 CREATE INDEX observation_device_t ON cityedge.observation (device_id, t);
-CREATE INDEX observation_site_t ON cityedge.observation (site_id, t);
 
 -- The newest reading of each device by (boot, seq): redelivery can bring an older one later.
 CREATE TABLE cityedge.device_latest (

@@ -91,7 +91,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _retention(args: argparse.Namespace) -> int:
-    from city_platform.db import connect, drop_old_partitions
+    from city_platform.db import connect, drop_old_partitions, prune_rejected
 
     keep = dict(DEFAULT_KEEP)
     for item in args.keep or []:
@@ -101,9 +101,13 @@ def _retention(args: argparse.Namespace) -> int:
                 f"--keep {item!r}: expected TABLE=MONTHS", f"tables: {', '.join(PARTITIONED_TABLES)}"
             )
         keep[table] = int(months)
+    if args.keep_rejected_days < 1:
+        raise PlatformError("--keep-rejected-days must be at least 1")
     with connect(_db(args)) as conn:
         dropped = drop_old_partitions(conn, keep)
+        pruned = prune_rejected(conn, args.keep_rejected_days)
     print("dropped: " + (", ".join(dropped) if dropped else "nothing"))
+    print(f"rejected messages deleted: {pruned}")
     return 0
 
 
@@ -155,6 +159,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--db", help=f"postgresql:// URL of the owner (or ${DB_ENV})")
     p.add_argument("--keep", action="append", metavar="TABLE=MONTHS",
                    help=f"override a default ({', '.join(f'{k}={v}' for k, v in DEFAULT_KEEP.items())})")
+    p.add_argument("--keep-rejected-days", type=int, default=90, metavar="DAYS",
+                   help="keep rejected messages this long (default 90)")
     p.set_defaults(func=_guard(_retention))
 
     p = psub.add_parser("api", help="serve the read API (latest, series, Air4Thai, water)")

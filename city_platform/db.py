@@ -337,6 +337,16 @@ def drop_old_partitions(conn: psycopg.Connection[Any], keep: Mapping[str, int]) 
     return dropped
 
 
+def prune_rejected(conn: psycopg.Connection[Any], days: int) -> int:
+    """Delete rejected messages older than ``days`` days; returns how many."""
+    with conn.transaction():
+        cur = conn.execute(
+            "DELETE FROM cityedge.rejected WHERE received_at < now() - make_interval(days => %s)",
+            (days,),
+        )
+    return cur.rowcount
+
+
 def create_login(
     conn: psycopg.Connection[Any], name: str, password: str, *, reader: bool
 ) -> None:

@@ -31,12 +31,19 @@ def test_retention_drops_old_months_only(sink_db: SinkDb) -> None:
             for d in docs:
                 assert store.write("observation", d)
             store.flush_latest()
+    with connect(sink_db.owner_url) as conn, conn.transaction():
+        for age_days in (200, 10):
+            conn.execute(
+                "INSERT INTO cityedge.rejected (received_at, topic, payload, reason) "
+                "VALUES (now() - make_interval(days => %s), 't', 'x', 'test')", (age_days,))
     result = subprocess.run(
         [sys.executable, "-m", "city_platform", "retention", "--db", sink_db.owner_url],
         capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     old = {f"observation_{_months_ago(a):%Y_%m}" for a in (30, 25)}
-    assert set(result.stdout.split("dropped: ")[1].strip().split(", ")) == old
+    assert set(result.stdout.split("dropped: ")[1].splitlines()[0].split(", ")) == old
+    assert "rejected messages deleted: 1" in result.stdout
+    assert sink_db.query("SELECT count(*) FROM cityedge.rejected") == [(1,)]
     left = [r[0] for r in sink_db.query("SELECT seq FROM cityedge.observation ORDER BY seq")]
     assert left == [2, 3, 4]  # 23, 1 and 0 months old: within the default 24 months
     # The writer may not drop partitions itself.

@@ -25,6 +25,7 @@ TOP_LEVEL = (
     ("host_tools.completion", "add_parser"),
     ("edge_gateway.status.cli", "add_parsers"),
     ("edge_gateway.notify.cli", "add_parser"),
+    ("city_platform.cli", "add_parser"),
 )
 NODE_LEVEL = (
     ("host_tools.simnode", "add_parser"),

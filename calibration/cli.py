@@ -172,7 +172,11 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     c.set_defaults(func=_guard(_check))
 
     a = sub.add_parser("aqi", help="compute a Thai (default) or US AQI with band and advice")
-    a.add_argument("pollutant", choices=("pm25", "pm10", "o3", "o3_1h", "co", "no2", "so2"))
+    a.add_argument(
+        "pollutant",
+        choices=("pm25", "pm10", "o3", "o3_1h", "co", "no2", "so2", "so2_24h"),
+        help="o3_1h and so2_24h are US-only (1-hour ozone ≥ 0.125 ppm; 24-hour SO2 ≥ 305 ppb)",
+    )
     a.add_argument("concentration", type=float, help="µg/m³ for PM; ppb/ppm as the table says")
     a.add_argument("--index", choices=("thai", "us"), default="thai")
     a.set_defaults(func=_guard(_aqi))

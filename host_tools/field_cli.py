@@ -245,7 +245,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
     password = _wifi_password(args)
     specs: list[Job[NodeSpec]] = []
     if args.batch:
-        for row in read_batch_csv(Path(args.batch)):
+        rows = read_batch_csv(Path(args.batch))
+        if args.port:  # "run the same command for its port alone": only those rows
+            rows = _rows_for_ports(rows, list(args.port), Path(args.batch))
+        for row in rows:
             spec = NodeSpec(
                 kind=row.kind, site_id=row.site, board=row.board or args.board, lat=row.lat,
                 lon=row.lon, wifi_ssid=row.ssid or args.ssid, wifi_password=password,
@@ -287,8 +290,38 @@ def cmd_provision(args: argparse.Namespace) -> int:
             target = Path(args.broker_dir) if args.broker_dir and len(sites) == 1 else SITES_DIR / site
             passwd, acl = export_broker_files(inv, target, site_id=site)
             err.print(f"Broker files for {site}: {passwd} and {acl}. Copy both to the gateway "
-                      "and reload Mosquitto ('sudo systemctl reload mosquitto').")
+                      "and reload Mosquitto ('sudo systemctl reload mosquitto').", markup=False)
+    _warn_rotated([o.result for o in outcomes if o.ok])
     return _finish("provision", outcomes)
+
+
+def _rows_for_ports(rows: list[Any], ports: list[str], path: Path) -> list[Any]:
+    """The batch rows of the given ports, in the file's order; a port the file lacks is refused
+    before any board is touched (re-provisioning the others would rotate their credentials)."""
+    known = [r.port for r in rows]
+    unknown = [p for p in ports if p not in known]
+    if unknown:
+        raise ProvisionError(
+            f"{', '.join(unknown)} is not in {path} (its ports: {', '.join(known)})",
+            hint="Give --port with a port from the file, or drop --port to provision every row.",
+        )
+    chosen = [r for r in rows if r.port in ports]
+    err.print(f"{path}: only {', '.join(r.port for r in chosen)} (--port); "
+              f"the other {len(rows) - len(chosen)} row(s) are left as they are.", markup=False)
+    return chosen
+
+
+def _warn_rotated(results: list[Any]) -> None:
+    """Say which credentials were replaced: until the new broker files are on the gateway,
+    those nodes cannot log in."""
+    rotated = [r for r in results if getattr(r, "rotated", False)]
+    for r in rotated:
+        err.print(f"[yellow]{r.device_id} ({r.port}): credential rotated "
+                  f"(v{r.credential_version - 1} → v{r.credential_version})[/]: its old password "
+                  "no longer works.", highlight=False)
+    if rotated:
+        err.print("[yellow]These nodes are locked out until the new passwd and acl are on the "
+                  "gateway[/]: copy them and reload Mosquitto now (see above).", highlight=False)
 
 
 # --- verify --------------------------------------------------------------------------------

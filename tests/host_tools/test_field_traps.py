@@ -1,0 +1,107 @@
+"""Traps a technician new to the field tools fell into (issue 19), on virtual boards.
+
+Each test follows what the technician typed, literally, and checks what they rely on: a good
+board's credential is never rotated behind their back, a typo never writes a lock-out file, a
+failure says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from host_tools.cli import main as cityedge
+from host_tools.inventory import Inventory
+from host_tools.virtual_board import VirtualBoard
+
+SITE = "rayong-school-01"
+
+
+def _school(tmp_path: Path, boards: list[VirtualBoard]) -> Path:
+    site_csv = tmp_path / "school.csv"
+    site_csv.write_text("port,kind,site,lat,lon,name\n" + "".join(
+        f"{vb.device},air,{SITE},12.68{i},101.27{i},node {i}\n" for i, vb in enumerate(boards)))
+    return site_csv
+
+
+def _provision_argv(tmp_path: Path, site_csv: Path) -> list[str]:
+    return ["node", "provision", "--batch", str(site_csv), "--board", "sim",
+            "--ssid", "school-iot", "--broker", "192.168.1.10",
+            "--broker-dir", str(tmp_path / "broker"), "--inventory", str(tmp_path / "inv.sqlite")]
+
+
+def _configs(boards: list[VirtualBoard]) -> list[bytes | None]:
+    return [(vb.flash_dir / "config.json").read_bytes()
+            if (vb.flash_dir / "config.json").is_file() else None for vb in boards]
+
+
+# --- 1. provision --batch with --port: only that port, never a silent rotation --------------
+
+
+@pytest.mark.micropython
+def test_readme_recovery_run_the_same_command_for_its_port_alone(
+    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """README: 'one bad board does not stop the rest. Fix it and run the same command for its
+    port alone.' Doing exactly that provisions the fixed board and leaves the good ones' configs
+    and credentials untouched (rotating them would lock them out until the broker files are
+    copied again)."""
+    boards = [vboard_factory(f"b{i}", f"246f2800005{i}") for i in range(3)]
+    (boards[1].flash_dir / "config.json.tmp").mkdir()  # its filesystem refuses the write
+    site_csv = _school(tmp_path, boards)
+    argv = _provision_argv(tmp_path, site_csv)
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    assert cityedge(argv) == 1
+    capsys.readouterr()
+    good = _configs(boards)
+    assert good[1] is None and good[0] and good[2]
+
+    (boards[1].flash_dir / "config.json.tmp").rmdir()  # fix it
+    assert cityedge([*argv, "--port", boards[1].device]) == 0  # ... for its port alone
+    captured = capsys.readouterr()
+    after = _configs(boards)
+    assert after[0] == good[0] and after[2] == good[2], "a good board was re-provisioned"
+    assert after[1] is not None
+    assert json.loads(after[1])["device_id"] == "ce-246f28000051"
+    with Inventory(tmp_path / "inv.sqlite") as inv:
+        versions = {d.device_id: d.credential_version for d in inv.devices()}
+        assert versions == {f"ce-246f2800005{i}": 1 for i in range(3)}
+        assert [e.action for e in inv.events("ce-246f28000050")] == ["provision"]
+    passwd = (tmp_path / "broker" / "passwd").read_text()
+    assert all(f"ce-246f2800005{i}:" in passwd for i in range(3))
+    assert boards[0].device not in captured.out and boards[1].device in captured.out
+
+
+@pytest.mark.micropython
+def test_batch_port_not_in_the_csv_is_refused_before_any_board(
+    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    boards = [vboard_factory("b0", "246f28000060")]
+    site_csv = _school(tmp_path, boards)
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    code = cityedge([*_provision_argv(tmp_path, site_csv), "--port", "/dev/ttyUSB7"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "/dev/ttyUSB7" in err and boards[0].device in err  # names the ports the file has
+    assert _configs(boards) == [None]
+
+
+@pytest.mark.micropython
+def test_rotating_a_credential_is_said_loudly(
+    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    boards = [vboard_factory("b0", "246f28000070")]
+    argv = _provision_argv(tmp_path, _school(tmp_path, boards))
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    assert cityedge(argv) == 0
+    assert "rotated" not in capsys.readouterr().err
+    assert cityedge(argv) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "ce-246f28000070" in err and "credential rotated (v1 → v2)" in err
+    assert "locked out until" in err and "passwd" in err

@@ -435,9 +435,15 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
 @_translated
 def cmd_broker_files(args: argparse.Namespace) -> int:
-    from host_tools.provision import create_gateway_credential, export_broker_files
+    from host_tools.provision import (
+        check_site_has_devices,
+        create_gateway_credential,
+        export_broker_files,
+    )
 
     with _inventory(args) as inv:
+        if not args.gateway_user:
+            check_site_has_devices(inv, args.site)  # before anything is written
         if args.gateway_user:
             password = create_gateway_credential(inv, args.gateway_user, args.site)
             # Printed once to the terminal for the gateway's config; only the hash is kept.

@@ -236,6 +236,21 @@ def export_broker_files(inventory: Inventory, out_dir: Path, site_id: str) -> tu
     return passwd, acl
 
 
+def check_site_has_devices(inventory: Inventory, site_id: str) -> None:
+    """Refuse to write broker files for a site without devices: installed on the gateway, an
+    empty password file locks every node out (a mistyped --site does exactly that)."""
+    sites = inventory.sites()
+    if sites.get(site_id):
+        return
+    known = ", ".join(f"{s} ({n} device{'' if n == 1 else 's'})" for s, n in sites.items())
+    raise ProvisionError(
+        f"site {site_id!r} has no devices in the inventory {inventory.path} "
+        f"(known sites: {known or 'none yet'})",
+        hint="Check the spelling of --site. For a first install, before any node is "
+             "provisioned, add --gateway-user to create the gateway's account.",
+    )
+
+
 def create_gateway_credential(inventory: Inventory, username: str, site_id: str) -> str:
     """A new password for a site gateway's broker account; only its hash is kept."""
     broker_auth.check_username(username)

@@ -105,3 +105,44 @@ def test_rotating_a_credential_is_said_loudly(
     err = " ".join(capsys.readouterr().err.split())
     assert "ce-246f28000070" in err and "credential rotated (v1 → v2)" in err
     assert "locked out until" in err and "passwd" in err
+
+
+# --- 2. broker-files for a site with no devices: refused, the known sites listed -------------
+
+
+@pytest.mark.micropython
+def test_broker_files_for_a_mistyped_site_is_refused(
+    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An empty passwd installed on the gateway locks every node out: a site without devices
+    is refused (listing the sites the inventory knows), and nothing is written."""
+    boards = [vboard_factory("b0", "246f28000080")]
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    assert cityedge(_provision_argv(tmp_path, _school(tmp_path, boards))) == 0
+    capsys.readouterr()
+    inv = str(tmp_path / "inv.sqlite")
+    out_dir = tmp_path / "typo"
+    code = cityedge(["node", "broker-files", "--site", "rayong-scool-01", "--out", str(out_dir),
+                     "--inventory", inv])
+    assert code == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "rayong-scool-01" in err and "no devices" in err and SITE in err
+    assert "--gateway-user" in err
+    assert not (out_dir / "passwd").exists() and not (out_dir / "acl").exists()
+
+    # The real site still works, and a first install with --gateway-user is allowed.
+    assert cityedge(["node", "broker-files", "--site", SITE, "--out", str(tmp_path / "ok"),
+                     "--inventory", inv]) == 0
+    assert "ce-246f28000080:" in (tmp_path / "ok" / "passwd").read_text()
+    assert cityedge(["node", "broker-files", "--site", "chonburi-school-02", "--out",
+                     str(tmp_path / "new"), "--gateway-user", "gw-chonburi-02",
+                     "--inventory", inv]) == 0
+    assert (tmp_path / "new" / "passwd").read_text().startswith("gw-chonburi-02:")
+    capsys.readouterr()
+    # Once the gateway account exists the site is known, but it still has no devices: refused
+    # again without --gateway-user (a passwd with only the gateway in it locks no node out,
+    # but this is most likely the wrong site).
+    code = cityedge(["node", "broker-files", "--site", "chonburi-school-02", "--out",
+                     str(tmp_path / "new2"), "--inventory", inv])
+    assert code == 1 and not (tmp_path / "new2").exists()

@@ -245,6 +245,7 @@ class Gateway:
         )
         store = self.store
         self.processor = Processor(cfg, registries)
+        self.processor.node_location = self.devices.location  # provisioned, from node state
         saved = await store.call(store.get_meta, "alert_state")
         if saved:
             with contextlib.suppress(ValueError, TypeError, AttributeError):

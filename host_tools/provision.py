@@ -25,6 +25,7 @@ KINDS = ("air", "water", "parking")
 CONFIG_PATH = "/config.json"
 _SITE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{12}$")
+NAME_MAX = 64  # the node's config and status (node_status schema) hold at most this much
 
 
 def device_id_from_mac(mac: str | bytes) -> str:
@@ -110,6 +111,15 @@ class NodeSpec:
         for label, value, limit in (("lat", self.lat, 90.0), ("lon", self.lon, 180.0)):
             if not (math.isfinite(value) and -limit <= value <= limit):
                 raise ProvisionError(f"{label} {value} is outside ±{limit:g} degrees")
+        if self.name is not None and (
+            len(self.name) > NAME_MAX or any(not ch.isprintable() for ch in self.name)
+        ):
+            raise ProvisionError(
+                f"name {self.name!r} must be at most {NAME_MAX} printable characters",
+                hint="Use a short name people know the place by, e.g. 'canal gate, pole 2'.",
+            )
+        if self.elev_m is not None and not math.isfinite(self.elev_m):
+            raise ProvisionError(f"elev_m {self.elev_m} is not a finite number")
         if not self.wifi_ssid:
             raise ProvisionError("no WiFi network name given", hint="Give --ssid NAME.")
         if not 0 < self.broker.port < 65536:
@@ -119,9 +129,11 @@ class NodeSpec:
 
 def build_config(spec: NodeSpec, device_id: str, password: str, credential_version: int) -> dict[str, Any]:
     """The node's /config.json (docs/architecture.md, "Node config")."""
-    location: dict[str, float] = {"lat": spec.lat, "lon": spec.lon}
+    location: dict[str, Any] = {"lat": spec.lat, "lon": spec.lon}
     if spec.elev_m is not None:
         location["elev_m"] = spec.elev_m
+    if spec.name:  # the node reports it in its status; the gateway puts it on observations
+        location["name"] = spec.name
     config: dict[str, Any] = {
         "device_id": device_id,
         "kind": spec.kind,

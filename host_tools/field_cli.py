@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from host_tools.errors import FieldError, ProvisionError
 
@@ -334,26 +335,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from host_tools.verify import SelfTest, run_selftest
 
     jobs = [Job(p, None) for p in _ports(args)]
+    results: dict[str, SelfTest] = {}  # every self-test, failed ones too: their table is the help
 
     def work(job: Job[None], rep: Reporter) -> tuple[str, Any]:
         rep.stage("self-test")
         with Board(job.port) as board:
-            st = run_selftest(board, timeout_s=args.timeout)
+            mac = board.mac()
+            with _inventory(args) as inv:
+                known = inv.device(f"ce-{mac}")
+            st = run_selftest(board, timeout_s=args.timeout,
+                              board_name=known.board if known else None)
+        results[job.port] = st
         with _inventory(args) as inv:
             inv.record_event("verify", device_id=st.device_id, port=job.port, ok=st.passed,
                              firmware_version=st.firmware, detail=st.raw)
         if not st.passed:
-            bad = ", ".join(c.name for c in st.checks if not c.ok) or "see the table"
+            failed = [c for c in st.checks if not c.ok]
+            bad = ", ".join(c.name for c in failed) or "see the table"
             raise FieldError(f"self-test FAILED ({bad})",
-                             hint="Check the wiring of the failed parts, WiFi name/password and "
-                                  "the broker address; see docs/technician.md.")
+                             hint=" ".join(dict.fromkeys(c.hint for c in failed if c.hint))
+                             or "See the self-test table above and docs/technician.md.")
         return f"{st.device_id}: PASS (firmware {st.firmware})", st
 
     outcomes = run_parallel(jobs, work, err)
     for o in outcomes:
-        st = o.result
-        if isinstance(st, SelfTest):
-            _selftest_table(st)
+        if o.port in results:
+            _selftest_table(results[o.port])
     return _finish("verify", outcomes)
 
 
@@ -361,9 +368,13 @@ def _selftest_table(st: Any) -> None:
     table = Table(title=f"{st.port}  {st.device_id or ''}  firmware {st.firmware or '?'}")
     table.add_column("check")
     table.add_column("result")
-    table.add_column("reading / status")
+    table.add_column("reading / status", overflow="fold")
+    failed = not st.passed
+    if failed:
+        table.add_column("what to do", overflow="fold")
     for c in st.checks:
-        table.add_row(c.name, "[green]ok" if c.ok else "[red]FAIL", c.detail)
+        row = [Text(c.name), Text.from_markup("[green]ok" if c.ok else "[red]FAIL"), Text(c.detail)]
+        table.add_row(*row, *([Text(c.hint)] if failed else []))
     table.caption = "[green]PASS" if st.passed else "[red]FAIL"
     out.print(table)
 

@@ -8,6 +8,7 @@ failure says what to do.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,18 @@ from host_tools.inventory import Inventory
 from host_tools.virtual_board import VirtualBoard
 
 SITE = "rayong-school-01"
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wide terminal, so table cells do not wrap the words the tests look for."""
+    from rich.console import Console
+
+    from host_tools import cli, field_cli
+
+    monkeypatch.setattr(field_cli, "out", Console(width=400))
+    monkeypatch.setattr(field_cli, "err", Console(stderr=True, width=400))
+    monkeypatch.setattr(cli, "err_console", Console(stderr=True, width=400))
 
 
 def _school(tmp_path: Path, boards: list[VirtualBoard]) -> Path:
@@ -146,3 +159,84 @@ def test_broker_files_for_a_mistyped_site_is_refused(
     code = cityedge(["node", "broker-files", "--site", "chonburi-school-02", "--out",
                      str(tmp_path / "new2"), "--inventory", inv])
     assert code == 1 and not (tmp_path / "new2").exists()
+
+
+# --- 4. a failed verify shows the self-test's table, with what to do per failed check -------
+
+
+def _provision_one(tmp_path: Path, vb: VirtualBoard, broker: str, kind: str = "air") -> None:
+    assert cityedge([
+        "node", "provision", "--deploy", "--kind", kind, "--site", SITE, "--lat", "12.68",
+        "--lon", "101.27", "--board", "sim", "--ssid", "school-iot", "--broker", broker,
+        "--broker-dir", str(tmp_path / "broker"), "--port", vb.device,
+        "--inventory", str(tmp_path / "inv.sqlite"),
+    ]) == 0
+
+
+def _verify(tmp_path: Path, vb: VirtualBoard, capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    code = cityedge(["node", "verify", "--port", vb.device, "--timeout", "60",
+                     "--inventory", str(tmp_path / "inv.sqlite")])
+    captured = capsys.readouterr()
+    text = " ".join((captured.out + captured.err).split())
+    assert code == 1, text
+    return text
+
+
+@pytest.mark.micropython
+@pytest.mark.broker
+def test_failed_verify_prints_the_table_and_a_hint_per_check(
+    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from host_tools.brokers import MosquittoBroker
+    from host_tools.provision import create_gateway_credential, export_broker_files
+    from tests.host_tools.mqtt_helpers import ROOT_SAFE
+
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    # The gateway's broker holds files from before this node was provisioned.
+    with Inventory(tmp_path / "inv.sqlite") as inv:
+        create_gateway_credential(inv, "gw-rayong-01", SITE)
+        export_broker_files(inv, tmp_path / "installed", site_id=SITE)
+    broker = MosquittoBroker("site", workdir=tmp_path / "site-broker",
+                             password_file=tmp_path / "installed" / "passwd",
+                             acl_file=tmp_path / "installed" / "acl", extra_config=ROOT_SAFE)
+    vb = vboard_factory("b0", "246f280000a0", "air")
+    _provision_one(tmp_path, vb, f"127.0.0.1:{broker.port}")
+    broker.start()
+    try:
+        text = _verify(tmp_path, vb, capsys)
+    finally:
+        broker.stop(kill=True)
+    assert re.search(r"sensor pm\W+ok", text) and re.search(r"wifi\W+ok", text)  # the table
+    assert re.search(r"mqtt\W+FAIL\W+127.0.0.1:\d+ not authorised", text), text
+    assert "copy the broker files" in text  # the hint for this check
+
+    # Nothing listens at the broker address: the hint is the gateway's address.
+    text = _verify(tmp_path, vb, capsys)
+    assert re.search(r"mqtt\W+FAIL\W+127.0.0.1:\d+ unreachable", text), text
+    assert f"127.0.0.1:{broker.port}" in text and "gateway's address" in text
+
+
+@pytest.mark.micropython
+def test_failed_verify_names_the_wiring_of_a_sensor_with_a_bus_error(
+    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    vb = vboard_factory("b0", "246f280000a1")  # no sensor on its buses: none answers
+    _provision_one(tmp_path, vb, "127.0.0.1:9")
+    text = _verify(tmp_path, vb, capsys)
+    assert re.search(r"sensor pm\W+FAIL\W+pms5003: \[Errno 19\] ENODEV", text), text
+    assert "Check the wiring of pm (pms5003) against boards/sim.json" in text
+
+
+@pytest.mark.micropython
+def test_verify_on_an_undeployed_board_says_deploy_first(
+    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    vb = vboard_factory("b0", "246f280000a2")
+    text = _verify(tmp_path, vb, capsys)
+    assert "deploy first" in text and "cityedge node deploy" in text
+

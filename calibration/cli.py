@@ -53,6 +53,11 @@ def _aware(text: str) -> datetime:
 def _fit(args: argparse.Namespace) -> int:
     from calibration import fit, report
 
+    # Before reading and fitting (which takes a while): the cheap checks a typo fails.
+    fit.check_device_id(args.device)
+    fit.check_out_dir(args.out_dir)
+    if args.report is not None and not Path(args.report).parent.is_dir():
+        raise CalibrationError(f"{Path(args.report).parent}: folder for --report does not exist")
     result = fit.collocate(
         args.sensor,
         args.reference,

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -411,8 +412,11 @@ def cmd_label(args: argparse.Namespace) -> int:
             devices.append(d)
     if not devices:
         raise FieldError("no devices to label", hint="Give device ids or --site SITE.")
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/] {escape(message)}")
+
     for d in devices:
-        out.print(f"{d.device_id}: {write_label(d, Path(args.out))}")
+        out.print(f"{d.device_id}: {write_label(d, Path(args.out), warn)}", markup=False)
     return 0
 
 

@@ -11,6 +11,7 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,3 +241,83 @@ def test_verify_on_an_undeployed_board_says_deploy_first(
     text = _verify(tmp_path, vb, capsys)
     assert "deploy first" in text and "cityedge node deploy" in text
 
+
+# --- 5. Thai names on labels: Thai letters, never missing-glyph boxes -------------------------
+
+THAI_NAME = "ห้องสมุด ชั้น 2"  # "library, floor 2"
+
+
+def _thai_device(tmp_path: Path) -> Path:
+    from host_tools import broker_auth
+    from host_tools.inventory import Device, utc_now
+
+    inv_path = tmp_path / "inv.sqlite"
+    now = utc_now()
+    device = Device("ce-246f280000c0", "246f280000c0", "ESP32", "air", "sim", SITE, THAI_NAME,
+                    12.68, 101.27, None, "0.1.0", 1, broker_auth.hash_password("x"), now, now)
+    with Inventory(inv_path) as inv, inv.provisioning(device, port=None):
+        pass
+    return inv_path
+
+
+def _glyph_shapes(band: Any) -> list[bytes]:
+    """The ink of each run of non-blank columns of a text line, left to right."""
+    import numpy as np
+
+    ink = np.asarray(band) < 128
+    cols = ink.any(axis=0)
+    shapes, start = [], None
+    for x, on in enumerate([*cols, False]):
+        if on and start is None:
+            start = x
+        elif not on and start is not None:
+            part = ink[:, start:x]
+            rows = part.any(axis=1)
+            shapes.append(part[rows.argmax(): len(rows) - rows[::-1].argmax()].tobytes())
+            start = None
+    return shapes
+
+
+def test_label_prints_a_thai_name_in_thai_letters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from host_tools import labels
+
+    inv_path = _thai_device(tmp_path)
+    assert cityedge(["node", "label", "ce-246f280000c0", "--out", str(tmp_path / "l"),
+                     "--inventory", str(inv_path)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    img = Image.open(tmp_path / "l" / "ce-246f280000c0.png").convert("L")
+    name_band = img.crop((0, labels.LABEL_WIDTH_PX + 52 + 40, img.width, img.height))
+    shapes = _glyph_shapes(name_band)
+    # Missing glyphs all draw the same box; Thai letters are different shapes.
+    assert len(shapes) >= 6 and len(set(shapes)) >= 6, f"{len(set(shapes))} distinct glyphs"
+    font = labels.font_for(THAI_NAME, 30)
+    assert font is not None
+    box = font.getmask("\U0010FFFD")
+    for letter in "หองสมดชน":
+        mask = font.getmask(letter)
+        assert (mask.size, bytes(mask)) != (box.size, bytes(box)), letter
+
+
+def test_label_warns_when_no_thai_font_is_installed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from host_tools import labels
+
+    inv_path = _thai_device(tmp_path)
+    monkeypatch.setattr(labels, "FONT_DIRS", [tmp_path / "no-fonts"])
+    labels._font_files.cache_clear()
+    try:
+        assert cityedge(["node", "label", "ce-246f280000c0", "--out", str(tmp_path / "l"),
+                         "--inventory", str(inv_path)]) == 0
+    finally:
+        labels._font_files.cache_clear()
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning" in err and THAI_NAME in err and "fonts-thai-tlwg" in err
+    img = Image.open(tmp_path / "l" / "ce-246f280000c0.png")
+    assert img.height == labels.LABEL_WIDTH_PX + 52 + 40 + 20  # id and site; no line of boxes

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from calibration.errors import CalibrationError
 
@@ -32,7 +33,10 @@ def _guard(handler: Handler) -> Handler:
         try:
             return handler(args)
         except CalibrationError as exc:
-            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            # escape: messages quote file syntax such as [[record]], which is not markup
+            Console(stderr=True).print(
+                f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             return 1
 
     return run

@@ -340,7 +340,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     def work(job: Job[None], rep: Reporter) -> tuple[str, Any]:
         rep.stage("self-test")
-        with Board(job.port) as board:
+        with Board(job.port, timeout_s=args.timeout) as board:  # --timeout: the raw REPL too
             mac = board.mac()
             with _inventory(args) as inv:
                 known = inv.device(f"ce-{mac}")
@@ -540,7 +540,8 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_provision)
 
     p = sub.add_parser("verify", help="run the node's self-test and show each sensor, WiFi and MQTT")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the self-test")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the board's raw REPL, and again for the self-test")
     _common(p)
     p.set_defaults(func=cmd_verify)
 

@@ -67,6 +67,13 @@ class BrokerTarget:
 
     @classmethod
     def parse(cls, text: str, tls: bool = False) -> BrokerTarget:
+        scheme, sep, rest = text.partition("://")
+        if sep:  # a URL (http://…, mqtt://…): the node wants the host and port only
+            bare = rest.split("/", 1)[0]
+            raise ProvisionError(
+                f"broker {text!r} is a URL; give HOST[:PORT] without {scheme}://",
+                hint=f"For example --broker {bare} (add --tls for an encrypted listener).",
+            )
         host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
         if not host:
             raise ProvisionError(f"broker {text!r} has no host name", hint="Give --broker HOST[:PORT].")

@@ -7,6 +7,7 @@ failure says what to do.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Callable
@@ -321,3 +322,70 @@ def test_label_warns_when_no_thai_font_is_installed(
     assert "warning" in err and THAI_NAME in err and "fonts-thai-tlwg" in err
     img = Image.open(tmp_path / "l" / "ce-246f280000c0.png")
     assert img.height == labels.LABEL_WIDTH_PX + 52 + 40 + 20  # id and site; no line of boxes
+
+
+# --- 7. smaller traps -----------------------------------------------------------------------
+
+
+def test_record_file_messages_keep_their_brackets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('id = "x"\n', encoding="utf-8")
+    assert cityedge(["calibrate", "check", str(bad)]) == 1
+    assert "[[record]]" in " ".join(capsys.readouterr().err.split())
+
+
+@pytest.mark.parametrize("broker", ["http://192.168.1.10", "mqtt://192.168.1.10:1883"])
+def test_broker_with_a_url_scheme_says_host_and_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    broker: str,
+) -> None:
+    monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
+    code = cityedge(["node", "provision", "--kind", "air", "--site", SITE, "--lat", "12.68",
+                     "--lon", "101.27", "--board", "sim", "--ssid", "school-iot",
+                     "--broker", broker, "--port", "/dev/null-board",
+                     "--inventory", str(tmp_path / "inv.sqlite")])
+    assert code == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "HOST[:PORT]" in err and "without" in err and "--broker 192.168.1.10" in err, err
+
+
+def test_verify_timeout_applies_to_entering_the_raw_repl_and_no_raw_bytes_leak(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A port where a board only prints its log and never answers the raw REPL: --timeout 1
+    gives up in about a second, not after the raw REPL's own 15 s default, and what mpremote
+    read on the failed attempts (b'node: ...', b'') is not dumped on the terminal."""
+    import os
+    import threading
+    import time
+
+    leader, follower = os.openpty()
+    os.set_blocking(leader, False)  # a full pty buffer drops the chatter, never blocks it
+    stop = threading.Event()
+
+    # A node's log line a second, and nothing else. (Faster than one byte per 0.5 s, mpremote's
+    # read_until never reaches its overall timeout on a pty: it checks it only between bytes.)
+    def chatter() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError):
+                os.write(leader, b"node: mqtt down: OSError(111,), retry in 1000 ms\r\n")
+
+    talker = threading.Thread(target=chatter, daemon=True)
+    talker.start()
+    try:
+        t0 = time.monotonic()
+        code = cityedge(["node", "verify", "--port", os.ttyname(follower), "--timeout", "1",
+                         "--inventory", str(tmp_path / "inv.sqlite")])
+        elapsed = time.monotonic() - t0
+    finally:
+        stop.set()
+        talker.join()
+        os.close(follower)
+        os.close(leader)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "raw REPL" in " ".join(captured.out.split())
+    assert "b'" not in captured.out and "b'" not in captured.err, captured.out
+    assert elapsed < 10.0, f"verify --timeout 1 took {elapsed:.1f} s"

@@ -136,7 +136,7 @@ def test_nowcast_constant_series_dense(length: int) -> None:
 
 
 def test_nowcast_two_value_series_grid() -> None:
-    values = [k / 10 for k in range(0, 401, 7)] + [k / 2 for k in range(0, 201, 9)]
+    values = [k / 10 for k in range(0, 401, 11)] + [k / 2 for k in range(0, 201, 13)]
     wrong = []
     for a in values:
         for b in values:

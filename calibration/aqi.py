@@ -11,7 +11,8 @@ key       Thai AQI (PCD)               US AQI (EPA 2024)
 ``o3_1h`` —                            ppm, 1-h (only ≥ 0.125 ppm)
 ``co``    ppm, 8-h mean                ppm, 8-h mean
 ``no2``   ppb, 1-h                     ppb, 1-h
-``so2``   ppb, 1-h                     ppb, 1-h
+``so2``   ppb, 1-h                     ppb, 1-h (only ≤ 304 ppb)
+``so2_24h`` —                          ppb, 24-h mean (only ≥ 305 ppb)
 ========  ===========================  ==================================
 
 Rounding (calibration reference §2):
@@ -20,7 +21,18 @@ Rounding (calibration reference §2):
   0.1, the others to 1) before banding; the index is rounded half up to an integer.
 * US: the concentration is **truncated** (PM2.5 to 0.1 µg/m³, PM10 to 1, O₃ to 0.001 ppm,
   CO to 0.1 ppm, NO₂/SO₂ to 1 ppb), the index is rounded half up (never Python's banker's
-  ``round``). All arithmetic is done in :class:`decimal.Decimal` so 35.9 stays 35.9.
+  ``round``).
+* Exactness: a float concentration means the decimal number it prints as (``repr``: 35.9 is
+  35.9, not 35.899999…). The interpolation ``(I_hi − I_lo)·(C − C_lo)/(C_hi − C_lo) + I_lo``
+  is evaluated in exact rational arithmetic (:class:`fractions.Fraction`) and only then
+  rounded, so an exact x.5 rounds up (CO 3.3 ppm is exactly 37.5 → 38), and
+  :func:`nowcast` computes its weighted mean exactly before truncating.
+
+SO₂ (US): EPA's table footnote — 1-hour SO₂ concentrations do not define index values of 200
+or above; those come from the 24-hour mean. ``us_aqi("so2", c)`` therefore raises
+:class:`~calibration.errors.OutOfRangeError` above 304 ppb, naming the rule; pass the 24-hour
+mean as ``us_aqi("so2_24h", mean)`` (defined for 305–1004 ppb, AQI 201–500). Report the
+higher of the two indices when both are available.
 
 Above Thai AQI 200 (the project's choice; PCD publishes no upper breakpoint): the index
 continues the 101–200 segment's straight line — the same concentration per index point — so
@@ -42,6 +54,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
+from fractions import Fraction
 from typing import Literal
 
 from calibration._checks import non_negative
@@ -149,8 +162,13 @@ _US: dict[str, tuple[tuple[_Row, ...], Decimal]] = {
         Decimal(1),
     ),
     "so2": (
+        # 1-hour SO2 defines no index >= 200 (EPA-454/B-24-002, table 6 footnote): see so2_24h.
         _rows(("0", "35", 0, 50), ("36", "75", 51, 100), ("76", "185", 101, 150),
-              ("186", "304", 151, 200), ("305", "604", 201, 300), ("605", "1004", 301, 500)),
+              ("186", "304", 151, 200)),
+        Decimal(1),
+    ),
+    "so2_24h": (
+        _rows(("305", "604", 201, 300), ("605", "1004", 301, 500)),
         Decimal(1),
     ),
 }  # fmt: skip
@@ -265,14 +283,16 @@ def _table(
         ) from None
 
 
-def _interpolate(c: Decimal, row: _Row) -> Decimal:
+def _interpolate(c: Decimal, row: _Row) -> Fraction:
     c_lo, c_hi, i_lo, i_hi = row
-    # I = (I_hi − I_lo)/(X_hi − X_lo)·(X − X_lo) + I_lo (PCD and EPA alike).
-    return Decimal(i_hi - i_lo) / (c_hi - c_lo) * (c - c_lo) + Decimal(i_lo)
+    # I = (I_hi − I_lo)/(X_hi − X_lo)·(X − X_lo) + I_lo (PCD and EPA alike), exactly: a
+    # limited-precision division first would turn an exact 37.5 into 37.4999….
+    return Fraction(i_hi - i_lo) * Fraction(c - c_lo) / Fraction(c_hi - c_lo) + i_lo
 
 
-def _half_up(value: Decimal) -> int:
-    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+def _half_up(value: Fraction | Decimal) -> int:
+    """Round half up (EPA's and PCD's rounding of the index), exactly."""
+    return math.floor(Fraction(value) + Fraction(1, 2))
 
 
 def _band_row(rows: Sequence[_Row], c: Decimal) -> _Row | None:
@@ -359,16 +379,28 @@ def us_aqi(pollutant: str, concentration: float) -> int:
     """US EPA AQI (2024) for one pollutant: truncate the concentration, round the index half up.
 
     Raises :class:`OutOfRangeError` above the top breakpoint ("beyond the AQI"), for 8-hour
-    ozone above 0.200 ppm (use ``"o3_1h"``) and for 1-hour ozone below 0.125 ppm (use ``"o3"``).
+    ozone above 0.200 ppm (use ``"o3_1h"``) and for 1-hour ozone below 0.125 ppm (use ``"o3"``),
+    for 1-hour SO₂ above 304 ppb (EPA: an index of 200 or above comes from the 24-hour mean;
+    use ``"so2_24h"``) and for a 24-hour SO₂ mean below 305 ppb (use ``"so2"``).
     """
     rows, step = _table(_US, pollutant, "US AQI")
     # Calibration reference §2: truncate, not round, before banding.
     c = _decimal(pollutant, concentration).quantize(step, rounding=ROUND_DOWN)
     if c < rows[0][0]:
+        if pollutant == "so2_24h":
+            raise OutOfRangeError(
+                f"24-hour SO2 below {rows[0][0]} ppb defines no US AQI (the 24-hour table "
+                "covers AQI 201–500 only); use the 1-hour 'so2' table"
+            )
         raise OutOfRangeError(
             f"1-hour ozone below {rows[0][0]} ppm has no US AQI; use the 8-hour 'o3' table"
         )
     row = _band_row(rows, c)
+    if row is None and pollutant == "so2":
+        raise OutOfRangeError(
+            f"1-hour SO2 {c} ppb is above 304 ppb: EPA's 24-hour rule says 1-hour SO2 does "
+            "not define an AQI of 200 or above; compute it from the 24-hour mean with 'so2_24h'"
+        )
     if row is None:
         hint = "; use the 1-hour 'o3_1h' table" if pollutant == "o3" else ""
         raise OutOfRangeError(
@@ -385,23 +417,30 @@ def nowcast(hourly_newest_first: Sequence[float | None], *, decimals: int = 1) -
     least 2 of the 3 most recent hours are present. ``w = max(1 − (c_max − c_min)/c_max, 0.5)``,
     ``NowCast = Σ wⁱ·cᵢ / Σ wⁱ`` over present hours (calibration reference §2), truncated to
     ``decimals`` (0.1 µg/m³ for PM2.5, use 0 for PM10) ready for :func:`us_aqi`.
+
+    The mean is computed exactly (each hour as the decimal it prints as, ``w`` as the exact
+    ratio ``c_min/c_max`` or ½, sums of :class:`~fractions.Fraction`) and only then truncated:
+    twelve hours of 9.1 µg/m³ give 9.1, never 9.0999… → 9.0.
     """
-    hours: list[tuple[int, float]] = []
+    if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
+        raise InputError(f"decimals must be an integer >= 0, got {decimals!r}")
+    hours: list[tuple[int, Fraction]] = []
     for i, value in enumerate(list(hourly_newest_first)[:12]):
         if value is None or (isinstance(value, float) and math.isnan(value)):
             continue
-        hours.append((i, non_negative(f"hour[{i}]", value)))
+        hours.append((i, Fraction(_decimal(f"hour[{i}]", value))))
     if sum(1 for i, _ in hours if i < 3) < 2:
         return None
-    values = [c for _, c in hours]
-    c_max, c_min = max(values), min(values)
-    if c_max == 0.0:
+    c_max = max(c for _, c in hours)
+    c_min = min(c for _, c in hours)
+    if c_max == 0:
         return 0.0
-    w = max(1.0 - (c_max - c_min) / c_max, 0.5)
-    num = sum(w**i * c for i, c in hours)
-    den = sum(w**i for i, _ in hours)
-    step = Decimal(1).scaleb(-decimals)
-    return float(Decimal(repr(num / den)).quantize(step, rounding=ROUND_DOWN))
+    # 1 − (c_max − c_min)/c_max is exactly c_min/c_max; EPA floors the weight at 0.5.
+    w = max(c_min / c_max, Fraction(1, 2))
+    mean = sum(w**i * c for i, c in hours) / sum(w**i for i, _ in hours)
+    # Calibration reference §2: truncate (never round) to the reporting resolution.
+    scale = 10**decimals
+    return float(Fraction(math.floor(mean * scale), scale))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from calibration.errors import CalibrationError
 
@@ -32,7 +33,10 @@ def _guard(handler: Handler) -> Handler:
         try:
             return handler(args)
         except CalibrationError as exc:
-            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            # escape: messages quote file syntax such as [[record]], which is not markup
+            Console(stderr=True).print(
+                f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
             return 1
 
     return run
@@ -53,6 +57,11 @@ def _aware(text: str) -> datetime:
 def _fit(args: argparse.Namespace) -> int:
     from calibration import fit, report
 
+    # Before reading and fitting (which takes a while): the cheap checks a typo fails.
+    fit.check_device_id(args.device)
+    fit.check_out_dir(args.out_dir)
+    if args.report is not None and not Path(args.report).parent.is_dir():
+        raise CalibrationError(f"{Path(args.report).parent}: folder for --report does not exist")
     result = fit.collocate(
         args.sensor,
         args.reference,
@@ -173,8 +182,11 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     c.set_defaults(func=_guard(_check))
 
     a = sub.add_parser("aqi", help="compute a Thai (default) or US AQI with band and advice")
-    a.add_argument("pollutant", choices=("pm25", "pm10", "o3", "o3_1h", "co", "no2", "so2"),
-                   help="the pollutant of the concentration")
+    a.add_argument(
+        "pollutant",
+        choices=("pm25", "pm10", "o3", "o3_1h", "co", "no2", "so2", "so2_24h"),
+        help="o3_1h and so2_24h are US-only (1-hour ozone ≥ 0.125 ppm; 24-hour SO2 ≥ 305 ppb)",
+    )
     a.add_argument("concentration", type=float, help="µg/m³ for PM; ppb/ppm as the table says")
     a.add_argument("--index", choices=("thai", "us"), default="thai",
                    help="Thai AQI (PCD bands, default) or US AQI")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -382,6 +383,70 @@ def align(
     )
 
 
+MAX_LAG_H = 12
+"""Lags (hours, either way) :func:`check_time_alignment` tries."""
+
+
+def _lag_correlations(
+    node: Mapping[datetime, float], ref: Mapping[datetime, float], min_pairs: int = 24
+) -> dict[int, float]:
+    """Pearson r between node hour h and reference hour h − lag, for lags ±MAX_LAG_H."""
+    out: dict[int, float] = {}
+    for lag in range(-MAX_LAG_H, MAX_LAG_H + 1):
+        shift = timedelta(hours=lag)
+        pairs = [(v, ref[h - shift]) for h, v in node.items() if h - shift in ref]
+        if len(pairs) < min_pairs:
+            continue
+        x, y = np.asarray(pairs, dtype=np.float64).T
+        if float(np.std(x)) > 0.0 and float(np.std(y)) > 0.0:
+            out[lag] = float(np.corrcoef(x, y)[0, 1])
+    return out
+
+
+def check_time_alignment(
+    sensor: Series, reference: Series, channel: str, ref_column: str, *, tz: str = "Asia/Bangkok"
+) -> None:
+    """Refuse a collocation whose node times are shifted against the reference (a node CSV in
+    local time read as UTC is 7 h late in Bangkok): the hourly series are cross-correlated over
+    ±12 h, and a best match 2 h or more away from lag 0 that correlates clearly better
+    (r at least 0.1 higher) is an error, not a silently poor calibration. A 1-hour offset is
+    not judged: smooth air makes neighbouring lags nearly as good."""
+    node = {
+        h: v[channel]
+        for h, v in hourly_means(
+            Series(sensor.times, {channel: sensor.columns[channel]}, sensor.source)
+        ).items()
+    }
+    ref = {
+        t: float(v)
+        for t, v in zip(reference.times, reference.columns[ref_column], strict=True)
+        if math.isfinite(float(v))
+    }
+    r = _lag_correlations(node, ref)
+    if 0 not in r:
+        return  # too little overlap to judge: align() says so
+    best = max(r, key=r.__getitem__)
+    if abs(best) < 2 or r[best] - r[0] < 0.1:
+        return
+    # The peak between whole hours (parabola through the best lag and its neighbours).
+    peak = float(best)
+    if best - 1 in r and best + 1 in r:
+        curve = r[best - 1] - 2.0 * r[best] + r[best + 1]
+        if curve < 0.0:
+            peak += 0.5 * (r[best - 1] - r[best + 1]) / curve
+    offset = min(node).astimezone(ZoneInfo(tz)).utcoffset()
+    zone_h = round(offset.total_seconds() / 3600.0) if offset is not None else 0
+    hours = next((s for s in (zone_h, -zone_h) if s and abs(peak - s) <= 1.0), round(peak))
+    later = "later" if hours > 0 else "earlier"
+    raise FitError(
+        f"node times look shifted by {hours:+d} h against the reference (the node series "
+        f"matches the reference best {abs(hours)} h {later}: r = {r[best]:.2f} there, "
+        f"{r[0]:.2f} as written); are they UTC? Node times must be UTC (a trailing Z, or an "
+        f"offset such as +07:00); reference times are local ({tz}). Fix the node export and "
+        "run again; nothing was written."
+    )
+
+
 def daily_means(
     hours: Sequence[datetime], *arrays: Array, tz: ZoneInfo = BANGKOK
 ) -> tuple[list[date], list[Array]]:
@@ -524,6 +589,30 @@ def recommend(candidates: Sequence[Candidate], min_gain: float = 0.05) -> tuple[
 # --- the whole pipeline -------------------------------------------------------------------
 
 
+_DEVICE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,40}$")  # the contract's device id
+
+
+def check_device_id(device_id: str) -> None:
+    """A calibration record for a device id no node has would never apply: check the form."""
+    if not _DEVICE_RE.match(device_id):
+        raise FitError(
+            f"--device {device_id!r} is not a device id: give the node's id as 'cityedge node "
+            "inventory' lists it, 'ce-' and 12 lower-case hex digits (e.g. ce-a1b2c3d4e5f6)"
+        )
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """The folder the record and report go to, checked before any fitting."""
+    out = Path(out_dir)
+    if not out.exists():
+        raise FitError(f"{out}: output folder does not exist; create it or pick another --out-dir")
+    if not out.is_dir():
+        raise FitError(f"{out}: is not a folder; give a folder as --out-dir")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise FitError(f"{out}: cannot write there; pick another --out-dir")
+    return out
+
+
 def collocate(
     sensor_csv: str | Path,
     reference_csv: str | Path,
@@ -544,12 +633,12 @@ def collocate(
     sensor_model: str | None = "PMS5003",
 ) -> FitResult:
     """Run the whole fit (no files written); ``form=None`` takes the recommended model."""
-    if not device_id.strip():
-        raise FitError("give the node's device id (--device), e.g. ce-a1b2c3d4e5f6")
+    check_device_id(device_id)
     ch = channel or f"{quantity}_cf1"
     ref_col = reference_column or quantity
     sensor = read_sensor_csv(sensor_csv, [ch, rh_channel], device_id)
     reference, stations = read_reference_csv(reference_csv, ref_col, label=reference_label)
+    check_time_alignment(sensor, reference, ch, ref_col)
     paired = align(sensor, reference, ch, rh_channel, ref_col, min_hours=min_hours)
     raw_hourly = metrics(paired.raw, paired.reference)
     days, (d_raw, d_ref) = daily_means(paired.hours, paired.raw, paired.reference)
@@ -645,9 +734,7 @@ def write_outputs(
     """
     from calibration import report  # matplotlib is only needed here
 
-    out = Path(out_dir)
-    if not out.is_dir():
-        raise FitError(f"{out}: output folder does not exist; create it or pick another --out-dir")
+    out = check_out_dir(out_dir)
     record_path = out / f"{result.record.id}.toml"
     png_path = Path(report_path) if report_path else out / f"{result.record.id}.png"
     if record_path.exists():

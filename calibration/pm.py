@@ -48,6 +48,17 @@ def fire_smoke_2021(pm25_atm_ugm3: float, rh_pct: float) -> float:
     """EPA Fire and Smoke Map piecewise PM2.5 correction (2021) from the ``cf_atm`` channel.
 
     Joints at 30, 50, 210 and 260 µg/m³; every segment meets its neighbours (continuous).
+
+    Channel: ``cf_atm``. Primary source: K. Barkjohn, A. Holder, S. Frederick, A. Clements,
+    "Sensor data cleaning and correction: Application on the AirNow Fire and Smoke Map",
+    US EPA Office of Research and Development (2021), EPA Science Inventory record 353088,
+    the correction equation slide: the US EPA / USFS AirNow Fire and Smoke Map receives the
+    PurpleAir ``cf_atm`` (ATM) feed, so the map's piecewise equation is written in
+    ``PA_cf_atm``. Its slopes show it: below ~30 µg/m³ the two Plantower channels are equal,
+    and above ~50 µg/m³ ``cf_atm`` ≈ ⅔·``cf_1``, so 0.786 = 1.5 × 0.524 carries the US-wide
+    ``cf_1`` slope of Barkjohn et al. (AMT 14, 4617, 2021) over to ``cf_atm``. PurpleAir's
+    EPA conversion likewise applies this equation to ATM data for outdoor sensors. Do not feed
+    it ``cf_1`` (that is :func:`us_wide_2021`, and the 2022 smoke extension, both ``cf_1``).
     """
     # EPA "Sensor data cleaning and correction" (2021), fire-and-smoke map documentation.
     x = non_negative("pm25_atm", pm25_atm_ugm3)

@@ -22,7 +22,16 @@ G_STANDARD_MS2 = 9.80665
 
 
 def speed_of_sound_ms(air_temp_c: float) -> float:
-    """Speed of sound in air ``c = 331.3 + 0.606·T`` m/s (linearised, T in °C)."""
+    """Speed of sound in air ``c = 331.3 + 0.606·T`` m/s (linearised, T in °C).
+
+    Kept on purpose (the project's documented choice, docs/calibration.md): against Cramer's
+    formula for real air (J. Acoust. Soc. Am. 93, 2510 (1993)) this line is at most 0.27 %
+    fast in *dry* air over 0–45 °C, and the square-root form ``331.3·√(1 + T/273.15)`` is
+    closer there; but canal air in Thailand is humid, and water vapour speeds sound up by more
+    than that (about +0.5 % at 30 °C, 80 % RH), so in the air the nodes measure the linear form
+    is the closer of the two (−0.4 % against −0.6 % at 30 °C, 80 % RH). The firmware uses the
+    same line; the surveyed sensor height is a dated record re-checked against a staff gauge.
+    """
     t = finite("air_temp", air_temp_c)
     if not -60.0 <= t <= 80.0:
         raise InputError(f"air_temp {t!r} °C is outside the −60…80 °C the linear formula covers")

@@ -279,6 +279,7 @@ class Gateway:
         self.processor = Processor(cfg, registries)
         self.devices.restore(*await store.call(store.sample_counts, time.time()))
         self._load_saved_counters()
+        self.processor.node_location = self.devices.location  # provisioned, from node state
         saved = await store.call(store.get_meta, "alert_state")
         if saved:
             with contextlib.suppress(ValueError, TypeError, AttributeError):

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_gateway.config import GatewayConfig
+from edge_gateway.config import GatewayConfig, Location
 from edge_gateway.ingest import iso_utc
 from edge_gateway.store import SAMPLE_BUCKET_S, SAMPLE_DAY_S
 
@@ -39,6 +39,7 @@ class DeviceState:
     outbox_dropped: int | None = None
     report_s: float | None = None
     sensor_errors: dict[str, Any] = field(default_factory=dict)
+    location: Location | None = None  # as provisioned, from the node's retained state
     buckets: dict[int, int] = field(default_factory=dict)  # sample-time bucket start -> count
     first_sample: float | None = None  # earliest sample time ever counted (kept in the store)
     dirty: bool = True
@@ -119,11 +120,37 @@ class DeviceTracker:
         state.sensor_errors = body.get("sensor_errors") or {}
         state.presence = "online"
 
+    # -- where each node is: provisioned on the node, in its retained state message -----------
+
+    @staticmethod
+    def _set_location(state: DeviceState, loc: Any) -> None:
+        """Take the location a state message carries (schema-checked already). A node
+        provisioned without one reports lat = lon = 0 and gets the site's location."""
+        if not isinstance(loc, dict):
+            return
+        lat, lon, elev = loc.get("lat"), loc.get("lon"), loc.get("elev_m")
+        if not isinstance(lat, (int, float)) or not isinstance(lon, (int, float)):
+            return
+        state.location = None
+        if (lat, lon) != (0, 0) and -90 <= lat <= 90 and -180 <= lon <= 180:
+            state.location = Location(
+                float(lat), float(lon),
+                float(elev) if isinstance(elev, (int, float)) else None,
+                str(loc.get("name") or "")[:120] or None,
+            )
+
+    def location(self, device_id: str) -> Location | None:
+        """The location the node reported (None: not yet known, or not provisioned)."""
+        state = self.devices.get(device_id)
+        return state.location if state is not None else None
+
     def presence(self, device_id: str, body: dict[str, Any], now: float) -> None:
         state = self._get(device_id)
         state.presence = str(body.get("state", "unknown"))
         if body.get("fw"):
             state.fw = body["fw"]
+        if "location" in body:  # retained: known from the moment the gateway subscribes
+            self._set_location(state, body["location"])
         if state.presence == "online":
             self.seen(device_id, now)
         state.dirty = True

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -27,7 +27,7 @@ from calibration import aqi
 from calibration.errors import CalibrationError
 from calibration.records import CalibrationRecord, Registry
 from edge_gateway import contract
-from edge_gateway.config import DeviceEntry, GatewayConfig
+from edge_gateway.config import DeviceEntry, GatewayConfig, Location
 from edge_gateway.ingest import iso_utc
 from edge_gateway.quality import StreamingQuality
 
@@ -110,6 +110,9 @@ class Processor:
         self._previous: dict[str, tuple[int, int]] = {}  # device -> (boot, seq) last processed
         self._saved_bands: dict[str, int] = {}
         self.calibration_errors = 0
+        # Where a node says it was provisioned (DeviceTracker.location); a location in the
+        # gateway's [[inventory.device]] wins, the site's location is the fallback.
+        self.node_location: Callable[[str], Location | None] = lambda _device_id: None
 
     def alert_state(self) -> dict[str, Any]:
         """The alert states (not the rolling data) as plain data, to survive a restart: after a
@@ -206,7 +209,8 @@ class Processor:
                 settles_quality[quantity], settles_tests[quantity] = settled
         t_eval = t if synced else received
         derived, alerts = self._derive(device_id, device, kind, calibrated, quality, t_eval)
-        location = (device.location if device and device.location else cfg.location).as_contract()
+        place = device.location if device and device.location else self.node_location(device_id)
+        location = (place or cfg.location).as_contract()
         obs: dict[str, Any] = {
             "v": 1,
             "site_id": cfg.site_id,

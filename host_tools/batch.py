@@ -141,8 +141,9 @@ def summary_table(title: str, outcomes: Sequence[Outcome]) -> Table:
     table.add_column("details")
     table.add_column("what to do")
     for o in outcomes:
-        table.add_row(
-            o.port, "[green]ok" if o.ok else "[red]FAILED", o.summary, "" if o.ok else (o.hint or "")
+        table.add_row(  # Text: a message or hint quoting [brackets] is not markup
+            Text(o.port), Text.from_markup("[green]ok" if o.ok else "[red]FAILED"),
+            Text(o.summary), Text("" if o.ok else (o.hint or "")),
         )
     return table
 

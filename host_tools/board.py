@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 
+import mpremote.transport_serial as mpremote_serial
 import serial
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
@@ -22,6 +23,14 @@ from host_tools.errors import BoardCommandError, RawReplError
 from host_tools.ports import check_port, translate_open_error
 
 log = logging.getLogger(__name__)
+
+# mpremote's SerialTransport prints the raw bytes of a failed raw-REPL attempt (b'node: …') to
+# stdout before raising. Board retries and reports failures itself, so those bytes go to the
+# debug log instead of the technician's terminal (its module-level name 'print' shadows the
+# built-in for that module only).
+setattr(  # noqa: B010 -- a module attribute mypy does not know
+    mpremote_serial, "print", lambda *a, **_k: log.debug("mpremote: %s", " ".join(map(str, a)))
+)
 
 # Runs on the board: sha256 of each listed file, None when missing. One round trip for all.
 _HASH_CODE = """

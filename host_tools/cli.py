@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from host_tools import __version__
 
@@ -116,16 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return EXIT_INTERRUPTED
-    except CityEdgeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}")
+    except CityEdgeError as exc:  # messages may quote [brackets]: escaped, never markup
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
         if exc.hint:
-            err_console.print(f"[cyan]what to do:[/] {exc.hint}")
+            err_console.print(f"[cyan]what to do:[/] {escape(exc.hint)}")
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: translate, never dump a traceback on a user
         hint = getattr(exc, "hint", None)
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}")
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}")
         if hint:
-            err_console.print(f"[cyan]what to do:[/] {hint}")
+            err_console.print(f"[cyan]what to do:[/] {escape(str(hint))}")
         if args.verbose:
             err_console.print_exception()
         else:

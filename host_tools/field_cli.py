@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from host_tools.errors import FieldError, ProvisionError
 
@@ -268,7 +270,10 @@ def cmd_provision(args: argparse.Namespace) -> int:
     password = _wifi_password(args)
     specs: list[Job[NodeSpec]] = []
     if args.batch:
-        for row in read_batch_csv(Path(args.batch)):
+        rows = read_batch_csv(Path(args.batch))
+        if args.port:  # "run the same command for its port alone": only those rows
+            rows = _rows_for_ports(rows, list(args.port), Path(args.batch))
+        for row in rows:
             spec = NodeSpec(
                 kind=row.kind, site_id=row.site, board=row.board or args.board, lat=row.lat,
                 lon=row.lon, wifi_ssid=row.ssid or args.ssid, wifi_password=password,
@@ -310,8 +315,38 @@ def cmd_provision(args: argparse.Namespace) -> int:
             target = Path(args.broker_dir) if args.broker_dir and len(sites) == 1 else SITES_DIR / site
             passwd, acl = export_broker_files(inv, target, site_id=site)
             err.print(f"Broker files for {site}: {passwd} and {acl}. Copy both to the gateway "
-                      "and reload Mosquitto ('sudo systemctl reload mosquitto').")
+                      "and reload Mosquitto ('sudo systemctl reload mosquitto').", markup=False)
+    _warn_rotated([o.result for o in outcomes if o.ok])
     return _finish("provision", outcomes)
+
+
+def _rows_for_ports(rows: list[Any], ports: list[str], path: Path) -> list[Any]:
+    """The batch rows of the given ports, in the file's order; a port the file lacks is refused
+    before any board is touched (re-provisioning the others would rotate their credentials)."""
+    known = [r.port for r in rows]
+    unknown = [p for p in ports if p not in known]
+    if unknown:
+        raise ProvisionError(
+            f"{', '.join(unknown)} is not in {path} (its ports: {', '.join(known)})",
+            hint="Give --port with a port from the file, or drop --port to provision every row.",
+        )
+    chosen = [r for r in rows if r.port in ports]
+    err.print(f"{path}: only {', '.join(r.port for r in chosen)} (--port); "
+              f"the other {len(rows) - len(chosen)} row(s) are left as they are.", markup=False)
+    return chosen
+
+
+def _warn_rotated(results: list[Any]) -> None:
+    """Say which credentials were replaced: until the new broker files are on the gateway,
+    those nodes cannot log in."""
+    rotated = [r for r in results if getattr(r, "rotated", False)]
+    for r in rotated:
+        err.print(f"[yellow]{r.device_id} ({r.port}): credential rotated "
+                  f"(v{r.credential_version - 1} → v{r.credential_version})[/]: its old password "
+                  "no longer works.", highlight=False)
+    if rotated:
+        err.print("[yellow]These nodes are locked out until the new passwd and acl are on the "
+                  "gateway[/]: copy them and reload Mosquitto now (see above).", highlight=False)
 
 
 # --- verify --------------------------------------------------------------------------------
@@ -324,26 +359,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from host_tools.verify import SelfTest, run_selftest
 
     jobs = [Job(p, None) for p in _ports(args)]
+    results: dict[str, SelfTest] = {}  # every self-test, failed ones too: their table is the help
 
     def work(job: Job[None], rep: Reporter) -> tuple[str, Any]:
         rep.stage("self-test")
-        with Board(job.port) as board:
-            st = run_selftest(board, timeout_s=args.timeout)
+        with Board(job.port, timeout_s=args.timeout) as board:  # --timeout: the raw REPL too
+            mac = board.mac()
+            with _inventory(args) as inv:
+                known = inv.device(f"ce-{mac}")
+            st = run_selftest(board, timeout_s=args.timeout,
+                              board_name=known.board if known else None)
+        results[job.port] = st
         with _inventory(args) as inv:
             inv.record_event("verify", device_id=st.device_id, port=job.port, ok=st.passed,
                              firmware_version=st.firmware, detail=st.raw)
         if not st.passed:
-            bad = ", ".join(c.name for c in st.checks if not c.ok) or "see the table"
+            failed = [c for c in st.checks if not c.ok]
+            bad = ", ".join(c.name for c in failed) or "see the table"
             raise FieldError(f"self-test FAILED ({bad})",
-                             hint="Check the wiring of the failed parts, WiFi name/password and "
-                                  "the broker address; see docs/technician.md.")
+                             hint=" ".join(dict.fromkeys(c.hint for c in failed if c.hint))
+                             or "See the self-test table above and docs/technician.md.")
         return f"{st.device_id}: PASS (firmware {st.firmware})", st
 
     outcomes = run_parallel(jobs, work, err)
     for o in outcomes:
-        st = o.result
-        if isinstance(st, SelfTest):
-            _selftest_table(st)
+        if o.port in results:
+            _selftest_table(results[o.port])
     return _finish("verify", outcomes)
 
 
@@ -351,9 +392,13 @@ def _selftest_table(st: Any) -> None:
     table = Table(title=f"{st.port}  {st.device_id or ''}  firmware {st.firmware or '?'}")
     table.add_column("check")
     table.add_column("result")
-    table.add_column("reading / status")
+    table.add_column("reading / status", overflow="fold")
+    failed = not st.passed
+    if failed:
+        table.add_column("what to do", overflow="fold")
     for c in st.checks:
-        table.add_row(c.name, "[green]ok" if c.ok else "[red]FAIL", c.detail)
+        row = [Text(c.name), Text.from_markup("[green]ok" if c.ok else "[red]FAIL"), Text(c.detail)]
+        table.add_row(*row, *([Text(c.hint)] if failed else []))
     table.caption = "[green]PASS" if st.passed else "[red]FAIL"
     out.print(table)
 
@@ -390,8 +435,11 @@ def cmd_label(args: argparse.Namespace) -> int:
             devices.append(d)
     if not devices:
         raise FieldError("no devices to label", hint="Give device ids or --site SITE.")
+    def warn(message: str) -> None:
+        err.print(f"[yellow]warning:[/] {escape(message)}")
+
     for d in devices:
-        out.print(f"{d.device_id}: {write_label(d, Path(args.out))}")
+        out.print(f"{d.device_id}: {write_label(d, Path(args.out), warn)}", markup=False)
     return 0
 
 
@@ -433,9 +481,15 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
 @_translated
 def cmd_broker_files(args: argparse.Namespace) -> int:
-    from host_tools.provision import create_gateway_credential, export_broker_files
+    from host_tools.provision import (
+        check_site_has_devices,
+        create_gateway_credential,
+        export_broker_files,
+    )
 
     with _inventory(args) as inv:
+        if not args.gateway_user:
+            check_site_has_devices(inv, args.site)  # before anything is written
         if args.gateway_user:
             password = create_gateway_credential(inv, args.gateway_user, args.site)
             # Printed once to the terminal for the gateway's config; only the hash is kept.
@@ -522,7 +576,8 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_provision)
 
     p = sub.add_parser("verify", help="run the node's self-test and show each sensor, WiFi and MQTT")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the self-test")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the board's raw REPL, and again for the self-test")
     _common(p)
     p.set_defaults(func=cmd_verify)
 

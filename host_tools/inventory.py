@@ -302,6 +302,15 @@ class Inventory:
             out.append(Event(**d))
         return out
 
+    def sites(self) -> dict[str, int]:
+        """site id → number of devices, for every site with devices or a gateway account."""
+        found: dict[str, int] = {
+            r["site_id"]: 0 for r in self._db.execute("SELECT DISTINCT site_id FROM broker_users")
+        }
+        for r in self._db.execute("SELECT site_id, COUNT(*) AS n FROM devices GROUP BY site_id"):
+            found[r["site_id"]] = r["n"]
+        return dict(sorted(found.items()))
+
     def broker_users(self, site_id: str) -> dict[str, tuple[str, str]]:
         """username → (role, password hash) for every account one site's broker must know:
         that site's gateway account(s) and devices, and no other site's."""

@@ -25,6 +25,7 @@ KINDS = ("air", "water", "parking")
 CONFIG_PATH = "/config.json"
 _SITE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{12}$")
+NAME_MAX = 64  # the node's config and status (node_status schema) hold at most this much
 
 
 def device_id_from_mac(mac: str | bytes) -> str:
@@ -66,6 +67,13 @@ class BrokerTarget:
 
     @classmethod
     def parse(cls, text: str, tls: bool = False) -> BrokerTarget:
+        scheme, sep, rest = text.partition("://")
+        if sep:  # a URL (http://…, mqtt://…): the node wants the host and port only
+            bare = rest.split("/", 1)[0]
+            raise ProvisionError(
+                f"broker {text!r} is a URL; give HOST[:PORT] without {scheme}://",
+                hint=f"For example --broker {bare} (add --tls for an encrypted listener).",
+            )
         host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
         if not host:
             raise ProvisionError(f"broker {text!r} has no host name", hint="Give --broker HOST[:PORT].")
@@ -110,6 +118,15 @@ class NodeSpec:
         for label, value, limit in (("lat", self.lat, 90.0), ("lon", self.lon, 180.0)):
             if not (math.isfinite(value) and -limit <= value <= limit):
                 raise ProvisionError(f"{label} {value} is outside ±{limit:g} degrees")
+        if self.name is not None and (
+            len(self.name) > NAME_MAX or any(not ch.isprintable() for ch in self.name)
+        ):
+            raise ProvisionError(
+                f"name {self.name!r} must be at most {NAME_MAX} printable characters",
+                hint="Use a short name people know the place by, e.g. 'canal gate, pole 2'.",
+            )
+        if self.elev_m is not None and not math.isfinite(self.elev_m):
+            raise ProvisionError(f"elev_m {self.elev_m} is not a finite number")
         if not self.wifi_ssid:
             raise ProvisionError("no WiFi network name given", hint="Give --ssid NAME.")
         if not 0 < self.broker.port < 65536:
@@ -119,9 +136,11 @@ class NodeSpec:
 
 def build_config(spec: NodeSpec, device_id: str, password: str, credential_version: int) -> dict[str, Any]:
     """The node's /config.json (docs/architecture.md, "Node config")."""
-    location: dict[str, float] = {"lat": spec.lat, "lon": spec.lon}
+    location: dict[str, Any] = {"lat": spec.lat, "lon": spec.lon}
     if spec.elev_m is not None:
         location["elev_m"] = spec.elev_m
+    if spec.name:  # the node reports it in its status; the gateway puts it on observations
+        location["name"] = spec.name
     config: dict[str, Any] = {
         "device_id": device_id,
         "kind": spec.kind,
@@ -234,6 +253,21 @@ def export_broker_files(inventory: Inventory, out_dir: Path, site_id: str) -> tu
     passwd, acl = out_dir / "passwd", out_dir / "acl"
     broker_auth.write_broker_files(passwd, acl, users, gateways)
     return passwd, acl
+
+
+def check_site_has_devices(inventory: Inventory, site_id: str) -> None:
+    """Refuse to write broker files for a site without devices: installed on the gateway, an
+    empty password file locks every node out (a mistyped --site does exactly that)."""
+    sites = inventory.sites()
+    if sites.get(site_id):
+        return
+    known = ", ".join(f"{s} ({n} device{'' if n == 1 else 's'})" for s, n in sites.items())
+    raise ProvisionError(
+        f"site {site_id!r} has no devices in the inventory {inventory.path} "
+        f"(known sites: {known or 'none yet'})",
+        hint="Check the spelling of --site. For a first install, before any node is "
+             "provisioned, add --gateway-user to create the gateway's account.",
+    )
 
 
 def create_gateway_credential(inventory: Inventory, username: str, site_id: str) -> str:

@@ -23,6 +23,7 @@ class Check:
     name: str  # e.g. "sensor pm", "wifi", "mqtt"
     ok: bool
     detail: str
+    hint: str = ""  # what to do, for a failed check
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,54 @@ def _status_detail(value: Any) -> str:
     return _fmt(value)
 
 
-def parse_selftest(output: str, port: str = "") -> SelfTest:
-    """Find the `SELFTEST {json}` line in the board's output and read it."""
+_DEPLOY_FIRST = (
+    "deploy first: 'cityedge node deploy --board BOARD' (or 'cityedge node provision "
+    "--deploy ...'), then verify again."
+)
+_NOT_AUTHORISED = ("CONNACK refused, code 4", "CONNACK refused, code 5")
+_UNREACHABLE = ("ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "Errno 111",
+                "Errno 110", "Errno 113", "timed out", "timeout")
+
+
+def _mqtt_check(value: Any) -> Check:
+    """The broker check, said the way a technician acts on it."""
+    where = f"{value.get('host')}:{value.get('port')}" if isinstance(value, dict) else "?"
+    error = str(value.get("error") or "") if isinstance(value, dict) else ""
+    if _ok(value):
+        return Check("mqtt", True, _status_detail(value))
+    if any(e in error for e in _NOT_AUTHORISED):
+        return Check("mqtt", False, f"{where} not authorised ({error})",
+                     "The gateway's Mosquitto does not know this node's credential: copy the "
+                     "broker files (passwd, acl) to the gateway and reload Mosquitto "
+                     "(docs/technician.md, step 5).")
+    if any(e in error for e in _UNREACHABLE):
+        return Check("mqtt", False, f"{where} unreachable ({error})",
+                     f"Nothing answers at {where}: check the gateway's address given to "
+                     "'provision --broker HOST[:PORT]', that the gateway is on and on this "
+                     "WiFi, and that its Mosquitto runs.")
+    if "no WiFi" in error:
+        return Check("mqtt", False, f"{where} {error}", "Fix the WiFi first (the row above).")
+    return Check("mqtt", False, f"{where} {error}".strip(),
+                 "Check the gateway's address and its broker files (docs/technician.md).")
+
+
+def _sensor_hint(name: str, reading: Any, board: str | None) -> str:
+    driver = reading.get("driver") if isinstance(reading, dict) else None
+    where = f"boards/{board}.json" if board else "the board file in boards/"
+    what = f"{name} ({driver})" if driver else name
+    return (f"Check the wiring of {what} against {where}: its bus pins, address and power; "
+            "then verify again.")
+
+
+def parse_selftest(output: str, port: str = "", board: str | None = None) -> SelfTest:
+    """Find the `SELFTEST {json}` line in the board's output and read it. `board` (the board
+    definition's name) makes the wiring hints name its file."""
     line = next((ln for ln in reversed(output.splitlines()) if ln.startswith(MARKER)), None)
     if line is None:
         tail = " | ".join(output.strip().splitlines()[-3:]) or "nothing"
         raise BoardCommandError(
             f"the self-test on {port} printed no SELFTEST line (it printed: {tail})",
-            hint="Deploy the current firmware ('cityedge node deploy'), then verify again.",
+            hint=f"The firmware on the board is missing or too old: {_DEPLOY_FIRST}",
         )
     try:
         data = json.loads(line[len(MARKER) :])
@@ -93,19 +134,28 @@ def parse_selftest(output: str, port: str = "") -> SelfTest:
                 detail = f"{reading['driver']}: {detail}"
         else:
             ok, detail = bool(reading), _fmt(reading)
-        checks.append(Check(f"sensor {name}", ok, detail))
+        hint = "" if ok else _sensor_hint(str(name), reading, board)
+        checks.append(Check(f"sensor {name}", ok, detail, hint))
     if not checks:
-        checks.append(Check("sensors", False, "no sensor answered (check board.json and wiring)"))
+        checks.append(Check("sensors", False, "no sensor answered",
+                            _sensor_hint("the sensors", {}, board)))
     if "config_error" in data:
         err = data["config_error"]
-        checks.append(Check("config", err is None, str(err) if err else "ok"))
+        checks.append(Check("config", err is None, str(err) if err else "ok",
+                            "" if err is None else "Provision the node again "
+                            "('cityedge node provision ...'): its /config.json is not valid."))
     if data.get("battery_v") is not None:
         checks.append(Check("battery", True, f"{data['battery_v']} V"))
-    for key in ("wifi", "mqtt"):
-        if key in data:
-            checks.append(Check(key, _ok(data[key]), _status_detail(data[key])))
+    if "wifi" in data:
+        wifi_ok = _ok(data["wifi"])
+        checks.append(Check("wifi", wifi_ok, _status_detail(data["wifi"]), "" if wifi_ok else
+                            "Check the WiFi name and password given to provision (--ssid, "
+                            "CITYEDGE_WIFI_PASSWORD) and the distance to the access point."))
+    if "mqtt" in data:
+        checks.append(_mqtt_check(data["mqtt"]))
     if data.get("error"):
-        checks.append(Check("self-test", False, str(data["error"])))
+        checks.append(Check("self-test", False, str(data["error"]),
+                            f"The self-test itself failed: {_DEPLOY_FIRST}"))
     fw = data.get("fw") or data.get("fw_version") or data.get("firmware")
     return SelfTest(
         port=port,
@@ -117,6 +167,14 @@ def parse_selftest(output: str, port: str = "") -> SelfTest:
     )
 
 
-def run_selftest(board: Board, timeout_s: float = 60.0) -> SelfTest:
-    out = board.exec(SELFTEST_CODE, timeout_s=timeout_s)
-    return parse_selftest(out, board.port)
+def run_selftest(board: Board, timeout_s: float = 60.0, board_name: str | None = None) -> SelfTest:
+    try:
+        out = board.exec(SELFTEST_CODE, timeout_s=timeout_s)
+    except BoardCommandError as exc:
+        if "no module named 'node" in str(exc):  # MicroPython only: nothing deployed yet
+            raise BoardCommandError(
+                f"the board on {board.port} has no CityEdge firmware (deploy first)",
+                hint=_DEPLOY_FIRST.capitalize(),
+            ) from exc
+        raise
+    return parse_selftest(out, board.port, board_name)

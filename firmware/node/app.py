@@ -70,6 +70,7 @@ class App:
         self._beat_ms = clock.ticks_ms()
         self._custody_ms = clock.ticks_ms()
         self._status_now = False
+        self.place = ""
         use("startup").init(self)  # config, board, outbox: see node/startup.py
         drop("startup")
 
@@ -94,8 +95,11 @@ class App:
         return ok
 
     def state_msg(self, state):
-        return json.dumps(
-            {"v": 1, "device_id": self.device_id, "state": state, "boot": self.boot, "fw": FW}
+        # Retained (birth and last will), with where the node was provisioned (self.place, set
+        # by startup.make_link): the gateway knows it as soon as it subscribes, also when it
+        # starts after the node, and puts it on the observations.
+        return '{"v":1,"device_id":"%s","state":"%s","boot":%d,"fw":"%s"%s}' % (
+            self.device_id, state, self.boot, FW, self.place
         )
 
     # --- readings ---

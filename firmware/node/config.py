@@ -32,7 +32,7 @@ KINDS = const(("air", "water", "parking"))
 #   while free; outlier_mads air: samples further than this many MADs from the median drop.
 _DEFAULTS = const(
     '{"device_id": "", "kind": "air", "site_id": "",'
-    ' "location": {"lat": 0.0, "lon": 0.0, "elev_m": 0.0},'
+    ' "location": {"lat": 0.0, "lon": 0.0, "elev_m": null, "name": ""},'
     ' "wifi": {"ssid": "", "password": ""},'
     ' "mqtt": {"host": "", "port": 1883, "username": "", "password": "", "tls": false,'
     ' "keepalive_s": 60},'
@@ -52,8 +52,12 @@ def defaults():
 
 
 def _check_value(path, default, value):
-    """Return None if value fits the default's type, else an error message."""
-    if isinstance(default, bool):
+    """Return None if value fits the default's type, else an error message. A null default
+    is an optional number (location.elev_m)."""
+    if default is None:
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            return "%s: expected a number or null" % path
+    elif isinstance(default, bool):
         if not isinstance(value, bool):
             return "%s: expected true/false" % path
     elif isinstance(default, (int, float)):
@@ -109,6 +113,8 @@ def _check_section(key, cfg):
         # One TLS session costs ~25 KB of heap (anchors.md): too much beside the outbox on an
         # ESP32 without PSRAM. The site broker is on the LAN; TLS is the gateway's uplink.
         return "mqtt.tls: not supported on the node; use the site broker's plain listener"
+    if key == "location" and len(v["name"]) > 64:
+        return "location.name: at most 64 characters"  # it travels in every status
     if key == "outbox_slots" and not 8 <= v <= 4096:
         return "outbox_slots: must be 8-4096"
     return None

@@ -1,6 +1,7 @@
 # Start-up work of the App (node/app.py), in its own module so that its code is unloaded once
 # the node runs: load and validate the config (safe mode on error), the board file, the outbox,
 # a new boot id, the sensors and the kind, and the MQTT link object.
+import json
 import machine
 from micropython import const
 from node import clock
@@ -95,6 +96,9 @@ def make_link(app):
     from node import mqtt
 
     m = app.cfg["mqtt"]
+    loc = app.cfg["location"]
+    if loc["lat"] or loc["lon"]:  # provisioned: one string now, no dict per connect
+        app.place = ',"location":' + json.dumps(loc)
     core = mqtt.Core(
         app.device_id,
         m["username"] or None,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from calibration import aqi
 from calibration.errors import InputError, OutOfRangeError
 
-US_TOP = {"pm25": 325.4, "pm10": 604.0, "o3": 0.2, "co": 50.4, "no2": 2049.0, "so2": 1004.0}
+US_TOP = {"pm25": 325.4, "pm10": 604.0, "o3": 0.2, "co": 50.4, "no2": 2049.0, "so2": 304.0}
 
 
 @pytest.mark.parametrize("pollutant", aqi.POLLUTANTS)
@@ -80,8 +80,8 @@ def test_us_truncates_and_rounds_half_up() -> None:
 
 
 def test_us_half_up_not_bankers() -> None:
-    # The 2024 breakpoints never put a truncated concentration exactly on a .5 index, so
-    # check the rounding helper itself on values that end in .5.
+    # The rounding helper itself on values that end in .5 (an exact case: CO 3.3 ppm → 37.5
+    # → 38, in test_aqi_exact.py).
     from decimal import Decimal
 
     assert aqi._half_up(Decimal("50.5")) == 51

@@ -96,7 +96,7 @@ def test_provision_writes_config_and_inventory_and_rotates(vboard: VirtualBoard,
     assert (first.device_id, first.credential_version, first.rotated) == (device_id, 1, False)
     config = json.loads((vboard.flash_dir / "config.json").read_text())
     assert config["device_id"] == device_id and config["mqtt"]["username"] == device_id
-    assert config["location"] == {"lat": 12.68, "lon": 101.27}
+    assert config["location"] == {"lat": 12.68, "lon": 101.27, "name": "library roof"}
     assert config["wifi"] == {"ssid": "school-iot", "password": "wifi-secret"}
     assert config["credential_version"] == 1
     pw1 = config["mqtt"]["password"]

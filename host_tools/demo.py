@@ -292,6 +292,10 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         if gateway is not None:
             gateway.request_stop()
         if gateway_task is not None:
+            # A clean stop first (it closes its MQTT clients); cancelled mid-publish, a client
+            # left the event loop a write callback on a closed socket (a traceback at the end).
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({gateway_task}, timeout=10)
             gateway_task.cancel()
             with contextlib.suppress(BaseException):
                 await gateway_task

@@ -25,6 +25,11 @@ __all__ = ["add_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
 
+# calibration.fit.FORMS, spelled out here: calibration.fit needs numpy (the 'fit' extra), and
+# building the parser must not (a test checks the two agree).
+FIT_FORMS = ("linear", "linear_rh", "polynomial")
+_FIT_MODULES = frozenset({"numpy", "matplotlib"})
+
 
 def _guard(handler: Handler) -> Handler:
     """The one place that turns a calibration exception into a message and an exit code."""
@@ -36,6 +41,17 @@ def _guard(handler: Handler) -> Handler:
             # escape: messages quote file syntax such as [[record]], which is not markup
             Console(stderr=True).print(
                 f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
+            )
+            return 1
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in _FIT_MODULES:
+                raise
+            Console(stderr=True).print(
+                f"error: this command needs {exc.name}, part of the 'fit' extra, which is not "
+                "installed here\nwhat to do: pip install 'cityedge[fit]'",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
             )
             return 1
 
@@ -137,8 +153,6 @@ def _aqi(args: argparse.Namespace) -> int:
 
 
 def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from calibration.fit import FORMS
-
     f = sub.add_parser(
         "fit",
         help="fit a PM calibration from a collocation with a reference station",
@@ -166,7 +180,7 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         default="end",
         help="reference hours labelled by their end (PCD, default) or start",
     )
-    f.add_argument("--form", choices=FORMS, help="override the recommended model form")
+    f.add_argument("--form", choices=FIT_FORMS, help="override the recommended model form")
     f.add_argument("--valid-from", type=_aware, help="default: start of the collocation")
     f.add_argument("--valid-to", type=_aware, help="default: open-ended")
     f.add_argument("--min-hours", type=int, default=72, help="minimum paired hours (default 72)")

@@ -204,6 +204,17 @@ class Gateway:
         if self._stop is not None:
             self._stop.set()
 
+    def _check_stop(self) -> None:
+        """End a loop that runs until cancelled once the gateway stops, cancelled or not.
+
+        Python 3.11's asyncio.wait_for, which aiomqtt's publish(), subscribe() and disconnect
+        await, returns the result instead of raising when the operation completes in the same
+        loop pass as the cancel (CPython gh-86296; 3.12's raises). A loop that carried on after
+        that lost cancel never ended, and the gateway's stop waited for it for ever (seen under
+        CPU load at the end of the demo). ``run()`` sets the stop event before it cancels."""
+        if self._stop is not None and self._stop.is_set():
+            raise asyncio.CancelledError
+
     def request_reload(self) -> None:
         """Re-read the config file (as on SIGHUP); the store and its contents are kept."""
         self._reload_requested = True
@@ -337,6 +348,7 @@ class Gateway:
             self.ready = False
             with contextlib.suppress(Exception):
                 await self._publish_stopped("gateway stopped")
+            self._stop.set()  # for the loops' _check_stop: a cancel can get lost (see there)
             if self._upstream_task is not None:
                 tasks.append(self._upstream_task)
             tasks.extend(self._background)
@@ -446,6 +458,7 @@ class Gateway:
         assert self._local_reconnect is not None
         delay = self.config.local.reconnect_min_s
         while True:
+            self._check_stop()
             section = self.config.local
             self._local_reconnect.clear()
             try:
@@ -722,6 +735,7 @@ class Gateway:
         store = self.store
         delay = self.config.upstream.reconnect_min_s
         while True:
+            self._check_stop()
             section = self.config.upstream
             self._upstream_reconnect.clear()
             topic = contract.gateway_health_topic(self.config.site_id, self.config.gateway_id)
@@ -825,6 +839,7 @@ class Gateway:
             if self._stopping:
                 return
             await self._publish_online(client, health_topic)
+            self._check_stop()
             now = time.time()
             for dev in list(self.devices.devices):
                 body = json.dumps(self.devices.payload(dev, now), separators=(",", ":"))
@@ -832,6 +847,7 @@ class Gateway:
                     contract.device_status_topic(self.config.site_id, dev), body.encode(),
                     qos=1, retain=True,
                 )
+                self._check_stop()
 
     async def _flush_deletes(self) -> None:
         """Delete the rows whose PUBCOMP came; their packet ids are free once that commits."""

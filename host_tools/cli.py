@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from host_tools import __version__
+from host_tools import __version__, extras
 
 # (module, function) pairs; each function takes the sub-parsers object of its level.
 TOP_LEVEL = (
@@ -50,17 +50,20 @@ class CityEdgeError(Exception):
 
 
 def _register(sub: Any, entries: Sequence[tuple[str, str]]) -> list[str]:
-    """Call each area's registration function. An area whose optional dependencies are not
-    installed (e.g. the fitting tool's numpy on a gateway Pi) is left out and reported."""
+    """Call each area's registration function.
+
+    Registration imports only the base dependencies (optional ones are imported by the command
+    that uses them; tests/packaging checks this in fresh venvs). Should an optional import slip
+    into registration anyway, that area is left out and reported instead of breaking every
+    command, the gateway's included."""
     missing: list[str] = []
     for module_name, func_name in entries:
         try:
             module = importlib.import_module(module_name)
+            register: Callable[[Any], None] = getattr(module, func_name)
+            register(sub)
         except ModuleNotFoundError as exc:
             missing.append(f"{module_name} (needs {exc.name})")
-            continue
-        register: Callable[[Any], None] = getattr(module, func_name)
-        register(sub)
     return missing
 
 
@@ -99,6 +102,13 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return EXIT_USAGE
 
 
+def _report(message: str, hint: str | None) -> None:
+    # Escaped: messages and hints hold brackets ("pip install 'cityedge[sim]'", paths).
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    if hint:
+        err_console.print(f"[cyan]what to do:[/] {escape(hint)}", highlight=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser, missing = build_parser()
     args = parser.parse_args(argv)
@@ -117,19 +127,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return EXIT_INTERRUPTED
-    except CityEdgeError as exc:  # messages may quote [brackets]: escaped, never markup
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}")
-        if exc.hint:
-            err_console.print(f"[cyan]what to do:[/] {escape(exc.hint)}")
+    except CityEdgeError as exc:
+        _report(str(exc), exc.hint)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: translate, never dump a traceback on a user
+        if isinstance(exc, ModuleNotFoundError) and (missing_extra := extras.missing_message(exc)):
+            _report(*missing_extra)  # an optional dependency of this command: name its extra
+            return EXIT_FAILED
         hint = getattr(exc, "hint", None)
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))}")
-        if hint:
-            err_console.print(f"[cyan]what to do:[/] {escape(str(hint))}")
+        _report(f"{type(exc).__name__}: {exc}", hint)
         if args.verbose:
             err_console.print_exception()
-        else:
+        elif not hint:  # an error with a hint is the user's to fix, not a bug to report
             err_console.print("(run with -v for the full traceback)")
         return EXIT_FAILED
 

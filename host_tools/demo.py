@@ -235,9 +235,11 @@ def _gateway_config(workdir: Path, local: Any, upstream: Any, records: Path,
 async def run_demo(args: argparse.Namespace, console: Console) -> int:
     from edge_gateway.app import Gateway
     from edge_gateway.config import GatewayConfig
-    from host_tools.simnode import SimNode
+    from host_tools.simnode import SimNode, micropython_path
 
     kinds = parse_nodes(args.nodes)
+    if kinds:
+        micropython_path()  # no simulator (the 'sim' extra): say so before starting anything
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cityedge-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
     brokers: list[MosquittoBroker | EmbeddedBroker] = []
@@ -309,6 +311,10 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         if gateway is not None:
             gateway.request_stop()
         if gateway_task is not None:
+            # A clean stop first (it closes its MQTT clients); cancelled mid-publish, a client
+            # left the event loop a write callback on a closed socket (a traceback at the end).
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({gateway_task}, timeout=10)
             gateway_task.cancel()
             with contextlib.suppress(BaseException):
                 await gateway_task

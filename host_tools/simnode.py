@@ -545,9 +545,10 @@ class SimHardware:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                for raw in self.rfile:
-                    reply = hw.handle(raw.decode("ascii", "replace").strip())
-                    self.wfile.write(reply.encode() + b"\n")
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):  # node stopped
+                    for raw in self.rfile:
+                        reply = hw.handle(raw.decode("ascii", "replace").strip())
+                        self.wfile.write(reply.encode() + b"\n")
 
         class Server(socketserver.ThreadingTCPServer):
             daemon_threads = True

@@ -152,7 +152,8 @@ def add_parser(sub: Any) -> None:
 
     p = psub.add_parser("migrate", help="create or upgrade the sink's tables (as their owner)")
     p.add_argument("--db", help=f"postgresql:// URL of the owner (or ${DB_ENV})")
-    p.add_argument("--revision", default="head")
+    p.add_argument("--revision", default="head",
+                   help="Alembic revision to migrate to (default head: the newest)")
     p.set_defaults(func=_guard(_migrate))
 
     p = psub.add_parser("retention", help="drop monthly partitions past their retention")
@@ -165,6 +166,6 @@ def add_parser(sub: Any) -> None:
 
     p = psub.add_parser("api", help="serve the read API (latest, series, Air4Thai, water)")
     p.add_argument("--db", help=f"postgresql:// URL of a reader login (or ${DB_ENV})")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback)")
+    p.add_argument("--port", type=int, default=8090, help="HTTP port (default 8090)")
     p.set_defaults(func=_guard(_api))

@@ -48,8 +48,10 @@ def add_parser(subparsers: Any) -> None:
         if name == "line-group-id":
             sp.add_argument("--secret-file", required=True, metavar="FILE",
                             help="file holding the LINE channel secret (Basic settings tab)")
-            sp.add_argument("--host", default="127.0.0.1")
-            sp.add_argument("--port", type=int, default=8080)
+            sp.add_argument("--host", default="127.0.0.1",
+                            help="address to listen on for LINE's webhook (default 127.0.0.1)")
+            sp.add_argument("--port", type=int, default=8080,
+                            help="port to listen on (default 8080)")
             sp.add_argument("--count", type=int, default=0, help="stop after N group ids")
             sp.set_defaults(func=func)
             continue
@@ -62,7 +64,7 @@ def add_parser(subparsers: Any) -> None:
             sp.add_argument("incident", type=int, help="incident number (#N in the message)")
             sp.add_argument("--by", default="cli", help="who acknowledges")
         if name == "list":
-            sp.add_argument("--json", action="store_true")
+            sp.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _load(path: str) -> NotifySettings:

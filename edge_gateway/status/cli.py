@@ -19,7 +19,8 @@ def add_maintenance(gateway_sub: Any) -> None:
     m = gateway_sub.add_parser(
         "maintenance", help="put a device in maintenance (not counted as down, no alerts) or end it")
     m.add_argument("--config", required=True, metavar="FILE", help="the gateway's TOML config")
-    m.add_argument("action", choices=("start", "end", "list"))
+    m.add_argument("action", choices=("start", "end", "list"),
+                   help="start or end maintenance of a device, or list the devices in it")
     m.add_argument("device", nargs="?", help="device id (start, end)")
     m.add_argument("--hours", type=float, default=None,
                    help="how long (default: until `end`)")
@@ -97,11 +98,13 @@ def add_parsers(sub: Any) -> None:
     serve.add_argument("--tls", action="store_true", help="TLS to the broker")
     serve.add_argument("--ca-file", metavar="FILE", help="CA bundle (with --tls)")
     serve.add_argument("--host", default="127.0.0.1", help="HTTP address (default loopback)")
-    serve.add_argument("--port", type=int, default=9190)
-    serve.add_argument("--lang", choices=("th", "en"), default="th")
+    serve.add_argument("--port", type=int, default=9190, help="HTTP port (default 9190)")
+    serve.add_argument("--lang", choices=("th", "en"), default="th",
+                       help="the page's default language (default th)")
     serve.add_argument("--stale-s", type=float, default=180.0,
                        help="a gateway health older than this counts as down")
-    serve.add_argument("--client-id", default="cityedge-fleet-view")
+    serve.add_argument("--client-id", default="cityedge-fleet-view",
+                       help="MQTT client id on the platform broker (default cityedge-fleet-view)")
     serve.set_defaults(func=cmd_fleet_serve)
     add_report(sub)
 

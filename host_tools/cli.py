@@ -22,6 +22,7 @@ TOP_LEVEL = (
     ("host_tools.demo", "add_parser"),
     ("edge_gateway.cli", "add_parser"),
     ("calibration.cli", "add_parser"),
+    ("host_tools.release", "add_parser"),  # OTA bundles (docs/ota.md)
 )
 NODE_LEVEL = (
     ("host_tools.simnode", "add_parser"),

@@ -21,7 +21,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from host_tools.simnode import micropython_path  # noqa: E402
+from host_tools.simnode import micropython_path
 
 SCRIPT = REPO / "bench" / "ota" / "verify_bench.py"
 PATH = f"{REPO / 'firmware'}:{REPO / 'bench' / 'ota'}"
@@ -38,7 +38,7 @@ def make_vectors(root: Path, msg: bytes) -> dict[str, Path]:
         d.mkdir()
         (d / "msg").write_bytes(msg)
         (d / "sig").write_bytes(key.sign(msg, padding.PKCS1v15(), hashes.SHA256()))
-        (d / "pub").write_text("%x" % key.public_key().public_numbers().n)
+        (d / "pub").write_text(f"{key.public_key().public_numbers().n:x}")
         out[f"RSA-{bits}"] = d
     ek = ed25519.Ed25519PrivateKey.generate()
     d = root / "ed25519"

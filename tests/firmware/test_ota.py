@@ -30,9 +30,9 @@ BLOCKS = 64  # 256 KB of flash
 
 
 def _abi_and_version() -> tuple[str, str]:
-    out = subprocess.run([micropython(), "-c",
-                          "import sys; m=sys.implementation._mpy; v=sys.implementation.version;"
-                          "print('%d.%d %d.%d.%d' % (m & 255, (m >> 8) & 3, v[0], v[1], v[2]))"],
+    code = ("import sys; m=sys.implementation._mpy; v=sys.implementation.version;"
+            "print('%d.%d %d.%d.%d' % (m & 255, (m >> 8) & 3, v[0], v[1], v[2]))")
+    out = subprocess.run([micropython(), "-c", code],
                          capture_output=True, text=True, check=True).stdout.split()
     return out[0], out[1]
 
@@ -113,7 +113,7 @@ class Node:
     def __init__(self, tree: Path, image: Path, harness: Path) -> None:
         self.tree, self.image, self.harness = tree, image, harness
 
-    def run(self, *ops: str | Path, cut: int = 0, heap: str = HEAP) -> list[dict[str, Any]]:
+    def run(self, *ops: str | Path | int, cut: int = 0, heap: str = HEAP) -> list[dict[str, Any]]:
         proc = subprocess.run(
             [micropython(), "-X", f"heapsize={heap}", "-m", "ota_node", str(self.image), str(cut),
              *map(str, ops)],
@@ -209,7 +209,7 @@ def test_refused_bundles_keep_the_old_version(tree: Path, tmp_path: Path, keys: 
     node.run("install", make_bundle(tmp_path, 2, keys["k1"]))
     node.boot()
     node.run("healthy")
-    ops: list[str | Path] = []
+    ops: list[str | Path | int] = []
     if case in ("tampered", "truncated", "flipped", "flipped_manifest"):
         b = make_bundle(tmp_path, 3, keys["k1"])
         _tamper(b, case)
@@ -253,7 +253,7 @@ def test_key_rotation_and_revocation(tree: Path, tmp_path: Path, keys: dict[str,
     assert node.run("install", make_bundle(tmp_path, 2, keys["k3"]))[0]["ver"] == 2
 
 
-def _writes(node: Node, *ops: str | Path) -> int:
+def _writes(node: Node, *ops: str | Path | int) -> int:
     return int(node.run(*ops)[-1]["writes"])
 
 

@@ -1,15 +1,5 @@
 # Entry point, as on an ESP32: everything else lives in node/ and drivers/.
-import os
+import otaboot  # an installed update: its slot, probation and rollback (docs/ota.md)
+import node.app
 
-try:
-    ota = os.stat("ota/boot.json")  # an update was installed: otaboot picks the slot
-except OSError:
-    ota = None
-if ota:
-    import otaboot
-
-    otaboot.run()
-else:
-    import node.app
-
-    node.app.main()
+node.app.main()

@@ -13,7 +13,7 @@ import sys
 
 from micropython import const
 
-import otaboot
+import otaslot
 from node import otasig
 
 _KEYS = const("ota/keys.txt")
@@ -262,7 +262,7 @@ def install(src, board, kind):
 
 def _install(src, board, kind):
     _ensure_dir("ota")
-    st = otaboot.load()
+    st = otaslot.load()
     if st.get("probation"):
         raise Refused("version %d is still on probation" % st["ver"])
     sig = _read_all(src, "manifest.sig", 1024)
@@ -300,7 +300,7 @@ def _install(src, board, kind):
     if count != head.get("files") or total != head.get("total"):
         raise Refused("manifest lists %d files, %d bytes; header says %s, %s"
                       % (count, total, head.get("files"), head.get("total")))
-    otaboot.save({"slot": slot, "ver": head["version"], "prev": st.get("slot", ""),
+    otaslot.save({"slot": slot, "ver": head["version"], "prev": st.get("slot", ""),
                   "pver": st.get("ver", 0), "probation": True, "boots": 0,
                   "bad": st.get("bad", []), "last": {"state": "installed",
                                                      "ver": head["version"]}})
@@ -309,10 +309,10 @@ def _install(src, board, kind):
 
 def healthy():
     """The running slot sampled, connected and got a custody ack: end its probation."""
-    st = otaboot.load()
+    st = otaslot.load()
     if st.get("probation"):
         st = {"slot": st["slot"], "ver": st["ver"], "prev": st.get("prev", ""),
               "pver": st.get("pver", 0), "bad": st.get("bad", []),
               "last": {"state": "healthy", "ver": st["ver"], "boots": st.get("boots", 0)}}
-        otaboot.save(st)
+        otaslot.save(st)
     return st

@@ -144,16 +144,16 @@ def main():
                 out["oserror"] = str(e)
             i += 1
         elif op == "boot":
-            import otaboot
+            import otaslot
 
-            st = otaboot.boot()
+            st = otaslot.boot()
             import probe
 
             out.update(state=st, probe=probe.V, intact=_intact(st))
         elif op == "verify":  # the slot the next boot runs, checked without booting it
-            import otaboot
+            import otaslot
 
-            st = otaboot.load()
+            st = otaslot.load()
             with open(("ota/%s/probe.py" % st["slot"]) if st.get("slot") else "probe.py") as f:
                 out.update(ver=st["ver"], intact=_intact(st), probe_text=f.read())
         elif op == "healthy":

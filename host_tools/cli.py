@@ -27,6 +27,7 @@ TOP_LEVEL = (
     ("edge_gateway.status.cli", "add_parsers"),
     ("edge_gateway.notify.cli", "add_parser"),
     ("city_platform.cli", "add_parser"),
+    ("host_tools.release", "add_parser"),  # OTA bundles (docs/ota.md)
 )
 NODE_LEVEL = (
     ("host_tools.simnode", "add_parser"),

@@ -290,6 +290,7 @@ class Gateway:
             if self.notify is not None:
                 self.notify.on_heartbeat = hook.heartbeat_publisher(self)
                 self.notify.statuses = hook.device_statuses(self)
+                self.status_feed.alerts = self.notify  # the page shows and acks its incidents
         log.info(
             "gateway %s (site %s) store %s: %d rows waiting",
             cfg.gateway_id, cfg.site_id, cfg.store_path, store.depth,

@@ -827,7 +827,10 @@ class Gateway:
             await self._publish_online(client, health_topic)
             now = time.time()
             for dev in list(self.devices.devices):
-                body = json.dumps(self.devices.payload(dev, now), separators=(",", ":"))
+                status = self.devices.payload(dev, now)
+                if self.status_feed.active and self.status_feed.in_maintenance(dev, now):
+                    status["maintenance"] = True  # the city view and central alerts know too
+                body = json.dumps(status, separators=(",", ":"))
                 await client.publish(
                     contract.device_status_topic(self.config.site_id, dev), body.encode(),
                     qos=1, retain=True,

@@ -20,7 +20,6 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from edge_gateway import contract
@@ -32,13 +31,7 @@ STATUS_TOPIC = f"{contract.ROOT}/site/+/device/+/status"
 HEALTH_TOPIC = f"{contract.ROOT}/site/+/gateway/+/health"
 
 
-def _ts(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
+_ts = liveness.timestamp  # ISO 8601 (or epoch seconds) -> epoch seconds, None if neither
 
 
 @dataclass

@@ -333,13 +333,10 @@ class App:
         return 404, f"incident {no} is not open here, or was acknowledged already"
 
     async def form_ack(self, request: web.Request) -> web.Response:
-        if not hasattr(self.source, "ack_incident"):
-            raise web.HTTPMethodNotAllowed("POST", [])
-        form = await request.post()
+        form = await self._form_post(request, "ack_incident")
+        if isinstance(form, web.Response):
+            return form
         device_id = request.match_info["id"]
-        if not _authorized(request, self.source.token, form):
-            return self._html(render.page("401", "<p>token required / ต้องใช้โทเคน</p>",
-                                          self.lang), 401)
         number = form.get("incident", "")
         if not any(str(i["no"]) == str(number) for i in self.source.incidents(device_id)):
             return self._html(render.page("404", f"<p>{esc(number)}: "
@@ -350,16 +347,9 @@ class App:
         raise web.HTTPSeeOther(f"/device/{device_id}")
 
     async def api_ack(self, request: web.Request) -> web.Response:
-        if not hasattr(self.source, "ack_incident"):
-            raise web.HTTPMethodNotAllowed("POST", [])
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
-        if not _authorized(request, self.source.token, None):
-            return web.json_response({"error": "token required"}, status=401)
-        if not isinstance(body, dict):
-            return web.json_response({"error": "send a JSON object"}, status=400)
+        body = await self._json_post(request, "ack_incident")
+        if isinstance(body, web.Response):
+            return body
         status, err = await self._ack(request.match_info["no"], body.get("by"))
         if status != 200:
             return web.json_response({"error": err}, status=status)
@@ -414,11 +404,10 @@ class App:
         self.source.start_maintenance(device_id, hours, str(form.get("reason", ""))[:200])
         return None
 
-    def _known(self, device_id: str) -> bool:
-        return device_id in self.source.devices or self.source.config.device(device_id) is not None
-
-    async def api_maintenance(self, request: web.Request) -> web.Response:
-        if not hasattr(self.source, "start_maintenance"):
+    async def _json_post(self, request: web.Request, needs: str) -> dict[str, Any] | web.Response:
+        """A changing API request's JSON object, or the answer refusing it (401 without the
+        token, 400 if not a JSON object)."""
+        if not hasattr(self.source, needs):
             raise web.HTTPMethodNotAllowed("POST", [])
         try:
             body = await request.json()
@@ -428,6 +417,25 @@ class App:
             return web.json_response({"error": "token required"}, status=401)
         if not isinstance(body, dict):
             return web.json_response({"error": "send a JSON object"}, status=400)
+        return body
+
+    async def _form_post(self, request: web.Request, needs: str) -> Any:
+        """A changing page form (a MultiDictProxy), or the 401 page without the token."""
+        if not hasattr(self.source, needs):
+            raise web.HTTPMethodNotAllowed("POST", [])
+        form = await request.post()
+        if not _authorized(request, self.source.token, form):
+            return self._html(render.page("401", "<p>token required / ต้องใช้โทเคน</p>",
+                                          self.lang), 401)
+        return form
+
+    def _known(self, device_id: str) -> bool:
+        return device_id in self.source.devices or self.source.config.device(device_id) is not None
+
+    async def api_maintenance(self, request: web.Request) -> web.Response:
+        body = await self._json_post(request, "start_maintenance")
+        if isinstance(body, web.Response):
+            return body
         device_id = request.match_info["id"]
         if not self._known(device_id):
             return web.json_response({"error": "no such device"}, status=404)
@@ -437,13 +445,10 @@ class App:
         return web.json_response(self._detail(device_id))
 
     async def form_maintenance(self, request: web.Request) -> web.Response:
-        if not hasattr(self.source, "start_maintenance"):
-            raise web.HTTPMethodNotAllowed("POST", [])
-        form = await request.post()
+        form = await self._form_post(request, "start_maintenance")
+        if isinstance(form, web.Response):
+            return form
         device_id = request.match_info["id"]
-        if not _authorized(request, self.source.token, form):
-            return self._html(render.page("401", "<p>token required / ต้องใช้โทเคน</p>",
-                                          self.lang), 401)
         if not self._known(device_id):
             raise web.HTTPNotFound()
         err = await self._maintain(device_id, form)

@@ -14,10 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from edge_gateway import contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.notify import hook
-from edge_gateway.notify.incidents import open_incidents
+from edge_gateway.notify.incidents import SilenceRules, open_incidents
+from edge_gateway.status.fleet import FleetModel, FleetSettings
 from host_tools.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, gateway_config, run_async, wait_ready
 from tests.gateway.test_basic_path import STAGE
@@ -185,3 +187,33 @@ def test_the_link_to_the_device_page_comes_from_the_status_config(
     d = hook.start_in_gateway(_gateway(tmp_path, alerts_config(), cases[0][0]))
     assert d is not None and d.settings.status_url == "https://status.example.go.th/device/{device_id}"
     d.close()
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def test_city_view_and_central_silent_rule_judge_a_status_by_one_rule() -> None:
+    """The same device status message: the city view says late/offline exactly when the
+    central dispatcher's silent-node rule fires, and neither in maintenance."""
+    now = float(int(time.time()))
+    health = contract.example("gateway_health") | {"t": _iso(now)}
+    base = contract.example("device_status") | {"report_s": 10}
+    topic = f"cityedge/v1/site/{base['site_id']}/device/{base['device_id']}/status"
+    gw_topic = f"cityedge/v1/site/{base['site_id']}/gateway/{base['gateway_id']}/health"
+    grace = 30.0
+    for maintenance in (False, True):
+        for age in range(0, 200, 5):
+            body = base | {"last_reading": _iso(now - age), "last_seen": _iso(now)}
+            if maintenance:
+                body["maintenance"] = True
+            view = FleetModel(FleetSettings(late_grace_s=grace, offline_margin_s=60))
+            view.on_message(gw_topic, json.dumps(health).encode(), now)
+            view.on_message(topic, json.dumps(body).encode(), now)
+            [row] = view.rows(now)
+            silent = SilenceRules(grace, 60.0).evaluate([body], now)
+            expected = ("maintenance" if maintenance else "online" if age <= 10 + grace
+                        else "late" if age <= 2 * 10 + 60 else "offline")
+            assert row["state"] == expected, (age, maintenance)
+            # last_seen (a status heartbeat just now) does not keep it alive: data does.
+            assert bool(silent) == (row["state"] in ("late", "offline")), (age, maintenance)

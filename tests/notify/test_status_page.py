@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiomqtt
 import pytest
 
 from edge_gateway import contract
@@ -141,6 +142,17 @@ async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
             await asyncio.sleep(1.0)  # the rule runs every few seconds: one more round
             assert not any("Mast under repair" in m["text"] for m in line.delivered)
             assert not [i for i in open_incidents(gw.notify.outbox) if i["device"] == MAINT]
+            # The retained device status on the platform says so (city view, central alerts).
+            async with aiomqtt.Client(upstream_broker.host, upstream_broker.port) as c:
+                await c.subscribe(contract.device_status_topic(config.site_id, "+"), qos=1)
+                seen: dict[str, Any] = {}
+                async with asyncio.timeout(15):
+                    async for msg in c.messages:
+                        body = json.loads(bytes(msg.payload))
+                        seen[body["device_id"]] = body
+                        if MAINT in seen and SILENT in seen:
+                            break
+            assert seen[MAINT]["maintenance"] is True and "maintenance" not in seen[SILENT]
     finally:
         for node in nodes:
             await node.stop()
@@ -160,7 +172,7 @@ def test_the_link_to_the_device_page_comes_from_the_status_config(
     alerts = _no_status_url(alerts_config())
     token = tmp_path / "token"
     token.write_text("t" * 32)
-    cases = [
+    cases: list[tuple[dict[str, Any], str | None]] = [
         ({"url": "https://status.city.example/rayong/"},
          "https://status.city.example/rayong/device/{device_id}"),
         ({"host": "192.168.1.10", "port": 9180, "token_file": str(token)},

@@ -302,6 +302,7 @@ class Gateway:
             if self.notify is not None:
                 self.notify.on_heartbeat = hook.heartbeat_publisher(self)
                 self.notify.statuses = hook.device_statuses(self)
+                self.status_feed.alerts = self.notify  # the page shows and acks its incidents
         log.info(
             "gateway %s (site %s) store %s: %d rows waiting",
             cfg.gateway_id, cfg.site_id, cfg.store_path, store.depth,
@@ -842,7 +843,10 @@ class Gateway:
             self._check_stop()
             now = time.time()
             for dev in list(self.devices.devices):
-                body = json.dumps(self.devices.payload(dev, now), separators=(",", ":"))
+                status = self.devices.payload(dev, now)
+                if self.status_feed.active and self.status_feed.in_maintenance(dev, now):
+                    status["maintenance"] = True  # the city view and central alerts know too
+                body = json.dumps(status, separators=(",", ":"))
                 await client.publish(
                     contract.device_status_topic(self.config.site_id, dev), body.encode(),
                     qos=1, retain=True,

@@ -310,8 +310,24 @@ class StatusSection:
     history_max_bytes: int = 8 * 1024 * 1024
     low_battery_v: float = 3.5
     lang: str = "th"
+    # The page's address as people reach it (a LAN address, a reverse proxy): alert messages
+    # link to <url>/device/<id>; unset, a non-loopback, non-wildcard host:port is used.
+    url: str | None = None
+
+    def page_url(self) -> str | None:
+        """The address alert messages link to, or None (loopback only: no link works)."""
+        if not self.enabled:
+            return None
+        if self.url:
+            return self.url.rstrip("/")
+        if self.host in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::", "") or self.port == 0:
+            return None
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def validate(self, key: str) -> None:
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.url", f"{self.url!r} must start with http:// or https://")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"{key}.port", f"{self.port} is not a TCP port (0 picks a free one)")
         if self.host not in ("127.0.0.1", "::1", "localhost") and not self.token_file:

@@ -7,9 +7,10 @@ so a crash of this process loses nothing; a repeat is harmless because incidents
 * ``cityedge/v1/site/+/+/+/observation`` — peaks of open incidents and place names;
 * ``cityedge/v1/site/+/gateway/+/health`` — ``"state": "offline"`` (the gateway's last will,
   or its clean stop) raises ``gateway_offline``; ``online`` clears it;
-* ``cityedge/v1/site/+/device/+/status`` — ``last_seen``; with the device's interval (the
-  median gap of its last observations, else ``default_report_s``) :func:`silent_nodes` raises
-  ``node_silent`` one interval plus ``silent_grace_s`` after the last reading;
+* ``cityedge/v1/site/+/device/+/status`` — ``last_reading`` and ``report_s`` (else the median
+  gap of its last observations, else ``default_report_s``): :func:`silent_nodes` raises
+  ``node_silent`` one interval plus ``silent_grace_s`` after the last reading (the status
+  page's liveness rule, :func:`edge_gateway.status.liveness.from_status`);
 * ``cityedge/v1/site/+/gateway/+/dispatcher`` — a gateway dispatcher's heartbeat; none for
   ``quiet_after_s`` raises ``dispatcher_quiet`` (the dead-man's switch).
 """

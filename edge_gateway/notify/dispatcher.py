@@ -48,7 +48,7 @@ class Dispatcher:
         self.failovers: dict[tuple[str, str, str], int] = defaultdict(int)
         self.last_sent_latency_s: float | None = None
         self.on_heartbeat: Callable[[dict[str, Any]], None] | None = None
-        # In the gateway: the device tracker's last_seen and interval per device, for the
+        # In the gateway: the status page's liveness facts per device (hook.py), for the
         # silent-node rule (centrally the device status messages feed the same rule).
         self.statuses: Callable[[], list[dict[str, Any]]] | None = None
         self.silence = SilenceRules(settings.silent_grace_s, settings.default_report_s)

@@ -6,6 +6,7 @@ again — which changes nothing (incidents are state, outbox rows are keyed)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -29,6 +30,9 @@ def start_in_gateway(config: GatewayConfig) -> Dispatcher | None:
         log.warning("%s has mode = %r: this gateway sends no notifications (the central "
                     "dispatcher does)", config.notify.config, settings.mode)
         return None
+    page = config.status.page_url()
+    if settings.status_url is None and page is not None:  # the link to the device's page
+        settings = dataclasses.replace(settings, status_url=page + "/device/{device_id}")
     places = {}
     for device in config.inventory.device:
         name = (device.location.name if device.location else None) or device.name
@@ -57,21 +61,25 @@ async def supervise(dispatcher: Dispatcher) -> None:
 
 
 def device_statuses(gateway: Any) -> Callable[[], list[dict[str, Any]]]:
-    """The gateway's own view of its devices for the silent-node rule: when each was last
-    heard from and its report interval (inventory, else what the node announced, else
-    ``inventory.default_report_s``)."""
+    """The gateway's own view of its devices for the silent-node rule, judged by the status
+    page's liveness (:func:`edge_gateway.status.liveness.from_status`): when the page runs,
+    its facts (the last new reading, the device's own cadence, maintenance windows, so a
+    device in maintenance never alerts); else the device tracker's last reading and report
+    interval (inventory, else what the node announced, else ``inventory.default_report_s``)."""
 
     def get() -> list[dict[str, Any]]:
         cfg = gateway.config
+        base = {"site_id": cfg.site_id, "gateway_id": cfg.gateway_id}
+        feed = getattr(gateway, "status_feed", None)
+        if feed is not None and feed.active:
+            return [base | fact for fact in feed.liveness_facts()]
         out = []
         for dev, state in list(gateway.devices.devices.items()):
-            if state.last_seen is None:
-                continue
             entry = cfg.device(dev)
             report = ((entry.report_s if entry and entry.report_s else None) or state.report_s
                       or cfg.inventory.default_report_s)
-            out.append({"site_id": cfg.site_id, "gateway_id": cfg.gateway_id, "device_id": dev,
-                        "last_seen": state.last_seen, "report_s": report})
+            out.append(base | {"device_id": dev, "last_reading": state.last_reading,
+                               "report_s": report})
         return out
 
     return get

@@ -398,17 +398,19 @@ def open_incidents(outbox: Outbox) -> list[dict[str, Any]]:
 
 def silent_nodes(statuses: Iterable[Mapping[str, Any]], now: float, grace_s: float,
                  default_interval_s: float = 60.0) -> list[tuple[str, str, float]]:
-    """Devices late by more than one report interval plus ``grace_s``, from device status
-    messages (``last_seen``, ``report_s`` or ``interval_s``): (site, device, seconds late)."""
+    """Devices *late* or *offline* by the status page's liveness rule
+    (:func:`edge_gateway.status.liveness.from_status`: the last reading against the device's
+    cadence, ``grace_s`` as the late grace), from device status messages or the gateway's own
+    view of them: (site, device, seconds past one cadence + ``grace_s``). A device in
+    maintenance or never heard from is not silent."""
+    from edge_gateway.status.liveness import from_status
+
     late = []
     for s in statuses:
-        last = s.get("last_seen")
-        if last is None:
-            continue
-        interval = s.get("report_s") or s.get("interval_s") or default_interval_s
-        overdue = now - parse_t(last) - float(interval) - grace_s
-        if overdue > 0:
-            late.append((str(s.get("site_id")), str(s.get("device_id")), overdue))
+        state, last, cadence = from_status(s, now, grace_s, 60.0, default_interval_s)
+        if state in ("late", "offline") and last is not None:
+            late.append((str(s.get("site_id")), str(s.get("device_id")),
+                         now - last - cadence - grace_s))
     return late
 
 
@@ -442,7 +444,8 @@ class SilenceRules:
         alerts = [synthetic(*key, "node_silent", "raised", now, f"{key[1]} silent")
                   for key in sorted(late - self.silent)]
         for key in sorted(self.silent - late):
-            last = by_key.get(key, {}).get("last_seen")
+            body = by_key.get(key, {})
+            last = body.get("last_reading", body.get("last_seen"))
             alerts.append(synthetic(*key, "node_silent", "cleared",
                                     parse_t(last) if last else now, f"{key[1]} reporting again"))
         self.silent = late

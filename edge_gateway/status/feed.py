@@ -116,6 +116,9 @@ class StatusFeed:
         self.token: str = ""
         self.gateway_stats: Callable[[], dict[str, Any]] | None = None
         self.calibration: Callable[[str], Any] | None = None  # record id -> record or None
+        # The gateway's alert dispatcher (edge_gateway.notify), when it runs: its open
+        # incidents are shown and acknowledged on the page.
+        self.alerts: Any = None
         self.started = time.time()
         self.version = 0  # bumped on every change: the page's live updates poll it
 
@@ -316,6 +319,17 @@ class StatusFeed:
     def _bucket_in_maint(self, device_id: str, t0: float) -> bool:
         return self.maintenance_seconds(device_id, t0, t0 + BUCKET_S) >= BUCKET_S / 2
 
+    def liveness_facts(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Per device what :func:`liveness.from_status` judges (the alert dispatcher's
+        silent-node rule uses these, so the page and the alerts agree): the last new reading,
+        the cadence, and whether a maintenance window is open."""
+        now = time.time() if now is None else now
+        self.drain(now)
+        return [{"device_id": d.device_id, "last_reading": d.last_rx,
+                 "report_s": self.cadence(d),
+                 "maintenance": self.in_maintenance(d.device_id, now) is not None}
+                for d in list(self.devices.values())]
+
     def row(self, dev: Device, now: float) -> dict[str, Any]:
         s = self.config.status
         cad = self.cadence(dev)
@@ -384,7 +398,45 @@ class StatusFeed:
     def rows(self, now: float | None = None) -> list[dict[str, Any]]:
         now = time.time() if now is None else now
         self.drain(now)
-        return [self.row(d, now) for d in list(self.devices.values())]
+        rows = [self.row(d, now) for d in list(self.devices.values())]
+        if self.alerts is not None:
+            per: dict[str, list[dict[str, Any]]] = {}
+            for inc in self.incidents():
+                per.setdefault(str(inc["device"]), []).append(inc)
+            for r in rows:
+                mine = per.get(r["device_id"], [])
+                r["incidents"] = len(mine)
+                r["incidents_unacked"] = sum(1 for i in mine if not i.get("acked_by"))
+        return rows
+
+    # -- alerts (edge_gateway.notify) -----------------------------------------------------------
+
+    def incidents(self, device_id: str | None = None) -> list[dict[str, Any]]:
+        """The dispatcher's open incidents of this site (of one device)."""
+        if self.alerts is None:
+            return []
+        from edge_gateway.notify.incidents import open_incidents
+
+        try:
+            found = open_incidents(self.alerts.outbox)
+        except sqlite3.Error as exc:
+            log.warning("status page: open incidents not read: %s", exc)
+            return []
+        return [i for i in found if i["site"] == self.config.site_id
+                and (device_id is None or i["device"] == device_id)]
+
+    def ack_incident(self, number: int, by: str, now: float | None = None) -> bool:
+        """Acknowledge an open incident (as ``cityedge alerts ack``): it escalates no more.
+        False if it is not open here or was acknowledged already. Blocking (an fsynced write):
+        call it from a worker thread."""
+        if self.alerts is None or not any(i["no"] == number for i in self.incidents()):
+            return False
+        from edge_gateway.notify.incidents import ack
+
+        ok = ack(self.alerts.outbox, number, by, time.time() if now is None else now)
+        if ok:
+            self.version += 1
+        return ok
 
     def detail(self, device_id: str, now: float | None = None) -> dict[str, Any] | None:
         now = time.time() if now is None else now
@@ -393,6 +445,8 @@ class StatusFeed:
         if dev is None:
             return None
         out = self.row(dev, now)
+        if self.alerts is not None:
+            out["incidents"] = self.incidents(device_id)
         out["events"] = list(dev.events)
         out["maintenance_windows"] = [w.as_dict() for w in self.windows
                                       if w.device_id == device_id][-10:]

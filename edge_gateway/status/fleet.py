@@ -20,7 +20,6 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from edge_gateway import contract
@@ -32,13 +31,7 @@ STATUS_TOPIC = f"{contract.ROOT}/site/+/device/+/status"
 HEALTH_TOPIC = f"{contract.ROOT}/site/+/gateway/+/health"
 
 
-def _ts(value: Any) -> float | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
+_ts = liveness.timestamp  # ISO 8601 (or epoch seconds) -> epoch seconds, None if neither
 
 
 @dataclass
@@ -123,18 +116,14 @@ class FleetModel:
         gw = self._gateway(site, body.get("gateway_id"), now)
         # Liveness is data: the last reading; last_seen also counts status heartbeats (a
         # gateway too old to send last_reading falls back to it).
-        last = _ts(body["last_reading"]) if "last_reading" in body else _ts(body.get("last_seen"))
-        exp = body.get("expected_24h")
-        rep = body.get("report_s")
-        cadence = (float(rep) if isinstance(rep, (int, float)) and rep > 0 else
-                   86400.0 / exp if isinstance(exp, int) and exp > 1 else 60.0)
+        state, last, cadence = liveness.from_status(body, now, s.late_grace_s,
+                                                    s.offline_margin_s)
         gw_up = gw is not None and gw["state"] == "online"
         if not gw_up:
             state = "unknown"
             why = (f"gateway {gw['gateway_id']} is down" if gw else "no gateway health yet")
             why_th = (f"เกตเวย์ {gw['gateway_id']} ล่ม" if gw else "ยังไม่มีสถานะเกตเวย์")
         else:
-            state = liveness.judge(last, now, cadence, s.late_grace_s, s.offline_margin_s, False)
             facts = {"last_rx": last, "cadence_s": cadence,
                      "status": {"rssi_dbm": body.get("rssi_dbm"),
                                 "battery_v": body.get("battery_v"),

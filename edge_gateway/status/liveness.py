@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 STATES = ("online", "late", "offline", "never", "maintenance")
@@ -61,6 +62,38 @@ def judge(last_rx: float | None, now: float, cadence: float, late_grace_s: float
     if age <= 2 * cadence + offline_margin_s:
         return "late"
     return "offline"
+
+
+def timestamp(value: Any) -> float | None:
+    """A time in a status message: epoch seconds or an ISO 8601 string; None if neither."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def from_status(body: Mapping[str, Any], now: float, late_grace_s: float,
+                offline_margin_s: float, default_s: float = 60.0
+                ) -> tuple[str, float | None, float]:
+    """(state, last reading, cadence) of a device from a device status message (the retained
+    one the gateway publishes, or the gateway's own view of it): the one rule the city view
+    and the silent-node alert (edge_gateway.notify) judge by. Liveness is the last *reading*
+    (``last_reading``; ``last_seen``, which counts status heartbeats too, only from a gateway
+    too old to send it), against ``report_s`` (else ``86400 / expected_24h``, else
+    ``default_s``); ``maintenance`` true puts it in maintenance."""
+    last = timestamp(body["last_reading"] if "last_reading" in body else body.get("last_seen"))
+    exp = body.get("expected_24h")
+    rep = body.get("report_s")
+    cadence = (float(rep) if isinstance(rep, (int, float)) and not isinstance(rep, bool)
+               and rep > 0 else 86400.0 / exp if isinstance(exp, int) and exp > 1
+               else float(default_s))
+    state = judge(last, now, cadence, late_grace_s, offline_margin_s,
+                  bool(body.get("maintenance")))
+    return state, last, cadence
 
 
 def battery_percent(volts: float | None) -> int | None:

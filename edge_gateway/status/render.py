@@ -61,6 +61,11 @@ T: dict[str, dict[str, str]] = {
     "missing": {"en": "missing", "th": "ไม่มี"},
     "expired": {"en": "expired", "th": "หมดอายุ"},
     "fleet": {"en": "fleet default", "th": "ค่ากลาง"},
+    "incidents": {"en": "open alerts", "th": "การแจ้งเตือนที่ยังไม่จบ"},
+    "unacked": {"en": "not acknowledged", "th": "ยังไม่มีผู้รับทราบ"},
+    "acked_by": {"en": "acknowledged by", "th": "รับทราบโดย"},
+    "ack": {"en": "acknowledge", "th": "รับทราบ"},
+    "by": {"en": "your name", "th": "ชื่อผู้รับทราบ"},
 }
 SORTS = ("state", "name", "kind", "last", "battery", "rssi", "complete")
 _ORDER = {"offline": 0, "late": 1, "never": 2, "unknown": 3, "maintenance": 4, "online": 5}
@@ -95,6 +100,9 @@ def counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
         out["out_of_range"] += r.get("qc") == "out_of_range"
         out["calibration_expired"] += r.get("calibration") == "expired"
         out["calibration_missing"] += r.get("calibration") == "missing"
+    if any("incidents" in r for r in rows):  # a gateway whose alert dispatcher runs
+        out["incidents"] = sum(int(r.get("incidents") or 0) for r in rows)
+        out["incidents_unacked"] = sum(int(r.get("incidents_unacked") or 0) for r in rows)
     return out
 
 
@@ -158,6 +166,8 @@ def counts_html(c: Mapping[str, int], lang: str, base: str, q: Mapping[str, str]
         cells.append(("unknown", c["unknown"]))
     cells += [("low_battery", c["low_battery"]), ("qc", c["stuck"] + c["out_of_range"]),
               ("calibration", c["calibration_expired"] + c["calibration_missing"])]
+    if "incidents" in c:
+        cells.append(("incidents", c["incidents"]))
     out = []
     for key, n in cells:
         link = base + _qs(q, state=key) if key in _ORDER or key == "low_battery" else None

@@ -6,6 +6,7 @@ Content-Security-Policy that allows only the server's own script and style."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -76,6 +77,8 @@ class App:
         r.add_get("/api/devices/{id}", self.api_device)
         r.add_post("/api/devices/{id}/maintenance", self.api_maintenance)
         r.add_post("/device/{id}/maintenance", self.form_maintenance)
+        r.add_post("/device/{id}/ack", self.form_ack)
+        r.add_post("/api/incidents/{no}/ack", self.api_ack)
         r.add_get("/healthz", self.healthz)
         r.add_get("/static/app.js", self.static_js)
         r.add_get("/static/style.css", self.static_css)
@@ -286,13 +289,71 @@ class App:
                      + f' <label>{tr("token", lang)} <input type="password" name="token" '
                        f'autocomplete="off"></label> <button>'
                        f'{tr("maint_end" if on else "maint_start", lang)}</button></form>')
+        alerts = self._incidents_html(device_id, d, lang)
         title = f'{tr("device", lang)} {d.get("name") or device_id}'
         q = f"view=device&id={esc(device_id)}&lang={lang}" + (f"&site={esc(site)}" if site else "")
         body = (f'<p><a href="{back}?lang={lang}">← {tr("back", lang)}</a></p>'
-                f'<div id="facts">{self._facts(d, lang)}</div>{maint}'
+                f'<div id="facts">{self._facts(d, lang)}</div>{alerts}{maint}'
                 f'{self._plots(device_id, d, lang)}'
                 f'<h3>{tr("events", lang)}</h3><ul>{events or tr("none", lang)}</ul>')
         return self._html(render.page(title, body, lang, f"/live?{q}", self.refresh_s))
+
+    def _incidents_html(self, device_id: str, d: Mapping[str, Any], lang: str) -> str:
+        """The device's open alert incidents, each with its acknowledge form (the token)."""
+        if not isinstance(d.get("incidents"), list):
+            return ""
+        items = []
+        for inc in d["incidents"]:
+            head = (f'#{esc(inc["no"])} {esc(inc["family"])} · {esc(inc["max_tier"])} · '
+                    f'{esc(render.when(inc.get("opened_t")))}')
+            if inc.get("acked_by"):
+                items.append(f'<li class="incident" data-incident="{esc(inc["no"])}">{head} · '
+                             f'{tr("acked_by", lang)} <b>{esc(inc["acked_by"])}</b></li>')
+                continue
+            items.append(
+                f'<li class="incident" data-incident="{esc(inc["no"])}">{head} · '
+                f'{tr("unacked", lang)}<form class="ack" method="post" action="/device/'
+                f'{esc(device_id)}/ack"><input type="hidden" name="incident" value='
+                f'"{esc(inc["no"])}"><label>{tr("by", lang)} <input name="by" maxlength="100">'
+                f'</label> <label>{tr("token", lang)} <input type="password" name="token" '
+                f'autocomplete="off"></label> <button>{tr("ack", lang)}</button></form></li>')
+        return (f'<h3>{tr("incidents", lang)}</h3><ul id="incidents">'
+                f'{"".join(items) or tr("none", lang)}</ul>')
+
+    async def _ack(self, number: Any, by: Any) -> tuple[int, str]:
+        try:
+            no = int(str(number))
+        except ValueError:
+            return 400, "incident must be a number"
+        who = str(by or "").strip()[:100]
+        if not who:
+            return 400, "say who acknowledges (by)"
+        if await asyncio.to_thread(self.source.ack_incident, no, who):
+            return 200, ""
+        return 404, f"incident {no} is not open here, or was acknowledged already"
+
+    async def form_ack(self, request: web.Request) -> web.Response:
+        form = await self._form_post(request, "ack_incident")
+        if isinstance(form, web.Response):
+            return form
+        device_id = request.match_info["id"]
+        number = form.get("incident", "")
+        if not any(str(i["no"]) == str(number) for i in self.source.incidents(device_id)):
+            return self._html(render.page("404", f"<p>{esc(number)}: "
+                                          f"{tr('unknown', self.lang)}</p>", self.lang), 404)
+        status, err = await self._ack(number, form.get("by"))
+        if status != 200:
+            return self._html(render.page(str(status), f"<p>{esc(err)}</p>", self.lang), status)
+        raise web.HTTPSeeOther(f"/device/{device_id}")
+
+    async def api_ack(self, request: web.Request) -> web.Response:
+        body = await self._json_post(request, "ack_incident")
+        if isinstance(body, web.Response):
+            return body
+        status, err = await self._ack(request.match_info["no"], body.get("by"))
+        if status != 200:
+            return web.json_response({"error": err}, status=status)
+        return web.json_response({"incident": int(request.match_info["no"]), "acked": True})
 
     # -- JSON API -----------------------------------------------------------------------------
 
@@ -343,11 +404,10 @@ class App:
         self.source.start_maintenance(device_id, hours, str(form.get("reason", ""))[:200])
         return None
 
-    def _known(self, device_id: str) -> bool:
-        return device_id in self.source.devices or self.source.config.device(device_id) is not None
-
-    async def api_maintenance(self, request: web.Request) -> web.Response:
-        if not hasattr(self.source, "start_maintenance"):
+    async def _json_post(self, request: web.Request, needs: str) -> dict[str, Any] | web.Response:
+        """A changing API request's JSON object, or the answer refusing it (401 without the
+        token, 400 if not a JSON object)."""
+        if not hasattr(self.source, needs):
             raise web.HTTPMethodNotAllowed("POST", [])
         try:
             body = await request.json()
@@ -357,6 +417,25 @@ class App:
             return web.json_response({"error": "token required"}, status=401)
         if not isinstance(body, dict):
             return web.json_response({"error": "send a JSON object"}, status=400)
+        return body
+
+    async def _form_post(self, request: web.Request, needs: str) -> Any:
+        """A changing page form (a MultiDictProxy), or the 401 page without the token."""
+        if not hasattr(self.source, needs):
+            raise web.HTTPMethodNotAllowed("POST", [])
+        form = await request.post()
+        if not _authorized(request, self.source.token, form):
+            return self._html(render.page("401", "<p>token required / ต้องใช้โทเคน</p>",
+                                          self.lang), 401)
+        return form
+
+    def _known(self, device_id: str) -> bool:
+        return device_id in self.source.devices or self.source.config.device(device_id) is not None
+
+    async def api_maintenance(self, request: web.Request) -> web.Response:
+        body = await self._json_post(request, "start_maintenance")
+        if isinstance(body, web.Response):
+            return body
         device_id = request.match_info["id"]
         if not self._known(device_id):
             return web.json_response({"error": "no such device"}, status=404)
@@ -366,13 +445,10 @@ class App:
         return web.json_response(self._detail(device_id))
 
     async def form_maintenance(self, request: web.Request) -> web.Response:
-        if not hasattr(self.source, "start_maintenance"):
-            raise web.HTTPMethodNotAllowed("POST", [])
-        form = await request.post()
+        form = await self._form_post(request, "start_maintenance")
+        if isinstance(form, web.Response):
+            return form
         device_id = request.match_info["id"]
-        if not _authorized(request, self.source.token, form):
-            return self._html(render.page("401", "<p>token required / ต้องใช้โทเคน</p>",
-                                          self.lang), 401)
         if not self._known(device_id):
             raise web.HTTPNotFound()
         err = await self._maintain(device_id, form)

@@ -307,7 +307,7 @@ def add_parser(sub: Any) -> None:
     b.set_defaults(func=_cmd_build)
 
     s = rs.add_parser("sign", parents=[pp], help="sign a bundle's manifest")
-    s.add_argument("bundle")
+    s.add_argument("bundle", help="the bundle directory made by cityedge release build")
     s.add_argument("--key", required=True, help="the private key (.key.pem)")
     s.set_defaults(func=_cmd_sign)
 
@@ -316,5 +316,5 @@ def add_parser(sub: Any) -> None:
     kl.add_argument("--revoke", nargs="*", help="key ids to revoke")
     kl.add_argument("--seq", type=int, required=True, help="higher than the nodes' current list")
     kl.add_argument("--key", required=True, help="private key of one of the trusted keys")
-    kl.add_argument("--out", required=True)
+    kl.add_argument("--out", required=True, help="where to write the signed key list")
     kl.set_defaults(func=_cmd_keys)

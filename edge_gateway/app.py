@@ -40,11 +40,13 @@ from typing import Any
 import aiomqtt
 
 from edge_gateway import __version__, contract, sdnotify
+from edge_gateway.bounds import ReasonLog
 from edge_gateway.config import BrokerSection, ConfigError, GatewayConfig, load_config
 from edge_gateway.devices import DeviceTracker
 from edge_gateway.ingest import Accepted, classify, deadletter_payload, iso_utc
 from edge_gateway.metrics import MetricsServer
 from edge_gateway.processing import Processor, load_registries
+from edge_gateway.quarantine import Quarantine
 from edge_gateway.store import (
     PRIORITY_ALERT,
     PRIORITY_ALERT_READING,
@@ -75,7 +77,7 @@ class _Incoming:
 @dataclass
 class _PipelineResult:
     commit: CommitResult
-    dead: list[tuple[str, bytes, str]] = field(default_factory=list)  # topic, payload, reason
+    dead: list[tuple[str, bytes, str, str]] = field(default_factory=list)  # topic, payload, code, reason
     alerts: int = 0
     per_device: dict[str, int] = field(default_factory=dict)
 
@@ -173,6 +175,8 @@ class Gateway:
         self._background: set[asyncio.Task[Any]] = set()
         self._upstream_task: asyncio.Task[None] | None = None
         self._store_failures = 0
+        self._reasons = ReasonLog(log)  # bad input: one log line per reason and minute
+        self.quarantine: Quarantine | None = None
 
     def _spawn(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it is done."""
@@ -244,6 +248,11 @@ class Gateway:
             open_store, cfg.store_path, _limits(cfg), cfg.store.synchronous
         )
         store = self.store
+        self.quarantine = Quarantine(cfg.store_path.parent)
+        for key in await store.call(self.quarantine.open):
+            self.counters["quarantined_new"] += 1
+            log.error("reading %s/%d/%d made the gateway stop twice: quarantined (it will be "
+                      "dead-lettered and confirmed to the node, not processed)", *key)
         self.processor = Processor(cfg, registries)
         saved = await store.call(store.get_meta, "alert_state")
         if saved:
@@ -300,6 +309,8 @@ class Gateway:
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+            with contextlib.suppress(BaseException):
+                await store.call(self.quarantine.close)
             await asyncio.to_thread(store.shutdown)
             log.info("gateway stopped; %d rows kept in the store", store.depth)
 
@@ -438,9 +449,22 @@ class Gateway:
         self, client: aiomqtt.Client, topic: str, payload: Any,
         ack: tuple[aiomqtt.Client, int, int] | None = None,
     ) -> None:
-        assert self._queue is not None
         self.counters["messages_in"] += 1
         data = payload if isinstance(payload, bytes) else str(payload).encode()
+        try:
+            await self._handle_message(client, topic, data, ack)
+        except Exception as exc:  # noqa: BLE001 - that message's problem, never the gateway's
+            self._reasons(logging.ERROR, "ingest", "handling a message from %s failed: %s: %s",
+                          topic[:120], type(exc).__name__, exc)
+            self._dead_letter(client, topic, data, "processing",
+                              f"processing failed: {type(exc).__name__}: {exc}"[:500])
+            _puback(ack)
+
+    async def _handle_message(
+        self, client: aiomqtt.Client, topic: str, data: bytes,
+        ack: tuple[aiomqtt.Client, int, int] | None,
+    ) -> None:
+        assert self._queue is not None
         cfg = self.config
         known = None if cfg.inventory.allow_unknown else self._known_kind
         result = classify(topic, data, cfg.store.max_payload_bytes, known)
@@ -472,7 +496,8 @@ class Gateway:
     ) -> None:
         self.counters["dead_letters"] += 1
         self.dead_letters[code] += 1
-        log.debug("dead letter (%s) from %s: %s", code, topic[:120], reason)
+        self._reasons(logging.WARNING, code, "dead letter (%s) from %s: %s", code, topic[:120],
+                      reason[:200])
         if client is None:
             return
         body = deadletter_payload(self.config.gateway_id, topic, data, reason)
@@ -534,13 +559,42 @@ class Gateway:
             self._after_commit(result)
 
     def _pipeline(self, batch: list[_Incoming]) -> _PipelineResult:
+        """On the store thread: commit the batch in processing groups — one, unless readings
+        that were in hand when the process died before come again (:mod:`quarantine`)."""
+        quarantine = self.quarantine
+        keys = [(i.device_id, int(i.body["boot"]), int(i.body["seq"])) for i in batch]
+        if quarantine is None:
+            return self._commit_group(batch)
+        total: _PipelineResult | None = None
+        for group in quarantine.groups(keys):
+            group_keys = [keys[i] for i in group]
+            quarantine.begin(group_keys)
+            part = self._commit_group([batch[i] for i in group])
+            quarantine.end(group_keys)
+            if total is None:
+                total = part
+                continue
+            total.commit.accepted += part.commit.accepted
+            total.commit.duplicates += part.commit.duplicates
+            for reason, n in part.commit.dropped.items():
+                total.commit.dropped[reason] = total.commit.dropped.get(reason, 0) + n
+            total.commit.commit_s += part.commit.commit_s
+            total.dead += part.dead
+            total.alerts += part.alerts
+            for dev, n in part.per_device.items():
+                total.per_device[dev] = total.per_device.get(dev, 0) + n
+        assert total is not None
+        return total
+
+    def _commit_group(self, batch: list[_Incoming]) -> _PipelineResult:
         """On the store thread: de-duplicate, process, commit one group."""
         store, processor = self.store, self.processor
         assert store is not None and processor is not None
         cfg = processor.config
         entries: list[Entry] = []
         duplicates: list[tuple[str, int, int]] = []
-        dead: list[tuple[str, bytes, str]] = []
+        dead: list[tuple[str, bytes, str, str]] = []
+        quarantine = self.quarantine
         in_batch: set[tuple[str, int, int]] = set()
         keys = [(i.device_id, int(i.body["boot"]), int(i.body["seq"])) for i in batch]
         fresh = store.is_new(keys)
@@ -553,14 +607,22 @@ class Gateway:
                 duplicates.append(key)
                 continue
             in_batch.add(key)
+            if quarantine is not None and quarantine.is_quarantined(key):
+                raw = json.dumps(item.body, separators=(",", ":")).encode()
+                quarantine.record_payload(key, raw)
+                dead.append((contract.node_topic(item.device_id, "reading"), raw, "quarantined",
+                             "quarantined: the gateway stopped twice while processing it"))
+                remember.append((*key, item.received))
+                continue
             try:
                 processed = processor.process(item.device_id, item.body, item.received)
-            except Exception as exc:  # a processing bug must not lose or block the reading
-                log.exception("processing %s failed", key)
+            except Exception as exc:  # noqa: BLE001 - a processing bug must not lose or block the reading
+                self._reasons(logging.ERROR, "processing", "processing %s failed: %s: %s",
+                              key, type(exc).__name__, exc)
                 errors += 1
                 raw = json.dumps(item.body, separators=(",", ":")).encode()
-                dead.append((contract.node_topic(item.device_id, "reading"), raw,
-                             f"processing failed: {type(exc).__name__}: {exc}"))
+                dead.append((contract.node_topic(item.device_id, "reading"), raw, "processing",
+                             f"processing failed: {type(exc).__name__}: {exc}"[:500]))
                 # Remember the key so a resend is a duplicate; the dead letter holds the payload.
                 remember.append((*key, item.received))
                 continue
@@ -595,9 +657,9 @@ class Gateway:
         now = time.time()
         for dev, n in result.per_device.items():
             self.devices.counted(dev, now, n)
-        for topic, payload, reason in result.dead:
-            self.counters["processing_errors"] += 1
-            self._dead_letter(self._local, topic, payload, "processing", reason)
+        for topic, payload, code, reason in result.dead:
+            self.counters["processing_errors" if code == "processing" else code] += 1
+            self._dead_letter(self._local, topic, payload, code, reason)
         if c.dropped:
             log.warning("store bound reached, dropped %s", c.dropped)
         self._new_rows.set()

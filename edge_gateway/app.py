@@ -43,6 +43,7 @@ from edge_gateway import __version__, contract, sdnotify
 from edge_gateway.bounds import ReasonLog
 from edge_gateway.config import BrokerSection, ConfigError, GatewayConfig, load_config
 from edge_gateway.devices import DeviceTracker
+from edge_gateway.diskguard import RETRY_S, DiskGuard
 from edge_gateway.ingest import Accepted, classify, deadletter_payload, iso_utc
 from edge_gateway.metrics import MetricsServer
 from edge_gateway.processing import Processor, load_registries
@@ -177,6 +178,7 @@ class Gateway:
         self._store_failures = 0
         self._reasons = ReasonLog(log)  # bad input: one log line per reason and minute
         self.quarantine: Quarantine | None = None
+        self.disk = DiskGuard(config.store_path.parent)
 
     def _spawn(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it is done."""
@@ -202,7 +204,7 @@ class Gateway:
         out: dict[str, Any] = dict(self.counters)
         for key in ("messages_in", "readings_in", "readings_out", "replayed_out", "alerts_out",
                     "alerts_raised", "custody_acks", "command_acks", "dead_letters",
-                    "processing_errors", "store_errors"):
+                    "processing_errors", "store_errors", "quarantined"):
             out.setdefault(key, 0)
         out["dead_letters_by_reason"] = dict(self.dead_letters)
         store = self.store
@@ -227,6 +229,7 @@ class Gateway:
         out["last_commit_s"] = self._last_commit_s
         out["devices"] = len(self.devices.devices)
         out["ready"] = self.ready
+        out["disk_full"] = self.disk.full
         return out
 
     _oldest_age: float | None = None
@@ -248,6 +251,7 @@ class Gateway:
             open_store, cfg.store_path, _limits(cfg), cfg.store.synchronous
         )
         store = self.store
+        await store.call(self.disk.open)
         self.quarantine = Quarantine(cfg.store_path.parent)
         for key in await store.call(self.quarantine.open):
             self.counters["quarantined_new"] += 1
@@ -518,8 +522,8 @@ class Gateway:
     # -- committer ----------------------------------------------------------------------------
 
     async def _committer(self) -> None:
-        assert self._queue is not None and self.store is not None
-        queue, store = self._queue, self.store
+        assert self._queue is not None
+        queue = self._queue
         while True:
             first = await queue.get()
             batch = [first]
@@ -536,27 +540,48 @@ class Gateway:
                         batch.append(await queue.get())
                 except TimeoutError:
                     break
+            result = await self._commit_batch(batch)
+            for item in batch:
+                _puback(item.ack)
+            self._after_commit(result)
+
+    async def _commit_batch(self, batch: list[_Incoming]) -> _PipelineResult:
+        """Commit one batch, trying again until it is stored. Until then nothing of it is
+        PUBACKed (the site broker keeps it) and no custody is sent (the nodes keep it). A full
+        disk is a state (:mod:`edge_gateway.diskguard`), never a reason to exit; any other store
+        error ends the process after 10 failures in a row (systemd restarts it)."""
+        assert self.store is not None
+        store, disk = self.store, self.disk
+        while True:
             # Shielded: once the batch is on the store thread, let the commit finish even if the
             # gateway is being stopped, then ack what was committed.
             try:
                 result = await asyncio.shield(store.call(self._pipeline, batch))
             except (sqlite3.Error, OSError) as exc:
-                # Nothing of this batch was committed, so no custody was sent: the nodes keep the
-                # readings and send them again. Give up (systemd restarts us) only if it persists.
-                self._store_failures += 1
                 self.counters["store_errors"] += 1
+                if await store.call(disk.failed, exc):
+                    self._reasons(logging.ERROR, "disk_full", "disk full: %d readings wait at the "
+                                  "site broker, not acknowledged: %s", len(batch), exc)
+                    await asyncio.sleep(RETRY_S)
+                    while not await store.call(self._may_retry):
+                        await asyncio.sleep(RETRY_S)
+                    continue
+                self._store_failures += 1
                 log.error("store write failed (%d in a row), %d readings not acknowledged: %s",
                           self._store_failures, len(batch), exc)
-                for item in batch:  # no custody: the nodes send them again
-                    _puback(item.ack)
                 if self._store_failures >= 10:
                     raise
                 await asyncio.sleep(1.0)
                 continue
             self._store_failures = 0
-            for item in batch:
-                _puback(item.ack)
-            self._after_commit(result)
+            if disk.full or not disk.reserve_ok:
+                await store.call(disk.committed)
+            return result
+
+    def _may_retry(self) -> bool:
+        """On the store thread: room for a group, with the disk full (:mod:`diskguard`)."""
+        assert self.store is not None
+        return self.disk.may_retry(self.store.free_pages_bytes())
 
     def _pipeline(self, batch: list[_Incoming]) -> _PipelineResult:
         """On the store thread: commit the batch in processing groups — one, unless readings
@@ -569,7 +594,11 @@ class Gateway:
         for group in quarantine.groups(keys):
             group_keys = [keys[i] for i in group]
             quarantine.begin(group_keys)
-            part = self._commit_group([batch[i] for i in group])
+            try:
+                part = self._commit_group([batch[i] for i in group])
+            except BaseException:
+                quarantine.abort()  # an error, not a death: nothing was in hand at a crash
+                raise
             quarantine.end(group_keys)
             if total is None:
                 total = part
@@ -694,6 +723,7 @@ class Gateway:
                 duplicates=int(s["duplicates"]),
                 upstream_offline_s=float(s["upstream_offline_s"]),
                 devices=int(s["devices"]),
+                disk_full=bool(s["disk_full"]),
             )
         return json.dumps(body, separators=(",", ":")).encode()
 
@@ -755,6 +785,14 @@ class Gateway:
             except* _Reconnect:
                 log.info("reconnecting to the platform broker with new settings")
                 delay = 0.0
+            except* (sqlite3.Error, OSError) as group:
+                # The store could not record the QoS 2 state (a full disk): start the link again;
+                # what has a packet id is finished first, nothing is sent twice.
+                for exc in group.exceptions:
+                    if not await store.call(self.disk.failed, exc):
+                        raise
+                self._reasons(logging.ERROR, "upstream_store", "forwarding paused, the store "
+                              "cannot write: %s", "; ".join(str(e) for e in group.exceptions))
             finally:
                 if self._upstream is not None:
                     self._upstream = None
@@ -887,6 +925,11 @@ class Gateway:
                 async with asyncio.timeout(max(period, 10.0)):
                     oldest = await store.call(store.oldest_received)
                     dropped = await store.call(store.enforce) if store.depth else {}
+            except (sqlite3.Error, OSError) as exc:  # a full disk: enforce needs to write
+                await store.call(self.disk.failed, exc)
+                self._reasons(logging.ERROR, "housekeeping", "store bounds not applied: %s", exc)
+                await asyncio.sleep(period)
+                continue
             except TimeoutError:
                 log.error("the store thread did not answer for %.0f s", max(period, 10.0))
                 await asyncio.sleep(period)

@@ -31,6 +31,8 @@ _SIMPLE = (
     ("cityedge_gateway_local_connected", "gauge", "1 when connected to the site broker", "local_connected"),
     ("cityedge_gateway_commit_seconds_last", "gauge", "duration of the last group commit", "last_commit_s"),
     ("cityedge_gateway_devices", "gauge", "devices seen", "devices"),
+    ("cityedge_gateway_disk_full", "gauge", "1 while the data file system is full (readings wait at the site broker)", "disk_full"),
+    ("cityedge_gateway_quarantined_total", "counter", "readings quarantined: dead-lettered after the process died twice with each alone in hand", "quarantined"),
 )
 
 

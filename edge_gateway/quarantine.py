@@ -140,6 +140,10 @@ class Quarantine:
                     self.strikes.pop(key, None)
                 self._save()
 
+    def abort(self) -> None:
+        """The group's commit raised (and will be tried again): nothing is in hand."""
+        self._clear_marker()
+
     def record_payload(self, key: Key, payload: bytes) -> None:
         """Keep the payload of a quarantined reading that came again (for the operator)."""
         item = self.quarantined.get(key)

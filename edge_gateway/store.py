@@ -681,6 +681,12 @@ class Store:
                 total += os.stat(f"{self.path}{suffix}").st_size
         return total
 
+    def free_pages_bytes(self) -> int:
+        """Bytes of free pages inside the database (reused by new rows without growing it)."""
+        count = self.db.execute("PRAGMA freelist_count").fetchone()
+        size = self.db.execute("PRAGMA page_size").fetchone()
+        return int(count[0]) * int(size[0])
+
     def set_limits(self, limits: Limits) -> None:
         self.limits = limits
 

@@ -40,6 +40,7 @@ from typing import Any
 import aiomqtt
 
 from edge_gateway import __version__, contract, sdnotify
+from edge_gateway.backpressure import BoundedQueue, InboundGate, TokenBucket
 from edge_gateway.bounds import ReasonLog
 from edge_gateway.config import BrokerSection, ConfigError, GatewayConfig, load_config
 from edge_gateway.devices import DeviceTracker
@@ -65,6 +66,13 @@ from edge_gateway.upstream import MidAllocator, Qos2Link, wire_payload
 
 log = logging.getLogger("edge_gateway")
 
+# Memory bounds (edge_gateway/backpressure.py): readings waiting for the committer, in messages
+# and payload bytes; devices tracked beyond the inventory; dead letters published per second.
+QUEUE_MESSAGES = 1024
+QUEUE_BYTES = 2 << 20
+MAX_DEVICES = 1000
+DEAD_LETTERS_PER_S = 50.0
+
 
 
 @dataclass
@@ -73,6 +81,7 @@ class _Incoming:
     body: dict[str, Any]
     received: float
     ack: tuple[aiomqtt.Client, int, int] | None = None  # (site client, mid, qos): PUBACK later
+    size: int = 0  # payload bytes (the committer queue is bounded in bytes too)
 
 
 @dataclass
@@ -157,7 +166,7 @@ class Gateway:
         self.devices = DeviceTracker(config)
         self.counters: dict[str, int] = defaultdict(int)
         self.dead_letters: dict[str, int] = defaultdict(int)
-        self._queue: asyncio.Queue[_Incoming] | None = None
+        self._queue: BoundedQueue[_Incoming] | None = None
         self._stop: asyncio.Event | None = None
         self._new_rows: asyncio.Event | None = None
         self._local: aiomqtt.Client | None = None
@@ -179,6 +188,7 @@ class Gateway:
         self._reasons = ReasonLog(log)  # bad input: one log line per reason and minute
         self.quarantine: Quarantine | None = None
         self.disk = DiskGuard(config.store_path.parent)
+        self._dead_letter_rate = TokenBucket(DEAD_LETTERS_PER_S, DEAD_LETTERS_PER_S)
 
     def _spawn(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it is done."""
@@ -244,7 +254,7 @@ class Gateway:
         self._new_rows = asyncio.Event()
         self._local_reconnect = asyncio.Event()
         self._upstream_reconnect = asyncio.Event()
-        self._queue = asyncio.Queue(maxsize=20_000)
+        self._queue = BoundedQueue(QUEUE_MESSAGES, QUEUE_BYTES, lambda item: item.size)
         cfg = self.config
         registries = await asyncio.to_thread(load_registries, cfg)
         self.store = await asyncio.to_thread(
@@ -410,13 +420,14 @@ class Gateway:
                 # it again *before* newer readings — so a crash does not reorder a device's
                 # readings (a node's own resend would arrive after newer ones).
                 client._client.manual_ack_set(True)
+                gate = InboundGate(client)  # stop reading the socket while behind
                 async with client:
                     for topic in contract.NODE_SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)
                     self._local = client
                     log.info("connected to the site broker %s:%d", section.host, section.port)
                     delay = section.reconnect_min_s
-                    await self._receive(client)
+                    await self._receive(client, gate)
             except aiomqtt.MqttError as exc:
                 log.warning("site broker %s:%d: %s", section.host, section.port, exc)
             except _Reconnect:
@@ -427,7 +438,7 @@ class Gateway:
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, section.reconnect_min_s), section.reconnect_max_s)
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, client: aiomqtt.Client, gate: InboundGate | None = None) -> None:
         assert self._queue is not None and self._local_reconnect is not None
         reconnect = asyncio.create_task(self._local_reconnect.wait())
         messages = aiter(client.messages)
@@ -440,6 +451,8 @@ class Gateway:
                     raise _Reconnect()
                 message = nxt.result()
                 nxt = None
+                if gate is not None:
+                    gate.check()
                 await self._on_message(client, str(message.topic), message.payload,
                                        (client, message.mid, message.qos))
         finally:
@@ -477,10 +490,17 @@ class Gateway:
             self._dead_letter(client, topic, data, result.reason_code, result.reason)
             _puback(ack)
             return
+        if (result.device_id not in self.devices.devices
+                and len(self.devices.devices) >= MAX_DEVICES
+                and cfg.device(result.device_id) is None):
+            self._dead_letter(client, topic, data, "too_many_devices",
+                              f"more than {MAX_DEVICES} devices not in the inventory")
+            _puback(ack)
+            return
         if result.leaf == "reading":
             self.counters["readings_in"] += 1
             self.devices.reading(result.device_id, result.body, now)
-            await self._queue.put(_Incoming(result.device_id, result.body, now, ack))
+            await self._queue.put(_Incoming(result.device_id, result.body, now, ack, len(data)))
             return
         elif result.leaf == "status":
             self.devices.status(result.device_id, result.body, now)
@@ -503,6 +523,9 @@ class Gateway:
         self._reasons(logging.WARNING, code, "dead letter (%s) from %s: %s", code, topic[:120],
                       reason[:200])
         if client is None:
+            return
+        if not self._dead_letter_rate.allow():  # a flood is counted, not echoed
+            self.counters["dead_letters_unpublished"] += 1
             return
         body = deadletter_payload(self.config.gateway_id, topic, data, reason)
         self._spawn(

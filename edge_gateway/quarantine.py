@@ -104,13 +104,22 @@ class Quarantine:
             self._fd = None
 
     def groups(self, keys: Sequence[Key]) -> list[list[int]]:
-        """Indices of ``keys`` in processing groups: the ordinary ones together, first, then
-        every suspect alone."""
+        """Indices of ``keys`` in processing groups, in their order (store order is the order
+        readings are forwarded in): runs of ordinary readings together, every suspect alone."""
         if not self.suspects:
             return [list(range(len(keys)))]
-        ordinary = [i for i, k in enumerate(keys) if k not in self.suspects]
-        out = [ordinary] if ordinary else []
-        out.extend([i] for i, k in enumerate(keys) if k in self.suspects)
+        out: list[list[int]] = []
+        run: list[int] = []
+        for i, key in enumerate(keys):
+            if key in self.suspects:
+                if run:
+                    out.append(run)
+                    run = []
+                out.append([i])
+            else:
+                run.append(i)
+        if run:
+            out.append(run)
         return out
 
     def is_quarantined(self, key: Key) -> bool:

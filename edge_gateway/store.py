@@ -173,6 +173,7 @@ class CommitResult:
 
 
 MAX_RANGES = 4096  # per (device, boot); beyond it the oldest ranges are forgotten
+MAX_BOOTS = 8  # per device; beyond it the oldest boot's ranges are forgotten (bounded memory)
 
 
 class SeenRanges:
@@ -233,6 +234,7 @@ class Store:
         self.leased: set[int] = set()
         self.counters: dict[str, int] = {}
         self.seen: dict[tuple[str, int], SeenRanges] = {}
+        self._boots: dict[str, list[int]] = {}  # device -> its boots in ``seen``, sorted
         self._last_age_check = 0.0
         self._last_prune = 0.0
 
@@ -296,6 +298,9 @@ class Store:
             (str(dev), int(boot)): SeenRanges(json.loads(ranges))
             for dev, boot, ranges in db.execute("SELECT device_id, boot, ranges FROM seen_ranges")
         }
+        self._boots = {}
+        for dev, boot in sorted(self.seen):
+            self._boots.setdefault(dev, []).append(boot)
 
     def close(self) -> None:
         if self._db is not None:
@@ -340,12 +345,24 @@ class Store:
         dev, boot, seq = key
         ranges = self.seen.get((dev, boot))
         if ranges is None:
+            self._new_boot(dev, boot, dirty)
             ranges = self.seen[(dev, boot)] = SeenRanges()
         elif seq in ranges:
             return False
         ranges.add(seq)
         dirty.add((dev, boot))
         return True
+
+    def _new_boot(self, dev: str, boot: int, dirty: set[tuple[str, int]]) -> None:
+        """Inside a transaction: a boot not seen before; forget the device's oldest boot beyond
+        ``MAX_BOOTS`` (a very late copy of one of its readings is then taken as new)."""
+        boots = self._boots.setdefault(dev, [])
+        bisect.insort(boots, boot)
+        while len(boots) > MAX_BOOTS:
+            old = boots.pop(0) if boots[0] != boot else boots.pop(1)
+            self.seen.pop((dev, old), None)
+            dirty.discard((dev, old))
+            self.db.execute("DELETE FROM seen_ranges WHERE device_id = ? AND boot = ?", (dev, old))
 
     def commit(
         self,
@@ -543,6 +560,11 @@ class Store:
         ).fetchall()
         for dev, boot in gone:
             self.seen.pop((str(dev), int(boot)), None)
+            boots = self._boots.get(str(dev))
+            if boots is not None and int(boot) in boots:
+                boots.remove(int(boot))
+                if not boots:
+                    del self._boots[str(dev)]
         return len(gone)
 
     def delivered(self, ids: Sequence[int]) -> int:

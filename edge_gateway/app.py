@@ -948,6 +948,8 @@ class Gateway:
                 async with asyncio.timeout(max(period, 10.0)):
                     oldest = await store.call(store.oldest_received)
                     dropped = await store.call(store.enforce) if store.depth else {}
+                    if await store.call(store.release_expired) and self._new_rows is not None:
+                        self._new_rows.set()  # held readings whose gap was given up on
             except (sqlite3.Error, OSError) as exc:  # a full disk: enforce needs to write
                 await store.call(self.disk.failed, exc)
                 self._reasons(logging.ERROR, "housekeeping", "store bounds not applied: %s", exc)

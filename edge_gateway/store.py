@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edge_gateway.order import HELD_SCHEMA, HOLD, LATE, OrderGate, mark_late, move_to_queue
 from edge_gateway.zdict import DICTIONARY_V1
 
 T = TypeVar("T")
@@ -107,7 +108,7 @@ CREATE TABLE IF NOT EXISTS seen_ranges(
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-"""
+""" + HELD_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,7 @@ class Store:
         self.counters: dict[str, int] = {}
         self.seen: dict[tuple[str, int], SeenRanges] = {}
         self._boots: dict[str, list[int]] = {}  # device -> its boots in ``seen``, sorted
+        self.order = OrderGate()  # per-device (boot, seq) order through power cuts
         self._last_age_check = 0.0
         self._last_prune = 0.0
 
@@ -293,6 +295,8 @@ class Store:
         db = self.db
         row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue").fetchone()
         self.depth, self.bytes = int(row[0]), int(row[1])
+        row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM held").fetchone()
+        self.depth, self.bytes = self.depth + int(row[0]), self.bytes + int(row[1])
         self.counters = {str(k): int(v) for k, v in db.execute("SELECT name, value FROM counters")}
         self.seen = {
             (str(dev), int(boot)): SeenRanges(json.loads(ranges))
@@ -301,6 +305,7 @@ class Store:
         self._boots = {}
         for dev, boot in sorted(self.seen):
             self._boots.setdefault(dev, []).append(boot)
+        self.order.load(db, {k: list(zip(v.los, v.his, strict=True)) for k, v in self.seen.items()})
 
     def close(self) -> None:
         if self._db is not None:
@@ -388,16 +393,34 @@ class Store:
             inserted = 0
             others = 0
             dirty: set[tuple[str, int]] = set()
+            held = late = 0
             for e in entries:
+                payload = e.payload
+                decision = None
                 if e.key is not None:
                     if not self._remember(e.key, dirty):
                         result.duplicates.append(e.key)
                         continue
                     result.accepted.append(e.key)
+                    decision = self.order.admit(e.key[0], (e.key[1], e.key[2]))
+                    if decision == LATE:
+                        payload = mark_late(payload)
+                        late += 1
                 else:
                     others += 1
-                stored = encode_payload(e.payload)
+                stored = encode_payload(payload)
                 size = len(stored) + len(e.topic)
+                if decision == HOLD and e.key is not None:
+                    db.execute(
+                        "INSERT INTO held(topic, payload, device_id, boot, seq, received, "
+                        "priority, size, since) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (e.topic, stored, e.key[0], e.key[1], e.key[2], e.received, e.priority,
+                         size, now))
+                    self.order.hold_started(e.key[0], now)
+                    held += 1
+                    self.bytes += size
+                    self.depth += 1
+                    continue
                 db.execute(
                     "INSERT INTO queue(topic, payload, device_id, boot, seq, received, priority, "
                     "size) VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
@@ -415,8 +438,16 @@ class Store:
                 inserted += 1
                 self.bytes += size
                 self.depth += 1
+                if e.key is not None and decision != LATE:
+                    move_to_queue(db, e.key[0], self.order.drain(e.key[0]))
             for dev, boot, seq, _received in remember:  # keys of readings sent to dead letters
-                self._remember((dev, boot, seq), dirty)
+                if self._remember((dev, boot, seq), dirty):
+                    # No row, but no gap either: readings after it must not wait for it.
+                    decision = self.order.admit(dev, (boot, seq))
+                    if decision == HOLD:
+                        self.order.hold_started(dev, now)
+                    elif decision != LATE:
+                        move_to_queue(db, dev, self.order.drain(dev))
             for dev, boot in dirty:
                 db.execute(
                     "INSERT INTO seen_ranges(device_id, boot, ranges, updated) VALUES(?, ?, ?, ?) "
@@ -433,6 +464,9 @@ class Store:
                     (key, value),
                 )
             self._bump("duplicates", len(result.duplicates))
+            self._bump("held", held)
+            self._bump("late", late)
+            self._release_expired(now)
             for name, n in (counters or {}).items():
                 self._bump(name, n)
             result.dropped = self._enforce_bounds(now, inserted)
@@ -447,6 +481,30 @@ class Store:
             self._last_prune = now
             self.prune_seen(now)
         return result
+
+    def _release_expired(self, now: float) -> int:
+        """Inside a transaction: release the held rows of devices whose gap waited too long."""
+        moved = 0
+        for dev, keys in self.order.expired(now).items():
+            moved += move_to_queue(self.db, dev, keys)[0]
+        return moved
+
+    def release_expired(self, now: float | None = None) -> int:
+        """Release held rows whose gap waited ``order.HOLD_S`` (housekeeping); returns how
+        many rows went to the forwarding queue."""
+        now = time.time() if now is None else now
+        if not any(d.held for d in self.order.devices.values()):
+            return 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            moved = self._release_expired(now)
+            self.db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("ROLLBACK")
+            self._reload_mirrors()
+            raise
+        return moved
 
     def _evict(self, reason: str, n_rows: int | None, bytes_over: int | None) -> int:
         """Delete the lowest-priority, oldest rows (never leased ones); count them."""

@@ -71,7 +71,8 @@ log = logging.getLogger("edge_gateway")
 QUEUE_MESSAGES = 1024
 QUEUE_BYTES = 2 << 20
 MAX_DEVICES = 1000
-DEAD_LETTERS_PER_S = 50.0
+DEAD_LETTERS_PER_S = 200.0  # on average; bursts of up to DEAD_LETTERS_BURST
+DEAD_LETTERS_BURST = 500.0
 
 
 
@@ -188,7 +189,7 @@ class Gateway:
         self._reasons = ReasonLog(log)  # bad input: one log line per reason and minute
         self.quarantine: Quarantine | None = None
         self.disk = DiskGuard(config.store_path.parent)
-        self._dead_letter_rate = TokenBucket(DEAD_LETTERS_PER_S, DEAD_LETTERS_PER_S)
+        self._dead_letter_rate = TokenBucket(DEAD_LETTERS_PER_S, DEAD_LETTERS_BURST)
 
     def _spawn(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it is done."""

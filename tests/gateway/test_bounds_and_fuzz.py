@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import signal
-import subprocess
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +28,7 @@ from tests.gateway.helpers import (
     gateway_config,
     reading,
     run_async,
+    stop_process,
     wait_ready,
 )
 from tests.gateway.test_crash import start_gateway, write_toml
@@ -363,12 +362,7 @@ async def test_gateway_process_survives_the_corpus_and_keeps_forwarding(
         await node.stop()
     finally:
         await platform.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @run_async
@@ -427,9 +421,4 @@ async def test_memory_stays_bounded_under_a_flood(
         await node.stop()
     finally:
         await platform.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import urllib.request
 from collections import Counter
@@ -18,7 +17,14 @@ from pathlib import Path
 import pytest
 
 from host_tools.brokers import MosquittoBroker, free_port
-from tests.gateway.helpers import AS_INVOKER, FakeNode, Platform, gateway_config, run_async
+from tests.gateway.helpers import (
+    AS_INVOKER,
+    FakeNode,
+    Platform,
+    gateway_config,
+    run_async,
+    stop_process,
+)
 from tests.gateway.test_crash import start_gateway, write_toml
 
 pytestmark = pytest.mark.broker
@@ -139,10 +145,5 @@ async def test_full_disk_is_a_state_not_a_crash(
         for node in nodes:
             await node.stop()
         await platform.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         filler.unlink(missing_ok=True)

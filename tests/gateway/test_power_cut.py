@@ -12,7 +12,6 @@ import asyncio
 import json
 import random
 import signal
-import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +23,14 @@ from edge_gateway.order import HOLD_S
 from edge_gateway.store import Entry, Limits, Store
 from host_tools.broker_auth import SITE_AUTOSAVE_CHANGES
 from host_tools.brokers import MosquittoBroker
-from tests.gateway.helpers import AS_INVOKER, FakeNode, Platform, gateway_config, run_async
+from tests.gateway.helpers import (
+    AS_INVOKER,
+    FakeNode,
+    Platform,
+    gateway_config,
+    run_async,
+    stop_process,
+)
 from tests.gateway.test_crash import start_gateway, write_toml
 
 pytestmark = pytest.mark.broker
@@ -109,12 +115,7 @@ async def test_power_cuts_keep_each_devices_order(
         for node in nodes:
             await node.stop()
         await platform.stop()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_store_holds_a_gap_then_releases_in_order_or_marks_late(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from edge_gateway import contract
 from host_tools.brokers import MosquittoBroker
-from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async
+from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async, stop_process
 from tests.gateway.test_crash import write_toml
 from tests.support.tools import REPO
 
@@ -110,9 +110,4 @@ async def test_a_reading_that_kills_the_process_is_quarantined_not_crash_looped(
     finally:
         await node.stop()
         await platform.stop()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)

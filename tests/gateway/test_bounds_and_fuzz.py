@@ -369,7 +369,7 @@ async def test_gateway_process_survives_the_corpus_and_keeps_forwarding(
 async def test_memory_stays_bounded_under_a_flood(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
 ) -> None:
-    """20 000 messages as fast as one client sends them — bad payloads, 1 500 made-up devices,
+    """12 000 messages as fast as one client sends them — bad payloads, 1 500 made-up devices,
     valid readings at QoS 0 (never throttled by the broker's in-flight window) — at the gateway
     process: its peak RSS stays within the issue's 64 MB goal (asserted with margin for the
     machine), and it still stores and forwards the good readings."""
@@ -392,18 +392,18 @@ async def test_memory_stays_bounded_under_a_flood(
         flooder = aiomqtt.Client(local.host, local.port, identifier="flooder")
         flooder.pending_calls_threshold = 1_000_000
         async with flooder:
-            for start in range(0, 20_000, 500):
+            for start in range(0, 12_000, 500):
                 batch = []
                 for i in range(start, start + 500):
                     if i % 4 == 0:
-                        dev = f"ce-{0xa00000 + (i // 4) % 1500:012x}"
+                        dev = f"ce-{0xa00000 + (i // 4) % 1500:012x}"  # 3 000 sends: 1 500 ids
                         batch.append((contract.node_topic(dev, "reading"),
                                       json.dumps(hostile.base_reading(dev, i)).encode()))
                     else:
                         batch.append((TOPIC, bad[i % len(bad)]))
                 await asyncio.gather(*(flooder.publish(t, p, qos=0) for t, p in batch))
                 sent += len(batch)
-                if start % 2500 == 0:
+                if start % 1500 == 0:
                     await node.publish(1)
         assert proc.poll() is None, log.read_text()[-3000:]
         await node.publish(3)

@@ -81,7 +81,7 @@ async def test_power_cuts_keep_each_devices_order(
     loader = asyncio.create_task(load())
     try:
         for _ in range(CUTS):
-            await asyncio.sleep(rng.uniform(1.0, 2.5))
+            await asyncio.sleep(rng.uniform(0.7, 1.5))
             proc.send_signal(signal.SIGKILL)  # the power goes: both at once
             local.stop(kill=True)
             proc.wait(timeout=10)

@@ -223,6 +223,8 @@ class Gateway:
         out["readings_stored"] = persisted.get("readings_stored", 0)
         out["duplicates"] = persisted.get("duplicates", 0)
         out["delivered"] = persisted.get("delivered", 0)
+        out["held"] = persisted.get("held", 0)  # readings held behind a gap (edge_gateway/order.py)
+        out["late"] = persisted.get("late", 0)  # ... and those sent marked late
         out["dropped"] = {
             k.removeprefix("dropped_"): v for k, v in persisted.items() if k.startswith("dropped_")
         }

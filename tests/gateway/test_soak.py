@@ -22,9 +22,10 @@ from tests.gateway import hostile
 from tests.gateway.helpers import Platform, gateway_config, run_async, stop_process
 from tests.gateway.test_crash import start_gateway, write_toml
 
-pytestmark = [pytest.mark.soak, pytest.mark.broker]
-
 SOAK_S = float(os.environ.get("CITYEDGE_SOAK_S", "1800"))
+
+# Beyond the suite's per-test timeout: the traffic, the drain and a minute of idle CPU.
+pytestmark = [pytest.mark.soak, pytest.mark.broker, pytest.mark.timeout(SOAK_S + 900)]
 
 
 def rss_mb(pid: int) -> float:

@@ -40,11 +40,15 @@ from typing import Any
 import aiomqtt
 
 from edge_gateway import __version__, contract, metrics, sdnotify
+from edge_gateway.backpressure import BoundedQueue, InboundGate, TokenBucket
+from edge_gateway.bounds import ReasonLog
 from edge_gateway.config import BrokerSection, ConfigError, GatewayConfig, load_config
 from edge_gateway.devices import DeviceTracker
+from edge_gateway.diskguard import RETRY_S, DiskGuard
 from edge_gateway.ingest import Accepted, classify, deadletter_payload, iso_utc
 from edge_gateway.metrics import MetricsServer
 from edge_gateway.processing import Processor, load_registries
+from edge_gateway.quarantine import Quarantine
 from edge_gateway.status import StatusFeed
 from edge_gateway.store import (
     PRIORITY_ALERT,
@@ -63,6 +67,14 @@ from edge_gateway.upstream import MidAllocator, Qos2Link, wire_payload
 
 log = logging.getLogger("edge_gateway")
 
+# Memory bounds (edge_gateway/backpressure.py): readings waiting for the committer, in messages
+# and payload bytes; devices tracked beyond the inventory; dead letters published per second.
+QUEUE_MESSAGES = 1024
+QUEUE_BYTES = 2 << 20
+MAX_DEVICES = 1000
+DEAD_LETTERS_PER_S = 200.0  # on average; bursts of up to DEAD_LETTERS_BURST
+DEAD_LETTERS_BURST = 500.0
+
 
 
 @dataclass
@@ -71,12 +83,13 @@ class _Incoming:
     body: dict[str, Any]
     received: float
     ack: tuple[aiomqtt.Client, int, int] | None = None  # (site client, mid, qos): PUBACK later
+    size: int = 0  # payload bytes (the committer queue is bounded in bytes too)
 
 
 @dataclass
 class _PipelineResult:
     commit: CommitResult
-    dead: list[tuple[str, bytes, str]] = field(default_factory=list)  # topic, payload, reason
+    dead: list[tuple[str, bytes, str, str]] = field(default_factory=list)  # topic, payload, code, reason
     alerts: int = 0
     samples: list[tuple[str, float]] = field(default_factory=list)  # (device, sample time)
 
@@ -167,7 +180,7 @@ class Gateway:
         self.status_feed = StatusFeed(config)  # the status page (edge_gateway/status)
         self.counters: dict[str, int] = defaultdict(int)
         self._saved: dict[str, int] = {}
-        self._queue: asyncio.Queue[_Incoming] | None = None
+        self._queue: BoundedQueue[_Incoming] | None = None
         self._stop: asyncio.Event | None = None
         self._new_rows: asyncio.Event | None = None
         self._local: aiomqtt.Client | None = None
@@ -190,6 +203,10 @@ class Gateway:
         self._online_since: float | None = None  # when the current platform connection began
         self._upstream_health_topic: str | None = None
         self.notify: Any = None  # the alert dispatcher (edge_gateway.notify), when configured
+        self._reasons = ReasonLog(log)  # bad input: one log line per reason and minute
+        self.quarantine: Quarantine | None = None
+        self.disk = DiskGuard(config.store_path.parent)
+        self._dead_letter_rate = TokenBucket(DEAD_LETTERS_PER_S, DEAD_LETTERS_BURST)
 
     def _spawn(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it is done."""
@@ -239,6 +256,7 @@ class Gateway:
             "last_commit_s": self._last_commit_s,
             "devices": len(self.devices.devices),
             "ready": self.ready,
+            "disk_full": self.disk.full,
         }
         stored = dict(store.counters) if store is not None else {}
         return metrics.collect(self.counters, stored, given)
@@ -280,13 +298,19 @@ class Gateway:
         self._new_rows = asyncio.Event()
         self._local_reconnect = asyncio.Event()
         self._upstream_reconnect = asyncio.Event()
-        self._queue = asyncio.Queue(maxsize=20_000)
+        self._queue = BoundedQueue(QUEUE_MESSAGES, QUEUE_BYTES, lambda item: item.size)
         cfg = self.config
         registries = await asyncio.to_thread(load_registries, cfg)
         self.store = await asyncio.to_thread(
             open_store, cfg.store_path, _limits(cfg), cfg.store.synchronous
         )
         store = self.store
+        await store.call(self.disk.open)
+        self.quarantine = Quarantine(cfg.store_path.parent)
+        for key in await store.call(self.quarantine.open):
+            self.counters["quarantined_new"] += 1
+            log.error("reading %s/%d/%d made the gateway stop twice: quarantined (it will be "
+                      "dead-lettered and confirmed to the node, not processed)", *key)
         self.processor = Processor(cfg, registries)
         self.devices.restore(*await store.call(store.sample_counts, time.time()))
         self._load_saved_counters()
@@ -370,6 +394,8 @@ class Gateway:
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                     loop.remove_signal_handler(sig)
+            with contextlib.suppress(BaseException):
+                await store.call(self.quarantine.close)
             await asyncio.to_thread(store.shutdown)
             if self.notify is not None:
                 self.notify.close()
@@ -471,13 +497,14 @@ class Gateway:
                 # it again *before* newer readings — so a crash does not reorder a device's
                 # readings (a node's own resend would arrive after newer ones).
                 client._client.manual_ack_set(True)
+                gate = InboundGate(client)  # stop reading the socket while behind
                 async with client:
                     for topic in contract.NODE_SUBSCRIPTIONS:
                         await client.subscribe(topic, qos=1)
                     self._local = client
                     log.info("connected to the site broker %s:%d", section.host, section.port)
                     delay = section.reconnect_min_s
-                    await self._receive(client)
+                    await self._receive(client, gate)
             except aiomqtt.MqttError as exc:
                 log.warning("site broker %s:%d: %s", section.host, section.port, exc)
             except _Reconnect:
@@ -488,7 +515,7 @@ class Gateway:
             await asyncio.sleep(delay)
             delay = min(max(delay * 2, section.reconnect_min_s), section.reconnect_max_s)
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
+    async def _receive(self, client: aiomqtt.Client, gate: InboundGate | None = None) -> None:
         assert self._queue is not None and self._local_reconnect is not None
         reconnect = asyncio.create_task(self._local_reconnect.wait())
         messages = aiter(client.messages)
@@ -501,6 +528,8 @@ class Gateway:
                     raise _Reconnect()
                 message = nxt.result()
                 nxt = None
+                if gate is not None:
+                    gate.check()
                 await self._on_message(client, str(message.topic), message.payload,
                                        (client, message.mid, message.qos))
         finally:
@@ -514,9 +543,22 @@ class Gateway:
         self, client: aiomqtt.Client, topic: str, payload: Any,
         ack: tuple[aiomqtt.Client, int, int] | None = None,
     ) -> None:
-        assert self._queue is not None
         self.counters["messages_in"] += 1
         data = payload if isinstance(payload, bytes) else str(payload).encode()
+        try:
+            await self._handle_message(client, topic, data, ack)
+        except Exception as exc:  # noqa: BLE001 - that message's problem, never the gateway's
+            self._reasons(logging.ERROR, "ingest", "handling a message from %s failed: %s: %s",
+                          topic[:120], type(exc).__name__, exc)
+            self._dead_letter(client, topic, data, "processing",
+                              f"processing failed: {type(exc).__name__}: {exc}"[:500])
+            _puback(ack)
+
+    async def _handle_message(
+        self, client: aiomqtt.Client, topic: str, data: bytes,
+        ack: tuple[aiomqtt.Client, int, int] | None,
+    ) -> None:
+        assert self._queue is not None
         cfg = self.config
         known = None if cfg.inventory.allow_unknown else self._known_kind
         result = classify(topic, data, cfg.store.max_payload_bytes, known)
@@ -525,11 +567,18 @@ class Gateway:
             self._dead_letter(client, topic, data, result.reason_code, result.reason)
             _puback(ack)
             return
+        if (result.device_id not in self.devices.devices
+                and len(self.devices.devices) >= MAX_DEVICES
+                and cfg.device(result.device_id) is None):
+            self._dead_letter(client, topic, data, "too_many_devices",
+                              f"more than {MAX_DEVICES} devices not in the inventory")
+            _puback(ack)
+            return
         self.status_feed.message(result.leaf, result.device_id, result.body, now)
         if result.leaf == "reading":
             self.counters["readings_in"] += 1
             self.devices.reading(result.device_id, result.body, now)
-            await self._queue.put(_Incoming(result.device_id, result.body, now, ack))
+            await self._queue.put(_Incoming(result.device_id, result.body, now, ack, len(data)))
             return
         elif result.leaf == "status":
             self.devices.status(result.device_id, result.body, now)
@@ -556,8 +605,12 @@ class Gateway:
     ) -> None:
         self.counters[f"dead_letter_{code}"] += 1
         self.status_feed.dead_letter(topic, code, reason, time.time())
-        log.debug("dead letter (%s) from %s: %s", code, topic[:120], reason)
+        self._reasons(logging.WARNING, code, "dead letter (%s) from %s: %s", code, topic[:120],
+                      reason[:200])
         if client is None:
+            return
+        if not self._dead_letter_rate.allow():  # a flood is counted, not echoed
+            self.counters["dead_letters_unpublished"] += 1
             return
         body = deadletter_payload(self.config.gateway_id, topic, data, reason)
         self._spawn(
@@ -577,8 +630,8 @@ class Gateway:
     # -- committer ----------------------------------------------------------------------------
 
     async def _committer(self) -> None:
-        assert self._queue is not None and self.store is not None
-        queue, store = self._queue, self.store
+        assert self._queue is not None
+        queue = self._queue
         while True:
             first = await queue.get()
             batch = [first]
@@ -595,36 +648,89 @@ class Gateway:
                         batch.append(await queue.get())
                 except TimeoutError:
                     break
+            result = await self._commit_batch(batch)
+            for item in batch:
+                _puback(item.ack)
+            self._after_commit(result)
+
+    async def _commit_batch(self, batch: list[_Incoming]) -> _PipelineResult:
+        """Commit one batch, trying again until it is stored. Until then nothing of it is
+        PUBACKed (the site broker keeps it) and no custody is sent (the nodes keep it). A full
+        disk is a state (:mod:`edge_gateway.diskguard`), never a reason to exit; any other store
+        error ends the process after 10 failures in a row (systemd restarts it)."""
+        assert self.store is not None
+        store, disk = self.store, self.disk
+        while True:
             # Shielded: once the batch is on the store thread, let the commit finish even if the
             # gateway is being stopped, then ack what was committed.
             try:
                 result = await asyncio.shield(store.call(self._pipeline, batch))
             except (sqlite3.Error, OSError) as exc:
-                # Nothing of this batch was committed, so no custody was sent: the nodes keep the
-                # readings and send them again. Give up (systemd restarts us) only if it persists.
-                self._store_failures += 1
                 self.counters["store_errors"] += 1
+                if await store.call(disk.failed, exc):
+                    self._reasons(logging.ERROR, "disk_full", "disk full: %d readings wait at the "
+                                  "site broker, not acknowledged: %s", len(batch), exc)
+                    await asyncio.sleep(RETRY_S)
+                    while not await store.call(self._may_retry):
+                        await asyncio.sleep(RETRY_S)
+                    continue
+                self._store_failures += 1
                 log.error("store write failed (%d in a row), %d readings not acknowledged: %s",
                           self._store_failures, len(batch), exc)
-                for item in batch:  # no custody: the nodes send them again
-                    _puback(item.ack)
                 if self._store_failures >= 10:
                     raise
                 await asyncio.sleep(1.0)
                 continue
             self._store_failures = 0
-            for item in batch:
-                _puback(item.ack)
-            self._after_commit(result)
+            if disk.full or not disk.reserve_ok:
+                await store.call(disk.committed)
+            return result
+
+    def _may_retry(self) -> bool:
+        """On the store thread: room for a group, with the disk full (:mod:`diskguard`)."""
+        assert self.store is not None
+        return self.disk.may_retry(self.store.free_pages_bytes())
 
     def _pipeline(self, batch: list[_Incoming]) -> _PipelineResult:
+        """On the store thread: commit the batch in processing groups — one, unless readings
+        that were in hand when the process died before come again (:mod:`quarantine`)."""
+        quarantine = self.quarantine
+        keys = [(i.device_id, int(i.body["boot"]), int(i.body["seq"])) for i in batch]
+        if quarantine is None:
+            return self._commit_group(batch)
+        total: _PipelineResult | None = None
+        for group in quarantine.groups(keys):
+            group_keys = [keys[i] for i in group]
+            quarantine.begin(group_keys)
+            try:
+                part = self._commit_group([batch[i] for i in group])
+            except BaseException:
+                quarantine.abort()  # an error, not a death: nothing was in hand at a crash
+                raise
+            quarantine.end(group_keys)
+            if total is None:
+                total = part
+                continue
+            total.commit.accepted += part.commit.accepted
+            total.commit.duplicates += part.commit.duplicates
+            for reason, n in part.commit.dropped.items():
+                total.commit.dropped[reason] = total.commit.dropped.get(reason, 0) + n
+            total.commit.commit_s += part.commit.commit_s
+            total.dead += part.dead
+            total.alerts += part.alerts
+            total.samples += part.samples
+        assert total is not None
+        return total
+
+    def _commit_group(self, batch: list[_Incoming]) -> _PipelineResult:
         """On the store thread: de-duplicate, process, commit one group."""
         store, processor = self.store, self.processor
         assert store is not None and processor is not None
         cfg = processor.config
         entries: list[Entry] = []
         duplicates: list[tuple[str, int, int]] = []
-        dead: list[tuple[str, bytes, str]] = []
+        dead: list[tuple[str, bytes, str, str]] = []
+        quarantine = self.quarantine
         in_batch: set[tuple[str, int, int]] = set()
         keys = [(i.device_id, int(i.body["boot"]), int(i.body["seq"])) for i in batch]
         fresh = store.is_new(keys)
@@ -639,15 +745,23 @@ class Gateway:
                 duplicates.append(key)
                 continue
             in_batch.add(key)
+            if quarantine is not None and quarantine.is_quarantined(key):
+                raw = json.dumps(item.body, separators=(",", ":")).encode()
+                quarantine.record_payload(key, raw)
+                dead.append((contract.node_topic(item.device_id, "reading"), raw, "quarantined",
+                             "quarantined: the gateway stopped twice while processing it"))
+                remember.append((*key, item.received))
+                continue
             samples.append((item.device_id, sample_time(item.body, item.received)))
             try:
                 processed = processor.process(item.device_id, item.body, item.received)
-            except Exception as exc:  # a processing bug must not lose or block the reading
-                log.exception("processing %s failed", key)
+            except Exception as exc:  # noqa: BLE001 - a processing bug must not lose or block the reading
+                self._reasons(logging.ERROR, "processing", "processing %s failed: %s: %s",
+                              key, type(exc).__name__, exc)
                 errors += 1
                 raw = json.dumps(item.body, separators=(",", ":")).encode()
-                dead.append((contract.node_topic(item.device_id, "reading"), raw,
-                             f"processing failed: {type(exc).__name__}: {exc}"))
+                dead.append((contract.node_topic(item.device_id, "reading"), raw, "processing",
+                             f"processing failed: {type(exc).__name__}: {exc}"[:500]))
                 # Remember the key so a resend is a duplicate; the dead letter holds the payload.
                 remember.append((*key, item.received))
                 continue
@@ -691,8 +805,10 @@ class Gateway:
         now = time.time()
         for dev, t in result.samples:
             self.devices.counted(dev, t, now)
-        for topic, payload, reason in result.dead:  # processing_errors: counted by the commit
-            self._dead_letter(self._local, topic, payload, "processing", reason)
+        for topic, payload, code, reason in result.dead:  # processing_errors: counted by the commit
+            if code != "processing":
+                self.counters[code] += 1  # quarantined
+            self._dead_letter(self._local, topic, payload, code, reason)
         if c.dropped:
             log.warning("store bound reached, dropped %s", c.dropped)
         self._new_rows.set()
@@ -793,6 +909,14 @@ class Gateway:
             except* _Reconnect:
                 log.info("reconnecting to the platform broker with new settings")
                 delay = 0.0
+            except* (sqlite3.Error, OSError) as group:
+                # The store could not record the QoS 2 state (a full disk): start the link again;
+                # what has a packet id is finished first, nothing is sent twice.
+                for exc in group.exceptions:
+                    if not await store.call(self.disk.failed, exc):
+                        raise
+                self._reasons(logging.ERROR, "upstream_store", "forwarding paused, the store "
+                              "cannot write: %s", "; ".join(str(e) for e in group.exceptions))
             finally:
                 self._online_since = None
                 if self._upstream is not None:
@@ -953,6 +1077,13 @@ class Gateway:
                 async with asyncio.timeout(max(period, 10.0)):
                     oldest = await store.call(store.oldest_received)
                     dropped = await store.call(store.enforce) if store.depth else {}
+                    if await store.call(store.release_expired) and self._new_rows is not None:
+                        self._new_rows.set()  # held readings whose gap was given up on
+            except (sqlite3.Error, OSError) as exc:  # a full disk: enforce needs to write
+                await store.call(self.disk.failed, exc)
+                self._reasons(logging.ERROR, "housekeeping", "store bounds not applied: %s", exc)
+                await asyncio.sleep(period)
+                continue
             except TimeoutError:
                 log.error("the store thread did not answer for %.0f s", max(period, 10.0))
                 await asyncio.sleep(period)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from edge_gateway import contract
+from edge_gateway import bounds, contract
 
 LEAF_SCHEMAS = {"reading": "reading", "status": "node_status", "state": "node_state", "ack": "command_ack"}
 
@@ -73,7 +73,7 @@ def _classify(
             "too_large", f"payload of {len(payload)} bytes exceeds {max_payload_bytes} bytes"
         )
     try:
-        body = json.loads(payload, parse_constant=_no_constants)
+        body = bounds.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return Rejected("not_json", f"not JSON: {exc}"[:500])
     if not isinstance(body, dict):
@@ -102,30 +102,29 @@ def _classify(
     return Accepted(device_id, leaf, body)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 @cache
-def _reading_rules() -> tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str],
-                              re.Pattern[str], re.Pattern[str]]:
+def _reading_rules() -> tuple[frozenset[str], frozenset[str], frozenset[str],
+                              dict[str, tuple[float, float]], re.Pattern[str], re.Pattern[str],
+                              tuple[float, float, float]]:
     """Property names, required names, kinds and units of the reading schema, read from the
     contract so this fast path cannot drift from it."""
     sch = contract.schema("reading")
     props = sch["properties"]
-    value = sch["$defs"]["value"]
     return (
         frozenset(props),
         frozenset(sch["required"]),
         frozenset(props["kind"]["enum"]),
-        frozenset(value["properties"]["u"]["enum"]),
+        bounds.unit_limits(),
         re.compile(props["device_id"]["pattern"].strip("^$")),
         re.compile(props["raw"]["propertyNames"]["pattern"].strip("^$")),
+        (float(props["t"]["maximum"]), float(props["window_s"]["maximum"]),
+         float(props["n"]["maximum"])),
     )
 
 
 def _number(x: object) -> bool:
-    return (type(x) is int) or (type(x) is float and math.isfinite(x))
+    return (type(x) is int and -(1 << 53) <= x <= 1 << 53) or (
+        type(x) is float and math.isfinite(x))
 
 
 def _uint32(x: object) -> bool:
@@ -134,7 +133,7 @@ def _uint32(x: object) -> bool:
 
 def reading_is_valid(body: dict[str, Any]) -> bool:
     """True only for readings the ``reading`` schema certainly accepts (a strict subset)."""
-    props, required, kinds, units, dev_re, ch_re = _reading_rules()
+    props, required, kinds, units, dev_re, ch_re, (t_max, window_max, n_max) = _reading_rules()
     if not required.issubset(body) or not props.issuperset(body):
         return False
     dev, fw, raw = body["device_id"], body["fw"], body["raw"]
@@ -144,14 +143,14 @@ def reading_is_valid(body: dict[str, Any]) -> bool:
         and type(body["kind"]) is str and body["kind"] in kinds
         and type(fw) is str and len(fw) <= 32
         and _uint32(body["boot"]) and _uint32(body["seq"])
-        and _number(body["t"]) and body["t"] >= 0
+        and _number(body["t"]) and 0 <= body["t"] <= t_max
         and type(body["synced"]) is bool
         and type(raw) is dict and 1 <= len(raw) <= 32
     ):
         return False
-    if "window_s" in body and not (_number(body["window_s"]) and body["window_s"] >= 0):
+    if "window_s" in body and not (_number(body["window_s"]) and 0 <= body["window_s"] <= window_max):
         return False
-    if "n" in body and not (type(body["n"]) is int and body["n"] >= 0):
+    if "n" in body and not (type(body["n"]) is int and 0 <= body["n"] <= n_max):
         return False
     if "alarm" in body and type(body["alarm"]) is not bool:
         return False
@@ -159,8 +158,12 @@ def reading_is_valid(body: dict[str, Any]) -> bool:
         if ch_re.fullmatch(name) is None or type(val) is not dict or len(val) != 2:
             return False
         v, u = val.get("v"), val.get("u")
-        if not (type(u) is str and u in units and (type(v) is bool or _number(v))):
+        if type(u) is not str or u not in units:
             return False
+        if type(v) is not bool:
+            lo, hi = units[u]
+            if not (_number(v) and lo <= v <= hi):  # type: ignore[operator]
+                return False
     return True
 
 

@@ -63,7 +63,7 @@ class Metric:
     total: str | None = None  # ... and stats()[total] = their sum
 
 
-DEAD_LETTER_REASONS = (*REASON_CODES, "processing")
+DEAD_LETTER_REASONS = (*REASON_CODES, "processing", "too_many_devices", "quarantined")
 
 METRICS: tuple[Metric, ...] = (
     Metric("messages_in", "messages_received_total", "counter",
@@ -125,6 +125,20 @@ METRICS: tuple[Metric, ...] = (
     Metric("devices", "devices", "gauge", "devices heard from since the start", "given",
            health=True),
     Metric("ready", "ready", "gauge", "1 once the store is open and the gateway runs", "given"),
+    Metric("disk_full", "disk_full", "gauge",
+           "1 while the data file system is full (readings wait at the site broker)", "given",
+           health=True),
+    Metric("quarantined", "quarantined_total", "counter",
+           "readings dead-lettered from quarantine (in hand at two process deaths)", "saved",
+           health=True),
+    Metric("quarantined_new", "quarantine_entries_total", "counter",
+           "readings put in quarantine at a start of this process", "process"),
+    Metric("held", "readings_held_total", "counter",
+           "readings held behind a (boot, seq) gap until it filled or timed out", "store"),
+    Metric("late", "readings_late_total", "counter",
+           "readings sent marked late (their gap did not fill in time)", "store"),
+    Metric("dead_letters_unpublished", "dead_letters_unpublished_total", "counter",
+           "dead letters counted but not published (rate limit)", "process"),
 )
 
 BY_KEY = {m.key: m for m in METRICS}

@@ -319,7 +319,12 @@ class Processor:
             interval = timedelta(seconds=min(report_s, 86400.0))
             state = _AirState(aqi.Rolling24h(interval), band=self._saved_bands.pop(device_id, None))
             self._air[device_id] = state
-        mean = state.rolling.add(datetime.fromtimestamp(t, UTC), float(pm25))
+        # One sample per expected interval (the slot of t): a node, or anything sending as one,
+        # that reports faster than its interval replaces its slot's value instead of growing
+        # the 24-hour window without bound (memory, issue 11). A node on schedule is unchanged.
+        slot = state.rolling.expected_interval.total_seconds()
+        mean = state.rolling.add(datetime.fromtimestamp(math.floor(t / slot) * slot, UTC),
+                                 float(pm25))
         if mean.mean is None:
             return {}, []
         derived: dict[str, Any] = {}

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Self
 
 MAX_QUEUED_MESSAGES = 1_000_000
+# Larger PUBLISHes are refused by the broker itself, before any client holds them in memory. The
+# test brokers allow 64 KiB so the gateway's own bound (store.max_payload_bytes, 16 KiB) is
+# exercised; a site broker uses the gateway's bound (host_tools.broker_auth.site_broker_config).
+MESSAGE_SIZE_LIMIT = 65536
 
 
 class BrokerError(RuntimeError):
@@ -64,6 +68,7 @@ class MosquittoBroker:
     acl_file: Path | None = None
     persistence: bool = False
     max_queued_messages: int = MAX_QUEUED_MESSAGES
+    message_size_limit: int = MESSAGE_SIZE_LIMIT
     tls_listener: dict[str, str] | None = None  # {"port": "...", "cafile": ..., "certfile": ..., "keyfile": ...}
     workdir: Path | None = None
     extra_config: list[str] = field(default_factory=list)
@@ -99,6 +104,7 @@ class MosquittoBroker:
             f"max_queued_messages {self.max_queued_messages}",
             "max_queued_bytes 0",
             "max_inflight_messages 100",
+            f"message_size_limit {self.message_size_limit}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             f"log_dest file {self.log_path}",

@@ -251,7 +251,7 @@ def export_broker_files(inventory: Inventory, out_dir: Path, site_id: str) -> tu
         if role == "gateway":
             gateways.append(user)
     passwd, acl = out_dir / "passwd", out_dir / "acl"
-    broker_auth.write_broker_files(passwd, acl, users, gateways)
+    broker_auth.write_broker_files(passwd, acl, users, gateways, out_dir / "cityedge.conf")
     return passwd, acl
 
 

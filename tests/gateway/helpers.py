@@ -246,3 +246,16 @@ class Platform:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+
+
+def stop_process(proc: Any, timeout_s: float = 20.0) -> None:
+    """SIGTERM a gateway process (a clean stop), SIGKILL it if it does not stop in time."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_gateway import contract
+from edge_gateway import bounds, contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.ingest import Accepted, Rejected, classify, reading_is_valid
-from host_tools.brokers import MosquittoBroker
+from host_tools.brokers import MosquittoBroker, free_port
+from tests.gateway import hostile
 from tests.gateway.helpers import (
     AS_INVOKER,
     FakeNode,
@@ -26,8 +28,10 @@ from tests.gateway.helpers import (
     gateway_config,
     reading,
     run_async,
+    stop_process,
     wait_ready,
 )
+from tests.gateway.test_crash import start_gateway, write_toml
 
 
 @run_async
@@ -227,3 +231,194 @@ async def test_live_burst_of_garbage_is_dead_lettered_and_counted(
     finally:
         gw.request_stop()
         await task
+
+
+# --- hostile corpus, in process and against the gateway process ----------------------------
+
+ISSUE_11_PAYLOAD = hostile.payload_with(DEV, 5, ("raw", "battery", "v"), hostile.HUGE_INT)
+
+
+def test_the_issue_11_reading_is_refused_by_schema_and_fast_path() -> None:
+    out = classify(TOPIC, ISSUE_11_PAYLOAD, 16384)
+    assert isinstance(out, Rejected) and out.reason_code == "not_json", out
+    assert "digits" in out.reason
+    body = hostile.base_reading(DEV, 1)
+    body["raw"]["battery"]["v"] = 10**30  # as Python would parse it: the schema's bounds refuse it
+    assert not reading_is_valid(body)
+    with pytest.raises(contract.ContractError):
+        contract.validate("reading", body)
+
+
+def test_every_payload_of_the_corpus_is_refused_with_a_reason() -> None:
+    items = list(hostile.corpus(DEV, 0, random.Random(11)))
+    assert len(items) > 800
+    for what, payload in items:
+        out = classify(TOPIC, payload, 16384)
+        assert isinstance(out, Rejected), what
+        assert out.reason_code in ("not_json", "schema", "too_large"), (what, out)
+
+
+tokens = st.one_of(
+    st.sampled_from(hostile.TOKENS),
+    st.integers(min_value=-(10**60), max_value=10**60).map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.text(max_size=60).map(json.dumps),
+    st.integers(0, 3000).map(lambda n: "[" * n + "]" * n),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(path=st.sampled_from(hostile.field_paths()), token=tokens, seq=st.integers(0, 10))
+def test_fast_path_and_schema_agree_on_every_field(path: tuple[str, ...], token: str, seq: int) -> None:
+    payload = hostile.payload_with(DEV, seq, path, token)
+    out = classify(TOPIC, payload, 16384)
+    if isinstance(out, Accepted):
+        assert hostile._accepted_by_reference(payload.decode())
+        contract.validate("reading", out.body)
+        for ch in out.body["raw"].values():  # every number in range for its unit
+            if not isinstance(ch["v"], bool):
+                lo, hi = bounds.unit_limits()[ch["u"]]
+                assert lo <= ch["v"] <= hi
+    else:
+        assert out.reason_code in ("not_json", "schema", "too_large", "device_mismatch"), out.reason_code
+
+
+def _metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((name + " ", name + "{")):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _vm(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@run_async
+async def test_gateway_process_survives_the_corpus_and_keeps_forwarding(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    """The whole corpus, several times over and as fast as the broker takes it, at a gateway
+    run as the service runs it, with good readings in between: no exit, every bad message
+    counted as a dead letter, every good reading forwarded once, memory bounded."""
+    local = broker_factory("local")
+    upstream = broker_factory("upstream")
+    port = free_port()
+    cfg = gateway_config(local, upstream, tmp_path, metrics={"enabled": True, "port": port})
+    write_toml(tmp_path / "gateway.toml", cfg)
+    log = tmp_path / "gateway.log"
+    proc = start_gateway(tmp_path / "gateway.toml", log)
+    platform = await Platform(upstream).start()
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def metrics() -> str:
+        return urllib.request.urlopen(url, timeout=5).read().decode()
+
+    try:
+        node = await FakeNode(local, "ce-0000000c0c0c", "air").start()
+        await node.publish(1)
+        await node.wait_acked(20)  # the gateway is subscribed and storing
+        items = list(hostile.corpus(DEV, 1000, random.Random(3)))
+        rounds = 4
+        peak = 0.0
+        async with aiomqtt.Client(local.host, local.port, identifier="attacker",
+                                  max_queued_outgoing_messages=0) as attacker:
+            for _round in range(rounds):
+                for start in range(0, len(items), 100):  # QoS 1 and 0, 100 at a time in flight
+                    await asyncio.gather(*(
+                        attacker.publish(TOPIC, payload, qos=i % 2)
+                        for i, (_what, payload) in enumerate(items[start:start + 100])))
+                    await node.publish(1)
+                    peak = max(peak, _vm(proc.pid, "VmRSS"))
+                assert proc.poll() is None, log.read_text()[-3000:]
+        sent_bad = rounds * len(items)
+        await node.publish(5)
+        await node.wait_acked(60)
+        want = node.next_seq
+        async with asyncio.timeout(90):
+            while True:
+                text = await asyncio.to_thread(metrics)
+                if _metric(text, "cityedge_gateway_dead_letters_total") >= sent_bad and len(
+                        {o["seq"] for o in platform.observations()}) >= want:
+                    break
+                await asyncio.sleep(0.3)
+        assert proc.poll() is None
+        text = await asyncio.to_thread(metrics)
+        assert _metric(text, "cityedge_gateway_dead_letters_total") == sent_bad
+        assert _metric(text, "cityedge_gateway_readings_stored_total") == want
+        seqs = sorted(o["seq"] for o in platform.observations() if o["device_id"] == node.device_id)
+        assert seqs == list(range(want))  # every good reading, once, in order
+        hwm = _vm(proc.pid, "VmHWM")
+        print(f"corpus {sent_bad} bad + {want} good: peak RSS {hwm:.1f} MB (sampled {peak:.1f})")
+        assert hwm < 96, f"peak RSS {hwm:.1f} MB"
+        # One log line per reason and minute, not one per message (or a traceback each).
+        lines = log.read_text().splitlines()
+        assert sum("dead letter" in line for line in lines) < 20, lines[-20:]
+        assert "Traceback" not in log.read_text()
+        await node.stop()
+    finally:
+        await platform.stop()
+        stop_process(proc)
+
+
+@run_async
+async def test_memory_stays_bounded_under_a_flood(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    """12 000 messages as fast as one client sends them — bad payloads, 1 500 made-up devices,
+    valid readings at QoS 0 (never throttled by the broker's in-flight window) — at the gateway
+    process: its peak RSS stays within the issue's 64 MB goal (asserted with margin for the
+    machine), and it still stores and forwards the good readings."""
+    local = broker_factory("local")
+    upstream = broker_factory("upstream")
+    port = free_port()
+    cfg = gateway_config(local, upstream, tmp_path, metrics={"enabled": True, "port": port})
+    write_toml(tmp_path / "gateway.toml", cfg)
+    log = tmp_path / "gateway.log"
+    proc = start_gateway(tmp_path / "gateway.toml", log)
+    platform = await Platform(upstream).start()
+    rng = random.Random(5)
+    bad = [p for _w, p in hostile.corpus(DEV, 0, rng)]
+    try:
+        node = await FakeNode(local, "ce-0000000c0c0d", "air").start()
+        await node.publish(1)
+        await node.wait_acked(20)
+        baseline = _vm(proc.pid, "VmRSS")
+        sent = 0
+        flooder = aiomqtt.Client(local.host, local.port, identifier="flooder")
+        flooder.pending_calls_threshold = 1_000_000
+        async with flooder:
+            for start in range(0, 12_000, 500):
+                batch = []
+                for i in range(start, start + 500):
+                    if i % 4 == 0:
+                        dev = f"ce-{0xa00000 + (i // 4) % 1500:012x}"  # 3 000 sends: 1 500 ids
+                        batch.append((contract.node_topic(dev, "reading"),
+                                      json.dumps(hostile.base_reading(dev, i)).encode()))
+                    else:
+                        batch.append((TOPIC, bad[i % len(bad)]))
+                await asyncio.gather(*(flooder.publish(t, p, qos=0) for t, p in batch))
+                sent += len(batch)
+                if start % 1500 == 0:
+                    await node.publish(1)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        await node.publish(3)
+        await node.wait_acked(90)
+        await platform.wait_for(
+            lambda: {o["seq"] for o in platform.observations()
+                     if o["device_id"] == node.device_id} >= set(range(node.next_seq)), 90)
+        hwm = _vm(proc.pid, "VmHWM")
+        print(f"flood of {sent}: RSS {baseline:.1f} MB before, peak {hwm:.1f} MB")
+        assert hwm <= 80, f"peak RSS {hwm:.1f} MB"
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+        assert 'reason="too_many_devices"' in text
+        assert proc.poll() is None
+        await node.stop()
+    finally:
+        await platform.stop()
+        stop_process(proc)

@@ -103,11 +103,14 @@ def unit_limits() -> dict[str, tuple[float, float]]:
     value = contract.schema("reading")["$defs"]["value"]
     out: dict[str, tuple[float, float]] = {}
     generic = value["properties"]["v"]
+    # v is a number or a boolean (anyOf, for ajv's strict mode): the bounds are the number's
+    generic = next((b for b in generic.get("anyOf", ()) if b.get("type") == "number"), generic)
     for unit in value["properties"]["u"]["enum"]:
         out[unit] = (float(generic["minimum"]), float(generic["maximum"]))
     for rule in value.get("allOf", ()):
         unit = rule["if"]["properties"]["u"]["const"]
         v = rule["then"]["properties"]["v"]
+        v = next((b for b in v.get("anyOf", ()) if b.get("type") == "number"), v)
         out[unit] = (float(v["minimum"]), float(v["maximum"]))
     return out
 

@@ -1,5 +1,5 @@
-# Boot-time slot chooser for over-the-air updates (docs/ota.md). otaboot (imported first by
-# main.py) imports it only when ota/boot.json exists, i.e. once an update has been installed.
+# Boot-time slot chooser for over-the-air updates (docs/ota.md). main.py
+# imports it only when ota/boot.json exists, i.e. once an update has been installed.
 # It stays at the flash root (never in a bundle): it must not depend on the slot it picks.
 #
 # ota/boot.json (written temp + rename, so a power cut leaves the old or the new one):

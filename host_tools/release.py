@@ -38,8 +38,8 @@ MANIFEST = "manifest.txt"
 SIGNATURE = "manifest.sig"
 FILES = "files"
 # Files that stay at the board's root and are not part of a slot: main.py runs the slot
-# chooser (otaboot, otaslot), which must not depend on the slot it chooses.
-NOT_IN_BUNDLE = SOURCE_FILES | {"otaboot.mpy", "otaslot.mpy"}
+# chooser (main.py, otaslot), which must not depend on the slot it chooses.
+NOT_IN_BUNDLE = SOURCE_FILES | {"otaslot.mpy"}
 
 _CRYPTO_HINT = "Install the signing tools: pip install 'cityedge[tools]'"
 

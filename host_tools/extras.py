@@ -18,6 +18,9 @@ PROVIDED_BY: dict[str, tuple[str, str]] = {
     "numpy": ("numpy", "fit"),
     "matplotlib": ("matplotlib", "fit"),
     "amqtt": ("amqtt", "sim"),
+    "cryptography": ("cryptography", "tools"),
+    "psycopg": ("psycopg", "platform"),
+    "alembic": ("alembic", "platform"),
 }
 # Distributions an extra installs for something other than an import (the tools that look
 # for these programs say which extra to install themselves).

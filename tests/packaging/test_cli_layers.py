@@ -56,7 +56,7 @@ def test_building_the_parser_imports_no_optional_dependency() -> None:
 
 def test_every_extra_requirement_is_known_to_the_missing_extra_message() -> None:
     known = {canonicalize_name(dist): extra for dist, extra in extras.PROVIDED_BY.values()}
-    for extra in ("tools", "fit", "sim"):
+    for extra in ("tools", "fit", "sim", "platform"):
         for text in PYPROJECT["project"]["optional-dependencies"][extra]:
             name = canonicalize_name(Requirement(text).name)
             if name in extras.NOT_IMPORTED:

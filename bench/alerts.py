@@ -38,10 +38,19 @@ GROUP = "C" + "1" * 32
 
 
 def reading(dev: str, seq: int, level: float, t: float) -> bytes:
-    return json.dumps({"v": 1, "device_id": dev, "kind": "water", "fw": "0.1.0", "boot": 1,
-                       "seq": seq, "t": t, "synced": True,
-                       "raw": {"distance": {"v": 4.0 - level, "u": "m"},
-                               "air_temp": {"v": 30.0, "u": "Cel"}}}).encode()
+    return json.dumps(
+        {
+            "v": 1,
+            "device_id": dev,
+            "kind": "water",
+            "fw": "0.1.0",
+            "boot": 1,
+            "seq": seq,
+            "t": t,
+            "synced": True,
+            "raw": {"distance": {"v": 4.0 - level, "u": "m"}, "air_temp": {"v": 30.0, "u": "Cel"}},
+        }
+    ).encode()
 
 
 def run_mode(mode: str, work: Path, breaches: int, delay_ms: int) -> list[float]:
@@ -54,28 +63,53 @@ def run_mode(mode: str, work: Path, breaches: int, delay_ms: int) -> list[float]
     (work / "line.token").write_text(TOKEN)
     devices = [f"ce-0000bench{i:04d}" for i in range(breaches)]
     (work / "stage.toml").write_text("".join(STAGE.replace("ce-0000000d0001", d) for d in devices))
-    channel = (f'[channels.line]\ntype = "line"\nto = "{GROUP}"\ntoken_file = "line.token"\n'
-               f'api_base = "{line.url}"\nrate_per_min = 6000\nburst = 100\n'
-               '[[routes]]\nchannels = ["line"]\n')
-    (work / "alerts.toml").write_text(f'mode = "{mode}"\noutbox = "notify.sqlite"\n'
-                                      f'[broker]\nport = {platform.port}\n' + channel)
-    inventory = "".join(f'[[inventory.device]]\nid = "{d}"\nkind = "water"\n'
-                        'water_warning_m = 2.0\nwater_critical_m = 3.0\n' for d in devices)
+    channel = (
+        f'[channels.line]\ntype = "line"\nto = "{GROUP}"\ntoken_file = "line.token"\n'
+        f'api_base = "{line.url}"\nrate_per_min = 6000\nburst = 100\n'
+        '[[routes]]\nchannels = ["line"]\n'
+    )
+    (work / "alerts.toml").write_text(
+        f'mode = "{mode}"\noutbox = "notify.sqlite"\n[broker]\nport = {platform.port}\n' + channel
+    )
+    inventory = "".join(
+        f'[[inventory.device]]\nid = "{d}"\nkind = "water"\n'
+        "water_warning_m = 2.0\nwater_critical_m = 3.0\n"
+        for d in devices
+    )
     notify = f'[notify]\nconfig = "{work / "alerts.toml"}"\n' if mode == "gateway" else ""
     (work / "gateway.toml").write_text(
         f'gateway_id = "gw-bench-01"\nsite_id = "bench-site-01"\ndata_dir = "{work / "gw"}"\n'
-        f'[local]\nport = {local.port}\n[upstream]\nport = {platform.port}\n'
-        f'[store]\nmin_free_bytes = 0\n[metrics]\nenabled = false\n'
-        f'[calibration]\nrecords = "{work / "stage.toml"}"\n{notify}{inventory}')
+        f"[local]\nport = {local.port}\n[upstream]\nport = {platform.port}\n"
+        f"[store]\nmin_free_bytes = 0\n[metrics]\nenabled = false\n"
+        f'[calibration]\nrecords = "{work / "stage.toml"}"\n{notify}{inventory}'
+    )
     log = (work / "procs.log").open("ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "edge_gateway", "--config",
-                               str(work / "gateway.toml")], cwd=REPO, stdout=log,
-                              stderr=subprocess.STDOUT, env=env)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "edge_gateway", "--config", str(work / "gateway.toml")],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    ]
     if mode == "central":
-        procs.append(subprocess.Popen(
-            [str(Path(sys.executable).parent / "cityedge"), "alerts", "serve", "--config",
-             str(work / "alerts.toml")], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "cityedge"),
+                    "alerts",
+                    "serve",
+                    "--config",
+                    str(work / "alerts.toml"),
+                ],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        )
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-nodes")
     client.connect("127.0.0.1", local.port)
     client.loop_start()
@@ -85,14 +119,16 @@ def run_mode(mode: str, work: Path, breaches: int, delay_ms: int) -> list[float]
         # A gauge rising 2 cm a minute: 1.98 m sampled a minute ago, then 2.00 m now. (A jump
         # faster than QC's rate-of-change limit, 0.01 m/s, would wait for the next reading.)
         for dev in devices:
-            client.publish(contract.node_topic(dev, "reading"),
-                           reading(dev, 0, 1.98, time.time() - 60), qos=1)
+            client.publish(
+                contract.node_topic(dev, "reading"), reading(dev, 0, 1.98, time.time() - 60), qos=1
+            )
         time.sleep(1.0)
         for dev in devices:
             before = len(line.delivered)
             start = time.monotonic()
-            client.publish(contract.node_topic(dev, "reading"), reading(dev, 1, 2.0, time.time()),
-                           qos=1)
+            client.publish(
+                contract.node_topic(dev, "reading"), reading(dev, 1, 2.0, time.time()), qos=1
+            )
             deadline = start + 60
             while len(line.delivered) == before and time.monotonic() < deadline:
                 time.sleep(0.002)
@@ -112,19 +148,28 @@ def run_mode(mode: str, work: Path, breaches: int, delay_ms: int) -> list[float]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--breaches", type=int, default=20)
-    ap.add_argument("--line-delay-ms", type=int, default=150,
-                    help="how long the fake LINE takes to answer a push (the internet's share)")
+    ap.add_argument(
+        "--line-delay-ms",
+        type=int,
+        default=150,
+        help="how long the fake LINE takes to answer a push (the internet's share)",
+    )
     args = ap.parse_args()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cityedge-bench-alerts-") as tmp:
         for mode in ("gateway", "central"):
             lat = run_mode(mode, Path(tmp) / mode, args.breaches, args.line_delay_ms)
             lat.sort()
-            results[mode] = {"p50_ms": statistics.median(lat) * 1000,
-                             "p90_ms": lat[int(0.9 * (len(lat) - 1))] * 1000,
-                             "max_ms": lat[-1] * 1000, "n": len(lat)}
-    print(f"breach-to-LINE latency, {args.breaches} breaches, fake LINE answering in "
-          f"{args.line_delay_ms} ms (goal: < 30 000 ms)")
+            results[mode] = {
+                "p50_ms": statistics.median(lat) * 1000,
+                "p90_ms": lat[int(0.9 * (len(lat) - 1))] * 1000,
+                "max_ms": lat[-1] * 1000,
+                "n": len(lat),
+            }
+    print(
+        f"breach-to-LINE latency, {args.breaches} breaches, fake LINE answering in "
+        f"{args.line_delay_ms} ms (goal: < 30 000 ms)"
+    )
     print(f"{'':24}{'in the gateway':>18}{'central':>14}")
     for key in ("p50_ms", "p90_ms", "max_ms"):
         print(f"{key:24}{results['gateway'][key]:>18.0f}{results['central'][key]:>14.0f}")

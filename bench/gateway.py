@@ -50,14 +50,27 @@ GATEWAY = "gw-bench-01"
 
 
 def reading(device_id: str, seq: int, t: float) -> bytes:
-    return json.dumps({
-        "v": 1, "device_id": device_id, "kind": "air", "fw": "0.1.0", "boot": 1, "seq": seq,
-        "t": t, "synced": True, "window_s": 60,
-        "raw": {"pm25_cf1": {"v": 20.0 + seq % 13, "u": "ug/m3"},
+    return json.dumps(
+        {
+            "v": 1,
+            "device_id": device_id,
+            "kind": "air",
+            "fw": "0.1.0",
+            "boot": 1,
+            "seq": seq,
+            "t": t,
+            "synced": True,
+            "window_s": 60,
+            "raw": {
+                "pm25_cf1": {"v": 20.0 + seq % 13, "u": "ug/m3"},
                 "pm25_atm": {"v": 18.0 + seq % 11, "u": "ug/m3"},
                 "pm10_atm": {"v": 25.0 + seq % 7, "u": "ug/m3"},
-                "temp": {"v": 31.2, "u": "Cel"}, "rh": {"v": 60.0, "u": "%RH"}},
-    }, separators=(",", ":")).encode()
+                "temp": {"v": 31.2, "u": "Cel"},
+                "rh": {"v": 60.0, "u": "%RH"},
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 class Consumer:
@@ -66,7 +79,9 @@ class Consumer:
     def __init__(self, broker: MosquittoBroker, topic: str) -> None:
         self.arrivals: list[tuple[float, float, str, int]] = []
         self.lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-consumer-{topic.count('/')}")
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-consumer-{topic.count('/')}"
+        )
         self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port)
         self.client.subscribe(topic, qos=1)
@@ -119,7 +134,9 @@ class Publisher:
             dev = self.devices[i % len(self.devices)]
             seq = self.seq[dev]
             self.seq[dev] = seq + 1
-            info = self.client.publish(contract.node_topic(dev, "reading"), reading(dev, seq, time.time()), qos=1)
+            info = self.client.publish(
+                contract.node_topic(dev, "reading"), reading(dev, seq, time.time()), qos=1
+            )
             if rate_per_s:
                 ahead = start + (i + 1) / rate_per_s - time.monotonic()
                 if ahead > 0:
@@ -168,9 +185,16 @@ def proc_peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def write_config(path: Path, local: MosquittoBroker, upstream: MosquittoBroker, data: Path,
-                 drain_rate: float, metrics_port: int) -> None:
-    path.write_text(f"""
+def write_config(
+    path: Path,
+    local: MosquittoBroker,
+    upstream: MosquittoBroker,
+    data: Path,
+    drain_rate: float,
+    metrics_port: int,
+) -> None:
+    path.write_text(
+        f"""
 gateway_id = "{GATEWAY}"
 site_id = "{SITE}"
 data_dir = "{data}"
@@ -199,13 +223,16 @@ enabled = true
 port = {metrics_port}
 [health]
 interval_s = 5
-""".replace("max_inflight_messages_placeholder = 0\n", ""))
+""".replace("max_inflight_messages_placeholder = 0\n", "")
+    )
 
 
 def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "edge_gateway", "--config", str(config)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("ab"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
     )
 
 
@@ -218,7 +245,9 @@ def stop_gateway(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_stream(publisher: Publisher, consumer: Consumer, n: int, timeout_s: float) -> tuple[float, bool]:
+def run_stream(
+    publisher: Publisher, consumer: Consumer, n: int, timeout_s: float
+) -> tuple[float, bool]:
     consumer.reset()
     t0 = time.monotonic()
     publisher.publish(n)
@@ -227,7 +256,9 @@ def run_stream(publisher: Publisher, consumer: Consumer, n: int, timeout_s: floa
     return consumer.count() / elapsed, ok
 
 
-def paced_latency(publisher: Publisher, consumer: Consumer, n: int, rate: float) -> tuple[float, float]:
+def paced_latency(
+    publisher: Publisher, consumer: Consumer, n: int, rate: float
+) -> tuple[float, float]:
     consumer.reset()
     publisher.publish(n, rate_per_s=rate)
     consumer.wait(n, 30)
@@ -250,7 +281,9 @@ def bench_gateway(work: Path, n: int, n_paced: int) -> dict[str, Any]:
             publisher.publish(1)
             time.sleep(0.2)
         if consumer.count() == 0:
-            raise RuntimeError(f"gateway did not forward: {(work / 'gateway.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                f"gateway did not forward: {(work / 'gateway.log').read_text()[-2000:]}"
+            )
         time.sleep(0.5)
         io0 = proc_io_write(proc.pid)
         cpu0 = proc_cpu_s(proc.pid)
@@ -291,7 +324,9 @@ def bench_bridge(work: Path, n: int, n_paced: int) -> dict[str, Any]:
         "cleansession true",
         "bridge_protocol_version mqttv311",
     ]
-    local = MosquittoBroker("bridge-local", workdir=work / "bridge-local", extra_config=bridge).start()
+    local = MosquittoBroker(
+        "bridge-local", workdir=work / "bridge-local", extra_config=bridge
+    ).start()
     consumer = Consumer(upstream, f"{contract.ROOT}/node/+/reading")
     publisher = Publisher(local, devices=50)
     try:
@@ -303,9 +338,13 @@ def bench_bridge(work: Path, n: int, n_paced: int) -> dict[str, Any]:
         rate, ok = run_stream(publisher, consumer, n, timeout_s=60)
         pub_rate = publisher.rate
         p50, p99 = paced_latency(publisher, consumer, n_paced, rate=max(50.0, rate * 0.4))
-        return {"bridge_readings_per_s": round(rate), "bridge_complete": ok,
-                "bridge_publisher_per_s": round(pub_rate),
-                "bridge_p50_ms": round(p50, 1), "bridge_p99_ms": round(p99, 1)}
+        return {
+            "bridge_readings_per_s": round(rate),
+            "bridge_complete": ok,
+            "bridge_publisher_per_s": round(pub_rate),
+            "bridge_p50_ms": round(p50, 1),
+            "bridge_p99_ms": round(p99, 1),
+        }
     finally:
         publisher.close()
         consumer.close()
@@ -325,15 +364,28 @@ def fill_store(path: Path, n: int, devices: int) -> float:
         dev = f"ce-{(i % devices) + 1:012x}"
         seq = 10_000_000 + i // devices  # never collides with the live node's seqs
         obs = {
-            "v": 1, "site_id": SITE, "gateway_id": GATEWAY, "device_id": dev, "kind": "air",
-            "fw": "0.1.0", "boot": 1, "seq": seq, "phenomenon_time": "2026-11-22T00:00:00Z",
-            "t": now, "clock_synced": True, "received_time": "2026-11-22T00:00:00.000Z",
-            "location": {"lat": 13.75, "lon": 100.5}, "raw": template["raw"],
+            "v": 1,
+            "site_id": SITE,
+            "gateway_id": GATEWAY,
+            "device_id": dev,
+            "kind": "air",
+            "fw": "0.1.0",
+            "boot": 1,
+            "seq": seq,
+            "phenomenon_time": "2026-11-22T00:00:00Z",
+            "t": now,
+            "clock_synced": True,
+            "received_time": "2026-11-22T00:00:00.000Z",
+            "location": {"lat": 13.75, "lon": 100.5},
+            "raw": template["raw"],
             "calibrated": {"pm25": {"v": 12.0, "u": "ug/m3", "calibration_id": "none"}},
-            "quality": {"pm25": 1}, "replay": False,
+            "quality": {"pm25": 1},
+            "replay": False,
         }
         payload = json.dumps(obs, separators=(",", ":")).encode()
-        batch.append(Entry(contract.observation_topic(SITE, "air", dev), payload, now, 0, (dev, 1, seq)))
+        batch.append(
+            Entry(contract.observation_topic(SITE, "air", dev), payload, now, 0, (dev, 1, seq))
+        )
         if len(batch) == 5000:
             store.commit(batch, now=now)
             batch.clear()
@@ -398,7 +450,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small run, under a minute")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
-    n, n_paced, backlog, live_n = (5_000, 1_000, 20_000, 100) if args.quick else (50_000, 5_000, 1_000_000, 400)
+    n, n_paced, backlog, live_n = (
+        (5_000, 1_000, 20_000, 100) if args.quick else (50_000, 5_000, 1_000_000, 400)
+    )
     work = Path(tempfile.mkdtemp(prefix="cityedge-bench-gw-", dir=os.environ.get("BENCH_DIR")))
     figures: dict[str, Any] = {"quick": args.quick, "n": n}
     try:
@@ -407,11 +461,13 @@ def main() -> int:
         print(f"gateway: {figures}", file=sys.stderr)
         figures.update(bench_bridge(work, n, n_paced))
         figures["durability_cost_ratio"] = round(
-            figures["bridge_readings_per_s"] / max(1, figures["gw_readings_per_s"]), 2)
+            figures["bridge_readings_per_s"] / max(1, figures["gw_readings_per_s"]), 2
+        )
         # The bench's own ends are not the ceiling when the bridge run (same publisher, same
         # consumer) goes faster than the gateway: the consumer took bridge_readings_per_s.
         figures["gw_to_bridge_ratio"] = round(
-            figures["gw_readings_per_s"] / max(1, figures["bridge_readings_per_s"]), 2)
+            figures["gw_readings_per_s"] / max(1, figures["bridge_readings_per_s"]), 2
+        )
         print(f"bridge: {figures}", file=sys.stderr)
         figures.update(bench_drain(work, backlog, live_n))
         figures["total_s"] = round(time.monotonic() - t0, 1)
@@ -419,8 +475,13 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     # The last line: every figure, ending with what the goals are about (issue 11).
-    last = ("gw_readings_per_s", "gw_to_bridge_ratio", "gw_cpu_ms_per_reading",
-            "gw_disk_bytes_per_reading", "gw_peak_rss_mb")
+    last = (
+        "gw_readings_per_s",
+        "gw_to_bridge_ratio",
+        "gw_cpu_ms_per_reading",
+        "gw_disk_bytes_per_reading",
+        "gw_peak_rss_mb",
+    )
     ordered = [k for k in figures if k not in last] + [k for k in last if k in figures]
     print(" ".join(f"{k}={figures[k]}" for k in ordered))
     return 0

@@ -54,8 +54,14 @@ def make_vectors(root: Path, msg: bytes) -> dict[str, Path]:
 
 def run(alg: str, vec: Path, heap_k: int, skip: bool = False) -> dict[str, Any] | None:
     args = [micropython_path(), "-X", f"heapsize={heap_k}k", str(SCRIPT), alg, str(vec)]
-    proc = subprocess.run(args + (["skip"] if skip else []), capture_output=True, text=True,
-                          env={"MICROPYPATH": PATH}, timeout=600, check=False)
+    proc = subprocess.run(
+        args + (["skip"] if skip else []),
+        capture_output=True,
+        text=True,
+        env={"MICROPYPATH": PATH},
+        timeout=600,
+        check=False,
+    )
     if proc.returncode != 0:
         return None
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -81,8 +87,13 @@ def measure(name: str, vec: Path) -> dict[str, Any]:
     ok = all(r is not None and r["ok"] for r in runs)
     ms = min(r["ms"] for r in runs if r is not None) if ok else float("nan")
     peak = min_heap_k(alg, vec, False) - min_heap_k(alg, vec, True)
-    return {"alg": name, "verified": ok, "verify_ms": round(ms, 1), "peak_heap_kb": peak,
-            "sig_bytes": len((vec / "sig").read_bytes())}
+    return {
+        "alg": name,
+        "verified": ok,
+        "verify_ms": round(ms, 1),
+        "peak_heap_kb": peak,
+        "sig_bytes": len((vec / "sig").read_bytes()),
+    }
 
 
 def ota_verify_figures() -> list[dict[str, Any]]:

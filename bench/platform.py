@@ -41,9 +41,23 @@ from tests.platform.helpers import Publisher, observation
 DEVICES = 50
 
 
-def start_sink(brokers: list[MosquittoBroker], url: str, consumers: int, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "city_platform", "sink", "--db", url, "--consumers", str(consumers),
-           "--client-prefix", f"bench{consumers}", "--group", f"bench{consumers}"]
+def start_sink(
+    brokers: list[MosquittoBroker], url: str, consumers: int, log: Path
+) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "city_platform",
+        "sink",
+        "--db",
+        url,
+        "--consumers",
+        str(consumers),
+        "--client-prefix",
+        f"bench{consumers}",
+        "--group",
+        f"bench{consumers}",
+    ]
     for b in brokers:
         cmd += ["--broker", b.address]
     out = open(log, "wb")  # noqa: SIM115 - the process holds it
@@ -66,8 +80,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_once(pg: PostgresServer, brokers: list[MosquittoBroker], consumers: int, readings: int,
-             workdir: Path) -> dict[str, Any]:
+def run_once(
+    pg: PostgresServer, brokers: list[MosquittoBroker], consumers: int, readings: int, workdir: Path
+) -> dict[str, Any]:
     name = f"bench_{consumers}_{os.getpid()}"
     owner = pg.create_database(name)
     migrate(owner)
@@ -84,7 +99,9 @@ def run_once(pg: PostgresServer, brokers: list[MosquittoBroker], consumers: int,
         device = f"ce-{d:012x}"
         site = f"bench-site-{d % 2}"
         seq = n // DEVICES
-        obs = observation(site, f"gw-{site}", device, 1, seq, t0 + 60 * seq, pm25_cf1=float(seq % 80))
+        obs = observation(
+            site, f"gw-{site}", device, 1, seq, t0 + 60 * seq, pm25_cf1=float(seq % 80)
+        )
         pubs[d % 2].send(contract.observation_topic(site, "air", device), obs, qos=1)
         if n % 2000 == 1999:
             for p in pubs:
@@ -112,16 +129,25 @@ def run_once(pg: PostgresServer, brokers: list[MosquittoBroker], consumers: int,
                 """SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_inherits i
                    JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent
                    JOIN pg_namespace n ON n.oid = p.relnamespace
-                   WHERE n.nspname = 'cityedge' AND p.relname = 'observation'""").fetchone()
+                   WHERE n.nspname = 'cityedge' AND p.relname = 'observation'"""
+            ).fetchone()
     finally:
         stop(proc)
     span = (last - first).total_seconds() if first and last else wall
-    return {"consumers": consumers, "readings": rows, "span_s": span, "wall_s": wall,
-            "rate": rows / max(span, 1e-6), "bytes_per_reading": (size[0] if size else 0) / max(rows, 1)}
+    return {
+        "consumers": consumers,
+        "readings": rows,
+        "span_s": span,
+        "wall_s": wall,
+        "rate": rows / max(span, 1e-6),
+        "bytes_per_reading": (size[0] if size else 0) / max(rows, 1),
+    }
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="8 000 readings per run")
     ap.add_argument("--readings", type=int, help="readings per run")
     ap.add_argument("--consumers", default="1,2,4", help="consumer counts to run")
@@ -131,14 +157,19 @@ def main() -> int:
     workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"cityedge-bench-platform-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
     pg = PostgresServer().start()
-    brokers = [MosquittoBroker(name=f"district-{i}", workdir=workdir / f"b{i}").start() for i in range(2)]
+    brokers = [
+        MosquittoBroker(name=f"district-{i}", workdir=workdir / f"b{i}").start() for i in range(2)
+    ]
     results = []
     try:
         for n in counts:
             r = run_once(pg, brokers, n, readings, workdir)
             results.append(r)
-            print(f"{n} consumer(s): {r['readings']} readings in {r['span_s']:.1f} s "
-                  f"({r['wall_s']:.1f} s with start-up): {r['rate']:.0f} readings/s", flush=True)
+            print(
+                f"{n} consumer(s): {r['readings']} readings in {r['span_s']:.1f} s "
+                f"({r['wall_s']:.1f} s with start-up): {r['rate']:.0f} readings/s",
+                flush=True,
+            )
     finally:
         for b in brokers:
             b.stop(kill=True)
@@ -147,10 +178,14 @@ def main() -> int:
     print()
     print(f"{'consumers':>9} {'readings/s':>11} {'ratio to 1':>10} {'PG bytes/reading':>17}")
     for r in results:
-        print(f"{r['consumers']:>9} {r['rate']:>11.0f} {r['rate'] / base:>10.2f} {r['bytes_per_reading']:>17.0f}")
+        print(
+            f"{r['consumers']:>9} {r['rate']:>11.0f} {r['rate'] / base:>10.2f} {r['bytes_per_reading']:>17.0f}"
+        )
     load = os.getloadavg()[0]
-    print(f"(2 brokers, {DEVICES} devices, {readings} readings per run, {os.cpu_count()} CPUs, "
-          f"load average {load:.1f})")
+    print(
+        f"(2 brokers, {DEVICES} devices, {readings} readings per run, {os.cpu_count()} CPUs, "
+        f"load average {load:.1f})"
+    )
     figures = {f"rate_{r['consumers']}": round(r["rate"]) for r in results}
     figures |= {f"ratio_{r['consumers']}": round(r["rate"] / base, 2) for r in results}
     figures["bytes_per_reading"] = round(results[-1]["bytes_per_reading"])

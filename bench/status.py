@@ -80,20 +80,35 @@ def publish_city(broker: MosquittoBroker) -> None:
         site, gw = f"bench-site-{s:03d}", f"gw-bench-{s:03d}"
         state = "offline" if s == 7 else "online"
         health = {"v": 1, "site_id": site, "gateway_id": gw, "state": state, "t": iso_utc(now)}
-        infos.append(c.publish(contract.gateway_health_topic(site, gw), json.dumps(health), 1,
-                               retain=True))
+        infos.append(
+            c.publish(contract.gateway_health_topic(site, gw), json.dumps(health), 1, retain=True)
+        )
         for d in range(PER_SITE):
             dev = f"ce-{s:06x}{d:06x}"
             silent = (s * PER_SITE + d) % 10 == 0
-            body = {"v": 1, "site_id": site, "gateway_id": gw, "device_id": dev, "kind": "air",
-                    "state": "offline" if silent else "online",
-                    "last_seen": iso_utc(now - (3600 if silent else 20)),
-                    "last_reading": iso_utc(now - (3600 if silent else 20)), "battery_v": 3.9,
-                    "rssi_dbm": -70, "outbox_depth": 0, "outbox_dropped": 0,
-                    "completeness": 0.98, "received_24h": 1411, "expected_24h": 1440,
-                    "sensor_errors": {}, "fw": "0.1.0", "report_s": 60.0}
-            infos.append(c.publish(contract.device_status_topic(site, dev), json.dumps(body), 1,
-                                   retain=True))
+            body = {
+                "v": 1,
+                "site_id": site,
+                "gateway_id": gw,
+                "device_id": dev,
+                "kind": "air",
+                "state": "offline" if silent else "online",
+                "last_seen": iso_utc(now - (3600 if silent else 20)),
+                "last_reading": iso_utc(now - (3600 if silent else 20)),
+                "battery_v": 3.9,
+                "rssi_dbm": -70,
+                "outbox_depth": 0,
+                "outbox_dropped": 0,
+                "completeness": 0.98,
+                "received_24h": 1411,
+                "expected_24h": 1440,
+                "sensor_errors": {},
+                "fw": "0.1.0",
+                "report_s": 60.0,
+            }
+            infos.append(
+                c.publish(contract.device_status_topic(site, dev), json.dumps(body), 1, retain=True)
+            )
     for i in infos:
         i.wait_for_publish(30)
     c.loop_stop()
@@ -106,12 +121,22 @@ def browser_load_ms(urls: list[str], work: Path) -> list[float]:
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "chromium"
-    for f in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--disable-dev-shm-usage", f"--user-data-dir={work / 'profile'}"):
+    for f in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={work / 'profile'}",
+    ):
         opts.add_argument(f)
-    drv = webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"),
-                           options=opts)
+    drv = webdriver.Chrome(
+        service=Service(shutil.which("chromedriver") or "chromedriver"), options=opts
+    )
     out = []
     try:
         drv.get(urls[0])  # warm the browser itself (its start is not the page's cost)
@@ -119,9 +144,14 @@ def browser_load_ms(urls: list[str], work: Path) -> list[float]:
             runs = []
             for _ in range(3):
                 drv.get(url)
-                runs.append(float(drv.execute_script(
-                    "var n = performance.getEntriesByType('navigation')[0];"
-                    "return n.loadEventEnd - n.startTime;")))
+                runs.append(
+                    float(
+                        drv.execute_script(
+                            "var n = performance.getEntriesByType('navigation')[0];"
+                            "return n.loadEventEnd - n.startTime;"
+                        )
+                    )
+                )
             out.append(statistics.median(runs))
     finally:
         drv.quit()
@@ -136,28 +166,50 @@ def city(work: Path) -> dict[str, Any]:
         publish_s = time.monotonic() - t0
         port = free_port()
         t1 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "host_tools.cli", "fleet", "serve",
-                                 "--broker", broker.address, "--port", str(port), "--lang", "en"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "host_tools.cli",
+                "fleet",
+                "serve",
+                "--broker",
+                broker.address,
+                "--port",
+                str(port),
+                "--lang",
+                "en",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             wait_for_port("127.0.0.1", port, 30)
             while True:
                 sites = json.loads(_get(f"{base}/api/sites"))
-                if (sum(x["counts"]["devices"] for x in sites) >= SITES * PER_SITE
-                        and all(x["gateway"] for x in sites)):
+                if sum(x["counts"]["devices"] for x in sites) >= SITES * PER_SITE and all(
+                    x["gateway"] for x in sites
+                ):
                     break
                 time.sleep(0.1)
             ready_s = time.monotonic() - t1
             summary = json.loads(_get(f"{base}/api/summary"))
-            urls = [f"{base}/", f"{base}/site/bench-site-003", f"{base}/site/bench-site-007",
-                    f"{base}/api/devices"]
+            urls = [
+                f"{base}/",
+                f"{base}/site/bench-site-003",
+                f"{base}/site/bench-site-007",
+                f"{base}/api/devices",
+            ]
             page_ms = browser_load_ms([urls[0], urls[1], f"{base}/site/bench-site-007"], work)
             api: dict[str, tuple[float, float]] = {}
-            for name, path in (("summary", "/api/summary"), ("sites", "/api/sites"),
-                               ("devices_offline", "/api/devices?state=offline"),
-                               ("device", "/api/devices/ce-00000300000a"),
-                               ("devices_all", "/api/devices")):
+            for name, path in (
+                ("summary", "/api/summary"),
+                ("sites", "/api/sites"),
+                ("devices_offline", "/api/devices?state=offline"),
+                ("device", "/api/devices/ce-00000300000a"),
+                ("devices_all", "/api/devices"),
+            ):
                 lat = []
                 for _ in range(200 if name != "devices_all" else 40):
                     a = time.perf_counter()
@@ -170,8 +222,14 @@ def city(work: Path) -> dict[str, Any]:
             proc.wait(20)
     finally:
         broker.stop()
-    return {"publish_s": publish_s, "ready_s": ready_s, "summary": summary, "page_ms": page_ms,
-            "api": api, "mem": mem}
+    return {
+        "publish_s": publish_s,
+        "ready_s": ready_s,
+        "summary": summary,
+        "page_ms": page_ms,
+        "api": api,
+        "mem": mem,
+    }
 
 
 def gateway_run(work: Path, enabled: bool, seconds: float, devices: int = 50) -> dict[str, float]:
@@ -182,10 +240,14 @@ def gateway_run(work: Path, enabled: bool, seconds: float, devices: int = 50) ->
         f'gateway_id = "gw-bench-01"\nsite_id = "bench-site-01"\n'
         f'data_dir = "{work / f"gw-data-{enabled}"}"\n'
         f'[local]\nhost = "{local.host}"\nport = {local.port}\n[upstream]\nenabled = false\n'
-        f'[metrics]\nenabled = false\n[store]\nmin_free_bytes = 0\n'
-        f'[status]\nenabled = {"true" if enabled else "false"}\nport = {port}\n')
-    proc = subprocess.Popen([sys.executable, "-m", "edge_gateway", "--config", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        f"[metrics]\nenabled = false\n[store]\nmin_free_bytes = 0\n"
+        f"[status]\nenabled = {'true' if enabled else 'false'}\nport = {port}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_gateway", "--config", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-nodes")
     c.connect(local.host, local.port)
     c.loop_start()
@@ -200,13 +262,24 @@ def gateway_run(work: Path, enabled: bool, seconds: float, devices: int = 50) ->
             tick = time.monotonic()
             for d in range(devices):
                 dev = f"ce-0000000b{d:04x}"
-                body = {"v": 1, "device_id": dev, "kind": "air", "fw": "0.1.0", "boot": 1,
-                        "seq": seq, "t": time.time(), "synced": True,
-                        "raw": {"pm25_cf1": {"v": 20.0 + seq % 9, "u": "ug/m3"},
-                                "pm25_atm": {"v": 18.0, "u": "ug/m3"},
-                                "pm10_atm": {"v": 25.0, "u": "ug/m3"},
-                                "temp": {"v": 31.0, "u": "Cel"}, "rh": {"v": 60.0, "u": "%RH"},
-                                "battery": {"v": 3.9, "u": "V"}}}
+                body = {
+                    "v": 1,
+                    "device_id": dev,
+                    "kind": "air",
+                    "fw": "0.1.0",
+                    "boot": 1,
+                    "seq": seq,
+                    "t": time.time(),
+                    "synced": True,
+                    "raw": {
+                        "pm25_cf1": {"v": 20.0 + seq % 9, "u": "ug/m3"},
+                        "pm25_atm": {"v": 18.0, "u": "ug/m3"},
+                        "pm10_atm": {"v": 25.0, "u": "ug/m3"},
+                        "temp": {"v": 31.0, "u": "Cel"},
+                        "rh": {"v": 60.0, "u": "%RH"},
+                        "battery": {"v": 3.9, "u": "V"},
+                    },
+                }
                 c.publish(contract.node_topic(dev, "reading"), json.dumps(body), 1)
             seq += 1
             if enabled and time.monotonic() >= next_poll:
@@ -223,8 +296,12 @@ def gateway_run(work: Path, enabled: bool, seconds: float, devices: int = 50) ->
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
         local.stop()
-    out = {"cpu_s": cpu, "cpu_pct": 100 * cpu / seconds, "hwm_mb": mem.get("VmHWM", 0.0),
-           "rss_mb": mem.get("VmRSS", 0.0)}
+    out = {
+        "cpu_s": cpu,
+        "cpu_pct": 100 * cpu / seconds,
+        "hwm_mb": mem.get("VmHWM", 0.0),
+        "rss_mb": mem.get("VmRSS", 0.0),
+    }
     if polls:
         out["live_p50_ms"], out["live_p99_ms"] = _pcts(polls)
     return out
@@ -239,34 +316,47 @@ def main() -> None:
         work = Path(tmp)
         c = city(work)
         s = c["summary"]
-        print(f"city view: {SITES} sites, {SITES * PER_SITE} devices "
-              f"(online {s['online']}, offline {s['offline']}, unknown {s['unknown']})")
-        print(f"  retained messages published in {c['publish_s']:.2f} s; fleet serve had all "
-              f"of them {c['ready_s']:.2f} s after it started")
+        print(
+            f"city view: {SITES} sites, {SITES * PER_SITE} devices "
+            f"(online {s['online']}, offline {s['offline']}, unknown {s['unknown']})"
+        )
+        print(
+            f"  retained messages published in {c['publish_s']:.2f} s; fleet serve had all "
+            f"of them {c['ready_s']:.2f} s after it started"
+        )
         names = ("sites page", "site page (20 devices)", "site page, gateway down")
         for n, ms in zip(names, c["page_ms"], strict=True):
             print(f"  usable in Chromium (load event): {n}: {ms:.0f} ms (goal < 1000 ms)")
         for name, (p50, p99) in c["api"].items():
             print(f"  API {name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-        print(f"  fleet serve RSS {c['mem'].get('VmRSS', 0):.1f} MB "
-              f"(peak {c['mem'].get('VmHWM', 0):.1f} MB)")
+        print(
+            f"  fleet serve RSS {c['mem'].get('VmRSS', 0):.1f} MB "
+            f"(peak {c['mem'].get('VmHWM', 0):.1f} MB)"
+        )
         off = gateway_run(work, False, seconds)
         on = gateway_run(work, True, seconds)
         print(f"gateway, 50 devices x 1 reading/s for {seconds:.0f} s:   status off | on")
         print(f"  peak RSS MB                 {off['hwm_mb']:8.1f} | {on['hwm_mb']:.1f}")
-        print(f"  CPU s (% of one core)       {off['cpu_s']:5.1f} ({off['cpu_pct']:.1f} %) | "
-              f"{on['cpu_s']:.1f} ({on['cpu_pct']:.1f} %)")
+        print(
+            f"  CPU s (% of one core)       {off['cpu_s']:5.1f} ({off['cpu_pct']:.1f} %) | "
+            f"{on['cpu_s']:.1f} ({on['cpu_pct']:.1f} %)"
+        )
         if "live_p99_ms" in on:
-            print(f"  page poll /live p50 {on['live_p50_ms']:.1f} ms, p99 {on['live_p99_ms']:.1f} ms")
+            print(
+                f"  page poll /live p50 {on['live_p50_ms']:.1f} ms, p99 {on['live_p99_ms']:.1f} ms"
+            )
         figures = {
             "city_ready_s": round(c["ready_s"], 2),
-            "sites_page_ms": round(c["page_ms"][0]), "site_page_ms": round(c["page_ms"][1]),
+            "sites_page_ms": round(c["page_ms"][0]),
+            "site_page_ms": round(c["page_ms"][1]),
             "api_summary_p99_ms": round(c["api"]["summary"][1], 1),
             "api_devices_offline_p99_ms": round(c["api"]["devices_offline"][1], 1),
             "api_device_p99_ms": round(c["api"]["device"][1], 1),
             "fleet_rss_mb": round(c["mem"].get("VmRSS", 0), 1),
-            "gw_hwm_off_mb": round(off["hwm_mb"], 1), "gw_hwm_on_mb": round(on["hwm_mb"], 1),
-            "gw_cpu_off_pct": round(off["cpu_pct"], 1), "gw_cpu_on_pct": round(on["cpu_pct"], 1),
+            "gw_hwm_off_mb": round(off["hwm_mb"], 1),
+            "gw_hwm_on_mb": round(on["hwm_mb"], 1),
+            "gw_cpu_off_pct": round(off["cpu_pct"], 1),
+            "gw_cpu_on_pct": round(on["cpu_pct"], 1),
         }
         print(" ".join(f"{k}={v}" for k, v in figures.items()))
 

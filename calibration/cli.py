@@ -169,8 +169,12 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     f.add_argument("--out-dir", type=Path, default=Path("."), help="folder for record + PNG")
     f.add_argument("--record-id", help="record id (default: DEVICE-QUANTITY-YYYYMMDD-FORM)")
     f.add_argument("--author", default="cityedge calibrate fit", help="who made this record")
-    f.add_argument("--quantity", choices=("pm25", "pm10"), default="pm25",
-                   help="quantity to fit (default pm25)")
+    f.add_argument(
+        "--quantity",
+        choices=("pm25", "pm10"),
+        default="pm25",
+        help="quantity to fit (default pm25)",
+    )
     f.add_argument("--channel", help="raw input channel (default: QUANTITY_cf1)")
     f.add_argument("--rh-channel", default="rh", help="the node's RH channel (default: rh)")
     f.add_argument("--station", help="reference station code (default: the CSV's station)")
@@ -202,8 +206,12 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="o3_1h and so2_24h are US-only (1-hour ozone ≥ 0.125 ppm; 24-hour SO2 ≥ 305 ppb)",
     )
     a.add_argument("concentration", type=float, help="µg/m³ for PM; ppb/ppm as the table says")
-    a.add_argument("--index", choices=("thai", "us"), default="thai",
-                   help="Thai AQI (PCD bands, default) or US AQI")
+    a.add_argument(
+        "--index",
+        choices=("thai", "us"),
+        default="thai",
+        help="Thai AQI (PCD bands, default) or US AQI",
+    )
     a.set_defaults(func=_guard(_aqi))
 
 

@@ -55,7 +55,9 @@ def _time_param(query: Any, name: str) -> datetime | None:
         # An unencoded "+07:00" in a query string arrives as " 07:00".
         when = datetime.fromisoformat(text.replace(" ", "+"))
     except ValueError:
-        raise BadRequest(f"{name}={text!r} is not ISO 8601 (e.g. 2026-11-22T10:00:00+07:00)") from None
+        raise BadRequest(
+            f"{name}={text!r} is not ISO 8601 (e.g. 2026-11-22T10:00:00+07:00)"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=BANGKOK)
 
 
@@ -90,8 +92,10 @@ class Pool:
             try:
                 conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
             except psycopg.OperationalError as exc:
-                raise PlatformError(f"cannot connect to PostgreSQL: {str(exc).strip()}",
-                                    "check --db and that PostgreSQL is running") from exc
+                raise PlatformError(
+                    f"cannot connect to PostgreSQL: {str(exc).strip()}",
+                    "check --db and that PostgreSQL is running",
+                ) from exc
             await self._free.put(conn)
 
     async def close(self) -> None:
@@ -147,7 +151,8 @@ async def latest(pool: Pool, query: Any) -> Any:
 
 async def device_latest(pool: Pool, device_id: str, query: Any) -> Any:
     rows = await pool.rows(
-        "SELECT observation FROM cityedge.device_latest WHERE device_id = %s", (device_id,))
+        "SELECT observation FROM cityedge.device_latest WHERE device_id = %s", (device_id,)
+    )
     if not rows:
         return None
     return _encode(rows[0][0], query.get("format", "cityedge"))
@@ -164,7 +169,8 @@ async def series(pool: Pool, device_id: str, quantity: str, query: Any) -> dict[
                   calibrated->%s->>'u', boot, seq
                 FROM cityedge.observation WHERE device_id = %s AND calibrated ? %s
                 ORDER BY t DESC LIMIT 1""",
-            (quantity, quantity, quantity, quantity, device_id, quantity))
+            (quantity, quantity, quantity, quantity, device_id, quantity),
+        )
         data = [_raw_point(r) for r in rows]
     elif INTERVALS[interval] is None:
         rows = await pool.rows(
@@ -173,7 +179,8 @@ async def series(pool: Pool, device_id: str, quantity: str, query: Any) -> dict[
                 FROM cityedge.observation
                 WHERE device_id = %s AND calibrated ? %s AND t >= %s AND t <= %s
                 ORDER BY t LIMIT {MAX_ROWS}""",
-            (quantity, quantity, quantity, quantity, device_id, quantity, start, end))
+            (quantity, quantity, quantity, quantity, device_id, quantity, start, end),
+        )
         data = [_raw_point(r) for r in rows]
     else:
         rows = await pool.rows(
@@ -183,16 +190,36 @@ async def series(pool: Pool, device_id: str, quantity: str, query: Any) -> dict[
                 WHERE device_id = %s AND calibrated ? %s AND t >= %s AND t <= %s
                   AND coalesce((quality->>%s)::int, 2) NOT IN (4, 9)
                 GROUP BY b ORDER BY b LIMIT {MAX_ROWS}""",
-            (INTERVALS[interval], quantity, quantity, device_id, quantity, start, end, quantity))
-        data = [{"datetime": _iso(r[0]), "value": None if r[1] is None else round(r[1], 4),
-                 "count": r[2], "unit": r[3]} for r in rows]
-    return {"device_id": device_id, "quantity": quantity, "interval": interval,
-            "latest": want_latest, "data": data}
+            (INTERVALS[interval], quantity, quantity, device_id, quantity, start, end, quantity),
+        )
+        data = [
+            {
+                "datetime": _iso(r[0]),
+                "value": None if r[1] is None else round(r[1], 4),
+                "count": r[2],
+                "unit": r[3],
+            }
+            for r in rows
+        ]
+    return {
+        "device_id": device_id,
+        "quantity": quantity,
+        "interval": interval,
+        "latest": want_latest,
+        "data": data,
+    }
 
 
 def _raw_point(r: tuple[Any, ...]) -> dict[str, Any]:
-    return {"datetime": _iso(r[0]), "value": r[1], "calibration_id": r[2], "qc": r[3],
-            "unit": r[4], "boot": r[5], "seq": r[6]}
+    return {
+        "datetime": _iso(r[0]),
+        "value": r[1],
+        "calibration_id": r[2],
+        "qc": r[3],
+        "unit": r[4],
+        "boot": r[5],
+        "seq": r[6],
+    }
 
 
 # --- Air4Thai-shaped stations ----------------------------------------------------------------
@@ -213,25 +240,39 @@ async def air4thai_stations(pool: Pool) -> dict[str, Any]:
              (SELECT count(*) FROM cityedge.observation o
                WHERE o.device_id = d.device_id AND o.t > d.t - interval '24 hours'
                  AND o.t <= d.t)
-           FROM cityedge.device_latest d WHERE d.kind = 'air' ORDER BY d.device_id""")
+           FROM cityedge.device_latest d WHERE d.kind = 'air' ORDER BY d.device_id"""
+    )
     stations = []
     for device_id, site_id, t, loc, mean, count in rows:
         local = t.astimezone(BANGKOK)
         pm25: dict[str, str] = {"value": "-", "aqi": "-1", "color_id": "0"}
         if mean is not None:
             result = thai_aqi_detail("pm25", float(mean))
-            pm25 = {"value": f"{result.concentration:.1f}", "aqi": str(result.aqi),
-                    "color_id": str(result.band.level)}
+            pm25 = {
+                "value": f"{result.concentration:.1f}",
+                "aqi": str(result.aqi),
+                "color_id": str(result.band.level),
+            }
         name = (loc or {}).get("name", device_id)
-        stations.append({
-            "stationID": device_id, "nameTH": name, "nameEN": name,
-            "areaTH": site_id, "areaEN": site_id, "stationType": "CityEdge",
-            "lat": str((loc or {}).get("lat", "")), "long": str((loc or {}).get("lon", "")),
-            "AQILast": {"date": local.strftime("%Y-%m-%d"), "time": local.strftime("%H:%M"),
-                        "PM25": pm25, "AQI": {"aqi": pm25["aqi"], "color_id": pm25["color_id"],
-                                              "param": "PM25"}},
-            "readings_24h": count,
-        })
+        stations.append(
+            {
+                "stationID": device_id,
+                "nameTH": name,
+                "nameEN": name,
+                "areaTH": site_id,
+                "areaEN": site_id,
+                "stationType": "CityEdge",
+                "lat": str((loc or {}).get("lat", "")),
+                "long": str((loc or {}).get("lon", "")),
+                "AQILast": {
+                    "date": local.strftime("%Y-%m-%d"),
+                    "time": local.strftime("%H:%M"),
+                    "PM25": pm25,
+                    "AQI": {"aqi": pm25["aqi"], "color_id": pm25["color_id"], "param": "PM25"},
+                },
+                "readings_24h": count,
+            }
+        )
     return {"stations": stations}
 
 
@@ -243,15 +284,23 @@ async def water_stations(pool: Pool) -> dict[str, Any]:
         """SELECT device_id, site_id, observation->'location',
              observation->'calibrated'->'level'->>'datum',
              observation->'derived'->'level_state'
-           FROM cityedge.device_latest WHERE kind = 'water' ORDER BY device_id""")
+           FROM cityedge.device_latest WHERE kind = 'water' ORDER BY device_id"""
+    )
     data = []
     for device_id, site_id, loc, datum, state in rows:
         loc, state = loc or {}, state or {}
-        data.append({"station_id": device_id, "station_name": loc.get("name", device_id),
-                     "site_id": site_id, "lat": loc.get("lat"), "long": loc.get("lon"),
-                     "datum": datum or "staff gauge zero",
-                     "warning_level": state.get("warning_m"),
-                     "critical_level": state.get("critical_m")})
+        data.append(
+            {
+                "station_id": device_id,
+                "station_name": loc.get("name", device_id),
+                "site_id": site_id,
+                "lat": loc.get("lat"),
+                "long": loc.get("lon"),
+                "datum": datum or "staff gauge zero",
+                "warning_level": state.get("warning_m"),
+                "critical_level": state.get("critical_m"),
+            }
+        )
     return {"result": "OK", "data": data}
 
 
@@ -260,10 +309,20 @@ async def water_level(pool: Pool, query: Any) -> dict[str, Any]:
     if not station:
         raise BadRequest("give station_id (see /water/StationInfo)")
     s = await series(pool, station, "level", query)
-    data = [{"station_id": station, "datetime": p["datetime"], "water_level": p["value"],
-             "unit": p.get("unit") or "m", **({"qc": p["qc"], "calibration_id": p["calibration_id"]}
-                                              if "qc" in p else {"count": p["count"]})}
-            for p in s["data"]]
+    data = [
+        {
+            "station_id": station,
+            "datetime": p["datetime"],
+            "water_level": p["value"],
+            "unit": p.get("unit") or "m",
+            **(
+                {"qc": p["qc"], "calibration_id": p["calibration_id"]}
+                if "qc" in p
+                else {"count": p["count"]}
+            ),
+        }
+        for p in s["data"]
+    ]
     return {"result": "OK", "interval": s["interval"], "latest": s["latest"], "data": data}
 
 
@@ -273,29 +332,54 @@ async def water_level(pool: Pool, query: Any) -> dict[str, Any]:
 async def sta_things(pool: Pool) -> dict[str, Any]:
     rows = await pool.rows(
         "SELECT device_id, site_id, kind, observation->'location' FROM cityedge.device_latest "
-        "ORDER BY device_id")
-    return {"value": [{"@iot.id": d, "name": d, "description": f"CityEdge {k} node at {s}",
-                       "properties": {"site_id": s, "kind": k},
-                       "Locations": [{"encodingType": "application/geo+json",
-                                      "location": {"type": "Point",
-                                                   "coordinates": [(loc or {}).get("lon"),
-                                                                   (loc or {}).get("lat")]}}]}
-                      for d, s, k, loc in rows]}
+        "ORDER BY device_id"
+    )
+    return {
+        "value": [
+            {
+                "@iot.id": d,
+                "name": d,
+                "description": f"CityEdge {k} node at {s}",
+                "properties": {"site_id": s, "kind": k},
+                "Locations": [
+                    {
+                        "encodingType": "application/geo+json",
+                        "location": {
+                            "type": "Point",
+                            "coordinates": [(loc or {}).get("lon"), (loc or {}).get("lat")],
+                        },
+                    }
+                ],
+            }
+            for d, s, k, loc in rows
+        ]
+    }
 
 
 async def sta_datastreams(pool: Pool, device_id: str) -> dict[str, Any] | None:
     rows = await pool.rows(
-        "SELECT observation FROM cityedge.device_latest WHERE device_id = %s", (device_id,))
+        "SELECT observation FROM cityedge.device_latest WHERE device_id = %s", (device_id,)
+    )
     if not rows:
         return None
     obs = rows[0][0]
     out = []
     for q, c in obs.get("calibrated", {}).items():
-        out.append({"@iot.id": formats.datastream_id(device_id, q), "name": f"{q} calibrated",
-                    "unitOfMeasurement": {"name": c["u"], "symbol": c["u"]}})
+        out.append(
+            {
+                "@iot.id": formats.datastream_id(device_id, q),
+                "name": f"{q} calibrated",
+                "unitOfMeasurement": {"name": c["u"], "symbol": c["u"]},
+            }
+        )
     for ch, r in obs.get("raw", {}).items():
-        out.append({"@iot.id": formats.datastream_id(device_id, f"raw:{ch}"), "name": f"{ch} raw",
-                    "unitOfMeasurement": {"name": r["u"], "symbol": r["u"]}})
+        out.append(
+            {
+                "@iot.id": formats.datastream_id(device_id, f"raw:{ch}"),
+                "name": f"{ch} raw",
+                "unitOfMeasurement": {"name": r["u"], "symbol": r["u"]},
+            }
+        )
     return {"value": out}
 
 
@@ -311,14 +395,28 @@ async def sta_observations(pool: Pool, datastream: str, query: Any) -> dict[str,
         """SELECT device_id, boot, seq, kind, site_id, extract(epoch FROM t)::float8,
              received_time, raw, calibrated, quality, quality_tests
            FROM cityedge.observation WHERE device_id = %s ORDER BY t DESC LIMIT %s""",
-        (device_id, top))
+        (device_id, top),
+    )
     out = []
     for r in rows:
-        obs = {"device_id": r[0], "boot": r[1], "seq": r[2], "kind": r[3], "site_id": r[4],
-               "t": r[5], "received_time": _iso(r[6]), "raw": r[7], "calibrated": r[8],
-               "quality": r[9], "quality_tests": r[10]}
-        out += [o for o in formats.sensorthings_observations(obs)
-                if o["Datastream"]["@iot.id"] == datastream]
+        obs = {
+            "device_id": r[0],
+            "boot": r[1],
+            "seq": r[2],
+            "kind": r[3],
+            "site_id": r[4],
+            "t": r[5],
+            "received_time": _iso(r[6]),
+            "raw": r[7],
+            "calibrated": r[8],
+            "quality": r[9],
+            "quality_tests": r[10],
+        }
+        out += [
+            o
+            for o in formats.sensorthings_observations(obs)
+            if o["Datastream"]["@iot.id"] == datastream
+        ]
     return {"value": out}
 
 
@@ -334,7 +432,9 @@ def make_app(db_url: str) -> web.Application:
     pool = Pool(db_url)
     routes = web.RouteTableDef()
 
-    def handler(fn: Callable[[web.Request], Awaitable[Any]]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def handler(
+        fn: Callable[[web.Request], Awaitable[Any]],
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def run(request: web.Request) -> web.Response:
             try:
                 body = await fn(request)
@@ -345,6 +445,7 @@ def make_app(db_url: str) -> web.Application:
             if body is None:
                 return web.json_response({"error": "not found"}, status=404)
             return web.json_response(body, dumps=lambda x: json.dumps(x, ensure_ascii=False))
+
         return run
 
     @routes.get("/api/v1/latest")

@@ -98,7 +98,8 @@ def _retention(args: argparse.Namespace) -> int:
         table, _, months = item.partition("=")
         if table not in PARTITIONED_TABLES or not months.isdigit():
             raise PlatformError(
-                f"--keep {item!r}: expected TABLE=MONTHS", f"tables: {', '.join(PARTITIONED_TABLES)}"
+                f"--keep {item!r}: expected TABLE=MONTHS",
+                f"tables: {', '.join(PARTITIONED_TABLES)}",
             )
         keep[table] = int(months)
     if args.keep_rejected_days < 1:
@@ -118,21 +119,38 @@ def _api(args: argparse.Namespace) -> int:
 
 
 def _broker_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--broker", action="append", metavar="HOST:PORT",
-                   help="a platform broker (repeat for one broker per district)")
+    p.add_argument(
+        "--broker",
+        action="append",
+        metavar="HOST:PORT",
+        help="a platform broker (repeat for one broker per district)",
+    )
     p.add_argument("--db", help=f"postgresql:// URL of the sink's writer login (or ${DB_ENV})")
     p.add_argument("--group", default="cityedge-sink", help="shared-subscription group name")
-    p.add_argument("--client-prefix", default="cityedge-sink",
-                   help="MQTT client ids are PREFIX-INDEX-bN; keep them stable across restarts")
+    p.add_argument(
+        "--client-prefix",
+        default="cityedge-sink",
+        help="MQTT client ids are PREFIX-INDEX-bN; keep them stable across restarts",
+    )
     p.add_argument("--batch-max", type=int, default=500, help="messages per transaction")
-    p.add_argument("--session-expiry", type=int, default=7 * 24 * 3600, metavar="SECONDS",
-                   help="how long a broker keeps a stopped consumer's messages")
+    p.add_argument(
+        "--session-expiry",
+        type=int,
+        default=7 * 24 * 3600,
+        metavar="SECONDS",
+        help="how long a broker keeps a stopped consumer's messages",
+    )
     p.add_argument("--username", help=f"MQTT user (password from ${PASSWORD_ENV})")
     p.add_argument("--cafile", help="CA certificate: connect to the brokers with TLS")
     p.add_argument("--certfile", help="client certificate, for brokers that require one")
     p.add_argument("--keyfile", help="the client certificate's private key")
-    p.add_argument("--stats-interval", type=float, default=60.0, metavar="SECONDS",
-                   help="print each consumer's counts this often (0: never)")
+    p.add_argument(
+        "--stats-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="print each consumer's counts this often (0: never)",
+    )
 
 
 def add_parser(sub: Any) -> None:
@@ -152,16 +170,28 @@ def add_parser(sub: Any) -> None:
 
     p = psub.add_parser("migrate", help="create or upgrade the sink's tables (as their owner)")
     p.add_argument("--db", help=f"postgresql:// URL of the owner (or ${DB_ENV})")
-    p.add_argument("--revision", default="head",
-                   help="Alembic revision to migrate to (default head: the newest)")
+    p.add_argument(
+        "--revision",
+        default="head",
+        help="Alembic revision to migrate to (default head: the newest)",
+    )
     p.set_defaults(func=_guard(_migrate))
 
     p = psub.add_parser("retention", help="drop monthly partitions past their retention")
     p.add_argument("--db", help=f"postgresql:// URL of the owner (or ${DB_ENV})")
-    p.add_argument("--keep", action="append", metavar="TABLE=MONTHS",
-                   help=f"override a default ({', '.join(f'{k}={v}' for k, v in DEFAULT_KEEP.items())})")
-    p.add_argument("--keep-rejected-days", type=int, default=90, metavar="DAYS",
-                   help="keep rejected messages this long (default 90)")
+    p.add_argument(
+        "--keep",
+        action="append",
+        metavar="TABLE=MONTHS",
+        help=f"override a default ({', '.join(f'{k}={v}' for k, v in DEFAULT_KEEP.items())})",
+    )
+    p.add_argument(
+        "--keep-rejected-days",
+        type=int,
+        default=90,
+        metavar="DAYS",
+        help="keep rejected messages this long (default 90)",
+    )
     p.set_defaults(func=_guard(_retention))
 
     p = psub.add_parser("api", help="serve the read API (latest, series, Air4Thai, water)")

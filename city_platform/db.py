@@ -71,9 +71,7 @@ def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[Any]:
 
 def check_schema(conn: psycopg.Connection[Any]) -> None:
     """Fail with a clear message when the database was never migrated or is behind."""
-    row = conn.execute(
-        "SELECT to_regclass('public.alembic_version') IS NOT NULL"
-    ).fetchone()
+    row = conn.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL").fetchone()
     have = None
     if row and row[0]:
         got = conn.execute("SELECT version_num FROM public.alembic_version").fetchone()
@@ -347,9 +345,7 @@ def prune_rejected(conn: psycopg.Connection[Any], days: int) -> int:
     return cur.rowcount
 
 
-def create_login(
-    conn: psycopg.Connection[Any], name: str, password: str, *, reader: bool
-) -> None:
+def create_login(conn: psycopg.Connection[Any], name: str, password: str, *, reader: bool) -> None:
     """A login role in the reader or the writer group (run as an administrator)."""
     from psycopg import sql
 

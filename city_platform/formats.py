@@ -81,7 +81,10 @@ def senml_pack(obs: Mapping[str, Any]) -> list[dict[str, Any]]:
         records.append({"n": "meta/gateway", "vs": obs["gateway_id"]})
     loc = obs.get("location") or {}
     if "lat" in loc:
-        records += [{"n": "lat", "u": "lat", "v": loc["lat"]}, {"n": "lon", "u": "lon", "v": loc["lon"]}]
+        records += [
+            {"n": "lat", "u": "lat", "v": loc["lat"]},
+            {"n": "lon", "u": "lon", "v": loc["lon"]},
+        ]
         if loc.get("elev_m") is not None:
             records.append({"n": "elev", "u": "m", "v": loc["elev_m"]})
     for channel, value in obs.get("raw", {}).items():
@@ -130,9 +133,19 @@ def check_senml(pack: Sequence[Mapping[str, Any]]) -> None:
             raise FormatError(f"record {i}: no value (v, vs, vb, vd) and no sum (s)")
         if "bver" in rec and (not isinstance(rec["bver"], int) or rec["bver"] > SENML_VERSION):
             raise FormatError(f"record {i}: unsupported bver {rec['bver']!r}")
-        for f, kind in (("v", (int, float)), ("vs", str), ("vb", bool), ("vd", str), ("n", str),
-                        ("bn", str), ("u", str), ("bu", str)):
-            if f in rec and (not isinstance(rec[f], kind) or (f == "v" and isinstance(rec[f], bool))):
+        for f, kind in (
+            ("v", (int, float)),
+            ("vs", str),
+            ("vb", bool),
+            ("vd", str),
+            ("n", str),
+            ("bn", str),
+            ("u", str),
+            ("bu", str),
+        ):
+            if f in rec and (
+                not isinstance(rec[f], kind) or (f == "v" and isinstance(rec[f], bool))
+            ):
                 raise FormatError(f"record {i}: {f} has the wrong type")
     for rec in resolve_senml(pack, check=False):
         if not SENML_NAME.match(rec["n"]):
@@ -176,19 +189,31 @@ def observation_from_senml(pack: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     first = records[0]["n"]
     device = first.split(":", 1)[0]
     prefix = f"{device}:"
-    obs: dict[str, Any] = {"device_id": device, "t": records[0]["t"], "raw": {},
-                           "calibrated": {}, "quality": {}, "quality_tests": {}, "location": {}}
+    obs: dict[str, Any] = {
+        "device_id": device,
+        "t": records[0]["t"],
+        "raw": {},
+        "calibrated": {},
+        "quality": {},
+        "quality_tests": {},
+        "location": {},
+    }
     ids: dict[str, str] = {}
     datums: dict[str, str] = {}
     for r in records:
         if not r["n"].startswith(prefix):
             continue
-        name = r["n"][len(prefix):]
+        name = r["n"][len(prefix) :]
         value: Any = r.get("v", r.get("vb", r.get("vs")))
         parts = name.split("/")
         if parts[0] == "meta":
-            key = {"boot": "boot", "seq": "seq", "kind": "kind", "site": "site_id",
-                   "gateway": "gateway_id"}.get(parts[1])
+            key = {
+                "boot": "boot",
+                "seq": "seq",
+                "kind": "kind",
+                "site": "site_id",
+                "gateway": "gateway_id",
+            }.get(parts[1])
             if key:
                 obs[key] = int(value) if key in ("boot", "seq") else value
         elif name in ("lat", "lon"):
@@ -228,12 +253,31 @@ NGSI_LD_CONTEXT = [
 ENTITY_TYPE = {"air": "AirQualityObserved", "water": "FloodMonitoring", "parking": "ParkingSpot"}
 TIME_ATTRIBUTE = {"air": "dateObserved", "water": "observationDateTime", "parking": "timeInstant"}
 # CityEdge quantity -> Smart Data Model attribute.
-ATTRIBUTE = {"pm25": "pm25", "pm10": "pm10", "pm1": "pm1", "temp": "temperature",
-             "rh": "relativeHumidity", "level": "currentLevel", "occupied": "status"}
+ATTRIBUTE = {
+    "pm25": "pm25",
+    "pm10": "pm10",
+    "pm1": "pm1",
+    "temp": "temperature",
+    "rh": "relativeHumidity",
+    "level": "currentLevel",
+    "occupied": "status",
+}
 QUANTITY = {v: k for k, v in ATTRIBUTE.items()}
 # SenML unit -> UN/CEFACT common code (NGSI-LD unitCode).
-UNIT_CODE = {"ug/m3": "GQ", "Cel": "CEL", "m": "MTR", "kPa": "KPA", "hPa": "A97", "V": "VLT",
-             "%": "P1", "/": "C62", "uT": "D33", "s": "SEC", "m/s": "MTS", "dBm": "2Q"}
+UNIT_CODE = {
+    "ug/m3": "GQ",
+    "Cel": "CEL",
+    "m": "MTR",
+    "kPa": "KPA",
+    "hPa": "A97",
+    "V": "VLT",
+    "%": "P1",
+    "/": "C62",
+    "uT": "D33",
+    "s": "SEC",
+    "m/s": "MTS",
+    "dBm": "2Q",
+}
 UNIT_FROM_CODE = {v: k for k, v in UNIT_CODE.items()}
 # QARTOD flag -> Smart Data Models `reliability` (0..1): the contract maps flag 1 to 1.0.
 RELIABILITY = {1: 1.0, 2: 0.5, 3: 0.3, 4: 0.0, 9: 0.0}
@@ -261,8 +305,13 @@ def ngsi_ld_entity(obs: Mapping[str, Any], *, key_values: bool = False) -> dict[
     }
     loc = obs.get("location") or {}
     if "lat" in loc:
-        coords = [loc["lon"], loc["lat"]] + ([loc["elev_m"]] if loc.get("elev_m") is not None else [])
-        entity["location"] = {"type": "GeoProperty", "value": {"type": "Point", "coordinates": coords}}
+        coords = [loc["lon"], loc["lat"]] + (
+            [loc["elev_m"]] if loc.get("elev_m") is not None else []
+        )
+        entity["location"] = {
+            "type": "GeoProperty",
+            "value": {"type": "Point", "coordinates": coords},
+        }
     if "site_id" in obs:
         entity["areaServed"] = _prop(obs["site_id"])
     if "gateway_id" in obs:
@@ -313,7 +362,9 @@ def _air_extra(entity: dict[str, Any], derived: Mapping[str, Any]) -> None:
         entity["airQualityLevel"] = _prop(thai_band(thai["value"]).name_en.lower())
 
 
-def _water_extra(entity: dict[str, Any], obs: Mapping[str, Any], derived: Mapping[str, Any]) -> None:
+def _water_extra(
+    entity: dict[str, Any], obs: Mapping[str, Any], derived: Mapping[str, Any]
+) -> None:
     distance = (obs.get("raw") or {}).get("distance", {}).get("v")
     level = (obs.get("calibrated") or {}).get("level", {}).get("v")
     if isinstance(distance, (int, float)) and not isinstance(distance, bool):
@@ -351,8 +402,13 @@ def observation_from_ngsi_ld(entity: Mapping[str, Any]) -> dict[str, Any]:
     except (KeyError, ValueError):
         raise FormatError(f"entity id {entity.get('id')!r} is not a CityEdge reading id") from None
     obs: dict[str, Any] = {
-        "device_id": device, "boot": int(boot), "seq": int(seq), "kind": kind,
-        "t": _epoch(entity[TIME_ATTRIBUTE[kind]]["value"]), "calibrated": {}, "quality": {},
+        "device_id": device,
+        "boot": int(boot),
+        "seq": int(seq),
+        "kind": kind,
+        "t": _epoch(entity[TIME_ATTRIBUTE[kind]]["value"]),
+        "calibrated": {},
+        "quality": {},
     }
     if "location" in entity:
         coords = entity["location"]["value"]["coordinates"]
@@ -373,7 +429,11 @@ def observation_from_ngsi_ld(entity: Mapping[str, Any]) -> dict[str, Any]:
             value, unit = round(value * 100.0, 10), "%RH"
         if quantity == "occupied":
             value, unit = {"occupied": True, "free": False}.get(value), "/"
-        entry: dict[str, Any] = {"v": value, "u": unit, "calibration_id": p["calibrationId"]["value"]}
+        entry: dict[str, Any] = {
+            "v": value,
+            "u": unit,
+            "calibration_id": p["calibrationId"]["value"],
+        }
         if "datum" in p:
             entry["datum"] = p["datum"]["value"]
         obs["calibrated"][quantity] = entry
@@ -437,9 +497,17 @@ def observation_from_sensorthings(observations: Sequence[Mapping[str, Any]]) -> 
     if not observations:
         raise FormatError("no SensorThings Observations given")
     p0 = observations[0]["parameters"]
-    obs: dict[str, Any] = {"device_id": p0["device_id"], "boot": p0["boot"], "seq": p0["seq"],
-                           "kind": p0["kind"], "t": _epoch(observations[0]["phenomenonTime"]),
-                           "raw": {}, "calibrated": {}, "quality": {}, "quality_tests": {}}
+    obs: dict[str, Any] = {
+        "device_id": p0["device_id"],
+        "boot": p0["boot"],
+        "seq": p0["seq"],
+        "kind": p0["kind"],
+        "t": _epoch(observations[0]["phenomenonTime"]),
+        "raw": {},
+        "calibrated": {},
+        "quality": {},
+        "quality_tests": {},
+    }
     if "site_id" in p0:
         obs["site_id"] = p0["site_id"]
     for o in observations:

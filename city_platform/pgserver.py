@@ -19,7 +19,11 @@ from typing import Self
 from city_platform import PlatformError
 from host_tools.brokers import free_port, wait_for_port
 
-BIN_DIRS = ("/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin")
+BIN_DIRS = (
+    "/usr/lib/postgresql/17/bin",
+    "/usr/lib/postgresql/16/bin",
+    "/usr/lib/postgresql/15/bin",
+)
 
 
 def pg_bin(name: str) -> str | None:
@@ -48,14 +52,17 @@ class PostgresServer:
     def _as_postgres(self) -> list[str]:
         return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
-    def url(self, user: str | None = None, db: str = "postgres", password: str | None = None) -> str:
+    def url(
+        self, user: str | None = None, db: str = "postgres", password: str | None = None
+    ) -> str:
         who = user or self.superuser
         auth = f"{who}:{password}" if password else who
         return f"postgresql://{auth}@127.0.0.1:{self.port}/{db}"
 
     def _run(self, *cmd: str) -> None:
-        result = subprocess.run([*self._as_postgres, *cmd], capture_output=True, text=True,
-                                timeout=120, check=False)
+        result = subprocess.run(
+            [*self._as_postgres, *cmd], capture_output=True, text=True, timeout=120, check=False
+        )
         if result.returncode != 0:
             raise PlatformError(f"{Path(cmd[0]).name} failed: {result.stderr.strip()[-800:]}")
 
@@ -70,14 +77,39 @@ class PostgresServer:
             self.datadir = self._top / "data"
             if os.geteuid() == 0:
                 shutil.chown(self._top, "postgres", "postgres")
-            self._run(initdb, "-D", str(self.datadir), "-U", self.superuser, "--auth=trust",
-                      "-E", "UTF8", "--locale=C.UTF-8")
-        opts = {"listen_addresses": "127.0.0.1", "port": str(self.port),
-                "unix_socket_directories": str(self.datadir), "max_connections": "100",
-                "timezone": "UTC", **self.settings}
+            self._run(
+                initdb,
+                "-D",
+                str(self.datadir),
+                "-U",
+                self.superuser,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            )
+        opts = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": str(self.datadir),
+            "max_connections": "100",
+            "timezone": "UTC",
+            **self.settings,
+        }
         o = " ".join(f"-c {k}={v}" for k, v in opts.items())
-        self._run(pg_ctl, "-D", str(self.datadir), "-o", o, "-l", str(self.datadir / "log.txt"),
-                  "-w", "-t", "60", "start")
+        self._run(
+            pg_ctl,
+            "-D",
+            str(self.datadir),
+            "-o",
+            o,
+            "-l",
+            str(self.datadir / "log.txt"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         if not wait_for_port("127.0.0.1", self.port, timeout_s=30):
             raise PlatformError(f"PostgreSQL did not listen on port {self.port}")
         return self
@@ -85,8 +117,21 @@ class PostgresServer:
     def stop(self) -> None:
         pg_ctl = pg_bin("pg_ctl")
         if pg_ctl and self.datadir and (self.datadir / "postmaster.pid").exists():
-            subprocess.run([*self._as_postgres, pg_ctl, "-D", str(self.datadir), "-m", "immediate",
-                            "-w", "stop"], capture_output=True, timeout=60, check=False)
+            subprocess.run(
+                [
+                    *self._as_postgres,
+                    pg_ctl,
+                    "-D",
+                    str(self.datadir),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
         if self._top is not None:
             shutil.rmtree(self._top, ignore_errors=True)
             self._top = None

@@ -95,15 +95,27 @@ class SinkConfig:
     def argv(self) -> list[str]:
         """The `cityedge platform consume` arguments that give a child process this config
         (the database URL, which may hold a password, goes in its environment instead)."""
-        args = ["--group", self.group, "--client-prefix", self.client_prefix,
-                "--batch-max", str(self.batch_max), "--session-expiry", str(self.session_expiry_s),
-                "--stats-interval", str(self.stats_interval_s)]
+        args = [
+            "--group",
+            self.group,
+            "--client-prefix",
+            self.client_prefix,
+            "--batch-max",
+            str(self.batch_max),
+            "--session-expiry",
+            str(self.session_expiry_s),
+            "--stats-interval",
+            str(self.stats_interval_s),
+        ]
         for b in self.brokers:
             args += ["--broker", str(b)]
         if self.username:
             args += ["--username", self.username]
-        for flag, value in (("--cafile", self.cafile), ("--certfile", self.certfile),
-                            ("--keyfile", self.keyfile)):
+        for flag, value in (
+            ("--cafile", self.cafile),
+            ("--certfile", self.certfile),
+            ("--keyfile", self.keyfile),
+        ):
             if value:
                 args += [flag, value]
         return args
@@ -136,8 +148,12 @@ def decode(topic: str, payload: bytes) -> tuple[str, dict[str, Any]]:
     p = topic.split("/")
     if doc["site_id"] != p[3]:
         raise contract.ContractError(f"site_id {doc['site_id']!r} does not match the topic")
-    named = {"observation": doc.get("device_id"), "device_status": doc.get("device_id"),
-             "gateway_health": doc.get("gateway_id"), "alert": doc.get("device_id")}[kind]
+    named = {
+        "observation": doc.get("device_id"),
+        "device_status": doc.get("device_id"),
+        "gateway_health": doc.get("gateway_id"),
+        "alert": doc.get("device_id"),
+    }[kind]
     if named != p[5]:
         raise contract.ContractError(f"the payload's id {named!r} does not match the topic")
     try:
@@ -177,16 +193,21 @@ class Consumer:
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self.cfg.password)
         if self.cfg.cafile:
-            client.tls_set(ca_certs=self.cfg.cafile, certfile=self.cfg.certfile,
-                           keyfile=self.cfg.keyfile)
+            client.tls_set(
+                ca_certs=self.cfg.cafile, certfile=self.cfg.certfile, keyfile=self.cfg.keyfile
+            )
         client.reconnect_delay_set(1, 30)
 
         def on_connect(c: mqtt.Client, _u: object, flags: Any, rc: Any, _p: Any) -> None:
             if rc.is_failure:
                 log.error("broker %s refused %s: %s", broker, client_id, rc)
                 return
-            log.info("consumer %d connected to %s (session present: %s)", self.index, broker,
-                     flags.session_present)
+            log.info(
+                "consumer %d connected to %s (session present: %s)",
+                self.index,
+                broker,
+                flags.session_present,
+            )
             c.subscribe([(f"$share/{self.cfg.group}/{t}", SUB_QOS) for t, _ in SUBSCRIPTIONS])
 
         def on_message(c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
@@ -211,8 +232,9 @@ class Consumer:
         props.ReceiveMaximum = max(1, min(self.cfg.batch_max, 65535))
         # clean_start=False on the first connect too: a restarted consumer takes up the session
         # (and the unacknowledged messages) its killed predecessor left.
-        client.connect_async(broker.host, broker.port, keepalive=30, clean_start=False,
-                             properties=props)
+        client.connect_async(
+            broker.host, broker.port, keepalive=30, clean_start=False, properties=props
+        )
         return client
 
     def run(self) -> int:
@@ -230,9 +252,12 @@ class Consumer:
                 if self.cfg.stats_interval_s > 0 and time.monotonic() >= next_stats:
                     n = store.counts
                     # One line a minute for the operator (journald): what this consumer did.
-                    print(f"consumer {self.index}: {n.inserted} stored, {n.duplicates} already "
-                          f"there (redelivered), {n.rejected} rejected in the last "
-                          f"{self.cfg.stats_interval_s:.0f} s", flush=True)
+                    print(
+                        f"consumer {self.index}: {n.inserted} stored, {n.duplicates} already "
+                        f"there (redelivered), {n.rejected} rejected in the last "
+                        f"{self.cfg.stats_interval_s:.0f} s",
+                        flush=True,
+                    )
                     store.counts = WriteCounts()
                     next_stats = time.monotonic() + self.cfg.stats_interval_s
         finally:
@@ -354,8 +379,12 @@ class Consumer:
 
 def _lock_order(item: tuple[str, Mapping[str, Any]]) -> tuple[str, str, int, int]:
     kind, doc = item
-    return (str(doc.get("device_id") or doc.get("gateway_id") or ""), kind,
-            int(doc.get("boot", 0)), int(doc.get("seq", 0)))
+    return (
+        str(doc.get("device_id") or doc.get("gateway_id") or ""),
+        kind,
+        int(doc.get("boot", 0)),
+        int(doc.get("seq", 0)),
+    )
 
 
 def consume(cfg: SinkConfig, index: int) -> int:
@@ -385,8 +414,15 @@ class Supervisor:
         env["CITYEDGE_DB_URL"] = self.cfg.db_url  # not on the command line (ps shows it)
         if self.cfg.password:
             env["CITYEDGE_SINK_PASSWORD"] = self.cfg.password  # not on the command line
-        cmd = [self.python, "-m", "city_platform", "consume", "--index", str(index),
-               *self.cfg.argv()]
+        cmd = [
+            self.python,
+            "-m",
+            "city_platform",
+            "consume",
+            "--index",
+            str(index),
+            *self.cfg.argv(),
+        ]
         self.procs[index] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
         log.warning("consumer %d started, pid %d", index, self.procs[index].pid)
 
@@ -416,13 +452,15 @@ class Supervisor:
                         del due[i]
                     else:
                         how = f"signal {-code}" if code < 0 else f"exit code {code}"
-                        log.warning("consumer %d (pid %d) ended by %s; restarting", i, proc.pid,
-                                    how)
+                        log.warning(
+                            "consumer %d (pid %d) ended by %s; restarting", i, proc.pid, how
+                        )
                         # An error exit soon after its start again: back off (1 s doubling to
                         # 30 s). A kill, or an error after a good run, restarts at once.
                         quick = time.monotonic() - started.get(i, 0.0) < 10
-                        backoff[i] = (min(backoff.get(i, 0.5) * 2, 30.0)
-                                      if quick and code > 0 else 0.0)
+                        backoff[i] = (
+                            min(backoff.get(i, 0.5) * 2, 30.0) if quick and code > 0 else 0.0
+                        )
                         if backoff[i]:
                             due[i] = time.monotonic() + backoff[i]
                             continue

@@ -76,7 +76,6 @@ DEAD_LETTERS_PER_S = 200.0  # on average; bursts of up to DEAD_LETTERS_BURST
 DEAD_LETTERS_BURST = 500.0
 
 
-
 @dataclass
 class _Incoming:
     device_id: str
@@ -89,7 +88,9 @@ class _Incoming:
 @dataclass
 class _PipelineResult:
     commit: CommitResult
-    dead: list[tuple[str, bytes, str, str]] = field(default_factory=list)  # topic, payload, code, reason
+    dead: list[tuple[str, bytes, str, str]] = field(
+        default_factory=list
+    )  # topic, payload, code, reason
     alerts: int = 0
     samples: list[tuple[str, float]] = field(default_factory=list)  # (device, sample time)
 
@@ -274,8 +275,11 @@ class Gateway:
         store = self.store
         if store is None:
             return
-        gained = {name: n - self._saved.get(name, 0) for name, n in list(self.counters.items())
-                  if metrics.saved_counter(name) and n != self._saved.get(name, 0)}
+        gained = {
+            name: n - self._saved.get(name, 0)
+            for name, n in list(self.counters.items())
+            if metrics.saved_counter(name) and n != self._saved.get(name, 0)
+        }
         if not gained:
             return
         try:
@@ -309,8 +313,11 @@ class Gateway:
         self.quarantine = Quarantine(cfg.store_path.parent)
         for key in await store.call(self.quarantine.open):
             self.counters["quarantined_new"] += 1
-            log.error("reading %s/%d/%d made the gateway stop twice: quarantined (it will be "
-                      "dead-lettered and confirmed to the node, not processed)", *key)
+            log.error(
+                "reading %s/%d/%d made the gateway stop twice: quarantined (it will be "
+                "dead-lettered and confirmed to the node, not processed)",
+                *key,
+            )
         self.processor = Processor(cfg, registries)
         self.devices.restore(*await store.call(store.sample_counts, time.time()))
         self._load_saved_counters()
@@ -329,7 +336,10 @@ class Gateway:
                 self.status_feed.alerts = self.notify  # the page shows and acks its incidents
         log.info(
             "gateway %s (site %s) store %s: %d rows waiting",
-            cfg.gateway_id, cfg.site_id, cfg.store_path, store.depth,
+            cfg.gateway_id,
+            cfg.site_id,
+            cfg.store_path,
+            store.depth,
         )
         if handle_signals:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
@@ -348,8 +358,12 @@ class Gateway:
             tasks.append(asyncio.create_task(supervise(self.notify), name="notify"))
         try:
             if cfg.metrics.enabled:
-                self._metrics = MetricsServer(cfg.metrics.host, cfg.metrics.port, self.stats,
-                                              self.notify.metrics_text if self.notify else None)
+                self._metrics = MetricsServer(
+                    cfg.metrics.host,
+                    cfg.metrics.port,
+                    self.stats,
+                    self.notify.metrics_text if self.notify else None,
+                )
                 self.metrics_port = await self._metrics.start()
             self.ready = True
             sdnotify.notify(f"READY=1\nSTATUS=store {store.depth} rows waiting")
@@ -363,8 +377,9 @@ class Gateway:
                 if self._upstream_task is not None:
                     watched.append(self._upstream_task)
                 # Wake at least every second: a reload may have started or stopped forwarding.
-                done, _ = await asyncio.wait(watched, timeout=1.0,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    watched, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                )
                 for t in done:
                     if t is not stop_wait and not t.cancelled() and t.exception() is not None:
                         raise RuntimeError(f"gateway task {t.get_name()} failed") from t.exception()
@@ -422,7 +437,8 @@ class Gateway:
         if new.store_path != old.store_path:
             log.error(
                 "reload refused: store path changed (%s -> %s); restart the service to move it",
-                old.store_path, new.store_path,
+                old.store_path,
+                new.store_path,
             )
             return False
         if registries is None:
@@ -530,8 +546,9 @@ class Gateway:
                 nxt = None
                 if gate is not None:
                     gate.check()
-                await self._on_message(client, str(message.topic), message.payload,
-                                       (client, message.mid, message.qos))
+                await self._on_message(
+                    client, str(message.topic), message.payload, (client, message.mid, message.qos)
+                )
         finally:
             reconnect.cancel()
             if nxt is not None:
@@ -540,7 +557,10 @@ class Gateway:
                     await nxt
 
     async def _on_message(
-        self, client: aiomqtt.Client, topic: str, payload: Any,
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        payload: Any,
         ack: tuple[aiomqtt.Client, int, int] | None = None,
     ) -> None:
         self.counters["messages_in"] += 1
@@ -548,14 +568,28 @@ class Gateway:
         try:
             await self._handle_message(client, topic, data, ack)
         except Exception as exc:  # noqa: BLE001 - that message's problem, never the gateway's
-            self._reasons(logging.ERROR, "ingest", "handling a message from %s failed: %s: %s",
-                          topic[:120], type(exc).__name__, exc)
-            self._dead_letter(client, topic, data, "processing",
-                              f"processing failed: {type(exc).__name__}: {exc}"[:500])
+            self._reasons(
+                logging.ERROR,
+                "ingest",
+                "handling a message from %s failed: %s: %s",
+                topic[:120],
+                type(exc).__name__,
+                exc,
+            )
+            self._dead_letter(
+                client,
+                topic,
+                data,
+                "processing",
+                f"processing failed: {type(exc).__name__}: {exc}"[:500],
+            )
             _puback(ack)
 
     async def _handle_message(
-        self, client: aiomqtt.Client, topic: str, data: bytes,
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        data: bytes,
         ack: tuple[aiomqtt.Client, int, int] | None,
     ) -> None:
         assert self._queue is not None
@@ -567,11 +601,18 @@ class Gateway:
             self._dead_letter(client, topic, data, result.reason_code, result.reason)
             _puback(ack)
             return
-        if (result.device_id not in self.devices.devices
-                and len(self.devices.devices) >= MAX_DEVICES
-                and cfg.device(result.device_id) is None):
-            self._dead_letter(client, topic, data, "too_many_devices",
-                              f"more than {MAX_DEVICES} devices not in the inventory")
+        if (
+            result.device_id not in self.devices.devices
+            and len(self.devices.devices) >= MAX_DEVICES
+            and cfg.device(result.device_id) is None
+        ):
+            self._dead_letter(
+                client,
+                topic,
+                data,
+                "too_many_devices",
+                f"more than {MAX_DEVICES} devices not in the inventory",
+            )
             _puback(ack)
             return
         self.status_feed.message(result.leaf, result.device_id, result.body, now)
@@ -605,8 +646,9 @@ class Gateway:
     ) -> None:
         self.counters[f"dead_letter_{code}"] += 1
         self.status_feed.dead_letter(topic, code, reason, time.time())
-        self._reasons(logging.WARNING, code, "dead letter (%s) from %s: %s", code, topic[:120],
-                      reason[:200])
+        self._reasons(
+            logging.WARNING, code, "dead letter (%s) from %s: %s", code, topic[:120], reason[:200]
+        )
         if client is None:
             return
         if not self._dead_letter_rate.allow():  # a flood is counted, not echoed
@@ -614,7 +656,9 @@ class Gateway:
             return
         body = deadletter_payload(self.config.gateway_id, topic, data, reason)
         self._spawn(
-            self._publish_quietly(client, contract.deadletter_topic(self.config.gateway_id), body, 0)
+            self._publish_quietly(
+                client, contract.deadletter_topic(self.config.gateway_id), body, 0
+            )
         )
 
     async def _publish_quietly(
@@ -668,15 +712,24 @@ class Gateway:
             except (sqlite3.Error, OSError) as exc:
                 self.counters["store_errors"] += 1
                 if await store.call(disk.failed, exc):
-                    self._reasons(logging.ERROR, "disk_full", "disk full: %d readings wait at the "
-                                  "site broker, not acknowledged: %s", len(batch), exc)
+                    self._reasons(
+                        logging.ERROR,
+                        "disk_full",
+                        "disk full: %d readings wait at the site broker, not acknowledged: %s",
+                        len(batch),
+                        exc,
+                    )
                     await asyncio.sleep(RETRY_S)
                     while not await store.call(self._may_retry):
                         await asyncio.sleep(RETRY_S)
                     continue
                 self._store_failures += 1
-                log.error("store write failed (%d in a row), %d readings not acknowledged: %s",
-                          self._store_failures, len(batch), exc)
+                log.error(
+                    "store write failed (%d in a row), %d readings not acknowledged: %s",
+                    self._store_failures,
+                    len(batch),
+                    exc,
+                )
                 if self._store_failures >= 10:
                     raise
                 await asyncio.sleep(1.0)
@@ -748,39 +801,66 @@ class Gateway:
             if quarantine is not None and quarantine.is_quarantined(key):
                 raw = json.dumps(item.body, separators=(",", ":")).encode()
                 quarantine.record_payload(key, raw)
-                dead.append((contract.node_topic(item.device_id, "reading"), raw, "quarantined",
-                             "quarantined: the gateway stopped twice while processing it"))
+                dead.append(
+                    (
+                        contract.node_topic(item.device_id, "reading"),
+                        raw,
+                        "quarantined",
+                        "quarantined: the gateway stopped twice while processing it",
+                    )
+                )
                 remember.append((*key, item.received))
                 continue
             samples.append((item.device_id, sample_time(item.body, item.received)))
             try:
                 processed = processor.process(item.device_id, item.body, item.received)
             except Exception as exc:  # noqa: BLE001 - a processing bug must not lose or block the reading
-                self._reasons(logging.ERROR, "processing", "processing %s failed: %s: %s",
-                              key, type(exc).__name__, exc)
+                self._reasons(
+                    logging.ERROR,
+                    "processing",
+                    "processing %s failed: %s: %s",
+                    key,
+                    type(exc).__name__,
+                    exc,
+                )
                 errors += 1
                 raw = json.dumps(item.body, separators=(",", ":")).encode()
-                dead.append((contract.node_topic(item.device_id, "reading"), raw, "processing",
-                             f"processing failed: {type(exc).__name__}: {exc}"[:500]))
+                dead.append(
+                    (
+                        contract.node_topic(item.device_id, "reading"),
+                        raw,
+                        "processing",
+                        f"processing failed: {type(exc).__name__}: {exc}"[:500],
+                    )
+                )
                 # Remember the key so a resend is a duplicate; the dead letter holds the payload.
                 remember.append((*key, item.received))
                 continue
             self.status_feed.observation(processed.observation, item.received)
             kind = str(item.body["kind"])
             priority = PRIORITY_ALERT_READING if processed.alerts else PRIORITY_READING
-            entries.append(Entry(
-                contract.observation_topic(cfg.site_id, kind, item.device_id),
-                processed.payload, item.received, priority, key,
-            ))
+            entries.append(
+                Entry(
+                    contract.observation_topic(cfg.site_id, kind, item.device_id),
+                    processed.payload,
+                    item.received,
+                    priority,
+                    key,
+                )
+            )
             to_notify[0].extend(processed.alerts)
             to_notify[1].append(processed.observation)
             for alert in processed.alerts:
                 alerts += 1
-                entries.append(Entry(
-                    contract.alert_topic(cfg.site_id, item.device_id),
-                    json.dumps(alert, separators=(",", ":"), ensure_ascii=False).encode(),
-                    item.received, PRIORITY_ALERT, None,
-                ))
+                entries.append(
+                    Entry(
+                        contract.alert_topic(cfg.site_id, item.device_id),
+                        json.dumps(alert, separators=(",", ":"), ensure_ascii=False).encode(),
+                        item.received,
+                        PRIORITY_ALERT,
+                        None,
+                    )
+                )
         # Alert states change only with alerts; they are committed with the rows that caused them.
         meta = {"alert_state": json.dumps(processor.alert_state())} if alerts else None
         if self.notify is not None:  # recorded (fsync) before this commit: see notify/hook.py
@@ -789,10 +869,15 @@ class Gateway:
             except Exception:  # the alerts still go to the platform with the readings
                 log.exception("alert dispatcher: recording %d alerts failed", len(to_notify[0]))
         result = store.commit(
-            entries, duplicates, remember=remember,
-            counters={"processing_errors": errors,
-                      "calibration_errors": processor.calibration_errors - calibration_errors},
-            meta=meta, samples=samples,
+            entries,
+            duplicates,
+            remember=remember,
+            counters={
+                "processing_errors": errors,
+                "calibration_errors": processor.calibration_errors - calibration_errors,
+            },
+            meta=meta,
+            samples=samples,
         )
         result.accepted.extend(k[:3] for k in remember)  # custody: the dead letter holds them
         return _PipelineResult(result, dead, alerts, samples)
@@ -857,8 +942,9 @@ class Gateway:
             self._upstream_reconnect.clear()
             topic = contract.gateway_health_topic(self.config.site_id, self.config.gateway_id)
             self._online_since = time.time()
-            will = aiomqtt.Will(topic, self._health("offline", "connection_lost"), qos=1,
-                                retain=True)
+            will = aiomqtt.Will(
+                topic, self._health("offline", "connection_lost"), qos=1, retain=True
+            )
             try:
                 # Before connecting: finish pending deletes, then read the rows that have packet
                 # ids — the broker may hold them; they are finished first (PUBREL or PUBLISH).
@@ -878,8 +964,10 @@ class Gateway:
                 async with client:
                     log.info("connected to the platform broker %s:%d", section.host, section.port)
                     if flight:
-                        log.info("finishing %d messages in flight before the restart or reconnect",
-                                 len(flight))
+                        log.info(
+                            "finishing %d messages in flight before the restart or reconnect",
+                            len(flight),
+                        )
                     released = sum(1 for f in flight if f.state == STATE_RELEASED)
                     if released and conn.link.session_present is False:
                         self.counters["upstream_sessions_lost"] += 1
@@ -888,7 +976,9 @@ class Gateway:
                             "restarted without persistence, or the session expired): %d readings "
                             "it had already acknowledged may not have reached its subscribers. "
                             "Set 'persistence true' on the platform broker (docs/gateway.md, What "
-                            "the platform broker needs)", released)
+                            "the platform broker needs)",
+                            released,
+                        )
                     if self._offline_since is not None:
                         self._offline_total += time.monotonic() - self._offline_since
                         self._offline_since = None
@@ -904,8 +994,12 @@ class Gateway:
                         tg.create_task(self._watch_upstream_reconnect())
                         tg.create_task(self._watch_disconnect(client))
             except* aiomqtt.MqttError as group:
-                log.warning("platform broker %s:%d: %s", section.host, section.port,
-                            "; ".join(str(e) for e in group.exceptions))
+                log.warning(
+                    "platform broker %s:%d: %s",
+                    section.host,
+                    section.port,
+                    "; ".join(str(e) for e in group.exceptions),
+                )
             except* _Reconnect:
                 log.info("reconnecting to the platform broker with new settings")
                 delay = 0.0
@@ -915,8 +1009,12 @@ class Gateway:
                 for exc in group.exceptions:
                     if not await store.call(self.disk.failed, exc):
                         raise
-                self._reasons(logging.ERROR, "upstream_store", "forwarding paused, the store "
-                              "cannot write: %s", "; ".join(str(e) for e in group.exceptions))
+                self._reasons(
+                    logging.ERROR,
+                    "upstream_store",
+                    "forwarding paused, the store cannot write: %s",
+                    "; ".join(str(e) for e in group.exceptions),
+                )
             finally:
                 self._online_since = None
                 if self._upstream is not None:
@@ -951,12 +1049,15 @@ class Gateway:
             return  # not connected: the broker already published the will (connection_lost)
         try:
             async with asyncio.timeout(min(5.0, self.config.upstream.timeout_s)):
-                await client.publish(topic, self._health("offline", "stopped"), qos=1,
-                                     retain=True)
+                await client.publish(topic, self._health("offline", "stopped"), qos=1, retain=True)
             log.info("final health sent to the platform broker: offline (%s)", why)
         except (aiomqtt.MqttError, TimeoutError) as exc:
-            log.warning("could not send the final offline health (%s): %s; the platform keeps "
-                        "the last online message until the broker's keepalive ends", why, exc)
+            log.warning(
+                "could not send the final offline health (%s): %s; the platform keeps "
+                "the last online message until the broker's keepalive ends",
+                why,
+                exc,
+            )
 
     async def _status_publisher(self, client: aiomqtt.Client, health_topic: str) -> None:
         while True:
@@ -972,8 +1073,10 @@ class Gateway:
                     status["maintenance"] = True  # the city view and central alerts know too
                 body = json.dumps(status, separators=(",", ":"))
                 await client.publish(
-                    contract.device_status_topic(self.config.site_id, dev), body.encode(),
-                    qos=1, retain=True,
+                    contract.device_status_topic(self.config.site_id, dev),
+                    body.encode(),
+                    qos=1,
+                    retain=True,
                 )
                 self._check_stop()
 
@@ -1019,8 +1122,9 @@ class Gateway:
         while True:
             fwd = self.config.forward
             now = time.monotonic()
-            tokens = min(tokens + (now - last_refill) * fwd.drain_rate_per_s,
-                         max(1.0, fwd.drain_rate_per_s))
+            tokens = min(
+                tokens + (now - last_refill) * fwd.drain_rate_per_s, max(1.0, fwd.drain_rate_per_s)
+            )
             last_refill = now
             new_rows.clear()
             rows: list[Row] = []
@@ -1126,8 +1230,15 @@ class _Connection:
         assert self.link is not None
         for f in self.flight:
             await self.window.acquire()
-            slot = _Slot(f.id, f.mid, f.topic, f.replay, backlog=False,
-                         released=f.state == STATE_RELEASED, recorded=f.state == STATE_RELEASED)
+            slot = _Slot(
+                f.id,
+                f.mid,
+                f.topic,
+                f.replay,
+                backlog=False,
+                released=f.state == STATE_RELEASED,
+                recorded=f.state == STATE_RELEASED,
+            )
             self.slots[f.mid] = slot
             if slot.released:
                 self.link.pubrel(f.mid)
@@ -1198,8 +1309,11 @@ class _Connection:
         while True:
             await asyncio.sleep(min(1.0, timeout_s / 4))
             now = time.monotonic()
-            late = [s for s in self.slots.values() if now - s.since > timeout_s
-                    and (s.released or not s.recorded)]
+            late = [
+                s
+                for s in self.slots.values()
+                if now - s.since > timeout_s and (s.released or not s.recorded)
+            ]
             if late:
                 raise aiomqtt.MqttError(
                     f"no {'PUBCOMP' if late[0].released else 'PUBREC'} within {timeout_s:g} s "

@@ -45,7 +45,9 @@ def _parse_int(text: str) -> int:
 
 def _parse_float(text: str) -> float:
     if len(text) > MAX_NUMBER_CHARS:
-        raise BoundsError(f"number written with {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+        raise BoundsError(
+            f"number written with {len(text)} characters (at most {MAX_NUMBER_CHARS})"
+        )
     value = float(text)
     if not math.isfinite(value):
         raise BoundsError(f"number {text[:20]} overflows a double")
@@ -68,7 +70,9 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 _DECODER = json.JSONDecoder(
-    parse_int=_parse_int, parse_float=_parse_float, parse_constant=_no_constants,
+    parse_int=_parse_int,
+    parse_float=_parse_float,
+    parse_constant=_no_constants,
     object_pairs_hook=_pairs,
 )
 

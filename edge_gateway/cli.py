@@ -19,33 +19,45 @@ EXIT_CONFIG = 2
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "gateway", help="run and inspect the site gateway",
+        "gateway",
+        help="run and inspect the site gateway",
         description="Run the site gateway (as the systemd service does), check its config, and "
-                    "read its store's figures. docs/gateway.md explains all of it.")
+        "read its store's figures. docs/gateway.md explains all of it.",
+    )
     sub = p.add_subparsers(dest="gateway_command", metavar="GATEWAY_COMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), EXIT_CONFIG)[1])
 
     run = sub.add_parser(
-        "run", help="run the gateway (as the systemd service does)",
+        "run",
+        help="run the gateway (as the systemd service does)",
         description="Run the gateway in the foreground until SIGTERM or Ctrl-C; SIGHUP re-reads "
-                    "the config. Exit 2 on a config error.")
+        "the config. Exit 2 on a config error.",
+    )
     run.add_argument("--config", required=True, metavar="FILE", help="gateway TOML config")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser(
-        "check-config", help="validate a config file and print it (secrets hidden)",
+        "check-config",
+        help="validate a config file and print it (secrets hidden)",
         description="Validate a gateway config; on an error, name the key and exit 2, else print "
-                    "a summary (passwords never shown).")
+        "a summary (passwords never shown).",
+    )
     check.add_argument("config", metavar="FILE", help="gateway TOML config")
     check.set_defaults(func=cmd_check_config)
 
     stats = sub.add_parser(
-        "stats", help="queue depth, oldest row and drop counts from the store",
+        "stats",
+        help="queue depth, oldest row and drop counts from the store",
         description="Read the store (read-only, also while the gateway runs): rows waiting, the "
-                    "oldest one, and the counters kept across restarts (drops, dead letters, "
-                    "errors).")
-    stats.add_argument("--config", required=True, metavar="FILE",
-                       help="gateway TOML config (the store is read, read-only, from its data_dir)")
+        "oldest one, and the counters kept across restarts (drops, dead letters, "
+        "errors).",
+    )
+    stats.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE",
+        help="gateway TOML config (the store is read, read-only, from its data_dir)",
+    )
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(func=cmd_stats)
 
@@ -83,14 +95,18 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     print(f"{args.config}: OK")
     print(f"  gateway {config.gateway_id} at site {config.site_id}; store {config.store_path}")
-    print(f"  site broker {config.local.host}:{config.local.port} (user {config.local.username or '-'})")
+    print(
+        f"  site broker {config.local.host}:{config.local.port} (user {config.local.username or '-'})"
+    )
     up = config.upstream
     print(
         f"  platform broker {up.host}:{up.port} tls={'on' if up.tls else 'OFF'}"
         f"{'' if up.enabled else ' (forwarding disabled)'}"
     )
-    print(f"  inventory: {len(config.inventory.device)} devices, unknown devices "
-          f"{'allowed' if config.inventory.allow_unknown else 'refused'}")
+    print(
+        f"  inventory: {len(config.inventory.device)} devices, unknown devices "
+        f"{'allowed' if config.inventory.allow_unknown else 'refused'}"
+    )
     return EXIT_OK
 
 
@@ -104,8 +120,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return EXIT_OK
     age = stats["oldest_age_s"]
     print(f"store {config.store_path}")
-    print(f"  waiting: {stats['queue_depth']} rows, {stats['queue_bytes']} bytes, oldest "
-          f"{'-' if age is None else f'{age:.0f} s'}")
+    print(
+        f"  waiting: {stats['queue_depth']} rows, {stats['queue_bytes']} bytes, oldest "
+        f"{'-' if age is None else f'{age:.0f} s'}"
+    )
     for name, value in sorted(stats["counters"].items()):
         print(f"  {name}: {value}")
     for dev, n in sorted(stats["per_device"].items()):

@@ -149,7 +149,7 @@ class StoreSection:
         if not 0 <= self.commit_max_ms <= 10_000:
             raise ConfigError(f"{key}.commit_max_ms", "must be 0..10000")
         if self.synchronous not in ("full", "normal"):
-            raise ConfigError(f"{key}.synchronous", "must be \"full\" or \"normal\"")
+            raise ConfigError(f"{key}.synchronous", 'must be "full" or "normal"')
         if self.dedup_horizon_s < 60:
             raise ConfigError(f"{key}.dedup_horizon_s", "must be at least 60")
         if not 256 <= self.max_payload_bytes <= 1_048_576:
@@ -207,8 +207,9 @@ class DeviceEntry:
         _check_watch(self.water_watch_m, self.water_warning_m, self.water_critical_m, key)
 
 
-def _check_watch(watch: float | None, warning: float | None, critical: float | None,
-                 key: str) -> None:
+def _check_watch(
+    watch: float | None, warning: float | None, critical: float | None, key: str
+) -> None:
     """The watch level is the lowest tier (watch < warning < critical / danger)."""
     for name, above in (("water_warning_m", warning), ("water_critical_m", critical)):
         if watch is not None and above is not None and watch >= above:
@@ -335,7 +336,7 @@ class StatusSection:
                 f"{key}.token_file",
                 f"host {self.host!r} is not loopback: a LAN address needs a token file",
                 hint="set status.token_file to a file holding a long random token (readable "
-                "only by the gateway's user), or keep status.host = \"127.0.0.1\"",
+                'only by the gateway\'s user), or keep status.host = "127.0.0.1"',
             )
         for name in ("late_grace_s", "offline_margin_s"):
             if getattr(self, name) < 0:
@@ -406,7 +407,7 @@ class GatewayConfig:
         for name in ("gateway_id", "site_id"):
             value = getattr(self, name)
             if not value:
-                raise ConfigError(name, "is required (e.g. \"rayong-school-01\")")
+                raise ConfigError(name, 'is required (e.g. "rayong-school-01")')
             if not _ID_RE.match(value):
                 raise ConfigError(
                     name,
@@ -482,7 +483,12 @@ def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "none"
     if isinstance(tp, type):
-        return {"str": "a string", "int": "an integer", "float": "a number", "bool": "true/false"}.get(
+        return {
+            "str": "a string",
+            "int": "an integer",
+            "float": "a number",
+            "bool": "true/false",
+        }.get(
             tp.__name__, f"a table ({tp.__name__})" if dataclasses.is_dataclass(tp) else tp.__name__
         )
     return str(tp)
@@ -543,8 +549,9 @@ def _build_fields(
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             raise ConfigError(
-                dotted, f"unknown key; valid keys{' in ' + prefix if prefix else ' at the top level'}: "
-                f"{', '.join(names)}"
+                dotted,
+                f"unknown key; valid keys{' in ' + prefix if prefix else ' at the top level'}: "
+                f"{', '.join(names)}",
             )
         out[key] = _convert(hints[key], value, dotted)
     return out

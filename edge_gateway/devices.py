@@ -82,7 +82,9 @@ class DeviceTracker:
             self.devices[device_id] = state
         return state
 
-    def seen(self, device_id: str, now: float, kind: str | None = None, fw: str | None = None) -> None:
+    def seen(
+        self, device_id: str, now: float, kind: str | None = None, fw: str | None = None
+    ) -> None:
         state = self._get(device_id)
         if state.first_seen is None:
             state.first_seen = now
@@ -134,7 +136,8 @@ class DeviceTracker:
         state.location = None
         if (lat, lon) != (0, 0) and -90 <= lat <= 90 and -180 <= lon <= 180:
             state.location = Location(
-                float(lat), float(lon),
+                float(lat),
+                float(lon),
                 float(elev) if isinstance(elev, (int, float)) else None,
                 str(loc.get("name") or "")[:120] or None,
             )

@@ -72,8 +72,11 @@ class DiskGuard:
             self.full = True
             self.since = time.time()
             self.episodes += 1
-            log.error("the data file system is full (%s): readings are left with the site broker "
-                      "(not acknowledged) until space returns; forwarding goes on", exc)
+            log.error(
+                "the data file system is full (%s): readings are left with the site broker "
+                "(not acknowledged) until space returns; forwarding goes on",
+                exc,
+            )
         self._release_reserve()
         return True
 
@@ -92,8 +95,10 @@ class DiskGuard:
     def committed(self) -> None:
         """A group commit succeeded: the state ends; the reserve comes back when there is room."""
         if self.full:
-            log.warning("the store can write again after %.0f s of a full disk",
-                        time.time() - (self.since or time.time()))
+            log.warning(
+                "the store can write again after %.0f s of a full disk",
+                time.time() - (self.since or time.time()),
+            )
             self.full = False
             self.since = None
         now = time.monotonic()

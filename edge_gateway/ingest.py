@@ -18,7 +18,12 @@ from typing import Any
 
 from edge_gateway import bounds, contract
 
-LEAF_SCHEMAS = {"reading": "reading", "status": "node_status", "state": "node_state", "ack": "command_ack"}
+LEAF_SCHEMAS = {
+    "reading": "reading",
+    "status": "node_status",
+    "state": "node_state",
+    "ack": "command_ack",
+}
 
 REASON_CODES = (
     "bad_topic",
@@ -97,15 +102,22 @@ def _classify(
             return Rejected("unknown_device", f"device {device_id!r} is not in the inventory")
         if "kind" in body and body["kind"] != kind:
             return Rejected(
-                "kind_mismatch", f"device {device_id!r} is a {kind} node, payload says {body['kind']}"
+                "kind_mismatch",
+                f"device {device_id!r} is a {kind} node, payload says {body['kind']}",
             )
     return Accepted(device_id, leaf, body)
 
 
 @cache
-def _reading_rules() -> tuple[frozenset[str], frozenset[str], frozenset[str],
-                              dict[str, tuple[float, float]], re.Pattern[str], re.Pattern[str],
-                              tuple[float, float, float]]:
+def _reading_rules() -> tuple[
+    frozenset[str],
+    frozenset[str],
+    frozenset[str],
+    dict[str, tuple[float, float]],
+    re.Pattern[str],
+    re.Pattern[str],
+    tuple[float, float, float],
+]:
     """Property names, required names, kinds and units of the reading schema, read from the
     contract so this fast path cannot drift from it."""
     sch = contract.schema("reading")
@@ -117,14 +129,18 @@ def _reading_rules() -> tuple[frozenset[str], frozenset[str], frozenset[str],
         bounds.unit_limits(),
         re.compile(props["device_id"]["pattern"].strip("^$")),
         re.compile(props["raw"]["propertyNames"]["pattern"].strip("^$")),
-        (float(props["t"]["maximum"]), float(props["window_s"]["maximum"]),
-         float(props["n"]["maximum"])),
+        (
+            float(props["t"]["maximum"]),
+            float(props["window_s"]["maximum"]),
+            float(props["n"]["maximum"]),
+        ),
     )
 
 
 def _number(x: object) -> bool:
     return (type(x) is int and -(1 << 53) <= x <= 1 << 53) or (
-        type(x) is float and math.isfinite(x))
+        type(x) is float and math.isfinite(x)
+    )
 
 
 def _uint32(x: object) -> bool:
@@ -138,17 +154,26 @@ def reading_is_valid(body: dict[str, Any]) -> bool:
         return False
     dev, fw, raw = body["device_id"], body["fw"], body["raw"]
     if not (
-        type(body["v"]) is int and body["v"] == 1
-        and type(dev) is str and dev_re.fullmatch(dev) is not None
-        and type(body["kind"]) is str and body["kind"] in kinds
-        and type(fw) is str and len(fw) <= 32
-        and _uint32(body["boot"]) and _uint32(body["seq"])
-        and _number(body["t"]) and 0 <= body["t"] <= t_max
+        type(body["v"]) is int
+        and body["v"] == 1
+        and type(dev) is str
+        and dev_re.fullmatch(dev) is not None
+        and type(body["kind"]) is str
+        and body["kind"] in kinds
+        and type(fw) is str
+        and len(fw) <= 32
+        and _uint32(body["boot"])
+        and _uint32(body["seq"])
+        and _number(body["t"])
+        and 0 <= body["t"] <= t_max
         and type(body["synced"]) is bool
-        and type(raw) is dict and 1 <= len(raw) <= 32
+        and type(raw) is dict
+        and 1 <= len(raw) <= 32
     ):
         return False
-    if "window_s" in body and not (_number(body["window_s"]) and 0 <= body["window_s"] <= window_max):
+    if "window_s" in body and not (
+        _number(body["window_s"]) and 0 <= body["window_s"] <= window_max
+    ):
         return False
     if "n" in body and not (type(body["n"]) is int and 0 <= body["n"] <= n_max):
         return False

@@ -66,79 +66,238 @@ class Metric:
 DEAD_LETTER_REASONS = (*REASON_CODES, "processing", "too_many_devices", "quarantined")
 
 METRICS: tuple[Metric, ...] = (
-    Metric("messages_in", "messages_received_total", "counter",
-           "MQTT messages received from nodes", "process"),
-    Metric("readings_in", "readings_received_total", "counter",
-           "valid node readings received (duplicates included)", "process"),
-    Metric("readings_stored", "readings_stored_total", "counter",
-           "readings committed to the store (new ones)", "store"),
-    Metric("alerts_stored", "alerts_stored_total", "counter",
-           "alerts committed to the store", "store"),
-    Metric("duplicates", "duplicates_total", "counter",
-           "readings de-duplicated on (device_id, boot, seq)", "store", health=True),
-    Metric("readings_out", "readings_forwarded_total", "counter",
-           "observations completed by the platform broker (PUBCOMP)", "process"),
-    Metric("replayed_out", "readings_replayed_total", "counter",
-           "observations completed with replay true (backlog after an outage)", "process"),
-    Metric("alerts_out", "alerts_forwarded_total", "counter",
-           "alerts completed by the platform broker (PUBCOMP)", "process"),
-    Metric("alerts_raised", "alerts_raised_total", "counter",
-           "alerts raised or cleared by processing", "process"),
-    Metric("delivered", "rows_delivered_total", "counter",
-           "stored rows deleted after the platform broker completed them", "store"),
-    Metric("custody_acks", "custody_acks_total", "counter",
-           "custody acknowledgements sent to nodes", "process"),
-    Metric("command_acks", "command_acks_total", "counter",
-           "command acknowledgements received from nodes", "process"),
-    Metric("dropped", "dropped_total", "counter",
-           "stored rows dropped by the store bounds, by reason", "store", health=True,
-           reasons=DROP_REASONS, counter_prefix="dropped_", total="dropped_total"),
-    Metric("dead_letters_by_reason", "dead_letters_total", "counter",
-           "messages refused (sent to the dead-letter topic), by reason", "saved", health=True,
-           reasons=DEAD_LETTER_REASONS, counter_prefix="dead_letter_", total="dead_letters"),
-    Metric("processing_errors", "processing_errors_total", "counter",
-           "readings whose processing failed (kept as dead letters)", "store", health=True),
-    Metric("calibration_errors", "calibration_errors_total", "counter",
-           "calibrations that failed (the raw value passed through)", "store", health=True),
-    Metric("store_errors", "store_errors_total", "counter",
-           "group commits that failed (the readings were not acknowledged)", "saved",
-           health=True),
-    Metric("upstream_sessions_lost", "upstream_sessions_lost_total", "counter",
-           "reconnects where the platform broker had lost the session with messages pending",
-           "saved", health=True),
-    Metric("upstream_offline_s", "upstream_offline_seconds_total", "counter",
-           "seconds without a platform connection since the start", "given", health=True),
-    Metric("queue_depth", "queue_depth", "gauge",
-           "rows waiting for the platform broker", "given", health=True),
-    Metric("queue_bytes", "queue_bytes", "gauge",
-           "stored bytes of the waiting rows", "given"),
-    Metric("oldest_age_s", "queue_oldest_age_seconds", "gauge",
-           "age of the oldest waiting row (0 when none waits)", "given", health=True),
-    Metric("store_file_bytes", "store_file_bytes", "gauge",
-           "size of the store files on disk", "given"),
-    Metric("upstream_connected", "upstream_connected", "gauge",
-           "1 when connected to the platform broker", "given"),
-    Metric("local_connected", "local_connected", "gauge",
-           "1 when subscribed on the site broker", "given"),
-    Metric("last_commit_s", "last_commit_duration_seconds", "gauge",
-           "duration of the last group commit", "given"),
-    Metric("devices", "devices", "gauge", "devices heard from since the start", "given",
-           health=True),
+    Metric(
+        "messages_in",
+        "messages_received_total",
+        "counter",
+        "MQTT messages received from nodes",
+        "process",
+    ),
+    Metric(
+        "readings_in",
+        "readings_received_total",
+        "counter",
+        "valid node readings received (duplicates included)",
+        "process",
+    ),
+    Metric(
+        "readings_stored",
+        "readings_stored_total",
+        "counter",
+        "readings committed to the store (new ones)",
+        "store",
+    ),
+    Metric(
+        "alerts_stored", "alerts_stored_total", "counter", "alerts committed to the store", "store"
+    ),
+    Metric(
+        "duplicates",
+        "duplicates_total",
+        "counter",
+        "readings de-duplicated on (device_id, boot, seq)",
+        "store",
+        health=True,
+    ),
+    Metric(
+        "readings_out",
+        "readings_forwarded_total",
+        "counter",
+        "observations completed by the platform broker (PUBCOMP)",
+        "process",
+    ),
+    Metric(
+        "replayed_out",
+        "readings_replayed_total",
+        "counter",
+        "observations completed with replay true (backlog after an outage)",
+        "process",
+    ),
+    Metric(
+        "alerts_out",
+        "alerts_forwarded_total",
+        "counter",
+        "alerts completed by the platform broker (PUBCOMP)",
+        "process",
+    ),
+    Metric(
+        "alerts_raised",
+        "alerts_raised_total",
+        "counter",
+        "alerts raised or cleared by processing",
+        "process",
+    ),
+    Metric(
+        "delivered",
+        "rows_delivered_total",
+        "counter",
+        "stored rows deleted after the platform broker completed them",
+        "store",
+    ),
+    Metric(
+        "custody_acks",
+        "custody_acks_total",
+        "counter",
+        "custody acknowledgements sent to nodes",
+        "process",
+    ),
+    Metric(
+        "command_acks",
+        "command_acks_total",
+        "counter",
+        "command acknowledgements received from nodes",
+        "process",
+    ),
+    Metric(
+        "dropped",
+        "dropped_total",
+        "counter",
+        "stored rows dropped by the store bounds, by reason",
+        "store",
+        health=True,
+        reasons=DROP_REASONS,
+        counter_prefix="dropped_",
+        total="dropped_total",
+    ),
+    Metric(
+        "dead_letters_by_reason",
+        "dead_letters_total",
+        "counter",
+        "messages refused (sent to the dead-letter topic), by reason",
+        "saved",
+        health=True,
+        reasons=DEAD_LETTER_REASONS,
+        counter_prefix="dead_letter_",
+        total="dead_letters",
+    ),
+    Metric(
+        "processing_errors",
+        "processing_errors_total",
+        "counter",
+        "readings whose processing failed (kept as dead letters)",
+        "store",
+        health=True,
+    ),
+    Metric(
+        "calibration_errors",
+        "calibration_errors_total",
+        "counter",
+        "calibrations that failed (the raw value passed through)",
+        "store",
+        health=True,
+    ),
+    Metric(
+        "store_errors",
+        "store_errors_total",
+        "counter",
+        "group commits that failed (the readings were not acknowledged)",
+        "saved",
+        health=True,
+    ),
+    Metric(
+        "upstream_sessions_lost",
+        "upstream_sessions_lost_total",
+        "counter",
+        "reconnects where the platform broker had lost the session with messages pending",
+        "saved",
+        health=True,
+    ),
+    Metric(
+        "upstream_offline_s",
+        "upstream_offline_seconds_total",
+        "counter",
+        "seconds without a platform connection since the start",
+        "given",
+        health=True,
+    ),
+    Metric(
+        "queue_depth",
+        "queue_depth",
+        "gauge",
+        "rows waiting for the platform broker",
+        "given",
+        health=True,
+    ),
+    Metric("queue_bytes", "queue_bytes", "gauge", "stored bytes of the waiting rows", "given"),
+    Metric(
+        "oldest_age_s",
+        "queue_oldest_age_seconds",
+        "gauge",
+        "age of the oldest waiting row (0 when none waits)",
+        "given",
+        health=True,
+    ),
+    Metric(
+        "store_file_bytes", "store_file_bytes", "gauge", "size of the store files on disk", "given"
+    ),
+    Metric(
+        "upstream_connected",
+        "upstream_connected",
+        "gauge",
+        "1 when connected to the platform broker",
+        "given",
+    ),
+    Metric(
+        "local_connected",
+        "local_connected",
+        "gauge",
+        "1 when subscribed on the site broker",
+        "given",
+    ),
+    Metric(
+        "last_commit_s",
+        "last_commit_duration_seconds",
+        "gauge",
+        "duration of the last group commit",
+        "given",
+    ),
+    Metric(
+        "devices", "devices", "gauge", "devices heard from since the start", "given", health=True
+    ),
     Metric("ready", "ready", "gauge", "1 once the store is open and the gateway runs", "given"),
-    Metric("disk_full", "disk_full", "gauge",
-           "1 while the data file system is full (readings wait at the site broker)", "given",
-           health=True),
-    Metric("quarantined", "quarantined_total", "counter",
-           "readings dead-lettered from quarantine (in hand at two process deaths)", "saved",
-           health=True),
-    Metric("quarantined_new", "quarantine_entries_total", "counter",
-           "readings put in quarantine at a start of this process", "process"),
-    Metric("held", "readings_held_total", "counter",
-           "readings held behind a (boot, seq) gap until it filled or timed out", "store"),
-    Metric("late", "readings_late_total", "counter",
-           "readings sent marked late (their gap did not fill in time)", "store"),
-    Metric("dead_letters_unpublished", "dead_letters_unpublished_total", "counter",
-           "dead letters counted but not published (rate limit)", "process"),
+    Metric(
+        "disk_full",
+        "disk_full",
+        "gauge",
+        "1 while the data file system is full (readings wait at the site broker)",
+        "given",
+        health=True,
+    ),
+    Metric(
+        "quarantined",
+        "quarantined_total",
+        "counter",
+        "readings dead-lettered from quarantine (in hand at two process deaths)",
+        "saved",
+        health=True,
+    ),
+    Metric(
+        "quarantined_new",
+        "quarantine_entries_total",
+        "counter",
+        "readings put in quarantine at a start of this process",
+        "process",
+    ),
+    Metric(
+        "held",
+        "readings_held_total",
+        "counter",
+        "readings held behind a (boot, seq) gap until it filled or timed out",
+        "store",
+    ),
+    Metric(
+        "late",
+        "readings_late_total",
+        "counter",
+        "readings sent marked late (their gap did not fill in time)",
+        "store",
+    ),
+    Metric(
+        "dead_letters_unpublished",
+        "dead_letters_unpublished_total",
+        "counter",
+        "dead letters counted but not published (rate limit)",
+        "process",
+    ),
 )
 
 BY_KEY = {m.key: m for m in METRICS}
@@ -147,20 +306,23 @@ BY_KEY = {m.key: m for m in METRICS}
 def saved_counter(name: str) -> bool:
     """True for the loop-side counters the gateway writes to the store (``source = saved``)."""
     for m in METRICS:
-        if m.source == "saved" and (name == m.key if not m.reasons
-                                    else name.startswith(m.counter_prefix)):
+        if m.source == "saved" and (
+            name == m.key if not m.reasons else name.startswith(m.counter_prefix)
+        ):
             return True
     return False
 
 
-def collect(counters: Mapping[str, int], stored: Mapping[str, int],
-            given: Mapping[str, Any]) -> dict[str, Any]:
+def collect(
+    counters: Mapping[str, int], stored: Mapping[str, int], given: Mapping[str, Any]
+) -> dict[str, Any]:
     """The stats dict: every metric of the table from its source. ``counters`` are the event
     loop's (``process`` and ``saved`` ones), ``stored`` the store's, ``given`` the computed."""
     out: dict[str, Any] = {}
     for m in METRICS:
-        src: Mapping[str, Any] = (stored if m.source == "store"
-                                  else given if m.source == "given" else counters)
+        src: Mapping[str, Any] = (
+            stored if m.source == "store" else given if m.source == "given" else counters
+        )
         if m.reasons:
             by = {r: 0 for r in m.reasons}
             for name, n in src.items():
@@ -200,8 +362,7 @@ def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
 
 
-def _family(name: str, kind: str, help_text: str,
-            samples: Iterable[tuple[str, Any]]) -> list[str]:
+def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, Any]]) -> list[str]:
     lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
     lines.extend(f"{name}{labels} {_fmt(value)}" for labels, value in samples)
     return lines
@@ -225,20 +386,29 @@ def _process_metrics() -> list[str]:
         start = btime + int(fields[19]) / ticks
     except (OSError, ValueError, IndexError, StopIteration):
         start = _IMPORTED  # when this module was loaded: within a second of the start
-    lines += _family("process_cpu_seconds_total", "counter",
-                     "Total user and system CPU time spent in seconds.",
-                     [("", (utime + stime) / ticks)])
-    lines += _family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.",
-                     [("", rss)])
-    lines += _family("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.",
-                     [("", vsize)])
-    lines += _family("process_start_time_seconds", "gauge",
-                     "Start time of the process since unix epoch in seconds.", [("", start)])
-    lines += _family("process_open_fds", "gauge", "Number of open file descriptors.",
-                     [("", fds)])
+    lines += _family(
+        "process_cpu_seconds_total",
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        [("", (utime + stime) / ticks)],
+    )
+    lines += _family(
+        "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", [("", rss)]
+    )
+    lines += _family(
+        "process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", [("", vsize)]
+    )
+    lines += _family(
+        "process_start_time_seconds",
+        "gauge",
+        "Start time of the process since unix epoch in seconds.",
+        [("", start)],
+    )
+    lines += _family("process_open_fds", "gauge", "Number of open file descriptors.", [("", fds)])
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    lines += _family("process_max_fds", "gauge", "Maximum number of open file descriptors.",
-                     [("", soft)])
+    lines += _family(
+        "process_max_fds", "gauge", "Maximum number of open file descriptors.", [("", soft)]
+    )
     return lines
 
 
@@ -253,10 +423,16 @@ def render(stats: Mapping[str, Any], process: bool = True) -> str:
         else:
             samples = [("", stats.get(m.key))]
         lines += _family(PREFIX + m.name, m.kind, m.help, samples)
-    labels = (f'{{version="{_escape(__version__)}",python="{platform.python_version()}",'
-              f'implementation="{platform.python_implementation()}"}}')
-    lines += _family("cityedge_build_info", "gauge",
-                     "CityEdge gateway build: version and Python (always 1)", [(labels, 1)])
+    labels = (
+        f'{{version="{_escape(__version__)}",python="{platform.python_version()}",'
+        f'implementation="{platform.python_implementation()}"}}'
+    )
+    lines += _family(
+        "cityedge_build_info",
+        "gauge",
+        "CityEdge gateway build: version and Python (always 1)",
+        [(labels, 1)],
+    )
     if process:
         lines += _process_metrics()
     return "\n".join(lines) + "\n"
@@ -265,8 +441,13 @@ def render(stats: Mapping[str, Any], process: bool = True) -> str:
 class MetricsServer:
     """Serve ``render(stats())`` on host:port."""
 
-    def __init__(self, host: str, port: int, stats: Callable[[], Mapping[str, Any]],
-                 extra: Callable[[], str] | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        stats: Callable[[], Mapping[str, Any]],
+        extra: Callable[[], str] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self._stats = stats
@@ -293,7 +474,11 @@ class MetricsServer:
                 while (await reader.readline()) not in (b"\r\n", b"\n", b""):
                     pass
             parts = request.decode("latin-1").split()
-            if len(parts) >= 2 and parts[0] in ("GET", "HEAD") and parts[1].split("?")[0] == "/metrics":
+            if (
+                len(parts) >= 2
+                and parts[0] in ("GET", "HEAD")
+                and parts[1].split("?")[0] == "/metrics"
+            ):
                 stats = self._stats()
                 text = render(stats) if stats else ""
                 body = (text + (self.extra() if self.extra is not None else "")).encode()

@@ -83,13 +83,15 @@ class OrderGate:
         self.hold_s = hold_s
         self.devices: dict[str, _Device] = {}
 
-    def load(self, db: sqlite3.Connection,
-             seen: Mapping[tuple[str, int], Iterable[tuple[int, int]]]) -> None:
+    def load(
+        self, db: sqlite3.Connection, seen: Mapping[tuple[str, int], Iterable[tuple[int, int]]]
+    ) -> None:
         """Rebuild from the store: held keys from ``held``, frontiers from the committed keys
         (``seen``: (device, boot) -> its (lo, hi) ranges) that are not held."""
         self.devices = {}
         for dev, boot, seq, since in db.execute(
-                "SELECT device_id, boot, seq, since FROM held ORDER BY boot, seq"):
+            "SELECT device_id, boot, seq, since FROM held ORDER BY boot, seq"
+        ):
             d = self.devices.setdefault(str(dev), _Device())
             d.held.append((int(boot), int(seq)))
             d.since = float(since) if d.since is None else min(d.since, float(since))
@@ -144,7 +146,7 @@ class OrderGate:
                 keys, d.held = d.held, []
                 d.since = None
             elif len(d.held) > MAX_HELD:
-                keys, d.held = d.held[: len(d.held) - MAX_HELD], d.held[len(d.held) - MAX_HELD:]
+                keys, d.held = d.held[: len(d.held) - MAX_HELD], d.held[len(d.held) - MAX_HELD :]
             else:
                 continue
             if d.frontier is None or keys[-1] > d.frontier:
@@ -164,7 +166,8 @@ class OrderGate:
 def _follows(frontier: Key, key: Key) -> bool:
     """``key`` comes right after ``frontier``: the next seq, or the first of a later boot."""
     return (key[0] == frontier[0] and key[1] == frontier[1] + 1) or (
-        key[0] > frontier[0] and key[1] == 0)
+        key[0] > frontier[0] and key[1] == 0
+    )
 
 
 def _largest_not_held(boots: list[tuple[int, list[tuple[int, int]]]], held: set[Key]) -> Key | None:
@@ -186,12 +189,16 @@ def move_to_queue(db: sqlite3.Connection, dev: str, keys: list[Key]) -> tuple[in
     for boot, seq in keys:
         row = db.execute(
             "DELETE FROM held WHERE device_id = ? AND boot = ? AND seq = ? "
-            "RETURNING topic, payload, received, priority, size", (dev, boot, seq)).fetchone()
+            "RETURNING topic, payload, received, priority, size",
+            (dev, boot, seq),
+        ).fetchone()
         if row is None:
             continue
         db.execute(
             "INSERT INTO queue(topic, payload, device_id, boot, seq, received, priority, size) "
-            "VALUES(?, ?, ?, ?, ?, ?, ?, ?)", (row[0], row[1], dev, boot, seq, row[2], row[3], row[4]))
+            "VALUES(?, ?, ?, ?, ?, ?, ?, ?)",
+            (row[0], row[1], dev, boot, seq, row[2], row[3], row[4]),
+        )
         moved += 1
         size += int(row[4])
     return moved, size

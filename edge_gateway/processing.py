@@ -41,7 +41,14 @@ QUANTITIES: Mapping[str, Mapping[str, str | None]] = {
     "water": {"level": None},
     "parking": {"occupied": "occupied"},
 }
-UNITS = {"pm25": "ug/m3", "pm10": "ug/m3", "temp": "Cel", "rh": "%RH", "level": "m", "occupied": "/"}
+UNITS = {
+    "pm25": "ug/m3",
+    "pm10": "ug/m3",
+    "temp": "Cel",
+    "rh": "%RH",
+    "level": "m",
+    "occupied": "/",
+}
 
 
 class QualityChecker(Protocol):
@@ -51,8 +58,6 @@ class QualityChecker(Protocol):
     def check(
         self, device_id: str, quantity: str, t: float, value: float | None
     ) -> tuple[int, dict[str, int], tuple[int, dict[str, int]] | None]: ...
-
-
 
 
 @dataclass
@@ -140,7 +145,9 @@ class Processor:
 
     # -- calibration --------------------------------------------------------------------------
 
-    def find_record(self, device_id: str, quantity: str, when: datetime) -> CalibrationRecord | None:
+    def find_record(
+        self, device_id: str, quantity: str, when: datetime
+    ) -> CalibrationRecord | None:
         for registry in (self.site_registry, self.fleet_registry):
             if registry is not None:
                 record = registry.find(device_id, quantity, when)
@@ -236,8 +243,12 @@ class Processor:
         previous = self._previous.get(device_id)
         if settles_quality and previous is not None:
             # The spike test of the device's previous reading, now that this one is here.
-            obs["settles"] = {"boot": previous[0], "seq": previous[1],
-                              "quality": settles_quality, "quality_tests": settles_tests}
+            obs["settles"] = {
+                "boot": previous[0],
+                "seq": previous[1],
+                "quality": settles_quality,
+                "quality_tests": settles_tests,
+            }
         self._previous[device_id] = (reading["boot"], reading["seq"])
         if derived:
             obs["derived"] = derived
@@ -315,7 +326,9 @@ class Processor:
             return {}, []
         state = self._air.get(device_id)
         if state is None:
-            report_s = (device.report_s if device else None) or self.config.inventory.default_report_s
+            report_s = (
+                device.report_s if device else None
+            ) or self.config.inventory.default_report_s
             interval = timedelta(seconds=min(report_s, 86400.0))
             state = _AirState(aqi.Rolling24h(interval), band=self._saved_bands.pop(device_id, None))
             self._air[device_id] = state
@@ -323,8 +336,9 @@ class Processor:
         # that reports faster than its interval replaces its slot's value instead of growing
         # the 24-hour window without bound (memory, issue 11). A node on schedule is unchanged.
         slot = state.rolling.expected_interval.total_seconds()
-        mean = state.rolling.add(datetime.fromtimestamp(math.floor(t / slot) * slot, UTC),
-                                 float(pm25))
+        mean = state.rolling.add(
+            datetime.fromtimestamp(math.floor(t / slot) * slot, UTC), float(pm25)
+        )
         if mean.mean is None:
             return {}, []
         derived: dict[str, Any] = {}
@@ -389,8 +403,12 @@ class Processor:
             f"{band.advice_th}",
             value=round(mean, 1),
             unit="ug/m3",
-            band={"level": band.level, "colour": band.colour, "name_en": band.name_en,
-                  "previous_level": previous},
+            band={
+                "level": band.level,
+                "colour": band.colour,
+                "name_en": band.name_en,
+                "previous_level": previous,
+            },
         )
 
     def _derive_water(
@@ -404,13 +422,25 @@ class Processor:
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         entry = calibrated.get("level")
         level = entry.get("v") if entry else None
-        if not isinstance(level, (int, float)) or isinstance(level, bool) or quality.get("level") == FAIL:
+        if (
+            not isinstance(level, (int, float))
+            or isinstance(level, bool)
+            or quality.get("level") == FAIL
+        ):
             return {}, []
         a = self.config.alerts
-        watch = device.water_watch_m if device and device.water_watch_m is not None else a.water_watch_m
-        warning = device.water_warning_m if device and device.water_warning_m is not None else a.water_warning_m
+        watch = (
+            device.water_watch_m if device and device.water_watch_m is not None else a.water_watch_m
+        )
+        warning = (
+            device.water_warning_m
+            if device and device.water_warning_m is not None
+            else a.water_warning_m
+        )
         critical = (
-            device.water_critical_m if device and device.water_critical_m is not None else a.water_critical_m
+            device.water_critical_m
+            if device and device.water_critical_m is not None
+            else a.water_critical_m
         )
         state = self._water.setdefault(device_id, _WaterAlertState())
         state.history.append((t, float(level)))
@@ -423,43 +453,77 @@ class Processor:
         if new_level != state.level:
             if _RANK[new_level] > _RANK[state.level]:
                 state.below_since = None
-                alerts.append(self._water_alert(device_id, kind, new_level, "raised", level,
-                                                thresholds, t, unit_text))
+                alerts.append(
+                    self._water_alert(
+                        device_id, kind, new_level, "raised", level, thresholds, t, unit_text
+                    )
+                )
                 state.level = new_level
             else:
                 if state.below_since is None:
                     state.below_since = t
                 if t - state.below_since >= a.hold_s:
-                    alerts.append(self._water_alert(device_id, kind, state.level, "cleared", level,
-                                                    thresholds, t, unit_text))
+                    alerts.append(
+                        self._water_alert(
+                            device_id, kind, state.level, "cleared", level, thresholds, t, unit_text
+                        )
+                    )
                     state.level = new_level
                     state.below_since = None
                     if new_level != "normal":
-                        alerts.append(self._water_alert(device_id, kind, new_level, "raised", level,
-                                                        thresholds, t, unit_text))
+                        alerts.append(
+                            self._water_alert(
+                                device_id,
+                                kind,
+                                new_level,
+                                "raised",
+                                level,
+                                thresholds,
+                                t,
+                                unit_text,
+                            )
+                        )
         else:
             state.below_since = None
         if rate is not None:
             if not state.rising and rate >= a.water_rising_m_per_h:
                 state.rising, state.calm_since = True, None
-                alerts.append(self._alert(
-                    device_id, kind, "water_rising_fast", "raised", "warning", t,
-                    f"Water rising fast: {rate:.2f} m/h (threshold {a.water_rising_m_per_h:.2f} m/h), "
-                    f"level {level:.2f} {unit_text}",
-                    f"ระดับน้ำขึ้นเร็ว {rate:.2f} ม./ชม. ระดับ {level:.2f} ม.",
-                    value=round(rate, 3), unit="m/h", threshold=a.water_rising_m_per_h,
-                ))
+                alerts.append(
+                    self._alert(
+                        device_id,
+                        kind,
+                        "water_rising_fast",
+                        "raised",
+                        "warning",
+                        t,
+                        f"Water rising fast: {rate:.2f} m/h (threshold {a.water_rising_m_per_h:.2f} m/h), "
+                        f"level {level:.2f} {unit_text}",
+                        f"ระดับน้ำขึ้นเร็ว {rate:.2f} ม./ชม. ระดับ {level:.2f} ม.",
+                        value=round(rate, 3),
+                        unit="m/h",
+                        threshold=a.water_rising_m_per_h,
+                    )
+                )
             elif state.rising and rate < a.water_rising_m_per_h / 2:
                 if state.calm_since is None:
                     state.calm_since = t
                 if t - state.calm_since >= a.hold_s:
                     state.rising, state.calm_since = False, None
-                    alerts.append(self._alert(
-                        device_id, kind, "water_rising_fast", "cleared", "info", t,
-                        f"Water no longer rising fast ({rate:.2f} m/h)",
-                        f"ระดับน้ำไม่ขึ้นเร็วแล้ว ({rate:.2f} ม./ชม.)",
-                        value=round(rate, 3), unit="m/h", threshold=a.water_rising_m_per_h,
-                    ))
+                    alerts.append(
+                        self._alert(
+                            device_id,
+                            kind,
+                            "water_rising_fast",
+                            "cleared",
+                            "info",
+                            t,
+                            f"Water no longer rising fast ({rate:.2f} m/h)",
+                            f"ระดับน้ำไม่ขึ้นเร็วแล้ว ({rate:.2f} ม./ชม.)",
+                            value=round(rate, 3),
+                            unit="m/h",
+                            threshold=a.water_rising_m_per_h,
+                        )
+                    )
             elif state.rising:
                 state.calm_since = None
         derived: dict[str, Any] = {
@@ -499,8 +563,17 @@ class Processor:
         if state == "cleared":
             severity = "info"
         return self._alert(
-            device_id, kind, f"water_{level_state}", state, severity, t, msg, msg_th,
-            value=round(level, 3), unit="m", threshold=threshold,
+            device_id,
+            kind,
+            f"water_{level_state}",
+            state,
+            severity,
+            t,
+            msg,
+            msg_th,
+            value=round(level, 3),
+            unit="m",
+            threshold=threshold,
         )
 
 
@@ -523,7 +596,11 @@ def _water_level_state(
     # margin the level is still above.
     for name in ("critical", "warning", "watch"):
         threshold = thresholds.get(name)
-        if _RANK[name] <= _RANK[current] and threshold is not None and level > threshold - hysteresis:
+        if (
+            _RANK[name] <= _RANK[current]
+            and threshold is not None
+            and level > threshold - hysteresis
+        ):
             return name
     return raw
 

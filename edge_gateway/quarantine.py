@@ -61,7 +61,9 @@ class Quarantine:
         saved = _read_json(self.path) or {}
         for item in saved.get("quarantined", []):
             with contextlib.suppress(KeyError, TypeError, ValueError):
-                self.quarantined[(str(item["device_id"]), int(item["boot"]), int(item["seq"]))] = item
+                self.quarantined[(str(item["device_id"]), int(item["boot"]), int(item["seq"]))] = (
+                    item
+                )
         for item in saved.get("suspects", []):
             with contextlib.suppress(TypeError, ValueError):
                 self.suspects.add((str(item[0]), int(item[1]), int(item[2])))
@@ -80,17 +82,25 @@ class Quarantine:
             if self.strikes[key] >= 2 and key not in self.quarantined:
                 self.suspects.discard(key)
                 del self.strikes[key]
-                self.quarantined[key] = {"device_id": key[0], "boot": key[1], "seq": key[2],
-                                         "since": time.time(), "payload_b64": None}
+                self.quarantined[key] = {
+                    "device_id": key[0],
+                    "boot": key[1],
+                    "seq": key[2],
+                    "since": time.time(),
+                    "payload_b64": None,
+                }
                 new.append(key)
         elif died_with:
             self.suspects.update(died_with)
             while len(self.suspects) > MAX_SUSPECTS:
                 self.suspects.pop()
         if died_with:
-            log.warning("the gateway stopped while processing %d readings (%s); %s",
-                        len(died_with), ", ".join(f"{d}/{b}/{s}" for d, b, s in died_with[:5]),
-                        f"quarantined {new[0]}" if new else "they will be processed one by one")
+            log.warning(
+                "the gateway stopped while processing %d readings (%s); %s",
+                len(died_with),
+                ", ".join(f"{d}/{b}/{s}" for d, b, s in died_with[:5]),
+                f"quarantined {new[0]}" if new else "they will be processed one by one",
+            )
             self._save()
         self._fd = os.open(self.marker_path, os.O_RDWR | os.O_CREAT, 0o600)
         self._marked = True
@@ -170,8 +180,11 @@ class Quarantine:
         kept = sorted(self.quarantined.values(), key=lambda i: float(i.get("since") or 0))
         kept = kept[-MAX_KEPT:]
         self.quarantined = {(str(i["device_id"]), int(i["boot"]), int(i["seq"])): i for i in kept}
-        body = {"quarantined": kept, "suspects": [list(k) for k in sorted(self.suspects)],
-                "strikes": [[*k, n] for k, n in sorted(self.strikes.items())]}
+        body = {
+            "quarantined": kept,
+            "suspects": [list(k) for k in sorted(self.suspects)],
+            "strikes": [[*k, n] for k, n in sorted(self.strikes.items())],
+        }
         tmp = self.path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(body, separators=(",", ":")))

@@ -54,7 +54,6 @@ class StoreError(RuntimeError):
     """The store cannot be opened or written; the message says what to do."""
 
 
-
 # Stored payloads start with a format byte: 0 = the JSON as is, 1 = zlib with DICTIONARY_V1.
 _PLAIN = b"\x00"
 _ZDICT_V1 = b"\x01"
@@ -79,8 +78,11 @@ def decode_payload(stored: bytes) -> bytes:
         return decomp.decompress(body) + decomp.flush()
     if tag == _PLAIN:
         return body
-    raise StoreError(f"stored payload has unknown format byte {tag!r}; was the store written by "
-                     "a newer gateway? Upgrade this one.")
+    raise StoreError(
+        f"stored payload has unknown format byte {tag!r}; was the store written by "
+        "a newer gateway? Upgrade this one."
+    )
+
 
 PRIORITY_READING = 0
 PRIORITY_ALERT_READING = 1  # an observation that raised or cleared an alert
@@ -88,7 +90,8 @@ PRIORITY_ALERT = 2  # the alert message itself: dropped last
 
 DROP_REASONS = ("max_bytes", "max_age", "disk_floor")
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS queue(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,
@@ -118,7 +121,9 @@ CREATE TABLE IF NOT EXISTS samples(
     n INTEGER NOT NULL,
     PRIMARY KEY(device_id, bucket)
 ) WITHOUT ROWID;
-""" + HELD_SCHEMA
+"""
+    + HELD_SCHEMA
+)
 
 SAMPLE_BUCKET_S = 600  # completeness: readings counted per device in 10-minute sample-time buckets
 SAMPLE_DAY_S = 86400
@@ -228,8 +233,9 @@ class SeenRanges:
                 del self.los[0], self.his[0]
 
     def dumps(self) -> str:
-        return json.dumps([[lo, hi] for lo, hi in zip(self.los, self.his, strict=True)],
-                          separators=(",", ":"))
+        return json.dumps(
+            [[lo, hi] for lo, hi in zip(self.los, self.his, strict=True)], separators=(",", ":")
+        )
 
 
 class Store:
@@ -429,8 +435,18 @@ class Store:
                     db.execute(
                         "INSERT INTO held(topic, payload, device_id, boot, seq, received, "
                         "priority, size, since) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (e.topic, stored, e.key[0], e.key[1], e.key[2], e.received, e.priority,
-                         size, now))
+                        (
+                            e.topic,
+                            stored,
+                            e.key[0],
+                            e.key[1],
+                            e.key[2],
+                            e.received,
+                            e.priority,
+                            size,
+                            now,
+                        ),
+                    )
                     self.order.hold_started(e.key[0], now)
                     held += 1
                     self.bytes += size
@@ -593,8 +609,9 @@ class Store:
                 (after,),
             ).fetchall()
             old = [(rid, size, mid) for rid, size, received, mid in rows if received < cutoff]
-            doomed = [(rid, size) for rid, size, mid in old
-                      if rid not in self.leased and mid is None]
+            doomed = [
+                (rid, size) for rid, size, mid in old if rid not in self.leased and mid is None
+            ]
             if doomed:
                 db.executemany("DELETE FROM queue WHERE id=?", [(rid,) for rid, _ in doomed])
                 self.bytes -= sum(int(size) for _, size in doomed)
@@ -672,15 +689,17 @@ class Store:
         firsts = {
             str(k).removeprefix("first_sample:"): float(v)
             for k, v in self.db.execute(
-                "SELECT key, value FROM meta WHERE key LIKE 'first_sample:%'")
+                "SELECT key, value FROM meta WHERE key LIKE 'first_sample:%'"
+            )
         }
         return dict(counts), firsts
 
     def prune_seen(self, now: float) -> int:
         """Forget the sequence ranges of boots not heard of for ``dedup_horizon_s`` (and
         completeness buckets older than a day)."""
-        self.db.execute("DELETE FROM samples WHERE bucket <= ?",
-                        (now - SAMPLE_DAY_S - SAMPLE_BUCKET_S,))
+        self.db.execute(
+            "DELETE FROM samples WHERE bucket <= ?", (now - SAMPLE_DAY_S - SAMPLE_BUCKET_S,)
+        )
         cutoff = now - self.limits.dedup_horizon_s
         gone = self.db.execute(
             "DELETE FROM seen_ranges WHERE updated < ? RETURNING device_id, boot", (cutoff,)
@@ -751,8 +770,9 @@ class Store:
         db.execute("BEGIN IMMEDIATE")
         try:
             if released:
-                db.executemany("UPDATE queue SET state = 2 WHERE id = ?",
-                               [(rid,) for rid in released])
+                db.executemany(
+                    "UPDATE queue SET state = 2 WHERE id = ?", [(rid,) for rid in released]
+                )
             if assign:
                 db.executemany(
                     "UPDATE queue SET mid = ?, replay = ?, state = 1 WHERE id = ?",
@@ -770,8 +790,12 @@ class Store:
             "SELECT id, topic, payload, mid, replay, state FROM queue WHERE mid IS NOT NULL "
             "ORDER BY id"
         )
-        return [InFlight(int(r[0]), str(r[1]), decode_payload(bytes(r[2])), int(r[3]),
-                         bool(r[4]), int(r[5])) for r in cur]
+        return [
+            InFlight(
+                int(r[0]), str(r[1]), decode_payload(bytes(r[2])), int(r[3]), bool(r[4]), int(r[5])
+            )
+            for r in cur
+        ]
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -790,8 +814,9 @@ class Store:
                 "AND id <= ? AND mid IS NULL ORDER BY id LIMIT ?",
                 (after_id, upto_id, limit),
             )
-        rows = [Row(int(r[0]), str(r[1]), decode_payload(bytes(r[2])), r[3], float(r[4]))
-                for r in cur]
+        rows = [
+            Row(int(r[0]), str(r[1]), decode_payload(bytes(r[2])), r[3], float(r[4])) for r in cur
+        ]
         self.leased.update(r.id for r in rows)
         return rows
 

@@ -50,8 +50,14 @@ ROW_MID_MAX = 32767  # mids 1..32767: rows; 32768..65535: paho's own publishes
 _REPLAY_FALSE = b'"replay":false}'
 _REPLAY_TRUE = b'"replay":true}'
 
-_HOOKS = ("_mid_generate", "_handle_pubrec", "_handle_pubackcomp", "_send_publish",
-          "_send_pubrel", "_in_packet")
+_HOOKS = (
+    "_mid_generate",
+    "_handle_pubrec",
+    "_handle_pubackcomp",
+    "_send_publish",
+    "_send_pubrel",
+    "_in_packet",
+)
 
 
 def wire_payload(payload: bytes, replay: bool) -> bytes:

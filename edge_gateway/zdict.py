@@ -49,5 +49,5 @@ DICTIONARY_V1 = (
     'od; outdoor activities and travel as normal.","advice_th":"คุณภาพอากาศดี สามารถท'
     'ำกิจกรรมกลางแจ้งและการท่องเที่ยวได้ตามปกติ","pm25_24h":18.9,"completeness_24h":0'
     '.002},"us_aqi":{"value":69,"category":"Moderate","colour":"yellow"}},"replay":fa'
-    'lse}'
+    "lse}"
 ).encode()

@@ -61,9 +61,18 @@ def boot():
             st["why"] = _why(st)
         if st.get("boots", 0) >= MAX_BOOTS:
             bad = st.get("bad", [])[-3:] + [st["ver"]]
-            st = {"slot": st.get("prev", ""), "ver": st.get("pver", 0), "bad": bad,
-                  "last": {"state": "rolled_back", "ver": st["ver"], "to": st.get("pver", 0),
-                           "reason": st["why"], "boots": st["boots"]}}
+            st = {
+                "slot": st.get("prev", ""),
+                "ver": st.get("pver", 0),
+                "bad": bad,
+                "last": {
+                    "state": "rolled_back",
+                    "ver": st["ver"],
+                    "to": st.get("pver", 0),
+                    "reason": st["why"],
+                    "boots": st["boots"],
+                },
+            }
         else:
             st["boots"] = st.get("boots", 0) + 1
         save(st)

@@ -121,13 +121,18 @@ def run_parallel(
         except FieldError as exc:
             outcome = Outcome(job.port, False, str(exc), exc.hint or None, None)
         except Exception as exc:  # noqa: BLE001 -- one board must not stop the others
-            outcome = Outcome(job.port, False, f"{type(exc).__name__}: {exc}", "Run again with -v.", None)
+            outcome = Outcome(
+                job.port, False, f"{type(exc).__name__}: {exc}", "Run again with -v.", None
+            )
         rep.done(outcome.ok)
         with lock:
             outcomes[job.port] = outcome
 
     with progress:
-        reporters = [Reporter(progress, progress.add_task(f"{j.port}  waiting", total=1), j.port) for j in jobs]
+        reporters = [
+            Reporter(progress, progress.add_task(f"{j.port}  waiting", total=1), j.port)
+            for j in jobs
+        ]
         with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(jobs)))) as pool:
             for f in [pool.submit(one, j, r) for j, r in zip(jobs, reporters, strict=True)]:
                 f.result()
@@ -142,8 +147,10 @@ def summary_table(title: str, outcomes: Sequence[Outcome]) -> Table:
     table.add_column("what to do")
     for o in outcomes:
         table.add_row(  # Text: a message or hint quoting [brackets] is not markup
-            Text(o.port), Text.from_markup("[green]ok" if o.ok else "[red]FAILED"),
-            Text(o.summary), Text("" if o.ok else (o.hint or "")),
+            Text(o.port),
+            Text.from_markup("[green]ok" if o.ok else "[red]FAILED"),
+            Text(o.summary),
+            Text("" if o.ok else (o.hint or "")),
         )
     return table
 
@@ -187,7 +194,9 @@ def read_batch_csv(path: Path) -> list[BatchRow]:
         header = [h.strip().lower() for h in (reader.fieldnames or [])]
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
-            raise BatchFileError(f"{path}: missing column(s) {', '.join(missing)} in the header line")
+            raise BatchFileError(
+                f"{path}: missing column(s) {', '.join(missing)} in the header line"
+            )
         unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
         if unknown:
             raise BatchFileError(f"{path}: unknown column(s) {', '.join(unknown)}")

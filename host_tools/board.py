@@ -149,10 +149,14 @@ class Board:
                     log.debug("%s: no raw REPL yet (%s), trying again", port, exc)
                     continue
                 self._t.close()
-                raise RawReplError(f"the board on {port} did not enter the raw REPL ({exc})") from exc
+                raise RawReplError(
+                    f"the board on {port} did not enter the raw REPL ({exc})"
+                ) from exc
             except (serial.SerialException, OSError) as exc:
                 self._t.close()
-                raise RawReplError(f"the board on {port} did not enter the raw REPL ({exc})") from exc
+                raise RawReplError(
+                    f"the board on {port} did not enter the raw REPL ({exc})"
+                ) from exc
 
     def __enter__(self) -> Self:
         return self

@@ -69,7 +69,9 @@ class MosquittoBroker:
     persistence: bool = False
     max_queued_messages: int = MAX_QUEUED_MESSAGES
     message_size_limit: int = MESSAGE_SIZE_LIMIT
-    tls_listener: dict[str, str] | None = None  # {"port": "...", "cafile": ..., "certfile": ..., "keyfile": ...}
+    tls_listener: dict[str, str] | None = (
+        None  # {"port": "...", "cafile": ..., "certfile": ..., "keyfile": ...}
+    )
     workdir: Path | None = None
     extra_config: list[str] = field(default_factory=list)
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -161,7 +163,9 @@ class MosquittoBroker:
             if self._proc.poll() is not None and self._proc.stderr is not None:
                 err = self._proc.stderr.read()
             self.stop()
-            log = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            log = (
+                self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            )
             raise BrokerError(
                 f"Mosquitto ({self.name}) did not start on port {self.port}: "
                 f"{err.decode(errors='replace').strip()} {log.strip()}"
@@ -226,7 +230,9 @@ class EmbeddedBroker:
             ) from exc
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
         broker = Broker(config)
         await broker.start()

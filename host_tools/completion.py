@@ -20,9 +20,10 @@ EXIT_OK = 0
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "completion", help="print a shell completion script (bash or zsh)",
+        "completion",
+        help="print a shell completion script (bash or zsh)",
         description="Print a completion script for cityedge's commands and options. Install: "
-                    "cityedge completion bash | sudo tee /etc/bash_completion.d/cityedge",
+        "cityedge completion bash | sudo tee /etc/bash_completion.d/cityedge",
     )
     p.add_argument("shell", choices=("bash", "zsh"), help="the shell the script is for")
     p.set_defaults(func=cmd_completion)

@@ -101,16 +101,31 @@ class _View:
             row.last = obj
         elif "/alert/" in topic:
             t = _local_time(obj.get("t"))
-            self.alerts.appendleft(f"{t} {obj.get('device_id')}: {obj.get('state')} {obj.get('message')}")
+            self.alerts.appendleft(
+                f"{t} {obj.get('device_id')}: {obj.get('state')} {obj.get('message')}"
+            )
         elif "/gateway/" in topic and topic.endswith("/health"):
             self.health = obj
 
     def render(self, title: str) -> Group:
         table = Table(title=title, expand=True)
-        for col in ("device", "kind", "sampled (Bangkok)", "raw", "calibrated", "calibration", "QC", "derived", "n", "replayed"):
+        for col in (
+            "device",
+            "kind",
+            "sampled (Bangkok)",
+            "raw",
+            "calibrated",
+            "calibration",
+            "QC",
+            "derived",
+            "n",
+            "replayed",
+        ):
             table.add_column(col, overflow="fold")
         for device_id, row in sorted(self.devices.items()):
-            table.add_row(device_id, row.kind, *_describe(row.last), str(row.count), str(row.replays))
+            table.add_row(
+                device_id, row.kind, *_describe(row.last), str(row.count), str(row.replays)
+            )
         h = self.health
         stats = (
             f"gateway: {h.get('state', '?')}  queue={h.get('queue_depth', '?')}  "
@@ -135,8 +150,18 @@ def _local_time(value: Any) -> str:
     return dt.astimezone(BANGKOK).strftime("%d %b %H:%M:%S")
 
 
-_FLAG = {1: "[green]good[/]", 2: "unknown", 3: "[yellow]suspect[/]", 4: "[red]FAIL[/]", 9: "missing"}
-_MAIN = {"air": ("pm25_cf1", "pm25"), "water": ("distance", "level"), "parking": ("field_delta", "occupied")}
+_FLAG = {
+    1: "[green]good[/]",
+    2: "unknown",
+    3: "[yellow]suspect[/]",
+    4: "[red]FAIL[/]",
+    9: "missing",
+}
+_MAIN = {
+    "air": ("pm25_cf1", "pm25"),
+    "water": ("distance", "level"),
+    "parking": ("field_delta", "occupied"),
+}
 
 
 def _describe(obs: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
@@ -144,11 +169,19 @@ def _describe(obs: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
     raw_key, cal_key = _MAIN.get(kind, ("", ""))
     raw = obs.get("raw", {}).get(raw_key)
     cal = obs.get("calibrated", {}).get(cal_key)
-    raw_s = f"{raw_key}={raw['v']:.3g} {raw['u']}" if raw and isinstance(raw.get("v"), (int, float)) else "-"
+    raw_s = (
+        f"{raw_key}={raw['v']:.3g} {raw['u']}"
+        if raw and isinstance(raw.get("v"), (int, float))
+        else "-"
+    )
     cal_s, cal_id = "-", "-"
     if cal:
         v = cal.get("v")
-        cal_s = f"{cal_key}={v:.3g} {cal['u']}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{cal_key}={v}"
+        cal_s = (
+            f"{cal_key}={v:.3g} {cal['u']}"
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            else f"{cal_key}={v}"
+        )
         cal_id = cal.get("calibration_id", "-")
     flag = obs.get("quality", {}).get(cal_key)
     qc = _FLAG.get(flag, "-") if isinstance(flag, int) else "-"
@@ -159,14 +192,20 @@ def _describe(obs: dict[str, Any]) -> tuple[str, str, str, str, str, str]:
         colour = a.get("colour", "white")
         d_s = f"[{_rich_colour(colour)}]Thai AQI {a.get('value')} ({colour})[/]"
     elif derived:
-        d_s = ", ".join(f"{k}={v}" for k, v in derived.items() if not isinstance(v, dict))[:60] or "-"
+        d_s = (
+            ", ".join(f"{k}={v}" for k, v in derived.items() if not isinstance(v, dict))[:60] or "-"
+        )
     return _local_time(obs.get("t")), raw_s, cal_s, cal_id, qc, d_s
 
 
 def _rich_colour(name: str) -> str:
-    return {"blue": "bright_blue", "green": "green", "yellow": "yellow", "orange": "dark_orange", "red": "red"}.get(
-        str(name), "white"
-    )
+    return {
+        "blue": "bright_blue",
+        "green": "green",
+        "yellow": "yellow",
+        "orange": "dark_orange",
+        "red": "red",
+    }.get(str(name), "white")
 
 
 def parse_nodes(spec: str) -> list[str]:
@@ -175,18 +214,24 @@ def parse_nodes(spec: str) -> list[str]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         kind, _, count = part.partition(":")
         if kind not in ("air", "water", "parking"):
-            raise ValueError(f"--nodes: unknown node kind {kind!r} in {part!r}; use air, water or parking")
+            raise ValueError(
+                f"--nodes: unknown node kind {kind!r} in {part!r}; use air, water or parking"
+            )
         try:
             n = int(count or "1")
         except ValueError:
-            raise ValueError(f"--nodes: {part!r} needs a whole number after the colon, e.g. air:2") from None
+            raise ValueError(
+                f"--nodes: {part!r} needs a whole number after the colon, e.g. air:2"
+            ) from None
         if not 0 <= n <= 20:
             raise ValueError(f"--nodes: {part!r}: between 0 and 20 nodes of a kind")
         kinds += [kind] * n
     return kinds
 
 
-async def _start_broker(name: str, embedded: bool, workdir: Path) -> MosquittoBroker | EmbeddedBroker:
+async def _start_broker(
+    name: str, embedded: bool, workdir: Path
+) -> MosquittoBroker | EmbeddedBroker:
     if not embedded and mosquitto_path() is not None:
         return MosquittoBroker(name=name, workdir=workdir / name).start()
     return await EmbeddedBroker(name=name).start()
@@ -207,16 +252,22 @@ def node_location(kind: str, index: int) -> dict[str, Any]:
     return {**base, "lat": round(base["lat"] + 0.00045 * index, 6)}
 
 
-def _gateway_config(workdir: Path, local: Any, upstream: Any, records: Path,
-                    nodes: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+def _gateway_config(
+    workdir: Path, local: Any, upstream: Any, records: Path, nodes: Sequence[tuple[str, str]] = ()
+) -> dict[str, Any]:
     """The demo gateway's config; ``nodes`` = (device id, kind) each get an inventory entry with
     their own location (otherwise every observation would carry the school's)."""
     index: dict[str, int] = {}
     devices = []
     for device_id, kind in nodes:
         i = index[kind] = index.get(kind, -1) + 1
-        devices.append({"id": device_id, "kind": kind,
-                        "location": {**node_location(kind, i), "name": f"demo {kind} {i}"}})
+        devices.append(
+            {
+                "id": device_id,
+                "kind": kind,
+                "location": {**node_location(kind, i), "name": f"demo {kind} {i}"},
+            }
+        )
     return {
         "gateway_id": GATEWAY_ID,
         "site_id": SITE_ID,
@@ -240,7 +291,9 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
     kinds = parse_nodes(args.nodes)
     if kinds:
         micropython_path()  # no simulator (the 'sim' extra): say so before starting anything
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cityedge-demo-"))
+    workdir = (
+        Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="cityedge-demo-"))
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     brokers: list[MosquittoBroker | EmbeddedBroker] = []
     nodes: list[Any] = []
@@ -252,7 +305,9 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         upstream = await _start_broker("platform", args.embedded_broker, workdir)
         brokers.append(upstream)
         which = "Mosquitto" if isinstance(local, MosquittoBroker) else "embedded amqtt"
-        console.print(f"[cyan]brokers ({which}):[/] site {local.address}, city platform {upstream.address}")
+        console.print(
+            f"[cyan]brokers ({which}):[/] site {local.address}, city platform {upstream.address}"
+        )
 
         for i, kind in enumerate(kinds):
             node = SimNode(
@@ -268,25 +323,36 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
         water = next((n.device_id for n in nodes if n.kind == "water"), "ce-000000000000")
         records = workdir / "calibration.toml"
         records.write_text(DEMO_RECORDS.format(water_device=water))
-        config = GatewayConfig.from_dict(_gateway_config(
-            workdir, local, upstream, records, [(n.device_id, n.kind) for n in nodes]))
+        config = GatewayConfig.from_dict(
+            _gateway_config(
+                workdir, local, upstream, records, [(n.device_id, n.kind) for n in nodes]
+            )
+        )
         gateway = Gateway(config)
         gateway_task = asyncio.create_task(gateway.run(), name="gateway")
         for node in nodes:
             node.start()
-        console.print(f"[cyan]nodes:[/] {len(nodes)} simulated ({args.nodes}), time {args.speed:g}x; workdir {workdir}")
+        console.print(
+            f"[cyan]nodes:[/] {len(nodes)} simulated ({args.nodes}), time {args.speed:g}x; workdir {workdir}"
+        )
 
         view = _View()
         deadline = time.monotonic() + args.duration if args.duration else None
-        async with aiomqtt.Client(upstream.host, upstream.port, identifier="cityedge-demo-viewer") as client:
+        async with aiomqtt.Client(
+            upstream.host, upstream.port, identifier="cityedge-demo-viewer"
+        ) as client:
             await client.subscribe(f"{contract.ROOT}/site/#", qos=1)
             title = f"CityEdge demo: what the city platform receives (site {SITE_ID})"
-            with Live(view.render(title), console=console, refresh_per_second=2, transient=False) as live:
+            with Live(
+                view.render(title), console=console, refresh_per_second=2, transient=False
+            ) as live:
                 while deadline is None or time.monotonic() < deadline:
                     if gateway_task.done():
                         exc = gateway_task.exception()
                         raise RuntimeError(f"the gateway stopped: {exc}")
-                    timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+                    timeout = (
+                        0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+                    )
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(timeout):
                             async for message in client.messages:
@@ -302,7 +368,9 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                 for line in node.log[-12:]:
                     console.print("  " + line, markup=False, highlight=False)
             return 1
-        console.print(f"[green]done:[/] {total} observations from {len(view.devices)} devices reached the platform")
+        console.print(
+            f"[green]done:[/] {total} observations from {len(view.devices)} devices reached the platform"
+        )
         return 0
     finally:
         for node in nodes:
@@ -343,11 +411,32 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("demo", help="run simulated nodes, a gateway and a platform broker, and watch the data")
-    p.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: run until Ctrl-C)")
-    p.add_argument("--nodes", default=DEFAULT_NODES, help=f"node kinds and counts (default {DEFAULT_NODES})")
-    p.add_argument("--speed", type=float, default=60.0, help="simulated time speed-up (default 60: a minute a second)")
-    p.add_argument("--embedded-broker", action="store_true", help="use the embedded amqtt broker even if Mosquitto is installed")
-    p.add_argument("--workdir", help="keep brokers', nodes' and the gateway's files here (default: a temporary directory)")
+    p = subparsers.add_parser(
+        "demo", help="run simulated nodes, a gateway and a platform broker, and watch the data"
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0,
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
+    p.add_argument(
+        "--nodes", default=DEFAULT_NODES, help=f"node kinds and counts (default {DEFAULT_NODES})"
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=60.0,
+        help="simulated time speed-up (default 60: a minute a second)",
+    )
+    p.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="use the embedded amqtt broker even if Mosquitto is installed",
+    )
+    p.add_argument(
+        "--workdir",
+        help="keep brokers', nodes' and the gateway's files here (default: a temporary directory)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory at the end")
     p.set_defaults(func=_run)

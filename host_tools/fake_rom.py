@@ -62,7 +62,9 @@ class SlipDecoder:
         for b in data:
             if b == 0xC0:
                 if self._in_frame and self._buf:
-                    frames.append(bytes(self._buf).replace(b"\xdb\xdc", b"\xc0").replace(b"\xdb\xdd", b"\xdb"))
+                    frames.append(
+                        bytes(self._buf).replace(b"\xdb\xdc", b"\xc0").replace(b"\xdb\xdd", b"\xdb")
+                    )
                     self._buf.clear()
                     self._in_frame = True
                 else:
@@ -258,7 +260,9 @@ class FakeRom:
         tty.setraw(self._slave)
         self.device = os.ttyname(self._slave)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name=f"fake-rom {self.device}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, name=f"fake-rom {self.device}", daemon=True
+        )
 
     def start(self) -> Self:
         self._thread.start()

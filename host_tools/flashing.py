@@ -91,7 +91,12 @@ class _ThreadSink(TemplateLogger):  # type: ignore[misc]
         return None
 
     def progress_bar(
-        self, cur_iter: int, total_iters: int, prefix: str = "", suffix: str = "", bar_length: int = 30
+        self,
+        cur_iter: int,
+        total_iters: int,
+        prefix: str = "",
+        suffix: str = "",
+        bar_length: int = 30,
     ) -> None:
         cb: Progress | None = getattr(self.local, "progress", None)
         if cb is not None:
@@ -167,7 +172,9 @@ def _translate(port: str, exc: BaseException) -> FieldError:
     if "Could not open" in text:  # esptool's FatalError around pyserial's: busy, permission
         return translate_open_error(port, exc)  # type: ignore[return-value]
     if "No serial data received" in text or "Failed to connect" in text or "Invalid head" in text:
-        return NoSerialDataError(f"{port}: the board did not answer esptool ({text.splitlines()[0]})")
+        return NoSerialDataError(
+            f"{port}: the board did not answer esptool ({text.splitlines()[0]})"
+        )
     if "does not contain an" in text or "is not an" in text:
         return WrongChipError(
             f"{port}: the image is not built for this {text.split(' an ')[-1].split(' image')[0]} "
@@ -183,7 +190,9 @@ def _translate(port: str, exc: BaseException) -> FieldError:
     return FieldError(f"{port}: esptool: {text}", hint="Run with -v to see esptool's log.")
 
 
-def connect(port: str, *, before: str = "default-reset", baud: int = 115200, attempts: int = 3) -> ESPLoader:
+def connect(
+    port: str, *, before: str = "default-reset", baud: int = 115200, attempts: int = 3
+) -> ESPLoader:
     """Reset the board into its ROM bootloader and identify the chip."""
     _install_sink()
     check_port(port)
@@ -197,7 +206,9 @@ def chip_info(esp: ESPLoader) -> ChipInfo:
     mac = esp.read_mac()
     if mac is None:
         raise FieldError("the chip reported no MAC address")
-    return ChipInfo(chip=esp.CHIP_NAME, description=esp.get_chip_description(), mac=bytes(mac).hex())
+    return ChipInfo(
+        chip=esp.CHIP_NAME, description=esp.get_chip_description(), mac=bytes(mac).hex()
+    )
 
 
 def probe(
@@ -247,7 +258,9 @@ def flash_image(
             want = chip.replace("-", "").lower()
             got = esp.CHIP_NAME.replace("-", "").lower()
             if got != want:
-                raise WrongChipError(f"{port} has an {esp.CHIP_NAME}, but the image is for {chip.upper()}")
+                raise WrongChipError(
+                    f"{port} has an {esp.CHIP_NAME}, but the image is for {chip.upper()}"
+                )
             # Extended image header: chip id at byte 12 (ESP-IDF esp_image_header_t.chip_id)
             image_chip = int.from_bytes(data[12:14], "little")
             if image_chip != esp.IMAGE_CHIP_ID:

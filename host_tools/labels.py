@@ -74,7 +74,7 @@ def _has_glyphs(font: Font, text: str) -> bool:
     """True if no letter of `text` comes out as the font's missing-glyph box (its .notdef,
     which is what an unmapped character such as U+10FFFD draws). Combining marks are drawn
     with their base letter and are not judged alone."""
-    missing = font.getmask("\U0010FFFD")
+    missing = font.getmask("\U0010fffd")
     box = (missing.size, bytes(missing))
     for ch in set(text):
         if ch.isspace() or unicodedata.category(ch).startswith("M"):
@@ -119,8 +119,10 @@ def render(device: Device) -> Label:
             continue
         font = font_for(text, size)
         if font is None:  # boxes help nobody: leave the line out and say so
-            warnings.append(f"{device.device_id}: no installed font can draw {text!r}; the "
-                            f"label is written without it: {THAI_FONT_HINT}")
+            warnings.append(
+                f"{device.device_id}: no installed font can draw {text!r}; the "
+                f"label is written without it: {THAI_FONT_HINT}"
+            )
             continue
         lines.append((text, font))
     line_h = [52, 40, 40]
@@ -140,9 +142,7 @@ def render_label(device: Device) -> Image.Image:
     return render(device).image
 
 
-def write_label(
-    device: Device, out_dir: Path, warn: Callable[[str], None] | None = None
-) -> Path:
+def write_label(device: Device, out_dir: Path, warn: Callable[[str], None] | None = None) -> Path:
     """Write `<device id>.png`; `warn` gets what could not be printed (e.g. no Thai font)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{device.device_id}.png"

@@ -47,7 +47,9 @@ def follow(
             if not chunk:
                 continue
             pending += chunk
-            text, _, pending = pending.rpartition(b"\n") if b"\n" in pending else (b"", b"", pending)
+            text, _, pending = (
+                pending.rpartition(b"\n") if b"\n" in pending else (b"", b"", pending)
+            )
             if text:
                 on_text(text.decode("utf-8", "replace").replace("\r", "") + "\n")
         if pending:

@@ -52,9 +52,7 @@ def list_serial_ports(include_all: bool = False) -> list[SerialPort]:
         name = bridge_name(p.vid, p.pid)
         if name is None and not (include_all and p.vid is not None):
             continue
-        found.append(
-            SerialPort(p.device, p.vid, p.pid, name, p.serial_number, p.description or "")
-        )
+        found.append(SerialPort(p.device, p.vid, p.pid, name, p.serial_number, p.description or ""))
     return sorted(found, key=lambda s: s.device)
 
 
@@ -113,9 +111,7 @@ def check_port(device: str) -> None:
         known = ", ".join(p.device for p in list_serial_ports()) or "none"
         raise PortNotFoundError(f"serial port {device} does not exist (boards found: {known})")
     if not os.access(device, os.R_OK | os.W_OK):
-        raise PortPermissionError(
-            f"permission denied opening {device}", hint=dialout_hint(device)
-        )
+        raise PortPermissionError(f"permission denied opening {device}", hint=dialout_hint(device))
 
 
 def translate_open_error(device: str, exc: BaseException) -> Exception:

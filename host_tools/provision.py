@@ -76,7 +76,9 @@ class BrokerTarget:
             )
         host, _, port = text.rpartition(":") if ":" in text else (text, "", "")
         if not host:
-            raise ProvisionError(f"broker {text!r} has no host name", hint="Give --broker HOST[:PORT].")
+            raise ProvisionError(
+                f"broker {text!r} has no host name", hint="Give --broker HOST[:PORT]."
+            )
         try:
             port_n = int(port) if port else (8883 if tls else 1883)
         except ValueError:
@@ -134,7 +136,9 @@ class NodeSpec:
         return self
 
 
-def build_config(spec: NodeSpec, device_id: str, password: str, credential_version: int) -> dict[str, Any]:
+def build_config(
+    spec: NodeSpec, device_id: str, password: str, credential_version: int
+) -> dict[str, Any]:
     """The node's /config.json (docs/architecture.md, "Node config")."""
     location: dict[str, Any] = {"lat": spec.lat, "lon": spec.lon}
     if spec.elev_m is not None:
@@ -218,7 +222,9 @@ def provision_board(
         if replaced:  # the board has the new config but the inventory does not: undo it
             _restore_config(board, before)
         raise
-    return ProvisionResult(device_id, board.port, spec.site_id, spec.kind, version, previous is not None)
+    return ProvisionResult(
+        device_id, board.port, spec.site_id, spec.kind, version, previous is not None
+    )
 
 
 def _restore_config(board: Board, before: bytes | None) -> None:
@@ -266,7 +272,7 @@ def check_site_has_devices(inventory: Inventory, site_id: str) -> None:
         f"site {site_id!r} has no devices in the inventory {inventory.path} "
         f"(known sites: {known or 'none yet'})",
         hint="Check the spelling of --site. For a first install, before any node is "
-             "provisioned, add --gateway-user to create the gateway's account.",
+        "provisioned, add --gateway-user to create the gateway's account.",
     )
 
 

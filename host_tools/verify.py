@@ -60,7 +60,9 @@ def _status_detail(value: Any) -> str:
         where = f"{value['host']}:{value['port']}" if "host" in value and "port" in value else ""
         if value.get("error"):
             return f"{where} {value['error']}".strip()
-        rest = _fmt({k: v for k, v in value.items() if k not in ("ok", "connected", "host", "port")})
+        rest = _fmt(
+            {k: v for k, v in value.items() if k not in ("ok", "connected", "host", "port")}
+        )
         return ", ".join(x for x in (where, rest) if x) or "ok"
     return _fmt(value)
 
@@ -70,8 +72,17 @@ _DEPLOY_FIRST = (
     "--deploy ...'), then verify again."
 )
 _NOT_AUTHORISED = ("CONNACK refused, code 4", "CONNACK refused, code 5")
-_UNREACHABLE = ("ECONNREFUSED", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "Errno 111",
-                "Errno 110", "Errno 113", "timed out", "timeout")
+_UNREACHABLE = (
+    "ECONNREFUSED",
+    "ETIMEDOUT",
+    "EHOSTUNREACH",
+    "ENETUNREACH",
+    "Errno 111",
+    "Errno 110",
+    "Errno 113",
+    "timed out",
+    "timeout",
+)
 
 
 def _mqtt_check(value: Any) -> Check:
@@ -81,27 +92,41 @@ def _mqtt_check(value: Any) -> Check:
     if _ok(value):
         return Check("mqtt", True, _status_detail(value))
     if any(e in error for e in _NOT_AUTHORISED):
-        return Check("mqtt", False, f"{where} not authorised ({error})",
-                     "The gateway's Mosquitto does not know this node's credential: copy the "
-                     "broker files (passwd, acl) to the gateway and reload Mosquitto "
-                     "(docs/technician.md, step 5).")
+        return Check(
+            "mqtt",
+            False,
+            f"{where} not authorised ({error})",
+            "The gateway's Mosquitto does not know this node's credential: copy the "
+            "broker files (passwd, acl) to the gateway and reload Mosquitto "
+            "(docs/technician.md, step 5).",
+        )
     if any(e in error for e in _UNREACHABLE):
-        return Check("mqtt", False, f"{where} unreachable ({error})",
-                     f"Nothing answers at {where}: check the gateway's address given to "
-                     "'provision --broker HOST[:PORT]', that the gateway is on and on this "
-                     "WiFi, and that its Mosquitto runs.")
+        return Check(
+            "mqtt",
+            False,
+            f"{where} unreachable ({error})",
+            f"Nothing answers at {where}: check the gateway's address given to "
+            "'provision --broker HOST[:PORT]', that the gateway is on and on this "
+            "WiFi, and that its Mosquitto runs.",
+        )
     if "no WiFi" in error:
         return Check("mqtt", False, f"{where} {error}", "Fix the WiFi first (the row above).")
-    return Check("mqtt", False, f"{where} {error}".strip(),
-                 "Check the gateway's address and its broker files (docs/technician.md).")
+    return Check(
+        "mqtt",
+        False,
+        f"{where} {error}".strip(),
+        "Check the gateway's address and its broker files (docs/technician.md).",
+    )
 
 
 def _sensor_hint(name: str, reading: Any, board: str | None) -> str:
     driver = reading.get("driver") if isinstance(reading, dict) else None
     where = f"boards/{board}.json" if board else "the board file in boards/"
     what = f"{name} ({driver})" if driver else name
-    return (f"Check the wiring of {what} against {where}: its bus pins, address and power; "
-            "then verify again.")
+    return (
+        f"Check the wiring of {what} against {where}: its bus pins, address and power; "
+        "then verify again."
+    )
 
 
 def parse_selftest(output: str, port: str = "", board: str | None = None) -> SelfTest:
@@ -119,11 +144,15 @@ def parse_selftest(output: str, port: str = "", board: str | None = None) -> Sel
     except ValueError as exc:
         raise BoardCommandError(f"the self-test on {port} printed unreadable JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise BoardCommandError(f"the self-test on {port} printed {type(data).__name__}, not an object")
+        raise BoardCommandError(
+            f"the self-test on {port} printed {type(data).__name__}, not an object"
+        )
     checks: list[Check] = []
     sensors = data.get("sensors", {})
-    items = sensors.items() if isinstance(sensors, dict) else (
-        (str(s.get("name", i)), s) for i, s in enumerate(sensors) if isinstance(s, dict)
+    items = (
+        sensors.items()
+        if isinstance(sensors, dict)
+        else ((str(s.get("name", i)), s) for i, s in enumerate(sensors) if isinstance(s, dict))
     )
     for name, reading in items:
         if isinstance(reading, dict):
@@ -137,25 +166,48 @@ def parse_selftest(output: str, port: str = "", board: str | None = None) -> Sel
         hint = "" if ok else _sensor_hint(str(name), reading, board)
         checks.append(Check(f"sensor {name}", ok, detail, hint))
     if not checks:
-        checks.append(Check("sensors", False, "no sensor answered",
-                            _sensor_hint("the sensors", {}, board)))
+        checks.append(
+            Check("sensors", False, "no sensor answered", _sensor_hint("the sensors", {}, board))
+        )
     if "config_error" in data:
         err = data["config_error"]
-        checks.append(Check("config", err is None, str(err) if err else "ok",
-                            "" if err is None else "Provision the node again "
-                            "('cityedge node provision ...'): its /config.json is not valid."))
+        checks.append(
+            Check(
+                "config",
+                err is None,
+                str(err) if err else "ok",
+                ""
+                if err is None
+                else "Provision the node again "
+                "('cityedge node provision ...'): its /config.json is not valid.",
+            )
+        )
     if data.get("battery_v") is not None:
         checks.append(Check("battery", True, f"{data['battery_v']} V"))
     if "wifi" in data:
         wifi_ok = _ok(data["wifi"])
-        checks.append(Check("wifi", wifi_ok, _status_detail(data["wifi"]), "" if wifi_ok else
-                            "Check the WiFi name and password given to provision (--ssid, "
-                            "CITYEDGE_WIFI_PASSWORD) and the distance to the access point."))
+        checks.append(
+            Check(
+                "wifi",
+                wifi_ok,
+                _status_detail(data["wifi"]),
+                ""
+                if wifi_ok
+                else "Check the WiFi name and password given to provision (--ssid, "
+                "CITYEDGE_WIFI_PASSWORD) and the distance to the access point.",
+            )
+        )
     if "mqtt" in data:
         checks.append(_mqtt_check(data["mqtt"]))
     if data.get("error"):
-        checks.append(Check("self-test", False, str(data["error"]),
-                            f"The self-test itself failed: {_DEPLOY_FIRST}"))
+        checks.append(
+            Check(
+                "self-test",
+                False,
+                str(data["error"]),
+                f"The self-test itself failed: {_DEPLOY_FIRST}",
+            )
+        )
     fw = data.get("fw") or data.get("fw_version") or data.get("firmware")
     return SelfTest(
         port=port,

@@ -147,8 +147,15 @@ class VirtualBoard:
         from host_tools.simboard import signals
         from host_tools.simnode import SimClock, SimHardware
 
-        settings: dict[str, Any] = {"v": 1, "kind": kind, "seed": seed, "speed": 1.0,
-                                    "unique_id": unique_id, "wifi": {}, "events": []}
+        settings: dict[str, Any] = {
+            "v": 1,
+            "kind": kind,
+            "seed": seed,
+            "speed": 1.0,
+            "unique_id": unique_id,
+            "wifi": {},
+            "events": [],
+        }
         clock = SimClock(1.0, None)
         hw = SimHardware(load_board(board), kind, signals.Model(settings), clock, seed).start()  # type: ignore[no-untyped-call]
         self._hardware = hw

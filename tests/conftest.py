@@ -30,7 +30,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def broker_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., MosquittoBroker]]:
+def broker_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., MosquittoBroker]]:
     """Start real Mosquitto brokers; all are stopped at the end of the test."""
     if mosquitto_path() is None:
         pytest.fail("Mosquitto is not installed: run the README's test command, which installs it")

@@ -40,10 +40,24 @@ def identifier(site: str, device: str, incident: int, kind: str) -> str:
     return f"cityedge-{site}-{device}-{incident}-{kind}"
 
 
-def cap_xml(*, kind: str, site: str, device: str, incident: int, tier: str, sent_t: float,
-            first_t: float, sender: str, offset_h: float, texts: Mapping[str, Mapping[str, str]],
-            value: float | None, threshold: float | None, unit: str,
-            location: Mapping[str, Any] | None, web: str | None) -> bytes:
+def cap_xml(
+    *,
+    kind: str,
+    site: str,
+    device: str,
+    incident: int,
+    tier: str,
+    sent_t: float,
+    first_t: float,
+    sender: str,
+    offset_h: float,
+    texts: Mapping[str, Mapping[str, str]],
+    value: float | None,
+    threshold: float | None,
+    unit: str,
+    location: Mapping[str, Any] | None,
+    web: str | None,
+) -> bytes:
     """``texts``: per language ``{"event", "headline", "description", "area"}``."""
     ET.register_namespace("", NS)
 

@@ -63,9 +63,13 @@ class Central:
             while True:
                 try:
                     client = aiomqtt.Client(
-                        s.broker_host, s.broker_port, username=s.broker_username,
+                        s.broker_host,
+                        s.broker_port,
+                        username=s.broker_username,
                         password=s.broker_password.get() if s.broker_password else None,
-                        identifier=s.broker_client_id, clean_session=False)
+                        identifier=s.broker_client_id,
+                        clean_session=False,
+                    )
                     client._client.manual_ack_set(True)
                     async with client:
                         for topic in TOPICS:
@@ -73,7 +77,9 @@ class Central:
                         log.info("central dispatcher on %s:%d", s.broker_host, s.broker_port)
                         delay = 0.5
                         async for message in client.messages:
-                            await asyncio.to_thread(self.handle, str(message.topic), message.payload)
+                            await asyncio.to_thread(
+                                self.handle, str(message.topic), message.payload
+                            )
                             if message.qos > 0:
                                 with contextlib.suppress(Exception):
                                     client._client.ack(message.mid, message.qos)
@@ -108,8 +114,9 @@ class Central:
                 # Retained: after a restart here, the last one says when it was sent.
                 sent = body.get("t")
                 now = time.time()
-                self.heartbeats[(site, ident)] = (min(float(sent), now) if
-                                                  isinstance(sent, (int, float)) else now)
+                self.heartbeats[(site, ident)] = (
+                    min(float(sent), now) if isinstance(sent, (int, float)) else now
+                )
         except (IndexError, KeyError, ValueError, TypeError) as exc:
             log.warning("%s: cannot use this message (%s): ignored", topic, exc)
 
@@ -129,12 +136,32 @@ class Central:
         now = time.time()
         if state == "offline":
             self.offline.add((site, gateway))
-            self.dispatcher.record([synthetic(site, gateway, "gateway_offline", "raised", now,
-                                              f"gateway {gateway} offline")])
+            self.dispatcher.record(
+                [
+                    synthetic(
+                        site,
+                        gateway,
+                        "gateway_offline",
+                        "raised",
+                        now,
+                        f"gateway {gateway} offline",
+                    )
+                ]
+            )
         elif state is not None:
             self.offline.discard((site, gateway))
-            self.dispatcher.record([synthetic(site, gateway, "gateway_offline", "cleared", now,
-                                              f"gateway {gateway} back online")])
+            self.dispatcher.record(
+                [
+                    synthetic(
+                        site,
+                        gateway,
+                        "gateway_offline",
+                        "cleared",
+                        now,
+                        f"gateway {gateway} back online",
+                    )
+                ]
+            )
 
     async def _watch(self) -> None:
         while True:
@@ -148,10 +175,17 @@ class Central:
         """The silent-node and quiet-dispatcher rules."""
         # A gateway that is offline has its own incident; its nodes are not reported one by one
         # (and the ones already silent stay so until it is back).
-        statuses = [{"report_s": self.intervals.get((s["site_id"], s["device_id"])), **s}
-                    for s in self.statuses.values()]
-        alerts = self.silence.evaluate(statuses, now, frozen={
-            k for k, s in self.statuses.items() if (k[0], s.get("gateway_id")) in self.offline})
+        statuses = [
+            {"report_s": self.intervals.get((s["site_id"], s["device_id"])), **s}
+            for s in self.statuses.values()
+        ]
+        alerts = self.silence.evaluate(
+            statuses,
+            now,
+            frozen={
+                k for k, s in self.statuses.items() if (k[0], s.get("gateway_id")) in self.offline
+            },
+        )
         quiet = {k for k, t in self.heartbeats.items() if now - t > self.settings.quiet_after_s}
         for key in quiet - self.quiet:
             alerts.append(synthetic(*key, "dispatcher_quiet", "raised", now, f"{key[1]} quiet"))

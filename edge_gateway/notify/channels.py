@@ -59,8 +59,9 @@ def need_aiohttp() -> Any:
     except ModuleNotFoundError:
         from edge_gateway.config import ConfigError
 
-        raise ConfigError("", "alert delivery needs aiohttp",
-                          hint="pip install 'cityedge[alerts]'") from None
+        raise ConfigError(
+            "", "alert delivery needs aiohttp", hint="pip install 'cityedge[alerts]'"
+        ) from None
     return aiohttp
 
 
@@ -140,10 +141,12 @@ class LineSender(Sender):
     async def refresh_quota(self) -> None:
         base = self.channel.api_base.rstrip("/")
         try:
-            s1, _, quota = await self._http("GET", f"{base}/v2/bot/message/quota",
-                                            headers=self._headers())
-            s2, _, used = await self._http("GET", f"{base}/v2/bot/message/quota/consumption",
-                                           headers=self._headers())
+            s1, _, quota = await self._http(
+                "GET", f"{base}/v2/bot/message/quota", headers=self._headers()
+            )
+            s2, _, used = await self._http(
+                "GET", f"{base}/v2/bot/message/quota/consumption", headers=self._headers()
+            )
         except Exception as exc:  # noqa: BLE001 - aiohttp.ClientError, OSError, timeouts
             log.warning("LINE channel %s: quota check failed: %s", self.channel.name, exc)
             return
@@ -164,8 +167,11 @@ class LineSender(Sender):
             text = text[: LINE_TEXT_MAX - 1] + "…"
         body = {"to": self.channel.to, "messages": [{"type": "text", "text": text}]}
         status, headers, answer = await self._http(
-            "POST", f"{self.channel.api_base.rstrip('/')}/v2/bot/message/push",
-            headers={**self._headers(), "X-Line-Retry-Key": key}, json=body)
+            "POST",
+            f"{self.channel.api_base.rstrip('/')}/v2/bot/message/push",
+            headers={**self._headers(), "X-Line-Retry-Key": key},
+            json=body,
+        )
         if status == 409:  # this retry key was accepted before: the message went out
             return Outcome("sent", "accepted earlier (409)")
         if status == 429:
@@ -173,8 +179,9 @@ class LineSender(Sender):
             if "monthly limit" in message_text and self.quota is not None:
                 self.used = self.quota
             retry_after = headers.get("Retry-After")
-            self.blocked_until = time.monotonic() + (float(retry_after) if retry_after and
-                                                      retry_after.isdigit() else 60.0)
+            self.blocked_until = time.monotonic() + (
+                float(retry_after) if retry_after and retry_after.isdigit() else 60.0
+            )
             return Outcome("failover", f"HTTP 429 {message_text}".strip())
         outcome = _http_outcome(status, answer)
         if outcome.status == "sent" and self.used is not None:
@@ -197,9 +204,16 @@ class WebhookSender(Sender):
         stamp = str(int(time.time()))
         sig = sign(self.channel.secret.get(), stamp, body.encode())
         status, _, answer = await self._http(
-            "POST", self.channel.url, data=body.encode(),
-            headers={"Content-Type": "application/json", "Idempotency-Key": key,
-                     "X-CityEdge-Timestamp": stamp, "X-CityEdge-Signature": f"sha256={sig}"})
+            "POST",
+            self.channel.url,
+            data=body.encode(),
+            headers={
+                "Content-Type": "application/json",
+                "Idempotency-Key": key,
+                "X-CityEdge-Timestamp": stamp,
+                "X-CityEdge-Signature": f"sha256={sig}",
+            },
+        )
         return _http_outcome(status, answer)
 
 
@@ -216,11 +230,16 @@ class NtfySender(Sender):
         headers = {}
         if self.channel.secret is not None:
             headers["Authorization"] = f"Bearer {self.channel.secret.get()}"
-        body = {"topic": self.channel.topic, "title": message.get("title", "CityEdge"),
-                "message": message["text"], "priority": self._PRIORITY.get(message.get("tier", ""), 3),
-                "tags": ["cityedge", str(message.get("kind", ""))]}
-        status, _, answer = await self._http("POST", self.channel.url.rstrip("/") + "/",
-                                             json=body, headers=headers)
+        body = {
+            "topic": self.channel.topic,
+            "title": message.get("title", "CityEdge"),
+            "message": message["text"],
+            "priority": self._PRIORITY.get(message.get("tier", ""), 3),
+            "tags": ["cityedge", str(message.get("kind", ""))],
+        }
+        status, _, answer = await self._http(
+            "POST", self.channel.url.rstrip("/") + "/", json=body, headers=headers
+        )
         return _http_outcome(status, answer)
 
 
@@ -256,5 +275,8 @@ class SmtpSender(Sender):
 
 
 SENDERS: dict[str, type[Sender]] = {
-    "line": LineSender, "webhook": WebhookSender, "ntfy": NtfySender, "smtp": SmtpSender,
+    "line": LineSender,
+    "webhook": WebhookSender,
+    "ntfy": NtfySender,
+    "smtp": SmtpSender,
 }

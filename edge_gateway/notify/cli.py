@@ -32,7 +32,9 @@ EXIT_CONFIG = 2
 
 
 def add_parser(subparsers: Any) -> None:
-    p = subparsers.add_parser("alerts", help="deliver alerts to people: LINE, webhook, e-mail, ntfy")
+    p = subparsers.add_parser(
+        "alerts", help="deliver alerts to people: LINE, webhook, e-mail, ntfy"
+    )
     sub = p.add_subparsers(dest="alerts_command", metavar="ALERTS_COMMAND")
     p.set_defaults(func=lambda args: (p.print_help(), EXIT_CONFIG)[1])
     for name, text, func in (
@@ -41,17 +43,28 @@ def add_parser(subparsers: Any) -> None:
         ("test", "send a test message on every channel (or --channel NAME)", cmd_test),
         ("ack", "acknowledge an incident (stops its escalation)", cmd_ack),
         ("list", "open incidents and the outbox", cmd_list),
-        ("line-group-id", "receive LINE webhooks and print the group ids the bot joins",
-         cmd_line_group_id),
+        (
+            "line-group-id",
+            "receive LINE webhooks and print the group ids the bot joins",
+            cmd_line_group_id,
+        ),
     ):
         sp = sub.add_parser(name, help=text)
         if name == "line-group-id":
-            sp.add_argument("--secret-file", required=True, metavar="FILE",
-                            help="file holding the LINE channel secret (Basic settings tab)")
-            sp.add_argument("--host", default="127.0.0.1",
-                            help="address to listen on for LINE's webhook (default 127.0.0.1)")
-            sp.add_argument("--port", type=int, default=8080,
-                            help="port to listen on (default 8080)")
+            sp.add_argument(
+                "--secret-file",
+                required=True,
+                metavar="FILE",
+                help="file holding the LINE channel secret (Basic settings tab)",
+            )
+            sp.add_argument(
+                "--host",
+                default="127.0.0.1",
+                help="address to listen on for LINE's webhook (default 127.0.0.1)",
+            )
+            sp.add_argument(
+                "--port", type=int, default=8080, help="port to listen on (default 8080)"
+            )
             sp.add_argument("--count", type=int, default=0, help="stop after N group ids")
             sp.set_defaults(func=func)
             continue
@@ -78,8 +91,9 @@ def _load(path: str) -> NotifySettings:
 
 def _logging() -> None:
     if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                            stream=sys.stderr)
+        logging.basicConfig(
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
     logging.getLogger("edge_gateway").setLevel(logging.INFO)
 
 
@@ -98,7 +112,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CityEdgeError(
             f"{args.config} has mode = {settings.mode!r}: its gateways deliver the alerts",
             hint='set mode = "central" in this file, and remove the alerts config from the '
-            "gateways, so that no message is sent twice", exit_code=EXIT_CONFIG)
+            "gateways, so that no message is sent twice",
+            exit_code=EXIT_CONFIG,
+        )
     _logging()
     asyncio.run(_serve(settings, broker=True))
     return 0
@@ -114,8 +130,9 @@ async def _serve(settings: NotifySettings, broker: bool) -> None:
         loop.add_signal_handler(sig, dispatcher.stop)
     metrics = None
     if settings.metrics_port is not None:
-        metrics = MetricsServer(settings.metrics_host, settings.metrics_port, dict,
-                                extra=dispatcher.metrics_text)
+        metrics = MetricsServer(
+            settings.metrics_host, settings.metrics_port, dict, extra=dispatcher.metrics_text
+        )
         port = await metrics.start()
         print(f"metrics on http://{settings.metrics_host}:{port}/metrics", flush=True)
     tasks = [asyncio.create_task(dispatcher.run())]
@@ -149,8 +166,10 @@ async def _test(settings: NotifySettings, channels: list[str], wait_s: float) ->
     if unknown:
         from host_tools.cli import CityEdgeError
 
-        raise CityEdgeError(f"no channel named {', '.join(unknown)}",
-                            hint=f"channels in this file: {', '.join(settings.channels)}")
+        raise CityEdgeError(
+            f"no channel named {', '.join(unknown)}",
+            hint=f"channels in this file: {', '.join(settings.channels)}",
+        )
     dispatcher = Dispatcher(settings)
     # One message per channel, without failover: the point is to test each one.
     for name in channels:
@@ -182,7 +201,9 @@ def cmd_ack(args: argparse.Namespace) -> int:
         done = ack(outbox, args.incident, args.by, time.time())
     finally:
         outbox.close()
-    print(f"incident #{args.incident} {'acknowledged' if done else 'not found or already acknowledged'}")
+    print(
+        f"incident #{args.incident} {'acknowledged' if done else 'not found or already acknowledged'}"
+    )
     return 0 if done else 1
 
 
@@ -201,10 +222,14 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps({"open": rows, "pending": pending}, indent=2, ensure_ascii=False))
         return 0
     for r in rows:
-        print(f"#{r['no']} {r['site']}/{r['device']} {r['family']} {r['max_tier']} "
-              f"peak {r['peak']} {r['unit'] or ''} {'acked by ' + r['acked_by'] if r['acked_by'] else ''}")
-    print(f"{len(rows)} open incident(s); {pending} notification(s) waiting"
-          + ("" if oldest is None else f", oldest {time.time() - oldest:.0f} s"))
+        print(
+            f"#{r['no']} {r['site']}/{r['device']} {r['family']} {r['max_tier']} "
+            f"peak {r['peak']} {r['unit'] or ''} {'acked by ' + r['acked_by'] if r['acked_by'] else ''}"
+        )
+    print(
+        f"{len(rows)} open incident(s); {pending} notification(s) waiting"
+        + ("" if oldest is None else f", oldest {time.time() - oldest:.0f} s")
+    )
     return 0
 
 
@@ -227,6 +252,7 @@ async def _line_group_id(secret: str, host: str, port: int, count: int) -> int:
 
     need_aiohttp()
     from aiohttp import web
+
     seen: list[str] = []
     done = asyncio.Event()
 
@@ -253,9 +279,11 @@ async def _line_group_id(secret: str, host: str, port: int, count: int) -> int:
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
-    print(f"listening on http://{host}:{bound}/line/webhook; set the channel's webhook URL to "
-          "the public HTTPS address that forwards here, then invite the bot to the group",
-          flush=True)
+    print(
+        f"listening on http://{host}:{bound}/line/webhook; set the channel's webhook URL to "
+        "the public HTTPS address that forwards here, then invite the bot to the group",
+        flush=True,
+    )
     try:
         await done.wait()
     finally:

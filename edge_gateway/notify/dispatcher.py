@@ -34,8 +34,13 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher:
-    def __init__(self, settings: NotifySettings, places: Mapping[str, str] | None = None,
-                 site_id: str = "", clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: NotifySettings,
+        places: Mapping[str, str] | None = None,
+        site_id: str = "",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.settings = settings
         self.site_id = site_id
         self.clock = clock
@@ -57,19 +62,25 @@ class Dispatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = False
         with self.outbox.lock:
-            self._open_devices: set[Any] = {r[0] for r in self.outbox.db.execute(
-                "SELECT device FROM incidents WHERE open >= 1")}
+            self._open_devices: set[Any] = {
+                r[0] for r in self.outbox.db.execute("SELECT device FROM incidents WHERE open >= 1")
+            }
 
     def open_keys(self, family: str) -> list[tuple[str, str]]:
         """(site, device) of the open incidents of a family (rules resume them after a restart)."""
         with self.outbox.lock:
-            return [(str(a), str(b)) for a, b in self.outbox.db.execute(
-                "SELECT site, device FROM incidents WHERE family = ? AND open >= 1", (family,))]
+            return [
+                (str(a), str(b))
+                for a, b in self.outbox.db.execute(
+                    "SELECT site, device FROM incidents WHERE family = ? AND open >= 1", (family,)
+                )
+            ]
 
     # -- recording (any thread) ---------------------------------------------------------------
 
-    def record(self, alerts: Iterable[Mapping[str, Any]],
-               observations: Iterable[Mapping[str, Any]] = ()) -> int:
+    def record(
+        self, alerts: Iterable[Mapping[str, Any]], observations: Iterable[Mapping[str, Any]] = ()
+    ) -> int:
         alerts = list(alerts)
         for obs in observations:  # place names and the last Thai AQI, kept in memory
             self.incidents.remember(obs)
@@ -82,8 +93,9 @@ class Dispatcher:
         now = self.clock()
         with self.outbox.transaction() as db:
             n = self.incidents.record(db, alerts, observations, now)
-            self._open_devices = {r[0] for r in db.execute(
-                "SELECT device FROM incidents WHERE open >= 1")}
+            self._open_devices = {
+                r[0] for r in db.execute("SELECT device FROM incidents WHERE open >= 1")
+            }
         self.counters["recorded_alerts"] += len(alerts)
         if n:
             self.counters["queued"] += n
@@ -92,12 +104,18 @@ class Dispatcher:
 
     def test_message(self, channels: list[str]) -> bool:
         now = self.clock()
-        per_lang = {lang: {"site": self.site_id or "-", "time": _local(now, self.settings)}
-                    for lang in self.settings.languages}
+        per_lang = {
+            lang: {"site": self.site_id or "-", "time": _local(now, self.settings)}
+            for lang in self.settings.languages
+        }
         text = render(self.incidents.templates, self.settings.languages, "test", per_lang)
-        ok = self.outbox.add(f"test:{now:.6f}", "test", channels,
-                             {"text": text, "title": "CityEdge test", "tier": "info", "kind": "test"},
-                             now)
+        ok = self.outbox.add(
+            f"test:{now:.6f}",
+            "test",
+            channels,
+            {"text": text, "title": "CityEdge test", "tier": "info", "kind": "test"},
+            now,
+        )
         self.wake()
         return ok
 
@@ -114,14 +132,21 @@ class Dispatcher:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         async with aiohttp.ClientSession() as session:
-            self.senders = {name: SENDERS[ch.type](ch, session)
-                            for name, ch in self.settings.channels.items()}
-            log.info("alert dispatcher: %d channels, %d routes, outbox %s (%d waiting)",
-                     len(self.senders), len(self.settings.routes), self.outbox.path,
-                     self.outbox.pending()[0])
+            self.senders = {
+                name: SENDERS[ch.type](ch, session) for name, ch in self.settings.channels.items()
+            }
+            log.info(
+                "alert dispatcher: %d channels, %d routes, outbox %s (%d waiting)",
+                len(self.senders),
+                len(self.settings.routes),
+                self.outbox.path,
+                self.outbox.pending()[0],
+            )
             if not self.settings.routes:
-                log.warning("%s has no [[routes]]: incidents are recorded but nobody is told",
-                            self.settings.source)
+                log.warning(
+                    "%s has no [[routes]]: incidents are recorded but nobody is told",
+                    self.settings.source,
+                )
             timers = asyncio.create_task(self._timers(session))
             try:
                 while not self._stop:
@@ -165,8 +190,9 @@ class Dispatcher:
             wait = sender.bucket.wait_s()
             if wait > 0:
                 self.counters["rate_limited"] += 1
-                await asyncio.to_thread(self.outbox.reschedule, row.id, pos, attempts,
-                                        self.clock() + wait, "rate limit")
+                await asyncio.to_thread(
+                    self.outbox.reschedule, row.id, pos, attempts, self.clock() + wait, "rate limit"
+                )
                 return
             try:
                 outcome = await sender.send(row.message, row.retry_key)
@@ -177,33 +203,62 @@ class Dispatcher:
                 await asyncio.to_thread(self.outbox.mark_sent, row.id, name, now)
                 self.sent[name] += 1
                 self.last_sent_latency_s = now - row.created
-                log.info("notification %d (%s) sent on %s%s", row.id, row.kind, name,
-                         f" ({outcome.reason})" if outcome.reason else "")
+                log.info(
+                    "notification %d (%s) sent on %s%s",
+                    row.id,
+                    row.kind,
+                    name,
+                    f" ({outcome.reason})" if outcome.reason else "",
+                )
                 return
             self.failed[(name, outcome.status)] += 1
-            log.warning("notification %d on %s: %s (%s)", row.id, name, outcome.status,
-                        outcome.reason)
+            log.warning(
+                "notification %d on %s: %s (%s)", row.id, name, outcome.status, outcome.reason
+            )
             if outcome.status == "failover" and len(chain) == 1:  # nowhere else to go: wait
                 attempts += 1
                 wait_s = max(self._backoff(attempts), sender.blocked_until - time.monotonic())
-                await asyncio.to_thread(self.outbox.reschedule, row.id, pos, attempts,
-                                        self.clock() + wait_s, outcome.reason)
+                await asyncio.to_thread(
+                    self.outbox.reschedule,
+                    row.id,
+                    pos,
+                    attempts,
+                    self.clock() + wait_s,
+                    outcome.reason,
+                )
                 return
             if outcome.status == "retry":
                 attempts += 1
                 if attempts < self.settings.attempts_before_failover or len(chain) == 1:
-                    await asyncio.to_thread(self.outbox.reschedule, row.id, pos, attempts,
-                                            self.clock() + self._backoff(attempts), outcome.reason)
+                    await asyncio.to_thread(
+                        self.outbox.reschedule,
+                        row.id,
+                        pos,
+                        attempts,
+                        self.clock() + self._backoff(attempts),
+                        outcome.reason,
+                    )
                     return
                 reason = "retries"
             else:
-                reason = ("quota" if "quota" in outcome.reason else "429"
-                          if "429" in outcome.reason else "refused")
+                reason = (
+                    "quota"
+                    if "quota" in outcome.reason
+                    else "429"
+                    if "429" in outcome.reason
+                    else "refused"
+                )
             self._failover(name, nxt, reason)
             pos, attempts = pos + 1, 0
         # Every channel of the chain failed over this pass: start again after a back-off.
-        await asyncio.to_thread(self.outbox.reschedule, row.id, pos, attempts,
-                                self.clock() + self._backoff(max(1, attempts)), "all channels failed")
+        await asyncio.to_thread(
+            self.outbox.reschedule,
+            row.id,
+            pos,
+            attempts,
+            self.clock() + self._backoff(max(1, attempts)),
+            "all channels failed",
+        )
 
     def _failover(self, src: str, dst: str, reason: str) -> None:
         self.failovers[(src, dst, reason)] += 1
@@ -226,7 +281,10 @@ class Dispatcher:
                     if silent:
                         await asyncio.to_thread(self.record, silent)
                 s = self.settings
-                if s.heartbeat_ping_url and time.monotonic() - last_ping >= s.heartbeat_ping_interval_s:
+                if (
+                    s.heartbeat_ping_url
+                    and time.monotonic() - last_ping >= s.heartbeat_ping_interval_s
+                ):
                     last_ping = time.monotonic()
                     await self._ping(session, s.heartbeat_ping_url)
                 if self.on_heartbeat is not None:
@@ -248,13 +306,22 @@ class Dispatcher:
             if s.digest_hour is not None and local.hour >= s.digest_hour:
                 n += self.incidents.digest(db, day, now)
             if s.heartbeat_channels and local.hour >= s.heartbeat_hour:
-                per_lang = {lang: {"channel": self.site_id or "central",
-                                   "count": self.outbox_pending_in(db)}
-                            for lang in s.languages}
+                per_lang = {
+                    lang: {
+                        "channel": self.site_id or "central",
+                        "count": self.outbox_pending_in(db),
+                    }
+                    for lang in s.languages
+                }
                 text = render(self.incidents.templates, s.languages, "alive", per_lang)
-                n += Outbox.enqueue(db, f"alive:{day}", "alive", list(s.heartbeat_channels),
-                                    {"text": text, "title": "CityEdge alive", "tier": "info",
-                                     "kind": "alive"}, now)
+                n += Outbox.enqueue(
+                    db,
+                    f"alive:{day}",
+                    "alive",
+                    list(s.heartbeat_channels),
+                    {"text": text, "title": "CityEdge alive", "tier": "info", "kind": "alive"},
+                    now,
+                )
             db.execute("DELETE FROM outbox WHERE state = 1 AND sent_at < ?", (now - 30 * 86400,))
         if n:
             self.counters["queued"] += n
@@ -299,29 +366,47 @@ class Dispatcher:
             f"cityedge_notify_pending {pending}",
             "# HELP cityedge_notify_oldest_pending_age_seconds age of the oldest waiting notification",
             "# TYPE cityedge_notify_oldest_pending_age_seconds gauge",
-            ("cityedge_notify_oldest_pending_age_seconds "
-             f"{'NaN' if oldest is None else round(self.clock() - oldest, 3)}"),
+            (
+                "cityedge_notify_oldest_pending_age_seconds "
+                f"{'NaN' if oldest is None else round(self.clock() - oldest, 3)}"
+            ),
             "# HELP cityedge_notify_sent_total notifications accepted by a channel",
             "# TYPE cityedge_notify_sent_total counter",
         ]
-        lines += [f'cityedge_notify_sent_total{{channel="{c}"}} {n}' for c, n in sorted(self.sent.items())]
-        lines += ["# HELP cityedge_notify_send_failures_total failed attempts by channel and outcome",
-                  "# TYPE cityedge_notify_send_failures_total counter"]
-        lines += [f'cityedge_notify_send_failures_total{{channel="{c}",outcome="{o}"}} {n}'
-                  for (c, o), n in sorted(self.failed.items())]
-        lines += ["# HELP cityedge_notify_failovers_total notifications moved to the next channel",
-                  "# TYPE cityedge_notify_failovers_total counter"]
-        lines += [f'cityedge_notify_failovers_total{{from="{a}",to="{b}",reason="{r}"}} {n}'
-                  for (a, b, r), n in sorted(self.failovers.items())]
-        lines += ["# HELP cityedge_notify_line_quota_remaining LINE messages left this month",
-                  "# TYPE cityedge_notify_line_quota_remaining gauge"]
+        lines += [
+            f'cityedge_notify_sent_total{{channel="{c}"}} {n}' for c, n in sorted(self.sent.items())
+        ]
+        lines += [
+            "# HELP cityedge_notify_send_failures_total failed attempts by channel and outcome",
+            "# TYPE cityedge_notify_send_failures_total counter",
+        ]
+        lines += [
+            f'cityedge_notify_send_failures_total{{channel="{c}",outcome="{o}"}} {n}'
+            for (c, o), n in sorted(self.failed.items())
+        ]
+        lines += [
+            "# HELP cityedge_notify_failovers_total notifications moved to the next channel",
+            "# TYPE cityedge_notify_failovers_total counter",
+        ]
+        lines += [
+            f'cityedge_notify_failovers_total{{from="{a}",to="{b}",reason="{r}"}} {n}'
+            for (a, b, r), n in sorted(self.failovers.items())
+        ]
+        lines += [
+            "# HELP cityedge_notify_line_quota_remaining LINE messages left this month",
+            "# TYPE cityedge_notify_line_quota_remaining gauge",
+        ]
         for name, sender in sorted(self.senders.items()):
             rem = sender.status().get("remaining")
             if sender.channel.type == "line":
-                lines.append(f'cityedge_notify_line_quota_remaining{{channel="{name}"}} '
-                             f"{'NaN' if rem is None else rem}")
+                lines.append(
+                    f'cityedge_notify_line_quota_remaining{{channel="{name}"}} '
+                    f"{'NaN' if rem is None else rem}"
+                )
         return "\n".join(lines) + "\n"
 
 
 def _local(now: float, s: NotifySettings) -> str:
-    return (datetime.fromtimestamp(now, UTC) + timedelta(hours=s.utc_offset_h)).strftime("%Y-%m-%d %H:%M")
+    return (datetime.fromtimestamp(now, UTC) + timedelta(hours=s.utc_offset_h)).strftime(
+        "%Y-%m-%d %H:%M"
+    )

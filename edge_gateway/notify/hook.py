@@ -27,8 +27,11 @@ def start_in_gateway(config: GatewayConfig) -> Dispatcher | None:
     default_outbox = str(Path(config.store_path).with_name("notify.sqlite"))
     settings = load_settings(config.notify.config, default_outbox=default_outbox)
     if settings.mode != "gateway":
-        log.warning("%s has mode = %r: this gateway sends no notifications (the central "
-                    "dispatcher does)", config.notify.config, settings.mode)
+        log.warning(
+            "%s has mode = %r: this gateway sends no notifications (the central dispatcher does)",
+            config.notify.config,
+            settings.mode,
+        )
         return None
     page = config.status.page_url()
     if settings.status_url is None and page is not None:  # the link to the device's page
@@ -55,8 +58,10 @@ async def supervise(dispatcher: Dispatcher) -> None:
         except ConfigError as exc:
             log.error("alert dispatcher: %s (%s); notifications wait in the outbox", exc, exc.hint)
         except Exception:
-            log.exception("alert dispatcher failed; restarting it in 30 s (the outbox keeps "
-                          "every notification)")
+            log.exception(
+                "alert dispatcher failed; restarting it in 30 s (the outbox keeps "
+                "every notification)"
+            )
         await asyncio.sleep(30.0)
 
 
@@ -76,10 +81,14 @@ def device_statuses(gateway: Any) -> Callable[[], list[dict[str, Any]]]:
         out = []
         for dev, state in list(gateway.devices.devices.items()):
             entry = cfg.device(dev)
-            report = ((entry.report_s if entry and entry.report_s else None) or state.report_s
-                      or cfg.inventory.default_report_s)
-            out.append(base | {"device_id": dev, "last_reading": state.last_reading,
-                               "report_s": report})
+            report = (
+                (entry.report_s if entry and entry.report_s else None)
+                or state.report_s
+                or cfg.inventory.default_report_s
+            )
+            out.append(
+                base | {"device_id": dev, "last_reading": state.last_reading, "report_s": report}
+            )
         return out
 
     return get
@@ -97,10 +106,16 @@ def heartbeat_publisher(gateway: Any) -> Callable[[dict[str, Any]], None]:
         client = gateway._upstream
         if client is None:
             return
-        body = {"v": 1, "gateway_id": cfg.gateway_id, "t": time.time(),
-                "pending": stats.get("pending"), "oldest_pending_age_s": stats.get("oldest_pending_age_s"),
-                "sent": sum((stats.get("sent") or {}).values())}
-        gateway._spawn(gateway._publish_quietly(client, topic, json.dumps(body).encode(), 0,
-                                                retain=True))
+        body = {
+            "v": 1,
+            "gateway_id": cfg.gateway_id,
+            "t": time.time(),
+            "pending": stats.get("pending"),
+            "oldest_pending_age_s": stats.get("oldest_pending_age_s"),
+            "sent": sum((stats.get("sent") or {}).values()),
+        }
+        gateway._spawn(
+            gateway._publish_quietly(client, topic, json.dumps(body).encode(), 0, retain=True)
+        )
 
     return publish

@@ -36,9 +36,15 @@ from edge_gateway.notify.templates import Templates, render
 SUSPECT, FAIL = 3, 4  # QARTOD flags (calibration.qc)
 RANK = {None: 0, "info": 0, "watch": 1, "warning": 2, "critical": 3}
 FAMILY = {
-    "water_watch": "water_level", "water_warning": "water_level", "water_critical": "water_level",
-    "water_rising_fast": "water_rising", "pm25_band": "pm25", "node_silent": "silent",
-    "device_offline": "silent", "gateway_offline": "gateway", "dispatcher_quiet": "dispatcher",
+    "water_watch": "water_level",
+    "water_warning": "water_level",
+    "water_critical": "water_level",
+    "water_rising_fast": "water_rising",
+    "pm25_band": "pm25",
+    "node_silent": "silent",
+    "device_offline": "silent",
+    "gateway_offline": "gateway",
+    "dispatcher_quiet": "dispatcher",
 }
 
 
@@ -83,13 +89,19 @@ def _target(family: str, current: str | None, alerts: list[dict[str, Any]]) -> s
             band = a.get("band") or {}
             tier = pm25_tier(band.get("level") if isinstance(band, dict) else None)
         else:
-            tier = ("warning" if family != "water_rising" else "watch") if state == "raised" else None
+            tier = (
+                ("warning" if family != "water_rising" else "watch") if state == "raised" else None
+            )
     return tier
 
 
 class Incidents:
-    def __init__(self, settings: NotifySettings, templates: Templates | None = None,
-                 places: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: NotifySettings,
+        templates: Templates | None = None,
+        places: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.templates = templates or Templates(settings.templates)
         self.places: dict[str, str] = dict(places or {})
@@ -99,8 +111,13 @@ class Incidents:
 
     # -- recording ----------------------------------------------------------------------------
 
-    def record(self, db: sqlite3.Connection, alerts: Iterable[Mapping[str, Any]],
-               observations: Iterable[Mapping[str, Any]], now: float) -> int:
+    def record(
+        self,
+        db: sqlite3.Connection,
+        alerts: Iterable[Mapping[str, Any]],
+        observations: Iterable[Mapping[str, Any]],
+        now: float,
+    ) -> int:
         """Apply one batch (inside an outbox transaction); returns notifications queued."""
         queued = 0
         groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
@@ -117,18 +134,38 @@ class Incidents:
             queued += self._settle(db, obs, now)
         return queued
 
-    def _find_open(self, db: sqlite3.Connection, site: str, device: str, family: str) -> _Open | None:
+    def _find_open(
+        self, db: sqlite3.Connection, site: str, device: str, family: str
+    ) -> _Open | None:
         row = db.execute(
             "SELECT no, tier, max_tier, opened_t, peak, unit, last, acked_at, escalated, open "
             "FROM incidents WHERE site = ? AND device = ? AND family = ? AND open >= 1",
-            (site, device, family)).fetchone()
+            (site, device, family),
+        ).fetchone()
         if row is None:
             return None
-        return _Open(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]),
-                     row[7] is not None, bool(row[8]), row[9] == 2)
+        return _Open(
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            json.loads(row[6]),
+            row[7] is not None,
+            bool(row[8]),
+            row[9] == 2,
+        )
 
-    def _apply(self, db: sqlite3.Connection, site: str, device: str, family: str,
-               batch: list[dict[str, Any]], now: float) -> int:
+    def _apply(
+        self,
+        db: sqlite3.Connection,
+        site: str,
+        device: str,
+        family: str,
+        batch: list[dict[str, Any]],
+        now: float,
+    ) -> int:
         current = self._find_open(db, site, device, family)
         target = _target(family, current.tier if current else None, batch)
         last = batch[-1]
@@ -144,8 +181,22 @@ class Incidents:
                 "INSERT OR IGNORE INTO incidents(key, site, device, family, tier, max_tier, "
                 "opened_t, opened_wall, peak, unit, last, open, held) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (key, site, device, family, target, target, t, now, value,
-                 last.get("unit"), json.dumps(last, ensure_ascii=False), 2 if held else 1, held))
+                (
+                    key,
+                    site,
+                    device,
+                    family,
+                    target,
+                    target,
+                    t,
+                    now,
+                    value,
+                    last.get("unit"),
+                    json.dumps(last, ensure_ascii=False),
+                    2 if held else 1,
+                    held,
+                ),
+            )
             if cur.rowcount == 0 or held:
                 return 0
             no = int(db.execute("SELECT no FROM incidents WHERE key = ?", (key,)).fetchone()[0])
@@ -156,20 +207,30 @@ class Incidents:
             db.execute("DELETE FROM incidents WHERE no = ?", (current.no,))
             return 0
         if current.held:
-            db.execute("UPDATE incidents SET tier = ?, max_tier = ?, peak = ?, last = ? "
-                       "WHERE no = ?", (target, target if RANK[target] > RANK[current.max_tier]
-                                        else current.max_tier, peak,
-                                        json.dumps(last, ensure_ascii=False), current.no))
+            db.execute(
+                "UPDATE incidents SET tier = ?, max_tier = ?, peak = ?, last = ? WHERE no = ?",
+                (
+                    target,
+                    target if RANK[target] > RANK[current.max_tier] else current.max_tier,
+                    peak,
+                    json.dumps(last, ensure_ascii=False),
+                    current.no,
+                ),
+            )
             return 0
         if target is None:
-            db.execute("UPDATE incidents SET open = 0, closed_t = ?, peak = ?, last = ? WHERE no = ?",
-                       (t, peak, json.dumps(last, ensure_ascii=False), current.no))
+            db.execute(
+                "UPDATE incidents SET open = 0, closed_t = ?, peak = ?, last = ? WHERE no = ?",
+                (t, peak, json.dumps(last, ensure_ascii=False), current.no),
+            )
             current.peak, current.last = peak, last
             return self._notify(db, "cleared", site, device, family, current, now, closed_t=t)
         upgraded = RANK[target] > RANK[current.max_tier]
         max_tier = target if upgraded else current.max_tier
-        db.execute("UPDATE incidents SET tier = ?, max_tier = ?, peak = ?, last = ? WHERE no = ?",
-                   (target, max_tier, peak, json.dumps(last, ensure_ascii=False), current.no))
+        db.execute(
+            "UPDATE incidents SET tier = ?, max_tier = ?, peak = ?, last = ? WHERE no = ?",
+            (target, max_tier, peak, json.dumps(last, ensure_ascii=False), current.no),
+        )
         if not upgraded:
             return 0
         current.tier, current.max_tier, current.peak, current.last = target, max_tier, peak, last
@@ -180,8 +241,10 @@ class Incidents:
         (its spike test needs the next reading): the raise waits for the settled flag."""
         if family not in ("water_level", "pm25"):
             return None
-        obs = next((o for o in self.last_obs.get(device, ())
-                    if abs(float(o.get("t", -1)) - t) <= 1.0), None)
+        obs = next(
+            (o for o in self.last_obs.get(device, ()) if abs(float(o.get("t", -1)) - t) <= 1.0),
+            None,
+        )
         if obs is None:
             return None
         quantity = "level" if family == "water_level" else "pm25"
@@ -197,8 +260,11 @@ class Incidents:
             return 0
         ref = f"{settles.get('boot')}:{settles.get('seq')}"
         site, device = str(obs.get("site_id")), str(obs.get("device_id"))
-        rows = db.execute("SELECT no, family FROM incidents WHERE site = ? AND device = ? AND "
-                          "open = 2 AND held = ?", (site, device, ref)).fetchall()
+        rows = db.execute(
+            "SELECT no, family FROM incidents WHERE site = ? AND device = ? AND "
+            "open = 2 AND held = ?",
+            (site, device, ref),
+        ).fetchall()
         n = 0
         for no, family in rows:
             quantity = "level" if family == "water_level" else "pm25"
@@ -236,15 +302,26 @@ class Incidents:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 db.execute(
                     "UPDATE incidents SET peak = MAX(COALESCE(peak, ?), ?) WHERE site = ? AND "
-                    "device = ? AND family = ? AND open = 1", (value, value, site, device, family))
+                    "device = ? AND family = ? AND open = 1",
+                    (value, value, site, device, family),
+                )
 
     # -- messages -----------------------------------------------------------------------------
 
     def routes_for(self, site: str, device: str, tier: str) -> list[tuple[int, Route]]:
         return [(i, r) for i, r in enumerate(self.settings.routes) if r.matches(site, device, tier)]
 
-    def _notify(self, db: sqlite3.Connection, kind: str, site: str, device: str, family: str,
-                inc: _Open, now: float, closed_t: float | None = None) -> int:
+    def _notify(
+        self,
+        db: sqlite3.Connection,
+        kind: str,
+        site: str,
+        device: str,
+        family: str,
+        inc: _Open,
+        now: float,
+        closed_t: float | None = None,
+    ) -> int:
         message = self.message(kind, site, device, family, inc, closed_t)
         n = 0
         for i, route in self.routes_for(site, device, inc.max_tier):
@@ -255,43 +332,83 @@ class Incidents:
             n += Outbox.enqueue(db, dedup, kind, chain, message, now, inc.no)
         return n
 
-    def message(self, kind: str, site: str, device: str, family: str, inc: _Open,
-                closed_t: float | None = None) -> dict[str, Any]:
+    def message(
+        self,
+        kind: str,
+        site: str,
+        device: str,
+        family: str,
+        inc: _Open,
+        closed_t: float | None = None,
+    ) -> dict[str, Any]:
         a = inc.last
-        per_lang = {lang: self._context(lang, site, device, family, inc, closed_t)
-                    for lang in self.settings.languages}
+        per_lang = {
+            lang: self._context(lang, site, device, family, inc, closed_t)
+            for lang in self.settings.languages
+        }
         text = render(self.templates, self.settings.languages, kind, per_lang)
-        out = {"text": text, "title": per_lang[self.settings.languages[0]]["title"],
-               "tier": inc.max_tier, "kind": kind, "incident": inc.no, "site_id": site,
-               "device_id": device, "family": family, "alert": a}
+        out = {
+            "text": text,
+            "title": per_lang[self.settings.languages[0]]["title"],
+            "tier": inc.max_tier,
+            "kind": kind,
+            "incident": inc.no,
+            "site_id": site,
+            "device_id": device,
+            "family": family,
+            "alert": a,
+        }
         if family in ("water_level", "water_rising") and self.settings.cap:
             out["cap"] = self._cap(kind, site, device, family, inc, per_lang, closed_t)
         return out
 
-    def _cap(self, kind: str, site: str, device: str, family: str, inc: _Open,
-             per_lang: Mapping[str, Mapping[str, Any]], closed_t: float | None) -> str:
+    def _cap(
+        self,
+        kind: str,
+        site: str,
+        device: str,
+        family: str,
+        inc: _Open,
+        per_lang: Mapping[str, Mapping[str, Any]],
+        closed_t: float | None,
+    ) -> str:
         from edge_gateway.notify.cap import cap_xml
 
         a = inc.last
         recent = self.last_obs.get(device)
         location = (recent[-1].get("location") if recent else None) or None
-        texts = {lang: {"event": str(c["what"]), "headline": str(c["title"]),
-                        "description": self.templates.one(lang, kind, c),
-                        "area": f"{c['place']} ({site})"} for lang, c in per_lang.items()}
+        texts = {
+            lang: {
+                "event": str(c["what"]),
+                "headline": str(c["title"]),
+                "description": self.templates.one(lang, kind, c),
+                "area": f"{c['place']} ({site})",
+            }
+            for lang, c in per_lang.items()
+        }
         value = a.get("value") if family == "water_level" else None
         link = self.settings.status_url
         return cap_xml(
-            kind=kind, site=site, device=device, incident=inc.no, tier=inc.max_tier,
-            sent_t=closed_t or parse_t(a["t"]), first_t=inc.opened_t,
+            kind=kind,
+            site=site,
+            device=device,
+            incident=inc.no,
+            tier=inc.max_tier,
+            sent_t=closed_t or parse_t(a["t"]),
+            first_t=inc.opened_t,
             sender=self.settings.cap_sender or f"cityedge.{site}",
-            offset_h=self.settings.utc_offset_h, texts=texts,
+            offset_h=self.settings.utc_offset_h,
+            texts=texts,
             value=value if isinstance(value, (int, float)) else None,
-            threshold=a.get("threshold") if family == "water_level" else None, unit="m",
-            location=location, web=link.format(device_id=device, site_id=site) if link else None,
+            threshold=a.get("threshold") if family == "water_level" else None,
+            unit="m",
+            location=location,
+            web=link.format(device_id=device, site_id=site) if link else None,
         ).decode()
 
-    def _context(self, lang: str, site: str, device: str, family: str, inc: _Open,
-                 closed_t: float | None) -> dict[str, Any]:
+    def _context(
+        self, lang: str, site: str, device: str, family: str, inc: _Open, closed_t: float | None
+    ) -> dict[str, Any]:
         w = self.templates.word
         a = inc.last
         value = a.get("value")
@@ -301,12 +418,16 @@ class Incidents:
         if family == "water_rising" and isinstance(value, (int, float)):
             derived_rate = value
         elif family == "water_level" and self.last_obs.get(device):
-            state = ((self.last_obs[device][-1].get("derived") or {}).get("level_state") or {})
+            state = (self.last_obs[device][-1].get("derived") or {}).get("level_state") or {}
             derived_rate = state.get("rate_m_per_h")
         if isinstance(derived_rate, (int, float)):
-            trend = (w(lang, "rising", rate=f"{abs(derived_rate):.2f}") if derived_rate > 0.005
-                     else w(lang, "falling", rate=f"{abs(derived_rate):.2f}")
-                     if derived_rate < -0.005 else w(lang, "steady"))
+            trend = (
+                w(lang, "rising", rate=f"{abs(derived_rate):.2f}")
+                if derived_rate > 0.005
+                else w(lang, "falling", rate=f"{abs(derived_rate):.2f}")
+                if derived_rate < -0.005
+                else w(lang, "steady")
+            )
         aqi = advice = ""
         band = a.get("band") if isinstance(a.get("band"), dict) else None
         if family == "pm25" and band:
@@ -315,24 +436,35 @@ class Incidents:
                 seen = {}
             colour = str(band.get("colour", ""))
             colour_text = w(lang, f"colour_{colour}") if lang != "en" else colour
-            name = (seen.get(f"name_{lang}") or band.get(f"name_{lang}")
-                    or band.get("name_en", ""))
+            name = seen.get(f"name_{lang}") or band.get(f"name_{lang}") or band.get("name_en", "")
             aqi = w(lang, "aqi", aqi=seen.get("value", "-"), colour=colour_text, band=name)
             advice = str(seen.get(f"advice_{lang}") or _advice(a, lang))
         link = ""
         if self.settings.status_url:
-            link = w(lang, "link", url=self.settings.status_url.format(device_id=device, site_id=site))
+            link = w(
+                lang, "link", url=self.settings.status_url.format(device_id=device, site_id=site)
+            )
         duration = ""
         if closed_t is not None:
             duration = _duration(closed_t - inc.opened_t, lang)
         local = timedelta(hours=self.settings.utc_offset_h)
         when = datetime.fromtimestamp(closed_t or parse_t(a["t"]), UTC) + local
         return {
-            "site": site, "device": device, "place": self.places.get(device, device),
-            "what": w(lang, family), "value": _num(value, unit), "unit": unit,
+            "site": site,
+            "device": device,
+            "place": self.places.get(device, device),
+            "what": w(lang, family),
+            "value": _num(value, unit),
+            "unit": unit,
             "threshold": _num(a.get("threshold"), unit) if family == "water_level" else "",
-            "tier": w(lang, inc.max_tier), "trend": trend, "aqi": aqi, "advice": advice,
-            "link": link, "duration": duration, "peak": _num(inc.peak, unit), "incident": inc.no,
+            "tier": w(lang, inc.max_tier),
+            "trend": trend,
+            "aqi": aqi,
+            "advice": advice,
+            "link": link,
+            "duration": duration,
+            "peak": _num(inc.peak, unit),
+            "incident": inc.no,
             "time": when.strftime("%Y-%m-%d %H:%M") + f" (UTC{self.settings.utc_offset_h:+g})",
             "title": f"{w(lang, inc.max_tier)}: {w(lang, family)} {self.places.get(device, device)}",
         }
@@ -342,47 +474,70 @@ class Incidents:
     def escalate(self, db: sqlite3.Connection, now: float) -> int:
         """Queue "escalated" for open, unacknowledged incidents older than their route's time."""
         n = 0
-        rows = db.execute("SELECT no, site, device, family FROM incidents WHERE open = 1 AND "
-                          "acked_at IS NULL AND escalated = 0").fetchall()
+        rows = db.execute(
+            "SELECT no, site, device, family FROM incidents WHERE open = 1 AND "
+            "acked_at IS NULL AND escalated = 0"
+        ).fetchall()
         for no, site, device, family in rows:
             inc = self._find_open(db, site, device, family)
             if inc is None:
                 continue
-            opened_wall = db.execute("SELECT opened_wall FROM incidents WHERE no = ?",
-                                     (no,)).fetchone()[0]
+            opened_wall = db.execute(
+                "SELECT opened_wall FROM incidents WHERE no = ?", (no,)
+            ).fetchone()[0]
             for i, route in self.routes_for(site, device, inc.max_tier):
-                if (route.escalate_after_s is None or not route.escalate_to
-                        or now - opened_wall < route.escalate_after_s):
+                if (
+                    route.escalate_after_s is None
+                    or not route.escalate_to
+                    or now - opened_wall < route.escalate_after_s
+                ):
                     continue
                 message = self.message("escalated", site, device, family, inc)
-                n += Outbox.enqueue(db, f"inc{no}:escalated:route{i}", "escalated",
-                                    list(route.escalate_to), message, now, no)
+                n += Outbox.enqueue(
+                    db,
+                    f"inc{no}:escalated:route{i}",
+                    "escalated",
+                    list(route.escalate_to),
+                    message,
+                    now,
+                    no,
+                )
                 db.execute("UPDATE incidents SET escalated = 1 WHERE no = ?", (no,))
         return n
 
     def digest(self, db: sqlite3.Connection, day: str, now: float) -> int:
         if not self.settings.heartbeat_channels:
             return 0
-        rows = db.execute("SELECT no, site, device, family, max_tier, opened_t, peak, unit "
-                          "FROM incidents WHERE open = 1 ORDER BY no").fetchall()
+        rows = db.execute(
+            "SELECT no, site, device, family, max_tier, opened_t, peak, unit "
+            "FROM incidents WHERE open = 1 ORDER BY no"
+        ).fetchall()
         per_lang = {}
         for lang in self.settings.languages:
-            lines = [f"#{no} {self.templates.word(lang, fam)} {self.places.get(dev, dev)} ({site}) "
-                     f"{self.templates.word(lang, tier)}, "
-                     f"{_duration(now - opened, lang)}, peak {_num(peak, unit)} {unit or ''}".rstrip()
-                     for no, site, dev, fam, tier, opened, peak, unit in rows]
+            lines = [
+                f"#{no} {self.templates.word(lang, fam)} {self.places.get(dev, dev)} ({site}) "
+                f"{self.templates.word(lang, tier)}, "
+                f"{_duration(now - opened, lang)}, peak {_num(peak, unit)} {unit or ''}".rstrip()
+                for no, site, dev, fam, tier, opened, peak, unit in rows
+            ]
             per_lang[lang] = {"count": len(rows), "list": "\n".join(lines) or "-"}
         text = render(self.templates, self.settings.languages, "digest", per_lang)
-        return +Outbox.enqueue(db, f"digest:{day}", "digest",
-                                  list(self.settings.heartbeat_channels),
-                                  {"text": text, "title": "CityEdge digest", "tier": "info",
-                                   "kind": "digest"}, now)
+        return +Outbox.enqueue(
+            db,
+            f"digest:{day}",
+            "digest",
+            list(self.settings.heartbeat_channels),
+            {"text": text, "title": "CityEdge digest", "tier": "info", "kind": "digest"},
+            now,
+        )
 
 
 def ack(outbox: Outbox, incident: int, by: str, now: float) -> bool:
     with outbox.transaction() as db:
-        cur = db.execute("UPDATE incidents SET acked_at = ?, acked_by = ? WHERE no = ? AND "
-                         "acked_at IS NULL", (now, by, incident))
+        cur = db.execute(
+            "UPDATE incidents SET acked_at = ?, acked_by = ? WHERE no = ? AND acked_at IS NULL",
+            (now, by, incident),
+        )
         return cur.rowcount > 0
 
 
@@ -390,14 +545,30 @@ def open_incidents(outbox: Outbox) -> list[dict[str, Any]]:
     with outbox.lock:
         rows = outbox.db.execute(
             "SELECT no, site, device, family, tier, max_tier, opened_t, peak, unit, acked_by, "
-            "escalated FROM incidents WHERE open = 1 ORDER BY no").fetchall()
-    keys = ("no", "site", "device", "family", "tier", "max_tier", "opened_t", "peak", "unit",
-            "acked_by", "escalated")
+            "escalated FROM incidents WHERE open = 1 ORDER BY no"
+        ).fetchall()
+    keys = (
+        "no",
+        "site",
+        "device",
+        "family",
+        "tier",
+        "max_tier",
+        "opened_t",
+        "peak",
+        "unit",
+        "acked_by",
+        "escalated",
+    )
     return [dict(zip(keys, r, strict=True)) for r in rows]
 
 
-def silent_nodes(statuses: Iterable[Mapping[str, Any]], now: float, grace_s: float,
-                 default_interval_s: float = 60.0) -> list[tuple[str, str, float]]:
+def silent_nodes(
+    statuses: Iterable[Mapping[str, Any]],
+    now: float,
+    grace_s: float,
+    default_interval_s: float = 60.0,
+) -> list[tuple[str, str, float]]:
     """Devices *late* or *offline* by the status page's liveness rule
     (:func:`edge_gateway.status.liveness.from_status`: the last reading against the device's
     cadence, ``grace_s`` as the late grace), from device status messages or the gateway's own
@@ -409,17 +580,29 @@ def silent_nodes(statuses: Iterable[Mapping[str, Any]], now: float, grace_s: flo
     for s in statuses:
         state, last, cadence = from_status(s, now, grace_s, 60.0, default_interval_s)
         if state in ("late", "offline") and last is not None:
-            late.append((str(s.get("site_id")), str(s.get("device_id")),
-                         now - last - cadence - grace_s))
+            late.append(
+                (str(s.get("site_id")), str(s.get("device_id")), now - last - cadence - grace_s)
+            )
     return late
 
 
-def synthetic(site: str, device: str, name: str, state: str, t: float, message: str,
-              kind: str = "system") -> dict[str, Any]:
-    return {"v": 1, "site_id": site, "gateway_id": device, "device_id": device, "kind": kind,
-            "alert": name, "state": state, "severity": "warning" if state == "raised" else "info",
-            "t": datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "value": None,
-            "unit": None, "message": message}
+def synthetic(
+    site: str, device: str, name: str, state: str, t: float, message: str, kind: str = "system"
+) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "site_id": site,
+        "gateway_id": device,
+        "device_id": device,
+        "kind": kind,
+        "alert": name,
+        "state": state,
+        "severity": "warning" if state == "raised" else "info",
+        "t": datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "value": None,
+        "unit": None,
+        "message": message,
+    }
 
 
 class SilenceRules:
@@ -433,21 +616,39 @@ class SilenceRules:
         self.default_report_s = default_report_s
         self.silent: set[tuple[str, str]] = set()
 
-    def evaluate(self, statuses: Sequence[Mapping[str, Any]], now: float,
-                 frozen: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset()
-                 ) -> list[dict[str, Any]]:
+    def evaluate(
+        self,
+        statuses: Sequence[Mapping[str, Any]],
+        now: float,
+        frozen: set[tuple[str, str]] | frozenset[tuple[str, str]] = frozenset(),
+    ) -> list[dict[str, Any]]:
         by_key = {(str(s.get("site_id")), str(s.get("device_id"))): s for s in statuses}
-        late = {(site, dev) for site, dev, _ in silent_nodes(
-            [s for k, s in by_key.items() if k not in frozen], now, self.grace_s,
-            self.default_report_s)}
+        late = {
+            (site, dev)
+            for site, dev, _ in silent_nodes(
+                [s for k, s in by_key.items() if k not in frozen],
+                now,
+                self.grace_s,
+                self.default_report_s,
+            )
+        }
         late |= self.silent & set(frozen)
-        alerts = [synthetic(*key, "node_silent", "raised", now, f"{key[1]} silent")
-                  for key in sorted(late - self.silent)]
+        alerts = [
+            synthetic(*key, "node_silent", "raised", now, f"{key[1]} silent")
+            for key in sorted(late - self.silent)
+        ]
         for key in sorted(self.silent - late):
             body = by_key.get(key, {})
             last = body.get("last_reading", body.get("last_seen"))
-            alerts.append(synthetic(*key, "node_silent", "cleared",
-                                    parse_t(last) if last else now, f"{key[1]} reporting again"))
+            alerts.append(
+                synthetic(
+                    *key,
+                    "node_silent",
+                    "cleared",
+                    parse_t(last) if last else now,
+                    f"{key[1]} reporting again",
+                )
+            )
         self.silent = late
         return alerts
 

@@ -114,30 +114,56 @@ class Outbox:
     # -- rows ---------------------------------------------------------------------------------
 
     @staticmethod
-    def enqueue(db: sqlite3.Connection, dedup: str, kind: str, chain: list[str],
-                message: dict[str, Any], now: float, incident: int | None = None) -> bool:
+    def enqueue(
+        db: sqlite3.Connection,
+        dedup: str,
+        kind: str,
+        chain: list[str],
+        message: dict[str, Any],
+        now: float,
+        incident: int | None = None,
+    ) -> bool:
         """Insert one notification (inside a :meth:`transaction`); False if it exists."""
         cur = db.execute(
             "INSERT OR IGNORE INTO outbox(dedup, incident, kind, chain, retry_key, message, "
             "next_at, created) VALUES (?,?,?,?,?,?,?,?)",
-            (dedup, incident, kind, json.dumps(chain), str(uuid.uuid4()),
-             json.dumps(message, ensure_ascii=False), now, now),
+            (
+                dedup,
+                incident,
+                kind,
+                json.dumps(chain),
+                str(uuid.uuid4()),
+                json.dumps(message, ensure_ascii=False),
+                now,
+                now,
+            ),
         )
         return cur.rowcount > 0
 
-    def add(self, dedup: str, kind: str, chain: list[str], message: dict[str, Any],
-            now: float | None = None) -> bool:
+    def add(
+        self,
+        dedup: str,
+        kind: str,
+        chain: list[str],
+        message: dict[str, Any],
+        now: float | None = None,
+    ) -> bool:
         with self.transaction() as db:
-            return self.enqueue(db, dedup, kind, chain, message, time.time() if now is None else now)
+            return self.enqueue(
+                db, dedup, kind, chain, message, time.time() if now is None else now
+            )
 
     def due(self, now: float, limit: int = 50) -> list[OutRow]:
         with self.lock:
             rows = self.db.execute(
                 "SELECT id, incident, kind, chain, pos, retry_key, message, attempts, created "
-                "FROM outbox WHERE state = 0 AND next_at <= ? ORDER BY id LIMIT ?", (now, limit),
+                "FROM outbox WHERE state = 0 AND next_at <= ? ORDER BY id LIMIT ?",
+                (now, limit),
             ).fetchall()
-        return [OutRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], json.loads(r[6]), r[7], r[8])
-                for r in rows]
+        return [
+            OutRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], json.loads(r[6]), r[7], r[8])
+            for r in rows
+        ]
 
     def next_due(self) -> float | None:
         with self.lock:
@@ -146,13 +172,17 @@ class Outbox:
 
     def mark_sent(self, row_id: int, channel: str, now: float) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET state = 1, sent_at = ?, channel = ?, error = NULL "
-                       "WHERE id = ?", (now, channel, row_id))
+            db.execute(
+                "UPDATE outbox SET state = 1, sent_at = ?, channel = ?, error = NULL WHERE id = ?",
+                (now, channel, row_id),
+            )
 
     def reschedule(self, row_id: int, pos: int, attempts: int, next_at: float, error: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE outbox SET pos = ?, attempts = ?, next_at = ?, error = ? "
-                       "WHERE id = ?", (pos, attempts, next_at, error[:500], row_id))
+            db.execute(
+                "UPDATE outbox SET pos = ?, attempts = ?, next_at = ?, error = ? WHERE id = ?",
+                (pos, attempts, next_at, error[:500], row_id),
+            )
 
     def prune(self, older_than: float) -> None:
         with self.transaction() as db:
@@ -162,13 +192,18 @@ class Outbox:
         """(rows waiting, creation time of the oldest)."""
         with self.lock:
             n, oldest = self.db.execute(
-                "SELECT COUNT(*), MIN(created) FROM outbox WHERE state = 0").fetchone()
+                "SELECT COUNT(*), MIN(created) FROM outbox WHERE state = 0"
+            ).fetchone()
         return int(n), None if oldest is None else float(oldest)
 
     def sent_rows(self) -> list[tuple[int, str, str, str]]:
         with self.lock:
-            return [tuple(r) for r in self.db.execute(
-                "SELECT id, kind, channel, retry_key FROM outbox WHERE state = 1 ORDER BY id")]
+            return [
+                tuple(r)
+                for r in self.db.execute(
+                    "SELECT id, kind, channel, retry_key FROM outbox WHERE state = 1 ORDER BY id"
+                )
+            ]
 
     # -- meta ---------------------------------------------------------------------------------
 

@@ -41,10 +41,13 @@ class Secret:
     __str__ = __repr__
 
 
-def _secret(table: dict[str, Any], name: str, key: str, base: Path, required: bool) -> Secret | None:
+def _secret(
+    table: dict[str, Any], name: str, key: str, base: Path, required: bool
+) -> Secret | None:
     if name in table:
         raise ConfigError(
-            f"{key}.{name}", "secrets are not written in this file",
+            f"{key}.{name}",
+            "secrets are not written in this file",
             hint=f"put it in a file readable by the service only and set {name}_file, "
             f"or in an environment variable and set {name}_env",
         )
@@ -55,14 +58,18 @@ def _secret(table: dict[str, Any], name: str, key: str, base: Path, required: bo
         try:
             return Secret(p.read_text("utf-8").strip())
         except OSError as exc:
-            raise ConfigError(f"{key}.{name}_file", f"cannot read {str(p)!r}: {exc.strerror}") from None
+            raise ConfigError(
+                f"{key}.{name}_file", f"cannot read {str(p)!r}: {exc.strerror}"
+            ) from None
     if env is not None:
         value = os.environ.get(str(env))
         if not value:
             raise ConfigError(f"{key}.{name}_env", f"environment variable {env} is not set")
         return Secret(value)
     if required:
-        raise ConfigError(f"{key}.{name}_file", f"{name} is required: give {name}_file or {name}_env")
+        raise ConfigError(
+            f"{key}.{name}_file", f"{name} is required: give {name}_file or {name}_env"
+        )
     return None
 
 
@@ -148,14 +155,45 @@ class NotifySettings:
 
 
 _TOP = {
-    "mode", "outbox", "status_url", "templates", "languages", "retry_min_s", "retry_max_s",
-    "attempts_before_failover", "digest_hour", "utc_offset_h", "silent_grace_s", "quiet_after_s",
-    "default_report_s", "rules_interval_s", "cap", "cap_sender",
-    "metrics_host", "metrics_port", "channels", "routes", "heartbeat", "broker",
+    "mode",
+    "outbox",
+    "status_url",
+    "templates",
+    "languages",
+    "retry_min_s",
+    "retry_max_s",
+    "attempts_before_failover",
+    "digest_hour",
+    "utc_offset_h",
+    "silent_grace_s",
+    "quiet_after_s",
+    "default_report_s",
+    "rules_interval_s",
+    "cap",
+    "cap_sender",
+    "metrics_host",
+    "metrics_port",
+    "channels",
+    "routes",
+    "heartbeat",
+    "broker",
 }
 _CHANNEL_KEYS = {
-    "type", "rate_per_min", "burst", "timeout_s", "to", "api_base", "quota_reserve",
-    "quota_check_s", "url", "topic", "host", "port", "starttls", "username", "sender",
+    "type",
+    "rate_per_min",
+    "burst",
+    "timeout_s",
+    "to",
+    "api_base",
+    "quota_reserve",
+    "quota_check_s",
+    "url",
+    "topic",
+    "host",
+    "port",
+    "starttls",
+    "username",
+    "sender",
     "recipients",
 }
 
@@ -163,8 +201,9 @@ _CHANNEL_KEYS = {
 def _check_keys(table: dict[str, Any], allowed: set[str], key: str) -> None:
     for k in table:
         if k not in allowed:
-            raise ConfigError(f"{key}.{k}" if key else k,
-                              f"unknown key; valid keys: {', '.join(sorted(allowed))}")
+            raise ConfigError(
+                f"{key}.{k}" if key else k, f"unknown key; valid keys: {', '.join(sorted(allowed))}"
+            )
 
 
 def _tuple(value: Any, key: str) -> tuple[str, ...]:
@@ -191,8 +230,12 @@ def _channel(name: str, raw: dict[str, Any], base: Path) -> Channel:
         ch = Channel(name=name, secret=secret, **values)
     except TypeError as exc:
         raise ConfigError(key, str(exc)) from None
-    need = {"line": ("to",), "webhook": ("url",), "smtp": ("host", "sender", "recipients"),
-            "ntfy": ("url", "topic")}[kind]
+    need = {
+        "line": ("to",),
+        "webhook": ("url",),
+        "smtp": ("host", "sender", "recipients"),
+        "ntfy": ("url", "topic"),
+    }[kind]
     for k in need:
         if not getattr(ch, k):
             raise ConfigError(f"{key}.{k}", f"is required for a {kind} channel")
@@ -201,15 +244,18 @@ def _channel(name: str, raw: dict[str, Any], base: Path) -> Channel:
     return ch
 
 
-def settings_from_dict(data: dict[str, Any], base: Path, source: str = "<dict>",
-                       default_outbox: str | None = None) -> NotifySettings:
+def settings_from_dict(
+    data: dict[str, Any], base: Path, source: str = "<dict>", default_outbox: str | None = None
+) -> NotifySettings:
     try:
         return _build(dict(data), base, source, default_outbox)
     except ConfigError as exc:
         raise ConfigError(exc.key, exc.detail, source, exc.hint) from None
 
 
-def _build(data: dict[str, Any], base: Path, source: str, default_outbox: str | None) -> NotifySettings:
+def _build(
+    data: dict[str, Any], base: Path, source: str, default_outbox: str | None
+) -> NotifySettings:
     _check_keys(data, _TOP, "")
     if data.get("mode", "gateway") not in ("gateway", "central"):
         raise ConfigError("mode", 'must be "gateway" or "central"')
@@ -221,8 +267,9 @@ def _build(data: dict[str, Any], base: Path, source: str, default_outbox: str | 
     routes = []
     for i, raw in enumerate(data.pop("routes", None) or []):
         key = f"routes[{i}]"
-        _check_keys(raw, {"channels", "sites", "devices", "tiers", "escalate_after_s",
-                          "escalate_to"}, key)
+        _check_keys(
+            raw, {"channels", "sites", "devices", "tiers", "escalate_after_s", "escalate_to"}, key
+        )
         route = Route(
             channels=_tuple(raw.get("channels", []), f"{key}.channels"),
             sites=_tuple(raw.get("sites", ["*"]), f"{key}.sites"),
@@ -233,8 +280,10 @@ def _build(data: dict[str, Any], base: Path, source: str, default_outbox: str | 
         )
         for name in (*route.channels, *route.escalate_to):
             if name not in channels:
-                raise ConfigError(f"{key}.channels", f"no channel named {name!r} "
-                                  f"(defined: {', '.join(channels) or 'none'})")
+                raise ConfigError(
+                    f"{key}.channels",
+                    f"no channel named {name!r} (defined: {', '.join(channels) or 'none'})",
+                )
         if not route.channels:
             raise ConfigError(f"{key}.channels", "needs at least one channel")
         for t in route.tiers:
@@ -255,16 +304,22 @@ def _build(data: dict[str, Any], base: Path, source: str, default_outbox: str | 
         templates = str(base / templates)
     try:
         settings = NotifySettings(
-            outbox=outbox, templates=templates, channels=channels, routes=tuple(routes),
+            outbox=outbox,
+            templates=templates,
+            channels=channels,
+            routes=tuple(routes),
             heartbeat_channels=_tuple(hb.get("channels", []), "heartbeat.channels"),
             heartbeat_hour=int(hb.get("hour", 8)),
             heartbeat_ping_url=hb.get("ping_url"),
             heartbeat_ping_interval_s=float(hb.get("ping_interval_s", 60.0)),
             heartbeat_publish_s=float(hb.get("publish_s", 5.0)),
-            broker_host=broker.get("host", "127.0.0.1"), broker_port=int(broker.get("port", 1883)),
-            broker_username=broker.get("username"), broker_password=password,
+            broker_host=broker.get("host", "127.0.0.1"),
+            broker_port=int(broker.get("port", 1883)),
+            broker_username=broker.get("username"),
+            broker_password=password,
             broker_client_id=broker.get("client_id", "cityedge-alerts"),
-            source=source, **data,
+            source=source,
+            **data,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError("", f"invalid value: {exc}") from None
@@ -272,14 +327,18 @@ def _build(data: dict[str, Any], base: Path, source: str, default_outbox: str | 
         try:
             settings.status_url.format(device_id="ce-000000000000", site_id="site-x")
         except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError("status_url", f"only {{device_id}} and {{site_id}} can be filled "
-                              f"in ({exc})") from None
+            raise ConfigError(
+                "status_url", f"only {{device_id}} and {{site_id}} can be filled in ({exc})"
+            ) from None
     if settings.templates is not None:
         try:
             tomllib.loads(Path(settings.templates).read_text("utf-8"))
         except OSError as exc:
-            raise ConfigError("templates", f"cannot read {settings.templates!r}: {exc.strerror}",
-                              hint="copy edge_gateway/notify/templates.toml and edit it") from None
+            raise ConfigError(
+                "templates",
+                f"cannot read {settings.templates!r}: {exc.strerror}",
+                hint="copy edge_gateway/notify/templates.toml and edit it",
+            ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("templates", f"{settings.templates}: not valid TOML: {exc}") from None
     for name in settings.heartbeat_channels:

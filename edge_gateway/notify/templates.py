@@ -38,8 +38,9 @@ class Templates:
                     self.data.setdefault(section, {}).update(table)
 
     def word(self, lang: str, key: str, **fmt: Any) -> str:
-        text = str(self.data["words"].get(lang, {}).get(key)
-                   or self.data["words"]["en"].get(key, key))
+        text = str(
+            self.data["words"].get(lang, {}).get(key) or self.data["words"]["en"].get(key, key)
+        )
         return text.format_map(_Keep({k: str(v) for k, v in fmt.items()})) if fmt else text
 
     def one(self, lang: str, kind: str, ctx: Mapping[str, Any]) -> str:
@@ -57,7 +58,11 @@ class Templates:
         return "\n".join(out).strip()
 
 
-def render(templates: Templates, languages: tuple[str, ...], kind: str,
-           per_lang: Mapping[str, Mapping[str, Any]]) -> str:
+def render(
+    templates: Templates,
+    languages: tuple[str, ...],
+    kind: str,
+    per_lang: Mapping[str, Mapping[str, Any]],
+) -> str:
     parts = [templates.one(lang, kind, per_lang[lang]) for lang in languages]
     return "\n\n".join(p for p in parts if p)

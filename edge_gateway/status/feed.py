@@ -39,8 +39,20 @@ INCOMING_MAX = 200_000
 EVENTS_KEPT = 20
 # The quantity a device's plots and "last value" show, per kind: (quantity, unit).
 MAIN = {"air": ("pm25", "ug/m3"), "water": ("level", "m"), "parking": ("occupied", "")}
-_STATUS_KEYS = ("fw", "boot", "uptime_s", "reset_cause", "free_heap", "rssi_dbm", "battery_v",
-                "outbox", "sensor_errors", "config_error", "intervals", "synced")
+_STATUS_KEYS = (
+    "fw",
+    "boot",
+    "uptime_s",
+    "reset_cause",
+    "free_heap",
+    "rssi_dbm",
+    "battery_v",
+    "outbox",
+    "sensor_errors",
+    "config_error",
+    "intervals",
+    "synced",
+)
 
 
 @dataclass
@@ -61,9 +73,23 @@ class Device:
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
 
     def doc(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in (
-            "kind", "first_known", "last_rx", "last_t", "value", "unit", "calibration_id", "qc",
-            "battery_v", "status", "status_rx", "session")} | {"events": list(self.events)}
+        return {
+            k: getattr(self, k)
+            for k in (
+                "kind",
+                "first_known",
+                "last_rx",
+                "last_t",
+                "value",
+                "unit",
+                "calibration_id",
+                "qc",
+                "battery_v",
+                "status",
+                "status_rx",
+                "session",
+            )
+        } | {"events": list(self.events)}
 
     @classmethod
     def from_doc(cls, device_id: str, doc: Mapping[str, Any]) -> Device:
@@ -88,8 +114,13 @@ class Window:
         return self.start <= now and (self.end is None or now < self.end)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "device_id": self.device_id, "start": self.start,
-                "end": self.end, "reason": self.reason}
+        return {
+            "id": self.id,
+            "device_id": self.device_id,
+            "start": self.start,
+            "end": self.end,
+            "reason": self.reason,
+        }
 
 
 def _num(v: Any) -> float | None:
@@ -158,9 +189,14 @@ class StatusFeed:
         elif leaf == "state":
             dev.session = str(body.get("state") or "unknown")
         elif leaf == "ack":
-            dev.events.append({"t": now, "type": "command",
-                               "text": f"{body.get('id')}: {'ok' if body.get('ok') else 'failed'}"
-                                       + (f" ({body.get('error')})" if body.get("error") else "")})
+            dev.events.append(
+                {
+                    "t": now,
+                    "type": "command",
+                    "text": f"{body.get('id')}: {'ok' if body.get('ok') else 'failed'}"
+                    + (f" ({body.get('error')})" if body.get("error") else ""),
+                }
+            )
         self.version += 1
 
     def dead_letter(self, topic: str, code: str, reason: str, now: float) -> None:
@@ -170,8 +206,9 @@ class StatusFeed:
         if len(parts) >= 5 and parts[2] == "node":
             dev = self.devices.get(parts[3])
             if dev is not None:
-                dev.events.append({"t": now, "type": "dead_letter",
-                                   "text": f"{code}: {reason[:200]}"})
+                dev.events.append(
+                    {"t": now, "type": "dead_letter", "text": f"{code}: {reason[:200]}"}
+                )
                 self.version += 1
 
     # -- model ----------------------------------------------------------------------------------
@@ -223,16 +260,22 @@ class StatusFeed:
                 qc = "out_of_range"
             elif int(tests.get("flat_line", 0) or 0) >= 3 and qc is None:
                 qc = "stuck"
-        if any(int(f) in (3, 4) for f in (obs.get("quality") or {}).values()
-               if isinstance(f, int)):
+        if any(int(f) in (3, 4) for f in (obs.get("quality") or {}).values() if isinstance(f, int)):
             flags |= FLAG_QC
         dev.qc = qc
         t = _num(obs.get("t")) or received
         dev.last_rx = max(dev.last_rx or 0.0, received)
         dev.last_t = t
         rssi = dev.status.get("rssi_dbm")
-        self.history.add(device_id, t, dev.value, dev.battery_v,
-                         rssi if isinstance(rssi, int) else None, flags, now)
+        self.history.add(
+            device_id,
+            t,
+            dev.value,
+            dev.battery_v,
+            rssi if isinstance(rssi, int) else None,
+            flags,
+            now,
+        )
         self.version += 1
 
     # -- maintenance ----------------------------------------------------------------------------
@@ -243,8 +286,9 @@ class StatusFeed:
                 return w
         return None
 
-    def start_maintenance(self, device_id: str, hours: float | None, reason: str,
-                          now: float | None = None) -> Window:
+    def start_maintenance(
+        self, device_id: str, hours: float | None, reason: str, now: float | None = None
+    ) -> Window:
         now = time.time() if now is None else now
         self.end_maintenance(device_id, now)
         end = None if hours is None else now + hours * 3600
@@ -252,7 +296,8 @@ class StatusFeed:
         if self._db is not None:
             cur = self._db.execute(
                 "INSERT INTO maintenance (device_id, start, end, reason, created) VALUES (?,?,?,?,?)",
-                (device_id, now, end, reason, now))
+                (device_id, now, end, reason, now),
+            )
             wid = int(cur.lastrowid or 0)
         w = Window(wid, device_id, now, end, reason[:200])
         self.windows.append(w)
@@ -286,9 +331,12 @@ class StatusFeed:
 
     def cadence(self, dev: Device) -> float:
         entry = self.config.device(dev.device_id)
-        return liveness.cadence_s(dev.kind, dev.status.get("intervals"),
-                                  entry.report_s if entry else None,
-                                  self.config.inventory.default_report_s)
+        return liveness.cadence_s(
+            dev.kind,
+            dev.status.get("intervals"),
+            entry.report_s if entry else None,
+            self.config.inventory.default_report_s,
+        )
 
     def completeness(self, dev: Device, days: int, now: float, cadence: float) -> float | None:
         """Readings received ÷ expected, by sample time, over the last ``days`` Bangkok
@@ -325,17 +373,23 @@ class StatusFeed:
         the cadence, and whether a maintenance window is open."""
         now = time.time() if now is None else now
         self.drain(now)
-        return [{"device_id": d.device_id, "last_reading": d.last_rx,
-                 "report_s": self.cadence(d),
-                 "maintenance": self.in_maintenance(d.device_id, now) is not None}
-                for d in list(self.devices.values())]
+        return [
+            {
+                "device_id": d.device_id,
+                "last_reading": d.last_rx,
+                "report_s": self.cadence(d),
+                "maintenance": self.in_maintenance(d.device_id, now) is not None,
+            }
+            for d in list(self.devices.values())
+        ]
 
     def row(self, dev: Device, now: float) -> dict[str, Any]:
         s = self.config.status
         cad = self.cadence(dev)
         window = self.in_maintenance(dev.device_id, now)
-        state = liveness.judge(dev.last_rx, now, cad, s.late_grace_s, s.offline_margin_s,
-                               window is not None)
+        state = liveness.judge(
+            dev.last_rx, now, cad, s.late_grace_s, s.offline_margin_s, window is not None
+        )
         entry = self.config.device(dev.device_id)
         place = None
         if entry is not None and entry.location is not None:
@@ -346,19 +400,24 @@ class StatusFeed:
         for counts in (st.get("sensor_errors") or {}).values():
             if isinstance(counts, dict):
                 errors += sum(v for v in counts.values() if isinstance(v, int))
-        rec = self.calibration(dev.calibration_id) if (self.calibration and dev.calibration_id
-                                                       and dev.calibration_id != "none") else None
+        rec = (
+            self.calibration(dev.calibration_id)
+            if (self.calibration and dev.calibration_id and dev.calibration_id != "none")
+            else None
+        )
         cal_state = "missing"
         cal_age: float | None = None
         if rec is not None:
             valid_to = getattr(rec, "valid_to", None)
-            cal_state = "expired" if valid_to is not None and valid_to.timestamp() <= now else (
-                "fleet" if getattr(rec, "device_id", "") == "*" else "ok")
+            cal_state = (
+                "expired"
+                if valid_to is not None and valid_to.timestamp() <= now
+                else ("fleet" if getattr(rec, "device_id", "") == "*" else "ok")
+            )
             cal_age = now - rec.valid_from.timestamp()
         elif dev.last_rx is None:
             cal_state = "unknown"
-        facts = dev.doc() | {"cadence_s": cad,
-                             "maintenance": window.as_dict() if window else None}
+        facts = dev.doc() | {"cadence_s": cad, "maintenance": window.as_dict() if window else None}
         bat = dev.battery_v
         out: dict[str, Any] = {
             "device_id": dev.device_id,
@@ -422,8 +481,11 @@ class StatusFeed:
         except sqlite3.Error as exc:
             log.warning("status page: open incidents not read: %s", exc)
             return []
-        return [i for i in found if i["site"] == self.config.site_id
-                and (device_id is None or i["device"] == device_id)]
+        return [
+            i
+            for i in found
+            if i["site"] == self.config.site_id and (device_id is None or i["device"] == device_id)
+        ]
 
     def ack_incident(self, number: int, by: str, now: float | None = None) -> bool:
         """Acknowledge an open incident (as ``cityedge alerts ack``): it escalates no more.
@@ -448,17 +510,30 @@ class StatusFeed:
         if self.alerts is not None:
             out["incidents"] = self.incidents(device_id)
         out["events"] = list(dev.events)
-        out["maintenance_windows"] = [w.as_dict() for w in self.windows
-                                      if w.device_id == device_id][-10:]
+        out["maintenance_windows"] = [
+            w.as_dict() for w in self.windows if w.device_id == device_id
+        ][-10:]
         return out
 
     def health(self) -> dict[str, Any]:
         stats = self.gateway_stats() if self.gateway_stats else {}
-        keep = ("ready", "upstream_connected", "local_connected", "queue_depth", "oldest_age_s",
-                "dropped_total", "dead_letters", "readings_stored", "upstream_offline_s")
-        return {"site_id": self.config.site_id, "gateway_id": self.config.gateway_id,
-                "state": "online" if stats.get("ready", True) else "starting",
-                **{k: stats[k] for k in keep if k in stats}}
+        keep = (
+            "ready",
+            "upstream_connected",
+            "local_connected",
+            "queue_depth",
+            "oldest_age_s",
+            "dropped_total",
+            "dead_letters",
+            "readings_stored",
+            "upstream_offline_s",
+        )
+        return {
+            "site_id": self.config.site_id,
+            "gateway_id": self.config.gateway_id,
+            "state": "online" if stats.get("ready", True) else "starting",
+            **{k: stats[k] for k in keep if k in stats},
+        }
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -490,9 +565,11 @@ class StatusFeed:
             with contextlib.suppress(ValueError, TypeError):
                 self.devices[dev_id] = Device.from_doc(dev_id, json.loads(doc))
         for wid, dev_id, start, end, reason in self._db.execute(
-                "SELECT id, device_id, start, end, reason FROM maintenance"):
-            self.windows.append(Window(int(wid), dev_id, float(start),
-                                       None if end is None else float(end), reason))
+            "SELECT id, device_id, start, end, reason FROM maintenance"
+        ):
+            self.windows.append(
+                Window(int(wid), dev_id, float(start), None if end is None else float(end), reason)
+            )
         self.token = self._load_token()
         self.active = True
 
@@ -503,8 +580,9 @@ class StatusFeed:
             return
         now = time.time() if now is None else now
         self.history.flush(db, now)
-        docs = [(k, json.dumps(d.doc(), separators=(",", ":"))) for k, d in
-                list(self.devices.items())]
+        docs = [
+            (k, json.dumps(d.doc(), separators=(",", ":"))) for k, d in list(self.devices.items())
+        ]
         db.execute("BEGIN")
         db.executemany("INSERT OR REPLACE INTO devices VALUES (?,?)", docs)
         db.execute("COMMIT")
@@ -517,8 +595,12 @@ class StatusFeed:
                 await asyncio.to_thread(self.open_store)
             except sqlite3.DatabaseError as exc:
                 aside = self.db_path.with_name(f"history.sqlite.damaged-{int(time.time())}")
-                log.error("status history %s unreadable (%s): moved to %s, starting afresh",
-                          self.db_path, exc, aside)
+                log.error(
+                    "status history %s unreadable (%s): moved to %s, starting afresh",
+                    self.db_path,
+                    exc,
+                    aside,
+                )
                 if self._db is not None:
                     self._db.close()
                     self._db = None
@@ -536,9 +618,13 @@ class StatusFeed:
 
             self._runner, self.port = await start_site(self)
         except (OSError, ImportError) as exc:  # the gateway runs on without its page
-            log.error("status page not served on %s:%d: %s (status.host/status.port; "
-                      "pip install aiohttp)", self.config.status.host, self.config.status.port,
-                      exc)
+            log.error(
+                "status page not served on %s:%d: %s (status.host/status.port; "
+                "pip install aiohttp)",
+                self.config.status.host,
+                self.config.status.port,
+                exc,
+            )
             return
         log.info("status page on http://%s:%d/", self.config.status.host, self.port)
 

@@ -101,11 +101,16 @@ class FleetModel:
         t = _ts(gw.get("t"))
         state = str(gw.get("state"))
         stale = t is not None and now - t > self.settings.stale_s
-        return {"gateway_id": gw.get("gateway_id"), "site_id": site.site_id,
-                "state": "online" if state == "online" and not stale else "offline",
-                "stale": stale, "rx": gw.get("_rx"), "t": t,
-                "queue_depth": gw.get("queue_depth"), "upstream_offline_s":
-                gw.get("upstream_offline_s")}
+        return {
+            "gateway_id": gw.get("gateway_id"),
+            "site_id": site.site_id,
+            "state": "online" if state == "online" and not stale else "offline",
+            "stale": stale,
+            "rx": gw.get("_rx"),
+            "t": t,
+            "queue_depth": gw.get("queue_depth"),
+            "upstream_offline_s": gw.get("upstream_offline_s"),
+        }
 
     def site_health(self, site_id: str) -> dict[str, Any] | None:
         site = self.site_map.get(site_id)
@@ -116,18 +121,22 @@ class FleetModel:
         gw = self._gateway(site, body.get("gateway_id"), now)
         # Liveness is data: the last reading; last_seen also counts status heartbeats (a
         # gateway too old to send last_reading falls back to it).
-        state, last, cadence = liveness.from_status(body, now, s.late_grace_s,
-                                                    s.offline_margin_s)
+        state, last, cadence = liveness.from_status(body, now, s.late_grace_s, s.offline_margin_s)
         gw_up = gw is not None and gw["state"] == "online"
         if not gw_up:
             state = "unknown"
-            why = (f"gateway {gw['gateway_id']} is down" if gw else "no gateway health yet")
-            why_th = (f"เกตเวย์ {gw['gateway_id']} ล่ม" if gw else "ยังไม่มีสถานะเกตเวย์")
+            why = f"gateway {gw['gateway_id']} is down" if gw else "no gateway health yet"
+            why_th = f"เกตเวย์ {gw['gateway_id']} ล่ม" if gw else "ยังไม่มีสถานะเกตเวย์"
         else:
-            facts = {"last_rx": last, "cadence_s": cadence,
-                     "status": {"rssi_dbm": body.get("rssi_dbm"),
-                                "battery_v": body.get("battery_v"),
-                                "outbox": {"depth": body.get("outbox_depth")}}}
+            facts = {
+                "last_rx": last,
+                "cadence_s": cadence,
+                "status": {
+                    "rssi_dbm": body.get("rssi_dbm"),
+                    "battery_v": body.get("battery_v"),
+                    "outbox": {"depth": body.get("outbox_depth")},
+                },
+            }
             why = liveness.reason(state, facts, now, "en")
             why_th = liveness.reason(state, facts, now, "th")
         bat = body.get("battery_v")
@@ -136,18 +145,35 @@ class FleetModel:
             if isinstance(counts, dict):
                 errors += sum(v for v in counts.values() if isinstance(v, int))
         return {
-            "device_id": body["device_id"], "site_id": site.site_id,
-            "gateway_id": body.get("gateway_id"), "name": None, "place": None,
-            "kind": body.get("kind"), "state": state, "reason": why, "reason_th": why_th,
-            "cadence_s": cadence, "last_reading": last, "value": None, "unit": "",
-            "battery_v": bat, "battery_pct": liveness.battery_percent(bat),
+            "device_id": body["device_id"],
+            "site_id": site.site_id,
+            "gateway_id": body.get("gateway_id"),
+            "name": None,
+            "place": None,
+            "kind": body.get("kind"),
+            "state": state,
+            "reason": why,
+            "reason_th": why_th,
+            "cadence_s": cadence,
+            "last_reading": last,
+            "value": None,
+            "unit": "",
+            "battery_v": bat,
+            "battery_pct": liveness.battery_percent(bat),
             "low_battery": isinstance(bat, (int, float)) and bat < s.low_battery_v,
-            "rssi_dbm": body.get("rssi_dbm"), "fw": body.get("fw"),
-            "outbox_depth": body.get("outbox_depth"), "outbox_dropped": body.get("outbox_dropped"),
-            "sensor_errors": errors, "qc": None, "calibration_id": None,
-            "calibration": "unknown", "calibration_age_s": None,
-            "completeness_today": body.get("completeness"), "completeness_7d": None,
-            "completeness_30d": None, "gateway_state": "online" if gw_up else "down",
+            "rssi_dbm": body.get("rssi_dbm"),
+            "fw": body.get("fw"),
+            "outbox_depth": body.get("outbox_depth"),
+            "outbox_dropped": body.get("outbox_dropped"),
+            "sensor_errors": errors,
+            "qc": None,
+            "calibration_id": None,
+            "calibration": "unknown",
+            "calibration_age_s": None,
+            "completeness_today": body.get("completeness"),
+            "completeness_7d": None,
+            "completeness_30d": None,
+            "gateway_state": "online" if gw_up else "down",
         }
 
     def rows(self, now: float) -> list[dict[str, Any]]:
@@ -156,8 +182,11 @@ class FleetModel:
         key = (self.messages, int(now))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        rows = [self._row(site, body, now) for site in list(self.site_map.values())
-                for body in list(site.devices.values())]
+        rows = [
+            self._row(site, body, now)
+            for site in list(self.site_map.values())
+            for body in list(site.devices.values())
+        ]
         self._cache = (key, rows)
         return rows
 
@@ -167,8 +196,14 @@ class FleetModel:
         by_site: dict[str, list[dict[str, Any]]] = {}
         for r in self.rows(now):
             by_site.setdefault(r["site_id"], []).append(r)
-        return [{"site_id": site_id, "gateway": self._gateway(self.site_map[site_id], None, now),
-                 "counts": counts(by_site.get(site_id, []))} for site_id in sorted(self.site_map)]
+        return [
+            {
+                "site_id": site_id,
+                "gateway": self._gateway(self.site_map[site_id], None, now),
+                "counts": counts(by_site.get(site_id, [])),
+            }
+            for site_id in sorted(self.site_map)
+        ]
 
     def detail(self, device_id: str, site_id: str | None) -> dict[str, Any] | None:
         now = time.time()
@@ -181,24 +216,42 @@ class FleetModel:
         return None
 
     def health(self) -> dict[str, Any]:
-        return {"state": "serving" if self.connected else "broker_down",
-                "broker_connected": self.connected, "sites": len(self.site_map),
-                "messages": self.messages, "refused": self.refused}
+        return {
+            "state": "serving" if self.connected else "broker_down",
+            "broker_connected": self.connected,
+            "sites": len(self.site_map),
+            "messages": self.messages,
+            "refused": self.refused,
+        }
 
 
-async def subscribe(model: FleetModel, host: str, port: int, username: str | None,
-                    password: str | None, tls: ssl.SSLContext | None, client_id: str,
-                    keepalive_s: int = 30) -> None:
+async def subscribe(
+    model: FleetModel,
+    host: str,
+    port: int,
+    username: str | None,
+    password: str | None,
+    tls: ssl.SSLContext | None,
+    client_id: str,
+    keepalive_s: int = 30,
+) -> None:
     """Keep a subscription to the platform broker, reconnecting with back-off."""
     import aiomqtt
 
     delay = 0.5
     while True:
         try:
-            async with aiomqtt.Client(host, port, username=username, password=password,
-                                      tls_context=tls, identifier=client_id,
-                                      clean_session=True, keepalive=keepalive_s,
-                                      timeout=10) as client:
+            async with aiomqtt.Client(
+                host,
+                port,
+                username=username,
+                password=password,
+                tls_context=tls,
+                identifier=client_id,
+                clean_session=True,
+                keepalive=keepalive_s,
+                timeout=10,
+            ) as client:
                 await client.subscribe([(HEALTH_TOPIC, 1), (STATUS_TOPIC, 1)])  # gateways first
                 model.connected = True
                 delay = 0.5
@@ -214,16 +267,26 @@ async def subscribe(model: FleetModel, host: str, port: int, username: str | Non
         delay = min(30.0, delay * 2)
 
 
-async def serve(model: FleetModel, broker: tuple[str, int], http: tuple[str, int],
-                username: str | None, password: str | None, tls: ssl.SSLContext | None,
-                lang: str, client_id: str) -> None:
+async def serve(
+    model: FleetModel,
+    broker: tuple[str, int],
+    http: tuple[str, int],
+    username: str | None,
+    password: str | None,
+    tls: ssl.SSLContext | None,
+    lang: str,
+    client_id: str,
+) -> None:
     from edge_gateway.status.web import start_site
 
-    task = asyncio.create_task(subscribe(model, broker[0], broker[1], username, password, tls,
-                                         client_id))
+    task = asyncio.create_task(
+        subscribe(model, broker[0], broker[1], username, password, tls, client_id)
+    )
     runner, port = await start_site(model, http[0], http[1], lang)
-    print(f"fleet status on http://{http[0]}:{port}/ (platform broker {broker[0]}:{broker[1]})",
-          flush=True)
+    print(
+        f"fleet status on http://{http[0]}:{port}/ (platform broker {broker[0]}:{broker[1]})",
+        flush=True,
+    )
     try:
         await task
     finally:

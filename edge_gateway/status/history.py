@@ -85,8 +85,9 @@ class Sample:
     flags: int
 
 
-def _pack(t: float, value: float | None, battery: float | None, rssi: int | None,
-          flags: int) -> bytes:
+def _pack(
+    t: float, value: float | None, battery: float | None, rssi: int | None, flags: int
+) -> bytes:
     b = NAN if battery is None else max(-65000.0, min(65000.0, battery))
     v = NAN if value is None or not math.isfinite(value) else max(-3e38, min(3e38, value))
     r = -128 if rssi is None else max(-127, min(127, int(rssi)))
@@ -95,8 +96,13 @@ def _pack(t: float, value: float | None, battery: float | None, rssi: int | None
 
 def _unpack(buf: bytes | bytearray) -> Iterator[Sample]:
     for t, v, b, r, f in REC.iter_unpack(buf):
-        yield Sample(float(t), None if math.isnan(v) else v, None if math.isnan(b) else b,
-                     None if r == -128 else r, f)
+        yield Sample(
+            float(t),
+            None if math.isnan(v) else v,
+            None if math.isnan(b) else b,
+            None if r == -128 else r,
+            f,
+        )
 
 
 @dataclass
@@ -128,8 +134,16 @@ class History:
 
     # -- writing (event loop) -----------------------------------------------------------------
 
-    def add(self, device_id: str, t: float, value: float | None, battery: float | None,
-            rssi: int | None, flags: int, now: float) -> None:
+    def add(
+        self,
+        device_id: str,
+        t: float,
+        value: float | None,
+        battery: float | None,
+        rssi: int | None,
+        flags: int,
+        now: float,
+    ) -> None:
         if not (0 < t < now + 2 * 86400):  # a clock far ahead must not fill the history
             return
         with self.lock:
@@ -250,8 +264,9 @@ class History:
 
 
 def counts_from_db(db: sqlite3.Connection, device_id: str, day: str) -> array[int] | None:
-    row = db.execute("SELECT counts FROM days WHERE device_id=? AND day=?",
-                     (device_id, day)).fetchone()
+    row = db.execute(
+        "SELECT counts FROM days WHERE device_id=? AND day=?", (device_id, day)
+    ).fetchone()
     if row is None or len(row[0]) != 2 * BUCKETS:
         return None
     a = array("H")

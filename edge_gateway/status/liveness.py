@@ -21,12 +21,25 @@ STATES = ("online", "late", "offline", "never", "maintenance")
 
 # Li-ion open-circuit voltage to state of charge (a typical 18650 cell at rest; a load sags
 # the voltage, so this is an estimate): (volts, percent), ascending.
-_LIION = ((3.0, 0.0), (3.3, 5.0), (3.6, 20.0), (3.7, 40.0), (3.8, 55.0), (3.9, 70.0),
-          (4.0, 82.0), (4.1, 92.0), (4.2, 100.0))
+_LIION = (
+    (3.0, 0.0),
+    (3.3, 5.0),
+    (3.6, 20.0),
+    (3.7, 40.0),
+    (3.8, 55.0),
+    (3.9, 70.0),
+    (4.0, 82.0),
+    (4.1, 92.0),
+    (4.2, 100.0),
+)
 
 
-def cadence_s(kind: str | None, intervals: Mapping[str, Any] | None,
-              inventory_s: float | None, default_s: float) -> float:
+def cadence_s(
+    kind: str | None,
+    intervals: Mapping[str, Any] | None,
+    inventory_s: float | None,
+    default_s: float,
+) -> float:
     """The longest a healthy device goes between readings arriving at the gateway."""
     iv = intervals or {}
 
@@ -50,8 +63,14 @@ def cadence_s(kind: str | None, intervals: Mapping[str, Any] | None,
     return float(inventory_s or default_s)
 
 
-def judge(last_rx: float | None, now: float, cadence: float, late_grace_s: float,
-          offline_margin_s: float, in_maintenance: bool) -> str:
+def judge(
+    last_rx: float | None,
+    now: float,
+    cadence: float,
+    late_grace_s: float,
+    offline_margin_s: float,
+    in_maintenance: bool,
+) -> str:
     if in_maintenance:
         return "maintenance"
     if last_rx is None:
@@ -76,9 +95,13 @@ def timestamp(value: Any) -> float | None:
         return None
 
 
-def from_status(body: Mapping[str, Any], now: float, late_grace_s: float,
-                offline_margin_s: float, default_s: float = 60.0
-                ) -> tuple[str, float | None, float]:
+def from_status(
+    body: Mapping[str, Any],
+    now: float,
+    late_grace_s: float,
+    offline_margin_s: float,
+    default_s: float = 60.0,
+) -> tuple[str, float | None, float]:
     """(state, last reading, cadence) of a device from a device status message (the retained
     one the gateway publishes, or the gateway's own view of it): the one rule the city view
     and the silent-node alert (edge_gateway.notify) judge by. Liveness is the last *reading*
@@ -88,11 +111,14 @@ def from_status(body: Mapping[str, Any], now: float, late_grace_s: float,
     last = timestamp(body["last_reading"] if "last_reading" in body else body.get("last_seen"))
     exp = body.get("expected_24h")
     rep = body.get("report_s")
-    cadence = (float(rep) if isinstance(rep, (int, float)) and not isinstance(rep, bool)
-               and rep > 0 else 86400.0 / exp if isinstance(exp, int) and exp > 1
-               else float(default_s))
-    state = judge(last, now, cadence, late_grace_s, offline_margin_s,
-                  bool(body.get("maintenance")))
+    cadence = (
+        float(rep)
+        if isinstance(rep, (int, float)) and not isinstance(rep, bool) and rep > 0
+        else 86400.0 / exp
+        if isinstance(exp, int) and exp > 1
+        else float(default_s)
+    )
+    state = judge(last, now, cadence, late_grace_s, offline_margin_s, bool(body.get("maintenance")))
     return state, last, cadence
 
 
@@ -137,11 +163,17 @@ def reason(state: str, dev: Mapping[str, Any], now: float, lang: str) -> str:
         age = duration_words(now - float(last_rx), lang)
         every = duration_words(cad, lang)
         if state == "online":
-            parts.append(f"ข้อมูลล่าสุด {age} ที่แล้ว (ส่งทุก {every})" if th
-                         else f"last reading {age} ago (every {every})")
+            parts.append(
+                f"ข้อมูลล่าสุด {age} ที่แล้ว (ส่งทุก {every})"
+                if th
+                else f"last reading {age} ago (every {every})"
+            )
         else:
-            parts.append(f"ไม่มีข้อมูลมา {age} (ควรส่งทุก {every})" if th
-                         else f"no reading for {age} (expected every {every})")
+            parts.append(
+                f"ไม่มีข้อมูลมา {age} (ควรส่งทุก {every})"
+                if th
+                else f"no reading for {age} (expected every {every})"
+            )
     status = dev.get("status") or {}
     if state in ("late", "offline", "never") and status:
         facts: list[str] = []
@@ -159,7 +191,9 @@ def reason(state: str, dev: Mapping[str, Any], now: float, lang: str) -> str:
         if facts:
             parts.append(("สถานะล่าสุดแจ้งว่า " if th else "last status said ") + ", ".join(facts))
     if state in ("late", "offline") and dev.get("session") == "offline":
-        parts.append("MQTT ของโหนดหลุด (last will)" if th else "node's MQTT session ended (last will)")
+        parts.append(
+            "MQTT ของโหนดหลุด (last will)" if th else "node's MQTT session ended (last will)"
+        )
     qc = dev.get("qc")
     if qc == "stuck":
         parts.append("เซนเซอร์ค้าง (ค่าคงที่)" if th else "sensor stuck (flat line)")

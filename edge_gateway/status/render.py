@@ -91,8 +91,14 @@ def pct(v: float | None) -> str:
 
 def counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     out = {k: 0 for k in ("online", "late", "offline", "never", "maintenance", "unknown")}
-    out |= {"devices": len(rows), "low_battery": 0, "stuck": 0, "out_of_range": 0,
-            "calibration_expired": 0, "calibration_missing": 0}
+    out |= {
+        "devices": len(rows),
+        "low_battery": 0,
+        "stuck": 0,
+        "out_of_range": 0,
+        "calibration_expired": 0,
+        "calibration_missing": 0,
+    }
     for r in rows:
         out[r["state"]] = out.get(r["state"], 0) + 1
         out["low_battery"] += bool(r.get("low_battery"))
@@ -109,12 +115,22 @@ def counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
 def filter_rows(rows: list[dict[str, Any]], q: Mapping[str, str]) -> list[dict[str, Any]]:
     state, site, kind = q.get("state", ""), q.get("site", ""), q.get("kind", "")
     text = q.get("q", "").strip().lower()
-    out = [r for r in rows if (not state or r["state"] == state or
-                               (state == "low_battery" and r.get("low_battery")))
-           and (not site or r.get("site_id") == site) and (not kind or r.get("kind") == kind)]
+    out = [
+        r
+        for r in rows
+        if (not state or r["state"] == state or (state == "low_battery" and r.get("low_battery")))
+        and (not site or r.get("site_id") == site)
+        and (not kind or r.get("kind") == kind)
+    ]
     if text:
-        out = [r for r in out if text in " ".join(
-            str(r.get(k) or "") for k in ("device_id", "name", "place", "site_id")).lower()]
+        out = [
+            r
+            for r in out
+            if text
+            in " ".join(
+                str(r.get(k) or "") for k in ("device_id", "name", "place", "site_id")
+            ).lower()
+        ]
     return out
 
 
@@ -131,9 +147,11 @@ def sort_rows(rows: list[dict[str, Any]], key: str, desc: bool) -> list[dict[str
         if key == "rssi":
             return (r.get("rssi_dbm") if r.get("rssi_dbm") is not None else 0,)
         if key == "complete":
-            return (r.get("completeness_today") if r.get("completeness_today") is not None
-                    else -1.0,)
+            return (
+                r.get("completeness_today") if r.get("completeness_today") is not None else -1.0,
+            )
         return (_ORDER.get(r["state"], 9), str(r.get("site_id") or ""), r["device_id"])
+
     return sorted(rows, key=k, reverse=desc)
 
 
@@ -144,41 +162,57 @@ def _qs(q: Mapping[str, str], **change: str) -> str:
 
 def page(title: str, body: str, lang: str, live: str | None = None, every: float = 5.0) -> str:
     other = "en" if lang == "th" else "th"
-    live_attr = (f' id="live" data-src="{esc(live)}" data-every="{every:g}"' if live else "")
+    live_attr = f' id="live" data-src="{esc(live)}" data-every="{every:g}"' if live else ""
     return (
         f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<title>{esc(title)}</title><link rel="stylesheet" href="/static/style.css">'
         '<script src="/static/app.js" defer></script></head>'
-        f'<body{live_attr}><header><h1>{esc(title)}</h1>'
+        f"<body{live_attr}><header><h1>{esc(title)}</h1>"
         f'<span class="lang"><a href="?lang={other}">{"English" if other == "en" else "ไทย"}</a>'
         f'</span> <span class="muted">{tr("updated", lang)}: <span id="updated">'
-        f'{esc(when(time.time()))}</span> (Asia/Bangkok)</span>'
+        f"{esc(when(time.time()))}</span> (Asia/Bangkok)</span>"
         f'<span id="stale" class="stale" hidden>{tr("stale", lang)}</span></header>'
-        f'<main>{body}</main></body></html>'
+        f"<main>{body}</main></body></html>"
     )
 
 
 def counts_html(c: Mapping[str, int], lang: str, base: str, q: Mapping[str, str]) -> str:
-    cells = [("online", c["online"]), ("late", c["late"]), ("offline", c["offline"]),
-             ("never", c["never"]), ("maintenance", c["maintenance"])]
+    cells = [
+        ("online", c["online"]),
+        ("late", c["late"]),
+        ("offline", c["offline"]),
+        ("never", c["never"]),
+        ("maintenance", c["maintenance"]),
+    ]
     if c.get("unknown"):
         cells.append(("unknown", c["unknown"]))
-    cells += [("low_battery", c["low_battery"]), ("qc", c["stuck"] + c["out_of_range"]),
-              ("calibration", c["calibration_expired"] + c["calibration_missing"])]
+    cells += [
+        ("low_battery", c["low_battery"]),
+        ("qc", c["stuck"] + c["out_of_range"]),
+        ("calibration", c["calibration_expired"] + c["calibration_missing"]),
+    ]
     if "incidents" in c:
         cells.append(("incidents", c["incidents"]))
     out = []
     for key, n in cells:
         link = base + _qs(q, state=key) if key in _ORDER or key == "low_battery" else None
         label = f'<b data-count="{key}">{n}</b><span>{tr(key, lang)}</span>'
-        out.append(f'<a class="count s-{key}" href="{esc(link)}">{label}</a>' if link
-                   else f'<div class="count s-{key}">{label}</div>')
+        out.append(
+            f'<a class="count s-{key}" href="{esc(link)}">{label}</a>'
+            if link
+            else f'<div class="count s-{key}">{label}</div>'
+        )
     return "".join(out)
 
 
-def table_html(rows: Sequence[Mapping[str, Any]], lang: str, base: str, q: Mapping[str, str],
-               show_site: bool = False) -> str:
+def table_html(
+    rows: Sequence[Mapping[str, Any]],
+    lang: str,
+    base: str,
+    q: Mapping[str, str],
+    show_site: bool = False,
+) -> str:
     sort = q.get("sort", "state")
     desc = q.get("desc") == "1"
 
@@ -187,76 +221,116 @@ def table_html(rows: Sequence[Mapping[str, Any]], lang: str, base: str, q: Mappi
             return f"<th>{esc(label)}</th>"
         mark = (" ▼" if desc else " ▲") if sort == key else ""
         flip = "" if (sort == key and desc) else ("1" if sort == key else "")
-        return f'<th><a href="{esc(base + _qs(q, sort=key, desc=flip))}">{esc(label)}{mark}</a></th>'
+        return (
+            f'<th><a href="{esc(base + _qs(q, sort=key, desc=flip))}">{esc(label)}{mark}</a></th>'
+        )
 
-    head = [th("name", tr("name", lang)), th("kind", tr("kind", lang)),
-            th("state", tr("state", lang)), th("last", tr("last", lang)),
-            th("battery", tr("battery", lang)), th("rssi", tr("rssi", lang)),
-            th("fw", tr("fw", lang)), th("outbox", tr("outbox", lang)),
-            th("errors", tr("errors", lang)), th("cal", tr("cal", lang)),
-            th("complete", tr("complete", lang))]
+    head = [
+        th("name", tr("name", lang)),
+        th("kind", tr("kind", lang)),
+        th("state", tr("state", lang)),
+        th("last", tr("last", lang)),
+        th("battery", tr("battery", lang)),
+        th("rssi", tr("rssi", lang)),
+        th("fw", tr("fw", lang)),
+        th("outbox", tr("outbox", lang)),
+        th("errors", tr("errors", lang)),
+        th("cal", tr("cal", lang)),
+        th("complete", tr("complete", lang)),
+    ]
     if show_site:
         head.insert(0, th("site", tr("site", lang)))
     body = []
     for r in rows:
         reason = r.get("reason_th") if lang == "th" else r.get("reason")
-        value = "–" if r.get("value") is None else f'{r["value"]:g} {r.get("unit") or ""}'
-        bat = "–" if r.get("battery_v") is None else (
-            f'{r["battery_v"]:.2f} V ({r.get("battery_pct")} %)')
+        value = "–" if r.get("value") is None else f"{r['value']:g} {r.get('unit') or ''}"
+        bat = (
+            "–"
+            if r.get("battery_v") is None
+            else (f"{r['battery_v']:.2f} V ({r.get('battery_pct')} %)")
+        )
         age = r.get("calibration_age_s")
         cal = tr(str(r.get("calibration")), lang) if r.get("calibration") != "unknown" else "–"
         if r.get("calibration_id") and r.get("calibration_id") != "none":
-            cal = f'{r["calibration_id"]} ({cal}' + (
-                f", {age / 86400:.0f} d)" if age is not None else ")")
-        href = f'/device/{esc(r["device_id"])}' + (f'?site={esc(r["site_id"])}' if show_site
-                                                   else "")
+            cal = f"{r['calibration_id']} ({cal}" + (
+                f", {age / 86400:.0f} d)" if age is not None else ")"
+            )
+        href = f"/device/{esc(r['device_id'])}" + (
+            f"?site={esc(r['site_id'])}" if show_site else ""
+        )
         cells = [
-            (f'<td><a href="{href}">{esc(r.get("name") or r["device_id"])}</a>'
-            f'<div class="muted">{esc(r["device_id"])} {esc(r.get("place") or "")}</div></td>'),
-            f'<td>{esc(r.get("kind") or "–")}</td>',
-            (f'<td class="state s-{esc(r["state"])}" data-state="{esc(r["state"])}">'
-            f'<b>{tr(str(r["state"]), lang)}</b><div class="reason">{esc(reason)}</div></td>'),
-            f'<td>{esc(when(r.get("last_reading")))}<div>{esc(value)}</div></td>',
+            (
+                f'<td><a href="{href}">{esc(r.get("name") or r["device_id"])}</a>'
+                f'<div class="muted">{esc(r["device_id"])} {esc(r.get("place") or "")}</div></td>'
+            ),
+            f"<td>{esc(r.get('kind') or '–')}</td>",
+            (
+                f'<td class="state s-{esc(r["state"])}" data-state="{esc(r["state"])}">'
+                f'<b>{tr(str(r["state"]), lang)}</b><div class="reason">{esc(reason)}</div></td>'
+            ),
+            f"<td>{esc(when(r.get('last_reading')))}<div>{esc(value)}</div></td>",
             f'<td class="{"warn" if r.get("low_battery") else ""}">{esc(bat)}</td>',
-            f'<td>{esc("–" if r.get("rssi_dbm") is None else str(r["rssi_dbm"]) + " dBm")}</td>',
-            f'<td>{esc(r.get("fw") or "–")}</td>',
-            f'<td>{esc(r.get("outbox_depth", "–"))} / {esc(r.get("outbox_dropped", "–"))}</td>',
-            f'<td>{esc(r.get("sensor_errors", 0))}</td>',
-            f'<td>{esc(cal)}</td>',
-            (f'<td>{pct(r.get("completeness_today"))} / {pct(r.get("completeness_7d"))} / '
-            f'{pct(r.get("completeness_30d"))}</td>'),
+            f"<td>{esc('–' if r.get('rssi_dbm') is None else str(r['rssi_dbm']) + ' dBm')}</td>",
+            f"<td>{esc(r.get('fw') or '–')}</td>",
+            f"<td>{esc(r.get('outbox_depth', '–'))} / {esc(r.get('outbox_dropped', '–'))}</td>",
+            f"<td>{esc(r.get('sensor_errors', 0))}</td>",
+            f"<td>{esc(cal)}</td>",
+            (
+                f"<td>{pct(r.get('completeness_today'))} / {pct(r.get('completeness_7d'))} / "
+                f"{pct(r.get('completeness_30d'))}</td>"
+            ),
         ]
         if show_site:
-            cells.insert(0, f'<td><a href="/site/{esc(r.get("site_id"))}">'
-                            f'{esc(r.get("site_id"))}</a></td>')
+            cells.insert(
+                0, f'<td><a href="/site/{esc(r.get("site_id"))}">{esc(r.get("site_id"))}</a></td>'
+            )
         body.append(f'<tr id="row-{esc(r["device_id"])}">{"".join(cells)}</tr>')
     if not body:
         body.append(f'<tr><td colspan="{len(head)}">{tr("none", lang)}</td></tr>')
-    return f'<table><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f"<table><thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def filter_form(q: Mapping[str, str], lang: str, states: Sequence[str]) -> str:
-    opts = "".join(f'<option value="{s}"{" selected" if q.get("state") == s else ""}>'
-                   f'{tr(s, lang)}</option>' for s in states)
-    hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">'
-                     for k, v in q.items() if k in ("lang", "sort", "desc", "site") and v)
-    return (f'<form class="filter" method="get">{hidden}'
-            f'<input name="q" value="{esc(q.get("q", ""))}" placeholder="{tr("filter", lang)}">'
-            f'<select name="state"><option value="">{tr("all", lang)}</option>{opts}</select>'
-            f'<button>{tr("filter", lang)}</button></form>')
+    opts = "".join(
+        f'<option value="{s}"{" selected" if q.get("state") == s else ""}>{tr(s, lang)}</option>'
+        for s in states
+    )
+    hidden = "".join(
+        f'<input type="hidden" name="{esc(k)}" value="{esc(v)}">'
+        for k, v in q.items()
+        if k in ("lang", "sort", "desc", "site") and v
+    )
+    return (
+        f'<form class="filter" method="get">{hidden}'
+        f'<input name="q" value="{esc(q.get("q", ""))}" placeholder="{tr("filter", lang)}">'
+        f'<select name="state"><option value="">{tr("all", lang)}</option>{opts}</select>'
+        f"<button>{tr('filter', lang)}</button></form>"
+    )
 
 
 # -- SVG plots ---------------------------------------------------------------------------------
 
 
-def svg_plot(points: Sequence[tuple[float, float]], t0: float, t1: float, title: str,
-             unit: str, width: int = 640, height: int = 150, bars: bool = False) -> str:
+def svg_plot(
+    points: Sequence[tuple[float, float]],
+    t0: float,
+    t1: float,
+    title: str,
+    unit: str,
+    width: int = 640,
+    height: int = 150,
+    bars: bool = False,
+) -> str:
     pad_l, pad_b, pad_t = 48, 20, 18
     w, h = width - pad_l - 6, height - pad_b - pad_t
     vals = [v for _, v in points if math.isfinite(v)]
-    parts = [(f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
-             f' role="img" aria-label="{esc(title)}"><text x="4" y="12" class="pt">{esc(title)}'
-             f'{" (" + esc(unit) + ")" if unit else ""}</text>')]
+    parts = [
+        (
+            f'<svg class="plot" viewBox="0 0 {width} {height}" width="{width}" height="{height}"'
+            f' role="img" aria-label="{esc(title)}"><text x="4" y="12" class="pt">{esc(title)}'
+            f"{' (' + esc(unit) + ')' if unit else ''}</text>"
+        )
+    ]
     parts.append(f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" class="frame"/>')
     span = max(1.0, t1 - t0)
     step = 6 * 3600 if span <= 2 * 86400 else 86400
@@ -265,21 +339,27 @@ def svg_plot(points: Sequence[tuple[float, float]], t0: float, t1: float, title:
     while tick <= t1:
         x = pad_l + (tick - t0) / span * w
         label = datetime.fromtimestamp(tick, TZ).strftime("%H:%M" if step < 86400 else "%d/%m")
-        parts.append(f'<line x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + h}" class="grid"/>'
-                     f'<text x="{x:.1f}" y="{height - 5}" class="ax" text-anchor="middle">'
-                     f'{label}</text>')
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + h}" class="grid"/>'
+            f'<text x="{x:.1f}" y="{height - 5}" class="ax" text-anchor="middle">'
+            f"{label}</text>"
+        )
         tick += step
     if not vals:
-        parts.append(f'<text x="{pad_l + w / 2}" y="{pad_t + h / 2}" text-anchor="middle" '
-                     'class="ax">–</text></svg>')
+        parts.append(
+            f'<text x="{pad_l + w / 2}" y="{pad_t + h / 2}" text-anchor="middle" '
+            'class="ax">–</text></svg>'
+        )
         return "".join(parts)
     lo, hi = (0.0, max(vals)) if bars else (min(vals), max(vals))
     if hi - lo < 1e-9:
         lo, hi = lo - 1, hi + 1
     for frac in (0.0, 0.5, 1.0):
         y = pad_t + h - frac * h
-        parts.append(f'<text x="{pad_l - 4}" y="{y + 4:.1f}" class="ax" text-anchor="end">'
-                     f'{lo + frac * (hi - lo):.3g}</text>')
+        parts.append(
+            f'<text x="{pad_l - 4}" y="{y + 4:.1f}" class="ax" text-anchor="end">'
+            f"{lo + frac * (hi - lo):.3g}</text>"
+        )
 
     def xy(t: float, v: float) -> tuple[float, float]:
         return pad_l + (t - t0) / span * w, pad_t + h - (v - lo) / (hi - lo) * h
@@ -288,18 +368,22 @@ def svg_plot(points: Sequence[tuple[float, float]], t0: float, t1: float, title:
         bw = max(2.0, w / max(1, len(points)) - 2)
         for t, v in points:
             x, y = xy(t, v)
-            parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" '
-                         f'height="{pad_t + h - y:.1f}" class="bar"/>')
+            parts.append(
+                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bw:.1f}" '
+                f'height="{pad_t + h - y:.1f}" class="bar"/>'
+            )
     else:
-        pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(t, v) for t, v in points
-                                                       if math.isfinite(v)))
+        pts = " ".join(
+            f"{x:.1f},{y:.1f}" for x, y in (xy(t, v) for t, v in points if math.isfinite(v))
+        )
         parts.append(f'<polyline points="{pts}" class="line"/>')
     parts.append("</svg>")
     return "".join(parts)
 
 
-def downsample(points: Sequence[tuple[float, float]], t0: float, t1: float,
-               n: int = 320) -> list[tuple[float, float]]:
+def downsample(
+    points: Sequence[tuple[float, float]], t0: float, t1: float, n: int = 320
+) -> list[tuple[float, float]]:
     """Mean per time slot: at most ``n`` points, whatever the history holds."""
     if len(points) <= n:
         return list(points)

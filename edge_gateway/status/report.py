@@ -102,10 +102,12 @@ def compute(config: GatewayConfig, month: str, now: float | None = None) -> list
             entry = config.device(dev)
             doc = docs.get(dev, {})
             status = doc.get("status") or {}
-            cadence = liveness.cadence_s(doc.get("kind") or (entry.kind if entry else None),
-                                         status.get("intervals"),
-                                         entry.report_s if entry else None,
-                                         config.inventory.default_report_s)
+            cadence = liveness.cadence_s(
+                doc.get("kind") or (entry.kind if entry else None),
+                status.get("intervals"),
+                entry.report_s if entry else None,
+                config.inventory.default_report_s,
+            )
             wins = windows.get(dev, [])
             for day in month_days(month):
                 start = day_start(day)
@@ -138,12 +140,33 @@ def month_percent(rows: list[DayRow]) -> float | None:
 def write_csv(rows: list[DayRow], path: Path, site: str) -> None:
     with path.open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["site_id", "device_id", "name", "day", "expected", "received", "percent",
-                    "maintenance_s", "note"])
+        w.writerow(
+            [
+                "site_id",
+                "device_id",
+                "name",
+                "day",
+                "expected",
+                "received",
+                "percent",
+                "maintenance_s",
+                "note",
+            ]
+        )
         for r in rows:
-            w.writerow([site, r.device_id, r.name, r.day, r.expected, r.received,
-                        "" if r.percent is None else f"{r.percent:.1f}", int(r.maintenance_s),
-                        r.note])
+            w.writerow(
+                [
+                    site,
+                    r.device_id,
+                    r.name,
+                    r.day,
+                    r.expected,
+                    r.received,
+                    "" if r.percent is None else f"{r.percent:.1f}",
+                    int(r.maintenance_s),
+                    r.note,
+                ]
+            )
 
 
 def write_png(rows: list[DayRow], path: Path, title: str) -> None:
@@ -164,8 +187,9 @@ def write_png(rows: list[DayRow], path: Path, title: str) -> None:
             maint.append((i, j))
         else:
             grid[i][j] = min(100.0, r.percent)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(days) + 3), max(2.0, 0.4 * len(devices)
-                                                                        + 1.5)))
+    fig, ax = plt.subplots(
+        figsize=(max(6.0, 0.32 * len(days) + 3), max(2.0, 0.4 * len(devices) + 1.5))
+    )
     cmap = plt.get_cmap("RdYlGn").copy()
     cmap.set_bad("#9ab8e0")  # maintenance: blue, apart from the red-to-green scale
     im = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
@@ -195,11 +219,15 @@ def write_html(rows: list[DayRow], path: Path, png: Path | None, site: str, mont
             f"<td>{'–' if mp is None else f'{mp:.1f} %'}</td>"
             f"<td>{sum(1 for r in rs if r.note == 'no data')}</td>"
             f"<td>{sum(1 for r in rs if r.note == 'maintenance')}</td>"
-            f"<td>{sum(1 for r in rs if r.percent is not None and r.percent < 90)}</td></tr>")
+            f"<td>{sum(1 for r in rs if r.percent is not None and r.percent < 90)}</td></tr>"
+        )
     img = ""
     if png is not None and png.exists():
-        img = ('<img alt="heatmap" style="max-width:100%" src="data:image/png;base64,'
-               + base64.b64encode(png.read_bytes()).decode() + '">')
+        img = (
+            '<img alt="heatmap" style="max-width:100%" src="data:image/png;base64,'
+            + base64.b64encode(png.read_bytes()).decode()
+            + '">'
+        )
     total = month_percent(rows)
     text = (
         '<!doctype html><html lang="th"><head><meta charset="utf-8"><title>'
@@ -213,5 +241,6 @@ def write_html(rows: list[DayRow], path: Path, png: Path | None, site: str, mont
         "<table><tr><th>device</th><th>name</th><th>month</th><th>days with no data</th>"
         f"<th>maintenance days</th><th>days under 90 %</th></tr>{''.join(lines)}</table>"
         f"{img}<p>Generated {esc(time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()))} by "
-        "cityedge report completeness.</p></body></html>")
+        "cityedge report completeness.</p></body></html>"
+    )
     path.write_text(text, encoding="utf-8")

@@ -19,8 +19,10 @@ from edge_gateway.status.history import day_start, local_day
 from edge_gateway.status.render import esc, tr
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 STATES = ("online", "late", "offline", "never", "maintenance", "low_battery")
 
 
@@ -115,8 +117,10 @@ class App:
         rows = self._rows(qq)
         all_rows = render.filter_rows(self.source.rows(time.time()), {"site": site})
         base = f"/site/{site}" if self.fleet and site else "/"
-        parts = {"counts": render.counts_html(render.counts(all_rows), lang, base, q),
-                 "table": render.table_html(rows, lang, base, q)}
+        parts = {
+            "counts": render.counts_html(render.counts(all_rows), lang, base, q),
+            "table": render.table_html(rows, lang, base, q),
+        }
         if self.fleet and site:
             gw = self.source.site_health(site)
             parts["gw"] = self._gw_line(gw, lang)
@@ -128,9 +132,11 @@ class App:
         state = str(gw.get("state"))
         label = tr("online", lang) if state == "online" else tr("down", lang)
         cls = "online" if state == "online" else "down"
-        return (f'<p class="gwline s-{cls}" data-gateway-state="{esc(state)}">{tr("gateway", lang)}'
-                f' {esc(gw.get("gateway_id"))}: <b>{label}</b> · {esc(render.when(gw.get("rx")))}'
-                f'</p>')
+        return (
+            f'<p class="gwline s-{cls}" data-gateway-state="{esc(state)}">{tr("gateway", lang)}'
+            f" {esc(gw.get('gateway_id'))}: <b>{label}</b> · {esc(render.when(gw.get('rx')))}"
+            f"</p>"
+        )
 
     async def index(self, request: web.Request) -> web.Response:
         lang = _lang(request, self.lang)
@@ -141,15 +147,20 @@ class App:
 
     def _site_page(self, q: dict[str, str], lang: str, site: str) -> str:
         parts = self._site_body(q, lang, site)
-        title = f'{tr("title", lang)} · {site or self.source.config.site_id}'
-        live = "/live?" + "&".join(f"{k}={esc(v)}" for k, v in (q | {"view": "site",
-                                                                     "site": site}).items() if v)
+        title = f"{tr('title', lang)} · {site or self.source.config.site_id}"
+        live = "/live?" + "&".join(
+            f"{k}={esc(v)}" for k, v in (q | {"view": "site", "site": site}).items() if v
+        )
         head = ""
         if self.fleet:
-            head = (f'<p><a href="/?lang={lang}">← {tr("sites", lang)}</a></p>'
-                    f'<div id="gw">{parts.get("gw", "")}</div>')
-        body = (f'{head}<div id="counts">{parts["counts"]}</div>'
-                f'{render.filter_form(q, lang, STATES)}<div id="table">{parts["table"]}</div>')
+            head = (
+                f'<p><a href="/?lang={lang}">← {tr("sites", lang)}</a></p>'
+                f'<div id="gw">{parts.get("gw", "")}</div>'
+            )
+        body = (
+            f'{head}<div id="counts">{parts["counts"]}</div>'
+            f'{render.filter_form(q, lang, STATES)}<div id="table">{parts["table"]}</div>'
+        )
         return render.page(title, body, lang, live, self.refresh_s)
 
     def _sites_html(self, lang: str) -> str:
@@ -162,21 +173,50 @@ class App:
                 f'<tr id="site-{esc(s["site_id"])}"><td><a href="/site/{esc(s["site_id"])}?lang='
                 f'{lang}">{esc(s["site_id"])}</a></td><td class="state s-{state}" '
                 f'data-state="{state}"><b>{tr(state, lang)}</b><div class="reason">'
-                f'{esc(gw.get("gateway_id") or "")} {esc(render.when(gw.get("rx")))}</div></td>'
-                + "".join(f'<td>{c[k]}</td>' for k in ("devices", "online", "late", "offline",
-                                                       "never", "unknown", "low_battery"))
-                + "</tr>")
-        head = "".join(f"<th>{tr(k, lang)}</th>" for k in (
-            "site", "gateway", "devices", "online", "late", "offline", "never", "unknown",
-            "low_battery"))
-        return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+                f"{esc(gw.get('gateway_id') or '')} {esc(render.when(gw.get('rx')))}</div></td>"
+                + "".join(
+                    f"<td>{c[k]}</td>"
+                    for k in (
+                        "devices",
+                        "online",
+                        "late",
+                        "offline",
+                        "never",
+                        "unknown",
+                        "low_battery",
+                    )
+                )
+                + "</tr>"
+            )
+        head = "".join(
+            f"<th>{tr(k, lang)}</th>"
+            for k in (
+                "site",
+                "gateway",
+                "devices",
+                "online",
+                "late",
+                "offline",
+                "never",
+                "unknown",
+                "low_battery",
+            )
+        )
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
     def _sites_page(self, lang: str) -> str:
         c = render.counts(self.source.rows(time.time()))
-        body = (f'<div id="counts">{render.counts_html(c, lang, "/", {})}</div>'
-                f'<div id="table">{self._sites_html(lang)}</div>')
-        return render.page(f'{tr("title", lang)} · {tr("sites", lang)}', body, lang,
-                           f"/live?view=sites&lang={lang}", self.refresh_s)
+        body = (
+            f'<div id="counts">{render.counts_html(c, lang, "/", {})}</div>'
+            f'<div id="table">{self._sites_html(lang)}</div>'
+        )
+        return render.page(
+            f"{tr('title', lang)} · {tr('sites', lang)}",
+            body,
+            lang,
+            f"/live?view=sites&lang={lang}",
+            self.refresh_s,
+        )
 
     async def site_page(self, request: web.Request) -> web.Response:
         lang = _lang(request, self.lang)
@@ -192,8 +232,10 @@ class App:
         view = request.query.get("view", "site")
         if view == "sites" and self.fleet:
             c = render.counts(self.source.rows(time.time()))
-            parts = {"counts": render.counts_html(c, lang, "/", {}),
-                     "table": self._sites_html(lang)}
+            parts = {
+                "counts": render.counts_html(c, lang, "/", {}),
+                "table": self._sites_html(lang),
+            }
         elif view == "device":
             dev = self._detail(request.query.get("id", ""), request.query.get("site", ""))
             if dev is None:
@@ -201,8 +243,11 @@ class App:
             parts = {"facts": self._facts(dev, lang)}
         else:
             q = _query(request)
-            parts = self._site_body({k: v for k, v in q.items() if k != "site"}, lang,
-                                    request.query.get("site", "") if self.fleet else "")
+            parts = self._site_body(
+                {k: v for k, v in q.items() if k != "site"},
+                lang,
+                request.query.get("site", "") if self.fleet else "",
+            )
         return web.json_response({"updated": render.when(time.time()), "parts": parts})
 
     def _detail(self, device_id: str, site: str = "") -> dict[str, Any] | None:
@@ -216,23 +261,47 @@ class App:
         state = str(d["state"])
         reason = d.get("reason_th") if lang == "th" else d.get("reason")
         rows = [
-            (tr("state", lang), (f'<b class="state s-{esc(state)}" data-state="{esc(state)}">'
-                                f'{tr(state, lang)}</b> <span class="reason">{esc(reason)}</span>')),
+            (
+                tr("state", lang),
+                (
+                    f'<b class="state s-{esc(state)}" data-state="{esc(state)}">'
+                    f'{tr(state, lang)}</b> <span class="reason">{esc(reason)}</span>'
+                ),
+            ),
             (tr("site", lang), esc(d.get("site_id"))),
             (tr("kind", lang), esc(d.get("kind") or "–")),
-            (tr("last", lang), esc(render.when(d.get("last_reading"))) + " · " + esc(
-                "–" if d.get("value") is None else f'{d["value"]:g} {d.get("unit") or ""}')),
-            (tr("battery", lang), esc("–" if d.get("battery_v") is None else
-                                      f'{d["battery_v"]:.2f} V ({d.get("battery_pct")} %)')),
-            (tr("rssi", lang), esc("–" if d.get("rssi_dbm") is None else f'{d["rssi_dbm"]} dBm')),
+            (
+                tr("last", lang),
+                esc(render.when(d.get("last_reading")))
+                + " · "
+                + esc("–" if d.get("value") is None else f"{d['value']:g} {d.get('unit') or ''}"),
+            ),
+            (
+                tr("battery", lang),
+                esc(
+                    "–"
+                    if d.get("battery_v") is None
+                    else f"{d['battery_v']:.2f} V ({d.get('battery_pct')} %)"
+                ),
+            ),
+            (tr("rssi", lang), esc("–" if d.get("rssi_dbm") is None else f"{d['rssi_dbm']} dBm")),
             (tr("fw", lang), esc(d.get("fw") or "–")),
-            (tr("outbox", lang), (f'{esc(d.get("outbox_depth", "–"))} / '
-                                 f'{esc(d.get("outbox_dropped", "–"))}')),
+            (
+                tr("outbox", lang),
+                (f"{esc(d.get('outbox_depth', '–'))} / {esc(d.get('outbox_dropped', '–'))}"),
+            ),
             (tr("errors", lang), esc(d.get("sensor_errors", 0))),
-            (tr("cal", lang), esc(f'{d.get("calibration_id") or "–"} '
-                                  f'({tr(str(d.get("calibration")), lang)})')),
-            (tr("complete", lang), " / ".join(render.pct(d.get(k)) for k in (
-                "completeness_today", "completeness_7d", "completeness_30d"))),
+            (
+                tr("cal", lang),
+                esc(f"{d.get('calibration_id') or '–'} ({tr(str(d.get('calibration')), lang)})"),
+            ),
+            (
+                tr("complete", lang),
+                " / ".join(
+                    render.pct(d.get(k))
+                    for k in ("completeness_today", "completeness_7d", "completeness_30d")
+                ),
+            ),
         ]
         return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows) + "</dl>"
 
@@ -246,9 +315,11 @@ class App:
             t0 = now - span
             samples = src.history.samples(device_id, t0)
             out.append(f"<h3>{tr(key, lang)}</h3>")
-            for label, unit, attr in ((tr("readings", lang), str(d.get("unit") or ""), "value"),
-                                      (tr("battery", lang), "V", "battery"),
-                                      (tr("rssi", lang), "dBm", "rssi")):
+            for label, unit, attr in (
+                (tr("readings", lang), str(d.get("unit") or ""), "value"),
+                (tr("battery", lang), "V", "battery"),
+                (tr("rssi", lang), "dBm", "rssi"),
+            ):
                 pts = [(s.t, float(v)) for s in samples if (v := getattr(s, attr)) is not None]
                 out.append(render.svg_plot(render.downsample(pts, t0, now), t0, now, label, unit))
         days = []
@@ -262,8 +333,11 @@ class App:
             exp = (length - src.maintenance_seconds(device_id, start, start + length)) / cad
             days.append((start + 43200, min(1.5, got / exp) * 100 if exp >= 1 else float("nan")))
         out.append(f"<h3>{tr('per_day', lang)}</h3>")
-        out.append(render.svg_plot(days, now - 30 * 86400, now + 43200, tr("per_day", lang), "%",
-                                   bars=True))
+        out.append(
+            render.svg_plot(
+                days, now - 30 * 86400, now + 43200, tr("per_day", lang), "%", bars=True
+            )
+        )
         return "".join(out)
 
     async def device_page(self, request: web.Request) -> web.Response:
@@ -272,30 +346,44 @@ class App:
         site = request.query.get("site", "")
         d = self._detail(device_id, site)
         if d is None:
-            return self._html(render.page(tr("title", lang), f"<p>{esc(device_id)}: "
-                                          f"{tr('unknown', lang)}</p>", lang), 404)
+            return self._html(
+                render.page(
+                    tr("title", lang), f"<p>{esc(device_id)}: {tr('unknown', lang)}</p>", lang
+                ),
+                404,
+            )
         back = f"/site/{esc(d.get('site_id'))}" if self.fleet else "/"
-        events = "".join(f'<li>{esc(render.when(e.get("t")))} · {esc(e.get("type"))} · '
-                         f'{esc(e.get("text"))}</li>' for e in reversed(d.get("events") or []))
+        events = "".join(
+            f"<li>{esc(render.when(e.get('t')))} · {esc(e.get('type'))} · {esc(e.get('text'))}</li>"
+            for e in reversed(d.get("events") or [])
+        )
         maint = ""
         if hasattr(self.source, "start_maintenance"):
             on = d.get("maintenance") is not None
-            maint = (f'<form class="maint" method="post" action="/device/{esc(device_id)}'
-                     f'/maintenance"><input type="hidden" name="action" value='
-                     f'"{"end" if on else "start"}">'
-                     + ("" if on else f'<label>{tr("hours", lang)} <input name="hours" '
-                                      f'value="24" size="4"></label> <label>{tr("why", lang)} '
-                                      f'<input name="reason" maxlength="200"></label>')
-                     + f' <label>{tr("token", lang)} <input type="password" name="token" '
-                       f'autocomplete="off"></label> <button>'
-                       f'{tr("maint_end" if on else "maint_start", lang)}</button></form>')
+            maint = (
+                f'<form class="maint" method="post" action="/device/{esc(device_id)}'
+                f'/maintenance"><input type="hidden" name="action" value='
+                f'"{"end" if on else "start"}">'
+                + (
+                    ""
+                    if on
+                    else f'<label>{tr("hours", lang)} <input name="hours" '
+                    f'value="24" size="4"></label> <label>{tr("why", lang)} '
+                    f'<input name="reason" maxlength="200"></label>'
+                )
+                + f' <label>{tr("token", lang)} <input type="password" name="token" '
+                f'autocomplete="off"></label> <button>'
+                f"{tr('maint_end' if on else 'maint_start', lang)}</button></form>"
+            )
         alerts = self._incidents_html(device_id, d, lang)
-        title = f'{tr("device", lang)} {d.get("name") or device_id}'
+        title = f"{tr('device', lang)} {d.get('name') or device_id}"
         q = f"view=device&id={esc(device_id)}&lang={lang}" + (f"&site={esc(site)}" if site else "")
-        body = (f'<p><a href="{back}?lang={lang}">← {tr("back", lang)}</a></p>'
-                f'<div id="facts">{self._facts(d, lang)}</div>{alerts}{maint}'
-                f'{self._plots(device_id, d, lang)}'
-                f'<h3>{tr("events", lang)}</h3><ul>{events or tr("none", lang)}</ul>')
+        body = (
+            f'<p><a href="{back}?lang={lang}">← {tr("back", lang)}</a></p>'
+            f'<div id="facts">{self._facts(d, lang)}</div>{alerts}{maint}'
+            f"{self._plots(device_id, d, lang)}"
+            f"<h3>{tr('events', lang)}</h3><ul>{events or tr('none', lang)}</ul>"
+        )
         return self._html(render.page(title, body, lang, f"/live?{q}", self.refresh_s))
 
     def _incidents_html(self, device_id: str, d: Mapping[str, Any], lang: str) -> str:
@@ -304,11 +392,15 @@ class App:
             return ""
         items = []
         for inc in d["incidents"]:
-            head = (f'#{esc(inc["no"])} {esc(inc["family"])} · {esc(inc["max_tier"])} · '
-                    f'{esc(render.when(inc.get("opened_t")))}')
+            head = (
+                f"#{esc(inc['no'])} {esc(inc['family'])} · {esc(inc['max_tier'])} · "
+                f"{esc(render.when(inc.get('opened_t')))}"
+            )
             if inc.get("acked_by"):
-                items.append(f'<li class="incident" data-incident="{esc(inc["no"])}">{head} · '
-                             f'{tr("acked_by", lang)} <b>{esc(inc["acked_by"])}</b></li>')
+                items.append(
+                    f'<li class="incident" data-incident="{esc(inc["no"])}">{head} · '
+                    f"{tr('acked_by', lang)} <b>{esc(inc['acked_by'])}</b></li>"
+                )
                 continue
             items.append(
                 f'<li class="incident" data-incident="{esc(inc["no"])}">{head} · '
@@ -316,9 +408,12 @@ class App:
                 f'{esc(device_id)}/ack"><input type="hidden" name="incident" value='
                 f'"{esc(inc["no"])}"><label>{tr("by", lang)} <input name="by" maxlength="100">'
                 f'</label> <label>{tr("token", lang)} <input type="password" name="token" '
-                f'autocomplete="off"></label> <button>{tr("ack", lang)}</button></form></li>')
-        return (f'<h3>{tr("incidents", lang)}</h3><ul id="incidents">'
-                f'{"".join(items) or tr("none", lang)}</ul>')
+                f'autocomplete="off"></label> <button>{tr("ack", lang)}</button></form></li>'
+            )
+        return (
+            f'<h3>{tr("incidents", lang)}</h3><ul id="incidents">'
+            f"{''.join(items) or tr('none', lang)}</ul>"
+        )
 
     async def _ack(self, number: Any, by: Any) -> tuple[int, str]:
         try:
@@ -339,8 +434,10 @@ class App:
         device_id = request.match_info["id"]
         number = form.get("incident", "")
         if not any(str(i["no"]) == str(number) for i in self.source.incidents(device_id)):
-            return self._html(render.page("404", f"<p>{esc(number)}: "
-                                          f"{tr('unknown', self.lang)}</p>", self.lang), 404)
+            return self._html(
+                render.page("404", f"<p>{esc(number)}: {tr('unknown', self.lang)}</p>", self.lang),
+                404,
+            )
         status, err = await self._ack(number, form.get("by"))
         if status != 200:
             return self._html(render.page(str(status), f"<p>{esc(err)}</p>", self.lang), status)
@@ -362,9 +459,15 @@ class App:
 
     async def api_sites(self, request: web.Request) -> web.Response:
         if not self.fleet:
-            return web.json_response([{"site_id": self.source.config.site_id,
-                                       "counts": self._summary(),
-                                       "gateway": self.source.health()}])
+            return web.json_response(
+                [
+                    {
+                        "site_id": self.source.config.site_id,
+                        "counts": self._summary(),
+                        "gateway": self.source.health(),
+                    }
+                ]
+            )
         return web.json_response(self.source.sites(time.time()))
 
     async def api_devices(self, request: web.Request) -> web.Response:
@@ -372,7 +475,8 @@ class App:
         state = q.get("state", "")
         if state and state not in (*STATES, "unknown"):
             return web.json_response(
-                {"error": f"state must be one of {', '.join((*STATES, 'unknown'))}"}, status=400)
+                {"error": f"state must be one of {', '.join((*STATES, 'unknown'))}"}, status=400
+            )
         return web.json_response(self._rows(q))
 
     async def api_device(self, request: web.Request) -> web.Response:
@@ -425,8 +529,9 @@ class App:
             raise web.HTTPMethodNotAllowed("POST", [])
         form = await request.post()
         if not _authorized(request, self.source.token, form):
-            return self._html(render.page("401", "<p>token required / ต้องใช้โทเคน</p>",
-                                          self.lang), 401)
+            return self._html(
+                render.page("401", "<p>token required / ต้องใช้โทเคน</p>", self.lang), 401
+            )
         return form
 
     def _known(self, device_id: str) -> bool:
@@ -457,16 +562,21 @@ class App:
         raise web.HTTPSeeOther(f"/device/{device_id}")
 
     async def static_js(self, request: web.Request) -> web.Response:
-        return web.Response(text=render.JS, content_type="application/javascript",
-                            headers={"Cache-Control": "max-age=3600"})
+        return web.Response(
+            text=render.JS,
+            content_type="application/javascript",
+            headers={"Cache-Control": "max-age=3600"},
+        )
 
     async def static_css(self, request: web.Request) -> web.Response:
-        return web.Response(text=render.CSS, content_type="text/css",
-                            headers={"Cache-Control": "max-age=3600"})
+        return web.Response(
+            text=render.CSS, content_type="text/css", headers={"Cache-Control": "max-age=3600"}
+        )
 
 
-async def start_site(source: Any, host: str | None = None, port: int | None = None,
-                     lang: str | None = None) -> tuple[web.AppRunner, int]:
+async def start_site(
+    source: Any, host: str | None = None, port: int | None = None, lang: str | None = None
+) -> tuple[web.AppRunner, int]:
     """Serve ``source`` in the running event loop; returns the runner and the bound port."""
     cfg = getattr(source, "config", None)
     status = getattr(cfg, "status", None)

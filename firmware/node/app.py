@@ -4,14 +4,16 @@
 # RAM: an ESP32 without PSRAM has ~100 KB of heap for everything. Modules needed only now and
 # then (config, state, board, status, commands, selftest) are imported, used and unloaded
 # (use()/drop()), so their code does not sit in RAM between uses.
+import asyncio
 import gc
+import json
 import os
 import sys
-import json
-import asyncio
+
 import machine
-import node
 from micropython import const
+
+import node
 from node import FW, clock
 
 _WINDOW = const(8)  # readings in flight (published, custody not yet confirmed)
@@ -99,7 +101,11 @@ class App:
         # by startup.make_link): the gateway knows it as soon as it subscribes, also when it
         # starts after the node, and puts it on the observations.
         return '{"v":1,"device_id":"%s","state":"%s","boot":%d,"fw":"%s"%s}' % (
-            self.device_id, state, self.boot, FW, self.place
+            self.device_id,
+            state,
+            self.boot,
+            FW,
+            self.place,
         )
 
     # --- readings ---

@@ -3,6 +3,7 @@
 # drivers get bus objects (house style 1). A driver that fails bring-up raises OSError naming
 # the chip; the caller counts it and retries later.
 import json
+
 import machine
 
 PATH = "board.json"

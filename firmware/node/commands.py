@@ -6,8 +6,9 @@
 # ack for App.on_connect.
 # Few new short names (each is interned for good, and water is near a qstr pool step: docs
 # firmware.md "Heap"): the ack is one long format string, not a dict.
-import json
 import asyncio
+import json
+
 from micropython import const
 
 _CMDS = const(("set", "reboot", "identify", "status"))

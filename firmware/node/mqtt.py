@@ -10,6 +10,7 @@
 # packets are read into a fixed bytearray (oversized ones are drained and dropped).
 import asyncio
 import struct
+
 from micropython import const
 
 try:

@@ -1,8 +1,10 @@
 # WiFi station: associate, stay associated, and set the clock by NTP once the network is up.
 # A lost association clears app.net_up, which stops MQTT connection attempts until it is back.
 import asyncio
+
 import network
 from micropython import const
+
 from node import clock
 
 _ASSOC_TIMEOUT_MS = const(20000)

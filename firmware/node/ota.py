@@ -97,7 +97,7 @@ def _key(kid):
             if not line:
                 return None
             if line.startswith(kid + " "):
-                return int(line[len(kid) + 1:].strip(), 16)
+                return int(line[len(kid) + 1 :].strip(), 16)
 
 
 def _signed(kid, sig, digest):
@@ -243,8 +243,15 @@ def _file(src, slot, size, digest, path):
             n += 1
     if n != size or _hexdigest(h) != digest:
         os.remove(part)
-        raise Refused("%s: %s" % (path, "size %d, manifest says %d" % (n, size) if n != size
-                                  else "SHA-256 does not match the manifest"))
+        raise Refused(
+            "%s: %s"
+            % (
+                path,
+                "size %d, manifest says %d" % (n, size)
+                if n != size
+                else "SHA-256 does not match the manifest",
+            )
+        )
     os.rename(part, dst)
     return size
 
@@ -298,12 +305,22 @@ def _install(src, board, kind):
             count += 1
             total += size
     if count != head.get("files") or total != head.get("total"):
-        raise Refused("manifest lists %d files, %d bytes; header says %s, %s"
-                      % (count, total, head.get("files"), head.get("total")))
-    otaslot.save({"slot": slot, "ver": head["version"], "prev": st.get("slot", ""),
-                  "pver": st.get("ver", 0), "probation": True, "boots": 0,
-                  "bad": st.get("bad", []), "last": {"state": "installed",
-                                                     "ver": head["version"]}})
+        raise Refused(
+            "manifest lists %d files, %d bytes; header says %s, %s"
+            % (count, total, head.get("files"), head.get("total"))
+        )
+    otaslot.save(
+        {
+            "slot": slot,
+            "ver": head["version"],
+            "prev": st.get("slot", ""),
+            "pver": st.get("ver", 0),
+            "probation": True,
+            "boots": 0,
+            "bad": st.get("bad", []),
+            "last": {"state": "installed", "ver": head["version"]},
+        }
+    )
     return head["version"]
 
 
@@ -311,8 +328,13 @@ def healthy():
     """The running slot sampled, connected and got a custody ack: end its probation."""
     st = otaslot.load()
     if st.get("probation"):
-        st = {"slot": st["slot"], "ver": st["ver"], "prev": st.get("prev", ""),
-              "pver": st.get("pver", 0), "bad": st.get("bad", []),
-              "last": {"state": "healthy", "ver": st["ver"], "boots": st.get("boots", 0)}}
+        st = {
+            "slot": st["slot"],
+            "ver": st["ver"],
+            "prev": st.get("prev", ""),
+            "pver": st.get("pver", 0),
+            "bad": st.get("bad", []),
+            "last": {"state": "healthy", "ver": st["ver"], "boots": st.get("boots", 0)},
+        }
         otaslot.save(st)
     return st

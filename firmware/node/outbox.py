@@ -14,9 +14,10 @@
 # records in RAM, flush() writes the staged batch with one seek/write per slot and one sync.
 import json
 import os
-import sys
 import struct
+import sys
 from binascii import crc32
+
 from micropython import const
 
 _SLOT = const(512)

@@ -5,7 +5,6 @@
 # A reading goes out on every state change, and every heartbeat_s without one.
 import math
 
-
 NAMES = {"qmc5883l": ("mag_x", "mag_y", "mag_z")}  # driver -> its channels (node.sensors)
 
 UNITS = {  # channel: (SenML unit, decimals kept)

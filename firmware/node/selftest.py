@@ -1,8 +1,9 @@
 # Self-test for `cityedge node verify` (run over the raw REPL: `import node.selftest as t;
 # t.run()`): read every sensor once, check WiFi and the MQTT broker with short timeouts, and
 # print ONE line `SELFTEST {json}` (format in docs/firmware.md). Never raises.
-import json
 import asyncio
+import json
+
 from node import FW
 
 _WIFI_TIMEOUT_MS = 10000
@@ -91,8 +92,8 @@ async def _mqtt(cfg):
 
 
 async def _run():
-    from node import config
     from node import board as _b
+    from node import config
 
     cfg, cerr = config.load()
     if not config.valid_device_id(cfg["device_id"]):

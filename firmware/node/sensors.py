@@ -2,6 +2,7 @@
 # `out` (absent on error: never a made-up value); the drivers count their own errors.
 # Bring-up lives in node.board, which is unloaded after boot.
 import asyncio
+
 from micropython import const
 
 _RETRY_EVERY = const(30)  # samples between re-tries of a sensor that failed bring-up

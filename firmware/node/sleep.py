@@ -3,9 +3,11 @@
 # radio (WiFi association ~4 s and ~300 mC, anchors.md) when a batch is due (batch_s), a
 # reading is an alarm, or the outbox is half full. Then store the state and sleep again.
 # RTC slow memory survives deep sleep but not a power cut: a power-on is a new boot.
-import json
 import asyncio
+import json
+
 import machine
+
 from node import clock
 
 _FILE = "data/sleep.json"  # when the state does not fit in RTC memory (2 KB on the ESP32)
@@ -165,7 +167,8 @@ def _unload_sampling(app):
     """This wake has sampled: give the sensor code's RAM to the radio phase (WiFi, MQTT).
     The status still reports the sensors' error counts, taken now."""
     import sys
-    from node.app import use, drop
+
+    from node.app import drop, use
 
     app.errors_snapshot = use("status").sensor_errors(app)
     drop("status")

@@ -2,10 +2,12 @@
 # the node runs: load and validate the config (safe mode on error), the board file, the outbox,
 # a new boot id, the sensors and the kind, and the MQTT link object.
 import json
+
 import machine
 from micropython import const
+
 from node import clock
-from node.app import use, drop, log
+from node.app import drop, log, use
 
 _RESETS = const(("other", "power_on", "hard_reset", "watchdog", "deep_sleep", "soft_reset"))
 _ROOT = const("cityedge/v1/node/")

@@ -1,6 +1,7 @@
 # Status / heartbeat message (contract schema node_status).
 import gc
 import json
+
 from node import FW, clock
 
 

@@ -3,6 +3,7 @@
 # while the level is at/above the warning level or rising fast (alarm: true), so a riverside
 # community is warned within one sample period instead of one report period.
 from array import array
+
 from node.filters import Window, const
 
 CHANNELS = ("distance", "air_temp", "pressure", "baro")

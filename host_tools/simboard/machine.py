@@ -5,10 +5,10 @@
 # restarts it with the matching reset cause, like the chip would. Everything the firmware
 # rarely needs loads on first use (__getattr__ below): on an ESP32 this module is in ROM and
 # costs no heap, here every function does.
-from micropython import const
+import time
 
 import sim_link as _link
-import time
+from micropython import const
 
 # machine.reset_cause() values on an ESP32 (ports/esp32/modmachine.c).
 PWRON_RESET = 1
@@ -54,7 +54,7 @@ def unique_id():
         h = "240ac4000001"
     b = bytearray(6)
     for i in range(6):
-        b[i] = int(h[2 * i:2 * i + 2], 16)
+        b[i] = int(h[2 * i : 2 * i + 2], 16)
     return bytes(b)
 
 
@@ -82,7 +82,12 @@ class Pin:
     def __init__(self, id, mode=-1, pull=-1, *, value=None, drive=None, hold=None):
         if isinstance(id, Pin):
             id = id.id
-        if not isinstance(id, int) or not 0 <= id <= 39 or 6 <= id <= 11 or id in (20, 24, 28, 29, 30, 31):
+        if (
+            not isinstance(id, int)
+            or not 0 <= id <= 39
+            or 6 <= id <= 11
+            or id in (20, 24, 28, 29, 30, 31)
+        ):
             raise ValueError("invalid pin")
         self.id = id
         self._mode = -1
@@ -157,8 +162,14 @@ def time_pulse_us(pin, pulse_level, timeout_us=1000000):
 
 
 _LAZY = {
-    "UART": "sim_uart", "I2C": "sim_i2c", "SoftI2C": "sim_i2c", "ADC": "sim_adc",
-    "PWM": "sim_pwm", "Signal": "sim_pwm", "RTC": "sim_rtc", "WDT": "sim_rtc",
+    "UART": "sim_uart",
+    "I2C": "sim_i2c",
+    "SoftI2C": "sim_i2c",
+    "ADC": "sim_adc",
+    "PWM": "sim_pwm",
+    "Signal": "sim_pwm",
+    "RTC": "sim_rtc",
+    "WDT": "sim_rtc",
 }
 
 

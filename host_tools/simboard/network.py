@@ -55,6 +55,7 @@ class WLAN:
 
     def _init(self, interface):
         import json
+
         import machine
 
         try:
@@ -109,7 +110,10 @@ class WLAN:
             print("sim: WiFi link lost (beacon timeout)")
             self._status = STAT_BEACON_TIMEOUT
             return
-        if s == STAT_CONNECTING and time.ticks_diff(time.ticks_ms(), self._t_assoc) >= self._assoc_ms:
+        if (
+            s == STAT_CONNECTING
+            and time.ticks_diff(time.ticks_ms(), self._t_assoc) >= self._assoc_ms
+        ):
             if self._fail or _down() or (self._ap_ssid is not None and self._ssid != self._ap_ssid):
                 self._status = STAT_NO_AP_FOUND
             else:
@@ -148,8 +152,17 @@ class WLAN:
                     self._pm = v
                 elif k == "txpower":
                     self._txpower = v
-                elif k in ("reconnects", "channel", "ssid", "essid", "key", "security",
-                           "max_clients", "hidden", "protocol"):
+                elif k in (
+                    "reconnects",
+                    "channel",
+                    "ssid",
+                    "essid",
+                    "key",
+                    "security",
+                    "max_clients",
+                    "hidden",
+                    "protocol",
+                ):
                     pass
                 else:
                     raise ValueError("unknown config param")

@@ -84,13 +84,18 @@ def _diurnal(h):
 
 def _bump(h, centre, width):
     d = (h - centre + 12.0) % 24.0 - 12.0
-    return exp(-(d / width) ** 2)
+    return exp(-((d / width) ** 2))
 
 
 def pm_daily(h):
     """Daily multiplier: rush-hour peaks, the night inversion, the deep afternoon mixed layer."""
-    return (0.85 + 0.45 * _bump(h, 8.0, 1.6) + 0.55 * _bump(h, 20.0, 2.5)
-            + 0.2 * _bump(h, 2.0, 3.0) - 0.35 * _bump(h, 15.0, 2.5))
+    return (
+        0.85
+        + 0.45 * _bump(h, 8.0, 1.6)
+        + 0.55 * _bump(h, 20.0, 2.5)
+        + 0.2 * _bump(h, 2.0, 3.0)
+        - 0.35 * _bump(h, 15.0, 2.5)
+    )
 
 
 def _atm(cf1):
@@ -113,8 +118,11 @@ _K1_S = 23.9345 * 3600.0
 
 
 def tide(t):
-    return (0.22 * cos(_TWO_PI * t / _M2_S) + 0.08 * cos(_TWO_PI * t / _S2_S + 1.0)
-            + 0.12 * cos(_TWO_PI * t / _K1_S + 2.0))
+    return (
+        0.22 * cos(_TWO_PI * t / _M2_S)
+        + 0.08 * cos(_TWO_PI * t / _S2_S + 1.0)
+        + 0.12 * cos(_TWO_PI * t / _K1_S + 2.0)
+    )
 
 
 def _surge(age_s, rise_m, rise_s, recede_s):
@@ -130,15 +138,48 @@ def _surge(age_s, rise_m, rise_s, recede_s):
 
 _BAY_W = 900.0  # s: occupancy is decided per 15-minute window
 # Chance that the bay is taken, by local hour (a school/town car park, busy 08-17).
-_P_BAY = (0.08, 0.06, 0.05, 0.05, 0.05, 0.08, 0.2, 0.55, 0.8, 0.85, 0.85, 0.8,
-          0.75, 0.8, 0.85, 0.8, 0.7, 0.55, 0.45, 0.35, 0.25, 0.18, 0.12, 0.1)
+_P_BAY = (
+    0.08,
+    0.06,
+    0.05,
+    0.05,
+    0.05,
+    0.08,
+    0.2,
+    0.55,
+    0.8,
+    0.85,
+    0.85,
+    0.8,
+    0.75,
+    0.8,
+    0.85,
+    0.8,
+    0.7,
+    0.55,
+    0.45,
+    0.35,
+    0.25,
+    0.18,
+    0.12,
+    0.1,
+)
 _RAMP_S = 8.0  # a car rolls over the sensor in a few seconds
 
 # -- battery ------------------------------------------------------------------------------------
 
 # Li-ion open-circuit voltage by state of charge (typical 18650 discharge curve at 0.2 C).
-_OCV = ((0.0, 3.0), (0.05, 3.45), (0.1, 3.6), (0.2, 3.7), (0.4, 3.78), (0.6, 3.88),
-        (0.8, 4.0), (0.95, 4.12), (1.0, 4.2))
+_OCV = (
+    (0.0, 3.0),
+    (0.05, 3.45),
+    (0.1, 3.6),
+    (0.2, 3.7),
+    (0.4, 3.78),
+    (0.6, 3.88),
+    (0.8, 4.0),
+    (0.95, 4.12),
+    (1.0, 4.2),
+)
 
 
 def battery(soc, current_ma=0.0):
@@ -297,8 +338,12 @@ class Model:
         cf1 = cf25 * ratio1
         cf10 = cf25 * ratio10
         return {
-            "pm1_cf1": cf1, "pm25_cf1": cf25, "pm10_cf1": cf10,
-            "pm1": _atm(cf1), "pm25": _atm(cf25), "pm10": _atm(cf10),
+            "pm1_cf1": cf1,
+            "pm25_cf1": cf25,
+            "pm10_cf1": cf10,
+            "pm1": _atm(cf1),
+            "pm25": _atm(cf25),
+            "pm10": _atm(cf10),
             "true_pm25": true,
         }
 
@@ -319,8 +364,12 @@ class Model:
                 lv += _surge(t - ev[0], 0.008 * depth, 3.0 * 3600.0, 12.0 * 3600.0)
         for kind, at, e in self.events:
             if kind == "flash_flood":
-                lv += _surge(t - at, float(e.get("rise_m", 1.5)), float(e.get("rise_s", 1200.0)),
-                             float(e.get("recede_s", 6.0 * 3600.0)))
+                lv += _surge(
+                    t - at,
+                    float(e.get("rise_m", 1.5)),
+                    float(e.get("rise_s", 1200.0)),
+                    float(e.get("recede_s", 6.0 * 3600.0)),
+                )
         return lv
 
     def canal(self, t):
@@ -357,9 +406,11 @@ class Model:
         hd = self.heading_deg if self.heading_deg is not None else 360.0 * self.rand(0, 50)
         a = hd * pi / 180.0
         off = 3.0  # hard-iron offset of the chip and mount, +-3 uT per axis
-        return (40.0 * cos(a) + off * (2.0 * self.rand(1, 50) - 1.0),
-                -40.0 * sin(a) + off * (2.0 * self.rand(2, 50) - 1.0),
-                -13.0 + off * (2.0 * self.rand(3, 50) - 1.0))
+        return (
+            40.0 * cos(a) + off * (2.0 * self.rand(1, 50) - 1.0),
+            -40.0 * sin(a) + off * (2.0 * self.rand(2, 50) - 1.0),
+            -13.0 + off * (2.0 * self.rand(3, 50) - 1.0),
+        )
 
     def car_vector(self, session):
         # A parked car's steel distorts the field by 25-65 uT (0.25-0.65 G, calibration-reference

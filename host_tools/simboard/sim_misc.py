@@ -1,7 +1,6 @@
 # The rarely used parts of the simulated `machine` module, loaded on first use: sleep
 # variants, clock frequency, IRQ masking, wake reasons, soft reset and raw memory access.
 import sys
-
 import time
 
 _saved = sys.path[:]

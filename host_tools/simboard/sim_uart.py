@@ -1,8 +1,8 @@
 # machine.UART of the simulated board: bytes go to the fake device on that bus (sim_link).
+import time
 from binascii import hexlify, unhexlify
 
 import sim_link as _link
-import time
 
 
 def _pin_id(p):
@@ -15,8 +15,20 @@ class UART:
     RTS = 1
     CTS = 2
 
-    def __init__(self, id, baudrate=115200, bits=8, parity=None, stop=1, *, tx=None, rx=None,
-                 timeout=0, timeout_char=0, **kw):
+    def __init__(
+        self,
+        id,
+        baudrate=115200,
+        bits=8,
+        parity=None,
+        stop=1,
+        *,
+        tx=None,
+        rx=None,
+        timeout=0,
+        timeout_char=0,
+        **kw,
+    ):
         if id not in (0, 1, 2):
             raise ValueError("UART(%d) doesn't exist" % id)
         self.id = id

@@ -42,16 +42,29 @@ def _top_level(name: str, rule: str) -> list[str]:
     return [k for k, v in props.items() if rule in v]
 
 
-DATE_FIELDS = [(n, f) for n in contract.SCHEMA_NAMES for f in _top_level(n, "format")
-               if contract.schema(n)["properties"][f]["format"] == "date-time"]
-ID_FIELDS = [(n, f) for n in contract.SCHEMA_NAMES for f in _top_level(n, "pattern")
-             if isinstance(contract.example(n).get(f), str)]
+DATE_FIELDS = [
+    (n, f)
+    for n in contract.SCHEMA_NAMES
+    for f in _top_level(n, "format")
+    if contract.schema(n)["properties"][f]["format"] == "date-time"
+]
+ID_FIELDS = [
+    (n, f)
+    for n in contract.SCHEMA_NAMES
+    for f in _top_level(n, "pattern")
+    if isinstance(contract.example(n).get(f), str)
+]
 
 
 def test_the_six_date_time_fields_are_all_found() -> None:
-    assert {("alert", "t"), ("deadletter", "t"), ("device_status", "last_seen"),
-            ("gateway_health", "t"), ("observation", "phenomenon_time"),
-            ("observation", "received_time")} <= set(DATE_FIELDS)
+    assert {
+        ("alert", "t"),
+        ("deadletter", "t"),
+        ("device_status", "last_seen"),
+        ("gateway_health", "t"),
+        ("observation", "phenomenon_time"),
+        ("observation", "received_time"),
+    } <= set(DATE_FIELDS)
 
 
 @pytest.mark.parametrize(("name", "field"), DATE_FIELDS)
@@ -120,9 +133,21 @@ def ajv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("node/npm not installed: the ajv cross-check needs them (Debian: nodejs npm)")
     where = tmp_path_factory.mktemp("ajv")
     out = subprocess.run(
-        [npm, "install", "--no-audit", "--no-fund", "--silent", "--prefix", str(where),
-         "ajv@8", "ajv-formats@3"],
-        capture_output=True, text=True, timeout=180, check=False,
+        [
+            npm,
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+            "--prefix",
+            str(where),
+            "ajv@8",
+            "ajv-formats@3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     if out.returncode != 0:
         pytest.skip(f"npm could not install ajv (offline registry?): {out.stderr.strip()[-300:]}")
@@ -159,14 +184,20 @@ def test_ajv_strict_mode_compiles_every_schema_and_agrees_on_the_verdicts(
     schemas = Path(contract.__file__).parent
     out = subprocess.run(
         ["node", str(script), str(schemas), str(tmp_path / "cases.json")],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
         env={"NODE_PATH": str(ajv_dir / "node_modules"), "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr[-2000:]  # strict mode refuses a schema by throwing
     verdicts = json.loads(out.stdout)
     assert all(verdicts[: len(contract.SCHEMA_NAMES)]), "ajv rejects a shipped example"
-    disagree = [(c[0], json.dumps(c[1])[:200], e) for c, v, e in
-                zip(cases, verdicts, expected, strict=True) if v != e]
+    disagree = [
+        (c[0], json.dumps(c[1])[:200], e)
+        for c, v, e in zip(cases, verdicts, expected, strict=True)
+        if v != e
+    ]
     assert not disagree, disagree
     assert expected.count(False) > len(BAD_DATE_TIMES)  # the bad cases were there and refused
 

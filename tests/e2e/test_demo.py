@@ -33,7 +33,15 @@ def _processes_under(directory: Path) -> list[int]:
 def _demo(tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, COLUMNS="160", TERM="dumb")
     return subprocess.Popen(
-        [sys.executable, "-m", "host_tools.cli", "demo", "--workdir", str(tmp_path / "demo"), *args],
+        [
+            sys.executable,
+            "-m",
+            "host_tools.cli",
+            "demo",
+            "--workdir",
+            str(tmp_path / "demo"),
+            *args,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -38,7 +38,9 @@ class Integrator:
         self.messages: list[tuple[str, dict[str, Any]]] = []
         self.raw: list[tuple[str, bytes]] = []
         self._lock = threading.Lock()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"integrator-{os.getpid()}")
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"integrator-{os.getpid()}"
+        )
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.connect(broker.host, broker.port)
@@ -52,7 +54,9 @@ class Integrator:
             except ValueError:
                 pass
 
-    def wait(self, predicate: Callable[[list[tuple[str, dict[str, Any]]]], bool], timeout_s: float) -> bool:
+    def wait(
+        self, predicate: Callable[[list[tuple[str, dict[str, Any]]]], bool], timeout_s: float
+    ) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
@@ -94,13 +98,15 @@ intercept = 1.5
     return path
 
 
-def _gateway_config(tmp_path: Path, local: MosquittoBroker, upstream: MosquittoBroker, records: Path) -> Path:
+def _gateway_config(
+    tmp_path: Path, local: MosquittoBroker, upstream: MosquittoBroker, records: Path
+) -> Path:
     path = tmp_path / "gateway.toml"
     path.write_text(
         f"""
 gateway_id = "{GATEWAY}"
 site_id = "{SITE}"
-data_dir = "{tmp_path / 'gw-data'}"
+data_dir = "{tmp_path / "gw-data"}"
 
 [location]
 lat = 16.4419
@@ -154,8 +160,12 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Pope
             proc.stdout.close()
 
 
-def _observations(messages: list[tuple[str, dict[str, Any]]], device_id: str) -> list[dict[str, Any]]:
-    return [m for t, m in messages if t.endswith("/observation") and m.get("device_id") == device_id]
+def _observations(
+    messages: list[tuple[str, dict[str, Any]]], device_id: str
+) -> list[dict[str, Any]]:
+    return [
+        m for t, m in messages if t.endswith("/observation") and m.get("device_id") == device_id
+    ]
 
 
 def test_readings_flow_from_firmware_through_gateway_to_platform(
@@ -164,7 +174,14 @@ def test_readings_flow_from_firmware_through_gateway_to_platform(
     upstream_broker: MosquittoBroker,
     gateway_process: Callable[[Path], subprocess.Popen[bytes]],
 ) -> None:
-    node = SimNode("air", broker=local_broker.address, speed=30, seed=4242, flash_dir=tmp_path / "node", site_id=SITE)
+    node = SimNode(
+        "air",
+        broker=local_broker.address,
+        speed=30,
+        seed=4242,
+        flash_dir=tmp_path / "node",
+        site_id=SITE,
+    )
     records = _records(tmp_path, node.device_id)
     registry = Registry.load(records)
     integrator = Integrator(upstream_broker, f"{contract.ROOT}/site/{SITE}/#")
@@ -173,7 +190,9 @@ def test_readings_flow_from_firmware_through_gateway_to_platform(
     try:
         node.start()
         want = 6
-        ok = integrator.wait(lambda ms: len(_observations(ms, node.device_id)) >= want, timeout_s=90)
+        ok = integrator.wait(
+            lambda ms: len(_observations(ms, node.device_id)) >= want, timeout_s=90
+        )
         assert ok, "no observations reached the platform; node log:\n" + "\n".join(node.log[-30:])
 
         # Garbage on the node's topic is refused with a reason and does not stop the gateway.
@@ -194,9 +213,9 @@ def test_readings_flow_from_firmware_through_gateway_to_platform(
             contract.validate("deadletter", m)
 
         seen = len(_observations(integrator.snapshot(), node.device_id))
-        assert integrator.wait(lambda ms: len(_observations(ms, node.device_id)) >= seen + 3, timeout_s=60), (
-            "the gateway stopped forwarding after bad input"
-        )
+        assert integrator.wait(
+            lambda ms: len(_observations(ms, node.device_id)) >= seen + 3, timeout_s=60
+        ), "the gateway stopped forwarding after bad input"
         assert gateway.poll() is None, "the gateway process exited"
     finally:
         node.stop()
@@ -232,7 +251,15 @@ def test_readings_flow_from_firmware_through_gateway_to_platform(
 
 def test_gateway_config_errors_name_the_key_and_exit_non_zero(tmp_path: Path) -> None:
     missing = subprocess.run(
-        [sys.executable, "-m", "host_tools.cli", "gateway", "run", "--config", str(tmp_path / "nope.toml")],
+        [
+            sys.executable,
+            "-m",
+            "host_tools.cli",
+            "gateway",
+            "run",
+            "--config",
+            str(tmp_path / "nope.toml"),
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -14,6 +14,7 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
         sys.path.insert(0, str(_p))
 
 import fakes
+
 from drivers import bme280, qmc5883l, sht3x
 
 

@@ -13,6 +13,7 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
         sys.path.insert(0, str(_p))
 
 import fakes
+
 from drivers import pms5003
 
 AIR = {"pm1": 7.0, "pm25": 18.0, "pm10": 31.0}

@@ -18,6 +18,7 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
         sys.path.insert(0, str(_p))
 
 import fakes
+
 from drivers import bme280, pms5003, qmc5883l, sht3x, ultrasonic, ultrasonic_pulse
 
 FAST = settings(max_examples=300, deadline=None)

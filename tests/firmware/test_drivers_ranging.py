@@ -13,6 +13,7 @@ for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
         sys.path.insert(0, str(_p))
 
 import fakes
+
 from drivers import battery, pressure, ultrasonic, ultrasonic_pulse
 
 

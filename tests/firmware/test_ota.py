@@ -31,10 +31,13 @@ BLOCKS = 64  # 256 KB of flash
 
 
 def _abi_and_version() -> tuple[str, str]:
-    code = ("import sys; m=sys.implementation._mpy; v=sys.implementation.version;"
-            "print('%d.%d %d.%d.%d' % (m & 255, (m >> 8) & 3, v[0], v[1], v[2]))")
-    out = subprocess.run([micropython(), "-c", code],
-                         capture_output=True, text=True, check=True).stdout.split()
+    code = (
+        "import sys; m=sys.implementation._mpy; v=sys.implementation.version;"
+        "print('%d.%d %d.%d.%d' % (m & 255, (m >> 8) & 3, v[0], v[1], v[2]))"
+    )
+    out = subprocess.run(
+        [micropython(), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     return out[0], out[1]
 
 
@@ -72,8 +75,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return out
 
 
-def files_for(version: int, n: int = 4, size: int = 1500,
-              installer: bool = True) -> dict[str, bytes]:
+def files_for(
+    version: int, n: int = 4, size: int = 1500, installer: bool = True
+) -> dict[str, bytes]:
     """probe.py (says the version), the installer itself (each version carries its own: the
     running slot's node.ota installs the next) and `n` filler modules."""
     node = HARNESS_DIR[1] / "node"
@@ -87,14 +91,24 @@ def files_for(version: int, n: int = 4, size: int = 1500,
     return files
 
 
-def make_bundle(root: Path, version: int, key: Path, files: dict[str, bytes] | None = None,
-                **header: Any) -> Path:
+def make_bundle(
+    root: Path, version: int, key: Path, files: dict[str, bytes] | None = None, **header: Any
+) -> Path:
     abi, mp = _abi_and_version()
     files = files if files is not None else files_for(version)
-    head = {"v": 1, "version": version, "label": f"test-{version}", "abi": abi, "min_mp": mp,
-            "kinds": ["air", "water"], "boards": ["sim"], "files": len(files),
-            "total": sum(len(d) for d in files.values()), "created": "2026-12-03T00:00:00Z",
-            "downgrade": False}
+    head = {
+        "v": 1,
+        "version": version,
+        "label": f"test-{version}",
+        "abi": abi,
+        "min_mp": mp,
+        "kinds": ["air", "water"],
+        "boards": ["sim"],
+        "files": len(files),
+        "total": sum(len(d) for d in files.values()),
+        "created": "2026-12-03T00:00:00Z",
+        "downgrade": False,
+    }
     head.update(header)
     _, kid = release.sign_bytes(key, b"")
     head.setdefault("key", kid)
@@ -116,10 +130,22 @@ class Node:
 
     def run(self, *ops: str | Path | int, cut: int = 0, heap: str = HEAP) -> list[dict[str, Any]]:
         proc = subprocess.run(
-            [micropython(), "-X", f"heapsize={heap}", "-m", "ota_node", str(self.image), str(cut),
-             *map(str, ops)],
-            capture_output=True, text=True, timeout=120, check=False,
-            env={"MICROPYPATH": f"{self.tree}:{self.harness}"})
+            [
+                micropython(),
+                "-X",
+                f"heapsize={heap}",
+                "-m",
+                "ota_node",
+                str(self.image),
+                str(cut),
+                *map(str, ops),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={"MICROPYPATH": f"{self.tree}:{self.harness}"},
+        )
         lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
         if cut:
             assert proc.returncode == -9, (proc.returncode, proc.stdout, proc.stderr)
@@ -137,8 +163,9 @@ def fresh(tree: Path, tmp: Path, keys: dict[str, Any], name: str = "flash.img") 
     return node
 
 
-def test_install_switches_slot_and_probation_ends_healthy(tree: Path, tmp_path: Path,
-                                                          keys: dict[str, Any]) -> None:
+def test_install_switches_slot_and_probation_ends_healthy(
+    tree: Path, tmp_path: Path, keys: dict[str, Any]
+) -> None:
     node = fresh(tree, tmp_path, keys)
     assert node.boot()["probe"] == 0
     b1 = make_bundle(tmp_path, 1, keys["k1"])
@@ -155,8 +182,9 @@ def test_install_switches_slot_and_probation_ends_healthy(tree: Path, tmp_path: 
     assert st["probe"] == 2 and st["state"]["slot"] == "b" and st["state"]["prev"] == "a"
 
 
-def test_rollback_after_three_failed_boots_with_reason(tree: Path, tmp_path: Path,
-                                                       keys: dict[str, Any]) -> None:
+def test_rollback_after_three_failed_boots_with_reason(
+    tree: Path, tmp_path: Path, keys: dict[str, Any]
+) -> None:
     node = fresh(tree, tmp_path, keys)
     node.run("install", make_bundle(tmp_path, 1, keys["k1"]))
     node.boot()
@@ -203,23 +231,27 @@ def on_v2(tree: Path, keys: dict[str, Any], tmp_path_factory: pytest.TempPathFac
     return node.image
 
 
-@pytest.mark.parametrize("case, reason", [
-    ("tampered", "SHA-256 does not match"),
-    ("truncated", "size 1300, manifest says 1500"),
-    ("flipped", "SHA-256 does not match"),
-    ("flipped_manifest", "bad signature"),
-    ("unknown_key", "unknown or revoked key"),
-    ("other_manifest", "bad signature"),
-    ("older", "not newer than the installed 2"),
-    ("abi", "mpy ABI 6.1"),
-    ("board", "not for board 'sim'"),
-    ("kind", "not for kind 'air'"),
-    ("min_mp", "needs MicroPython 9.0.0"),
-    ("same", "version 2 is not newer than the installed 2"),
-    ("full", "bytes of flash"),
-])
-def test_refused_bundles_keep_the_old_version(tree: Path, tmp_path: Path, keys: dict[str, Any],
-                                              on_v2: Path, case: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("tampered", "SHA-256 does not match"),
+        ("truncated", "size 1300, manifest says 1500"),
+        ("flipped", "SHA-256 does not match"),
+        ("flipped_manifest", "bad signature"),
+        ("unknown_key", "unknown or revoked key"),
+        ("other_manifest", "bad signature"),
+        ("older", "not newer than the installed 2"),
+        ("abi", "mpy ABI 6.1"),
+        ("board", "not for board 'sim'"),
+        ("kind", "not for kind 'air'"),
+        ("min_mp", "needs MicroPython 9.0.0"),
+        ("same", "version 2 is not newer than the installed 2"),
+        ("full", "bytes of flash"),
+    ],
+)
+def test_refused_bundles_keep_the_old_version(
+    tree: Path, tmp_path: Path, keys: dict[str, Any], on_v2: Path, case: str, reason: str
+) -> None:
     node = Node(tree, tmp_path / "flash.img", HARNESS_DIR[0])
     shutil.copy(on_v2, node.image)
     ops: list[str | Path | int] = []
@@ -287,8 +319,9 @@ def _writes(node: Node, *ops: str | Path | int) -> int:
     return int(node.run(*ops)[-1]["writes"])
 
 
-def _cut_and_recover(tree: Path, base: Path, work: Path, bundle: Path, k: int,
-                     old: int, new: int) -> tuple[int, int]:
+def _cut_and_recover(
+    tree: Path, base: Path, work: Path, bundle: Path, k: int, old: int, new: int
+) -> tuple[int, int]:
     node = Node(tree, work, HARNESS_DIR[0])
     shutil.copy(base, work)
     node.run("install", bundle, cut=k)
@@ -302,23 +335,30 @@ def _cut_and_recover(tree: Path, base: Path, work: Path, bundle: Path, k: int,
     return k, st["probe"]
 
 
-def _cut_every_write(tree: Path, tmp_path: Path, base: Path, bundle: Path,
-                     old: int, new: int) -> tuple[int, dict[int, int]]:
+def _cut_every_write(
+    tree: Path, tmp_path: Path, base: Path, bundle: Path, old: int, new: int
+) -> tuple[int, dict[int, int]]:
     probe = tmp_path / "probe.img"
     shutil.copy(base, probe)
     total = _writes(Node(tree, probe, HARNESS_DIR[0]), "install", bundle)
     assert total > 20
     with ThreadPoolExecutor(2) as pool:
-        runs = list(pool.map(
-            lambda k: _cut_and_recover(tree, base, tmp_path / f"cut{k}.img", bundle, k, old, new),
-            range(1, total + 1)))
+        runs = list(
+            pool.map(
+                lambda k: _cut_and_recover(
+                    tree, base, tmp_path / f"cut{k}.img", bundle, k, old, new
+                ),
+                range(1, total + 1),
+            )
+        )
     for k in range(1, total + 1):
         (tmp_path / f"cut{k}.img").unlink()
     return total, {k: on for k, on in runs}
 
 
-def test_power_cut_at_every_write_of_an_install(tree: Path, tmp_path: Path,
-                                                keys: dict[str, Any]) -> None:
+def test_power_cut_at_every_write_of_an_install(
+    tree: Path, tmp_path: Path, keys: dict[str, Any]
+) -> None:
     """Factory (0) → 1, then 1 → 2 (the inactive slot holds an old build to clear first)."""
     node = fresh(tree, tmp_path, keys, "base.img")
     b1 = make_bundle(tmp_path, 1, keys["k1"], files=files_for(1, 3, 800, installer=False))
@@ -338,8 +378,9 @@ def test_power_cut_at_every_write_of_an_install(tree: Path, tmp_path: Path,
     assert total1 + total2 >= 200
 
 
-def test_power_cut_during_probation_and_rollback(tree: Path, tmp_path: Path,
-                                                 keys: dict[str, Any]) -> None:
+def test_power_cut_during_probation_and_rollback(
+    tree: Path, tmp_path: Path, keys: dict[str, Any]
+) -> None:
     node = fresh(tree, tmp_path, keys, "base.img")
     node.run("install", make_bundle(tmp_path, 1, keys["k1"]))
     node.boot()
@@ -358,8 +399,9 @@ def test_power_cut_during_probation_and_rollback(tree: Path, tmp_path: Path,
         assert st["probe"] == 1 and st["intact"] and st["state"]["last"]["state"] == "rolled_back"
 
 
-def test_real_firmware_bundle_installs_in_64k(tree: Path, tmp_path: Path,
-                                              keys: dict[str, Any]) -> None:
+def test_real_firmware_bundle_installs_in_64k(
+    tree: Path, tmp_path: Path, keys: dict[str, Any]
+) -> None:
     """`cityedge release build` + `sign` of firmware/, installed at -X heapsize=64k."""
     b = tmp_path / "rel"
     header = release.build_bundle(b, 5, kinds=("air",), boards=("sim",))
@@ -372,22 +414,29 @@ def test_real_firmware_bundle_installs_in_64k(tree: Path, tmp_path: Path,
     node.run("mkfs", 256, "factory", keys["list1"])
     out = node.run("install", b, "peak")
     assert out[0] == {"op": "install", "ver": 5}
-    print(f"real bundle: {head['files']} files, {head['total']} bytes; heap {out[1]['heap']}, "
-          f"lowest free at a chunk (after gc.collect) {out[1]['min_free']}")
+    print(
+        f"real bundle: {head['files']} files, {head['total']} bytes; heap {out[1]['heap']}, "
+        f"lowest free at a chunk (after gc.collect) {out[1]['min_free']}"
+    )
     assert out[1]["min_free"] > 16 * 1024
 
 
 BROKEN = {
     "raises": ("raise ValueError('broken build 2')\n", "ValueError: broken build 2"),
-    "hangs": (("import machine\n\n\ndef main():\n    machine.WDT(timeout=1000)\n"
-               "    while True:\n        pass\n"), "watchdog reset"),
+    "hangs": (
+        (
+            "import machine\n\n\ndef main():\n    machine.WDT(timeout=1000)\n"
+            "    while True:\n        pass\n"
+        ),
+        "watchdog reset",
+    ),
 }
 
 
 @pytest.mark.parametrize("how", sorted(BROKEN))
 def test_simulated_node_rolls_back_a_version_that_fails(
-        tree: Path, tmp_path: Path, keys: dict[str, Any], local_broker: MosquittoBroker,
-        how: str) -> None:
+    tree: Path, tmp_path: Path, keys: dict[str, Any], local_broker: MosquittoBroker, how: str
+) -> None:
     """The whole boot path in the simulated node (main.py, otaslot, machine.reset,
     the watchdog): version 2's node/app raises at import, or hangs so the watchdog fires;
     three boots later the factory firmware runs again and ota/boot.json says rolled_back,
@@ -405,8 +454,7 @@ def test_simulated_node_rolls_back_a_version_that_fails(
     (flash / "ota").mkdir(parents=True)
     shutil.copy(keys["list1"], flash / "ota" / "keys.txt")
     assert Node(tree, Path(f"dir:{flash}"), HARNESS_DIR[0]).run("install", bundle)[0]["ver"] == 2
-    node = SimNode("air", broker=local_broker.address, flash_dir=flash, heap=HEAP, speed=60,
-                   seed=5)
+    node = SimNode("air", broker=local_broker.address, flash_dir=flash, heap=HEAP, speed=60, seed=5)
     try:
         node.start()
         node.wait_for(r"stored \d+/\d+", timeout_s=60)

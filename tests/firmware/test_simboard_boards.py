@@ -64,19 +64,36 @@ def _broken(change: Any) -> dict[str, Any]:
         (lambda b: b["buses"]["uart2"].update(rx=21), "GPIO 21 is already used by buses.uart2.rx"),
         (lambda b: b["buses"]["uart1"].update(id=3), "buses.uart1.id: an ESP32 has uart 0..2"),
         (lambda b: b["buses"]["uart1"].update(type="spi"), "buses.uart1.type"),
-        (lambda b: b["sensors"]["air"][0].update(bus="uart9"), "sensors.air[0].bus: 'uart9' is not a bus"),
+        (
+            lambda b: b["sensors"]["air"][0].update(bus="uart9"),
+            "sensors.air[0].bus: 'uart9' is not a bus",
+        ),
         (lambda b: b["sensors"]["air"][0].update(bus="i2c0"), "pms5003 needs a uart bus"),
         (lambda b: b["sensors"]["air"][1].update(address=0x144), "address: 324 is not a 7-bit"),
         (lambda b: b["sensors"]["air"][1].pop("address"), "sensors.air[1].address: missing"),
-        (lambda b: b["sensors"]["air"][1].update(driver="dht22"), "driver: \"dht22\" is not a known driver"),
+        (
+            lambda b: b["sensors"]["air"][1].update(driver="dht22"),
+            'driver: "dht22" is not a known driver',
+        ),
         (lambda b: b["sensors"]["air"][1].update(name="pm"), "'pm' is used twice"),
         (lambda b: b["sensors"]["air"][0].update(set_pin=21), "set_pin: GPIO 21 is already used"),
         (lambda b: b["sensors"].update(traffic=[]), "sensors.traffic: unknown node kind"),
-        (lambda b: b["sensors"]["water"].append(
-            {"name": "depth", "driver": "pressure", "adc_pin": 26}), "GPIO 26 is not on ADC1"),
-        (lambda b: b["sensors"]["water"].append(
-            {"name": "r2", "driver": "hc-sr04", "trigger_pin": 36, "echo_pin": 39}), "trigger_pin: GPIO 36 is input-only"),
-        (lambda b: b.update(power={"source": "battery", "deep_sleep": True}), "power.battery: missing"),
+        (
+            lambda b: b["sensors"]["water"].append(
+                {"name": "depth", "driver": "pressure", "adc_pin": 26}
+            ),
+            "GPIO 26 is not on ADC1",
+        ),
+        (
+            lambda b: b["sensors"]["water"].append(
+                {"name": "r2", "driver": "hc-sr04", "trigger_pin": 36, "echo_pin": 39}
+            ),
+            "trigger_pin: GPIO 36 is input-only",
+        ),
+        (
+            lambda b: b.update(power={"source": "battery", "deep_sleep": True}),
+            "power.battery: missing",
+        ),
         (lambda b: b.update(power={"source": "nuclear", "deep_sleep": False}), "power.source"),
         (lambda b: b["status_led"].update(pin=True), "status_led.pin: expected a whole number"),
     ],
@@ -103,5 +120,7 @@ def test_battery_board_needs_its_figures() -> None:
 def test_sensors_of_different_kinds_may_share_pins() -> None:
     # Only one kind's sensors are attached at a time, so water and air may reuse GPIO 4.
     board = load_board("sim")
-    board["sensors"]["water"].append({"name": "r2", "driver": "hc-sr04", "trigger_pin": 4, "echo_pin": 34})
+    board["sensors"]["water"].append(
+        {"name": "r2", "driver": "hc-sr04", "trigger_pin": 4, "echo_pin": 34}
+    )
     validate_board(board)

@@ -62,8 +62,16 @@ print("board heap", gc.mem_alloc() - base)
 def node(tmp_path: Path) -> Iterator[SimNode]:
     script = tmp_path / "heap.py"
     script.write_text(SCRIPT)
-    n = SimNode("air", broker="127.0.0.1:9", board="sim-battery", main=script, seed=1,
-                sim_heap=0, flash_dir=tmp_path / "flash", wifi={"assoc_ms": 20})
+    n = SimNode(
+        "air",
+        broker="127.0.0.1:9",
+        board="sim-battery",
+        main=script,
+        seed=1,
+        sim_heap=0,
+        flash_dir=tmp_path / "flash",
+        wifi={"assoc_ms": 20},
+    )
     yield n.start()
     n.close()
 

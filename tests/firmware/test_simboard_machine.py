@@ -35,7 +35,9 @@ def run(tmp_path: Path) -> Iterator[Any]:
         path.write_text(script)
         kw.setdefault("seed", 4)
         kw.setdefault("sim_heap", 0)  # these scripts run in a 64 KB heap, board modules included
-        node = SimNode(kind, broker=NO_BROKER, main=path, flash_dir=tmp_path / f"flash{len(nodes)}", **kw)
+        node = SimNode(
+            kind, broker=NO_BROKER, main=path, flash_dir=tmp_path / f"flash{len(nodes)}", **kw
+        )
         nodes.append(node)
         return node.start()
 
@@ -46,7 +48,7 @@ def run(tmp_path: Path) -> Iterator[Any]:
 
 def _json_line(node: SimNode, tag: str, timeout_s: float = 20.0) -> Any:
     line = node.wait_for("^" + tag + " ", timeout_s)
-    return json.loads(line[len(tag) + 1:])
+    return json.loads(line[len(tag) + 1 :])
 
 
 AIR_SCRIPT = """
@@ -298,8 +300,10 @@ def test_wifi_association_rssi_outage_and_accelerated_clock(run: Any) -> None:
 
 
 def test_wifi_that_never_associates(run: Any) -> None:
-    script = ("import network, time\nw = network.WLAN(network.STA_IF)\nw.active(True)\n"
-              "w.connect('x', 'y')\ntime.sleep_ms(300)\nprint('st', w.isconnected(), w.status())\n")
+    script = (
+        "import network, time\nw = network.WLAN(network.STA_IF)\nw.active(True)\n"
+        "w.connect('x', 'y')\ntime.sleep_ms(300)\nprint('st', w.isconnected(), w.status())\n"
+    )
     node = run("water", script, wifi={"fail": True, "assoc_ms": 100})
     assert node.wait_for("^st ") == "st False 201"  # STAT_NO_AP_FOUND
 

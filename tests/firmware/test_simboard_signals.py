@@ -75,7 +75,11 @@ def test_pms_channels_keep_their_relationships() -> None:
                 assert 2 / 3 * cf1 - 1e-9 <= atm < cf1
         # The US-wide correction applied to CF=1 gives back the true value (within noise).
         if p["pm25_cf1"] > p["true_pm25"] * 0.85:
-            corrected = 0.524 * p["pm25_cf1"] / (1 + m.jitter(t, 9, 0.06)) - 0.0862 * min(w["rh"], 95) + 5.75
+            corrected = (
+                0.524 * p["pm25_cf1"] / (1 + m.jitter(t, 9, 0.06))
+                - 0.0862 * min(w["rh"], 95)
+                + 5.75
+            )
             assert corrected == pytest.approx(p["true_pm25"], rel=1e-6, abs=1e-6)
 
 
@@ -130,7 +134,9 @@ def test_canal_tide_is_semi_diurnal() -> None:
 
 def test_flash_flood_rises_fast_and_recedes() -> None:
     at = epoch("2026-09-01T03:00:00")
-    m = signals.Model({"seed": 6, "events": [{"type": "flash_flood", "at": at, "rise_m": 1.5, "rise_s": 1200}]})
+    m = signals.Model(
+        {"seed": 6, "events": [{"type": "flash_flood", "at": at, "rise_m": 1.5, "rise_s": 1200}]}
+    )
     calm = signals.Model({"seed": 6})
     before = m.canal(at - 60)["distance_m"]
     peak = m.canal(at + 1200)["distance_m"]
@@ -197,13 +203,28 @@ def test_micropython_computes_the_same_signals(tmp_path: Any) -> None:
         "    w = m.weather(t)\n"
         "    print(json.dumps([w['temp'], w['rh'], m.pm(t, w['rh'])['pm25'], m.canal(t)['distance_m'], m.bay(t)['z']]))\n"
     )
-    subprocess.run([mpy_cross(), "-o", str(tmp_path / "signals.mpy"), str(SIMBOARD / "signals.py")],
-                   check=True, timeout=60)
-    out = subprocess.run([micropython(), "-X", "heapsize=64k", str(script)], capture_output=True,
-                         text=True, timeout=60, check=False, env={"MICROPYPATH": str(tmp_path)})
+    subprocess.run(
+        [mpy_cross(), "-o", str(tmp_path / "signals.mpy"), str(SIMBOARD / "signals.py")],
+        check=True,
+        timeout=60,
+    )
+    out = subprocess.run(
+        [micropython(), "-X", "heapsize=64k", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"MICROPYPATH": str(tmp_path)},
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     m = signals.Model({"seed": 12})
     for t, line in zip(times, out.stdout.splitlines(), strict=True):
         w = m.weather(t)
-        want = [w["temp"], w["rh"], m.pm(t, w["rh"])["pm25"], m.canal(t)["distance_m"], m.bay(t)["z"]]
+        want = [
+            w["temp"],
+            w["rh"],
+            m.pm(t, w["rh"])["pm25"],
+            m.canal(t)["distance_m"],
+            m.bay(t)["z"],
+        ]
         assert json.loads(line) == pytest.approx(want, rel=1e-9)

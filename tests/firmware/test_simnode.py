@@ -47,9 +47,16 @@ def _gone(pid: int) -> bool:
 
 
 def test_config_scales_every_firmware_interval_and_keeps_identity(tmp_path: Path) -> None:
-    node = SimNode("air", broker="10.0.0.5:1884", speed=60, seed=5, username="ce-user",
-                   password="s3cret", flash_dir=tmp_path,
-                   config_overrides={"intervals": {"sample_s": 30}, "location": {"lat": 12.68}})
+    node = SimNode(
+        "air",
+        broker="10.0.0.5:1884",
+        speed=60,
+        seed=5,
+        username="ce-user",
+        password="s3cret",
+        flash_dir=tmp_path,
+        config_overrides={"intervals": {"sample_s": 30}, "location": {"lat": 12.68}},
+    )
     cfg = node.node_config()
     defaults = firmware_intervals(micropython(), str(FIRMWARE))
     assert set(cfg["intervals"]) == set(defaults), "only keys the firmware knows"
@@ -57,8 +64,14 @@ def test_config_scales_every_firmware_interval_and_keeps_identity(tmp_path: Path
     assert cfg["intervals"]["report_s"] == pytest.approx(defaults["report_s"] / 60)
     # The node reaches the broker through the launcher's relay (so WiFi drops cut the link).
     assert node.link is not None and node.link.target == ("10.0.0.5", 1884)
-    assert cfg["mqtt"] == {"host": "127.0.0.1", "port": node.link.port, "username": "ce-user",
-                           "password": "s3cret", "tls": False, "keepalive_s": 60}
+    assert cfg["mqtt"] == {
+        "host": "127.0.0.1",
+        "port": node.link.port,
+        "username": "ce-user",
+        "password": "s3cret",
+        "tls": False,
+        "keepalive_s": 60,
+    }
     direct = SimNode("air", broker="10.0.0.5:1884", seed=5, link_relay=False).node_config()
     assert (direct["mqtt"]["host"], direct["mqtt"]["port"]) == ("10.0.0.5", 1884)
     node.close()
@@ -74,8 +87,15 @@ def test_flash_dir_is_prepared_and_identity_survives_a_new_launcher(tmp_path: Pa
     script = tmp_path / "idle.py"
     script.write_text("import machine\nprint('id', machine.unique_id().hex())\n")
     flash = tmp_path / "flash"
-    with SimNode("parking", broker=BROKER, flash_dir=flash, seed=9, speed=2.0, main=script,
-                 start="2026-03-01T00:00:00Z") as node:
+    with SimNode(
+        "parking",
+        broker=BROKER,
+        flash_dir=flash,
+        seed=9,
+        speed=2.0,
+        main=script,
+        start="2026-03-01T00:00:00Z",
+    ) as node:
         assert node.wait_for("^id ") == "id " + node.mac
         first_id = node.device_id
         sim = json.loads((flash / "sim.json").read_text())
@@ -91,8 +111,10 @@ def test_flash_dir_is_prepared_and_identity_survives_a_new_launcher(tmp_path: Pa
 
 def test_stop_and_kill_leave_no_process(tmp_path: Path) -> None:
     script = tmp_path / "busy.py"
-    script.write_text("import machine, time\nmachine.WDT(timeout=60000)\nprint('up')\n"
-                      "while True:\n    time.sleep_ms(50)\n")
+    script.write_text(
+        "import machine, time\nmachine.WDT(timeout=60000)\nprint('up')\n"
+        "while True:\n    time.sleep_ms(50)\n"
+    )
     node = SimNode("air", broker=BROKER, main=script, flash_dir=tmp_path / "f")
     node.start()
     node.wait_for("^up$")
@@ -154,10 +176,29 @@ def _cli(*args: str) -> list[str]:
 
 def test_cli_runs_streams_and_stops_after_duration(tmp_path: Path) -> None:
     flash = tmp_path / "flash"
-    out = subprocess.run(_cli("--kind", "water", "--broker", BROKER, "--duration", "2", "--seed", "3",
-                              "--flash-dir", str(flash), "--speed", "30",
-                              "--flash-flood", "2026-09-01T03:00:00Z"),
-                         capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+    out = subprocess.run(
+        _cli(
+            "--kind",
+            "water",
+            "--broker",
+            BROKER,
+            "--duration",
+            "2",
+            "--seed",
+            "3",
+            "--flash-dir",
+            str(flash),
+            "--speed",
+            "30",
+            "--flash-flood",
+            "2026-09-01T03:00:00Z",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert "[sim] boot 1: power-on" in out.stdout
     assert "[sim] stopped" in out.stdout
@@ -167,12 +208,18 @@ def test_cli_runs_streams_and_stops_after_duration(tmp_path: Path) -> None:
     assert sim["events"] == [{"type": "flash_flood", "at": parse_time("2026-09-01T03:00:00Z")}]
     cfg = json.loads((flash / "config.json").read_text())
     assert cfg["kind"] == "water" and cfg["intervals"]["sample_s"] == pytest.approx(
-        firmware_intervals(micropython(), str(FIRMWARE))["sample_s"] / 30)
+        firmware_intervals(micropython(), str(FIRMWARE))["sample_s"] / 30
+    )
 
 
 def test_cli_ctrl_c_stops_the_node(tmp_path: Path) -> None:
-    proc = subprocess.Popen(_cli("--kind", "air", "--broker", BROKER, "--flash-dir", str(tmp_path / "f")),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        _cli("--kind", "air", "--broker", BROKER, "--flash-dir", str(tmp_path / "f")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.stdout is not None
     pid = None
     deadline = time.monotonic() + 30
@@ -188,8 +235,14 @@ def test_cli_ctrl_c_stops_the_node(tmp_path: Path) -> None:
 
 
 def test_cli_bad_broker_is_a_clear_error() -> None:
-    out = subprocess.run(_cli("--kind", "air", "--broker", "nowhere"), capture_output=True, text=True,
-                         timeout=60, cwd=REPO, check=False)
+    out = subprocess.run(
+        _cli("--kind", "air", "--broker", "nowhere"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
     assert out.returncode == 1
     assert "is not host:port" in out.stderr and "what to do" in out.stderr
 
@@ -230,8 +283,10 @@ def _roundtrip(sock: socket.socket, payload: bytes) -> bytes:
 
 def _assert_reset(port: int) -> None:
     # Reset during the handshake, on the first write, or (as EOF) on the first read.
-    with (pytest.raises((ConnectionResetError, BrokenPipeError)),
-          socket.create_connection(("127.0.0.1", port), timeout=2) as sock):
+    with (
+        pytest.raises((ConnectionResetError, BrokenPipeError)),
+        socket.create_connection(("127.0.0.1", port), timeout=2) as sock,
+    ):
         sock.sendall(b"CONNECT")
         if not sock.recv(10):
             raise ConnectionResetError
@@ -290,7 +345,10 @@ def test_hardware_server_answers_bad_requests_with_errors(tmp_path: Path) -> Non
     assert hw.handle("p 4 w 1") == "ok 1" and hw.handle("p 4 v") == "ok 1"
     hw.handle("u pm w 424de200000171")
     assert hw.handle("u pm a") == "ok 32"
-    hw.board = {**hw.board, "sensors": {"air": [{"name": "pm", "driver": "laser-9000", "bus": "uart1"}]}}
+    hw.board = {
+        **hw.board,
+        "sensors": {"air": [{"name": "pm", "driver": "laser-9000", "bus": "uart1"}]},
+    }
     hw.power_on()
     assert hw.handle("u pm a") == "err 5"  # no fake for that driver: EIO, not a hung node
 
@@ -321,7 +379,9 @@ def test_node_dies_with_its_launcher(tmp_path: Path) -> None:
         "print(n.pid, flush=True)\n"
         "time.sleep(600)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
     assert proc.stdout is not None
     pid = int(proc.stdout.readline())
     assert not _gone(pid)

@@ -49,7 +49,9 @@ async def wait_ready(gw: Any, timeout_s: float = 15.0, upstream: bool = True) ->
 
 
 def gateway_config(
-    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, workdir: Path,
+    local_broker: MosquittoBroker,
+    upstream_broker: MosquittoBroker,
+    workdir: Path,
     **sections: Any,
 ) -> dict[str, Any]:
     """A config dict for loopback brokers; ``sections`` are merged over the defaults."""
@@ -58,11 +60,19 @@ def gateway_config(
         "site_id": "test-site-01",
         "data_dir": str(workdir),
         "location": {"lat": 13.75, "lon": 100.5},
-        "local": {"host": local_broker.host, "port": local_broker.port, "reconnect_min_s": 0.1,
-                  "reconnect_max_s": 0.5},
-        "upstream": {"host": upstream_broker.host, "port": upstream_broker.port,
-                     "reconnect_min_s": 0.1,
-                     "reconnect_max_s": 0.5, "timeout_s": 5.0},
+        "local": {
+            "host": local_broker.host,
+            "port": local_broker.port,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5,
+        },
+        "upstream": {
+            "host": upstream_broker.host,
+            "port": upstream_broker.port,
+            "reconnect_min_s": 0.1,
+            "reconnect_max_s": 0.5,
+            "timeout_s": 5.0,
+        },
         "store": {"min_free_bytes": 0},
         "metrics": {"enabled": False},
         "health": {"interval_s": 1.0},
@@ -75,22 +85,45 @@ def gateway_config(
     return cfg
 
 
-def reading(device_id: str, kind: str, boot: int, seq: int, t: float | None = None,
-            value: float | None = None) -> dict[str, Any]:
+def reading(
+    device_id: str,
+    kind: str,
+    boot: int,
+    seq: int,
+    t: float | None = None,
+    value: float | None = None,
+) -> dict[str, Any]:
     t = time.time() if t is None else t
     if kind == "air":
         v = 20.0 + (seq % 7) if value is None else value
-        raw = {"pm25_cf1": {"v": v, "u": "ug/m3"}, "pm25_atm": {"v": v * 0.9, "u": "ug/m3"},
-               "pm10_atm": {"v": v * 1.3, "u": "ug/m3"}, "temp": {"v": 31.0, "u": "Cel"},
-               "rh": {"v": 60.0, "u": "%RH"}}
+        raw = {
+            "pm25_cf1": {"v": v, "u": "ug/m3"},
+            "pm25_atm": {"v": v * 0.9, "u": "ug/m3"},
+            "pm10_atm": {"v": v * 1.3, "u": "ug/m3"},
+            "temp": {"v": 31.0, "u": "Cel"},
+            "rh": {"v": 60.0, "u": "%RH"},
+        }
     elif kind == "water":
-        raw = {"distance": {"v": 2.5 if value is None else value, "u": "m"},
-               "air_temp": {"v": 30.0, "u": "Cel"}}
+        raw = {
+            "distance": {"v": 2.5 if value is None else value, "u": "m"},
+            "air_temp": {"v": 30.0, "u": "Cel"},
+        }
     else:
-        raw = {"occupied": {"v": bool(seq % 2) if value is None else bool(value), "u": "/"},
-               "field_delta": {"v": 12.0, "u": "uT"}}
-    return {"v": 1, "device_id": device_id, "kind": kind, "fw": "0.1.0", "boot": boot,
-            "seq": seq, "t": t, "synced": True, "raw": raw}
+        raw = {
+            "occupied": {"v": bool(seq % 2) if value is None else bool(value), "u": "/"},
+            "field_delta": {"v": 12.0, "u": "uT"},
+        }
+    return {
+        "v": 1,
+        "device_id": device_id,
+        "kind": kind,
+        "fw": "0.1.0",
+        "boot": boot,
+        "seq": seq,
+        "t": t,
+        "synced": True,
+        "raw": raw,
+    }
 
 
 @dataclass
@@ -119,9 +152,13 @@ class FakeNode:
     async def _run(self) -> None:
         while True:
             try:
-                async with aiomqtt.Client(self.broker.host, self.broker.port,
-                                          identifier=f"node-{self.device_id}",
-                                          clean_session=True, timeout=5) as client:
+                async with aiomqtt.Client(
+                    self.broker.host,
+                    self.broker.port,
+                    identifier=f"node-{self.device_id}",
+                    clean_session=True,
+                    timeout=5,
+                ) as client:
                     await client.subscribe(contract.node_topic(self.device_id, "custody"), qos=1)
                     self._client = client
                     self._connected.set()
@@ -215,9 +252,13 @@ class Platform:
     async def _run(self) -> None:
         while True:
             try:
-                async with aiomqtt.Client(self.broker.host, self.broker.port,
-                                          identifier=self.client_id, clean_session=False,
-                                          timeout=5) as client:
+                async with aiomqtt.Client(
+                    self.broker.host,
+                    self.broker.port,
+                    identifier=self.client_id,
+                    clean_session=False,
+                    timeout=5,
+                ) as client:
                     await client.subscribe(self.topic, qos=self.qos)
                     self._connected.set()
                     async for message in client.messages:

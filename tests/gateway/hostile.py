@@ -17,18 +17,53 @@ from edge_gateway import bounds, contract
 
 HUGE_INT = "1" + "0" * 400  # the integer of issue 11: valid JSON, not a double
 TOKENS = [
-    HUGE_INT, "-" + HUGE_INT, "1" + "0" * 30, "9" * 4400, "NaN", "Infinity", "-Infinity",
-    "1e400", "-1e400", "1e-400", "0." + "1" * 100, "4294967296", "-1", "1.5", "true", "null",
-    '""', '"' + "x" * 20000 + '"', '"\\ud800"', "[]", "{}", "[" * 5000 + "]" * 5000,
-    '{"a":' * 40 + "1" + "}" * 40, '"' + "\u0e01" * 3000 + '"', "[1,2,3]" * 1, '{"v":1}',
+    HUGE_INT,
+    "-" + HUGE_INT,
+    "1" + "0" * 30,
+    "9" * 4400,
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e400",
+    "-1e400",
+    "1e-400",
+    "0." + "1" * 100,
+    "4294967296",
+    "-1",
+    "1.5",
+    "true",
+    "null",
+    '""',
+    '"' + "x" * 20000 + '"',
+    '"\\ud800"',
+    "[]",
+    "{}",
+    "[" * 5000 + "]" * 5000,
+    '{"a":' * 40 + "1" + "}" * 40,
+    '"' + "\u0e01" * 3000 + '"',
+    "[1,2,3]" * 1,
+    '{"v":1}',
 ]
 
 
 def base_reading(device_id: str, seq: int, t: float = 1.7e9) -> dict[str, Any]:
-    return {"v": 1, "device_id": device_id, "kind": "air", "fw": "0.1.0", "boot": 1,
-            "seq": seq, "t": t, "synced": True, "window_s": 60, "n": 12,
-            "raw": {"pm25_atm": {"v": 12.5, "u": "ug/m3"}, "temp": {"v": 30.5, "u": "Cel"},
-                    "battery": {"v": 3.9, "u": "V"}}}
+    return {
+        "v": 1,
+        "device_id": device_id,
+        "kind": "air",
+        "fw": "0.1.0",
+        "boot": 1,
+        "seq": seq,
+        "t": t,
+        "synced": True,
+        "window_s": 60,
+        "n": 12,
+        "raw": {
+            "pm25_atm": {"v": 12.5, "u": "ug/m3"},
+            "temp": {"v": 30.5, "u": "Cel"},
+            "battery": {"v": 3.9, "u": "V"},
+        },
+    }
 
 
 def _text(body: dict[str, Any], path: tuple[str, ...], token: str) -> str:
@@ -44,8 +79,15 @@ def _text(body: dict[str, Any], path: tuple[str, ...], token: str) -> str:
 def _paths() -> list[tuple[str, ...]]:
     sch = contract.schema("reading")
     out: list[tuple[str, ...]] = [(name,) for name in sch["properties"]]
-    out += [("raw", "pm25_atm", "v"), ("raw", "pm25_atm", "u"), ("raw", "battery", "v"),
-            ("raw", "temp", "v"), ("raw", "x" * 40), ("raw", "Bad-Name"), ("extra",)]
+    out += [
+        ("raw", "pm25_atm", "v"),
+        ("raw", "pm25_atm", "u"),
+        ("raw", "battery", "v"),
+        ("raw", "temp", "v"),
+        ("raw", "x" * 40),
+        ("raw", "Bad-Name"),
+        ("extra",),
+    ]
     return out
 
 

@@ -30,13 +30,15 @@ SITE, GW = "test-site-01", "gw-test-01"
 KEEPALIVE_S = 5
 
 
-async def retained_health(broker: MosquittoBroker, timeout_s: float = 5.0,
-                          live: bool = False) -> dict[str, Any]:
+async def retained_health(
+    broker: MosquittoBroker, timeout_s: float = 5.0, live: bool = False
+) -> dict[str, Any]:
     """What a platform consumer connecting now gets: the retained gateway health (or, with
     ``live``, a live one if nothing is retained yet)."""
     topic = contract.gateway_health_topic(SITE, GW)
-    async with aiomqtt.Client(broker.host, broker.port, identifier="health-reader",
-                              clean_session=True, timeout=5) as client:
+    async with aiomqtt.Client(
+        broker.host, broker.port, identifier="health-reader", clean_session=True, timeout=5
+    ) as client:
         await client.subscribe(topic, qos=1)
         async with asyncio.timeout(timeout_s):
             async for message in client.messages:
@@ -67,8 +69,10 @@ def _ts(iso: str) -> float:
 
 def start(conf: Path, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "edge_gateway", "--config", str(conf)], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=log.open("ab"),
+        [sys.executable, "-m", "edge_gateway", "--config", str(conf)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
@@ -129,8 +133,9 @@ async def test_completeness_counts_by_sample_time_and_survives_a_restart(
     from tests.gateway.helpers import FakeNode, wait_ready
 
     local = broker_factory("local")
-    cfg = gateway_config(local, local, tmp_path, upstream={"enabled": False},
-                         inventory={"default_report_s": 600})
+    cfg = gateway_config(
+        local, local, tmp_path, upstream={"enabled": False}, inventory={"default_report_s": 600}
+    )
     dev = "ce-00000000c0de"
     now = time.time()
 
@@ -168,20 +173,27 @@ def test_demo_nodes_each_carry_their_own_location(tmp_path: Path) -> None:
     from edge_gateway.config import GatewayConfig
     from host_tools.demo import _gateway_config
 
-    nodes = [("ce-0000000000a1", "air"), ("ce-0000000000a2", "air"),
-             ("ce-0000000000b1", "water"), ("ce-0000000000c1", "parking")]
+    nodes = [
+        ("ce-0000000000a1", "air"),
+        ("ce-0000000000a2", "air"),
+        ("ce-0000000000b1", "water"),
+        ("ce-0000000000c1", "parking"),
+    ]
     broker = type("B", (), {"host": "127.0.0.1", "port": 1883})()
     (tmp_path / "r.toml").write_text("")
-    config = GatewayConfig.from_dict(_gateway_config(tmp_path, broker, broker, tmp_path / "r.toml",
-                                                     nodes))
+    config = GatewayConfig.from_dict(
+        _gateway_config(tmp_path, broker, broker, tmp_path / "r.toml", nodes)
+    )
     where = {}
     for device_id, _kind in nodes:
         entry = config.device(device_id)
         assert entry is not None and entry.location is not None
         where[device_id] = (entry.location.lat, entry.location.lon)
     assert len(set(where.values())) == len(nodes)  # four nodes, four places
-    assert (config.location.lat, config.location.lon) not in {where["ce-0000000000b1"],
-                                                              where["ce-0000000000c1"]}
+    assert (config.location.lat, config.location.lon) not in {
+        where["ce-0000000000b1"],
+        where["ce-0000000000c1"],
+    }
 
 
 def _journal_env(log: Path) -> dict[str, str]:
@@ -236,9 +248,14 @@ def test_config_error_lines_are_errors_and_exit_2(tmp_path: Path) -> None:
     bad.write_text('gateway_id = "gw-a1"\nsite_id = "s-1"\n[local]\nport = 99999\n')
     err = tmp_path / "err.log"
     err.touch()
-    out = subprocess.run([sys.executable, "-m", "edge_gateway", "--config", str(bad)], cwd=REPO,
-                         stderr=err.open("wb"), env={**os.environ, **_journal_env(err)},
-                         timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_gateway", "--config", str(bad)],
+        cwd=REPO,
+        stderr=err.open("wb"),
+        env={**os.environ, **_journal_env(err)},
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2
     lines = err.read_text().splitlines()
     assert lines and all(line.startswith("<3>") for line in lines), lines
@@ -261,7 +278,8 @@ def test_plain_stderr_keeps_timestamps_and_level_names(tmp_path: Path) -> None:
     except ValueError:
         import sys as _sys
 
-        record = logging.LogRecord("edge_gateway", logging.ERROR, __file__, 1, "failed", None,
-                                   _sys.exc_info())
+        record = logging.LogRecord(
+            "edge_gateway", logging.ERROR, __file__, 1, "failed", None, _sys.exc_info()
+        )
     text = JournalFormatter().format(record)
     assert len(text.splitlines()) > 2 and all(x.startswith("<3>") for x in text.splitlines())

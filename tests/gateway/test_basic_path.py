@@ -41,7 +41,9 @@ async def test_readings_are_calibrated_forwarded_acked_and_deleted(
     records = tmp_path / "cal.toml"
     records.write_text(CAL)
     config = GatewayConfig.from_dict(
-        gateway_config(local_broker, upstream_broker, tmp_path, calibration={"records": str(records)})
+        gateway_config(
+            local_broker, upstream_broker, tmp_path, calibration={"records": str(records)}
+        )
     )
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
@@ -68,7 +70,11 @@ async def test_readings_are_calibrated_forwarded_acked_and_deleted(
         assert air[0]["derived"]["thai_aqi"]["colour"]
         park = [o for o in obs if o["device_id"] == other.device_id]
         assert [o["derived"]["status"] for o in park] == [
-            "free", "occupied", "free", "occupied", "free"
+            "free",
+            "occupied",
+            "free",
+            "occupied",
+            "free",
         ]
         # Deleted after PUBACK: the store drains to empty.
         async with asyncio.timeout(10):
@@ -79,10 +85,16 @@ async def test_readings_are_calibrated_forwarded_acked_and_deleted(
 
         # Node status → retained device status with battery, RSSI, outbox and completeness.
         status = contract.example("node_status")
-        status.update(device_id=node.device_id, rssi_dbm=-71, battery_v=3.91,
-                      outbox={"depth": 4, "capacity": 512, "dropped": 2})
+        status.update(
+            device_id=node.device_id,
+            rssi_dbm=-71,
+            battery_v=3.91,
+            outbox={"depth": 4, "capacity": 512, "dropped": 2},
+        )
         async with aiomqtt.Client(local_broker.host, local_broker.port) as c:
-            await c.publish(contract.node_topic(node.device_id, "status"), json.dumps(status), qos=1)
+            await c.publish(
+                contract.node_topic(node.device_id, "status"), json.dumps(status), qos=1
+            )
         topic = contract.device_status_topic("test-site-01", node.device_id)
 
         def latest() -> dict | None:
@@ -127,11 +139,21 @@ async def test_canal_level_alert_reaches_the_platform(
 ) -> None:
     records = tmp_path / "stage.toml"
     records.write_text(STAGE)
-    device = {"id": "ce-0000000d0001", "kind": "water", "water_warning_m": 2.0,
-              "water_critical_m": 3.0}
-    config = GatewayConfig.from_dict(gateway_config(
-        local_broker, upstream_broker, tmp_path, calibration={"records": str(records)},
-        inventory={"allow_unknown": False, "device": [device]}))
+    device = {
+        "id": "ce-0000000d0001",
+        "kind": "water",
+        "water_warning_m": 2.0,
+        "water_critical_m": 3.0,
+    }
+    config = GatewayConfig.from_dict(
+        gateway_config(
+            local_broker,
+            upstream_broker,
+            tmp_path,
+            calibration={"records": str(records)},
+            inventory={"allow_unknown": False, "device": [device]},
+        )
+    )
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     await wait_ready(gw)
@@ -148,7 +170,10 @@ async def test_canal_level_alert_reaches_the_platform(
         assert len(alerts) == 1
         contract.validate("alert", alerts[0])
         assert (alerts[0]["alert"], alerts[0]["state"], alerts[0]["threshold"]) == (
-            "water_warning", "raised", 2.0)
+            "water_warning",
+            "raised",
+            2.0,
+        )
         states = [o["derived"]["level_state"]["state"] for o in platform.observations()]
         assert states == ["normal"] * 3 + ["warning"] * 3
         assert platform.observations()[-1]["calibrated"]["level"]["v"] == 2.2

@@ -50,8 +50,10 @@ async def test_tiny_store_drop_policy_counts_add_up(
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     await wait_ready(gw, upstream=False)
-    nodes = [await FakeNode(local, f"ce-00000000e00{i}", kind).start()
-             for i, kind in enumerate(("air", "water", "parking"))]
+    nodes = [
+        await FakeNode(local, f"ce-00000000e00{i}", kind).start()
+        for i, kind in enumerate(("air", "water", "parking"))
+    ]
     try:
         for _ in range(80):
             for node in nodes:
@@ -72,7 +74,8 @@ async def test_tiny_store_drop_policy_counts_add_up(
         assert produced == len(delivered_keys) + s["dropped"]["max_bytes"]
         c = gw.store.counters if gw.store is not None else {}
         assert c["readings_stored"] + c.get("alerts_stored", 0) == (
-            c["delivered"] + s["dropped_total"] + s["queue_depth"])
+            c["delivered"] + s["dropped_total"] + s["queue_depth"]
+        )
         # drop oldest: what is left is the newest of each device
         for node in nodes:
             seqs = sorted(seq for dev, seq in delivered_keys if dev == node.device_id)
@@ -93,7 +96,9 @@ TOPIC = contract.node_topic(DEV, "reading")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -105,7 +110,10 @@ def _mutated_reading(draw_key: str, value: Any) -> bytes:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(payload=st.binary(max_size=2048), leaf=st.sampled_from(["reading", "status", "state", "ack", "cmd", "x"]))
+@given(
+    payload=st.binary(max_size=2048),
+    leaf=st.sampled_from(["reading", "status", "state", "ack", "cmd", "x"]),
+)
 def test_random_bytes_never_crash_ingest(payload: bytes, leaf: str) -> None:
     out = classify(contract.node_topic(DEV, leaf), payload, 16384)
     assert isinstance(out, (Accepted, Rejected))
@@ -114,8 +122,12 @@ def test_random_bytes_never_crash_ingest(payload: bytes, leaf: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(key=st.sampled_from(["v", "device_id", "kind", "fw", "boot", "seq", "t", "synced", "raw", "n", "extra"]),
-       value=json_values)
+@given(
+    key=st.sampled_from(
+        ["v", "device_id", "kind", "fw", "boot", "seq", "t", "synced", "raw", "n", "extra"]
+    ),
+    value=json_values,
+)
 def test_wrong_types_are_rejected_with_a_reason(key: str, value: Any) -> None:
     payload = _mutated_reading(key, value)
     out = classify(TOPIC, payload, 16384)
@@ -127,11 +139,29 @@ def test_wrong_types_are_rejected_with_a_reason(key: str, value: Any) -> None:
 
 
 @settings(max_examples=400, deadline=None)
-@given(key=st.sampled_from(["v", "device_id", "kind", "fw", "boot", "seq", "t", "synced", "raw",
-                            "n", "window_s", "alarm", "extra"]),
-       value=json_values,
-       channel=st.text(max_size=34), unit=st.text(max_size=6) | st.sampled_from(["ug/m3", "m", "/"]),
-       v=json_values)
+@given(
+    key=st.sampled_from(
+        [
+            "v",
+            "device_id",
+            "kind",
+            "fw",
+            "boot",
+            "seq",
+            "t",
+            "synced",
+            "raw",
+            "n",
+            "window_s",
+            "alarm",
+            "extra",
+        ]
+    ),
+    value=json_values,
+    channel=st.text(max_size=34),
+    unit=st.text(max_size=6) | st.sampled_from(["ug/m3", "m", "/"]),
+    v=json_values,
+)
 def test_fast_reading_check_never_accepts_what_the_schema_refuses(
     key: str, value: Any, channel: str, unit: str, v: Any
 ) -> None:
@@ -158,7 +188,8 @@ def test_specific_rejections() -> None:
     r = classify(TOPIC, other, 16384)
     assert isinstance(r, Rejected) and r.reason_code == "device_mismatch"
     assert classify(TOPIC, b"x" * 20000, 16384) == Rejected(
-        "too_large", "payload of 20000 bytes exceeds 16384 bytes")
+        "too_large", "payload of 20000 bytes exceeds 16384 bytes"
+    )
     r = classify(TOPIC, ok, 16384, known_kind=lambda d: None)
     assert isinstance(r, Rejected) and r.reason_code == "unknown_device"
     r = classify(TOPIC, ok, 16384, known_kind=lambda d: "water")
@@ -174,10 +205,15 @@ async def test_live_burst_of_garbage_is_dead_lettered_and_counted(
     local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
     inventory = {"allow_unknown": False, "device": [{"id": DEV, "kind": "air"}]}
-    config = GatewayConfig.from_dict(gateway_config(
-        local_broker, upstream_broker, tmp_path, inventory=inventory,
-        metrics={"enabled": True, "port": 0},
-    ))
+    config = GatewayConfig.from_dict(
+        gateway_config(
+            local_broker,
+            upstream_broker,
+            tmp_path,
+            inventory=inventory,
+            metrics={"enabled": True, "port": 0},
+        )
+    )
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     await wait_ready(gw)
@@ -195,7 +231,12 @@ async def test_live_burst_of_garbage_is_dead_lettered_and_counted(
             bad.append((TOPIC, b"{" * 20000 + b"}"))  # huge
         elif choice == 3:  # unknown device
             dev = f"ce-0000000000{i:02x}"[-15:]
-            bad.append((contract.node_topic(dev, "reading"), json.dumps(reading(dev, "air", 1, i)).encode()))
+            bad.append(
+                (
+                    contract.node_topic(dev, "reading"),
+                    json.dumps(reading(dev, "air", 1, i)).encode(),
+                )
+            )
         elif choice == 4:  # payload device differs from the topic
             bad.append((TOPIC, json.dumps(reading("ce-0000000b0b0b", "air", 1, i)).encode()))
         else:
@@ -219,14 +260,21 @@ async def test_live_burst_of_garbage_is_dead_lettered_and_counted(
         assert s["dead_letters"] == len(bad)
         assert s["readings_stored"] == 10
         assert sum(s["dead_letters_by_reason"].values()) == len(bad)
-        assert set(s["dead_letters_by_reason"]) >= {"not_json", "schema", "too_large",
-                                                    "unknown_device", "device_mismatch"}
+        assert set(s["dead_letters_by_reason"]) >= {
+            "not_json",
+            "schema",
+            "too_large",
+            "unknown_device",
+            "device_mismatch",
+        }
         for d in dead:
             contract.validate("deadletter", d)
         assert not task.done()
         url = f"http://127.0.0.1:{gw.metrics_port}/metrics"
-        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
-        assert f"cityedge_gateway_dead_letters_total{{reason=\"too_large\"}} {len(bad) // 6}" in text
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        assert f'cityedge_gateway_dead_letters_total{{reason="too_large"}} {len(bad) // 6}' in text
         assert "cityedge_gateway_readings_stored_total 10" in text
     finally:
         gw.request_stop()
@@ -269,7 +317,9 @@ tokens = st.one_of(
 
 @settings(max_examples=500, deadline=None)
 @given(path=st.sampled_from(hostile.field_paths()), token=tokens, seq=st.integers(0, 10))
-def test_fast_path_and_schema_agree_on_every_field(path: tuple[str, ...], token: str, seq: int) -> None:
+def test_fast_path_and_schema_agree_on_every_field(
+    path: tuple[str, ...], token: str, seq: int
+) -> None:
     payload = hostile.payload_with(DEV, seq, path, token)
     out = classify(TOPIC, payload, 16384)
     if isinstance(out, Accepted):
@@ -280,7 +330,9 @@ def test_fast_path_and_schema_agree_on_every_field(path: tuple[str, ...], token:
                 lo, hi = bounds.unit_limits()[ch["u"]]
                 assert lo <= ch["v"] <= hi
     else:
-        assert out.reason_code in ("not_json", "schema", "too_large", "device_mismatch"), out.reason_code
+        assert out.reason_code in ("not_json", "schema", "too_large", "device_mismatch"), (
+            out.reason_code
+        )
 
 
 def _metric(text: str, name: str) -> float:
@@ -325,13 +377,17 @@ async def test_gateway_process_survives_the_corpus_and_keeps_forwarding(
         items = list(hostile.corpus(DEV, 1000, random.Random(3)))
         rounds = 4
         peak = 0.0
-        async with aiomqtt.Client(local.host, local.port, identifier="attacker",
-                                  max_queued_outgoing_messages=0) as attacker:
+        async with aiomqtt.Client(
+            local.host, local.port, identifier="attacker", max_queued_outgoing_messages=0
+        ) as attacker:
             for _round in range(rounds):
                 for start in range(0, len(items), 100):  # QoS 1 and 0, 100 at a time in flight
-                    await asyncio.gather(*(
-                        attacker.publish(TOPIC, payload, qos=i % 2)
-                        for i, (_what, payload) in enumerate(items[start:start + 100])))
+                    await asyncio.gather(
+                        *(
+                            attacker.publish(TOPIC, payload, qos=i % 2)
+                            for i, (_what, payload) in enumerate(items[start : start + 100])
+                        )
+                    )
                     await node.publish(1)
                     peak = max(peak, _vm(proc.pid, "VmRSS"))
                 assert proc.poll() is None, log.read_text()[-3000:]
@@ -342,8 +398,10 @@ async def test_gateway_process_survives_the_corpus_and_keeps_forwarding(
         async with asyncio.timeout(90):
             while True:
                 text = await asyncio.to_thread(metrics)
-                if _metric(text, "cityedge_gateway_dead_letters_total") >= sent_bad and len(
-                        {o["seq"] for o in platform.observations()}) >= want:
+                if (
+                    _metric(text, "cityedge_gateway_dead_letters_total") >= sent_bad
+                    and len({o["seq"] for o in platform.observations()}) >= want
+                ):
                     break
                 await asyncio.sleep(0.3)
         assert proc.poll() is None
@@ -396,9 +454,13 @@ async def test_memory_stays_bounded_under_a_flood(
                 batch = []
                 for i in range(start, start + 500):
                     if i % 4 == 0:
-                        dev = f"ce-{0xa00000 + (i // 4) % 1500:012x}"  # 3 000 sends: 1 500 ids
-                        batch.append((contract.node_topic(dev, "reading"),
-                                      json.dumps(hostile.base_reading(dev, i)).encode()))
+                        dev = f"ce-{0xA00000 + (i // 4) % 1500:012x}"  # 3 000 sends: 1 500 ids
+                        batch.append(
+                            (
+                                contract.node_topic(dev, "reading"),
+                                json.dumps(hostile.base_reading(dev, i)).encode(),
+                            )
+                        )
                     else:
                         batch.append((TOPIC, bad[i % len(bad)]))
                 await asyncio.gather(*(flooder.publish(t, p, qos=0) for t, p in batch))
@@ -409,13 +471,22 @@ async def test_memory_stays_bounded_under_a_flood(
         await node.publish(3)
         await node.wait_acked(90)
         await platform.wait_for(
-            lambda: {o["seq"] for o in platform.observations()
-                     if o["device_id"] == node.device_id} >= set(range(node.next_seq)), 90)
+            lambda: (
+                {o["seq"] for o in platform.observations() if o["device_id"] == node.device_id}
+                >= set(range(node.next_seq))
+            ),
+            90,
+        )
         hwm = _vm(proc.pid, "VmHWM")
         print(f"flood of {sent}: RSS {baseline:.1f} MB before, peak {hwm:.1f} MB")
         assert hwm <= 80, f"peak RSS {hwm:.1f} MB"
         text = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode())
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                .read()
+                .decode()
+            )
+        )
         assert 'reason="too_many_devices"' in text
         assert proc.poll() is None
         await node.stop()

@@ -70,8 +70,10 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(
     log = tmp_path / "gateway.log"
     rng = random.Random(20261122)
     platform = await Platform(upstream).start()
-    nodes = [await FakeNode(local, f"ce-00000000d00{i}", "water", resend_after_s=1.5).start()
-             for i in range(3)]
+    nodes = [
+        await FakeNode(local, f"ce-00000000d00{i}", "water", resend_after_s=1.5).start()
+        for i in range(3)
+    ]
     proc = start_gateway(tmp_path / "gateway.toml", log)
     # Custody for a first reading: the gateway's session on the site broker exists from here on
     # (a reading published before it ever subscribed reaches it only as the node's resend).
@@ -123,8 +125,10 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(
         healths = [b for t, b in platform.messages if t.endswith("/health")]
         assert any(h["state"] == "offline" for h in healths), "no last will after a SIGKILL"
         replayed = sum(1 for o in obs if o["replay"])
-        print(f"crash test: {total} readings, {KILLS} kills, {dups} upstream duplicates, "
-              f"{replayed} replayed, order kept")
+        print(
+            f"crash test: {total} readings, {KILLS} kills, {dups} upstream duplicates, "
+            f"{replayed} replayed, order kept"
+        )
     finally:
         stop_load.set()
         loader.cancel()
@@ -154,8 +158,9 @@ async def test_rows_left_at_each_step_of_the_qos2_handshake_are_delivered_once(
     topic = contract.observation_topic(config.site_id, "air", dev)
 
     def payload(seq: int) -> bytes:
-        return json.dumps({"device_id": dev, "boot": 1, "seq": seq, "replay": False},
-                          separators=(",", ":")).encode()
+        return json.dumps(
+            {"device_id": dev, "boot": 1, "seq": seq, "replay": False}, separators=(",", ":")
+        ).encode()
 
     store = Store(config.store_path, _limits(config))
     store.open()
@@ -165,15 +170,21 @@ async def test_rows_left_at_each_step_of_the_qos2_handshake_are_delivered_once(
     # seq 1: sent as backlog (replay), PUBREC committed as released, died before the PUBREL.
     # seq 2: released, PUBREL sent and PUBCOMP received, died before the (lazy) delete.
     # seq 3: packet id committed, died before the PUBLISH left.   seq 4: never sent.
-    store.flight_commit([(ids[0], 1, False), (ids[1], 2, True), (ids[2], 3, False),
-                         (ids[3], 4, False)])
+    store.flight_commit(
+        [(ids[0], 1, False), (ids[1], 2, True), (ids[2], 3, False), (ids[3], 4, False)]
+    )
     store.flight_commit(released=[ids[1], ids[2]])
     store.close()
 
     recs: set[int] = set()
     comps: set[int] = set()
-    dead = aiomqtt.Client(upstream.host, upstream.port, identifier=f"cityedge-{config.gateway_id}-up",
-                          clean_session=False, timeout=5)
+    dead = aiomqtt.Client(
+        upstream.host,
+        upstream.port,
+        identifier=f"cityedge-{config.gateway_id}-up",
+        clean_session=False,
+        timeout=5,
+    )
     link = Qos2Link(dead, recs.add, comps.add)
     async with dead:
         for seq, mid, replay in ((0, 1, False), (1, 2, True), (2, 3, False)):
@@ -199,7 +210,12 @@ async def test_rows_left_at_each_step_of_the_qos2_handshake_are_delivered_once(
         obs = platform.observations()
         assert sorted(o["seq"] for o in obs) == [0, 1, 2, 3, 4]
         assert [o["replay"] for o in sorted(obs, key=lambda o: o["seq"])] == [
-            False, True, False, False, True]  # seq 4 was stored before this connection began
+            False,
+            True,
+            False,
+            False,
+            True,
+        ]  # seq 4 was stored before this connection began
         assert "Reused message ID" not in upstream.log_path.read_text(errors="replace")
     finally:
         gw.request_stop()
@@ -221,9 +237,17 @@ async def test_a_platform_broker_that_lost_the_session_is_reported(
     topic = contract.observation_topic(config.site_id, "air", dev)
     store = Store(config.store_path, _limits(config))
     store.open()
-    store.commit([Entry(topic, json.dumps({"device_id": dev, "boot": 1, "seq": seq,
-                                           "replay": False}).encode(), time.time(),
-                        key=(dev, 1, seq)) for seq in range(3)])
+    store.commit(
+        [
+            Entry(
+                topic,
+                json.dumps({"device_id": dev, "boot": 1, "seq": seq, "replay": False}).encode(),
+                time.time(),
+                key=(dev, 1, seq),
+            )
+            for seq in range(3)
+        ]
+    )
     ids = [row.id for row in store.fetch(0, 10)]
     store.flight_commit([(ids[0], 1, False), (ids[1], 2, False)])
     store.flight_commit(released=[ids[0]])
@@ -236,8 +260,11 @@ async def test_a_platform_broker_that_lost_the_session_is_reported(
             await wait_ready(gw)
             await platform.wait_for(lambda: len(platform.observations()) >= 2, timeout_s=15)
         assert gw.stats()["upstream_sessions_lost"] == 1
-        assert any("no longer has this gateway's session" in r.getMessage()
-                   and "persistence true" in r.getMessage() for r in caplog.records)
+        assert any(
+            "no longer has this gateway's session" in r.getMessage()
+            and "persistence true" in r.getMessage()
+            for r in caplog.records
+        )
         # the released row is not sent again (that could duplicate it); the others arrive
         await asyncio.sleep(0.5)
         assert sorted(o["seq"] for o in platform.observations()) == [1, 2]

@@ -74,8 +74,10 @@ async def test_full_disk_is_a_state_not_a_crash(
     write_toml(tmp_path / "gateway.toml", cfg)
     log = tmp_path / "gateway.log"
     platform = await Platform(upstream).start()
-    nodes = [await FakeNode(local, f"ce-00000000f00{i}", "air", resend_after_s=2.0).start()
-             for i in range(3)]
+    nodes = [
+        await FakeNode(local, f"ce-00000000f00{i}", "air", resend_after_s=2.0).start()
+        for i in range(3)
+    ]
     proc = start_gateway(tmp_path / "gateway.toml", log)
     stop_load = asyncio.Event()
 
@@ -102,7 +104,8 @@ async def test_full_disk_is_a_state_not_a_crash(
                 assert proc.poll() is None, log.read_text()[-3000:]
                 await asyncio.sleep(0.2)
         stored_when_full = await asyncio.to_thread(
-            metric, port, "cityedge_gateway_readings_stored_total")
+            metric, port, "cityedge_gateway_readings_stored_total"
+        )
         await asyncio.sleep(3.0)  # under load, disk full: nothing more is acknowledged
         assert proc.poll() is None, log.read_text()[-3000:]
         assert sum(len(n.unacked) for n in nodes) > 100
@@ -127,10 +130,13 @@ async def test_full_disk_is_a_state_not_a_crash(
         total = sum(produced.values())
         await platform.wait_for(
             lambda: len({(o["device_id"], o["seq"]) for o in platform.observations()}) >= total,
-            timeout_s=60)
+            timeout_s=60,
+        )
         assert await asyncio.to_thread(metric, port, "cityedge_gateway_disk_full") == 0
-        assert await asyncio.to_thread(
-            metric, port, "cityedge_gateway_readings_stored_total") > stored_when_full
+        assert (
+            await asyncio.to_thread(metric, port, "cityedge_gateway_readings_stored_total")
+            > stored_when_full
+        )
         keys = Counter((o["device_id"], o["seq"]) for o in platform.observations())
         for dev, n in produced.items():
             got = {seq for (d, seq) in keys if d == dev}

@@ -43,14 +43,16 @@ class _PubackWithTheCancel:
 
 
 def _gateway(tmp_path: Path) -> Gateway:
-    config = GatewayConfig.from_dict({
-        "gateway_id": "gw-test-01",
-        "site_id": "test-site-01",
-        "data_dir": str(tmp_path),
-        "location": {"lat": 13.75, "lon": 100.5},
-        "metrics": {"enabled": False},
-        "health": {"interval_s": 0.1},
-    })
+    config = GatewayConfig.from_dict(
+        {
+            "gateway_id": "gw-test-01",
+            "site_id": "test-site-01",
+            "data_dir": str(tmp_path),
+            "location": {"lat": 13.75, "lon": 100.5},
+            "metrics": {"enabled": False},
+            "health": {"interval_s": 0.1},
+        }
+    )
     return Gateway(config)
 
 

@@ -49,8 +49,11 @@ def samples(text: str) -> dict[str, float]:
 
 
 def test_the_table_drives_stats_metrics_and_health(tmp_path: Path) -> None:
-    gw = Gateway(GatewayConfig.from_dict({"gateway_id": "gw-test-01", "site_id": "site-01",
-                                          "data_dir": str(tmp_path)}))
+    gw = Gateway(
+        GatewayConfig.from_dict(
+            {"gateway_id": "gw-test-01", "site_id": "site-01", "data_dir": str(tmp_path)}
+        )
+    )
     stats = gw.stats()
     text = metrics.render(stats)
     names = {n.split("{")[0] for n in samples(text)}
@@ -73,24 +76,41 @@ def test_the_table_drives_stats_metrics_and_health(tmp_path: Path) -> None:
     for reason in (*REASON_CODES, "processing"):
         assert values[f'cityedge_gateway_dead_letters_total{{reason="{reason}"}}'] == 0
     assert stats["dropped"] == dict.fromkeys(DROP_REASONS, 0) and stats["dropped_total"] == 0
-    for key in ("store_errors", "processing_errors", "upstream_sessions_lost",
-                "calibration_errors"):
+    for key in (
+        "store_errors",
+        "processing_errors",
+        "upstream_sessions_lost",
+        "calibration_errors",
+    ):
         assert values[f"cityedge_gateway_{key}_total"] == 0 and health[key] == 0
     build = [n for n in values if n.startswith("cityedge_build_info{")]
     assert len(build) == 1 and 'version="' in build[0] and values[build[0]] == 1
-    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
-                 "process_start_time_seconds", "process_open_fds", "process_max_fds"):
+    for name in (
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+        "process_open_fds",
+        "process_max_fds",
+    ):
         assert values[name] > 0, name
 
 
 def test_exposition_passes_promtool_check_metrics(tmp_path: Path) -> None:
     exe = promtool()
-    stats = metrics.collect({"dead_letter_schema": 2, "store_errors": 1},
-                            {"dropped_max_bytes": 3, "readings_stored": 10},
-                            {"queue_depth": 4, "oldest_age_s": 12.5, "upstream_connected": True})
+    stats = metrics.collect(
+        {"dead_letter_schema": 2, "store_errors": 1},
+        {"dropped_max_bytes": 3, "readings_stored": 10},
+        {"queue_depth": 4, "oldest_age_s": 12.5, "upstream_connected": True},
+    )
     text = metrics.render(stats)
-    out = subprocess.run([exe, "check", "metrics"], input=text, capture_output=True, text=True,
-                         timeout=60, check=False)
+    out = subprocess.run(
+        [exe, "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 0 and not (out.stdout + out.stderr).strip(), out.stdout + out.stderr
     values = samples(text)
     assert values['cityedge_gateway_dead_letters_total{reason="schema"}'] == 2
@@ -104,8 +124,9 @@ async def test_trouble_counters_are_kept_in_the_store_across_a_restart(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
 ) -> None:
     local = broker_factory("local")
-    cfg = gateway_config(local, local, tmp_path, upstream={"enabled": False},
-                         metrics={"enabled": True, "port": 0})
+    cfg = gateway_config(
+        local, local, tmp_path, upstream={"enabled": False}, metrics={"enabled": True, "port": 0}
+    )
     config = GatewayConfig.from_dict(cfg)
 
     async def scrape(gw: Gateway) -> dict[str, float]:
@@ -119,8 +140,9 @@ async def test_trouble_counters_are_kept_in_the_store_across_a_restart(
         await wait_ready(gw, upstream=False)
         async with aiomqtt.Client(local.host, local.port, identifier="bad-node") as client:
             for _ in range(3):
-                await client.publish(contract.node_topic("ce-00000000dead", "reading"), b"{oops",
-                                     qos=1)
+                await client.publish(
+                    contract.node_topic("ce-00000000dead", "reading"), b"{oops", qos=1
+                )
         async with asyncio.timeout(10):
             while gw.stats()["dead_letters"] < 3:
                 await asyncio.sleep(0.05)
@@ -154,8 +176,9 @@ async def test_trouble_counters_are_kept_in_the_store_across_a_restart(
 
 def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
     exe = promtool()
-    out = subprocess.run([exe, "check", "rules", str(RULES)], capture_output=True, text=True,
-                         timeout=60, check=False)
+    out = subprocess.run(
+        [exe, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "SUCCESS: 8 rules found" in out.stdout
     _only_exported_metrics(RULES.read_text())
@@ -186,7 +209,10 @@ def test_grafana_dashboard_is_valid(tmp_path: Path) -> None:
         assert p["type"] in ("timeseries", "stat", "table", "gauge"), p["type"]
         assert p["title"] and p["datasource"]["uid"] == "${datasource}"
         grid = p["gridPos"]
-        assert all(isinstance(grid[k], int) for k in ("h", "w", "x", "y")) and grid["x"] + grid["w"] <= 24
+        assert (
+            all(isinstance(grid[k], int) for k in ("h", "w", "x", "y"))
+            and grid["x"] + grid["w"] <= 24
+        )
         refs = [t["refId"] for t in p["targets"]]
         assert p["targets"] and len(refs) == len(set(refs)), p["title"]
         for t in p["targets"]:
@@ -196,14 +222,25 @@ def test_grafana_dashboard_is_valid(tmp_path: Path) -> None:
     _only_exported_metrics("\n".join(exprs))
     # Every expression is valid PromQL: promtool parses them as recording rules, with
     # Grafana's variables replaced by what they expand to.
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:panel_{i}",
-         "expr": e.replace("$__rate_interval", "5m").replace("$instance", ".*")}
-        for i, e in enumerate(exprs)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {
+                        "record": f"dashboard:panel_{i}",
+                        "expr": e.replace("$__rate_interval", "5m").replace("$instance", ".*"),
+                    }
+                    for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
     path = tmp_path / "dashboard-exprs.yml"
     path.write_text(json.dumps(rules))  # JSON is YAML
-    out = subprocess.run([exe, "check", "rules", str(path)], capture_output=True, text=True,
-                         timeout=60, check=False)
+    out = subprocess.run(
+        [exe, "check", "rules", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 

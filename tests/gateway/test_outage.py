@@ -107,8 +107,11 @@ async def test_strict_order_when_live_first_is_off(
     upstream = broker_factory("upstream", persistence=True, extra_config=AS_INVOKER)
     platform = await Platform(upstream).start()  # a persistent session, kept across the restart
     upstream.stop()
-    config = GatewayConfig.from_dict(gateway_config(
-        local, upstream, tmp_path, forward={"live_first": False, "drain_rate_per_s": 5.0}))
+    config = GatewayConfig.from_dict(
+        gateway_config(
+            local, upstream, tmp_path, forward={"live_first": False, "drain_rate_per_s": 5.0}
+        )
+    )
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     await wait_ready(gw, upstream=False)

@@ -67,8 +67,10 @@ async def test_power_cuts_keep_each_devices_order(
     log = tmp_path / "gateway.log"
     rng = random.Random(20261203)
     platform = await Platform(upstream).start()
-    nodes = [await FakeNode(local, f"ce-00000000c0{i:02x}", "air", resend_after_s=2.0).start()
-             for i in range(5)]
+    nodes = [
+        await FakeNode(local, f"ce-00000000c0{i:02x}", "air", resend_after_s=2.0).start()
+        for i in range(5)
+    ]
     proc = start_gateway(tmp_path / "gateway.toml", log)
     await nodes[0].publish(1)
     await nodes[0].wait_acked(20)
@@ -97,7 +99,8 @@ async def test_power_cuts_keep_each_devices_order(
         total = sum(produced.values())
         await platform.wait_for(
             lambda: len({(o["device_id"], o["seq"]) for o in platform.observations()}) >= total,
-            timeout_s=90)
+            timeout_s=90,
+        )
         await asyncio.sleep(0.5)
         obs = platform.observations()
         keys = Counter((o["device_id"], o["boot"], o["seq"]) for o in obs)
@@ -122,8 +125,9 @@ def test_store_holds_a_gap_then_releases_in_order_or_marks_late(tmp_path: Path) 
     dev = "ce-0000000c0c01"
 
     def entry(seq: int, boot: int = 1) -> Entry:
-        body = json.dumps({"device_id": dev, "boot": boot, "seq": seq, "replay": False},
-                          separators=(",", ":")).encode()
+        body = json.dumps(
+            {"device_id": dev, "boot": boot, "seq": seq, "replay": False}, separators=(",", ":")
+        ).encode()
         return Entry(f"t/{dev}", body, 1000.0, 0, (dev, boot, seq))
 
     store = Store(tmp_path / "s.sqlite", Limits(1 << 30, 1e9, 0, 1e9))
@@ -144,6 +148,10 @@ def test_store_holds_a_gap_then_releases_in_order_or_marks_late(tmp_path: Path) 
     store.commit([entry(5), entry(8), entry(0, boot=2)], now=t0 + 100)
     got = [json.loads(r.payload) for r in store.fetch(rows[-1].id, 100)]
     assert [(o["boot"], o["seq"], o.get("late", False)) for o in got] == [
-        (1, 7, False), (1, 5, True), (1, 8, False), (2, 0, False)]
+        (1, 7, False),
+        (1, 5, True),
+        (1, 8, False),
+        (2, 0, False),
+    ]
     assert store.counters["late"] == 1
     store.close()

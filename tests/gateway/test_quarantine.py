@@ -42,8 +42,10 @@ sys.exit(main(sys.argv[1:]))
 
 def start_faulty(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-c", FAULTY, "--config", str(config)], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=log.open("ab"),
+        [sys.executable, "-c", FAULTY, "--config", str(config)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("ab"),
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -65,10 +67,21 @@ async def test_a_reading_that_kills_the_process_is_quarantined_not_crash_looped(
         await node.publish(3)
         await node.wait_acked(20)
         # The poison reading, then more good ones from the same node.
-        body = json.loads(node_reading := json.dumps({
-            "v": 1, "device_id": node.device_id, "kind": "air", "fw": "0.1.0", "boot": node.boot,
-            "seq": node.next_seq, "t": 1.7e9, "synced": True,
-            "raw": {"poison": {"v": 1.0, "u": "V"}, "temp": {"v": 30.0, "u": "Cel"}}}))
+        body = json.loads(
+            node_reading := json.dumps(
+                {
+                    "v": 1,
+                    "device_id": node.device_id,
+                    "kind": "air",
+                    "fw": "0.1.0",
+                    "boot": node.boot,
+                    "seq": node.next_seq,
+                    "t": 1.7e9,
+                    "synced": True,
+                    "raw": {"poison": {"v": 1.0, "u": "V"}, "temp": {"v": 30.0, "u": "Cel"}},
+                }
+            )
+        )
         poison_seq = node.next_seq
         node.next_seq += 1
         await node._send(poison_seq, node_reading.encode(), new=True)
@@ -95,11 +108,13 @@ async def test_a_reading_that_kills_the_process_is_quarantined_not_crash_looped(
         assert body["seq"] == poison_seq
         want = set(range(node.next_seq)) - {poison_seq}
         await platform.wait_for(
-            lambda: {o["seq"] for o in platform.observations()} >= want, timeout_s=30)
+            lambda: {o["seq"] for o in platform.observations()} >= want, timeout_s=30
+        )
         assert {o["seq"] for o in platform.observations()} == want
         saved = json.loads((tmp_path / "quarantine.json").read_text())
         assert [(q["device_id"], q["seq"]) for q in saved["quarantined"]] == [
-            (node.device_id, poison_seq)]
+            (node.device_id, poison_seq)
+        ]
         assert saved["quarantined"][0]["payload_b64"]
         # Once quarantined it stays so: a resend is confirmed again without processing.
         await node._send(poison_seq, node_reading.encode(), new=True)

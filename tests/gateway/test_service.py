@@ -27,8 +27,12 @@ pytestmark = pytest.mark.broker
 
 def cityedge(*args: str) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "cityedge"), *args], cwd=REPO, capture_output=True,
-        text=True, timeout=60, check=False,
+        [str(Path(sys.executable).parent / "cityedge"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     out.stderr = " ".join(out.stderr.split())  # rich wraps long lines
     return out
@@ -61,7 +65,10 @@ async def test_service_reload_keeps_store_and_notifies_systemd(
     env.pop("WATCHDOG_PID", None)
     proc = subprocess.Popen(  # noqa: ASYNC220 - starting it is instant; we never wait on it here
         [sys.executable, "-m", "edge_gateway", "--config", str(conf)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+        env=env,
     )
     messages: list[str] = []
 
@@ -113,7 +120,8 @@ async def test_service_reload_keeps_store_and_notifies_systemd(
         upstream.start()
         await platform.wait_for(lambda: len(platform.observations()) >= 60, timeout_s=30)
         await platform.wait_for(
-            lambda: any(t.endswith(f"/device/{dev}/status") for t, _ in platform.messages), 10)
+            lambda: any(t.endswith(f"/device/{dev}/status") for t, _ in platform.messages), 10
+        )
         await asyncio.sleep(0.3)
         seqs = [o["seq"] for o in platform.observations()]
         assert sorted(seqs) == list(range(60)) and len(seqs) == 60
@@ -144,8 +152,14 @@ def test_cli_config_errors_exit_non_zero_naming_the_key(tmp_path: Path) -> None:
     bad.write_text('gateway_id = "gw-a1"\nsite_id = "s-1"\n[local]\nport = 99999\n')
     out = cityedge("gateway", "check-config", str(bad))
     assert out.returncode == 2 and "local.port" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "edge_gateway", "--config", str(bad)], cwd=REPO,
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_gateway", "--config", str(bad)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert out.returncode == 2 and "local.port" in out.stderr
     out = cityedge("gateway", "run", "--config", str(tmp_path / "missing.toml"))
     assert out.returncode == 2 and "not found" in out.stderr

@@ -60,10 +60,11 @@ async def test_soak_rss_flat_and_idle_cpu_low(
     write_toml(tmp_path / "gateway.toml", cfg)
     log = tmp_path / "gateway.log"
     proc = start_gateway(tmp_path / "gateway.toml", log)
-    platform = await Platform(upstream, topic=f"{contract.ROOT}/site/+/+/+/observation",
-                              qos=1).start()
+    platform = await Platform(
+        upstream, topic=f"{contract.ROOT}/site/+/+/+/observation", qos=1
+    ).start()
     bad = [p for _w, p in hostile.corpus("ce-0000000f0f0f", 0, random.Random(9))]
-    devices = [f"ce-{0xb00000 + i:012x}" for i in range(200)]
+    devices = [f"ce-{0xB00000 + i:012x}" for i in range(200)]
     seqs = dict.fromkeys(devices, 0)
     samples: list[tuple[float, float]] = []
     sent = 0
@@ -77,10 +78,17 @@ async def test_soak_rss_flat_and_idle_cpu_low(
                 for dev in random.sample(devices, 40):  # ~400 readings/s, 1 in 10 bad
                     body = hostile.base_reading(dev, seqs[dev], t=time.time())
                     seqs[dev] += 1
-                    batch.append(nodes.publish(contract.node_topic(dev, "reading"),
-                                               json.dumps(body).encode(), qos=1))
-                batch += [nodes.publish(contract.node_topic(devices[0], "reading"),
-                                        random.choice(bad), qos=0) for _ in range(4)]
+                    batch.append(
+                        nodes.publish(
+                            contract.node_topic(dev, "reading"), json.dumps(body).encode(), qos=1
+                        )
+                    )
+                batch += [
+                    nodes.publish(
+                        contract.node_topic(devices[0], "reading"), random.choice(bad), qos=0
+                    )
+                    for _ in range(4)
+                ]
                 await asyncio.gather(*batch, asyncio.sleep(0.1))
                 sent += 40
                 if not samples or time.monotonic() - t0 - samples[-1][0] >= 10:
@@ -93,9 +101,11 @@ async def test_soak_rss_flat_and_idle_cpu_low(
         c0 = cpu_s(proc.pid)
         await asyncio.sleep(60.0)
         idle_pct = (cpu_s(proc.pid) - c0) / 60.0 * 100
-        print(f"soak {SOAK_S:.0f} s, {sent} readings: RSS {samples[0][1]:.1f} -> "
-              f"{samples[-1][1]:.1f} MB, slope of the second half {slope:+.2f} MB/h, "
-              f"idle CPU {idle_pct:.2f} %")
+        print(
+            f"soak {SOAK_S:.0f} s, {sent} readings: RSS {samples[0][1]:.1f} -> "
+            f"{samples[-1][1]:.1f} MB, slope of the second half {slope:+.2f} MB/h, "
+            f"idle CPU {idle_pct:.2f} %"
+        )
         assert abs(slope) < 2.0, samples
         assert idle_pct < 2.0
         assert max(v for _, v in samples) <= 64

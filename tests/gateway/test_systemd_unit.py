@@ -46,8 +46,13 @@ def test_unit_matches_the_gateway() -> None:
 
 def test_security_exposure_is_at_most_2(tmp_path: Path) -> None:
     exe = _analyze()
-    out = subprocess.run([exe, "security", "--offline=true", "--no-pager", str(UNIT)],
-                         capture_output=True, text=True, timeout=60, check=False)
+    out = subprocess.run(
+        [exe, "security", "--offline=true", "--no-pager", str(UNIT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if "--offline" in out.stderr and out.returncode != 0:
         pytest.skip(f"this systemd-analyze has no --offline (needs systemd 250+): {out.stderr}")
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d)", out.stdout)
@@ -62,6 +67,7 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path) -> None:
     # verify checks that ExecStart exists: point it at this interpreter instead of the Pi's venv
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace("/opt/cityedge/venv/bin/python", sys.executable))
-    out = subprocess.run([exe, "verify", str(unit)], capture_output=True, text=True, timeout=60,
-                         check=False)
+    out = subprocess.run(
+        [exe, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr

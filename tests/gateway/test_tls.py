@@ -25,17 +25,65 @@ def openssl(*args: str, cwd: Path) -> None:
 def make_pki(d: Path, name: str = "ca") -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate."""
     d.mkdir(parents=True, exist_ok=True)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            f"/CN=CityEdge test {name}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=d)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN=CityEdge test {name}",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.crt",
+        cwd=d,
+    )
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for who in ("server", "client"):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={who}",
-                "-keyout", f"{who}.key", "-out", f"{who}.csr", cwd=d)
-        openssl("x509", "-req", "-in", f"{who}.csr", "-CA", f"{name}.crt", "-CAkey", f"{name}.key",
-                "-CAcreateserial", "-days", "2", "-out", f"{who}.crt", "-extfile", "san.ext", cwd=d)
-    return {k: d / f"{v}" for k, v in (("ca", f"{name}.crt"), ("server_cert", "server.crt"),
-                                       ("server_key", "server.key"), ("client_cert", "client.crt"),
-                                       ("client_key", "client.key"))}
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={who}",
+            "-keyout",
+            f"{who}.key",
+            "-out",
+            f"{who}.csr",
+            cwd=d,
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{who}.csr",
+            "-CA",
+            f"{name}.crt",
+            "-CAkey",
+            f"{name}.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{who}.crt",
+            "-extfile",
+            "san.ext",
+            cwd=d,
+        )
+    return {
+        k: d / f"{v}"
+        for k, v in (
+            ("ca", f"{name}.crt"),
+            ("server_cert", "server.crt"),
+            ("server_key", "server.key"),
+            ("client_cert", "client.crt"),
+            ("client_key", "client.key"),
+        )
+    }
 
 
 @run_async
@@ -46,16 +94,31 @@ async def test_upstream_over_tls_with_client_certificate(
     other = make_pki(tmp_path / "other", "other-ca")
     tls_port = free_port()
     local = broker_factory("local")
-    upstream = broker_factory("upstream", tls_listener={
-        "port": str(tls_port), "cafile": str(pki["ca"]), "certfile": str(pki["server_cert"]),
-        "keyfile": str(pki["server_key"]), "require_certificate": "true"},
-        extra_config=AS_INVOKER)
-    tls = {"port": tls_port, "tls": True, "ca_file": str(pki["ca"]),
-           "cert_file": str(pki["client_cert"]), "key_file": str(pki["client_key"])}
+    upstream = broker_factory(
+        "upstream",
+        tls_listener={
+            "port": str(tls_port),
+            "cafile": str(pki["ca"]),
+            "certfile": str(pki["server_cert"]),
+            "keyfile": str(pki["server_key"]),
+            "require_certificate": "true",
+        },
+        extra_config=AS_INVOKER,
+    )
+    tls = {
+        "port": tls_port,
+        "tls": True,
+        "ca_file": str(pki["ca"]),
+        "cert_file": str(pki["client_cert"]),
+        "key_file": str(pki["client_key"]),
+    }
 
     # A gateway that does not trust the broker's CA must not send anything.
-    wrong = GatewayConfig.from_dict(gateway_config(
-        local, upstream, tmp_path / "wrong", upstream={**tls, "ca_file": str(other["ca"])}))
+    wrong = GatewayConfig.from_dict(
+        gateway_config(
+            local, upstream, tmp_path / "wrong", upstream={**tls, "ca_file": str(other["ca"])}
+        )
+    )
     gw = Gateway(wrong)
     task = asyncio.create_task(gw.run())
     await wait_ready(gw, upstream=False)

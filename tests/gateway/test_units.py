@@ -71,8 +71,11 @@ datum = "MSL"
 
 
 def base_config(**sections: Any) -> GatewayConfig:
-    cfg: dict[str, Any] = {"gateway_id": "gw-unit-01", "site_id": "unit-site-01",
-                           "location": {"lat": 13.0, "lon": 100.0}}
+    cfg: dict[str, Any] = {
+        "gateway_id": "gw-unit-01",
+        "site_id": "unit-site-01",
+        "location": {"lat": 13.0, "lon": 100.0},
+    }
     cfg.update(sections)
     return GatewayConfig.from_dict(cfg)
 
@@ -86,17 +89,31 @@ def processor(config: GatewayConfig) -> Processor:
 
 
 def open_store(tmp_path: Path, **limits: Any) -> Store:
-    lim = Limits(limits.get("max_bytes", 10**9), limits.get("max_age_s", 10**6),
-                 limits.get("min_free_bytes", 0), 3600.0)
+    lim = Limits(
+        limits.get("max_bytes", 10**9),
+        limits.get("max_age_s", 10**6),
+        limits.get("min_free_bytes", 0),
+        3600.0,
+    )
     store = Store(tmp_path / "s.sqlite", lim)
     store.open()
     return store
 
 
-def entry(dev: str, seq: int, size: int = 100, priority: int = PRIORITY_READING,
-          received: float | None = None) -> Entry:
-    return Entry("t/obs", b"x" * size, time.time() if received is None else received, priority,
-                 None if priority == PRIORITY_ALERT else (dev, 1, seq))
+def entry(
+    dev: str,
+    seq: int,
+    size: int = 100,
+    priority: int = PRIORITY_READING,
+    received: float | None = None,
+) -> Entry:
+    return Entry(
+        "t/obs",
+        b"x" * size,
+        time.time() if received is None else received,
+        priority,
+        None if priority == PRIORITY_ALERT else (dev, 1, seq),
+    )
 
 
 def test_store_dedups_on_device_boot_seq_even_after_delivery(tmp_path: Path) -> None:
@@ -149,7 +166,9 @@ def test_store_rows_with_a_packet_id_are_in_flight_and_never_dropped(tmp_path: P
     assert [r.id for r in store.fetch(0, 10)] == ids[2:]  # waiting rows only
     flight = store.in_flight()
     assert [(f.id, f.mid, f.replay, f.state) for f in flight] == [
-        (ids[0], 7, False, STATE_PUBLISHED), (ids[1], 8, True, STATE_RELEASED)]
+        (ids[0], 7, False, STATE_PUBLISHED),
+        (ids[1], 8, True, STATE_RELEASED),
+    ]
     assert flight[0].payload == b"x" * 100
     store.release_all()
     assert store.enforce(now=time.time() + 120) == {"max_age": 2}  # those without a packet id
@@ -163,12 +182,16 @@ def test_store_of_an_earlier_version_gets_the_qos2_columns(tmp_path: Path) -> No
 
     path = tmp_path / "s.sqlite"
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE queue(id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
-               "payload BLOB NOT NULL, device_id TEXT, boot INTEGER, seq INTEGER, "
-               "received REAL NOT NULL, priority INTEGER NOT NULL DEFAULT 0, "
-               "size INTEGER NOT NULL)")
-    db.execute("INSERT INTO queue(topic, payload, received, size) VALUES('t', ?, 0, 5)",
-               (encode_payload(b"{}"),))
+    db.execute(
+        "CREATE TABLE queue(id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, "
+        "payload BLOB NOT NULL, device_id TEXT, boot INTEGER, seq INTEGER, "
+        "received REAL NOT NULL, priority INTEGER NOT NULL DEFAULT 0, "
+        "size INTEGER NOT NULL)"
+    )
+    db.execute(
+        "INSERT INTO queue(topic, payload, received, size) VALUES('t', ?, 0, 5)",
+        (encode_payload(b"{}"),),
+    )
     db.commit()
     db.close()
     store = Store(path, Limits(10**9, 10**12, 0, 3600.0))
@@ -214,7 +237,15 @@ def test_store_survives_reopen(tmp_path: Path) -> None:
 
 
 def test_custody_ranges_are_contiguous_per_device_and_boot() -> None:
-    keys = [("a", 1, 0), ("a", 1, 1), ("a", 1, 2), ("a", 1, 5), ("a", 2, 0), ("b", 1, 7), ("a", 1, 6)]
+    keys = [
+        ("a", 1, 0),
+        ("a", 1, 1),
+        ("a", 1, 2),
+        ("a", 1, 5),
+        ("a", 2, 0),
+        ("b", 1, 7),
+        ("a", 1, 6),
+    ]
     assert custody_ranges(keys) == [("a", 1, 0, 2), ("a", 1, 5, 6), ("a", 2, 0, 0), ("b", 1, 7, 7)]
 
 
@@ -227,8 +258,12 @@ def test_calibration_record_is_chosen_by_sample_time() -> None:
     t_2026 = 1_790_000_000.0  # Sept 2026
     a = p.process(WATER, reading(WATER, "water", 1, 0, t=t_2025, value=1.0), t_2025).observation
     b = p.process(WATER, reading(WATER, "water", 1, 1, t=t_2026, value=1.0), t_2026).observation
-    assert a["calibrated"]["level"] == {"v": 3.0, "u": "m", "calibration_id": f"stage-{WATER}-2025",
-                                        "datum": "MSL"}
+    assert a["calibrated"]["level"] == {
+        "v": 3.0,
+        "u": "m",
+        "calibration_id": f"stage-{WATER}-2025",
+        "datum": "MSL",
+    }
     assert b["calibrated"]["level"]["v"] == 3.5
     assert b["calibrated"]["level"]["calibration_id"] == f"stage-{WATER}-2026"
     contract.validate("observation", a)
@@ -240,7 +275,9 @@ def test_air_observation_has_thai_and_us_aqi_quality_and_none_calibration() -> N
     t0 = 1_790_000_000.0
     obs = {}
     for i in range(5):
-        obs = p.process(AIR, reading(AIR, "air", 1, i, t=t0 + 60 * i, value=50.0), t0 + 60 * i).observation
+        obs = p.process(
+            AIR, reading(AIR, "air", 1, i, t=t0 + 60 * i, value=50.0), t0 + 60 * i
+        ).observation
     contract.validate("observation", obs)
     assert obs["calibrated"]["pm25"] == {"v": 45.0, "u": "ug/m3", "calibration_id": "none"}
     thai = obs["derived"]["thai_aqi"]
@@ -248,7 +285,12 @@ def test_air_observation_has_thai_and_us_aqi_quality_and_none_calibration() -> N
     assert thai["advice_th"] and thai["completeness_24h"] < 0.01
     assert obs["derived"]["us_aqi"]["value"] > 100
     assert obs["quality"]["pm25"] in (1, 3)
-    assert set(obs["quality_tests"]["pm25"]) == {"gross_range", "spike", "rate_of_change", "flat_line"}
+    assert set(obs["quality_tests"]["pm25"]) == {
+        "gross_range",
+        "spike",
+        "rate_of_change",
+        "flat_line",
+    }
     assert obs["replay"] is False and list(obs)[-1] == "replay"
 
 
@@ -258,13 +300,17 @@ def test_spike_is_settled_by_the_next_observation() -> None:
     p = Processor(base_config(calibration={"fleet_defaults": False}), (None, None))
     t0 = 1_790_000_000.0
     values = [30.0, 31.0, 32.0, 400.0, 30.0]
-    obs = [p.process(AIR, reading(AIR, "air", 1, i, t=t0 + 60 * i, value=v), t0 + 60 * i).observation
-           for i, v in enumerate(values)]
+    obs = [
+        p.process(AIR, reading(AIR, "air", 1, i, t=t0 + 60 * i, value=v), t0 + 60 * i).observation
+        for i, v in enumerate(values)
+    ]
     for o in obs:
         contract.validate("observation", o)
         assert o["quality_tests"]["pm25"]["spike"] == 2  # provisional
     assert "settles" not in obs[0]
-    assert obs[2]["settles"]["seq"] == 1 and obs[2]["settles"]["quality_tests"]["pm25"]["spike"] == 1
+    assert (
+        obs[2]["settles"]["seq"] == 1 and obs[2]["settles"]["quality_tests"]["pm25"]["spike"] == 1
+    )
     settled = obs[4]["settles"]
     assert (settled["boot"], settled["seq"]) == (1, 3)
     assert settled["quality_tests"]["pm25"]["spike"] == 4
@@ -280,8 +326,14 @@ def test_fleet_default_calibration_applies_when_no_site_record() -> None:
 
 
 def test_water_alerts_do_not_flap_at_the_threshold() -> None:
-    cfg = base_config(alerts={"water_warning_m": 2.0, "water_critical_m": 3.0, "hold_s": 300,
-                              "water_hysteresis_m": 0.05})
+    cfg = base_config(
+        alerts={
+            "water_warning_m": 2.0,
+            "water_critical_m": 3.0,
+            "hold_s": 300,
+            "water_hysteresis_m": 0.05,
+        }
+    )
     p = processor(cfg)
     t0 = 1_790_000_000.0
     alerts: list[dict[str, Any]] = []
@@ -302,8 +354,14 @@ def test_water_alerts_do_not_flap_at_the_threshold() -> None:
 
 
 def test_water_critical_and_rising_fast() -> None:
-    cfg = base_config(alerts={"water_warning_m": 2.0, "water_critical_m": 3.0, "hold_s": 60,
-                              "water_rising_m_per_h": 0.5})
+    cfg = base_config(
+        alerts={
+            "water_warning_m": 2.0,
+            "water_critical_m": 3.0,
+            "hold_s": 60,
+            "water_rising_m_per_h": 0.5,
+        }
+    )
     p = processor(cfg)
     t0 = 1_790_000_000.0
     got = []
@@ -344,7 +402,10 @@ def test_pm25_band_change_is_announced_once_after_hold() -> None:
         ('gateway_id = "gw-a1"\n', "site_id"),
         ('gateway_id = "GW!"\nsite_id = "s-1"\n', "gateway_id"),
         ('gateway_id = "gw-a1"\nsite_id = "s-1"\n[store]\nmax_bytes = "big"\n', "store.max_bytes"),
-        ('gateway_id = "gw-a1"\nsite_id = "s-1"\n[upstream]\nhost = "platform.example"\n', "upstream.tls"),
+        (
+            'gateway_id = "gw-a1"\nsite_id = "s-1"\n[upstream]\nhost = "platform.example"\n',
+            "upstream.tls",
+        ),
         (
             (
                 'gateway_id = "gw-a1"\nsite_id = "s-1"\n[[inventory.device]]\n'
@@ -353,7 +414,10 @@ def test_pm25_band_change_is_announced_once_after_hold() -> None:
             "inventory.device[0].kind",
         ),
         ('gateway_id = "gw-a1"\nsite_id = "s-1"\nsurprise = 1\n', "surprise"),
-        ('gateway_id = "gw-a1"\nsite_id = "s-1"\n[forward]\nmax_inflight = 0\n', "forward.max_inflight"),
+        (
+            'gateway_id = "gw-a1"\nsite_id = "s-1"\n[forward]\nmax_inflight = 0\n',
+            "forward.max_inflight",
+        ),
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -381,8 +445,15 @@ def test_example_config_loads_and_hides_secrets() -> None:
 
 
 def test_metrics_render_prometheus_text() -> None:
-    text = render({"readings_in": 5, "queue_depth": 2, "oldest_age_s": None,
-                   "dropped": {"max_bytes": 3}, "dead_letters_by_reason": {"schema": 1}})
+    text = render(
+        {
+            "readings_in": 5,
+            "queue_depth": 2,
+            "oldest_age_s": None,
+            "dropped": {"max_bytes": 3},
+            "dead_letters_by_reason": {"schema": 1},
+        }
+    )
     assert "cityedge_gateway_readings_received_total 5" in text
     assert 'cityedge_gateway_dropped_total{reason="max_bytes"} 3' in text
     assert "cityedge_gateway_queue_oldest_age_seconds 0" in text  # an empty queue: no NaN
@@ -411,7 +482,16 @@ def test_seen_ranges_persist_across_reopen_and_prune(tmp_path: Path) -> None:
     store.close()
     again = open_store(tmp_path)
     assert again.is_new([("a", 1, s) for s in range(9)]) == [
-        False, False, False, True, True, False, False, False, True]
+        False,
+        False,
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+        True,
+    ]
     assert again.prune_seen(time.time() + 10_000) == 1  # beyond the 3600 s horizon
     assert again.is_new([("a", 1, 0)]) == [True]
     again.close()

@@ -15,7 +15,9 @@ def vboard_factory(tmp_path: Path) -> Iterator[Callable[..., VirtualBoard]]:
     """Start virtual boards (each with its own flash directory); all closed at the end."""
     boards: list[VirtualBoard] = []
 
-    def make(name: str = "board", mac: str = "246f28000001", kind: str | None = None) -> VirtualBoard:
+    def make(
+        name: str = "board", mac: str = "246f28000001", kind: str | None = None
+    ) -> VirtualBoard:
         vb = VirtualBoard(tmp_path / f"flash-{name}", sim={"unique_id": mac})
         if kind is not None:
             vb.attach_sensors(kind, mac, seed=int(mac[-4:], 16) + 1)

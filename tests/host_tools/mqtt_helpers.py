@@ -23,7 +23,10 @@ class Client:
         self.received: queue.Queue[tuple[str, bytes]] = queue.Queue()
         self.connack: queue.Queue[Any] = queue.Queue()
         self._subacked = threading.Event()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"t-{username}-{time.monotonic_ns()}")
+        self.c = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"t-{username}-{time.monotonic_ns()}",
+        )
         self.c.username_pw_set(username, password)
         self.c.on_connect = lambda c, u, f, rc, p: self.connack.put(rc)
         self.c.on_message = lambda c, u, m: self.received.put((m.topic, m.payload))

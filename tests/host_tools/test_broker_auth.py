@@ -44,8 +44,23 @@ def test_usernames_that_would_break_the_files_are_refused() -> None:
 
 def _device(device_id: str, site: str, password: str, version: int = 1) -> Device:
     now = utc_now()
-    return Device(device_id, device_id[3:], "ESP32", "air", "sim", site, None, 13.7, 100.5,
-                  None, "1.0", version, broker_auth.hash_password(password), now, now)
+    return Device(
+        device_id,
+        device_id[3:],
+        "ESP32",
+        "air",
+        "sim",
+        site,
+        None,
+        13.7,
+        100.5,
+        None,
+        "1.0",
+        version,
+        broker_auth.hash_password(password),
+        now,
+        now,
+    )
 
 
 def _store(inv: Inventory, dev: Device) -> None:
@@ -68,9 +83,7 @@ def test_real_mosquitto_enforces_generated_files(
     assert "ce-ccccccccccc3:" not in passwd.read_text()  # another site's device is not let in
     assert "gw-other:" not in passwd.read_text()  # nor another site's gateway
     assert "pw-a" not in passwd.read_text()
-    broker = broker_factory(
-        "auth", password_file=passwd, acl_file=acl, extra_config=ROOT_SAFE
-    )
+    broker = broker_factory("auth", password_file=passwd, acl_file=acl, extra_config=ROOT_SAFE)
 
     gw = Client(broker.port, "gw-school-1", gw_pw)
     assert gw.ok

@@ -33,8 +33,17 @@ def test_parallel_flash_one_bad_board_does_not_stop_the_others(
     image = make_image(tmp_path)
     inv = tmp_path / "inv.sqlite"
     try:
-        args = ["node", "flash", str(image), "--before", "no-reset", "--after", "no-reset",
-                "--inventory", str(inv)]
+        args = [
+            "node",
+            "flash",
+            str(image),
+            "--before",
+            "no-reset",
+            "--after",
+            "no-reset",
+            "--inventory",
+            str(inv),
+        ]
         for r in roms:
             args += ["--port", r.device]
         code = cityedge(args)
@@ -53,7 +62,9 @@ def test_parallel_flash_one_bad_board_does_not_stop_the_others(
     assert flashed == {"ce-246f2800aa00", "ce-246f2800aa02"}
 
 
-def test_flash_refuses_a_bad_image_before_any_board(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_flash_refuses_a_bad_image_before_any_board(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     image = make_image(tmp_path)
     code = cityedge(["node", "flash", str(image), "--sha256", "ab" * 32, "--port", "/dev/null"])
     assert code == 1
@@ -120,10 +131,25 @@ def test_labels_and_inventory_listing(tmp_path: Path, capsys: pytest.CaptureFixt
         dev = inv.device("ce-aaaaaaaaaaa1")
     assert dev is not None
     assert json.loads(labels.label_payload(dev)) == {
-        "id": "ce-aaaaaaaaaaa1", "site": "rayong-school-01", "kind": "air"
+        "id": "ce-aaaaaaaaaaa1",
+        "site": "rayong-school-01",
+        "kind": "air",
     }
-    assert cityedge(["node", "label", "--site", "rayong-school-01", "--out", str(tmp_path / "l"),
-                     "--inventory", str(inv_path)]) == 0
+    assert (
+        cityedge(
+            [
+                "node",
+                "label",
+                "--site",
+                "rayong-school-01",
+                "--out",
+                str(tmp_path / "l"),
+                "--inventory",
+                str(inv_path),
+            ]
+        )
+        == 0
+    )
     png = tmp_path / "l" / "ce-aaaaaaaaaaa1.png"
     img = Image.open(png).convert("L")
     assert img.width == labels.LABEL_WIDTH_PX and img.height > img.width  # text under the code
@@ -135,19 +161,39 @@ def test_labels_and_inventory_listing(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cityedge(["node", "inventory", "canal", "--inventory", str(inv_path)]) == 0
     listing = capsys.readouterr().out
     assert "ce-bbbbbbbbbbb2" in listing and "ce-aaaaaaaaaaa1" not in listing
-    assert cityedge(["node", "inventory", "--history", "ce-aaaaaaaaaaa1",
-                     "--inventory", str(inv_path)]) == 0
+    assert (
+        cityedge(
+            ["node", "inventory", "--history", "ce-aaaaaaaaaaa1", "--inventory", str(inv_path)]
+        )
+        == 0
+    )
     assert "provision" in capsys.readouterr().out
     assert cityedge(["node", "label", "ce-000000000000", "--inventory", str(inv_path)]) == 1
 
 
 def test_selftest_parsing() -> None:
     line = {
-        "v": 1, "device_id": "ce-246f28000011", "kind": "air", "fw": "0.1.0", "config_error": None,
-        "sensors": {"pm": {"driver": "pms5003", "ok": False, "reading": {}, "errors": 3,
-                           "error": "no frame within 2 s"},
-                    "th": {"driver": "sht3x", "ok": True, "reading": {"temp": 29.1, "rh": 71.0},
-                           "errors": 0, "error": None}},
+        "v": 1,
+        "device_id": "ce-246f28000011",
+        "kind": "air",
+        "fw": "0.1.0",
+        "config_error": None,
+        "sensors": {
+            "pm": {
+                "driver": "pms5003",
+                "ok": False,
+                "reading": {},
+                "errors": 3,
+                "error": "no frame within 2 s",
+            },
+            "th": {
+                "driver": "sht3x",
+                "ok": True,
+                "reading": {"temp": 29.1, "rh": 71.0},
+                "errors": 0,
+                "error": None,
+            },
+        },
         "battery_v": None,
         "wifi": {"ok": True, "rssi_dbm": -70, "error": None},
         "mqtt": {"ok": False, "host": "10.0.0.2", "port": 1883, "error": "refused: not authorised"},
@@ -189,21 +235,43 @@ def test_monitor_follows_the_log_and_ctrl_c_stops_main(
 
 @pytest.mark.micropython
 def test_batch_provision_one_bad_board_leaves_nothing_half_written(
-    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Three boards in parallel, the middle one's flash refuses the config: the other two are
     provisioned, the bad one has neither a config nor an inventory row nor a broker entry."""
     boards = [vboard_factory(f"b{i}", f"246f2800004{i}") for i in range(3)]
     (boards[1].flash_dir / "config.json.tmp").mkdir()  # its filesystem refuses the write
     site_csv = tmp_path / "school.csv"
-    site_csv.write_text("port,kind,site,lat,lon,name\n" + "".join(
-        f"{vb.device},air,rayong-school-01,12.68,101.27,node {i}\n" for i, vb in enumerate(boards)))
+    site_csv.write_text(
+        "port,kind,site,lat,lon,name\n"
+        + "".join(
+            f"{vb.device},air,rayong-school-01,12.68,101.27,node {i}\n"
+            for i, vb in enumerate(boards)
+        )
+    )
     inv_path = tmp_path / "inv.sqlite"
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    code = cityedge(["node", "provision", "--batch", str(site_csv), "--board", "sim",
-                     "--ssid", "school-iot", "--broker", "192.168.1.10",
-                     "--broker-dir", str(tmp_path / "broker"), "--inventory", str(inv_path)])
+    code = cityedge(
+        [
+            "node",
+            "provision",
+            "--batch",
+            str(site_csv),
+            "--board",
+            "sim",
+            "--ssid",
+            "school-iot",
+            "--broker",
+            "192.168.1.10",
+            "--broker-dir",
+            str(tmp_path / "broker"),
+            "--inventory",
+            str(inv_path),
+        ]
+    )
     assert code == 1
     out = capsys.readouterr().out
     assert out.count("FAILED") == 1 and out.count(" ok ") == 2
@@ -226,8 +294,12 @@ def test_boards_finishing_together_all_reach_a_new_inventory(tmp_path: Path) -> 
         barrier = threading.Barrier(12)
         errors: list[InventoryError] = []
 
-        def one(i: int, path: Path = path, barrier: threading.Barrier = barrier,
-                errors: list[InventoryError] = errors) -> None:
+        def one(
+            i: int,
+            path: Path = path,
+            barrier: threading.Barrier = barrier,
+            errors: list[InventoryError] = errors,
+        ) -> None:
             barrier.wait()
             try:
                 with Inventory(path) as inv:

@@ -43,23 +43,52 @@ def test_three_boards_provisioned_in_parallel_reach_the_gateway(
     site_csv = tmp_path / "school.csv"
     site_csv.write_text(
         "port,kind,site,lat,lon,name\n"
-        + "".join(f"{vb.device},{kind},{SITE},12.68,101.27,node {i}\n"
-                  for i, (vb, (_, kind)) in enumerate(zip(boards, NODES, strict=True)))
+        + "".join(
+            f"{vb.device},{kind},{SITE},12.68,101.27,node {i}\n"
+            for i, (vb, (_, kind)) in enumerate(zip(boards, NODES, strict=True))
+        )
     )
-    local = MosquittoBroker("site", workdir=tmp_path / "site-broker",
-                            password_file=tmp_path / "broker" / "passwd",
-                            acl_file=tmp_path / "broker" / "acl", extra_config=ROOT_SAFE)
+    local = MosquittoBroker(
+        "site",
+        workdir=tmp_path / "site-broker",
+        password_file=tmp_path / "broker" / "passwd",
+        acl_file=tmp_path / "broker" / "acl",
+        extra_config=ROOT_SAFE,
+    )
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    code = cityedge([
-        "node", "provision", "--batch", str(site_csv), "--deploy", "--board", "sim",
-        "--ssid", "school-iot", "--broker", f"127.0.0.1:{local.port}",
-        "--broker-dir", str(tmp_path / "broker"), "--inventory", str(inv_path),
-        "--interval", "sample_s=1", "--interval", "report_s=2", "--interval", "heartbeat_s=2",
-    ])
+    code = cityedge(
+        [
+            "node",
+            "provision",
+            "--batch",
+            str(site_csv),
+            "--deploy",
+            "--board",
+            "sim",
+            "--ssid",
+            "school-iot",
+            "--broker",
+            f"127.0.0.1:{local.port}",
+            "--broker-dir",
+            str(tmp_path / "broker"),
+            "--inventory",
+            str(inv_path),
+            "--interval",
+            "sample_s=1",
+            "--interval",
+            "report_s=2",
+            "--interval",
+            "heartbeat_s=2",
+        ]
+    )
     assert code == 0
     ids = [f"ce-{mac}" for mac, _ in NODES]
-    configs = {json.loads((vb.flash_dir / "config.json").read_text())["device_id"]:
-               json.loads((vb.flash_dir / "config.json").read_text()) for vb in boards}
+    configs = {
+        json.loads((vb.flash_dir / "config.json").read_text())["device_id"]: json.loads(
+            (vb.flash_dir / "config.json").read_text()
+        )
+        for vb in boards
+    }
     assert sorted(configs) == ids
     with Inventory(inv_path) as inv:
         devices = {d.device_id: d for d in inv.devices(site_id=SITE)}
@@ -79,7 +108,9 @@ def test_three_boards_provisioned_in_parallel_reach_the_gateway(
             seen = sorted(SEEN)
             tails = "\n".join(bytes(vb.transcript[-600:]).decode(errors="replace") for vb in boards)
             log = local.log_path.read_text()[-1500:]
-            pytest.fail(f"not every node reached the platform ({seen}). Boards:\n{tails}\nbroker:\n{log}")
+            pytest.fail(
+                f"not every node reached the platform ({seen}). Boards:\n{tails}\nbroker:\n{log}"
+            )
 
         # The self-test on each running node (verify stops main.py with Ctrl-C, as on a
         # board): sensors, WiFi, and MQTT with the node's own credential.
@@ -114,18 +145,27 @@ def test_three_boards_provisioned_in_parallel_reach_the_gateway(
 
 
 async def _gateway_receives(
-    tmp_path: Path, local: MosquittoBroker, upstream: MosquittoBroker, gw_password: str,
+    tmp_path: Path,
+    local: MosquittoBroker,
+    upstream: MosquittoBroker,
+    gw_password: str,
     ids: list[str],
 ) -> None:
-    config = GatewayConfig.from_dict(gateway_config(
-        local, upstream, tmp_path / "gw", site_id=SITE,
-        local={"username": "gw-rayong-01", "password": gw_password},
-    ))
+    config = GatewayConfig.from_dict(
+        gateway_config(
+            local,
+            upstream,
+            tmp_path / "gw",
+            site_id=SITE,
+            local={"username": "gw-rayong-01", "password": gw_password},
+        )
+    )
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     platform = await Platform(upstream).start()
     try:
         await wait_ready(gw)
+
         def all_seen() -> bool:
             SEEN.update(o["device_id"] for o in platform.observations())
             return SEEN >= set(ids)
@@ -170,17 +210,46 @@ def test_node_runs_its_firmware_after_provision_verify_and_deploy(
     mac = "246f28000021"
     device_id = f"ce-{mac}"
     vb = vboard_factory(mac, mac, "air")
-    broker = MosquittoBroker("site", workdir=tmp_path / "site-broker",
-                             password_file=tmp_path / "broker" / "passwd",
-                             acl_file=tmp_path / "broker" / "acl", extra_config=ROOT_SAFE)
+    broker = MosquittoBroker(
+        "site",
+        workdir=tmp_path / "site-broker",
+        password_file=tmp_path / "broker" / "passwd",
+        acl_file=tmp_path / "broker" / "acl",
+        extra_config=ROOT_SAFE,
+    )
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
     common = ["--port", vb.device, "--inventory", str(inv_path)]
-    assert cityedge([
-        "node", "provision", "--deploy", "--kind", "air", "--site", SITE, "--lat", "12.68",
-        "--lon", "101.27", "--board", "sim", "--ssid", "school-iot",
-        "--broker", f"127.0.0.1:{broker.port}", "--broker-dir", str(tmp_path / "broker"),
-        "--interval", "sample_s=1", "--interval", "report_s=2", *common,
-    ]) == 0
+    assert (
+        cityedge(
+            [
+                "node",
+                "provision",
+                "--deploy",
+                "--kind",
+                "air",
+                "--site",
+                SITE,
+                "--lat",
+                "12.68",
+                "--lon",
+                "101.27",
+                "--board",
+                "sim",
+                "--ssid",
+                "school-iot",
+                "--broker",
+                f"127.0.0.1:{broker.port}",
+                "--broker-dir",
+                str(tmp_path / "broker"),
+                "--interval",
+                "sample_s=1",
+                "--interval",
+                "report_s=2",
+                *common,
+            ]
+        )
+        == 0
+    )
     assert vb.running_main  # main.py started by the tool itself
     broker.start()
     try:

@@ -86,8 +86,11 @@ def test_no_board_plugged_in(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_several_boards_need_a_port(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ports, "list_serial_ports",
-                        lambda include_all=False: [_port("/dev/ttyUSB0"), _port("/dev/ttyUSB1")])
+    monkeypatch.setattr(
+        ports,
+        "list_serial_ports",
+        lambda include_all=False: [_port("/dev/ttyUSB0"), _port("/dev/ttyUSB1")],
+    )
     with pytest.raises(PortNotFoundError) as exc:
         ports.auto_port()
     assert "/dev/ttyUSB0, /dev/ttyUSB1" in str(exc.value) and "--port" in exc.value.hint
@@ -95,8 +98,19 @@ def test_several_boards_need_a_port(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("no_boards")
 def test_given_port_does_not_exist(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cityedge(["node", "verify", "--port", "/dev/ttyUSB97",
-                     "--inventory", str(tmp_path / "inv.sqlite")]) == 1
+    assert (
+        cityedge(
+            [
+                "node",
+                "verify",
+                "--port",
+                "/dev/ttyUSB97",
+                "--inventory",
+                str(tmp_path / "inv.sqlite"),
+            ]
+        )
+        == 1
+    )
     out = flat(capsys.readouterr().out)
     assert "FAILED" in out and "/dev/ttyUSB97 does not exist" in out and "data cable" in out
 
@@ -127,8 +141,13 @@ def test_busy_port_names_the_process_for_every_tool(vboard: VirtualBoard, tmp_pa
         holder = serial.Serial(rom.device, exclusive=True)
         try:
             with pytest.raises(PortBusyError) as busy:
-                flashing.flash_image(rom.device, make_image(tmp_path), before="no-reset",
-                                     after="no-reset", attempts=1)
+                flashing.flash_image(
+                    rom.device,
+                    make_image(tmp_path),
+                    before="no-reset",
+                    after="no-reset",
+                    attempts=1,
+                )
             check(busy.value)
             with pytest.raises(PortBusyError):
                 flashing.probe(rom.device, before="no-reset", after="no-reset", attempts=1)
@@ -160,27 +179,45 @@ def unreadable_tty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         monkeypatch.setattr(ports.grp, "getgrgid", no_name)
     device.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IWGRP)
     real_access = os.access
-    monkeypatch.setattr(ports.os, "access",
-                        lambda p, mode: False if str(p) == str(device) else real_access(p, mode))
+    monkeypatch.setattr(
+        ports.os, "access", lambda p, mode: False if str(p) == str(device) else real_access(p, mode)
+    )
     yield str(device)
 
 
 def test_permission_denied_names_the_dialout_group(
     unreadable_tty: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for attempt in (lambda: Board(unreadable_tty),
-                    lambda: follow(unreadable_tty, lambda _t: None, duration_s=0.1),
-                    lambda: flashing.probe(unreadable_tty, attempts=1)):
+    for attempt in (
+        lambda: Board(unreadable_tty),
+        lambda: follow(unreadable_tty, lambda _t: None, duration_s=0.1),
+        lambda: flashing.probe(unreadable_tty, attempts=1),
+    ):
         with pytest.raises(PortPermissionError) as exc:
             attempt()
         assert f"permission denied opening {unreadable_tty}" in str(exc.value)
         assert "sudo usermod -aG dialout $USER" in exc.value.hint and "log out" in exc.value.hint
     # and the open error itself, as pyserial raises it for a user outside the group
-    err = ports.translate_open_error("/dev/ttyUSB0", serial.SerialException(
-        13, "could not open port /dev/ttyUSB0: [Errno 13] Permission denied: '/dev/ttyUSB0'"))
+    err = ports.translate_open_error(
+        "/dev/ttyUSB0",
+        serial.SerialException(
+            13, "could not open port /dev/ttyUSB0: [Errno 13] Permission denied: '/dev/ttyUSB0'"
+        ),
+    )
     assert isinstance(err, PortPermissionError)
-    assert cityedge(["node", "verify", "--port", unreadable_tty,
-                     "--inventory", str(tmp_path / "inv.sqlite")]) == 1
+    assert (
+        cityedge(
+            [
+                "node",
+                "verify",
+                "--port",
+                unreadable_tty,
+                "--inventory",
+                str(tmp_path / "inv.sqlite"),
+            ]
+        )
+        == 1
+    )
     out = flat(capsys.readouterr().out)
     assert "permission denied" in out and "dialout" in out
 
@@ -215,8 +252,20 @@ def test_mpy_mismatch_through_the_cli(
         f'exec "{real}" "$@"\n'
     )
     old.chmod(0o755)
-    code = cityedge(["node", "deploy", "--board", "sim", "--port", vboard.device,
-                     "--mpy-cross", str(old), "--inventory", str(tmp_path / "inv.sqlite")])
+    code = cityedge(
+        [
+            "node",
+            "deploy",
+            "--board",
+            "sim",
+            "--port",
+            vboard.device,
+            "--mpy-cross",
+            str(old),
+            "--inventory",
+            str(tmp_path / "inv.sqlite"),
+        ]
+    )
     assert code == 1
     out = flat(capsys.readouterr().out)
     assert "FAILED" in out and "mpy v6.3" in out and "mpy v6.2" in out

@@ -37,20 +37,41 @@ def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _school(tmp_path: Path, boards: list[VirtualBoard]) -> Path:
     site_csv = tmp_path / "school.csv"
-    site_csv.write_text("port,kind,site,lat,lon,name\n" + "".join(
-        f"{vb.device},air,{SITE},12.68{i},101.27{i},node {i}\n" for i, vb in enumerate(boards)))
+    site_csv.write_text(
+        "port,kind,site,lat,lon,name\n"
+        + "".join(
+            f"{vb.device},air,{SITE},12.68{i},101.27{i},node {i}\n" for i, vb in enumerate(boards)
+        )
+    )
     return site_csv
 
 
 def _provision_argv(tmp_path: Path, site_csv: Path) -> list[str]:
-    return ["node", "provision", "--batch", str(site_csv), "--board", "sim",
-            "--ssid", "school-iot", "--broker", "192.168.1.10",
-            "--broker-dir", str(tmp_path / "broker"), "--inventory", str(tmp_path / "inv.sqlite")]
+    return [
+        "node",
+        "provision",
+        "--batch",
+        str(site_csv),
+        "--board",
+        "sim",
+        "--ssid",
+        "school-iot",
+        "--broker",
+        "192.168.1.10",
+        "--broker-dir",
+        str(tmp_path / "broker"),
+        "--inventory",
+        str(tmp_path / "inv.sqlite"),
+    ]
 
 
 def _configs(boards: list[VirtualBoard]) -> list[bytes | None]:
-    return [(vb.flash_dir / "config.json").read_bytes()
-            if (vb.flash_dir / "config.json").is_file() else None for vb in boards]
+    return [
+        (vb.flash_dir / "config.json").read_bytes()
+        if (vb.flash_dir / "config.json").is_file()
+        else None
+        for vb in boards
+    ]
 
 
 # --- 1. provision --batch with --port: only that port, never a silent rotation --------------
@@ -58,8 +79,10 @@ def _configs(boards: list[VirtualBoard]) -> list[bytes | None]:
 
 @pytest.mark.micropython
 def test_readme_recovery_run_the_same_command_for_its_port_alone(
-    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """README: 'one bad board does not stop the rest. Fix it and run the same command for its
     port alone.' Doing exactly that provisions the fixed board and leaves the good ones' configs
@@ -93,8 +116,10 @@ def test_readme_recovery_run_the_same_command_for_its_port_alone(
 
 @pytest.mark.micropython
 def test_batch_port_not_in_the_csv_is_refused_before_any_board(
-    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     boards = [vboard_factory("b0", "246f28000060")]
     site_csv = _school(tmp_path, boards)
@@ -108,8 +133,10 @@ def test_batch_port_not_in_the_csv_is_refused_before_any_board(
 
 @pytest.mark.micropython
 def test_rotating_a_credential_is_said_loudly(
-    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     boards = [vboard_factory("b0", "246f28000070")]
     argv = _provision_argv(tmp_path, _school(tmp_path, boards))
@@ -127,8 +154,10 @@ def test_rotating_a_credential_is_said_loudly(
 
 @pytest.mark.micropython
 def test_broker_files_for_a_mistyped_site_is_refused(
-    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """An empty passwd installed on the gateway locks every node out: a site without devices
     is refused (listing the sites the inventory knows), and nothing is written."""
@@ -138,8 +167,18 @@ def test_broker_files_for_a_mistyped_site_is_refused(
     capsys.readouterr()
     inv = str(tmp_path / "inv.sqlite")
     out_dir = tmp_path / "typo"
-    code = cityedge(["node", "broker-files", "--site", "rayong-scool-01", "--out", str(out_dir),
-                     "--inventory", inv])
+    code = cityedge(
+        [
+            "node",
+            "broker-files",
+            "--site",
+            "rayong-scool-01",
+            "--out",
+            str(out_dir),
+            "--inventory",
+            inv,
+        ]
+    )
     assert code == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "rayong-scool-01" in err and "no devices" in err and SITE in err
@@ -147,19 +186,56 @@ def test_broker_files_for_a_mistyped_site_is_refused(
     assert not (out_dir / "passwd").exists() and not (out_dir / "acl").exists()
 
     # The real site still works, and a first install with --gateway-user is allowed.
-    assert cityedge(["node", "broker-files", "--site", SITE, "--out", str(tmp_path / "ok"),
-                     "--inventory", inv]) == 0
+    assert (
+        cityedge(
+            [
+                "node",
+                "broker-files",
+                "--site",
+                SITE,
+                "--out",
+                str(tmp_path / "ok"),
+                "--inventory",
+                inv,
+            ]
+        )
+        == 0
+    )
     assert "ce-246f28000080:" in (tmp_path / "ok" / "passwd").read_text()
-    assert cityedge(["node", "broker-files", "--site", "chonburi-school-02", "--out",
-                     str(tmp_path / "new"), "--gateway-user", "gw-chonburi-02",
-                     "--inventory", inv]) == 0
+    assert (
+        cityedge(
+            [
+                "node",
+                "broker-files",
+                "--site",
+                "chonburi-school-02",
+                "--out",
+                str(tmp_path / "new"),
+                "--gateway-user",
+                "gw-chonburi-02",
+                "--inventory",
+                inv,
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "new" / "passwd").read_text().startswith("gw-chonburi-02:")
     capsys.readouterr()
     # Once the gateway account exists the site is known, but it still has no devices: refused
     # again without --gateway-user (a passwd with only the gateway in it locks no node out,
     # but this is most likely the wrong site).
-    code = cityedge(["node", "broker-files", "--site", "chonburi-school-02", "--out",
-                     str(tmp_path / "new2"), "--inventory", inv])
+    code = cityedge(
+        [
+            "node",
+            "broker-files",
+            "--site",
+            "chonburi-school-02",
+            "--out",
+            str(tmp_path / "new2"),
+            "--inventory",
+            inv,
+        ]
+    )
     assert code == 1 and not (tmp_path / "new2").exists()
 
 
@@ -167,18 +243,52 @@ def test_broker_files_for_a_mistyped_site_is_refused(
 
 
 def _provision_one(tmp_path: Path, vb: VirtualBoard, broker: str, kind: str = "air") -> None:
-    assert cityedge([
-        "node", "provision", "--deploy", "--kind", kind, "--site", SITE, "--lat", "12.68",
-        "--lon", "101.27", "--board", "sim", "--ssid", "school-iot", "--broker", broker,
-        "--broker-dir", str(tmp_path / "broker"), "--port", vb.device,
-        "--inventory", str(tmp_path / "inv.sqlite"),
-    ]) == 0
+    assert (
+        cityedge(
+            [
+                "node",
+                "provision",
+                "--deploy",
+                "--kind",
+                kind,
+                "--site",
+                SITE,
+                "--lat",
+                "12.68",
+                "--lon",
+                "101.27",
+                "--board",
+                "sim",
+                "--ssid",
+                "school-iot",
+                "--broker",
+                broker,
+                "--broker-dir",
+                str(tmp_path / "broker"),
+                "--port",
+                vb.device,
+                "--inventory",
+                str(tmp_path / "inv.sqlite"),
+            ]
+        )
+        == 0
+    )
 
 
 def _verify(tmp_path: Path, vb: VirtualBoard, capsys: pytest.CaptureFixture[str]) -> str:
     capsys.readouterr()
-    code = cityedge(["node", "verify", "--port", vb.device, "--timeout", "60",
-                     "--inventory", str(tmp_path / "inv.sqlite")])
+    code = cityedge(
+        [
+            "node",
+            "verify",
+            "--port",
+            vb.device,
+            "--timeout",
+            "60",
+            "--inventory",
+            str(tmp_path / "inv.sqlite"),
+        ]
+    )
     captured = capsys.readouterr()
     text = " ".join((captured.out + captured.err).split())
     assert code == 1, text
@@ -188,8 +298,10 @@ def _verify(tmp_path: Path, vb: VirtualBoard, capsys: pytest.CaptureFixture[str]
 @pytest.mark.micropython
 @pytest.mark.broker
 def test_failed_verify_prints_the_table_and_a_hint_per_check(
-    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from host_tools.brokers import MosquittoBroker
     from host_tools.provision import create_gateway_credential, export_broker_files
@@ -200,9 +312,13 @@ def test_failed_verify_prints_the_table_and_a_hint_per_check(
     with Inventory(tmp_path / "inv.sqlite") as inv:
         create_gateway_credential(inv, "gw-rayong-01", SITE)
         export_broker_files(inv, tmp_path / "installed", site_id=SITE)
-    broker = MosquittoBroker("site", workdir=tmp_path / "site-broker",
-                             password_file=tmp_path / "installed" / "passwd",
-                             acl_file=tmp_path / "installed" / "acl", extra_config=ROOT_SAFE)
+    broker = MosquittoBroker(
+        "site",
+        workdir=tmp_path / "site-broker",
+        password_file=tmp_path / "installed" / "passwd",
+        acl_file=tmp_path / "installed" / "acl",
+        extra_config=ROOT_SAFE,
+    )
     vb = vboard_factory("b0", "246f280000a0", "air")
     _provision_one(tmp_path, vb, f"127.0.0.1:{broker.port}")
     broker.start()
@@ -222,8 +338,10 @@ def test_failed_verify_prints_the_table_and_a_hint_per_check(
 
 @pytest.mark.micropython
 def test_failed_verify_names_the_wiring_of_a_sensor_with_a_bus_error(
-    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
     vb = vboard_factory("b0", "246f280000a1")  # no sensor on its buses: none answers
@@ -235,7 +353,8 @@ def test_failed_verify_names_the_wiring_of_a_sensor_with_a_bus_error(
 
 @pytest.mark.micropython
 def test_verify_on_an_undeployed_board_says_deploy_first(
-    tmp_path: Path, vboard_factory: Callable[..., VirtualBoard],
+    tmp_path: Path,
+    vboard_factory: Callable[..., VirtualBoard],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     vb = vboard_factory("b0", "246f280000a2")
@@ -254,8 +373,23 @@ def _thai_device(tmp_path: Path) -> Path:
 
     inv_path = tmp_path / "inv.sqlite"
     now = utc_now()
-    device = Device("ce-246f280000c0", "246f280000c0", "ESP32", "air", "sim", SITE, THAI_NAME,
-                    12.68, 101.27, None, "0.1.0", 1, broker_auth.hash_password("x"), now, now)
+    device = Device(
+        "ce-246f280000c0",
+        "246f280000c0",
+        "ESP32",
+        "air",
+        "sim",
+        SITE,
+        THAI_NAME,
+        12.68,
+        101.27,
+        None,
+        "0.1.0",
+        1,
+        broker_auth.hash_password("x"),
+        now,
+        now,
+    )
     with Inventory(inv_path) as inv, inv.provisioning(device, port=None):
         pass
     return inv_path
@@ -274,7 +408,7 @@ def _glyph_shapes(band: Any) -> list[bytes]:
         elif not on and start is not None:
             part = ink[:, start:x]
             rows = part.any(axis=1)
-            shapes.append(part[rows.argmax(): len(rows) - rows[::-1].argmax()].tobytes())
+            shapes.append(part[rows.argmax() : len(rows) - rows[::-1].argmax()].tobytes())
             start = None
     return shapes
 
@@ -287,8 +421,20 @@ def test_label_prints_a_thai_name_in_thai_letters(
     from host_tools import labels
 
     inv_path = _thai_device(tmp_path)
-    assert cityedge(["node", "label", "ce-246f280000c0", "--out", str(tmp_path / "l"),
-                     "--inventory", str(inv_path)]) == 0
+    assert (
+        cityedge(
+            [
+                "node",
+                "label",
+                "ce-246f280000c0",
+                "--out",
+                str(tmp_path / "l"),
+                "--inventory",
+                str(inv_path),
+            ]
+        )
+        == 0
+    )
     assert "warning" not in capsys.readouterr().err
     img = Image.open(tmp_path / "l" / "ce-246f280000c0.png").convert("L")
     name_band = img.crop((0, labels.LABEL_WIDTH_PX + 52 + 40, img.width, img.height))
@@ -297,7 +443,7 @@ def test_label_prints_a_thai_name_in_thai_letters(
     assert len(shapes) >= 6 and len(set(shapes)) >= 6, f"{len(set(shapes))} distinct glyphs"
     font = labels.font_for(THAI_NAME, 30)
     assert font is not None
-    box = font.getmask("\U0010FFFD")
+    box = font.getmask("\U0010fffd")
     for letter in "หองสมดชน":
         mask = font.getmask(letter)
         assert (mask.size, bytes(mask)) != (box.size, bytes(box)), letter
@@ -314,8 +460,20 @@ def test_label_warns_when_no_thai_font_is_installed(
     monkeypatch.setattr(labels, "FONT_DIRS", [tmp_path / "no-fonts"])
     labels._font_files.cache_clear()
     try:
-        assert cityedge(["node", "label", "ce-246f280000c0", "--out", str(tmp_path / "l"),
-                         "--inventory", str(inv_path)]) == 0
+        assert (
+            cityedge(
+                [
+                    "node",
+                    "label",
+                    "ce-246f280000c0",
+                    "--out",
+                    str(tmp_path / "l"),
+                    "--inventory",
+                    str(inv_path),
+                ]
+            )
+            == 0
+        )
     finally:
         labels._font_files.cache_clear()
     err = " ".join(capsys.readouterr().err.split())
@@ -338,14 +496,36 @@ def test_record_file_messages_keep_their_brackets(
 
 @pytest.mark.parametrize("broker", ["http://192.168.1.10", "mqtt://192.168.1.10:1883"])
 def test_broker_with_a_url_scheme_says_host_and_port(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     broker: str,
 ) -> None:
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    code = cityedge(["node", "provision", "--kind", "air", "--site", SITE, "--lat", "12.68",
-                     "--lon", "101.27", "--board", "sim", "--ssid", "school-iot",
-                     "--broker", broker, "--port", "/dev/null-board",
-                     "--inventory", str(tmp_path / "inv.sqlite")])
+    code = cityedge(
+        [
+            "node",
+            "provision",
+            "--kind",
+            "air",
+            "--site",
+            SITE,
+            "--lat",
+            "12.68",
+            "--lon",
+            "101.27",
+            "--board",
+            "sim",
+            "--ssid",
+            "school-iot",
+            "--broker",
+            broker,
+            "--port",
+            "/dev/null-board",
+            "--inventory",
+            str(tmp_path / "inv.sqlite"),
+        ]
+    )
     assert code == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "HOST[:PORT]" in err and "without" in err and "--broker 192.168.1.10" in err, err
@@ -376,8 +556,18 @@ def test_verify_timeout_applies_to_entering_the_raw_repl_and_no_raw_bytes_leak(
     talker.start()
     try:
         t0 = time.monotonic()
-        code = cityedge(["node", "verify", "--port", os.ttyname(follower), "--timeout", "1",
-                         "--inventory", str(tmp_path / "inv.sqlite")])
+        code = cityedge(
+            [
+                "node",
+                "verify",
+                "--port",
+                os.ttyname(follower),
+                "--timeout",
+                "1",
+                "--inventory",
+                str(tmp_path / "inv.sqlite"),
+            ]
+        )
         elapsed = time.monotonic() - t0
     finally:
         stop.set()

@@ -97,7 +97,9 @@ def test_image_problems_say_what_is_wrong(tmp_path: Path, rom: FakeRom) -> None:
     bad = tmp_path / "firmware.uf2"
     bad.write_bytes(b"UF2\n" + b"\0" * 100)
     with pytest.raises(ImageError, match="not an ESP32 firmware image") as exc:
-        flashing.flash_image(rom.device, bad, sha256=hashlib.sha256(bad.read_bytes()).hexdigest(), **PTY)
+        flashing.flash_image(
+            rom.device, bad, sha256=hashlib.sha256(bad.read_bytes()).hexdigest(), **PTY
+        )
     assert ".bin" in exc.value.hint
     with pytest.raises(ChecksumError, match="no checksum"):
         flashing.flash_image(rom.device, make_image(tmp_path, sidecar=False), **PTY)

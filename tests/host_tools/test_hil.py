@@ -38,9 +38,16 @@ def test_hil_deploy_provision_verify(port: str, tmp_path: Path) -> None:
         dp.deploy(board, build, board_name)
         assert dp.deploy(board, build, board_name).copied == []  # second run: nothing to copy
         kind = next(iter(json.loads(dp.board_json(board_name))["sensors"]))
-        spec = NodeSpec(kind=kind, site_id="hil-bench", board=board_name, lat=13.75, lon=100.5,
-                        wifi_ssid="hil-none", wifi_password="x",
-                        broker=BrokerTarget("192.0.2.1", 1883))  # TEST-NET-1: unreachable
+        spec = NodeSpec(
+            kind=kind,
+            site_id="hil-bench",
+            board=board_name,
+            lat=13.75,
+            lon=100.5,
+            wifi_ssid="hil-none",
+            wifi_password="x",
+            broker=BrokerTarget("192.0.2.1", 1883),
+        )  # TEST-NET-1: unreachable
         result = provision_board(board, spec, inv, firmware_version=build.label)
         assert result.device_id == device_id_from_mac(board.mac())
         st = run_selftest(board, timeout_s=90)

@@ -45,26 +45,67 @@ def test_provisioned_location_and_name_reach_the_platform(
         gw_password = create_gateway_credential(inv, "gw-rayong-01", SITE)
     mac = "246f28000091"
     vb = vboard_factory(mac, mac, "water")
-    local = MosquittoBroker("site", workdir=tmp_path / "site-broker",
-                            password_file=tmp_path / "broker" / "passwd",
-                            acl_file=tmp_path / "broker" / "acl", extra_config=ROOT_SAFE)
+    local = MosquittoBroker(
+        "site",
+        workdir=tmp_path / "site-broker",
+        password_file=tmp_path / "broker" / "passwd",
+        acl_file=tmp_path / "broker" / "acl",
+        extra_config=ROOT_SAFE,
+    )
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    assert cityedge([
-        "node", "provision", "--deploy", "--kind", "water", "--site", SITE,
-        "--lat", "12.680123", "--lon", "101.275046", "--elev-m", "2.5", "--name", NAME,
-        "--board", "sim", "--ssid", "school-iot", "--broker", f"127.0.0.1:{local.port}",
-        "--broker-dir", str(tmp_path / "broker"), "--port", vb.device,
-        "--inventory", str(inv_path),
-        # No status between the two gateway runs: the second must know the place already.
-        "--interval", "sample_s=1", "--interval", "report_s=2", "--interval", "status_s=3600",
-    ]) == 0
+    assert (
+        cityedge(
+            [
+                "node",
+                "provision",
+                "--deploy",
+                "--kind",
+                "water",
+                "--site",
+                SITE,
+                "--lat",
+                "12.680123",
+                "--lon",
+                "101.275046",
+                "--elev-m",
+                "2.5",
+                "--name",
+                NAME,
+                "--board",
+                "sim",
+                "--ssid",
+                "school-iot",
+                "--broker",
+                f"127.0.0.1:{local.port}",
+                "--broker-dir",
+                str(tmp_path / "broker"),
+                "--port",
+                vb.device,
+                "--inventory",
+                str(inv_path),
+                # No status between the two gateway runs: the second must know the place already.
+                "--interval",
+                "sample_s=1",
+                "--interval",
+                "report_s=2",
+                "--interval",
+                "status_s=3600",
+            ]
+        )
+        == 0
+    )
     local.start()
     try:
         upstream = broker_factory("platform", extra_config=ROOT_SAFE)
-        config = GatewayConfig.from_dict(gateway_config(
-            local, upstream, tmp_path / "gw", site_id=SITE,
-            local={"username": "gw-rayong-01", "password": gw_password},
-        ))
+        config = GatewayConfig.from_dict(
+            gateway_config(
+                local,
+                upstream,
+                tmp_path / "gw",
+                site_id=SITE,
+                local={"username": "gw-rayong-01", "password": gw_password},
+            )
+        )
         expected = {"lat": 12.680123, "lon": 101.275046, "elev_m": 2.5, "name": NAME}
         first = asyncio.run(_observations(config, upstream, f"ce-{mac}", 2))
         assert [o["location"] for o in first] == [expected] * len(first)
@@ -90,8 +131,12 @@ async def _observations(
         await wait_ready(gw)
 
         def mine() -> list[dict[str, Any]]:
-            return [o for o in platform.observations() if o["device_id"] == device_id
-                    and datetime.fromisoformat(o["received_time"]) >= started]
+            return [
+                o
+                for o in platform.observations()
+                if o["device_id"] == device_id
+                and datetime.fromisoformat(o["received_time"]) >= started
+            ]
 
         await platform.wait_for(lambda: len(mine()) >= n, timeout_s=45)
         return mine()[:n]

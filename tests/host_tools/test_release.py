@@ -14,15 +14,31 @@ from host_tools.errors import FieldError
 
 
 def test_release_commands_make_a_signed_bundle_the_manifest_describes(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     keys = tmp_path / "keys"
     assert main(["release", "keygen", "--name", "city-a", "--out", str(keys)]) == 0
     assert main(["release", "keygen", "--name", "city-b", "--out", str(keys)]) == 0
     assert (keys / "city-a.key.pem").stat().st_mode & 0o077 == 0  # private: owner only
     assert main(["release", "keygen", "--name", "city-a", "--out", str(keys)]) == 1  # no overwrite
     b = tmp_path / "b"
-    assert main(["release", "build", "--version", "3", "--label", "fix-pm", "--kinds", "air",
-                 "--out", str(b)]) == 0
+    assert (
+        main(
+            [
+                "release",
+                "build",
+                "--version",
+                "3",
+                "--label",
+                "fix-pm",
+                "--kinds",
+                "air",
+                "--out",
+                str(b),
+            ]
+        )
+        == 0
+    )
     assert main(["release", "sign", str(b), "--key", str(keys / "city-a.key.pem")]) == 0
     head, entries = release.read_manifest(b)
     kid = json.loads((keys / "city-a.pub.json").read_text())["id"]
@@ -40,9 +56,12 @@ def test_release_commands_make_a_signed_bundle_the_manifest_describes(
     from cryptography.hazmat.primitives.asymmetric import padding
 
     priv = serialization.load_pem_private_key((keys / "city-a.key.pem").read_bytes(), None)
-    priv.public_key().verify((b / "manifest.sig").read_bytes(),  # type: ignore[union-attr, call-arg]
-                             (b / "manifest.txt").read_bytes(), padding.PKCS1v15(),  # type: ignore[arg-type]
-                             hashes.SHA256())
+    priv.public_key().verify(
+        (b / "manifest.sig").read_bytes(),  # type: ignore[union-attr, call-arg]
+        (b / "manifest.txt").read_bytes(),
+        padding.PKCS1v15(),  # type: ignore[arg-type]
+        hashes.SHA256(),
+    )
     # A file changed after the build is not signed.
     (b / "files" / "node" / "app.mpy").write_bytes(b"evil")
     capsys.readouterr()
@@ -51,19 +70,63 @@ def test_release_commands_make_a_signed_bundle_the_manifest_describes(
     # Key lists: two keys at least, the signer among them.
     kl = tmp_path / "kl"
     pubs = [str(keys / "city-a.pub.json"), str(keys / "city-b.pub.json")]
-    assert main(["release", "keys", "--trust", *pubs, "--seq", "1", "--key",
-                 str(keys / "city-a.key.pem"), "--out", str(kl)]) == 0
+    assert (
+        main(
+            [
+                "release",
+                "keys",
+                "--trust",
+                *pubs,
+                "--seq",
+                "1",
+                "--key",
+                str(keys / "city-a.key.pem"),
+                "--out",
+                str(kl),
+            ]
+        )
+        == 0
+    )
     first = json.loads((kl / "keys.txt").read_text().splitlines()[0])
     assert first == {"key": kid, "revoked": [], "seq": 1, "v": 1}
-    assert main(["release", "keys", "--trust", pubs[1], "--seq", "2", "--key",
-                 str(keys / "city-b.key.pem"), "--out", str(kl)]) == 1
+    assert (
+        main(
+            [
+                "release",
+                "keys",
+                "--trust",
+                pubs[1],
+                "--seq",
+                "2",
+                "--key",
+                str(keys / "city-b.key.pem"),
+                "--out",
+                str(kl),
+            ]
+        )
+        == 1
+    )
 
 
-def test_encrypted_private_key_needs_its_passphrase(tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_encrypted_private_key_needs_its_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CE_PASS", "correct horse")
-    assert main(["release", "keygen", "--name", "k", "--out", str(tmp_path),
-                 "--passphrase-env", "CE_PASS"]) == 0
+    assert (
+        main(
+            [
+                "release",
+                "keygen",
+                "--name",
+                "k",
+                "--out",
+                str(tmp_path),
+                "--passphrase-env",
+                "CE_PASS",
+            ]
+        )
+        == 0
+    )
     with pytest.raises(FieldError, match="cannot load the private key"):
         release.sign_bytes(tmp_path / "k.key.pem", b"x", None)
     sig, _ = release.sign_bytes(tmp_path / "k.key.pem", b"x", b"correct horse")

@@ -60,10 +60,14 @@ url = "{hook.url}/hook"
 secret_file = "hook.secret"
 rate_per_min = 6000
 burst = 50
-''' + (routes if routes is not None else '''
+''' + (
+            routes
+            if routes is not None
+            else """
 [[routes]]
 channels = ["line", "hook"]
-''')
+"""
+        )
         path = tmp_path / "alerts.toml"
         path.write_text(text)
         return path
@@ -75,13 +79,26 @@ def settings_of(path: Path) -> NotifySettings:
     return load_settings(path)
 
 
-def water_alert(device: str, name: str, state: str, t: float, value: float,
-                site: str = "bkk-canal-01") -> dict[str, Any]:
-    return {"v": 1, "site_id": site, "gateway_id": "gw-bkk-canal-01", "device_id": device,
-            "kind": "water", "alert": name, "state": state,
-            "severity": "warning" if state == "raised" else "info",
-            "t": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)), "value": value,
-            "unit": "m", "threshold": 1.2, "band": None, "message": "level", "message_th": "ระดับ"}
+def water_alert(
+    device: str, name: str, state: str, t: float, value: float, site: str = "bkk-canal-01"
+) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "site_id": site,
+        "gateway_id": "gw-bkk-canal-01",
+        "device_id": device,
+        "kind": "water",
+        "alert": name,
+        "state": state,
+        "severity": "warning" if state == "raised" else "info",
+        "t": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)),
+        "value": value,
+        "unit": "m",
+        "threshold": 1.2,
+        "band": None,
+        "message": "level",
+        "message_th": "ระดับ",
+    }
 
 
 async def wait_until(pred: Callable[[], bool], timeout_s: float = 20.0) -> None:

@@ -18,7 +18,8 @@ XSD = Path(__file__).parent / "data" / "CAP-v1.2.xsd"
 
 
 def test_cap_of_a_water_incident_validates_against_the_oasis_schema(
-        tmp_path: Path, alerts_config: Any, line: FakeLine, hook: WebhookReceiver) -> None:
+    tmp_path: Path, alerts_config: Any, line: FakeLine, hook: WebhookReceiver
+) -> None:
     schema = xmlschema.XMLSchema(str(XSD))
     proc = _processor(tmp_path)
     d = Dispatcher(settings_of(alerts_config(routes='[[routes]]\nchannels = ["hook"]\n')))

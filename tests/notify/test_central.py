@@ -27,8 +27,13 @@ DEV = "ce-00000000c001"
 
 
 def _proc(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        args,
+        cwd=REPO,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 async def _until(pred: Any, timeout_s: float, what: str, log: Path) -> None:
@@ -41,8 +46,8 @@ async def _until(pred: Any, timeout_s: float, what: str, log: Path) -> None:
 
 @run_async
 async def test_silent_node_and_offline_gateway_raised_centrally(
-        local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path,
-        line: FakeLine) -> None:
+    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path, line: FakeLine
+) -> None:
     (tmp_path / "line.token").write_text(LINE_TOKEN)
     central = tmp_path / "central.toml"
     central.write_text(f'''
@@ -79,7 +84,7 @@ api_base = "{line.url}"
     gw.write_text(f'''
 gateway_id = "gw-central-01"
 site_id = "central-site-01"
-data_dir = "{tmp_path / 'gw'}"
+data_dir = "{tmp_path / "gw"}"
 [local]
 port = {local_broker.port}
 reconnect_min_s = 0.1
@@ -103,8 +108,16 @@ report_s = 1.0
 name = "Ban Khlong school"
 ''')
     log = tmp_path / "procs.log"
-    serve = _proc([str(Path(sys.executable).parent / "cityedge"), "alerts", "serve", "--config",
-                   str(central)], log)
+    serve = _proc(
+        [
+            str(Path(sys.executable).parent / "cityedge"),
+            "alerts",
+            "serve",
+            "--config",
+            str(central),
+        ],
+        log,
+    )
     gateway = _proc([sys.executable, "-m", "edge_gateway", "--config", str(gw)], log)
     node = await FakeNode(local_broker, DEV, "air").start()
     try:
@@ -114,18 +127,32 @@ name = "Ban Khlong school"
         await node.wait_acked()
         stopped = time.monotonic()
         await node.stop()  # the node dies
-        await _until(lambda: any("Sensor node silent" in m["text"] for m in line.delivered),
-                     2 * 1.0 + 60, "node_silent", log)
+        await _until(
+            lambda: any("Sensor node silent" in m["text"] for m in line.delivered),
+            2 * 1.0 + 60,
+            "node_silent",
+            log,
+        )
         silent_after = time.monotonic() - stopped
         assert silent_after <= 2 * 1.0 + 60
-        assert "Ban Khlong school" in line.delivered[-1]["text"] or DEV in line.delivered[-1]["text"]
+        assert (
+            "Ban Khlong school" in line.delivered[-1]["text"] or DEV in line.delivered[-1]["text"]
+        )
         gateway.send_signal(signal.SIGKILL)  # the broker publishes its last will
         gateway.wait(10)
-        await _until(lambda: any("Gateway offline" in m["text"] for m in line.delivered), 30,
-                     "gateway_offline", log)
+        await _until(
+            lambda: any("Gateway offline" in m["text"] for m in line.delivered),
+            30,
+            "gateway_offline",
+            log,
+        )
         # Its dispatcher's heartbeats stopped too: the dead-man's switch.
-        await _until(lambda: any("Alert dispatcher quiet" in m["text"] for m in line.delivered),
-                     30, "dispatcher_quiet", log)
+        await _until(
+            lambda: any("Alert dispatcher quiet" in m["text"] for m in line.delivered),
+            30,
+            "dispatcher_quiet",
+            log,
+        )
         await asyncio.sleep(1.0)
         kinds = [m["text"].split("\n")[0] for m in line.delivered]
         assert len(kinds) == len(set(kinds)) == 3, kinds

@@ -35,12 +35,14 @@ class FakeNtfy(_Server):
 
         async def publish(request: web.Request) -> web.Response:
             if request.headers.get("Authorization") != f"Bearer {NTFY_TOKEN}":
-                return web.json_response({"code": 40101, "http": 401, "error": "unauthorized"},
-                                         status=401)
+                return web.json_response(
+                    {"code": 40101, "http": 401, "error": "unauthorized"}, status=401
+                )
             body = await request.json()
             if not body.get("topic"):
-                return web.json_response({"code": 40001, "http": 400, "error": "invalid topic"},
-                                         status=400)
+                return web.json_response(
+                    {"code": 40001, "http": 400, "error": "invalid topic"}, status=400
+                )
             self.published.append(body)
             return web.json_response({"id": "abc", "event": "message", "topic": body["topic"]})
 
@@ -49,13 +51,20 @@ class FakeNtfy(_Server):
 
 
 def _cityedge(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(Path(sys.executable).parent / "cityedge"), "-vv", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=90, check=False, env=env)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cityedge"), "-vv", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env=env,
+    )
 
 
 def test_alerts_test_on_every_channel_and_no_secret_in_any_output(
-        tmp_path: Path, line: FakeLine, hook: WebhookReceiver,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, line: FakeLine, hook: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
     ntfy = FakeNtfy().start()
     (tmp_path / "line.token").write_text(LINE_TOKEN + "\n")
     (tmp_path / "hook.secret").write_text(HOOK_SECRET)
@@ -106,13 +115,23 @@ token_env = "NTFY_TOKEN"
             outbox.close()
             # A wrong LINE token: refused with LINE's 401 message, the token still not shown.
             (tmp_path / "line.token").write_text("wrong-" + LINE_TOKEN)
-            bad = _cityedge("alerts", "test", "--config", str(config), "--channel", "line",
-                            "--wait-s", "1", env=env)
+            bad = _cityedge(
+                "alerts",
+                "test",
+                "--config",
+                str(config),
+                "--channel",
+                "line",
+                "--wait-s",
+                "1",
+                env=env,
+            )
             assert bad.returncode == 1 and "line: NOT sent" in bad.stdout
             assert "HTTP 401 Authentication failed" in bad.stderr
             # A secret written in the file itself is refused with what to do.
-            config.write_text(config.read_text().replace('token_file = "line.token"',
-                                                         f'token = "{LINE_TOKEN}"'))
+            config.write_text(
+                config.read_text().replace('token_file = "line.token"', f'token = "{LINE_TOKEN}"')
+            )
             assert cli_main(["alerts", "list", "--config", str(config)]) == 2
             refused = capsys.readouterr()
             assert "token_file" in refused.err
@@ -138,20 +157,46 @@ def test_line_group_id_helper_prints_the_group_of_a_signed_join_event(tmp_path: 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "cityedge"), "alerts",
-                             "line-group-id", "--secret-file", str(tmp_path / "secret"),
-                             "--port", str(port), "--count", "1"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    body = json.dumps({"destination": "U" + "0" * 32, "events": [{
-        "type": "join", "mode": "active", "timestamp": 1780000000000,
-        "source": {"type": "group", "groupId": "C" + "a1" * 16},
-        "webhookEventId": "01HZZZZZZZZZZZZZZZZZZZZZZZ", "replyToken": "r",
-        "deliveryContext": {"isRedelivery": False}}]}).encode()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "cityedge"),
+            "alerts",
+            "line-group-id",
+            "--secret-file",
+            str(tmp_path / "secret"),
+            "--port",
+            str(port),
+            "--count",
+            "1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    body = json.dumps(
+        {
+            "destination": "U" + "0" * 32,
+            "events": [
+                {
+                    "type": "join",
+                    "mode": "active",
+                    "timestamp": 1780000000000,
+                    "source": {"type": "group", "groupId": "C" + "a1" * 16},
+                    "webhookEventId": "01HZZZZZZZZZZZZZZZZZZZZZZZ",
+                    "replyToken": "r",
+                    "deliveryContext": {"isRedelivery": False},
+                }
+            ],
+        }
+    ).encode()
 
     def post(signature: str) -> int:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/line/webhook", data=body,
-                                     headers={"x-line-signature": signature,
-                                              "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/line/webhook",
+            data=body,
+            headers={"x-line-signature": signature, "Content-Type": "application/json"},
+        )
         try:
             return int(urllib.request.urlopen(req, timeout=5).status)
         except urllib.error.HTTPError as exc:

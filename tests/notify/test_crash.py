@@ -20,9 +20,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _start(config: Path, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [str(Path(sys.executable).parent / "cityedge"), "alerts", "deliver", "--config", str(config)],
-        cwd=REPO, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            str(Path(sys.executable).parent / "cityedge"),
+            "alerts",
+            "deliver",
+            "--config",
+            str(config),
+        ],
+        cwd=REPO,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def _wait(pred: Any, timeout_s: float = 30.0) -> None:
@@ -33,7 +42,8 @@ def _wait(pred: Any, timeout_s: float = 30.0) -> None:
 
 
 def test_sigkill_with_pending_notifications_delivers_each_exactly_once(
-        alerts_config: Any, line: FakeLine, tmp_path: Path) -> None:
+    alerts_config: Any, line: FakeLine, tmp_path: Path
+) -> None:
     config = alerts_config(routes='[[routes]]\nchannels = ["line"]\n')
     recorder = Dispatcher(settings_of(config))
     t0 = time.time()
@@ -62,7 +72,9 @@ def test_sigkill_with_pending_notifications_delivers_each_exactly_once(
         proc.wait(10)
     keys = [m["retry_key"] for m in line.delivered]
     assert len(keys) == n and len(set(keys)) == n, line.delivered
-    devices = sorted(m["text"].split("(bkk-canal-01)")[0].rsplit(" ", 2)[-2] for m in line.delivered)
+    devices = sorted(
+        m["text"].split("(bkk-canal-01)")[0].rsplit(" ", 2)[-2] for m in line.delivered
+    )
     assert len(set(devices)) == n
     # The rows in flight at the kills were sent again with their retry key and refused (409).
     assert line.conflicts >= 1, log.read_text()

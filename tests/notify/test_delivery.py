@@ -28,11 +28,14 @@ async def _run_until(d: Dispatcher, pred: Callable[[], bool], timeout_s: float =
 def _raise_n(d: Dispatcher, n: int) -> None:
     t0 = time.time()
     for i in range(n):
-        d.record([water_alert(f"ce-0000000000{i:02d}", "water_warning", "raised", t0, 1.3 + i / 100)])
+        d.record(
+            [water_alert(f"ce-0000000000{i:02d}", "water_warning", "raised", t0, 1.3 + i / 100)]
+        )
 
 
-def test_line_push_uses_the_real_api_and_a_retry_key(alerts_config: Any, line: FakeLine,
-                                                      hook: WebhookReceiver) -> None:
+def test_line_push_uses_the_real_api_and_a_retry_key(
+    alerts_config: Any, line: FakeLine, hook: WebhookReceiver
+) -> None:
     d = Dispatcher(settings_of(alerts_config()))
     _raise_n(d, 3)
     asyncio.run(_run_until(d, lambda: len(line.delivered) == 3))
@@ -52,15 +55,18 @@ def test_line_push_uses_the_real_api_and_a_retry_key(alerts_config: Any, line: F
     d2.close()
 
 
-def test_line_429_fails_over_to_the_webhook_nothing_lost(alerts_config: Any, line: FakeLine,
-                                                         hook: WebhookReceiver) -> None:
+def test_line_429_fails_over_to_the_webhook_nothing_lost(
+    alerts_config: Any, line: FakeLine, hook: WebhookReceiver
+) -> None:
     line.force_429 = "You have reached your monthly limit."
     d = Dispatcher(settings_of(alerts_config()))
     _raise_n(d, 6)
     asyncio.run(_run_until(d, lambda: len(hook.received) == 6))
     assert line.delivered == [] and line.throttled >= 1
     assert hook.bad_signatures == 0 and len({m["id"] for m in hook.received}) == 6
-    assert sorted(m["device_id"] for m in hook.received) == [f"ce-0000000000{i:02d}" for i in range(6)]
+    assert sorted(m["device_id"] for m in hook.received) == [
+        f"ce-0000000000{i:02d}" for i in range(6)
+    ]
     metrics = d.metrics_text()
     assert 'cityedge_notify_failovers_total{from="line",to="hook",reason="429"}' in metrics
     assert 'cityedge_notify_sent_total{channel="hook"} 6' in metrics
@@ -68,8 +74,9 @@ def test_line_429_fails_over_to_the_webhook_nothing_lost(alerts_config: Any, lin
     d.close()
 
 
-def test_quota_nearly_used_fails_over_before_the_429(alerts_config: Any, line: FakeLine,
-                                                     hook: WebhookReceiver) -> None:
+def test_quota_nearly_used_fails_over_before_the_429(
+    alerts_config: Any, line: FakeLine, hook: WebhookReceiver
+) -> None:
     line.quota, line.used = 100, 88
     d = Dispatcher(settings_of(alerts_config(line_extra="quota_reserve = 10")))
     _raise_n(d, 5)
@@ -81,8 +88,9 @@ def test_quota_nearly_used_fails_over_before_the_429(alerts_config: Any, line: F
     d.close()
 
 
-def test_webhook_signature_checked_by_the_receiver(alerts_config: Any, hook: WebhookReceiver,
-                                                   tmp_path: Path) -> None:
+def test_webhook_signature_checked_by_the_receiver(
+    alerts_config: Any, hook: WebhookReceiver, tmp_path: Path
+) -> None:
     (tmp_path / "hook.secret").write_text("a-different-secret")
     routes = '[[routes]]\nchannels = ["hook"]\n'
     d = Dispatcher(settings_of(alerts_config(routes=routes)))
@@ -124,11 +132,14 @@ def test_a_bad_alerts_file_is_named_by_the_gateway_config(tmp_path: Path) -> Non
     bad = tmp_path / "alerts.toml"
     bad.write_text('[channels.x]\ntype = "line"\nto = "C1"\ntoken_env = "CITYEDGE_NO_SUCH_VAR"\n')
     try:
-        GatewayConfig.from_dict({"gateway_id": "gw-a-01", "site_id": "site-a-01",
-                                 "notify": {"config": str(bad)}})
+        GatewayConfig.from_dict(
+            {"gateway_id": "gw-a-01", "site_id": "site-a-01", "notify": {"config": str(bad)}}
+        )
     except ConfigError as exc:
         assert exc.key == "notify.config"
-        assert "channels.x.token_env: environment variable CITYEDGE_NO_SUCH_VAR is not set" in str(exc)
+        assert "channels.x.token_env: environment variable CITYEDGE_NO_SUCH_VAR is not set" in str(
+            exc
+        )
     else:
         raise AssertionError("a broken alerts file must be refused")
 
@@ -136,7 +147,8 @@ def test_a_bad_alerts_file_is_named_by_the_gateway_config(tmp_path: Path) -> Non
 def test_a_city_edits_the_templates(alerts_config: Any, tmp_path: Path) -> None:
     (tmp_path / "mine.toml").write_text(
         '[en]\nraised = "FLOOD WATCH {place}: {value} {unit}\\n{link}"\n'
-        '[words.th]\nwater_level = "น้ำในคลองแสนแสบ"\n')
+        '[words.th]\nwater_level = "น้ำในคลองแสนแสบ"\n'
+    )
     d = Dispatcher(settings_of(alerts_config(extra='templates = "mine.toml"')))
     _raise_n(d, 1)
     (message,) = [r.message for r in d.outbox.due(time.time() + 1)]
@@ -146,8 +158,9 @@ def test_a_city_edits_the_templates(alerts_config: Any, tmp_path: Path) -> None:
     d.close()
 
 
-def test_line_only_route_waits_out_a_429_and_delivers_later(alerts_config: Any, line: FakeLine,
-                                                            hook: WebhookReceiver) -> None:
+def test_line_only_route_waits_out_a_429_and_delivers_later(
+    alerts_config: Any, line: FakeLine, hook: WebhookReceiver
+) -> None:
     line.force_429 = "Too Many Requests"
     d = Dispatcher(settings_of(alerts_config(routes='[[routes]]\nchannels = ["line"]\n')))
     _raise_n(d, 2)
@@ -176,12 +189,15 @@ def test_line_only_route_waits_out_a_429_and_delivers_later(alerts_config: Any, 
 
 
 def test_config_mistakes_are_named_and_a_template_typo_does_not_stop_a_warning(
-        alerts_config: Any, tmp_path: Path) -> None:
+    alerts_config: Any, tmp_path: Path
+) -> None:
     from edge_gateway.config import ConfigError
     from edge_gateway.notify.settings import settings_from_dict
 
-    for data, key in (({"status_url": "https://s.example/{id}"}, "status_url"),
-                      ({"templates": "missing.toml"}, "templates")):
+    for data, key in (
+        ({"status_url": "https://s.example/{id}"}, "status_url"),
+        ({"templates": "missing.toml"}, "templates"),
+    ):
         try:
             settings_from_dict(data, tmp_path)
         except ConfigError as exc:

@@ -16,17 +16,17 @@ from host_tools.cli import main as cli_main
 from tests.notify.conftest import settings_of, wait_until, water_alert
 from tests.support.fake_services import FakeLine, WebhookReceiver, _Server
 
-ROUTE = '''
+ROUTE = """
 [[routes]]
 channels = ["line"]
 escalate_after_s = 0.5
 escalate_to = ["hook"]
-'''
+"""
 
 
 def test_unacknowledged_incident_escalates_an_acknowledged_one_does_not(
-        alerts_config: Any, line: FakeLine, hook: WebhookReceiver,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    alerts_config: Any, line: FakeLine, hook: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = alerts_config(routes=ROUTE)
     d = Dispatcher(settings_of(config))
     t0 = time.time()
@@ -70,8 +70,9 @@ def test_digest_and_alive_message_once_a_day(alerts_config: Any) -> None:
     now[0] += 5 * 3600  # 08:26 local
     assert d.tick() == 2  # the digest and the alive message
     assert d.tick() == 0  # once a day
-    rows = d.outbox.db.execute("SELECT kind, message FROM outbox WHERE kind IN "
-                               "('digest', 'alive') ORDER BY id").fetchall()
+    rows = d.outbox.db.execute(
+        "SELECT kind, message FROM outbox WHERE kind IN ('digest', 'alive') ORDER BY id"
+    ).fetchall()
     assert [r[0] for r in rows] == ["digest", "alive"]
     assert "1 incident(s) still open" in rows[0][1] and "#1 Canal water level" in rows[0][1]
     now[0] += 86400
@@ -98,8 +99,9 @@ class _Monitor(_Server):
 def test_uptime_ping(alerts_config: Any) -> None:
     monitor = _Monitor().start()
     try:
-        config = alerts_config(extra=f'[heartbeat]\nping_url = "{monitor.url}/ping/abc"\n'
-                                     'ping_interval_s = 0.2\n')
+        config = alerts_config(
+            extra=f'[heartbeat]\nping_url = "{monitor.url}/ping/abc"\nping_interval_s = 0.2\n'
+        )
         d = Dispatcher(settings_of(config))
 
         async def go() -> None:
@@ -119,8 +121,13 @@ def test_uptime_ping(alerts_config: Any) -> None:
 def test_silence_rules_resume_after_a_restart(alerts_config: Any) -> None:
     config = alerts_config()
     now = time.time()
-    status = {"site_id": "s-site-01", "device_id": "ce-000000000b01", "gateway_id": "gw-s-01",
-              "last_seen": now - 100, "report_s": 10}
+    status = {
+        "site_id": "s-site-01",
+        "device_id": "ce-000000000b01",
+        "gateway_id": "gw-s-01",
+        "last_seen": now - 100,
+        "report_s": 10,
+    }
     d = Dispatcher(settings_of(config))
     d.record(d.silence.evaluate([status], now))
     d.close()

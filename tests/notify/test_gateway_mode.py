@@ -25,18 +25,34 @@ pytestmark = pytest.mark.broker
 
 @run_async
 async def test_breach_at_the_gateway_reaches_line_once(
-    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path,
-    alerts_config: Any, line: FakeLine, caplog: pytest.LogCaptureFixture,
+    local_broker: MosquittoBroker,
+    upstream_broker: MosquittoBroker,
+    tmp_path: Path,
+    alerts_config: Any,
+    line: FakeLine,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     records = tmp_path / "stage.toml"
     records.write_text(STAGE)
-    device = {"id": "ce-0000000d0001", "kind": "water", "water_warning_m": 2.0,
-              "water_critical_m": 3.0, "name": "Khlong Saen Saep pier 3"}
-    config = GatewayConfig.from_dict(gateway_config(
-        local_broker, upstream_broker, tmp_path, calibration={"records": str(records)},
-        inventory={"allow_unknown": False, "device": [device]},
-        notify={"config": str(alerts_config())}, metrics={"enabled": True, "port": 0}))
+    device = {
+        "id": "ce-0000000d0001",
+        "kind": "water",
+        "water_warning_m": 2.0,
+        "water_critical_m": 3.0,
+        "name": "Khlong Saen Saep pier 3",
+    }
+    config = GatewayConfig.from_dict(
+        gateway_config(
+            local_broker,
+            upstream_broker,
+            tmp_path,
+            calibration={"records": str(records)},
+            inventory={"allow_unknown": False, "device": [device]},
+            notify={"config": str(alerts_config())},
+            metrics={"enabled": True, "port": 0},
+        )
+    )
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     await wait_ready(gw)
@@ -53,7 +69,8 @@ async def test_breach_at_the_gateway_reaches_line_once(
         assert "Khlong Saen Saep pier 3" in text and "2.20 m" in text
         assert "เตือนภัย" in text and "WARNING" in text
         body = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics").read())
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics").read()
+        )
         assert b'cityedge_notify_sent_total{channel="line"} 1' in body
         assert b"cityedge_gateway_readings_stored_total 6" in body
     finally:
@@ -67,15 +84,27 @@ async def test_breach_at_the_gateway_reaches_line_once(
 
 @run_async
 async def test_silent_node_at_the_gateway(
-    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path,
-    alerts_config: Any, line: FakeLine,
+    local_broker: MosquittoBroker,
+    upstream_broker: MosquittoBroker,
+    tmp_path: Path,
+    alerts_config: Any,
+    line: FakeLine,
 ) -> None:
     """Without a central dispatcher, the gateway's own dispatcher tells when a node stops."""
     device = {"id": "ce-0000000a0002", "kind": "air", "report_s": 1.0, "name": "Wat school"}
-    config = GatewayConfig.from_dict(gateway_config(
-        local_broker, upstream_broker, tmp_path, inventory={"device": [device]},
-        notify={"config": str(alerts_config(
-            extra="silent_grace_s = 1\n[heartbeat]\npublish_s = 0.5\n"))}))
+    config = GatewayConfig.from_dict(
+        gateway_config(
+            local_broker,
+            upstream_broker,
+            tmp_path,
+            inventory={"device": [device]},
+            notify={
+                "config": str(
+                    alerts_config(extra="silent_grace_s = 1\n[heartbeat]\npublish_s = 0.5\n")
+                )
+            },
+        )
+    )
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     await wait_ready(gw)
@@ -86,8 +115,9 @@ async def test_silent_node_at_the_gateway(
             await asyncio.sleep(1.0)
         await node.wait_acked()
         await node.stop()
-        await wait_until(lambda: any("Sensor node silent" in m["text"] for m in line.delivered),
-                         2 * 1.0 + 60)
+        await wait_until(
+            lambda: any("Sensor node silent" in m["text"] for m in line.delivered), 2 * 1.0 + 60
+        )
         node = await FakeNode(local_broker, "ce-0000000a0002", "air", boot=2).start()
         await node.publish(1)
         await wait_until(lambda: len(line.delivered) == 2, 30)

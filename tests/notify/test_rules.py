@@ -26,13 +26,25 @@ T0 = 1_780_000_000.0
 def _processor(tmp_path: Path, **alerts: Any) -> Processor:
     records = tmp_path / "stage.toml"
     records.write_text(STAGE)
-    device = {"id": DEVICE, "kind": "water", "water_warning_m": 2.0, "water_critical_m": 3.0,
-              "name": "Khlong Lat Phrao gauge 2", "report_s": 1.0,
-              "location": {"lat": 13.8237, "lon": 100.6105, "name": "Khlong Lat Phrao gauge 2"}}
-    cfg = GatewayConfig.from_dict({
-        "gateway_id": "gw-bkk-canal-01", "site_id": "bkk-canal-01", "data_dir": str(tmp_path),
-        "calibration": {"records": str(records)}, "alerts": alerts,
-        "inventory": {"device": [device]}})
+    device = {
+        "id": DEVICE,
+        "kind": "water",
+        "water_warning_m": 2.0,
+        "water_critical_m": 3.0,
+        "name": "Khlong Lat Phrao gauge 2",
+        "report_s": 1.0,
+        "location": {"lat": 13.8237, "lon": 100.6105, "name": "Khlong Lat Phrao gauge 2"},
+    }
+    cfg = GatewayConfig.from_dict(
+        {
+            "gateway_id": "gw-bkk-canal-01",
+            "site_id": "bkk-canal-01",
+            "data_dir": str(tmp_path),
+            "calibration": {"records": str(records)},
+            "alerts": alerts,
+            "inventory": {"device": [device]},
+        }
+    )
     return Processor(cfg)
 
 
@@ -40,8 +52,14 @@ def _noise(i: int) -> float:
     return 0.002 * ((i * 7) % 5 - 2)
 
 
-def _feed(d: Dispatcher, proc: Processor, levels: list[tuple[float, float]], batch: int = 10,
-          device: str = DEVICE, kind: str = "water") -> list[dict[str, Any]]:
+def _feed(
+    d: Dispatcher,
+    proc: Processor,
+    levels: list[tuple[float, float]],
+    batch: int = 10,
+    device: str = DEVICE,
+    kind: str = "water",
+) -> list[dict[str, Any]]:
     """Levels (t, m MSL) through the processor into the dispatcher, in group commits."""
     alerts: list[dict[str, Any]] = []
     pending: tuple[list[Any], list[Any]] = ([], [])
@@ -70,10 +88,13 @@ async def _drain(d: Dispatcher, line: FakeLine, n: int) -> None:
 
 
 def test_flapping_canal_level_gives_one_raised_and_one_cleared(
-        tmp_path: Path, alerts_config: Any, line: FakeLine) -> None:
+    tmp_path: Path, alerts_config: Any, line: FakeLine
+) -> None:
     proc = _processor(tmp_path)
-    d = Dispatcher(settings_of(alerts_config(routes='[[routes]]\nchannels = ["line"]\n')),
-                   places={DEVICE: "Khlong Lat Phrao gauge 2"})
+    d = Dispatcher(
+        settings_of(alerts_config(routes='[[routes]]\nchannels = ["line"]\n')),
+        places={DEVICE: "Khlong Lat Phrao gauge 2"},
+    )
     # 30 simulated minutes oscillating ±0.08 m around the 2.0 m warning level at 0.1 Hz (one
     # reading a second), dipping below warning − hysteresis (1.95 m) every 10 s; then 10 min
     # at 1.5 m (with a few mm of sensor noise: a perfectly constant level fails QC's flat-line
@@ -85,7 +106,9 @@ def test_flapping_canal_level_gives_one_raised_and_one_cleared(
     assert crossings > 300  # it really flapped
     asyncio.run(_drain(d, line, 2))
     assert [(a["alert"], a["state"]) for a in alerts] == [
-        ("water_warning", "raised"), ("water_warning", "cleared")]
+        ("water_warning", "raised"),
+        ("water_warning", "cleared"),
+    ]
     texts = [m["text"] for m in line.delivered]
     assert len(texts) == 2
     assert "[WARNING] Canal water level at Khlong Lat Phrao gauge 2" in texts[0]
@@ -107,8 +130,9 @@ def test_a_single_spike_is_not_a_flood(tmp_path: Path, alerts_config: Any, line:
     d.close()
 
 
-def test_fast_rise_is_announced_with_its_trend(tmp_path: Path, alerts_config: Any,
-                                               line: FakeLine) -> None:
+def test_fast_rise_is_announced_with_its_trend(
+    tmp_path: Path, alerts_config: Any, line: FakeLine
+) -> None:
     proc = _processor(tmp_path, water_rising_m_per_h=0.3)
     d = Dispatcher(settings_of(alerts_config(routes='[[routes]]\nchannels = ["line"]\n')))
     # 0.5 m/h from 1.0 m, one reading a minute for 40 minutes (stays below the warning level).
@@ -122,15 +146,31 @@ def test_fast_rise_is_announced_with_its_trend(tmp_path: Path, alerts_config: An
     d.close()
 
 
-def test_pm25_band_on_thai_aqi_carries_colour_and_advice(tmp_path: Path, alerts_config: Any,
-                                                         line: FakeLine) -> None:
-    cfg = GatewayConfig.from_dict({
-        "gateway_id": "gw-school-01", "site_id": "school-01", "data_dir": str(tmp_path),
-        "inventory": {"device": [{"id": "ce-0000000a0001", "kind": "air", "report_s": 3600.0,
-                                  "name": "Wat Suthi school"}]}})
+def test_pm25_band_on_thai_aqi_carries_colour_and_advice(
+    tmp_path: Path, alerts_config: Any, line: FakeLine
+) -> None:
+    cfg = GatewayConfig.from_dict(
+        {
+            "gateway_id": "gw-school-01",
+            "site_id": "school-01",
+            "data_dir": str(tmp_path),
+            "inventory": {
+                "device": [
+                    {
+                        "id": "ce-0000000a0001",
+                        "kind": "air",
+                        "report_s": 3600.0,
+                        "name": "Wat Suthi school",
+                    }
+                ]
+            },
+        }
+    )
     proc = Processor(cfg)
-    d = Dispatcher(settings_of(alerts_config(routes='[[routes]]\nchannels = ["line"]\n')),
-                   places={"ce-0000000a0001": "Wat Suthi school"})
+    d = Dispatcher(
+        settings_of(alerts_config(routes='[[routes]]\nchannels = ["line"]\n')),
+        places={"ce-0000000a0001": "Wat Suthi school"},
+    )
     # Hourly readings: a clean day (bands 1-2, no incident), then smoke: the 24-h mean climbs
     # into Moderate (yellow: watch), then Starting to affect health (orange: warning).
     values = [(T0 + 3600 * i, 20.0 if i < 30 else 90.0) for i in range(49)]
@@ -146,18 +186,35 @@ def test_pm25_band_on_thai_aqi_carries_colour_and_advice(tmp_path: Path, alerts_
     d.close()
 
 
-def test_three_tiers_per_gauge_watch_warning_danger(tmp_path: Path, alerts_config: Any,
-                                                    line: FakeLine) -> None:
+def test_three_tiers_per_gauge_watch_warning_danger(
+    tmp_path: Path, alerts_config: Any, line: FakeLine
+) -> None:
     records = tmp_path / "stage.toml"
     records.write_text(STAGE)
-    cfg = GatewayConfig.from_dict({
-        "gateway_id": "gw-bkk-canal-01", "site_id": "bkk-canal-01", "data_dir": str(tmp_path),
-        "calibration": {"records": str(records)},
-        "alerts": {"hold_s": 120, "water_rising_m_per_h": 5.0},
-        "inventory": {"device": [{"id": DEVICE, "kind": "water", "water_watch_m": 1.8,
-                                  "water_warning_m": 2.0, "water_critical_m": 2.4}]}})
+    cfg = GatewayConfig.from_dict(
+        {
+            "gateway_id": "gw-bkk-canal-01",
+            "site_id": "bkk-canal-01",
+            "data_dir": str(tmp_path),
+            "calibration": {"records": str(records)},
+            "alerts": {"hold_s": 120, "water_rising_m_per_h": 5.0},
+            "inventory": {
+                "device": [
+                    {
+                        "id": DEVICE,
+                        "kind": "water",
+                        "water_watch_m": 1.8,
+                        "water_warning_m": 2.0,
+                        "water_critical_m": 2.4,
+                    }
+                ]
+            },
+        }
+    )
     proc = Processor(cfg)
-    routes = '[[routes]]\nchannels = ["line"]\n[[routes]]\nchannels = ["hook"]\ntiers = ["critical"]\n'
+    routes = (
+        '[[routes]]\nchannels = ["line"]\n[[routes]]\nchannels = ["hook"]\ntiers = ["critical"]\n'
+    )
     d = Dispatcher(settings_of(alerts_config(routes=routes)))
     # Up 1 cm a minute from 1.7 m to 2.5 m, then down again the same way.
     up = [1.7 + 0.01 * i for i in range(81)]
@@ -178,9 +235,16 @@ def test_watch_level_must_be_the_lowest_tier(tmp_path: Path) -> None:
 
     device = {"id": DEVICE, "kind": "water", "water_watch_m": 2.1, "water_warning_m": 2.0}
     try:
-        GatewayConfig.from_dict({"gateway_id": "gw-bkk-canal-01", "site_id": "bkk-canal-01",
-                                 "inventory": {"device": [device]}})
+        GatewayConfig.from_dict(
+            {
+                "gateway_id": "gw-bkk-canal-01",
+                "site_id": "bkk-canal-01",
+                "inventory": {"device": [device]},
+            }
+        )
     except ConfigError as exc:
-        assert exc.key == "inventory.device[0].water_watch_m" and "below water_warning_m" in str(exc)
+        assert exc.key == "inventory.device[0].water_watch_m" and "below water_warning_m" in str(
+            exc
+        )
     else:
         raise AssertionError("watch above warning must be refused")

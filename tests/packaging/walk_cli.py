@@ -24,7 +24,9 @@ class _Blocker(importlib.abc.MetaPathFinder):
             raise ModuleNotFoundError(f"No module named {fullname!r} (blocked)", name=fullname)
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+def _commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[str, ...]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
@@ -54,8 +56,16 @@ def main() -> None:
             code = exc.code
         helps[" ".join(command)] = code if "usage:" in out.getvalue() else f"{code}: no usage text"
     optional = sorted({m.split(".")[0] for m in sys.modules} & set(PROVIDED_BY))
-    print(json.dumps({"host_tools": host_tools.__file__, "missing": missing, "help": helps,
-                      "optional_imported": optional}))
+    print(
+        json.dumps(
+            {
+                "host_tools": host_tools.__file__,
+                "missing": missing,
+                "help": helps,
+                "optional_imported": optional,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def _marker_holds(marker: Marker | None, extras: Iterable[str], env: Mapping[str
     return any(marker.evaluate({**env, "extra": e}) for e in wanted)
 
 
-def project_requirements(extras: Iterable[str] = (), env: Mapping[str, str] | None = None) -> list[Requirement]:
+def project_requirements(
+    extras: Iterable[str] = (), env: Mapping[str, str] | None = None
+) -> list[Requirement]:
     """CityEdge's own requirements for these extras (from pyproject.toml, via the installed
     metadata), with markers evaluated for `env` (default: this machine)."""
     dist = _installed(PROJECT)
@@ -67,7 +69,9 @@ def project_requirements(extras: Iterable[str] = (), env: Mapping[str, str] | No
     return out
 
 
-def closure(extras: Iterable[str] = (), env: Mapping[str, str] | None = None) -> dict[str, metadata.Distribution]:
+def closure(
+    extras: Iterable[str] = (), env: Mapping[str, str] | None = None
+) -> dict[str, metadata.Distribution]:
     """Every installed distribution a `pip install 'cityedge[extras]'` needs (CityEdge itself
     excluded), by canonical name; markers evaluated for `env` (default: this machine)."""
     env = dict(env or {})
@@ -86,7 +90,9 @@ def closure(extras: Iterable[str] = (), env: Mapping[str, str] | None = None) ->
             continue
         dist = found.get(name) or _installed(req.name)
         if not req.specifier.contains(dist.version, prereleases=True):
-            raise WheelhouseError(f"the test venv has {req.name} {dist.version}, pyproject wants {req}")
+            raise WheelhouseError(
+                f"the test venv has {req.name} {dist.version}, pyproject wants {req}"
+            )
         found[name] = dist
         for text in dist.requires or []:
             sub = Requirement(text)
@@ -118,7 +124,9 @@ def repack(dist: metadata.Distribution, out_dir: Path) -> Path:
     """Write an installed distribution back out as a wheel (stored, not compressed: fast)."""
     tags = wheel_tags(dist)
     if not tags:
-        raise WheelhouseError(f"{dist.metadata['Name']} was not installed from a wheel (no WHEEL file)")
+        raise WheelhouseError(
+            f"{dist.metadata['Name']} was not installed from a wheel (no WHEEL file)"
+        )
     name = re.sub(r"[-_.]+", "_", dist.metadata["Name"]).lower()
     version = dist.version
     data_dir = f"{name}-{version}.data"
@@ -156,7 +164,11 @@ def repack(dist: metadata.Distribution, out_dir: Path) -> Path:
             else:
                 arcname = f.as_posix()
             data = path.read_bytes()
-            if arcname.startswith(f"{data_dir}/scripts/") and data.startswith(b"#!") and b"python" in data.split(b"\n", 1)[0]:
+            if (
+                arcname.startswith(f"{data_dir}/scripts/")
+                and data.startswith(b"#!")
+                and b"python" in data.split(b"\n", 1)[0]
+            ):
                 data = b"#!python\n" + data.split(b"\n", 1)[1]  # pip rewrites it for the new venv
             zf.writestr(arcname, data)
             record.append(_record_line(arcname, data))
@@ -188,8 +200,19 @@ def build_project_wheel(repo: Path, out_dir: Path, scratch: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / rel, dest)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-index", "--no-build-isolation",
-         "--disable-pip-version-check", "-w", str(out_dir), str(src)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-w",
+            str(out_dir),
+            str(src),
+        ],
         capture_output=True,
         text=True,
         check=False,
@@ -202,7 +225,9 @@ def build_project_wheel(repo: Path, out_dir: Path, scratch: Path) -> Path:
     return wheels[0]
 
 
-def build(repo: Path, out_dir: Path, scratch: Path, extras_sets: Iterable[Iterable[str]]) -> list[Path]:
+def build(
+    repo: Path, out_dir: Path, scratch: Path, extras_sets: Iterable[Iterable[str]]
+) -> list[Path]:
     """The wheelhouse for these installs (each an iterable of extras; () is the base install)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     wheels = [build_project_wheel(repo, out_dir, scratch)]

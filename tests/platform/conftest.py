@@ -60,9 +60,19 @@ def sink_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[byte
     """Start `cityedge platform sink` (the supervisor and its consumers) as a process."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(brokers: list[str], db_url: str, consumers: int, wait_ready: bool = True, **extra: str) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "city_platform", "sink", "--db", db_url,
-               "--consumers", str(consumers)]
+    def start(
+        brokers: list[str], db_url: str, consumers: int, wait_ready: bool = True, **extra: str
+    ) -> subprocess.Popen[bytes]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "city_platform",
+            "sink",
+            "--db",
+            db_url,
+            "--consumers",
+            str(consumers),
+        ]
         for b in brokers:
             cmd += ["--broker", b]
         for k, v in extra.items():

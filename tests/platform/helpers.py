@@ -17,14 +17,25 @@ def iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def observation(site: str, gateway: str, device: str, boot: int, seq: int, t: float,
-                pm25_cf1: float = 20.0) -> dict[str, Any]:
+def observation(
+    site: str, gateway: str, device: str, boot: int, seq: int, t: float, pm25_cf1: float = 20.0
+) -> dict[str, Any]:
     """An air observation as the gateway publishes it (calibrated with a linear record)."""
     cal = round(0.62 * pm25_cf1 + 1.5, 3)
     obs: dict[str, Any] = {
-        "v": 1, "site_id": site, "gateway_id": gateway, "device_id": device, "kind": "air",
-        "fw": "0.1.0", "boot": boot, "seq": seq, "phenomenon_time": iso(t), "t": t,
-        "clock_synced": True, "received_time": iso(t + 0.5), "window_s": 60,
+        "v": 1,
+        "site_id": site,
+        "gateway_id": gateway,
+        "device_id": device,
+        "kind": "air",
+        "fw": "0.1.0",
+        "boot": boot,
+        "seq": seq,
+        "phenomenon_time": iso(t),
+        "t": t,
+        "clock_synced": True,
+        "received_time": iso(t + 0.5),
+        "window_s": 60,
         "location": {"lat": 12.68, "lon": 101.27, "name": f"{site} roof"},
         "raw": {"pm25_cf1": {"v": pm25_cf1, "u": "ug/m3"}, "rh": {"v": 55.0, "u": "%RH"}},
         "calibrated": {"pm25": {"v": cal, "u": "ug/m3", "calibration_id": "test-linear-2026"}},
@@ -33,8 +44,12 @@ def observation(site: str, gateway: str, device: str, boot: int, seq: int, t: fl
         "replay": False,
     }
     if seq > 0:
-        obs["settles"] = {"boot": boot, "seq": seq - 1, "quality": {"pm25": 3},
-                          "quality_tests": {"pm25": {"gross_range": 1, "spike": 3}}}
+        obs["settles"] = {
+            "boot": boot,
+            "seq": seq - 1,
+            "quality": {"pm25": 3},
+            "quality_tests": {"pm25": {"gross_range": 1, "spike": 3}},
+        }
     contract.validate("observation", obs)
     return obs
 
@@ -43,8 +58,9 @@ class Publisher:
     """Publishes with QoS 2 and waits for every PUBCOMP, as the gateway does upstream."""
 
     def __init__(self, host: str, port: int, client_id: str) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
         self.connected = threading.Event()

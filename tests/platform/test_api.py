@@ -35,8 +35,9 @@ def _fill(db: SinkDb) -> list[tuple[float, float, int]]:
     air: list[tuple[float, float, int]] = []
     for n in range(53):
         t = END - (52 - n) * 1800
-        o = observation("rayong-school-01", "gw-rayong-school-01", AIR, 3, n, t,
-                        pm25_cf1=20.0 + (n * 7) % 41)
+        o = observation(
+            "rayong-school-01", "gw-rayong-school-01", AIR, 3, n, t, pm25_cf1=20.0 + (n * 7) % 41
+        )
         flag = 4 if n == 50 else 1
         if flag == 4:
             o["calibrated"]["pm25"]["v"] = 900.0
@@ -49,18 +50,33 @@ def _fill(db: SinkDb) -> list[tuple[float, float, int]]:
         t = END - (3 - n) * 600
         w = observation("khonkaen-canal-02", "gw-khonkaen-canal-02", WATER, 1, n, t)
         w.pop("settles", None)
-        w.update(kind="water", raw={"distance": {"v": 0.9 - 0.01 * n, "u": "m"}},
-                 calibrated={"level": {"v": round(1.6 + 0.01 * n, 3), "u": "m",
-                                       "calibration_id": "stage-kk-02", "datum": "MSL"}},
-                 quality={"level": 1}, quality_tests={},
-                 derived={"level_state": {"state": "normal", "warning_m": 1.8, "critical_m": 2.2}})
+        w.update(
+            kind="water",
+            raw={"distance": {"v": 0.9 - 0.01 * n, "u": "m"}},
+            calibrated={
+                "level": {
+                    "v": round(1.6 + 0.01 * n, 3),
+                    "u": "m",
+                    "calibration_id": "stage-kk-02",
+                    "datum": "MSL",
+                }
+            },
+            quality={"level": 1},
+            quality_tests={},
+            derived={"level_state": {"state": "normal", "warning_m": 1.8, "critical_m": 2.2}},
+        )
         w["location"]["name"] = "Khon Kaen canal 2"
         docs.append(("observation", w))
     p = observation("bangsaen-park-01", "gw-bangsaen-park-01", "ce-0000000000p1", 1, 0, END)
     p.pop("settles", None)
-    p.update(kind="parking", raw={"occupied": {"v": True, "u": "/"}},
-             calibrated={"occupied": {"v": True, "u": "/", "calibration_id": "none"}},
-             quality={"occupied": 1}, quality_tests={}, derived={"status": "occupied"})
+    p.update(
+        kind="parking",
+        raw={"occupied": {"v": True, "u": "/"}},
+        calibrated={"occupied": {"v": True, "u": "/", "calibration_id": "none"}},
+        quality={"occupied": 1},
+        quality_tests={},
+        derived={"status": "occupied"},
+    )
     docs.append(("observation", p))
     with connect(db.writer_url) as conn:
         store = Store(conn)
@@ -80,9 +96,11 @@ def api(pg_server: PostgresServer) -> Iterator[tuple[str, list[tuple[float, floa
     db = SinkDb(pg_server, f"api{os.getpid()}")
     air = _fill(db)
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "city_platform", "api", "--db",
-                             db.reader_url, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "city_platform", "api", "--db", db.reader_url, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         assert wait_for_port("127.0.0.1", port, 30), "the API did not start"
         yield f"http://127.0.0.1:{port}", air
@@ -134,14 +152,27 @@ def test_latest_and_series_with_the_water_standards_parameters(api: tuple[str, A
 
     start = iso(END - 6 * 3600 + 1)
     end = iso(END)
-    status, s = get(base, f"/api/v1/devices/{AIR}/series", quantity="pm25", interval="raw",
-                    latest="false", startDatetime=start, endDatetime=end)
+    status, s = get(
+        base,
+        f"/api/v1/devices/{AIR}/series",
+        quantity="pm25",
+        interval="raw",
+        latest="false",
+        startDatetime=start,
+        endDatetime=end,
+    )
     assert status == 200
     assert [p["seq"] for p in s["data"]] == list(range(41, 53))
     assert s["data"][0]["calibration_id"] == "test-linear-2026"
-    status, s = get(base, f"/api/v1/devices/{AIR}/series", quantity="pm25", interval="1h",
-                    latest="false", startDatetime="2026-11-22T09:00:00+07:00",
-                    endDatetime="2026-11-22T12:00:00+07:00")
+    status, s = get(
+        base,
+        f"/api/v1/devices/{AIR}/series",
+        quantity="pm25",
+        interval="1h",
+        latest="false",
+        startDatetime="2026-11-22T09:00:00+07:00",
+        endDatetime="2026-11-22T12:00:00+07:00",
+    )
     hours = {p["datetime"]: p for p in s["data"]}
     by_hour: dict[str, list[float]] = {}
     for t, v, flag in air:
@@ -153,13 +184,15 @@ def test_latest_and_series_with_the_water_standards_parameters(api: tuple[str, A
     for key, values in by_hour.items():
         assert hours[key]["value"] == pytest.approx(sum(values) / len(values), abs=1e-4)
         assert hours[key]["count"] == len(values)
-    status, s = get(base, f"/api/v1/devices/{AIR}/series", quantity="pm25", interval="1h",
-                    latest="true")
+    status, s = get(
+        base, f"/api/v1/devices/{AIR}/series", quantity="pm25", interval="1h", latest="true"
+    )
     assert [p["seq"] for p in s["data"]] == [52]
     status, err = get(base, f"/api/v1/devices/{AIR}/series", quantity="pm25", interval="weekly")
     assert status == 400 and "interval" in err["error"]
-    status, err = get(base, f"/api/v1/devices/{AIR}/series", quantity="pm25", interval="1h",
-                      latest="false")
+    status, err = get(
+        base, f"/api/v1/devices/{AIR}/series", quantity="pm25", interval="1h", latest="false"
+    )
     assert status == 400 and "startDatetime" in err["error"]
     assert get(base, "/api/v1/devices/ce-nothing/latest")[0] == 404
 
@@ -169,11 +202,27 @@ def test_water_stations_and_levels(api: tuple[str, Any]) -> None:
     status, doc = get(base, "/water/StationInfo")
     assert status == 200, doc
     assert doc["result"] == "OK"
-    assert doc["data"] == [{"station_id": WATER, "station_name": "Khon Kaen canal 2",
-                            "site_id": "khonkaen-canal-02", "lat": 12.68, "long": 101.27,
-                            "datum": "MSL", "warning_level": 1.8, "critical_level": 2.2}]
-    status, doc = get(base, "/water/WaterLevel", station_id=WATER, interval="raw", latest="false",
-                      startDatetime=iso(END - 3600), endDatetime=iso(END))
+    assert doc["data"] == [
+        {
+            "station_id": WATER,
+            "station_name": "Khon Kaen canal 2",
+            "site_id": "khonkaen-canal-02",
+            "lat": 12.68,
+            "long": 101.27,
+            "datum": "MSL",
+            "warning_level": 1.8,
+            "critical_level": 2.2,
+        }
+    ]
+    status, doc = get(
+        base,
+        "/water/WaterLevel",
+        station_id=WATER,
+        interval="raw",
+        latest="false",
+        startDatetime=iso(END - 3600),
+        endDatetime=iso(END),
+    )
     assert [p["water_level"] for p in doc["data"]] == [1.6, 1.61, 1.62, 1.63]
     assert {p["calibration_id"] for p in doc["data"]} == {"stage-kk-02"}
     status, doc = get(base, "/water/WaterLevel", station_id=WATER, interval="1d", latest="true")

@@ -21,10 +21,19 @@ from tests.platform.helpers import Publisher, observation, wait_until
 pytestmark = [pytest.mark.broker]
 
 
-def _run(brokers: list[MosquittoBroker], sink_db: SinkDb, sink_process: Callable[..., Any],
-         *, duration_s: float, rate_per_s: float, kill_every_s: float, devices: int) -> None:
-    sink = sink_process([b.address for b in brokers], sink_db.writer_url, consumers=3,
-                        batch_max="50")
+def _run(
+    brokers: list[MosquittoBroker],
+    sink_db: SinkDb,
+    sink_process: Callable[..., Any],
+    *,
+    duration_s: float,
+    rate_per_s: float,
+    kill_every_s: float,
+    devices: int,
+) -> None:
+    sink = sink_process(
+        [b.address for b in brokers], sink_db.writer_url, consumers=3, batch_max="50"
+    )
     pubs = [Publisher(b.host, b.port, f"gw-load-{i}") for i, b in enumerate(brokers)]
     stop = threading.Event()
     kills: list[int] = []
@@ -54,8 +63,9 @@ def _run(brokers: list[MosquittoBroker], sink_db: SinkDb, sink_process: Callable
                 device = f"ce-{d:012x}"
                 site = f"site-{d % 2}-load"
                 n = sent.get(device, 0)
-                obs = observation(site, f"gw-{site}", device, 2, n, t0 + 30 * n,
-                                  pm25_cf1=float(n % 97))
+                obs = observation(
+                    site, f"gw-{site}", device, 2, n, t0 + 30 * n, pm25_cf1=float(n % 97)
+                )
                 pubs[d % 2].send(contract.observation_topic(site, "air", device), obs)
                 sent[device] = n + 1
                 seq += 1
@@ -63,11 +73,14 @@ def _run(brokers: list[MosquittoBroker], sink_db: SinkDb, sink_process: Callable
         for p in pubs:
             p.flush(120)
         total = sum(sent.values())
-        stored = wait_until(lambda: sink_db.query(
-            "SELECT count(*) FROM cityedge.observation")[0][0] >= total, 120)
+        stored = wait_until(
+            lambda: sink_db.query("SELECT count(*) FROM cityedge.observation")[0][0] >= total, 120
+        )
         if not stored:
-            have = {(str(d), int(s)) for d, s in sink_db.query(
-                "SELECT device_id, seq FROM cityedge.observation")}
+            have = {
+                (str(d), int(s))
+                for d, s in sink_db.query("SELECT device_id, seq FROM cityedge.observation")
+            }
             missing = sorted({(d, s) for d, n in sent.items() for s in range(n)} - have)
             raise AssertionError(f"{len(have)} of {total} stored; missing {missing[:20]}")
     finally:
@@ -80,7 +93,8 @@ def _run(brokers: list[MosquittoBroker], sink_db: SinkDb, sink_process: Callable
 
     rows = sink_db.query(
         "SELECT device_id, boot, seq, extract(epoch FROM t), quality_settled "
-        "FROM cityedge.observation ORDER BY device_id, boot, seq")
+        "FROM cityedge.observation ORDER BY device_id, boot, seq"
+    )
     assert len(rows) == total, f"{len(rows)} rows for {total} readings sent"
     keys = {(r[0], r[1], r[2]) for r in rows}
     assert len(keys) == len(rows), "a reading was stored twice"
@@ -101,21 +115,32 @@ def _run(brokers: list[MosquittoBroker], sink_db: SinkDb, sink_process: Callable
 
 
 def test_consumers_killed_every_few_seconds_lose_and_duplicate_nothing(
-    broker_factory: Callable[..., MosquittoBroker], sink_db: SinkDb,
+    broker_factory: Callable[..., MosquittoBroker],
+    sink_db: SinkDb,
     sink_process: Callable[..., Any],
 ) -> None:
     brokers = [broker_factory("district-a"), broker_factory("district-b")]
-    _run(brokers, sink_db, sink_process, duration_s=18, rate_per_s=200, kill_every_s=2.5,
-         devices=12)
+    _run(
+        brokers, sink_db, sink_process, duration_s=18, rate_per_s=200, kill_every_s=2.5, devices=12
+    )
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("duration_s", [int(os.environ.get("CITYEDGE_SOAK_S", "240"))])
 def test_soak_consumers_killed_for_minutes(
-    broker_factory: Callable[..., MosquittoBroker], sink_db: SinkDb,
-    sink_process: Callable[..., Any], duration_s: int,
+    broker_factory: Callable[..., MosquittoBroker],
+    sink_db: SinkDb,
+    sink_process: Callable[..., Any],
+    duration_s: int,
 ) -> None:
     brokers = [broker_factory("district-a"), broker_factory("district-b")]
-    _run(brokers, sink_db, sink_process, duration_s=duration_s, rate_per_s=300, kill_every_s=4,
-         devices=40)
+    _run(
+        brokers,
+        sink_db,
+        sink_process,
+        duration_s=duration_s,
+        rate_per_s=300,
+        kill_every_s=4,
+        devices=40,
+    )

@@ -25,8 +25,11 @@ def test_retention_drops_old_months_only(sink_db: SinkDb) -> None:
         for seq, age in enumerate((30, 25, 23, 1, 0)):
             when = _months_ago(age)
             store.ensure_partition("observation", when)
-            docs.append(observation("site-ret-01", "gw-site-ret-01", "ce-0000000000ee", 1, seq,
-                                    when.timestamp()))
+            docs.append(
+                observation(
+                    "site-ret-01", "gw-site-ret-01", "ce-0000000000ee", 1, seq, when.timestamp()
+                )
+            )
         with conn.transaction():
             for d in docs:
                 assert store.write("observation", d)
@@ -35,10 +38,16 @@ def test_retention_drops_old_months_only(sink_db: SinkDb) -> None:
         for age_days in (200, 10):
             conn.execute(
                 "INSERT INTO cityedge.rejected (received_at, topic, payload, reason) "
-                "VALUES (now() - make_interval(days => %s), 't', 'x', 'test')", (age_days,))
+                "VALUES (now() - make_interval(days => %s), 't', 'x', 'test')",
+                (age_days,),
+            )
     result = subprocess.run(
         [sys.executable, "-m", "city_platform", "retention", "--db", sink_db.owner_url],
-        capture_output=True, text=True, timeout=120, check=False)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     old = {f"observation_{_months_ago(a):%Y_%m}" for a in (30, 25)}
     assert set(result.stdout.split("dropped: ")[1].splitlines()[0].split(", ")) == old
@@ -48,10 +57,36 @@ def test_retention_drops_old_months_only(sink_db: SinkDb) -> None:
     assert left == [2, 3, 4]  # 23, 1 and 0 months old: within the default 24 months
     # The writer may not drop partitions itself.
     denied = subprocess.run(
-        [sys.executable, "-m", "city_platform", "retention", "--db", sink_db.writer_url,
-         "--keep", "observation=0"], capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "city_platform",
+            "retention",
+            "--db",
+            sink_db.writer_url,
+            "--keep",
+            "observation=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert denied.returncode != 0 and "permission denied" in denied.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "city_platform", "retention", "--db", sink_db.owner_url,
-         "--keep", "readings=3"], capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "city_platform",
+            "retention",
+            "--db",
+            sink_db.owner_url,
+            "--keep",
+            "readings=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert bad.returncode != 0 and "TABLE=MONTHS" in bad.stderr

@@ -36,8 +36,7 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
     sink_process: Callable[..., object],
 ) -> None:
     a, b = broker_factory("district-a"), broker_factory("district-b")
-    sink = sink_process([a.address, b.address], sink_db.writer_url, consumers=2,
-                        stats_interval="1")
+    sink = sink_process([a.address, b.address], sink_db.writer_url, consumers=2, stats_interval="1")
     pa, pb = Publisher(a.host, a.port, "gw-a"), Publisher(b.host, b.port, "gw-b")
     t0 = time.time() - 600
     try:
@@ -47,13 +46,19 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
             o = observation("site-b-01", "gw-site-b-01", "ce-00000000000b", 3, seq, t0 + 60 * seq)
             pb.send(contract.observation_topic("site-b-01", "air", o["device_id"]), o)
         # A repeat (as after a lost acknowledgement upstream) is stored once.
-        pa.send(contract.observation_topic("site-a-01", "air", "ce-00000000000a"),
-                observation("site-a-01", "gw-site-a-01", "ce-00000000000a", 1, 5, t0 + 300))
+        pa.send(
+            contract.observation_topic("site-a-01", "air", "ce-00000000000a"),
+            observation("site-a-01", "gw-site-a-01", "ce-00000000000a", 1, 5, t0 + 300),
+        )
         status = contract.example("device_status")
         pa.send(contract.device_status_topic(status["site_id"], status["device_id"]), status, qos=1)
         health = contract.example("gateway_health")
-        pb.send(contract.gateway_health_topic(health["site_id"], health["gateway_id"]), health, qos=1)
-        pb.send(contract.gateway_health_topic(health["site_id"], health["gateway_id"]), health, qos=1)
+        pb.send(
+            contract.gateway_health_topic(health["site_id"], health["gateway_id"]), health, qos=1
+        )
+        pb.send(
+            contract.gateway_health_topic(health["site_id"], health["gateway_id"]), health, qos=1
+        )
         alert = contract.example("alert")
         pa.send(contract.alert_topic(alert["site_id"], alert["device_id"]), alert)
         pa.send("cityedge/v1/site/site-a-01/air/ce-00000000000a/observation", b"\x00 not json")
@@ -72,6 +77,7 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
             rows = sink_db.query("SELECT count(*) FROM cityedge.observation")
             rej = sink_db.query("SELECT count(*) FROM cityedge.rejected")
             return rows[0][0] == 40 and rej[0][0] == 4
+
         assert wait_until(done, 60), sink_db.query("SELECT count(*) FROM cityedge.observation")
         time.sleep(1.0)  # anything still on its way would show as an extra row below
     finally:
@@ -93,11 +99,13 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
     settled = sink_db.query(
         "SELECT device_id, count(*) FILTER (WHERE quality_settled), "
         "bool_and(quality->>'pm25' = '3') FILTER (WHERE quality_settled) "
-        "FROM cityedge.observation GROUP BY 1 ORDER BY 1")
+        "FROM cityedge.observation GROUP BY 1 ORDER BY 1"
+    )
     assert settled == [("ce-00000000000a", 19, True), ("ce-00000000000b", 19, True)]
     parts = sink_db.query(
         "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
-        "WHERE p.relname = 'observation'")
+        "WHERE p.relname = 'observation'"
+    )
     assert parts[0][0] >= 1
 
     # The integrators' login reads but cannot write; the sink's login writes but cannot delete
@@ -109,35 +117,50 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
     denied = pytest.raises(psycopg.errors.InsufficientPrivilege)
     with psycopg.connect(sink_db.writer_url) as conn, denied:
         conn.execute("DROP TABLE cityedge.alert")
-    with psycopg.connect(sink_db.writer_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+    with (
+        psycopg.connect(sink_db.writer_url) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
         conn.execute("DELETE FROM cityedge.observation")
+
     # Each consumer reports what it did; the repeat shows up as "already there".
     def reported() -> tuple[int, int, int]:
         log = sink.log_path.read_text()  # type: ignore[attr-defined]
-        return (sum(int(m) for m in re.findall(r"consumer \d: (\d+) stored", log)),
-                sum(int(m) for m in re.findall(r"(\d+) already there", log)),
-                sum(int(m) for m in re.findall(r"(\d+) rejected", log)))
+        return (
+            sum(int(m) for m in re.findall(r"consumer \d: (\d+) stored", log)),
+            sum(int(m) for m in re.findall(r"(\d+) already there", log)),
+            sum(int(m) for m in re.findall(r"(\d+) rejected", log)),
+        )
+
     assert wait_until(lambda: reported() == (43, 2, 4), 15), reported()
     doc = sink_db.query("SELECT observation FROM cityedge.device_latest ORDER BY 1 LIMIT 1")[0][0]
     contract.validate("observation", json.loads(json.dumps(doc)))
 
 
-def test_sink_without_a_migrated_database_says_what_to_do(sink_db: SinkDb, tmp_path: object) -> None:
+def test_sink_without_a_migrated_database_says_what_to_do(
+    sink_db: SinkDb, tmp_path: object
+) -> None:
     import subprocess
     import sys
 
     url = sink_db.server.create_database(f"{sink_db.name}_empty")
     result = subprocess.run(
         [sys.executable, "-m", "city_platform", "consume", "--broker", "127.0.0.1:1", "--db", url],
-        capture_output=True, text=True, timeout=60, check=False)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode != 0
     assert "cityedge platform migrate" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_sink_reads_a_broker_that_requires_tls_and_a_client_certificate(
-    broker_factory: Callable[..., MosquittoBroker], sink_db: SinkDb,
-    sink_process: Callable[..., object], tmp_path: Path,
+    broker_factory: Callable[..., MosquittoBroker],
+    sink_db: SinkDb,
+    sink_process: Callable[..., object],
+    tmp_path: Path,
 ) -> None:
     from host_tools.brokers import free_port
     from tests.gateway.helpers import AS_INVOKER
@@ -145,19 +168,36 @@ def test_sink_reads_a_broker_that_requires_tls_and_a_client_certificate(
 
     pki = make_pki(tmp_path / "pki")
     tls_port = free_port()
-    broker = broker_factory("district-tls", tls_listener={
-        "port": str(tls_port), "cafile": str(pki["ca"]), "certfile": str(pki["server_cert"]),
-        "keyfile": str(pki["server_key"]), "require_certificate": "true"}, extra_config=AS_INVOKER)
-    sink_process([f"127.0.0.1:{tls_port}"], sink_db.writer_url, consumers=1, cafile=str(pki["ca"]),
-                 certfile=str(pki["client_cert"]), keyfile=str(pki["client_key"]))
+    broker = broker_factory(
+        "district-tls",
+        tls_listener={
+            "port": str(tls_port),
+            "cafile": str(pki["ca"]),
+            "certfile": str(pki["server_cert"]),
+            "keyfile": str(pki["server_key"]),
+            "require_certificate": "true",
+        },
+        extra_config=AS_INVOKER,
+    )
+    sink_process(
+        [f"127.0.0.1:{tls_port}"],
+        sink_db.writer_url,
+        consumers=1,
+        cafile=str(pki["ca"]),
+        certfile=str(pki["client_cert"]),
+        keyfile=str(pki["client_key"]),
+    )
     pub = Publisher(broker.host, broker.port, "gw-plain")  # the plain listener, for the test only
     try:
         for seq in range(3):
-            o = observation("site-tls-01", "gw-site-tls-01", "ce-0000000000ff", 1, seq, time.time() - 60 + seq)
+            o = observation(
+                "site-tls-01", "gw-site-tls-01", "ce-0000000000ff", 1, seq, time.time() - 60 + seq
+            )
             pub.send(contract.observation_topic("site-tls-01", "air", o["device_id"]), o)
         pub.flush()
-        assert wait_until(lambda: sink_db.query(
-            "SELECT count(*) FROM cityedge.observation")[0][0] == 3, 30)
+        assert wait_until(
+            lambda: sink_db.query("SELECT count(*) FROM cityedge.observation")[0][0] == 3, 30
+        )
     finally:
         pub.close()
     # The sink was given the TLS listener only, so every row above came over TLS.

@@ -47,8 +47,9 @@ intercept = 1.27
 """
 
 
-def gateway_config(tmp: Path, site: str, local: MosquittoBroker, up: MosquittoBroker,
-                   records: Path) -> Path:
+def gateway_config(
+    tmp: Path, site: str, local: MosquittoBroker, up: MosquittoBroker, records: Path
+) -> Path:
     path = tmp / f"{site}.toml"
     path.write_text(f"""
 gateway_id = "gw-{site}"
@@ -89,8 +90,11 @@ def gateways() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(config: Path) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_gateway", "--config", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_gateway", "--config", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(proc)
         return proc
 
@@ -117,8 +121,11 @@ def reading(device: str, boot: int, seq: int, t: float, cf1: float) -> dict[str,
 
 
 def test_readings_from_two_sites_land_once_and_rederive(
-    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker], sink_db: SinkDb,
-    sink_process: Callable[..., Any], gateways: Callable[[Path], subprocess.Popen[bytes]],
+    tmp_path: Path,
+    broker_factory: Callable[..., MosquittoBroker],
+    sink_db: SinkDb,
+    sink_process: Callable[..., Any],
+    gateways: Callable[[Path], subprocess.Popen[bytes]],
 ) -> None:
     records = tmp_path / "calibration.toml"
     records.write_text(RECORDS)
@@ -141,13 +148,20 @@ def test_readings_from_two_sites_land_once_and_rederive(
             probe = PROBES[i]
 
             def arrived(probe: str = probe) -> bool:
-                return bool(sink_db.query(
-                    "SELECT count(*) FROM cityedge.observation WHERE device_id = %s", (probe,))[0][0])
+                return bool(
+                    sink_db.query(
+                        "SELECT count(*) FROM cityedge.observation WHERE device_id = %s", (probe,)
+                    )[0][0]
+                )
 
             deadline = time.monotonic() + 60
             while not arrived():
                 assert time.monotonic() < deadline, "the path site -> gateway -> sink never came up"
-                n.send(contract.node_topic(probe, "reading"), reading(probe, 1, 0, now - 3600, 12.0), qos=1)
+                n.send(
+                    contract.node_topic(probe, "reading"),
+                    reading(probe, 1, 0, now - 3600, 12.0),
+                    qos=1,
+                )
                 n.flush()
                 wait_until(arrived, 1.0, 0.1)
         for seq in range(per_device):
@@ -161,11 +175,18 @@ def test_readings_from_two_sites_land_once_and_rederive(
         for n in nodes:
             n.flush()
         want = per_device * 4 + len(PROBES)
-        assert wait_until(lambda: sink_db.query(
-            "SELECT count(*) FROM cityedge.observation")[0][0] >= want, 90), (
-            sink_db.query("SELECT count(*) FROM cityedge.observation"))
-        assert wait_until(lambda: sink_db.query(
-            "SELECT count(DISTINCT gateway_id) FROM cityedge.gateway_health")[0][0] == 2, 30)
+        assert wait_until(
+            lambda: sink_db.query("SELECT count(*) FROM cityedge.observation")[0][0] >= want, 90
+        ), sink_db.query("SELECT count(*) FROM cityedge.observation")
+        assert wait_until(
+            lambda: (
+                sink_db.query("SELECT count(DISTINCT gateway_id) FROM cityedge.gateway_health")[0][
+                    0
+                ]
+                == 2
+            ),
+            30,
+        )
         time.sleep(1.5)
     finally:
         for n in nodes:
@@ -173,7 +194,8 @@ def test_readings_from_two_sites_land_once_and_rederive(
 
     rows = sink_db.query(
         "SELECT site_id, device_id, boot, seq, extract(epoch FROM t), raw, calibrated "
-        "FROM cityedge.observation ORDER BY device_id, boot, seq")
+        "FROM cityedge.observation ORDER BY device_id, boot, seq"
+    )
     assert len(rows) == want
     assert len({(r[1], r[2], r[3]) for r in rows}) == want
     assert sorted(r[1] for r in rows if r[1] in PROBES) == sorted(PROBES)  # each probe once
@@ -189,13 +211,16 @@ def test_readings_from_two_sites_land_once_and_rederive(
         assert record is not None and registry.find(r[1], "pm25", when) == record
         assert cal["v"] == round(record.apply({"pm25_cf1": raw["pm25_cf1"]["v"]}), 4)
         assert cal["v"] == pytest.approx(0.613 * raw["pm25_cf1"]["v"] + 1.27, abs=1e-4)
-    assert {r[0] for r in sink_db.query("SELECT site_id FROM cityedge.gateway_health")} == set(sites)
+    assert {r[0] for r in sink_db.query("SELECT site_id FROM cityedge.gateway_health")} == set(
+        sites
+    )
 
 
 def _check_rows(sink_db: SinkDb, registry: Registry) -> list[tuple[Any, ...]]:
     rows = sink_db.query(
         "SELECT site_id, device_id, boot, seq, extract(epoch FROM t), raw, calibrated "
-        "FROM cityedge.observation ORDER BY device_id, boot, seq")
+        "FROM cityedge.observation ORDER BY device_id, boot, seq"
+    )
     assert len({(r[1], r[2], r[3]) for r in rows}) == len(rows)
     for r in rows:
         cal = r[6]["pm25"]
@@ -210,8 +235,11 @@ def _check_rows(sink_db: SinkDb, registry: Registry) -> list[tuple[Any, ...]]:
 @pytest.mark.micropython
 @pytest.mark.timeout(600)
 def test_micropython_nodes_through_two_gateways_land_once(
-    tmp_path: Path, broker_factory: Callable[..., MosquittoBroker], sink_db: SinkDb,
-    sink_process: Callable[..., Any], gateways: Callable[[Path], subprocess.Popen[bytes]],
+    tmp_path: Path,
+    broker_factory: Callable[..., MosquittoBroker],
+    sink_db: SinkDb,
+    sink_process: Callable[..., Any],
+    gateways: Callable[[Path], subprocess.Popen[bytes]],
 ) -> None:
     """The same with the real firmware under the MicroPython unix port, one air node per site
     (slower: a soak test). The sink's rows equal what an integrator subscribed on both platform
@@ -248,14 +276,33 @@ def test_micropython_nodes_through_two_gateways_land_once(
         watchers.append(c)
     for i, site in enumerate(sites):
         gateways(gateway_config(tmp_path, site, local[i], platform[i], records))
-    nodes = [SimNode("air", broker=local[i].address, speed=30, seed=100 + i,
-                     flash_dir=tmp_path / f"node{i}", site_id=site) for i, site in enumerate(sites)]
+    nodes = [
+        SimNode(
+            "air",
+            broker=local[i].address,
+            speed=30,
+            seed=100 + i,
+            flash_dir=tmp_path / f"node{i}",
+            site_id=site,
+        )
+        for i, site in enumerate(sites)
+    ]
     try:
         for n in nodes:
             n.start()
-        assert wait_until(lambda: min(
-            sink_db.query("SELECT count(*) FROM cityedge.observation WHERE device_id = %s",
-                           (n.device_id,))[0][0] for n in nodes) >= 6, 240), "\n".join(nodes[0].log[-20:])
+        assert wait_until(
+            lambda: (
+                min(
+                    sink_db.query(
+                        "SELECT count(*) FROM cityedge.observation WHERE device_id = %s",
+                        (n.device_id,),
+                    )[0][0]
+                    for n in nodes
+                )
+                >= 6
+            ),
+            240,
+        ), "\n".join(nodes[0].log[-20:])
     finally:
         for n in nodes:
             n.stop()

@@ -30,9 +30,19 @@ SITE = "browser-school-01"
 SPEED = 30.0  # report_s 60 → 2 s of real time; status_s 300 → 10 s
 MARGIN_S = 4.0  # status.offline_margin_s (60 s in service; short here so the test is quick)
 IMG = Path(__file__).resolve().parents[2] / "docs" / "img"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,1000", "--lang=th")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+    "--lang=th",
+)
 
 
 def _free_port() -> int:
@@ -73,23 +83,38 @@ def test_page_shows_a_killed_node_offline_with_its_reason_without_a_reload(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    nodes = [SimNode("air", broker=local_broker.address, speed=SPEED, seed=700 + i,
-                     flash_dir=tmp_path / f"node{i}", site_id=SITE) for i in range(2)]
+    nodes = [
+        SimNode(
+            "air",
+            broker=local_broker.address,
+            speed=SPEED,
+            seed=700 + i,
+            flash_dir=tmp_path / f"node{i}",
+            site_id=SITE,
+        )
+        for i in range(2)
+    ]
     port = _free_port()
     cfg = tmp_path / "gateway.toml"
     inventory = "".join(
         f'[[inventory.device]]\nid = "{n.device_id}"\nkind = "air"\nname = "{name}"\n'
         f'location = {{ lat = 13.75, lon = 100.5, name = "{place}" }}\n'
-        for n, name, place in zip(nodes, ("ห้อง 1 / room 1", "สนาม / playground"),
-                                  ("อาคาร A", "อาคาร B"), strict=True))
+        for n, name, place in zip(
+            nodes, ("ห้อง 1 / room 1", "สนาม / playground"), ("อาคาร A", "อาคาร B"), strict=True
+        )
+    )
     cfg.write_text(
         f'gateway_id = "gw-browser-01"\nsite_id = "{SITE}"\ndata_dir = "{tmp_path / "gw"}"\n'
         f'[local]\nhost = "{local_broker.host}"\nport = {local_broker.port}\n'
-        '[upstream]\nenabled = false\n[metrics]\nenabled = false\n[health]\ninterval_s = 1\n'
-        f'[status]\nport = {port}\nlate_grace_s = 1\noffline_margin_s = {MARGIN_S}\n'
-        f'{inventory}')
-    gateway = subprocess.Popen([sys.executable, "-m", "edge_gateway", "--config", str(cfg)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        "[upstream]\nenabled = false\n[metrics]\nenabled = false\n[health]\ninterval_s = 1\n"
+        f"[status]\nport = {port}\nlate_grace_s = 1\noffline_margin_s = {MARGIN_S}\n"
+        f"{inventory}"
+    )
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "edge_gateway", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for n in nodes:
@@ -101,8 +126,9 @@ def test_page_shows_a_killed_node_offline_with_its_reason_without_a_reload(
                 devs = _get(f"{base}/api/devices")
             except OSError:
                 devs = []
-            if len(devs) == 2 and all(d["state"] == "online" and d["cadence_s"] == 2.0
-                                      for d in devs):
+            if len(devs) == 2 and all(
+                d["state"] == "online" and d["cadence_s"] == 2.0 for d in devs
+            ):
                 break
             time.sleep(0.5)
         else:
@@ -114,7 +140,8 @@ def test_page_shows_a_killed_node_offline_with_its_reason_without_a_reload(
                 "var c = document.querySelector(arguments[0]);"
                 "return c ? {state: c.getAttribute('data-state'),"
                 " reason: c.querySelector('.reason').textContent} : {};",
-                f"#row-{device_id} td.state")
+                f"#row-{device_id} td.state",
+            )
             return got
 
         browser.get(f"{base}/?lang=en")
@@ -140,7 +167,8 @@ def test_page_shows_a_killed_node_offline_with_its_reason_without_a_reload(
         assert "no reading for" in reason and "expected every 2 s" in reason, reason
         assert cell(nodes[1].device_id)["state"] == "online"
         counts = browser.execute_script(
-            "return document.querySelector('[data-count=\"offline\"]').textContent;")
+            "return document.querySelector('[data-count=\"offline\"]').textContent;"
+        )
         assert counts == "1"
 
         # docs/img is rewritten only when asked (CITYEDGE_UPDATE_SCREENSHOTS=1), so a test run

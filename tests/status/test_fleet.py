@@ -55,16 +55,22 @@ def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
     auth = tmp_path / "platform-auth"
     auth.mkdir()
     passwords = {f"gw-fleet-0{i}": f"gw-pw-{i}" for i in range(1, 4)} | {"fleet-view": "view-pw"}
-    (auth / "passwd").write_text(password_file_text(
-        {u: hash_password(p) for u, p in passwords.items()}))
-    acl = "".join(f"user gw-fleet-0{i}\ntopic readwrite cityedge/v1/site/fleet-site-0{i}/#\n\n"
-                  for i in range(1, 4))
-    acl += ("user fleet-view\ntopic read cityedge/v1/site/+/device/+/status\n"
-            "topic read cityedge/v1/site/+/gateway/+/health\n")
+    (auth / "passwd").write_text(
+        password_file_text({u: hash_password(p) for u, p in passwords.items()})
+    )
+    acl = "".join(
+        f"user gw-fleet-0{i}\ntopic readwrite cityedge/v1/site/fleet-site-0{i}/#\n\n"
+        for i in range(1, 4)
+    )
+    acl += (
+        "user fleet-view\ntopic read cityedge/v1/site/+/device/+/status\n"
+        "topic read cityedge/v1/site/+/gateway/+/health\n"
+    )
     (auth / "acl").write_text(acl)
     (auth / "view.pw").write_text("view-pw\n")
-    platform = broker_factory("platform", password_file=auth / "passwd", acl_file=auth / "acl",
-                              extra_config=AS_INVOKER)
+    platform = broker_factory(
+        "platform", password_file=auth / "passwd", acl_file=auth / "acl", extra_config=AS_INVOKER
+    )
     procs: list[subprocess.Popen[bytes]] = []
     sites = [f"fleet-site-0{i}" for i in range(1, 4)]
     devices = {s: f"ce-00000000f0{i:02d}" for i, s in enumerate(sites, 1)}
@@ -92,29 +98,54 @@ def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
                 f'[local]\nhost = "{local.host}"\nport = {local.port}\n'
                 f'[upstream]\nhost = "{platform.host}"\nport = {platform.port}\n'
                 f'username = "gw-fleet-0{i}"\npassword = "gw-pw-{i}"\n'
-                f'keepalive_s = {KEEPALIVE_S}\nreconnect_min_s = 0.2\n'
-                '[metrics]\nenabled = false\n[status]\nenabled = false\n'
-                '[health]\ninterval_s = 1\n')
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "edge_gateway", "--config", str(cfg)],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+                f"keepalive_s = {KEEPALIVE_S}\nreconnect_min_s = 0.2\n"
+                "[metrics]\nenabled = false\n[status]\nenabled = false\n"
+                "[health]\ninterval_s = 1\n"
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "edge_gateway", "--config", str(cfg)],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             node = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"node-{i}")
             node.connect(local.host, local.port)
             node.loop_start()
             nodes.append(node)
         fleet = subprocess.Popen(
-            [sys.executable, "-m", "host_tools.cli", "fleet", "serve", "--broker",
-             platform.address, "--port", str(port), "--lang", "en", "--username", "fleet-view",
-             "--password-file", str(auth / "view.pw")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "host_tools.cli",
+                "fleet",
+                "serve",
+                "--broker",
+                platform.address,
+                "--port",
+                str(port),
+                "--lang",
+                "en",
+                "--username",
+                "fleet-view",
+                "--password-file",
+                str(auth / "view.pw"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
         procs.append(fleet)
         base = f"http://127.0.0.1:{port}"
 
         def all_up() -> bool:
             send()
             got = {s["site_id"]: s for s in _get(f"{base}/api/sites")}
-            return all(s in got and got[s]["gateway"]["state"] == "online"
-                       and got[s]["counts"]["online"] == 1 for s in sites)
+            return all(
+                s in got
+                and got[s]["gateway"]["state"] == "online"
+                and got[s]["counts"]["online"] == 1
+                for s in sites
+            )
 
         _wait(all_up, 60, "three sites online, one device each")
         # Liveness is data: status heartbeats alone never make a device online.
@@ -142,10 +173,19 @@ def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
         forger.username_pw_set("fleet-view", "view-pw")
         forger.connect(platform.host, platform.port)
         forger.loop_start()
-        forged = {"v": 1, "site_id": sites[1], "gateway_id": "gw-fleet-02", "state": "online",
-                  "t": iso_utc(time.time())}
-        forger.publish(contract.gateway_health_topic(sites[1], "gw-fleet-02"),
-                       json.dumps(forged), qos=1, retain=True).wait_for_publish(5)
+        forged = {
+            "v": 1,
+            "site_id": sites[1],
+            "gateway_id": "gw-fleet-02",
+            "state": "online",
+            "t": iso_utc(time.time()),
+        }
+        forger.publish(
+            contract.gateway_health_topic(sites[1], "gw-fleet-02"),
+            json.dumps(forged),
+            qos=1,
+            retain=True,
+        ).wait_for_publish(5)
         forger.loop_stop()
         forger.disconnect()
         time.sleep(1.0)
@@ -154,7 +194,8 @@ def test_city_view_shows_a_killed_gateway_down_and_its_devices_unknown(
         dev = _get(f"{base}/api/devices/{devices[sites[1]]}")
         assert dev["state"] == "unknown" and "gw-fleet-02 is down" in dev["reason"]
         assert [d["device_id"] for d in _get(f"{base}/api/devices?state=unknown")] == [
-            devices[sites[1]]]
+            devices[sites[1]]
+        ]
         with urllib.request.urlopen(f"{base}/", timeout=5) as r:
             page = r.read().decode()
         assert f'id="site-{sites[1]}"' in page and 'data-state="down"' in page

@@ -14,8 +14,12 @@ from edge_gateway.status import StatusFeed
 from edge_gateway.status.history import TZ
 from edge_gateway.status.report import compute, month_percent
 
-FULL, GAPPY, MAINT, NEVER = ("ce-00000000d001", "ce-00000000d002", "ce-00000000d003",
-                             "ce-00000000d004")
+FULL, GAPPY, MAINT, NEVER = (
+    "ce-00000000d001",
+    "ce-00000000d002",
+    "ce-00000000d003",
+    "ce-00000000d004",
+)
 REPORT_S = 600  # 144 readings a Bangkok day
 
 
@@ -24,18 +28,30 @@ def _t(day: int, hour: float = 0.0) -> float:
 
 
 def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_path: Path) -> None:
-    text = (f'gateway_id = "gw-report-01"\nsite_id = "report-school-01"\n'
-            f'data_dir = "{tmp_path}"\n[inventory]\ndefault_report_s = {REPORT_S}\n')
-    for dev, name in ((FULL, "always on"), (GAPPY, "off 6 h"), (MAINT, "maintained"),
-                      (NEVER, "never reported")):
+    text = (
+        f'gateway_id = "gw-report-01"\nsite_id = "report-school-01"\n'
+        f'data_dir = "{tmp_path}"\n[inventory]\ndefault_report_s = {REPORT_S}\n'
+    )
+    for dev, name in (
+        (FULL, "always on"),
+        (GAPPY, "off 6 h"),
+        (MAINT, "maintained"),
+        (NEVER, "never reported"),
+    ):
         text += f'[[inventory.device]]\nid = "{dev}"\nkind = "air"\nname = "{name}"\n'
     cfg_path = tmp_path / "gateway.toml"
     cfg_path.write_text(text)
-    config = GatewayConfig.from_dict({"gateway_id": "gw-report-01", "site_id": "report-school-01",
-                                      "data_dir": str(tmp_path),
-                                      "inventory": {"default_report_s": REPORT_S, "device": [
-                                          {"id": d, "kind": "air"}
-                                          for d in (FULL, GAPPY, MAINT, NEVER)]}})
+    config = GatewayConfig.from_dict(
+        {
+            "gateway_id": "gw-report-01",
+            "site_id": "report-school-01",
+            "data_dir": str(tmp_path),
+            "inventory": {
+                "default_report_s": REPORT_S,
+                "device": [{"id": d, "kind": "air"} for d in (FULL, GAPPY, MAINT, NEVER)],
+            },
+        }
+    )
     feed = StatusFeed(config)
     feed.open_store()
     now = _t(30, 24 + 36)  # 2 December, noon: the whole of November is past
@@ -49,8 +65,17 @@ def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_pat
                 if dev == GAPPY and day == 10 and t < _t(10, 6):
                     continue  # off from midnight to 06:00 on 10 November
                 # (the maintained node keeps sending on the 15th: not counted)
-                feed.observation({"device_id": dev, "kind": "air", "t": t, "boot": 1,
-                                  "seq": seq, "calibrated": {}}, t + 1)
+                feed.observation(
+                    {
+                        "device_id": dev,
+                        "kind": "air",
+                        "t": t,
+                        "boot": 1,
+                        "seq": seq,
+                        "calibrated": {},
+                    },
+                    t + 1,
+                )
                 seq += 1
         feed.drain(now)
     feed.flush(now)
@@ -67,18 +92,36 @@ def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_pat
     assert (m.expected, m.received, m.percent, m.note) == (0, 0, None, "maintenance")
     assert by[(MAINT, "2026-11-14")].percent == 100.0 and by[(MAINT, "2026-11-16")].percent == 100.0
     never = [r for r in rows if r.device_id == NEVER]
-    assert all((r.expected, r.received, r.percent, r.note) == (144, 0, 0.0, "no data")
-               for r in never)
+    assert all(
+        (r.expected, r.received, r.percent, r.note) == (144, 0, 0.0, "no data") for r in never
+    )
     assert month_percent(full) == 100.0
     assert month_percent([r for r in rows if r.device_id == GAPPY]) == 99.2  # 4284 / 4320
     assert month_percent([r for r in rows if r.device_id == MAINT]) == 100.0  # 29 days
     assert month_percent(never) == 0.0
 
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "host_tools.cli", "report", "completeness",
-                          "--config", str(cfg_path), "--site", "report-school-01",
-                          "--month", "2026-11", "--out", str(out)],
-                         capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "host_tools.cli",
+            "report",
+            "completeness",
+            "--config",
+            str(cfg_path),
+            "--site",
+            "report-school-01",
+            "--month",
+            "2026-11",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     stem = out / "completeness-report-school-01-2026-11"
     with open(f"{stem}.csv", newline="") as f:
@@ -92,8 +135,23 @@ def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_pat
     html = Path(f"{stem}.html").read_text()
     assert "data:image/png;base64," in html and "99.2 %" in html
 
-    wrong = subprocess.run([sys.executable, "-m", "host_tools.cli", "report", "completeness",
-                            "--config", str(cfg_path), "--site", "report-school-01",
-                            "--month", "November"], capture_output=True, text=True,
-                           timeout=60, check=False)
+    wrong = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "host_tools.cli",
+            "report",
+            "completeness",
+            "--config",
+            str(cfg_path),
+            "--site",
+            "report-school-01",
+            "--month",
+            "November",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert wrong.returncode != 0 and "YYYY-MM" in wrong.stderr + wrong.stdout

@@ -55,22 +55,36 @@ def test_history_stays_within_its_byte_bound() -> None:
     kept = h.samples("ce-000000000001", 0)
     assert len(kept) >= (64 * 1024 // 4 // REC_SIZE) - 1
     assert kept[-1].value == 19_999.0  # the newest are kept, the oldest went
-    assert h.day_counts("ce-000000000001", __import__("edge_gateway.status.history",
-                        fromlist=["local_day"]).local_day(now - 1)) is not None
+    assert (
+        h.day_counts(
+            "ce-000000000001",
+            __import__("edge_gateway.status.history", fromlist=["local_day"]).local_day(now - 1),
+        )
+        is not None
+    )
 
 
 @run_async
 async def test_a_damaged_history_is_moved_aside_and_the_page_still_starts(tmp_path: Path) -> None:
     (tmp_path / "history.sqlite").write_bytes(b"this is not a database" * 100)
-    feed = StatusFeed(GatewayConfig.from_dict({"gateway_id": "gw-x-01", "site_id": "site-x-01",
-                                               "data_dir": str(tmp_path),
-                                               "status": {"port": 0}}))
+    feed = StatusFeed(
+        GatewayConfig.from_dict(
+            {
+                "gateway_id": "gw-x-01",
+                "site_id": "site-x-01",
+                "data_dir": str(tmp_path),
+                "status": {"port": 0},
+            }
+        )
+    )
     await feed.start()
     try:
         assert feed.port and feed.active
         assert list(tmp_path.glob("history.sqlite.damaged-*"))
-        async with aiohttp.ClientSession() as http, http.get(
-                f"http://127.0.0.1:{feed.port}/api/summary") as r:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{feed.port}/api/summary") as r,
+        ):
             assert r.status == 200 and (await r.json())["devices"] == 0
     finally:
         await feed.stop()
@@ -78,8 +92,9 @@ async def test_a_damaged_history_is_moved_aside_and_the_page_still_starts(tmp_pa
 
 def test_lan_bind_needs_a_token_file() -> None:
     with pytest.raises(ConfigError, match="status.token_file"):
-        GatewayConfig.from_dict({"gateway_id": "gw-x-01", "site_id": "site-x-01",
-                                 "status": {"host": "0.0.0.0"}})
+        GatewayConfig.from_dict(
+            {"gateway_id": "gw-x-01", "site_id": "site-x-01", "status": {"host": "0.0.0.0"}}
+        )
 
 
 async def _status(client: aiomqtt.Client, device_id: str, **over: Any) -> None:
@@ -92,14 +107,25 @@ async def _status(client: aiomqtt.Client, device_id: str, **over: Any) -> None:
 async def test_status_page_counts_table_api_maintenance_and_security(
     local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    inventory = {"device": [
-        {"id": AIR, "kind": "air", "name": EVIL, "location": {"lat": 13.7, "lon": 100.5,
-                                                              "name": "<b>roof</b>"}},
-        {"id": WATER, "kind": "water", "name": "canal gauge"},
-        {"id": SILENT, "kind": "air", "name": "never installed"},
-    ]}
-    cfg_dict = gateway_config(local_broker, upstream_broker, tmp_path, inventory=inventory,
-                              status={"port": 0, "late_grace_s": 1, "offline_margin_s": 2})
+    inventory = {
+        "device": [
+            {
+                "id": AIR,
+                "kind": "air",
+                "name": EVIL,
+                "location": {"lat": 13.7, "lon": 100.5, "name": "<b>roof</b>"},
+            },
+            {"id": WATER, "kind": "water", "name": "canal gauge"},
+            {"id": SILENT, "kind": "air", "name": "never installed"},
+        ]
+    }
+    cfg_dict = gateway_config(
+        local_broker,
+        upstream_broker,
+        tmp_path,
+        inventory=inventory,
+        status={"port": 0, "late_grace_s": 1, "offline_margin_s": 2},
+    )
     cfg_dict["local"]["password"] = "site-broker-secret-pw"
     cfg_dict["local"]["username"] = "gw"
     cfg_dict["local"].pop("password")
@@ -124,12 +150,18 @@ async def test_status_page_counts_table_api_maintenance_and_security(
             # online (liveness is data, not a status or a session).
             await _status(c, AIR, kind="air", intervals={"report_s": 2.0}, rssi_dbm=-91)
             await _status(c, WATER, kind="water", intervals={"report_s": 2.0}, battery_v=3.3)
-            await c.publish(contract.node_topic(WATER, "state"),
-                            json.dumps({"v": 1, "device_id": WATER, "state": "online",
-                                        "boot": 1, "fw": "0.1.0"}), qos=1, retain=True)
+            await c.publish(
+                contract.node_topic(WATER, "state"),
+                json.dumps(
+                    {"v": 1, "device_id": WATER, "state": "online", "boot": 1, "fw": "0.1.0"}
+                ),
+                qos=1,
+                retain=True,
+            )
         await air.publish(3)
         await air.wait_acked()
         async with aiohttp.ClientSession() as http:
+
             async def get_json(path: str) -> Any:
                 async with http.get(base + path) as r:
                     assert r.status == 200, path
@@ -176,16 +208,18 @@ async def test_status_page_counts_table_api_maintenance_and_security(
             # Changing requests without the token are refused; with it, they work.
             url = f"{base}/api/devices/{SILENT}/maintenance"
             for headers in ({}, {"Authorization": "Bearer wrong"}):
-                async with http.post(url, json={"hours": 24, "reason": "x"},
-                                     headers=headers) as r:
+                async with http.post(url, json={"hours": 24, "reason": "x"}, headers=headers) as r:
                     assert r.status == 401
-            async with http.post(f"{base}/device/{SILENT}/maintenance",
-                                 data={"action": "start", "hours": "24"}) as r:
+            async with http.post(
+                f"{base}/device/{SILENT}/maintenance", data={"action": "start", "hours": "24"}
+            ) as r:
                 assert r.status == 401
             assert (await get_json(f"/api/devices/{SILENT}"))["state"] == "never"
-            async with http.post(f"{base}/device/{SILENT}/maintenance", allow_redirects=False,
-                                 data={"action": "start", "hours": "24", "reason": "mast",
-                                       "token": token}) as r:
+            async with http.post(
+                f"{base}/device/{SILENT}/maintenance",
+                allow_redirects=False,
+                data={"action": "start", "hours": "24", "reason": "mast", "token": token},
+            ) as r:
                 assert r.status == 303
             d = await get_json(f"/api/devices/{SILENT}")
             assert d["state"] == "maintenance" and "mast" in d["reason"]
@@ -194,11 +228,25 @@ async def test_status_page_counts_table_api_maintenance_and_security(
             cfg_path = tmp_path / "gw.toml"
             cfg_path.write_text(
                 f'gateway_id = "gw-test-01"\nsite_id = "test-site-01"\ndata_dir = "{tmp_path}"\n'
-                f'[status]\nport = {port}\n')
+                f"[status]\nport = {port}\n"
+            )
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "host_tools.cli", "gateway", "maintenance", "--config",
-                str(cfg_path), "start", AIR, "--hours", "2", "--reason", "sensor swap",
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                sys.executable,
+                "-m",
+                "host_tools.cli",
+                "gateway",
+                "maintenance",
+                "--config",
+                str(cfg_path),
+                "start",
+                AIR,
+                "--hours",
+                "2",
+                "--reason",
+                "sensor swap",
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
             stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 0, stderr.decode()
             assert "maintenance" in stdout.decode()
@@ -209,10 +257,20 @@ async def test_status_page_counts_table_api_maintenance_and_security(
 
             # Every page and API answer: the name escaped, never the token or a password.
             pages = {}
-            for path in ("/", "/?lang=en", f"/device/{AIR}", f"/device/{AIR}?lang=en",
-                         "/live?view=site", f"/live?view=device&id={AIR}", "/api/summary",
-                         "/api/devices", f"/api/devices/{AIR}", "/healthz",
-                         f"/?q={EVIL}", f"/device/{EVIL}"):
+            for path in (
+                "/",
+                "/?lang=en",
+                f"/device/{AIR}",
+                f"/device/{AIR}?lang=en",
+                "/live?view=site",
+                f"/live?view=device&id={AIR}",
+                "/api/summary",
+                "/api/devices",
+                f"/api/devices/{AIR}",
+                "/healthz",
+                f"/?q={EVIL}",
+                f"/device/{EVIL}",
+            ):
                 async with http.get(base + path) as r:
                     pages[path] = (r.status, r.headers.get("Content-Type", ""), await r.text())
             for path, (status, ctype, text) in pages.items():

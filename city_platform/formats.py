@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from calibration.qc import Flag
+
 __all__ = [
     "FormatError",
     "check_senml",
@@ -280,7 +282,13 @@ UNIT_CODE = {
 }
 UNIT_FROM_CODE = {v: k for k, v in UNIT_CODE.items()}
 # QARTOD flag -> Smart Data Models `reliability` (0..1): the contract maps flag 1 to 1.0.
-RELIABILITY = {1: 1.0, 2: 0.5, 3: 0.3, 4: 0.0, 9: 0.0}
+RELIABILITY: dict[int, float] = {
+    Flag.GOOD: 1.0,
+    Flag.UNKNOWN: 0.5,
+    Flag.SUSPECT: 0.3,
+    Flag.FAIL: 0.0,
+    Flag.MISSING: 0.0,
+}
 
 
 def _prop(value: Any, **extra: Any) -> dict[str, Any]:

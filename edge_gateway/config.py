@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from boards import KINDS
+
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,40}$")
-_KINDS = ("air", "water", "parking")
 
 
 class ConfigError(ValueError):
@@ -192,8 +193,8 @@ class DeviceEntry:
     def validate(self, key: str) -> None:
         if not _ID_RE.match(self.id):
             raise ConfigError(f"{key}.id", f"{self.id!r} is not a device id (ce-<12 hex>)")
-        if self.kind not in _KINDS:
-            raise ConfigError(f"{key}.kind", f"must be one of {', '.join(_KINDS)}")
+        if self.kind not in KINDS:
+            raise ConfigError(f"{key}.kind", f"must be one of {', '.join(KINDS)}")
         if self.location is not None:
             self.location.validate(f"{key}.location")
         if self.report_s is not None and self.report_s <= 0:

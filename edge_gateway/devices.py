@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from boards import KINDS
 from edge_gateway.config import GatewayConfig, Location
 from edge_gateway.ingest import iso_utc
 from edge_gateway.store import SAMPLE_BUCKET_S, SAMPLE_DAY_S
@@ -199,6 +200,6 @@ class DeviceTracker:
             "report_s": report_s,  # the cadence the fleet view judges liveness by
             "last_reading": None if state.last_reading is None else iso_utc(state.last_reading),
         }
-        if state.kind in ("air", "water", "parking"):
+        if state.kind in KINDS:
             body["kind"] = state.kind
         return body

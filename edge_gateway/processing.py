@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from calibration import aqi
 from calibration.errors import CalibrationError
+from calibration.qc import Flag
 from calibration.records import CalibrationRecord, Registry
 from edge_gateway import contract
 from edge_gateway.config import DeviceEntry, GatewayConfig, Location
@@ -33,7 +34,7 @@ from edge_gateway.quality import StreamingQuality
 
 log = logging.getLogger(__name__)
 
-GOOD, UNKNOWN, SUSPECT, FAIL, MISSING = 1, 2, 3, 4, 9
+GOOD, UNKNOWN, SUSPECT, FAIL, MISSING = (int(f) for f in Flag)  # calibration.qc's QARTOD flags
 
 # Calibrated quantities per node kind, and the raw channel passed through when no record applies.
 QUANTITIES: Mapping[str, Mapping[str, str | None]] = {

@@ -30,6 +30,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from boards import KINDS
+from calibration.qc import Flag
 from edge_gateway import contract
 from host_tools.brokers import EmbeddedBroker, MosquittoBroker, mosquitto_path
 
@@ -150,12 +152,12 @@ def _local_time(value: Any) -> str:
     return dt.astimezone(BANGKOK).strftime("%d %b %H:%M:%S")
 
 
-_FLAG = {
-    1: "[green]good[/]",
-    2: "unknown",
-    3: "[yellow]suspect[/]",
-    4: "[red]FAIL[/]",
-    9: "missing",
+_FLAG: dict[int, str] = {
+    Flag.GOOD: "[green]good[/]",
+    Flag.UNKNOWN: "unknown",
+    Flag.SUSPECT: "[yellow]suspect[/]",
+    Flag.FAIL: "[red]FAIL[/]",
+    Flag.MISSING: "missing",
 }
 _MAIN = {
     "air": ("pm25_cf1", "pm25"),
@@ -213,7 +215,7 @@ def parse_nodes(spec: str) -> list[str]:
     kinds: list[str] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         kind, _, count = part.partition(":")
-        if kind not in ("air", "water", "parking"):
+        if kind not in KINDS:
             raise ValueError(
                 f"--nodes: unknown node kind {kind!r} in {part!r}; use air, water or parking"
             )

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from boards import KINDS
 from host_tools.errors import FieldError, ProvisionError
 
 out = Console()
@@ -706,7 +707,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--batch", metavar="SITE.csv", help="CSV: port,kind,site,lat,lon[,name,board,elev_m,ssid]"
     )
-    p.add_argument("--kind", choices=("air", "water", "parking"), help="what the node measures")
+    p.add_argument("--kind", choices=KINDS, help="what the node measures")
     p.add_argument("--site", help="site id, e.g. rayong-school-01")
     p.add_argument("--lat", type=float, help="latitude of the node, WGS 84 degrees")
     p.add_argument("--lon", type=float, help="longitude of the node, WGS 84 degrees")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boards import KINDS
 from host_tools import broker_auth
 from host_tools.board import Board
 from host_tools.errors import FieldError, ProvisionError
@@ -21,7 +22,6 @@ from host_tools.inventory import Device, Inventory, utc_now
 
 REPO = Path(__file__).resolve().parents[1]
 BOARDS_DIR = REPO / "boards"
-KINDS = ("air", "water", "parking")
 CONFIG_PATH = "/config.json"
 _SITE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _MAC_RE = re.compile(r"^[0-9a-f]{12}$")

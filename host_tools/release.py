@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from boards import KINDS
 from host_tools.deploy import FIRMWARE_DIR, SOURCE_FILES, build_firmware, find_mpy_cross
 from host_tools.errors import FieldError
 
-KINDS = ("air", "water", "parking")
 BOARDS = ("esp32-devkitc", "lolin-d32", "sim", "sim-battery")
 KEY_BITS = 3072
 MANIFEST = "manifest.txt"

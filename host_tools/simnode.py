@@ -44,7 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from boards import BoardError, load_board
+from boards import KINDS, BoardError, load_board
+from boards.drivers import declarations
 
 # MicroPython-compatible, unannotated modules shared with the node side: typed as Any here.
 fakes: Any = importlib.import_module("host_tools.simboard.fakes")
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 FIRMWARE = REPO / "firmware"
 SIMBOARD = REPO / "host_tools" / "simboard"
-KINDS = ("air", "water", "parking")
 
 # Process exit codes of the simulated board (host_tools/simboard/machine.py).
 EXIT_DEEPSLEEP = 100
@@ -385,29 +385,44 @@ class SimHardware:
     def _make(self, entry: dict[str, Any], index: int) -> Any:
         drv = entry["driver"]
         seed = (self.seed * 7919 + index * 104729) & 0xFFFFFFFF or 1
-        if drv == "pms5003":
-            return fakes.FakePMS5003(self._pm, clock=time.monotonic, seed=seed)
-        if drv == "sht3x":
-            return fakes.FakeSHT3x(self._weather, seed=seed)
-        if drv == "bme280":
-            return fakes.FakeBME280(self._weather, seed=seed)
-        if drv == "qmc5883l":
-            return fakes.FakeQMC5883L(self._bay, seed=seed)
-        if drv in ("a02yyuw", "jsn-sr04t"):
-            # A02YYUW streams a frame every ~100 ms; JSN-SR04T in mode 3 answers a 0x55 trigger.
-            return fakes.FakeUltrasonicUART(
-                self._canal,
-                clock=time.monotonic,
-                continuous=not entry.get("trigger", False),
-                seed=seed,
-            )
-        if drv in ("hc-sr04", "jsn-sr04t-pulse"):
-            return fakes.FakeRanger(self._canal, seed=seed)
-        if drv == "pressure":
-            return fakes.FakeADC(
-                self._pressure_source(entry), divider=float(entry.get("divider", 1.0)), seed=seed
-            )
-        raise SimError(f"the simulated board has no fake for driver {drv!r}")
+        decl = declarations().get(drv)
+        make = None if decl is None else FAKES.get(decl.module)
+        if make is None:
+            raise SimError(f"the simulated board has no fake for driver {drv!r}")
+        return make(self, entry, seed)
+
+    # The fake of each driver module (its board names come from the declarations, boards/drivers.py)
+    def _fake_pms5003(self, entry: dict[str, Any], seed: int) -> Any:
+        return fakes.FakePMS5003(self._pm, clock=time.monotonic, seed=seed)
+
+    def _fake_sht3x(self, entry: dict[str, Any], seed: int) -> Any:
+        return fakes.FakeSHT3x(self._weather, seed=seed)
+
+    def _fake_bme280(self, entry: dict[str, Any], seed: int) -> Any:
+        return fakes.FakeBME280(self._weather, seed=seed)
+
+    def _fake_qmc5883l(self, entry: dict[str, Any], seed: int) -> Any:
+        return fakes.FakeQMC5883L(self._bay, seed=seed)
+
+    def _fake_ultrasonic(self, entry: dict[str, Any], seed: int) -> Any:
+        # A02YYUW streams a frame every ~100 ms; JSN-SR04T in mode 3 answers a 0x55 trigger.
+        return fakes.FakeUltrasonicUART(
+            self._canal, clock=time.monotonic, continuous=not entry.get("trigger", False), seed=seed
+        )
+
+    def _fake_ultrasonic_pulse(self, entry: dict[str, Any], seed: int) -> Any:
+        return fakes.FakeRanger(self._canal, seed=seed)
+
+    def _fake_pressure(self, entry: dict[str, Any], seed: int) -> Any:
+        return fakes.FakeADC(
+            self._pressure_source(entry), divider=float(entry.get("divider", 1.0)), seed=seed
+        )
+
+    def _fake_battery(self, entry: dict[str, Any], seed: int) -> Any:
+        bat = self.board["power"]["battery"]
+        return fakes.FakeADC(
+            self._battery_source, divider=float(bat.get("divider", 2.0)), seed=self.seed
+        )
 
     def sensors(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.board.get("sensors", {}).get(self.kind, [])
@@ -431,10 +446,7 @@ class SimHardware:
         with self.lock:
             dev = self._devices.get("battery")
             if dev is None:
-                bat = self.board["power"]["battery"]
-                dev = self._devices["battery"] = fakes.FakeADC(
-                    self._battery_source, divider=float(bat.get("divider", 2.0)), seed=self.seed
-                )
+                dev = self._devices["battery"] = self._fake_battery({}, self.seed)
             return dev
 
     def inject(self, name: str, fault: str, count: int | None = 1) -> None:
@@ -616,6 +628,19 @@ class SimHardware:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+
+# Driver module (firmware/drivers/<module>.py) -> SimHardware's builder of its fake.
+FAKES: dict[str, Callable[[SimHardware, dict[str, Any], int], Any]] = {
+    "pms5003": SimHardware._fake_pms5003,
+    "sht3x": SimHardware._fake_sht3x,
+    "bme280": SimHardware._fake_bme280,
+    "qmc5883l": SimHardware._fake_qmc5883l,
+    "ultrasonic": SimHardware._fake_ultrasonic,
+    "ultrasonic_pulse": SimHardware._fake_ultrasonic_pulse,
+    "pressure": SimHardware._fake_pressure,
+    "battery": SimHardware._fake_battery,
+}
 
 
 class LinkProxy:

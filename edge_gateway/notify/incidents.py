@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from calibration.qc import Flag
 from edge_gateway.notify.outbox import Outbox
 from edge_gateway.notify.settings import NotifySettings, Route
 from edge_gateway.notify.templates import Templates, render
 
-SUSPECT, FAIL = 3, 4  # QARTOD flags (calibration.qc)
+SUSPECT, FAIL = int(Flag.SUSPECT), int(Flag.FAIL)  # QARTOD flags
 RANK = {None: 0, "info": 0, "watch": 1, "warning": 2, "critical": 3}
 FAMILY = {
     "water_watch": "water_level",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calibration.qc import Flag
 from edge_gateway.status import liveness
 from edge_gateway.status.history import (
     BUCKET_S,
@@ -260,7 +261,11 @@ class StatusFeed:
                 qc = "out_of_range"
             elif int(tests.get("flat_line", 0) or 0) >= 3 and qc is None:
                 qc = "stuck"
-        if any(int(f) in (3, 4) for f in (obs.get("quality") or {}).values() if isinstance(f, int)):
+        if any(
+            int(f) in (Flag.SUSPECT, Flag.FAIL)
+            for f in (obs.get("quality") or {}).values()
+            if isinstance(f, int)
+        ):
             flags |= FLAG_QC
         dev.qc = qc
         t = _num(obs.get("t")) or received

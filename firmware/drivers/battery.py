@@ -5,6 +5,18 @@ V_FULL = 4.2  # single Li-ion cell: charge termination voltage
 
 REASONS = ("absent", "over", "bus")
 
+# Declaration (docs/drivers.md "Declaration"), read on CPython by boards/drivers.py (`ast`):
+# BOARD "names Class bus temp argument..." (names /-separated; bus uart, i2c or -; temp: temp
+# = it gives the temperature, read first, temp_c = read(temp_c) is compensated with it, or
+# -; each argument key:code[:default][:keyword]) and VALUES, the values a read returns.
+# MicroPython compiles `if False:` to nothing: no heap (the node is at its 64 KB limit; one
+# 34-character string here breaks its simulated day). tests/firmware/test_driver_parity.py
+# checks the node's bring-up (node/board.py), the board schema, the kinds and the fakes
+# against it.
+if False:
+    BOARD = "battery Battery - - adc_pin:A divider:f:2"
+    VALUES = (("volts", "V"), ("percent", "%"))
+
 
 def percent(volts, v_empty=V_EMPTY, v_full=V_FULL):
     """Pure: state of charge in % by a LINEAR approximation between v_empty and v_full.

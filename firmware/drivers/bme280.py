@@ -28,6 +28,18 @@ _SKIPPED16 = const(0x8000)
 
 REASONS = ("skipped", "bus")
 
+# Declaration (docs/drivers.md "Declaration"), read on CPython by boards/drivers.py (`ast`):
+# BOARD "names Class bus temp argument..." (names /-separated; bus uart, i2c or -; temp: temp
+# = it gives the temperature, read first, temp_c = read(temp_c) is compensated with it, or
+# -; each argument key:code[:default][:keyword]) and VALUES, the values a read returns.
+# MicroPython compiles `if False:` to nothing: no heap (the node is at its 64 KB limit; one
+# 34-character string here breaks its simulated day). tests/firmware/test_driver_parity.py
+# checks the node's bring-up (node/board.py), the board schema, the kinds and the fakes
+# against it.
+if False:
+    BOARD = "bme280 BME280 i2c temp address:I:118"
+    VALUES = (("temp", "Cel"), ("rh", "%RH"), ("pressure", "kPa"))
+
 
 def _s16(v):
     return v - 65536 if v & 0x8000 else v

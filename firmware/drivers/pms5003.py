@@ -44,6 +44,31 @@ FIELDS = (
 # "resync" counts frames that were found only after skipping garbage.
 REASONS = ("start", "length", "checksum", "truncated", "timeout", "bus", "resync")
 
+# Declaration (docs/drivers.md "Declaration"), read on CPython by boards/drivers.py (`ast`):
+# BOARD "names Class bus temp argument..." (names /-separated; bus uart, i2c or -; temp: temp
+# = it gives the temperature, read first, temp_c = read(temp_c) is compensated with it, or
+# -; each argument key:code[:default][:keyword]) and VALUES, the values a read returns.
+# MicroPython compiles `if False:` to nothing: no heap (the node is at its 64 KB limit; one
+# 34-character string here breaks its simulated day). tests/firmware/test_driver_parity.py
+# checks the node's bring-up (node/board.py), the board schema, the kinds and the fakes
+# against it.
+if False:
+    BOARD = "pms5003 PMS5003 uart - set_pin:h reset_pin:-o"
+    VALUES = (
+        ("pm1_cf1", "ug/m3"),
+        ("pm25_cf1", "ug/m3"),
+        ("pm10_cf1", "ug/m3"),
+        ("pm1_atm", "ug/m3"),
+        ("pm25_atm", "ug/m3"),
+        ("pm10_atm", "ug/m3"),
+        ("n03", None),  # particle counts per 0.1 L: no contract unit
+        ("n05", None),
+        ("n10", None),
+        ("n25", None),
+        ("n50", None),
+        ("n100", None),
+    )
+
 
 def checksum(buf, n):
     # Check code = sum of all bytes before it (manual appendix I).

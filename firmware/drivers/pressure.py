@@ -8,6 +8,18 @@ RHO_WATER = 997.0  # kg/m3 at 25 C (calibration-reference section 3)
 
 REASONS = ("open", "over", "bus")
 
+# Declaration (docs/drivers.md "Declaration"), read on CPython by boards/drivers.py (`ast`):
+# BOARD "names Class bus temp argument..." (names /-separated; bus uart, i2c or -; temp: temp
+# = it gives the temperature, read first, temp_c = read(temp_c) is compensated with it, or
+# -; each argument key:code[:default][:keyword]) and VALUES, the values a read returns.
+# MicroPython compiles `if False:` to nothing: no heap (the node is at its 64 KB limit; one
+# 34-character string here breaks its simulated day). tests/firmware/test_driver_parity.py
+# checks the node's bring-up (node/board.py), the board schema, the kinds and the fakes
+# against it.
+if False:
+    BOARD = "pressure PressureTransducer - - adc_pin:A p_max_kpa:f:100 divider:f:1 mount_m:-f"
+    VALUES = (("pressure", "kPa"),)
+
 
 def volts_to_kpa(v_out, v_supply, p_max_kpa, p_min_kpa=0.0):
     """Pure: ratiometric output volts -> kPa; v_out = v_supply * (0.1 + 0.8 * P / span)."""

@@ -27,6 +27,18 @@ UT_PER_GAUSS = const(100)  # 1 G = 100 uT
 
 REASONS = ("overflow", "not_ready", "bus")
 
+# Declaration (docs/drivers.md "Declaration"), read on CPython by boards/drivers.py (`ast`):
+# BOARD "names Class bus temp argument..." (names /-separated; bus uart, i2c or -; temp: temp
+# = it gives the temperature, read first, temp_c = read(temp_c) is compensated with it, or
+# -; each argument key:code[:default][:keyword]) and VALUES, the values a read returns.
+# MicroPython compiles `if False:` to nothing: no heap (the node is at its 64 KB limit; one
+# 34-character string here breaks its simulated day). tests/firmware/test_driver_parity.py
+# checks the node's bring-up (node/board.py), the board schema, the kinds and the fakes
+# against it.
+if False:
+    BOARD = "qmc5883l QMC5883L i2c - address:I:13"
+    VALUES = (("x", "uT"), ("y", "uT"), ("z", "uT"))
+
 
 def _s16(lo, hi):
     v = hi << 8 | lo

@@ -18,6 +18,18 @@ MEASURE_MS = const(16)  # high repeatability max duration ~15 ms (timing table)
 
 REASONS = ("crc", "bus")
 
+# Declaration (docs/drivers.md "Declaration"), read on CPython by boards/drivers.py (`ast`):
+# BOARD "names Class bus temp argument..." (names /-separated; bus uart, i2c or -; temp: temp
+# = it gives the temperature, read first, temp_c = read(temp_c) is compensated with it, or
+# -; each argument key:code[:default][:keyword]) and VALUES, the values a read returns.
+# MicroPython compiles `if False:` to nothing: no heap (the node is at its 64 KB limit; one
+# 34-character string here breaks its simulated day). tests/firmware/test_driver_parity.py
+# checks the node's bring-up (node/board.py), the board schema, the kinds and the fakes
+# against it.
+if False:
+    BOARD = "sht3x SHT3x i2c temp address:I:68"
+    VALUES = (("temp", "Cel"), ("rh", "%RH"))
+
 
 def crc8(buf, start=0, end=2):
     # CRC-8, polynomial 0x31 (x^8+x^5+x^4+1), init 0xFF, no final XOR ("Checksum Calculation").

@@ -22,6 +22,22 @@ _C_REF = const(343.42)  # c at 20 C from the formula below; used when no tempera
 
 REASONS = ("checksum", "truncated", "timeout", "blind", "range", "bus")  # + too_few: pulse
 
+# Declaration (docs/drivers.md "Declaration"), read on CPython by boards/drivers.py (`ast`):
+# BOARD "names Class bus temp argument..." (names /-separated; bus uart, i2c or -; temp: temp
+# = it gives the temperature, read first, temp_c = read(temp_c) is compensated with it, or
+# -; each argument key:code[:default][:keyword]) and VALUES, the values a read returns.
+# MicroPython compiles `if False:` to nothing: no heap (the node is at its 64 KB limit; one
+# 34-character string here breaks its simulated day). tests/firmware/test_driver_parity.py
+# checks the node's bring-up (node/board.py), the board schema, the kinds and the fakes
+# against it.
+if False:
+    # The node's defaults: blind_m 0.03 (the A02YYUW's 3 cm), compensated by the sensor itself.
+    BOARD = (
+        "a02yyuw/jsn-sr04t UltrasonicUART uart temp_c blind_m:f:0.03 max_m:f:4.5 trigger:b:0"
+        " compensated:b:1"
+    )
+    VALUES = (("distance", "m"),)
+
 
 def _default_wait():
     try:

@@ -21,6 +21,21 @@ _HRXL_US_PER_M = const(1000.0)  # MaxBotix HRXL-MaxSonar pulse width: 1 us per m
 
 REASONS = ("timeout", "blind", "range", "too_few", "bus")
 
+# Declaration (docs/drivers.md "Declaration"), read on CPython by boards/drivers.py (`ast`):
+# BOARD "names Class bus temp argument..." (names /-separated; bus uart, i2c or -; temp: temp
+# = it gives the temperature, read first, temp_c = read(temp_c) is compensated with it, or
+# -; each argument key:code[:default][:keyword]) and VALUES, the values a read returns.
+# MicroPython compiles `if False:` to nothing: no heap (the node is at its 64 KB limit; one
+# 34-character string here breaks its simulated day). tests/firmware/test_driver_parity.py
+# checks the node's bring-up (node/board.py), the board schema, the kinds and the fakes
+# against it.
+if False:
+    BOARD = (
+        "hc-sr04/jsn-sr04t-pulse UltrasonicPulse - temp_c trigger_pin:O echo_pin:N :T :S pings:i:5"
+        " blind_m:f:0.25 max_m:f:4.5 compensated:b:0:compensates"
+    )
+    VALUES = (("distance", "m"),)
+
 
 def speed_of_sound(temp_c):
     # c = 331.3 + 0.606 * T m/s (calibration-reference section 3).

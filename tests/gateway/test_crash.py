@@ -24,8 +24,9 @@ import pytest
 from edge_gateway import contract
 from edge_gateway.app import Gateway, _limits
 from edge_gateway.config import GatewayConfig
+from edge_gateway.flight import wire_payload
+from edge_gateway.qos2link import Qos2Link
 from edge_gateway.store import Entry, Store
-from edge_gateway.upstream import Qos2Link, wire_payload
 from host_tools.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async, wait_ready
 from tests.support.tools import REPO

@@ -57,7 +57,7 @@ def test_the_table_drives_stats_metrics_and_health(tmp_path: Path) -> None:
     stats = gw.stats()
     text = metrics.render(stats)
     names = {n.split("{")[0] for n in samples(text)}
-    health = json.loads(gw._health("online"))
+    health = json.loads(gw.health("online"))
     contract.validate("gateway_health", health)
     for m in metrics.METRICS:
         assert m.key in stats, m.key
@@ -163,7 +163,7 @@ async def test_trouble_counters_are_kept_in_the_store_across_a_restart(
         await wait_ready(gw, upstream=False)
         after = await scrape(gw)
         s = gw.stats()
-        health = json.loads(gw._health("online"))
+        health = json.loads(gw.health("online"))
     finally:
         gw.request_stop()
         await task

@@ -168,7 +168,7 @@ class ForwardSection:
     delete_max_ms: float = 20.0
 
     def validate(self, key: str) -> None:
-        if not 1 <= self.max_inflight <= 16384:  # row packet ids: 32767, see upstream.py
+        if not 1 <= self.max_inflight <= 16384:  # row packet ids: 32767, see qos2link.py
             raise ConfigError(f"{key}.max_inflight", "must be 1..16384")
         if self.drain_rate_per_s <= 0:
             raise ConfigError(f"{key}.drain_rate_per_s", "must be > 0")

@@ -18,7 +18,6 @@ so a crash of this process loses nothing; a repeat is harmless because incidents
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -56,6 +55,8 @@ class Central:
     async def run(self) -> None:
         import aiomqtt
 
+        from edge_gateway.qos2link import manual_ack, puback
+
         s = self.settings
         delay = 0.5
         watch = asyncio.create_task(self._watch())
@@ -70,7 +71,7 @@ class Central:
                         identifier=s.broker_client_id,
                         clean_session=False,
                     )
-                    client._client.manual_ack_set(True)
+                    manual_ack(client)  # PUBACK after handling (edge_gateway.qos2link)
                     async with client:
                         for topic in TOPICS:
                             await client.subscribe(topic, qos=1)
@@ -80,9 +81,7 @@ class Central:
                             await asyncio.to_thread(
                                 self.handle, str(message.topic), message.payload
                             )
-                            if message.qos > 0:
-                                with contextlib.suppress(Exception):
-                                    client._client.ack(message.mid, message.qos)
+                            puback(client, message.mid, message.qos)
                 except aiomqtt.MqttError as exc:
                     log.warning("platform broker %s:%d: %s", s.broker_host, s.broker_port, exc)
                 await asyncio.sleep(delay)

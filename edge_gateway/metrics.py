@@ -296,11 +296,42 @@ METRICS: tuple[Metric, ...] = (
         "dead_letters_unpublished_total",
         "counter",
         "dead letters counted but not published (rate limit)",
-        "process",
+        "saved",
     ),
 )
 
 BY_KEY = {m.key: m for m in METRICS}
+
+
+# The counters that signal loss or trouble: kept in the store (source "store" or "saved"), so
+# they survive restarts and show in `cityedge gateway stats` (tests/gateway/test_metrics.py).
+TROUBLE = (
+    "dropped",
+    "dead_letters_by_reason",
+    "dead_letters_unpublished",
+    "processing_errors",
+    "calibration_errors",
+    "store_errors",
+    "upstream_sessions_lost",
+    "quarantined",
+)
+
+_KEPT_IN = {"store": "store", "saved": "store (saved)", "process": "process", "given": "—"}
+
+
+def docs_table() -> str:
+    """The metrics table of docs/gateway.md, made from :data:`METRICS` (a test keeps the page
+    equal to it)."""
+    lines = [
+        "| metric | type | `stats()` key | kept in | health | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in METRICS:
+        name = f"`{PREFIX}{m.name}{'{reason}' if m.reasons else ''}`"
+        key = f"`{m.key}`" + (f" (sum: `{m.total}`)" if m.total else "")
+        health = "✓" if m.health else ""
+        lines.append(f"| {name} | {m.kind} | {key} | {_KEPT_IN[m.source]} | {health} | {m.help} |")
+    return "\n".join(lines) + "\n"
 
 
 def saved_counter(name: str) -> bool:

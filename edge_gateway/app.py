@@ -42,8 +42,8 @@ from edge_gateway.config import ConfigError, GatewayConfig, load_config
 from edge_gateway.devices import DeviceTracker
 from edge_gateway.diskguard import DiskGuard
 from edge_gateway.forwarder import Forwarder, OfflineClock, health_payload
-from edge_gateway.metrics import MetricsServer
 from edge_gateway.processing import Processor, load_registries
+from edge_gateway.prometheus import MetricsServer
 from edge_gateway.quarantine import Quarantine
 from edge_gateway.sitelink import SiteLink, publish_quietly
 from edge_gateway.status import StatusFeed

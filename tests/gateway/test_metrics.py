@@ -17,7 +17,7 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from edge_gateway import contract, metrics
+from edge_gateway import contract, metrics, prometheus
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.ingest import REASON_CODES
@@ -55,7 +55,7 @@ def test_the_table_drives_stats_metrics_and_health(tmp_path: Path) -> None:
         )
     )
     stats = gw.stats()
-    text = metrics.render(stats)
+    text = prometheus.render(stats)
     names = {n.split("{")[0] for n in samples(text)}
     health = json.loads(gw.health("online"))
     contract.validate("gateway_health", health)
@@ -102,7 +102,7 @@ def test_exposition_passes_promtool_check_metrics(tmp_path: Path) -> None:
         {"dropped_max_bytes": 3, "readings_stored": 10},
         {"queue_depth": 4, "oldest_age_s": 12.5, "upstream_connected": True},
     )
-    text = metrics.render(stats)
+    text = prometheus.render(stats)
     out = subprocess.run(
         [exe, "check", "metrics"],
         input=text,
@@ -185,7 +185,7 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
 
 
 def _exported_names() -> set[str]:
-    text = metrics.render(metrics.collect({}, {}, {}))
+    text = prometheus.render(metrics.collect({}, {}, {}))
     return {n.split("{")[0] for n in samples(text)}
 
 

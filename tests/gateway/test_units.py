@@ -17,8 +17,8 @@ from calibration.records import Registry, parse_records
 from edge_gateway import contract
 from edge_gateway.config import ConfigError, GatewayConfig, load_config
 from edge_gateway.flight import MidAllocator, wire_payload
-from edge_gateway.metrics import render
 from edge_gateway.processing import Processor
+from edge_gateway.prometheus import render
 from edge_gateway.qos2link import ROW_MID_MAX
 from edge_gateway.sitelink import custody_ranges
 from edge_gateway.store import (

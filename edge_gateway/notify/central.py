@@ -8,7 +8,7 @@ so a crash of this process loses nothing; a repeat is harmless because incidents
 * ``cityedge/v1/site/+/gateway/+/health`` — ``"state": "offline"`` (the gateway's last will,
   or its clean stop) raises ``gateway_offline``; ``online`` clears it;
 * ``cityedge/v1/site/+/device/+/status`` — ``last_reading`` and ``report_s`` (else the median
-  gap of its last observations, else ``default_report_s``): :func:`silent_nodes` raises
+  gap of its last observations, else ``default_report_s``): :func:`edge_gateway.notify.silence.silent_nodes` raises
   ``node_silent`` one interval plus ``silent_grace_s`` after the last reading (the status
   page's liveness rule, :func:`edge_gateway.status.liveness.from_status`);
 * ``cityedge/v1/site/+/gateway/+/dispatcher`` — a gateway dispatcher's heartbeat; none for
@@ -26,8 +26,8 @@ from collections import deque
 from typing import Any
 
 from edge_gateway.notify.dispatcher import Dispatcher
-from edge_gateway.notify.incidents import synthetic
 from edge_gateway.notify.settings import NotifySettings
+from edge_gateway.notify.silence import synthetic
 
 log = logging.getLogger(__name__)
 

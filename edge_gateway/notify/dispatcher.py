@@ -25,9 +25,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edge_gateway.notify.channels import SENDERS, Outcome, Sender, need_aiohttp
-from edge_gateway.notify.incidents import Incidents, SilenceRules
+from edge_gateway.notify.incidents import Incidents
 from edge_gateway.notify.outbox import Outbox, OutRow
 from edge_gateway.notify.settings import NotifySettings
+from edge_gateway.notify.silence import SilenceRules
 from edge_gateway.notify.templates import render
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from edge_gateway import contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.notify import hook
-from edge_gateway.notify.incidents import SilenceRules, open_incidents
+from edge_gateway.notify.incidents import open_incidents
+from edge_gateway.notify.silence import SilenceRules
 from edge_gateway.status.fleet import FleetModel, FleetSettings
 from host_tools.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, gateway_config, run_async, wait_ready

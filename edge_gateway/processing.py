@@ -185,24 +185,9 @@ class Processor:
         when = datetime.fromtimestamp(t if synced else received, UTC)
         raw = reading["raw"]
         calibrated = self._calibrate(device_id, kind, raw, when)
-        quality: dict[str, int] = {}
-        quality_tests: dict[str, dict[str, int]] = {}
-        settles_quality: dict[str, int] = {}
-        settles_tests: dict[str, dict[str, int]] = {}
-        for quantity, entry in calibrated.items():
-            value = entry["v"]
-            if value is None:
-                quality[quantity] = MISSING
-                continue
-            if isinstance(value, bool):
-                quality[quantity] = UNKNOWN
-                continue
-            flag, tests, settled = self.quality.check(device_id, quantity, t, float(value))
-            quality[quantity] = flag
-            if tests:
-                quality_tests[quantity] = tests
-            if settled is not None:
-                settles_quality[quantity], settles_tests[quantity] = settled
+        quality, quality_tests, settles_quality, settles_tests = self._quality(
+            device_id, calibrated, t
+        )
         t_eval = t if synced else received
         derived, alerts = self._derive(device_id, device, kind, calibrated, quality, t_eval)
         place = device.location if device and device.location else self.node_location(device_id)
@@ -244,6 +229,33 @@ class Processor:
         obs["replay"] = False  # must stay the last key: the forwarder flips it in the bytes
         payload = json.dumps(obs, separators=(",", ":"), ensure_ascii=False).encode()
         return Processed(obs, payload, alerts)
+
+    def _quality(
+        self, device_id: str, calibrated: Mapping[str, Mapping[str, Any]], t: float
+    ) -> tuple[
+        dict[str, int], dict[str, dict[str, int]], dict[str, int], dict[str, dict[str, int]]
+    ]:
+        """QC flags per quantity (and their tests), and the settled flags of the stream's
+        previous value (the spike test needs the value after it)."""
+        quality: dict[str, int] = {}
+        quality_tests: dict[str, dict[str, int]] = {}
+        settles_quality: dict[str, int] = {}
+        settles_tests: dict[str, dict[str, int]] = {}
+        for quantity, entry in calibrated.items():
+            value = entry["v"]
+            if value is None:
+                quality[quantity] = MISSING
+                continue
+            if isinstance(value, bool):
+                quality[quantity] = UNKNOWN
+                continue
+            flag, tests, settled = self.quality.check(device_id, quantity, t, float(value))
+            quality[quantity] = flag
+            if tests:
+                quality_tests[quantity] = tests
+            if settled is not None:
+                settles_quality[quantity], settles_tests[quantity] = settled
+        return quality, quality_tests, settles_quality, settles_tests
 
     # -- derived values and alerts ------------------------------------------------------------
 
@@ -309,18 +321,7 @@ class Processor:
         except CalibrationError:
             return {}, []
         band = thai.band
-        derived["thai_aqi"] = {
-            "value": thai.aqi,
-            "level": band.level,
-            "name_en": band.name_en,
-            "name_th": band.name_th,
-            "colour": band.colour,
-            "colour_hex": band.colour_hex,
-            "advice_en": band.advice_en,
-            "advice_th": band.advice_th,
-            "pm25_24h": round(mean.mean, 1),
-            "completeness_24h": round(mean.completeness, 3),
-        }
+        derived["thai_aqi"] = _thai_aqi(thai.aqi, band, mean.mean, mean.completeness)
         try:
             us = aqi.us_aqi("pm25", mean.mean)
             us_b = aqi.us_band(us)
@@ -382,6 +383,21 @@ class Processor:
             }
         }
         return derived, self._payloads(device_id, kind, raised)
+
+
+def _thai_aqi(value: Any, band: aqi.AqiBand, mean: float, completeness: float) -> dict[str, Any]:
+    return {
+        "value": value,
+        "level": band.level,
+        "name_en": band.name_en,
+        "name_th": band.name_th,
+        "colour": band.colour,
+        "colour_hex": band.colour_hex,
+        "advice_en": band.advice_en,
+        "advice_th": band.advice_th,
+        "pm25_24h": round(mean, 1),
+        "completeness_24h": round(completeness, 3),
+    }
 
 
 def validate_observation(obs: Mapping[str, Any]) -> None:

@@ -169,33 +169,7 @@ class Incidents(IncidentWording):
             return 0
         if current is None:
             assert target is not None
-            key = f"{site}/{device}/{family}/{last['t']}"
-            held = self._suspect(device, family, t)
-            cur = db.execute(
-                "INSERT OR IGNORE INTO incidents(key, site, device, family, tier, max_tier, "
-                "opened_t, opened_wall, peak, unit, last, open, held) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    key,
-                    site,
-                    device,
-                    family,
-                    target,
-                    target,
-                    t,
-                    now,
-                    value,
-                    last.get("unit"),
-                    json.dumps(last, ensure_ascii=False),
-                    2 if held else 1,
-                    held,
-                ),
-            )
-            if cur.rowcount == 0 or held:
-                return 0
-            no = int(db.execute("SELECT no FROM incidents WHERE key = ?", (key,)).fetchone()[0])
-            inc = _Open(no, target, target, t, value, last.get("unit"), last, False, False)
-            return self._notify(db, "raised", site, device, family, inc, now)
+            return self._open(db, site, device, family, target, last, t, value, now)
         peak = _max(current.peak, value)
         if current.held and target is None:  # gone before its quality settled: no message
             db.execute("DELETE FROM incidents WHERE no = ?", (current.no,))
@@ -229,6 +203,47 @@ class Incidents(IncidentWording):
             return 0
         current.tier, current.max_tier, current.peak, current.last = target, max_tier, peak, last
         return self._notify(db, "upgraded", site, device, family, current, now)
+
+    def _open(
+        self,
+        db: sqlite3.Connection,
+        site: str,
+        device: str,
+        family: str,
+        target: str,
+        last: dict[str, Any],
+        t: float,
+        value: float | None,
+        now: float,
+    ) -> int:
+        """A new incident (held, without a message, while its reading's QC is suspect)."""
+        key = f"{site}/{device}/{family}/{last['t']}"
+        held = self._suspect(device, family, t)
+        cur = db.execute(
+            "INSERT OR IGNORE INTO incidents(key, site, device, family, tier, max_tier, "
+            "opened_t, opened_wall, peak, unit, last, open, held) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                key,
+                site,
+                device,
+                family,
+                target,
+                target,
+                t,
+                now,
+                value,
+                last.get("unit"),
+                json.dumps(last, ensure_ascii=False),
+                2 if held else 1,
+                held,
+            ),
+        )
+        if cur.rowcount == 0 or held:
+            return 0
+        no = int(db.execute("SELECT no FROM incidents WHERE key = ?", (key,)).fetchone()[0])
+        inc = _Open(no, target, target, t, value, last.get("unit"), last, False, False)
+        return self._notify(db, "raised", site, device, family, inc, now)
 
     def _suspect(self, device: str, family: str, t: float) -> str | None:
         """``boot:seq`` of the reading that raised this, if its provisional QC flag is SUSPECT

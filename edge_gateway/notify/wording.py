@@ -128,6 +128,26 @@ class IncidentWording:
             web=link.format(device_id=device, site_id=site) if link else None,
         ).decode()
 
+    def _trend(self, lang: str, device: str, family: str, a: Mapping[str, Any]) -> str:
+        """Rising, falling or steady (water), from the alert or the last observation."""
+        w = self.templates.word
+        value = a.get("value")
+        derived_rate = a.get("rate_m_per_h")
+        if family == "water_rising" and isinstance(value, (int, float)):
+            derived_rate = value
+        elif family == "water_level" and self.last_obs.get(device):
+            state = (self.last_obs[device][-1].get("derived") or {}).get("level_state") or {}
+            derived_rate = state.get("rate_m_per_h")
+        if not isinstance(derived_rate, (int, float)):
+            return ""
+        return (
+            w(lang, "rising", rate=f"{abs(derived_rate):.2f}")
+            if derived_rate > 0.005
+            else w(lang, "falling", rate=f"{abs(derived_rate):.2f}")
+            if derived_rate < -0.005
+            else w(lang, "steady")
+        )
+
     def _context(
         self, lang: str, site: str, device: str, family: str, inc: _Open, closed_t: float | None
     ) -> dict[str, Any]:
@@ -135,21 +155,7 @@ class IncidentWording:
         a = inc.last
         value = a.get("value")
         unit = a.get("unit") or ""
-        trend = ""
-        derived_rate = a.get("rate_m_per_h")
-        if family == "water_rising" and isinstance(value, (int, float)):
-            derived_rate = value
-        elif family == "water_level" and self.last_obs.get(device):
-            state = (self.last_obs[device][-1].get("derived") or {}).get("level_state") or {}
-            derived_rate = state.get("rate_m_per_h")
-        if isinstance(derived_rate, (int, float)):
-            trend = (
-                w(lang, "rising", rate=f"{abs(derived_rate):.2f}")
-                if derived_rate > 0.005
-                else w(lang, "falling", rate=f"{abs(derived_rate):.2f}")
-                if derived_rate < -0.005
-                else w(lang, "steady")
-            )
+        trend = self._trend(lang, device, family, a)
         aqi = advice = ""
         band = a.get("band") if isinstance(a.get("band"), dict) else None
         if family == "pm25" and band:

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.test_basic_path import STAGE
 from tests.support.fake_services import FakeLine
 

@@ -35,7 +35,7 @@ from typing import Any
 from city_platform.db import connect, create_login, migrate
 from city_platform.pgserver import PostgresServer
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.platform.helpers import Publisher, observation
 
 DEVICES = 50

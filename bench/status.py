@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from edge_gateway import contract
 from edge_gateway.ingest import iso_utc
-from host_tools.brokers import MosquittoBroker, free_port, wait_for_port
+from host_tools.sim.brokers import MosquittoBroker, free_port, wait_for_port
 
 SITES, PER_SITE = 250, 20
 

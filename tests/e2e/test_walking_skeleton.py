@@ -22,8 +22,8 @@ import pytest
 
 from calibration.records import Registry
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
-from host_tools.simnode import SimNode
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.simnode import SimNode
 
 pytestmark = [pytest.mark.broker, pytest.mark.micropython]
 

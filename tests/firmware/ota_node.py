@@ -106,7 +106,7 @@ def _intact(st):
 def main():
     image, cut = sys.argv[1], int(sys.argv[2])
     ops = sys.argv[3:]
-    if image.startswith("dir:"):  # a simulated node's flash directory (host_tools/simnode.py)
+    if image.startswith("dir:"):  # a simulated node's flash directory (host_tools/sim/simnode.py)
         os.chdir(image[4:])
         dev = None
     elif ops[0] == "mkfs":

@@ -1,5 +1,5 @@
 """The real node firmware under the real MicroPython unix port on the simulated board
-(host_tools/simnode.py), against a real Mosquitto. A small paho peer plays the gateway: it
+(host_tools/sim/simnode.py), against a real Mosquitto. A small paho peer plays the gateway: it
 validates every message against the contract, records readings and sends custody acks."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import paho.mqtt.client as paho
 import pytest
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
-from host_tools.simnode import SOFT_RESET, SimNode
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.simnode import SOFT_RESET, SimNode
 
 pytestmark = [pytest.mark.micropython, pytest.mark.broker]
 
@@ -559,8 +559,8 @@ def test_selftest_prints_one_line_for_verify(
     """node.selftest.run() as `cityedge node verify` runs it, beside the running node."""
     import subprocess
 
-    from host_tools.simnode import compile_tree
-    from host_tools.verify import parse_selftest
+    from host_tools.field.verify import parse_selftest
+    from host_tools.sim.simnode import compile_tree
     from tests.support.tools import micropython
 
     node = _node(nodes, "air", broker, speed=60).start()

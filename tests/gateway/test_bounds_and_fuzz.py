@@ -19,7 +19,7 @@ from edge_gateway import bounds, contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.ingest import Accepted, Rejected, classify, reading_is_valid
-from host_tools.brokers import MosquittoBroker, free_port
+from host_tools.sim.brokers import MosquittoBroker, free_port
 from tests.gateway import hostile
 from tests.gateway.helpers import (
     AS_INVOKER,

@@ -26,7 +26,7 @@ from edge_gateway.app import Gateway, _limits
 from edge_gateway.config import GatewayConfig
 from edge_gateway.store import Entry, Store
 from edge_gateway.upstream import Qos2Link, wire_payload
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async, wait_ready
 from tests.support.tools import REPO
 

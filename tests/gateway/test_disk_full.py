@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.brokers import MosquittoBroker, free_port
+from host_tools.sim.brokers import MosquittoBroker, free_port
 from tests.gateway.helpers import (
     AS_INVOKER,
     FakeNode,

@@ -21,8 +21,8 @@ import pytest
 
 from edge_gateway.order import HOLD_S
 from edge_gateway.store import Entry, Limits, Store
-from host_tools.broker_auth import SITE_AUTOSAVE_CHANGES
-from host_tools.brokers import MosquittoBroker
+from host_tools.field.broker_auth import SITE_AUTOSAVE_CHANGES
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import (
     AS_INVOKER,
     FakeNode,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import AS_INVOKER, FakeNode, Platform, gateway_config, run_async
 from tests.gateway.test_crash import write_toml
 from tests.support.tools import REPO

@@ -17,7 +17,7 @@ import aiomqtt
 import pytest
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway import hostile
 from tests.gateway.helpers import Platform, gateway_config, run_async, stop_process
 from tests.gateway.test_crash import start_gateway, write_toml

@@ -12,7 +12,7 @@ import pytest
 
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
-from host_tools.brokers import MosquittoBroker, free_port
+from host_tools.sim.brokers import MosquittoBroker, free_port
 from tests.gateway.helpers import AS_INVOKER, FakeNode, gateway_config, run_async, wait_ready
 
 pytestmark = pytest.mark.broker

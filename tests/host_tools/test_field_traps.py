@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from host_tools.cli import main as cityedge
-from host_tools.inventory import Inventory
-from host_tools.virtual_board import VirtualBoard
+from host_tools.field.inventory import Inventory
+from host_tools.sim.virtual_board import VirtualBoard
 
 SITE = "rayong-school-01"
 
@@ -28,7 +28,8 @@ def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """A wide terminal, so table cells do not wrap the words the tests look for."""
     from rich.console import Console
 
-    from host_tools import cli, field_cli
+    from host_tools import cli
+    from host_tools.field import field_cli
 
     monkeypatch.setattr(field_cli, "out", Console(width=400))
     monkeypatch.setattr(field_cli, "err", Console(stderr=True, width=400))
@@ -303,8 +304,8 @@ def test_failed_verify_prints_the_table_and_a_hint_per_check(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from host_tools.brokers import MosquittoBroker
-    from host_tools.provision import create_gateway_credential, export_broker_files
+    from host_tools.field.provision import create_gateway_credential, export_broker_files
+    from host_tools.sim.brokers import MosquittoBroker
     from tests.host_tools.mqtt_helpers import ROOT_SAFE
 
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
@@ -368,8 +369,8 @@ THAI_NAME = "ห้องสมุด ชั้น 2"  # "library, floor 2"
 
 
 def _thai_device(tmp_path: Path) -> Path:
-    from host_tools import broker_auth
-    from host_tools.inventory import Device, utc_now
+    from host_tools.field import broker_auth
+    from host_tools.field.inventory import Device, utc_now
 
     inv_path = tmp_path / "inv.sqlite"
     now = utc_now()
@@ -418,7 +419,7 @@ def test_label_prints_a_thai_name_in_thai_letters(
 ) -> None:
     from PIL import Image
 
-    from host_tools import labels
+    from host_tools.field import labels
 
     inv_path = _thai_device(tmp_path)
     assert (
@@ -454,7 +455,7 @@ def test_label_warns_when_no_thai_font_is_installed(
 ) -> None:
     from PIL import Image
 
-    from host_tools import labels
+    from host_tools.field import labels
 
     inv_path = _thai_device(tmp_path)
     monkeypatch.setattr(labels, "FONT_DIRS", [tmp_path / "no-fonts"])

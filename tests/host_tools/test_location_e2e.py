@@ -20,11 +20,11 @@ import pytest
 from edge_gateway import contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
-from host_tools.brokers import MosquittoBroker
 from host_tools.cli import main as cityedge
-from host_tools.inventory import Inventory
-from host_tools.provision import create_gateway_credential
-from host_tools.virtual_board import VirtualBoard
+from host_tools.field.inventory import Inventory
+from host_tools.field.provision import create_gateway_credential
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.virtual_board import VirtualBoard
 from tests.gateway.helpers import Platform, gateway_config, wait_ready
 from tests.host_tools.mqtt_helpers import ROOT_SAFE
 

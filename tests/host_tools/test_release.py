@@ -1,4 +1,4 @@
-"""`cityedge release keygen/build/sign/keys` (host_tools/release.py) through the CLI."""
+"""`cityedge release keygen/build/sign/keys` (host_tools/field/release.py) through the CLI."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import release
 from host_tools.cli import main
-from host_tools.errors import FieldError
+from host_tools.field import release
+from host_tools.field.errors import FieldError
 
 
 def test_release_commands_make_a_signed_bundle_the_manifest_describes(

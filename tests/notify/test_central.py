@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, run_async
 from tests.notify.conftest import GROUP, LINE_TOKEN
 from tests.support.fake_services import FakeLine

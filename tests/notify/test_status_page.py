@@ -21,7 +21,7 @@ from edge_gateway.config import GatewayConfig
 from edge_gateway.notify import hook
 from edge_gateway.notify.incidents import SilenceRules, open_incidents
 from edge_gateway.status.fleet import FleetModel, FleetSettings
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, gateway_config, run_async, wait_ready
 from tests.gateway.test_basic_path import STAGE
 from tests.notify.conftest import wait_until, water_alert

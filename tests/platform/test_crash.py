@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.platform.conftest import SinkDb, children
 from tests.platform.helpers import Publisher, observation, wait_until
 

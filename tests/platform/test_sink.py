@@ -14,7 +14,7 @@ import pytest
 
 from city_platform.sink import classify
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.platform.conftest import SinkDb
 from tests.platform.helpers import Publisher, observation, wait_until
 
@@ -162,7 +162,7 @@ def test_sink_reads_a_broker_that_requires_tls_and_a_client_certificate(
     sink_process: Callable[..., object],
     tmp_path: Path,
 ) -> None:
-    from host_tools.brokers import free_port
+    from host_tools.sim.brokers import free_port
     from tests.gateway.helpers import AS_INVOKER
     from tests.gateway.test_tls import make_pki
 

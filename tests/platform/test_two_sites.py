@@ -22,7 +22,7 @@ import pytest
 
 from calibration.records import Registry
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.platform.conftest import SinkDb
 from tests.platform.helpers import Publisher, wait_until
 
@@ -249,7 +249,7 @@ def test_micropython_nodes_through_two_gateways_land_once(
 
     import paho.mqtt.client as mqtt
 
-    from host_tools.simnode import SimNode
+    from host_tools.sim.simnode import SimNode
 
     records = tmp_path / "calibration.toml"
     records.write_text(RECORDS)

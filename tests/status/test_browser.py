@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from host_tools.brokers import MosquittoBroker
-from host_tools.simnode import SimNode
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.simnode import SimNode
 
 pytestmark = [pytest.mark.broker, pytest.mark.micropython]
 

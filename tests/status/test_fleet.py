@@ -19,8 +19,8 @@ import pytest
 
 from edge_gateway import contract
 from edge_gateway.ingest import iso_utc
-from host_tools.broker_auth import hash_password, password_file_text
-from host_tools.brokers import MosquittoBroker, free_port
+from host_tools.field.broker_auth import hash_password, password_file_text
+from host_tools.sim.brokers import MosquittoBroker, free_port
 from tests.gateway.helpers import AS_INVOKER, reading
 
 pytestmark = pytest.mark.broker

@@ -20,7 +20,7 @@ from edge_gateway.app import Gateway
 from edge_gateway.config import ConfigError, GatewayConfig
 from edge_gateway.status import StatusFeed, liveness
 from edge_gateway.status.history import REC_SIZE, History
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, gateway_config, run_async, wait_ready
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'

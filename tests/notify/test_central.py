@@ -44,11 +44,8 @@ async def _until(pred: Any, timeout_s: float, what: str, log: Path) -> None:
         await asyncio.sleep(0.1)
 
 
-@run_async
-async def test_silent_node_and_offline_gateway_raised_centrally(
-    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path, line: FakeLine
-) -> None:
-    (tmp_path / "line.token").write_text(LINE_TOKEN)
+def _central_config(tmp_path: Path, upstream_broker: MosquittoBroker, line: FakeLine) -> Path:
+    """`cityedge alerts serve`'s config: quick rules, LINE the one channel."""
     central = tmp_path / "central.toml"
     central.write_text(f'''
 mode = "central"
@@ -68,6 +65,11 @@ api_base = "{line.url}"
 [[routes]]
 channels = ["line"]
 ''')
+    return central
+
+
+def _gateway_alerts_config(tmp_path: Path, line: FakeLine) -> Path:
+    """The gateway's dispatcher: heartbeats every 0.5 s."""
     gw_alerts = tmp_path / "gw-alerts.toml"
     gw_alerts.write_text(f'''
 mode = "gateway"
@@ -80,6 +82,13 @@ to = "{GROUP}"
 token_file = "line.token"
 api_base = "{line.url}"
 ''')
+    return gw_alerts
+
+
+def _gateway_config(
+    tmp_path: Path, local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, gw_alerts: Path
+) -> Path:
+    """The gateway, one air node in its inventory that reports every second."""
     gw = tmp_path / "gateway.toml"
     gw.write_text(f'''
 gateway_id = "gw-central-01"
@@ -107,6 +116,17 @@ kind = "air"
 report_s = 1.0
 name = "Ban Khlong school"
 ''')
+    return gw
+
+
+@run_async
+async def test_silent_node_and_offline_gateway_raised_centrally(
+    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path, line: FakeLine
+) -> None:
+    (tmp_path / "line.token").write_text(LINE_TOKEN)
+    central = _central_config(tmp_path, upstream_broker, line)
+    gw_alerts = _gateway_alerts_config(tmp_path, line)
+    gw = _gateway_config(tmp_path, local_broker, upstream_broker, gw_alerts)
     log = tmp_path / "procs.log"
     serve = _proc(
         [

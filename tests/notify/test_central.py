@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,10 @@ name = "Ban Khlong school"
     return gw
 
 
+def _delivered(line: FakeLine, text: str) -> Callable[[], bool]:
+    return lambda: any(text in m["text"] for m in line.delivered)
+
+
 @run_async
 async def test_silent_node_and_offline_gateway_raised_centrally(
     local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path, line: FakeLine
@@ -147,12 +152,7 @@ async def test_silent_node_and_offline_gateway_raised_centrally(
         await node.wait_acked()
         stopped = time.monotonic()
         await node.stop()  # the node dies
-        await _until(
-            lambda: any("Sensor node silent" in m["text"] for m in line.delivered),
-            2 * 1.0 + 60,
-            "node_silent",
-            log,
-        )
+        await _until(_delivered(line, "Sensor node silent"), 2 * 1.0 + 60, "node_silent", log)
         silent_after = time.monotonic() - stopped
         assert silent_after <= 2 * 1.0 + 60
         assert (
@@ -160,19 +160,9 @@ async def test_silent_node_and_offline_gateway_raised_centrally(
         )
         gateway.send_signal(signal.SIGKILL)  # the broker publishes its last will
         gateway.wait(10)
-        await _until(
-            lambda: any("Gateway offline" in m["text"] for m in line.delivered),
-            30,
-            "gateway_offline",
-            log,
-        )
+        await _until(_delivered(line, "Gateway offline"), 30, "gateway_offline", log)
         # Its dispatcher's heartbeats stopped too: the dead-man's switch.
-        await _until(
-            lambda: any("Alert dispatcher quiet" in m["text"] for m in line.delivered),
-            30,
-            "dispatcher_quiet",
-            log,
-        )
+        await _until(_delivered(line, "Alert dispatcher quiet"), 30, "dispatcher_quiet", log)
         await asyncio.sleep(1.0)
         kinds = [m["text"].split("\n")[0] for m in line.delivered]
         assert len(kinds) == len(set(kinds)) == 3, kinds

@@ -202,10 +202,8 @@ def test_page_shows_a_killed_node_offline_with_its_reason_without_a_reload(
         reason = _cell(browser, victim.device_id)["reason"]
         assert "no reading for" in reason and "expected every 2 s" in reason, reason
         assert _cell(browser, nodes[1].device_id)["state"] == "online"
-        counts = browser.execute_script(
-            "return document.querySelector('[data-count=\"offline\"]').textContent;"
-        )
-        assert counts == "1"
+        offline_count = "return document.querySelector('[data-count=\"offline\"]').textContent;"
+        assert browser.execute_script(offline_count) == "1"
         _screenshots(browser, base, nodes[1].device_id, tmp_path)
     finally:
         for n in nodes:

@@ -152,6 +152,12 @@ def test_rotating_a_credential_is_said_loudly(
 # --- 2. broker-files for a site with no devices: refused, the known sites listed -------------
 
 
+def _broker_files(site: str, out: Path, inventory: str, *more: str) -> int:
+    """`cityedge node broker-files` for ``site`` into ``out``."""
+    argv = ["node", "broker-files", "--site", site, "--out", str(out), *more]
+    return cityedge([*argv, "--inventory", inventory])
+
+
 @pytest.mark.micropython
 def test_broker_files_for_a_mistyped_site_is_refused(
     tmp_path: Path,
@@ -167,18 +173,7 @@ def test_broker_files_for_a_mistyped_site_is_refused(
     capsys.readouterr()
     inv = str(tmp_path / "inv.sqlite")
     out_dir = tmp_path / "typo"
-    code = cityedge(
-        [
-            "node",
-            "broker-files",
-            "--site",
-            "rayong-scool-01",
-            "--out",
-            str(out_dir),
-            "--inventory",
-            inv,
-        ]
-    )
+    code = _broker_files("rayong-scool-01", out_dir, inv)
     assert code == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "rayong-scool-01" in err and "no devices" in err and SITE in err
@@ -186,56 +181,16 @@ def test_broker_files_for_a_mistyped_site_is_refused(
     assert not (out_dir / "passwd").exists() and not (out_dir / "acl").exists()
 
     # The real site still works, and a first install with --gateway-user is allowed.
-    assert (
-        cityedge(
-            [
-                "node",
-                "broker-files",
-                "--site",
-                SITE,
-                "--out",
-                str(tmp_path / "ok"),
-                "--inventory",
-                inv,
-            ]
-        )
-        == 0
-    )
+    assert _broker_files(SITE, tmp_path / "ok", inv) == 0
     assert "ce-246f28000080:" in (tmp_path / "ok" / "passwd").read_text()
-    assert (
-        cityedge(
-            [
-                "node",
-                "broker-files",
-                "--site",
-                "chonburi-school-02",
-                "--out",
-                str(tmp_path / "new"),
-                "--gateway-user",
-                "gw-chonburi-02",
-                "--inventory",
-                inv,
-            ]
-        )
-        == 0
-    )
+    new_site = "chonburi-school-02"
+    assert _broker_files(new_site, tmp_path / "new", inv, "--gateway-user", "gw-chonburi-02") == 0
     assert (tmp_path / "new" / "passwd").read_text().startswith("gw-chonburi-02:")
     capsys.readouterr()
     # Once the gateway account exists the site is known, but it still has no devices: refused
     # again without --gateway-user (a passwd with only the gateway in it locks no node out,
     # but this is most likely the wrong site).
-    code = cityedge(
-        [
-            "node",
-            "broker-files",
-            "--site",
-            "chonburi-school-02",
-            "--out",
-            str(tmp_path / "new2"),
-            "--inventory",
-            inv,
-        ]
-    )
+    code = _broker_files(new_site, tmp_path / "new2", inv)
     assert code == 1 and not (tmp_path / "new2").exists()
 
 

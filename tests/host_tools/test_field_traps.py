@@ -350,6 +350,12 @@ def _thai_device(tmp_path: Path) -> Path:
     return inv_path
 
 
+def _label(tmp_path: Path, inv_path: Path) -> int:
+    """`cityedge node label` for the Thai-named device, into ``tmp_path / "l"``."""
+    out = ["--out", str(tmp_path / "l"), "--inventory", str(inv_path)]
+    return cityedge(["node", "label", "ce-246f280000c0", *out])
+
+
 def _glyph_shapes(band: Any) -> list[bytes]:
     """The ink of each run of non-blank columns of a text line, left to right."""
     import numpy as np
@@ -376,20 +382,7 @@ def test_label_prints_a_thai_name_in_thai_letters(
     from host_tools import labels
 
     inv_path = _thai_device(tmp_path)
-    assert (
-        cityedge(
-            [
-                "node",
-                "label",
-                "ce-246f280000c0",
-                "--out",
-                str(tmp_path / "l"),
-                "--inventory",
-                str(inv_path),
-            ]
-        )
-        == 0
-    )
+    assert _label(tmp_path, inv_path) == 0
     assert "warning" not in capsys.readouterr().err
     img = Image.open(tmp_path / "l" / "ce-246f280000c0.png").convert("L")
     name_band = img.crop((0, labels.LABEL_WIDTH_PX + 52 + 40, img.width, img.height))
@@ -415,20 +408,7 @@ def test_label_warns_when_no_thai_font_is_installed(
     monkeypatch.setattr(labels, "FONT_DIRS", [tmp_path / "no-fonts"])
     labels._font_files.cache_clear()
     try:
-        assert (
-            cityedge(
-                [
-                    "node",
-                    "label",
-                    "ce-246f280000c0",
-                    "--out",
-                    str(tmp_path / "l"),
-                    "--inventory",
-                    str(inv_path),
-                ]
-            )
-            == 0
-        )
+        assert _label(tmp_path, inv_path) == 0
     finally:
         labels._font_files.cache_clear()
     err = " ".join(capsys.readouterr().err.split())

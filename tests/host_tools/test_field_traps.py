@@ -19,6 +19,7 @@ import pytest
 from host_tools.cli import main as cityedge
 from host_tools.inventory import Inventory
 from host_tools.virtual_board import VirtualBoard
+from tests.host_tools.site_rig import place, provision_argv
 
 SITE = "rayong-school-01"
 
@@ -47,22 +48,13 @@ def _school(tmp_path: Path, boards: list[VirtualBoard]) -> Path:
 
 
 def _provision_argv(tmp_path: Path, site_csv: Path) -> list[str]:
-    return [
-        "node",
-        "provision",
+    return provision_argv(
         "--batch",
         str(site_csv),
-        "--board",
-        "sim",
-        "--ssid",
-        "school-iot",
-        "--broker",
-        "192.168.1.10",
-        "--broker-dir",
-        str(tmp_path / "broker"),
-        "--inventory",
-        str(tmp_path / "inv.sqlite"),
-    ]
+        broker="192.168.1.10",
+        broker_dir=tmp_path / "broker",
+        inventory=tmp_path / "inv.sqlite",
+    )
 
 
 def _configs(boards: list[VirtualBoard]) -> list[bytes | None]:
@@ -198,36 +190,16 @@ def test_broker_files_for_a_mistyped_site_is_refused(
 
 
 def _provision_one(tmp_path: Path, vb: VirtualBoard, broker: str, kind: str = "air") -> None:
-    assert (
-        cityedge(
-            [
-                "node",
-                "provision",
-                "--deploy",
-                "--kind",
-                kind,
-                "--site",
-                SITE,
-                "--lat",
-                "12.68",
-                "--lon",
-                "101.27",
-                "--board",
-                "sim",
-                "--ssid",
-                "school-iot",
-                "--broker",
-                broker,
-                "--broker-dir",
-                str(tmp_path / "broker"),
-                "--port",
-                vb.device,
-                "--inventory",
-                str(tmp_path / "inv.sqlite"),
-            ]
-        )
-        == 0
+    argv = provision_argv(
+        "--deploy",
+        *place(kind),
+        "--port",
+        vb.device,
+        broker=broker,
+        broker_dir=tmp_path / "broker",
+        inventory=tmp_path / "inv.sqlite",
     )
+    assert cityedge(argv) == 0
 
 
 def _verify(tmp_path: Path, vb: VirtualBoard, capsys: pytest.CaptureFixture[str]) -> str:
@@ -437,30 +409,10 @@ def test_broker_with_a_url_scheme_says_host_and_port(
     broker: str,
 ) -> None:
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    code = cityedge(
-        [
-            "node",
-            "provision",
-            "--kind",
-            "air",
-            "--site",
-            SITE,
-            "--lat",
-            "12.68",
-            "--lon",
-            "101.27",
-            "--board",
-            "sim",
-            "--ssid",
-            "school-iot",
-            "--broker",
-            broker,
-            "--port",
-            "/dev/null-board",
-            "--inventory",
-            str(tmp_path / "inv.sqlite"),
-        ]
+    argv = provision_argv(
+        *place("air"), "--port", "/dev/null-board", broker=broker, inventory=tmp_path / "inv.sqlite"
     )
+    code = cityedge(argv)
     assert code == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "HOST[:PORT]" in err and "without" in err and "--broker 192.168.1.10" in err, err

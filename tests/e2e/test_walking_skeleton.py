@@ -221,6 +221,16 @@ def test_readings_flow_from_firmware_through_gateway_to_platform(
     )
 
 
+def _run_gateway(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_gateway_config_errors_name_the_key_and_exit_non_zero(tmp_path: Path) -> None:
     missing = subprocess.run(
         [
@@ -243,25 +253,13 @@ def test_gateway_config_errors_name_the_key_and_exit_non_zero(tmp_path: Path) ->
 
     bad = tmp_path / "bad.toml"
     bad.write_text('gateway_id = "gw-x-01"\nsite_id = "site-x-01"\n[upstream]\nport = "eighty"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "edge_gateway", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _run_gateway(bad)
     assert result.returncode != 0
     assert "upstream.port" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
     typo = tmp_path / "typo.toml"
     typo.write_text('gateway_id = "gw-x-01"\nsite_id = "site-x-01"\n[local]\nhots = "127.0.0.1"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "edge_gateway", "--config", str(typo)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _run_gateway(typo)
     assert result.returncode != 0
     assert "local.hots" in result.stderr + result.stdout

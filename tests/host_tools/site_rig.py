@@ -51,3 +51,17 @@ def provision_argv(
 def place(kind: str, lat: str = "12.68", lon: str = "101.27") -> list[str]:
     """The single-board flags: kind, site and position."""
     return ["--kind", kind, "--site", SITE, "--lat", lat, "--lon", lon]
+
+
+def provision_for_site(
+    tmp_path: Path, broker: MosquittoBroker, inventory: Path, *args: str, **intervals: float
+) -> list[str]:
+    """``provision_argv`` for boards on ``broker`` (the site broker), the broker files written
+    where :func:`site_broker` reads them."""
+    return provision_argv(
+        *args,
+        broker=f"127.0.0.1:{broker.port}",
+        broker_dir=tmp_path / "broker",
+        inventory=inventory,
+        **intervals,
+    )

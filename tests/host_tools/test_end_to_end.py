@@ -27,7 +27,7 @@ from tests.host_tools.site_rig import (
     SITE,
     inventory_with_gateway,
     place,
-    provision_argv,
+    provision_for_site,
     site_broker,
 )
 
@@ -48,13 +48,13 @@ def _provision_the_school(
             for i, (vb, (_, kind)) in enumerate(zip(boards, NODES, strict=True))
         )
     )
-    argv = provision_argv(
+    argv = provision_for_site(
+        tmp_path,
+        local,
+        inv_path,
         "--batch",
         str(site_csv),
         "--deploy",
-        broker=f"127.0.0.1:{local.port}",
-        broker_dir=tmp_path / "broker",
-        inventory=inv_path,
         sample_s=1,
         report_s=2,
         heartbeat_s=2,
@@ -215,14 +215,14 @@ def test_node_runs_its_firmware_after_provision_verify_and_deploy(
     broker = site_broker(tmp_path)
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
     common = ["--port", vb.device, "--inventory", str(inv_path)]
-    argv = provision_argv(
+    argv = provision_for_site(
+        tmp_path,
+        broker,
+        inv_path,
         "--deploy",
         *place("air"),
         "--port",
         vb.device,
-        broker=f"127.0.0.1:{broker.port}",
-        broker_dir=tmp_path / "broker",
-        inventory=inv_path,
         sample_s=1,
         report_s=2,
     )

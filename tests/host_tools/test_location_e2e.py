@@ -29,7 +29,7 @@ from tests.host_tools.site_rig import (
     SITE,
     inventory_with_gateway,
     place,
-    provision_argv,
+    provision_for_site,
     site_broker,
 )
 
@@ -49,7 +49,10 @@ def test_provisioned_location_and_name_reach_the_platform(
     vb = vboard_factory(mac, mac, "water")
     local = site_broker(tmp_path)
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    argv = provision_argv(
+    argv = provision_for_site(
+        tmp_path,
+        local,
+        inv_path,
         "--deploy",
         *place("water", lat="12.680123", lon="101.275046"),
         "--elev-m",
@@ -58,9 +61,6 @@ def test_provisioned_location_and_name_reach_the_platform(
         NAME,
         "--port",
         vb.device,
-        broker=f"127.0.0.1:{local.port}",
-        broker_dir=tmp_path / "broker",
-        inventory=inv_path,
         # No status between the two gateway runs: the second must know the place already.
         sample_s=1,
         report_s=2,

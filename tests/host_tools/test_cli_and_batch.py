@@ -20,6 +20,7 @@ from host_tools.field.monitor import follow
 from host_tools.field.verify import parse_selftest
 from host_tools.sim.fake_rom import FakeEsp32, FakeRom
 from host_tools.sim.virtual_board import VirtualBoard
+from tests.host_tools.site_rig import provision_argv
 from tests.host_tools.test_broker_auth import _device, _store
 from tests.host_tools.test_flashing import make_image
 
@@ -254,24 +255,14 @@ def test_batch_provision_one_bad_board_leaves_nothing_half_written(
     )
     inv_path = tmp_path / "inv.sqlite"
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    code = cityedge(
-        [
-            "node",
-            "provision",
-            "--batch",
-            str(site_csv),
-            "--board",
-            "sim",
-            "--ssid",
-            "school-iot",
-            "--broker",
-            "192.168.1.10",
-            "--broker-dir",
-            str(tmp_path / "broker"),
-            "--inventory",
-            str(inv_path),
-        ]
+    argv = provision_argv(
+        "--batch",
+        str(site_csv),
+        broker="192.168.1.10",
+        broker_dir=tmp_path / "broker",
+        inventory=inv_path,
     )
+    code = cityedge(argv)
     assert code == 1
     out = capsys.readouterr().out
     assert out.count("FAILED") == 1 and out.count(" ok ") == 2

@@ -22,7 +22,7 @@ from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.ingest import REASON_CODES
 from edge_gateway.store import DROP_REASONS, read_stats
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import gateway_config, run_async, wait_ready
 from tests.support.tools import REPO
 

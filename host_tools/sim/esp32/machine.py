@@ -1,7 +1,7 @@
 # Simulated ESP32 `machine` module for the MicroPython unix port. It shadows the small builtin
 # machine module (a machine.py on MICROPYPATH wins) and gives the firmware what an ESP32 has.
 # Buses reach their fake devices in the launcher through sim_link; resets, deep sleep and the
-# watchdog end the process with the codes below, and the launcher (host_tools/simnode.py)
+# watchdog end the process with the codes below, and the launcher (host_tools/sim/simnode.py)
 # restarts it with the matching reset cause, like the chip would. Everything the firmware
 # rarely needs loads on first use (__getattr__ below): on an ESP32 this module is in ROM and
 # costs no heap, here every function does.

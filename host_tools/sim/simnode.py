@@ -3,7 +3,7 @@
 `SimNode` prepares a flash directory (config.json, board.json, sim.json), compiles the firmware
 and the simulated board to .mpy as a deploy would, and runs ``micropython firmware/main.py``
 in it. The node's sensors run here in the launcher (`SimHardware`): seeded signal models
-(host_tools/simboard/signals.py) feed byte-level fakes (host_tools/simboard/fakes.py), and the
+(host_tools/sim/models/signals.py) feed byte-level fakes (host_tools/sim/models/fakes.py), and the
 node's `machine.UART/I2C/ADC/Pin` reach them over one loopback socket, so the simulated
 hardware costs the node's heap nothing.
 
@@ -47,17 +47,17 @@ from typing import Any, Self
 from boards import BoardError, load_board
 
 # MicroPython-compatible, unannotated modules shared with the node side: typed as Any here.
-fakes: Any = importlib.import_module("host_tools.simboard.fakes")
-signals: Any = importlib.import_module("host_tools.simboard.signals")
+fakes: Any = importlib.import_module("host_tools.sim.models.fakes")
+signals: Any = importlib.import_module("host_tools.sim.models.signals")
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
-SIMBOARD = REPO / "host_tools" / "simboard"
+SIMBOARD = REPO / "host_tools" / "sim" / "esp32"
 KINDS = ("air", "water", "parking")
 
-# Process exit codes of the simulated board (host_tools/simboard/machine.py).
+# Process exit codes of the simulated board (host_tools/sim/esp32/machine.py).
 EXIT_DEEPSLEEP = 100
 EXIT_RESET = 101
 EXIT_WDT = 102  # reserved; the watchdog ends the process with SIGKILL and .sim/exit 'wdt'
@@ -199,8 +199,6 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
                 if name == "firmware" and rel == Path("main.py"):
                     shutil.copy2(src, dst)
                     continue
-                if name == "simboard" and rel.name in ("signals.py", "fakes.py"):
-                    continue  # these run in the launcher, not in the node
                 mpy = dst.with_suffix(".mpy")
                 loaded_as = out / name / rel.with_suffix(".mpy")  # where it runs from: __file__
                 proc = subprocess.run(
@@ -323,7 +321,7 @@ class SimClock:
 class SimHardware:
     """The sensors of one simulated node, served to its `machine` module over loopback TCP.
 
-    One text line per bus transaction (see host_tools/simboard/sim_link.py). Devices are built
+    One text line per bus transaction (see host_tools/sim/esp32/sim_link.py). Devices are built
     on first use and rebuilt by `power_on()`; `device(name)` gives a test the fake itself, e.g.
     ``hw.device("pm").inject("checksum", 3)``."""
 

@@ -1,7 +1,7 @@
 """A virtual MicroPython board on a pseudo-terminal, for testing the field tools without one.
 
 The MicroPython unix port runs the board's filesystem (a directory, its working directory)
-with the simulated ESP32 (`host_tools/simboard/`) on MICROPYPATH, so deployed files are what
+with the simulated ESP32 (`host_tools/sim/esp32/`) on MICROPYPATH, so deployed files are what
 runs. A supervisor thread sits between two pseudo-terminals: the one the tools open (`device`)
 and the one the interpreter runs on. It behaves as a board does on its USB serial port:
 
@@ -28,11 +28,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Self
 
-REPO = Path(__file__).resolve().parents[1]
-SIMBOARD = REPO / "host_tools" / "simboard"
+REPO = Path(__file__).resolve().parents[2]
+SIMBOARD = REPO / "host_tools" / "sim" / "esp32"
 
 # machine.reset_cause() values on an ESP32 (ports/esp32/modmachine.c), and the process exit
-# codes host_tools/simboard/machine.py uses for resets.
+# codes host_tools/sim/esp32/machine.py uses for resets.
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 EXIT_CAUSES = {100: DEEPSLEEP_RESET, 101: SOFT_RESET, 102: WDT_RESET, 103: SOFT_RESET}
 ROM_BANNER = (
@@ -144,8 +144,8 @@ class VirtualBoard:
         """Wire the simulated board's sensors for `kind` (the node simulator's byte-level
         fakes, served over loopback) and give the board its MAC; call before `start()`."""
         from boards import load_board
-        from host_tools.simboard import signals
-        from host_tools.simnode import SimClock, SimHardware
+        from host_tools.sim.models import signals
+        from host_tools.sim.simnode import SimClock, SimHardware
 
         settings: dict[str, Any] = {
             "v": 1,

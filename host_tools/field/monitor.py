@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import serial
 
-from host_tools.ports import check_port, translate_open_error
+from host_tools.field.ports import check_port, translate_open_error
 
 
 def follow(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from serial.tools import list_ports
 
-from host_tools.errors import PortBusyError, PortNotFoundError, PortPermissionError
+from host_tools.field.errors import PortBusyError, PortNotFoundError, PortPermissionError
 
 # USB-to-UART bridges used on ESP32 boards, and Espressif's own native USB (VID 0x303a).
 USB_BRIDGES: dict[tuple[int, int | None], str] = {

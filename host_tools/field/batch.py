@@ -29,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from host_tools.errors import BatchFileError, FieldError
+from host_tools.field.errors import BatchFileError, FieldError
 
 T = TypeVar("T")
 MAX_PARALLEL = 16  # USB hubs and laptops cope with this many CDC/UART devices talking at once

@@ -19,8 +19,8 @@ import serial
 from mpremote.transport import TransportError, TransportExecError
 from mpremote.transport_serial import SerialTransport
 
-from host_tools.errors import BoardCommandError, RawReplError
-from host_tools.ports import check_port, translate_open_error
+from host_tools.field.errors import BoardCommandError, RawReplError
+from host_tools.field.ports import check_port, translate_open_error
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Self
 MAX_QUEUED_MESSAGES = 1_000_000
 # Larger PUBLISHes are refused by the broker itself, before any client holds them in memory. The
 # test brokers allow 64 KiB so the gateway's own bound (store.max_payload_bytes, 16 KiB) is
-# exercised; a site broker uses the gateway's bound (host_tools.broker_auth.site_broker_config).
+# exercised; a site broker uses the gateway's bound (host_tools.field.broker_auth.site_broker_config).
 MESSAGE_SIZE_LIMIT = 65536
 
 

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from host_tools.errors import FieldError, MpyVersionError, ProvisionError
+from host_tools.field.errors import FieldError, MpyVersionError, ProvisionError
 
 if TYPE_CHECKING:  # the serial link (the 'tools' extra); `cityedge node --help` must not need it
-    from host_tools.board import Board
+    from host_tools.field.board import Board
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = REPO / "firmware"
 BOARDS_DIR = REPO / "boards"
 SOURCE_FILES = {"main.py", "boot.py"}  # run by name at boot: must stay .py
@@ -117,7 +117,7 @@ def build_firmware(
                 out = Path(tmp) / (rel[:-3] + ".mpy")
                 out.parent.mkdir(parents=True, exist_ok=True)
                 proc = subprocess.run(
-                    # As the simulation compiles (host_tools/simnode.py compile_tree): -O3 leaves
+                    # As the simulation compiles (host_tools/sim/simnode.py compile_tree): -O3 leaves
                     # line numbers out (less heap); the source name is the path the board
                     # imports the module from, its __file__, so the two are one interned string.
                     [cross.exe, "-O3", "-s", rel[:-3] + ".mpy", "-o", str(out), str(src)],

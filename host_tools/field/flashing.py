@@ -22,14 +22,14 @@ from esptool.loader import ESPLoader
 from esptool.logger import TemplateLogger, log
 from esptool.util import FatalError
 
-from host_tools.errors import (
+from host_tools.field.errors import (
     ChecksumError,
     FieldError,
     ImageError,
     NoSerialDataError,
     WrongChipError,
 )
-from host_tools.ports import check_port, translate_open_error
+from host_tools.field.ports import check_port, translate_open_error
 
 Progress = Callable[[int, int], None]
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host_tools.deploy import FIRMWARE_DIR, SOURCE_FILES, build_firmware, find_mpy_cross
-from host_tools.errors import FieldError
+from host_tools.field.deploy import FIRMWARE_DIR, SOURCE_FILES, build_firmware, find_mpy_cross
+from host_tools.field.errors import FieldError
 
 KINDS = ("air", "water", "parking")
 BOARDS = ("esp32-devkitc", "lolin-d32", "sim", "sim-battery")

@@ -31,7 +31,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edge_gateway import contract
-from host_tools.brokers import EmbeddedBroker, MosquittoBroker, mosquitto_path
+from host_tools.sim.brokers import EmbeddedBroker, MosquittoBroker, mosquitto_path
 
 BANGKOK = ZoneInfo("Asia/Bangkok")
 SITE_ID = "demo-school-01"
@@ -286,7 +286,7 @@ def _gateway_config(
 async def run_demo(args: argparse.Namespace, console: Console) -> int:
     from edge_gateway.app import Gateway
     from edge_gateway.config import GatewayConfig
-    from host_tools.simnode import SimNode, micropython_path
+    from host_tools.sim.simnode import SimNode, micropython_path
 
     kinds = parse_nodes(args.nodes)
     if kinds:

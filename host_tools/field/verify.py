@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from host_tools.board import Board
-from host_tools.errors import BoardCommandError
+from host_tools.field.board import Board
+from host_tools.field.errors import BoardCommandError
 
 SELFTEST_CODE = "import node.selftest\nnode.selftest.run()\n"
 MARKER = "SELFTEST "

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from host_tools.errors import InventoryError
+from host_tools.field.errors import InventoryError
 
 DEFAULT_PATH = Path.home() / ".cityedge" / "inventory.sqlite"
 

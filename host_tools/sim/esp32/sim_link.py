@@ -1,5 +1,5 @@
 # The node's wire to the simulated hardware. Sensors, their signals and byte-level fakes run in
-# the launcher (host_tools/simnode.py, CPython) so they cost the node's 64 KB heap nothing;
+# the launcher (host_tools/sim/simnode.py, CPython) so they cost the node's 64 KB heap nothing;
 # this module sends one text line per bus transaction over loopback TCP and reads one line back:
 #   "ok <payload>" or "err <errno>". The server's address is "hw" in /sim.json.
 import socket

@@ -15,7 +15,7 @@ import qrcode
 from PIL import Image, ImageDraw, ImageFont
 from qrcode.constants import ERROR_CORRECT_Q
 
-from host_tools.inventory import Device
+from host_tools.field.inventory import Device
 
 LABEL_WIDTH_PX = 600  # ~50 mm at 300 dpi: fits the lid of a small IP65 box
 

@@ -124,8 +124,8 @@ class Qos2Link:
         self._own_mid = ROW_MID_MAX
         self._on_pubrec = on_pubrec
         self._on_pubcomp = on_pubcomp
-        self._handle_pubrec = p._handle_pubrec  # paho-private: row PUBRECs are ours
-        self._handle_pubackcomp = p._handle_pubackcomp  # paho-private: row PUBCOMPs are ours
+        self._paho_pubrec = p._handle_pubrec  # paho-private: row PUBRECs are ours
+        self._paho_pubackcomp = p._handle_pubackcomp  # paho-private: row PUBCOMPs are ours
         p._mid_generate = self._mid_generate  # paho-private: paho's mids above ROW_MID_MAX
         p._handle_pubrec = self._pubrec  # paho-private: PUBREC of a row mid to the gateway
         p._handle_pubackcomp = self._pubackcomp  # paho-private: PUBCOMP of a row mid too
@@ -150,7 +150,7 @@ class Qos2Link:
         if mid is not None and mid <= ROW_MID_MAX:
             self._on_pubrec(mid)
             return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return MQTTErrorCode(self._handle_pubrec())
+        return MQTTErrorCode(self._paho_pubrec())
 
     def _pubackcomp(self, cmd: str) -> MQTTErrorCode:
         if cmd == "PUBCOMP":
@@ -158,7 +158,7 @@ class Qos2Link:
             if mid is not None and mid <= ROW_MID_MAX:
                 self._on_pubcomp(mid)
                 return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return MQTTErrorCode(self._handle_pubackcomp(cmd))
+        return MQTTErrorCode(self._paho_pubackcomp(cmd))
 
     def _mid(self) -> int | None:
         packet = self._paho._in_packet.get("packet", b"")  # paho-private: the packet being read

@@ -118,16 +118,21 @@ def test_exposition_passes_promtool_check_metrics(tmp_path: Path) -> None:
     assert values["cityedge_gateway_queue_oldest_age_seconds"] == 12.5
 
 
+def _metrics_only(local: MosquittoBroker, tmp_path: Path) -> GatewayConfig:
+    """A gateway on the site broker with its metrics endpoint, without forwarding."""
+    cfg = gateway_config(
+        local, local, tmp_path, upstream={"enabled": False}, metrics={"enabled": True, "port": 0}
+    )
+    return GatewayConfig.from_dict(cfg)
+
+
 @pytest.mark.broker
 @run_async
 async def test_trouble_counters_are_kept_in_the_store_across_a_restart(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
 ) -> None:
     local = broker_factory("local")
-    cfg = gateway_config(
-        local, local, tmp_path, upstream={"enabled": False}, metrics={"enabled": True, "port": 0}
-    )
-    config = GatewayConfig.from_dict(cfg)
+    config = _metrics_only(local, tmp_path)
 
     async def scrape(gw: Gateway) -> dict[str, float]:
         url = f"http://127.0.0.1:{gw.metrics_port}/metrics"
@@ -268,10 +273,7 @@ async def test_every_counter_reaches_stats_metrics_and_health_and_trouble_surviv
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
 ) -> None:
     local = broker_factory("local")
-    cfg = gateway_config(
-        local, local, tmp_path, upstream={"enabled": False}, metrics={"enabled": True, "port": 0}
-    )
-    config = GatewayConfig.from_dict(cfg)
+    config = _metrics_only(local, tmp_path)
     counters = _counters()
     want = {name: 10 + i for i, (_m, name) in enumerate(counters)}
     kept = {name for m, name in counters if m.source in ("store", "saved")}

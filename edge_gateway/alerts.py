@@ -19,7 +19,7 @@ changed them (after a power cut a level already above its warning is not announc
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,36 +88,36 @@ class WaterAlertState:
         """A new level reading: the alerts it raises or clears, and the rise in m/h."""
         self.history.append((t, float(level)))
         rate = rate_m_per_h(self.history, t)
-        alerts = self._level(level, thresholds, t, cfg, unit_text)
+        new = water_level_state(self.level, float(level), thresholds, cfg.water_hysteresis_m)
+
+        def alert(band: str, state: str) -> Alert:
+            return water_alert(band, state, level, thresholds, t, unit_text)
+
+        alerts = self._level(new, t, cfg.hold_s, alert)
         if rate is not None:
             alerts += self._rising(rate, level, t, cfg, unit_text)
         return alerts, rate
 
     def _level(
-        self,
-        level: float,
-        thresholds: Mapping[str, float | None],
-        t: float,
-        cfg: AlertsSection,
-        unit_text: str,
+        self, new: str, t: float, hold_s: float, alert: Callable[[str, str], Alert]
     ) -> list[Alert]:
-        new = water_level_state(self.level, float(level), thresholds, cfg.water_hysteresis_m)
+        """The level bands: raised at once, cleared after ``hold_s`` below (with hysteresis)."""
         if new == self.level:
             self.below_since = None
             return []
         if RANK[new] > RANK[self.level]:
             self.below_since = None
             self.level = new
-            return [water_alert(new, "raised", level, thresholds, t, unit_text)]
+            return [alert(new, "raised")]
         if self.below_since is None:
             self.below_since = t
-        if t - self.below_since < cfg.hold_s:
+        if t - self.below_since < hold_s:
             return []
-        alerts = [water_alert(self.level, "cleared", level, thresholds, t, unit_text)]
+        alerts = [alert(self.level, "cleared")]
         self.level = new
         self.below_since = None
         if new != "normal":
-            alerts.append(water_alert(new, "raised", level, thresholds, t, unit_text))
+            alerts.append(alert(new, "raised"))
         return alerts
 
     def _rising(

@@ -199,18 +199,21 @@ class Gateway:
         """Run until :meth:`request_stop` or cancellation. ``handle_signals`` installs SIGTERM,
         SIGINT (stop) and SIGHUP (reload) handlers — for the service, not for embedding."""
         loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        store = await self._open()
+        stop = self._stop = asyncio.Event()
+        store, processor, quarantine = await self._open()
+        site = self.site = SiteLink(self)
+        forwarder = self.forwarder = Forwarder(self, store)
+        self.committer = Committer(self, store, processor, quarantine, site, forwarder.new_rows)
         if handle_signals:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)
             loop.add_signal_handler(signal.SIGINT, self.request_stop)
             loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-        tasks = self._start_jobs(store)
+        tasks = self._start_jobs(store, site, self.committer, forwarder)
         try:
             await self._start_servers(store)
-            await self._supervise(self._stop, tasks)
+            await self._supervise(stop, tasks)
         finally:
-            await self._shutdown(store, tasks)
+            await self._shutdown(store, tasks, stop)
             if handle_signals:
                 for sig in _SIGNALS:
                     loop.remove_signal_handler(sig)
@@ -219,9 +222,9 @@ class Gateway:
                 self.notify.close()
             log.info("gateway stopped; %d rows kept in the store", store.depth)
 
-    async def _open(self) -> Store:
+    async def _open(self) -> tuple[Store, Processor, Quarantine]:
         """Open the store, the quarantine, the processor (with its saved alert states) and the
-        alert dispatcher; make the jobs."""
+        alert dispatcher."""
         cfg = self.config
         registries = await asyncio.to_thread(load_registries, cfg)
         store = self.store = await asyncio.to_thread(
@@ -252,11 +255,6 @@ class Gateway:
                 self.notify.on_heartbeat = hook.heartbeat_publisher(self)
                 self.notify.statuses = hook.device_statuses(self)
                 self.status_feed.alerts = self.notify  # the page shows and acks its incidents
-        self.site = SiteLink(self)
-        self.forwarder = Forwarder(self, store)
-        self.committer = Committer(
-            self, store, processor, quarantine, self.site, self.forwarder.new_rows
-        )
         log.info(
             "gateway %s (site %s) store %s: %d rows waiting",
             cfg.gateway_id,
@@ -264,27 +262,27 @@ class Gateway:
             cfg.store_path,
             store.depth,
         )
-        return store
+        return store, processor, quarantine
 
-    def _start_jobs(self, store: Store) -> list[asyncio.Task[None]]:
-        assert self.site is not None and self.committer is not None  # made by _open()
+    def _start_jobs(
+        self, store: Store, site: SiteLink, committer: Committer, forwarder: Forwarder
+    ) -> list[asyncio.Task[None]]:
         tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(self.site.run(), name="local"),
-            asyncio.create_task(self.committer.run(), name="committer"),
+            asyncio.create_task(site.run(), name="local"),
+            asyncio.create_task(committer.run(), name="committer"),
             asyncio.create_task(self._housekeeping(store), name="housekeeping"),
         ]
         if self.config.upstream.enabled:
-            self._start_upstream()
+            self._start_upstream(forwarder)
         if self.notify is not None:
             from edge_gateway.notify.hook import supervise
 
             tasks.append(asyncio.create_task(supervise(self.notify), name="notify"))
         return tasks
 
-    def _start_upstream(self) -> None:
-        assert self.forwarder is not None  # made by _open()
-        self.forwarder.stopping = False
-        self._upstream_task = asyncio.create_task(self.forwarder.run(), name="upstream")
+    def _start_upstream(self, forwarder: Forwarder) -> None:
+        forwarder.stopping = False
+        self._upstream_task = asyncio.create_task(forwarder.run(), name="upstream")
 
     async def _start_metrics(self) -> None:
         cfg = self.config.metrics
@@ -315,7 +313,9 @@ class Gateway:
                 if t is not stop_wait and not t.cancelled() and t.exception() is not None:
                     raise RuntimeError(f"gateway task {t.get_name()} failed") from t.exception()
 
-    async def _shutdown(self, store: Store, tasks: list[asyncio.Task[None]]) -> None:
+    async def _shutdown(
+        self, store: Store, tasks: list[asyncio.Task[None]], stop: asyncio.Event
+    ) -> None:
         """The clean stop: final health, jobs cancelled, deletes flushed, counters saved."""
         sdnotify.notify("STOPPING=1")
         self.ready = False
@@ -323,8 +323,7 @@ class Gateway:
         if forwarder is not None:
             with contextlib.suppress(Exception):
                 await forwarder.publish_stopped("gateway stopped")
-        assert self._stop is not None  # made by run()
-        self._stop.set()  # for the loops' check_stop: a cancel can get lost (see there)
+        stop.set()  # for the loops' check_stop: a cancel can get lost (see there)
         if self._upstream_task is not None:
             tasks.append(self._upstream_task)
         tasks.extend(self._background)
@@ -400,7 +399,7 @@ class Gateway:
     async def _apply_upstream(self, new: GatewayConfig) -> None:
         """Forwarding switched on or off by a reload."""
         if new.upstream.enabled and self._upstream_task is None and self.forwarder is not None:
-            self._start_upstream()
+            self._start_upstream(self.forwarder)
         elif not new.upstream.enabled and self._upstream_task is not None:
             if self.forwarder is not None:
                 await self.forwarder.publish_stopped("forwarding disabled by a reload")

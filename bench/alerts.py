@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.test_basic_path import STAGE
 from tests.support.fake_services import FakeLine
 
@@ -53,23 +53,20 @@ def reading(dev: str, seq: int, level: float, t: float) -> bytes:
     ).encode()
 
 
-def run_mode(mode: str, work: Path, breaches: int, delay_ms: int) -> list[float]:
-    work.mkdir(parents=True)
-    local = MosquittoBroker(name="local", workdir=work / "local")
-    platform = MosquittoBroker(name="platform", workdir=work / "platform")
-    local.start()
-    platform.start()
-    line = FakeLine(TOKEN, quota=None, delay_s=delay_ms / 1000).start()
+def write_configs(
+    mode: str, work: Path, devices: list[str], local: int, platform: int, line_url: str
+) -> None:
+    """stage.toml (a stage record a device), alerts.toml (LINE, generous rate) and
+    gateway.toml (the devices in its inventory; the dispatcher in it in gateway mode)."""
     (work / "line.token").write_text(TOKEN)
-    devices = [f"ce-0000bench{i:04d}" for i in range(breaches)]
     (work / "stage.toml").write_text("".join(STAGE.replace("ce-0000000d0001", d) for d in devices))
     channel = (
         f'[channels.line]\ntype = "line"\nto = "{GROUP}"\ntoken_file = "line.token"\n'
-        f'api_base = "{line.url}"\nrate_per_min = 6000\nburst = 100\n'
+        f'api_base = "{line_url}"\nrate_per_min = 6000\nburst = 100\n'
         '[[routes]]\nchannels = ["line"]\n'
     )
     (work / "alerts.toml").write_text(
-        f'mode = "{mode}"\noutbox = "notify.sqlite"\n[broker]\nport = {platform.port}\n' + channel
+        f'mode = "{mode}"\noutbox = "notify.sqlite"\n[broker]\nport = {platform}\n' + channel
     )
     inventory = "".join(
         f'[[inventory.device]]\nid = "{d}"\nkind = "water"\n'
@@ -79,61 +76,66 @@ def run_mode(mode: str, work: Path, breaches: int, delay_ms: int) -> list[float]
     notify = f'[notify]\nconfig = "{work / "alerts.toml"}"\n' if mode == "gateway" else ""
     (work / "gateway.toml").write_text(
         f'gateway_id = "gw-bench-01"\nsite_id = "bench-site-01"\ndata_dir = "{work / "gw"}"\n'
-        f"[local]\nport = {local.port}\n[upstream]\nport = {platform.port}\n"
+        f"[local]\nport = {local}\n[upstream]\nport = {platform}\n"
         f"[store]\nmin_free_bytes = 0\n[metrics]\nenabled = false\n"
         f'[calibration]\nrecords = "{work / "stage.toml"}"\n{notify}{inventory}'
     )
+
+
+def start_processes(mode: str, work: Path) -> list[subprocess.Popen[bytes]]:
+    """The gateway, and in central mode `cityedge alerts serve`, logging to procs.log."""
     log = (work / "procs.log").open("ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "edge_gateway", "--config", str(work / "gateway.toml")],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    ]
+    commands = [[sys.executable, "-m", "edge_gateway", "--config", str(work / "gateway.toml")]]
     if mode == "central":
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "cityedge"),
-                    "alerts",
-                    "serve",
-                    "--config",
-                    str(work / "alerts.toml"),
-                ],
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        cityedge = str(Path(sys.executable).parent / "cityedge")
+        commands.append([cityedge, "alerts", "serve", "--config", str(work / "alerts.toml")])
+    return [
+        subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+        for cmd in commands
+    ]
+
+
+def measure(client: mqtt.Client, line: FakeLine, devices: list[str]) -> list[float]:
+    """Per device, the seconds from a reading past the warning level to the LINE message."""
+    latencies: list[float] = []
+    time.sleep(3.0)  # processes up and subscribed
+    # A gauge rising 2 cm a minute: 1.98 m sampled a minute ago, then 2.00 m now. (A jump
+    # faster than QC's rate-of-change limit, 0.01 m/s, would wait for the next reading.)
+    for dev in devices:
+        client.publish(
+            contract.node_topic(dev, "reading"), reading(dev, 0, 1.98, time.time() - 60), qos=1
         )
+    time.sleep(1.0)
+    for dev in devices:
+        before = len(line.delivered)
+        start = time.monotonic()
+        client.publish(
+            contract.node_topic(dev, "reading"), reading(dev, 1, 2.0, time.time()), qos=1
+        )
+        deadline = start + 60
+        while len(line.delivered) == before and time.monotonic() < deadline:
+            time.sleep(0.002)
+        latencies.append(time.monotonic() - start)
+        time.sleep(0.2)
+    return latencies
+
+
+def run_mode(mode: str, work: Path, breaches: int, delay_ms: int) -> list[float]:
+    work.mkdir(parents=True)
+    local = MosquittoBroker(name="local", workdir=work / "local")
+    platform = MosquittoBroker(name="platform", workdir=work / "platform")
+    local.start()
+    platform.start()
+    line = FakeLine(TOKEN, quota=None, delay_s=delay_ms / 1000).start()
+    devices = [f"ce-0000bench{i:04d}" for i in range(breaches)]
+    write_configs(mode, work, devices, local.port, platform.port, line.url)
+    procs = start_processes(mode, work)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-nodes")
     client.connect("127.0.0.1", local.port)
     client.loop_start()
-    latencies: list[float] = []
     try:
-        time.sleep(3.0)  # processes up and subscribed
-        # A gauge rising 2 cm a minute: 1.98 m sampled a minute ago, then 2.00 m now. (A jump
-        # faster than QC's rate-of-change limit, 0.01 m/s, would wait for the next reading.)
-        for dev in devices:
-            client.publish(
-                contract.node_topic(dev, "reading"), reading(dev, 0, 1.98, time.time() - 60), qos=1
-            )
-        time.sleep(1.0)
-        for dev in devices:
-            before = len(line.delivered)
-            start = time.monotonic()
-            client.publish(
-                contract.node_topic(dev, "reading"), reading(dev, 1, 2.0, time.time()), qos=1
-            )
-            deadline = start + 60
-            while len(line.delivered) == before and time.monotonic() < deadline:
-                time.sleep(0.002)
-            latencies.append(time.monotonic() - start)
-            time.sleep(0.2)
+        return measure(client, line, devices)
     finally:
         client.loop_stop()
         for p in procs:
@@ -142,7 +144,6 @@ def run_mode(mode: str, work: Path, breaches: int, delay_ms: int) -> list[float]
         line.stop()
         local.stop()
         platform.stop()
-    return latencies
 
 
 def main() -> None:

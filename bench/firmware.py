@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from boards import KINDS
-from host_tools.brokers import MosquittoBroker
-from host_tools.simnode import SimNode, firmware_intervals, micropython_path
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.simnode import SimNode, firmware_intervals, micropython_path
 from tests.support.tools import mpy_cross
 
 CORE = ("__init__", "app", "clock", "mqtt", "outbox", "net", "sensors")

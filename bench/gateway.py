@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from edge_gateway import contract
 from edge_gateway.store import Entry, Limits, Store
-from host_tools.brokers import MosquittoBroker, free_port, wait_for_port
+from host_tools.sim.brokers import MosquittoBroker, free_port, wait_for_port
 
 SITE = "bench-site-01"
 GATEWAY = "gw-bench-01"
@@ -213,7 +213,7 @@ max_inflight_messages_placeholder = 0
 min_free_bytes = 0
 [forward]
 drain_rate_per_s = {drain_rate}
-# = the brokers' max_inflight_messages (host_tools/brokers.py): a larger QoS 2 window loses
+# = the brokers' max_inflight_messages (host_tools/sim/brokers.py): a larger QoS 2 window loses
 # messages in Mosquitto (docs/gateway.md, "What the platform broker needs").
 max_inflight = 100
 [calibration]

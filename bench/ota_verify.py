@@ -21,7 +21,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from host_tools.simnode import micropython_path
+from host_tools.sim.simnode import micropython_path
 
 SCRIPT = REPO / "bench" / "ota" / "verify_bench.py"
 PATH = f"{REPO / 'firmware'}:{REPO / 'bench' / 'ota'}"

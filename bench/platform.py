@@ -35,7 +35,7 @@ from typing import Any
 from city_platform.db import connect, create_login, migrate
 from city_platform.pgserver import PostgresServer
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.platform.helpers import Publisher, observation
 
 DEVICES = 50
@@ -80,18 +80,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_once(
-    pg: PostgresServer, brokers: list[MosquittoBroker], consumers: int, readings: int, workdir: Path
-) -> dict[str, Any]:
-    name = f"bench_{consumers}_{os.getpid()}"
-    owner = pg.create_database(name)
-    migrate(owner)
-    with connect(owner, autocommit=True) as conn:
-        create_login(conn, f"{name}_w", "bench", reader=False)
-    writer = pg.url(f"{name}_w", name, "bench")
-    log = workdir / f"sink-{consumers}.log"
-    stop(start_sink(brokers, writer, consumers, log))  # the sessions now exist, offline
-
+def queue_readings(brokers: list[MosquittoBroker], consumers: int, readings: int) -> None:
+    """``readings`` observations of DEVICES devices over the two brokers, for the sink's
+    offline sessions to hold."""
     pubs = [Publisher(b.host, b.port, f"bench-pub-{consumers}-{i}") for i, b in enumerate(brokers)]
     t0 = time.time() - 7 * 86400
     for n in range(readings):
@@ -109,18 +100,36 @@ def run_once(
     for p in pubs:
         p.close()
 
+
+def wait_stored(conn: Any, readings: int, wall0: float) -> None:
+    while True:
+        count = conn.execute("SELECT count(*) FROM cityedge.observation").fetchone()
+        conn.rollback()
+        if count and count[0] >= readings:
+            return
+        if time.monotonic() - wall0 > 900:
+            raise SystemExit(f"only {count} of {readings} stored after 900 s")
+        time.sleep(0.2)
+
+
+def run_once(
+    pg: PostgresServer, brokers: list[MosquittoBroker], consumers: int, readings: int, workdir: Path
+) -> dict[str, Any]:
+    name = f"bench_{consumers}_{os.getpid()}"
+    owner = pg.create_database(name)
+    migrate(owner)
+    with connect(owner, autocommit=True) as conn:
+        create_login(conn, f"{name}_w", "bench", reader=False)
+    writer = pg.url(f"{name}_w", name, "bench")
+    log = workdir / f"sink-{consumers}.log"
+    stop(start_sink(brokers, writer, consumers, log))  # the sessions now exist, offline
+    queue_readings(brokers, consumers, readings)
+
     wall0 = time.monotonic()
     proc = start_sink(brokers, writer, consumers, log)
     try:
         with connect(owner) as conn:
-            while True:
-                count = conn.execute("SELECT count(*) FROM cityedge.observation").fetchone()
-                conn.rollback()
-                if count and count[0] >= readings:
-                    break
-                if time.monotonic() - wall0 > 900:
-                    raise SystemExit(f"only {count} of {readings} stored after 900 s")
-                time.sleep(0.2)
+            wait_stored(conn, readings, wall0)
             wall = time.monotonic() - wall0
             first, last, rows = conn.execute(
                 "SELECT min(ingested_at), max(ingested_at), count(*) FROM cityedge.observation"

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 
 from edge_gateway import contract
 from edge_gateway.ingest import iso_utc
-from host_tools.brokers import MosquittoBroker, free_port, wait_for_port
+from host_tools.sim.brokers import MosquittoBroker, free_port, wait_for_port
 
 SITES, PER_SITE = 250, 20
 
@@ -158,6 +158,57 @@ def browser_load_ms(urls: list[str], work: Path) -> list[float]:
     return out
 
 
+def start_fleet_view(broker: MosquittoBroker, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "host_tools.cli",
+            "fleet",
+            "serve",
+            "--broker",
+            broker.address,
+            "--port",
+            str(port),
+            "--lang",
+            "en",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_all_sites(base: str, port: int) -> None:
+    """Until the view has every site's gateway and every device."""
+    wait_for_port("127.0.0.1", port, 30)
+    while True:
+        sites = json.loads(_get(f"{base}/api/sites"))
+        if sum(x["counts"]["devices"] for x in sites) >= SITES * PER_SITE and all(
+            x["gateway"] for x in sites
+        ):
+            return
+        time.sleep(0.1)
+
+
+def api_latencies(base: str) -> dict[str, tuple[float, float]]:
+    """p50 and p99 of each API call, in ms."""
+    api: dict[str, tuple[float, float]] = {}
+    for name, path in (
+        ("summary", "/api/summary"),
+        ("sites", "/api/sites"),
+        ("devices_offline", "/api/devices?state=offline"),
+        ("device", "/api/devices/ce-00000300000a"),
+        ("devices_all", "/api/devices"),
+    ):
+        lat = []
+        for _ in range(200 if name != "devices_all" else 40):
+            a = time.perf_counter()
+            _get(base + path)
+            lat.append((time.perf_counter() - a) * 1000)
+        api[name] = _pcts(lat)
+    return api
+
+
 def city(work: Path) -> dict[str, Any]:
     broker = MosquittoBroker("bench-platform", workdir=work / "platform").start()
     try:
@@ -166,56 +217,15 @@ def city(work: Path) -> dict[str, Any]:
         publish_s = time.monotonic() - t0
         port = free_port()
         t1 = time.monotonic()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "host_tools.cli",
-                "fleet",
-                "serve",
-                "--broker",
-                broker.address,
-                "--port",
-                str(port),
-                "--lang",
-                "en",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_fleet_view(broker, port)
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_for_port("127.0.0.1", port, 30)
-            while True:
-                sites = json.loads(_get(f"{base}/api/sites"))
-                if sum(x["counts"]["devices"] for x in sites) >= SITES * PER_SITE and all(
-                    x["gateway"] for x in sites
-                ):
-                    break
-                time.sleep(0.1)
+            wait_all_sites(base, port)
             ready_s = time.monotonic() - t1
             summary = json.loads(_get(f"{base}/api/summary"))
-            urls = [
-                f"{base}/",
-                f"{base}/site/bench-site-003",
-                f"{base}/site/bench-site-007",
-                f"{base}/api/devices",
-            ]
-            page_ms = browser_load_ms([urls[0], urls[1], f"{base}/site/bench-site-007"], work)
-            api: dict[str, tuple[float, float]] = {}
-            for name, path in (
-                ("summary", "/api/summary"),
-                ("sites", "/api/sites"),
-                ("devices_offline", "/api/devices?state=offline"),
-                ("device", "/api/devices/ce-00000300000a"),
-                ("devices_all", "/api/devices"),
-            ):
-                lat = []
-                for _ in range(200 if name != "devices_all" else 40):
-                    a = time.perf_counter()
-                    _get(base + path)
-                    lat.append((time.perf_counter() - a) * 1000)
-                api[name] = _pcts(lat)
+            pages = [f"{base}/", f"{base}/site/bench-site-003", f"{base}/site/bench-site-007"]
+            page_ms = browser_load_ms(pages, work)
+            api = api_latencies(base)
             mem = _proc_mem(proc.pid)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -232,9 +242,31 @@ def city(work: Path) -> dict[str, Any]:
     }
 
 
-def gateway_run(work: Path, enabled: bool, seconds: float, devices: int = 50) -> dict[str, float]:
-    local = MosquittoBroker(f"gw-local-{enabled}", workdir=work / f"local-{enabled}").start()
-    port = free_port()
+def air_reading(dev: str, seq: int) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "device_id": dev,
+        "kind": "air",
+        "fw": "0.1.0",
+        "boot": 1,
+        "seq": seq,
+        "t": time.time(),
+        "synced": True,
+        "raw": {
+            "pm25_cf1": {"v": 20.0 + seq % 9, "u": "ug/m3"},
+            "pm25_atm": {"v": 18.0, "u": "ug/m3"},
+            "pm10_atm": {"v": 25.0, "u": "ug/m3"},
+            "temp": {"v": 31.0, "u": "Cel"},
+            "rh": {"v": 60.0, "u": "%RH"},
+            "battery": {"v": 3.9, "u": "V"},
+        },
+    }
+
+
+def start_site_gateway(
+    work: Path, local: MosquittoBroker, enabled: bool, port: int
+) -> subprocess.Popen[bytes]:
+    """A gateway without a platform, its status page on or off."""
     conf = work / f"gw-{enabled}.toml"
     conf.write_text(
         f'gateway_id = "gw-bench-01"\nsite_id = "bench-site-01"\n'
@@ -243,51 +275,47 @@ def gateway_run(work: Path, enabled: bool, seconds: float, devices: int = 50) ->
         f"[metrics]\nenabled = false\n[store]\nmin_free_bytes = 0\n"
         f"[status]\nenabled = {'true' if enabled else 'false'}\nport = {port}\n"
     )
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "edge_gateway", "--config", str(conf)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def feed(c: mqtt.Client, seconds: float, devices: int, live_url: str | None) -> list[float]:
+    """A reading a second from each device for ``seconds``; the live page polled every 5 s
+    (with ``live_url``). Returns the polls' latencies in ms."""
+    t_end = time.monotonic() + seconds
+    seq = 0
+    next_poll = time.monotonic()
+    polls = []
+    while time.monotonic() < t_end:
+        tick = time.monotonic()
+        for d in range(devices):
+            dev = f"ce-0000000b{d:04x}"
+            c.publish(contract.node_topic(dev, "reading"), json.dumps(air_reading(dev, seq)), 1)
+        seq += 1
+        if live_url is not None and time.monotonic() >= next_poll:
+            a = time.perf_counter()
+            _get(live_url)
+            polls.append((time.perf_counter() - a) * 1000)
+            next_poll += 5
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+    return polls
+
+
+def gateway_run(work: Path, enabled: bool, seconds: float, devices: int = 50) -> dict[str, float]:
+    local = MosquittoBroker(f"gw-local-{enabled}", workdir=work / f"local-{enabled}").start()
+    port = free_port()
+    proc = start_site_gateway(work, local, enabled, port)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-nodes")
     c.connect(local.host, local.port)
     c.loop_start()
     try:
         time.sleep(3)
         cpu0 = _cpu_s(proc.pid)
-        t_end = time.monotonic() + seconds
-        seq = 0
-        next_poll = time.monotonic()
-        polls = []
-        while time.monotonic() < t_end:
-            tick = time.monotonic()
-            for d in range(devices):
-                dev = f"ce-0000000b{d:04x}"
-                body = {
-                    "v": 1,
-                    "device_id": dev,
-                    "kind": "air",
-                    "fw": "0.1.0",
-                    "boot": 1,
-                    "seq": seq,
-                    "t": time.time(),
-                    "synced": True,
-                    "raw": {
-                        "pm25_cf1": {"v": 20.0 + seq % 9, "u": "ug/m3"},
-                        "pm25_atm": {"v": 18.0, "u": "ug/m3"},
-                        "pm10_atm": {"v": 25.0, "u": "ug/m3"},
-                        "temp": {"v": 31.0, "u": "Cel"},
-                        "rh": {"v": 60.0, "u": "%RH"},
-                        "battery": {"v": 3.9, "u": "V"},
-                    },
-                }
-                c.publish(contract.node_topic(dev, "reading"), json.dumps(body), 1)
-            seq += 1
-            if enabled and time.monotonic() >= next_poll:
-                a = time.perf_counter()
-                _get(f"http://127.0.0.1:{port}/live?view=site")
-                polls.append((time.perf_counter() - a) * 1000)
-                next_poll += 5
-            time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
+        live = f"http://127.0.0.1:{port}/live?view=site" if enabled else None
+        polls = feed(c, seconds, devices, live)
         cpu = _cpu_s(proc.pid) - cpu0
         mem = _proc_mem(proc.pid)
     finally:

@@ -431,22 +431,45 @@ def make_app(db_url: str) -> web.Application:
 
     pool = Pool(db_url)
     routes = web.RouteTableDef()
+    _api_routes(routes, pool)
+    _compat_routes(routes, pool)
+    app = web.Application()
+    app.add_routes(routes)
 
-    def handler(
-        fn: Callable[[web.Request], Awaitable[Any]],
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        async def run(request: web.Request) -> web.Response:
-            try:
-                body = await fn(request)
-            except BadRequest as exc:
-                return web.json_response({"error": str(exc)}, status=400)
-            except formats.FormatError as exc:
-                return web.json_response({"error": str(exc)}, status=422)
-            if body is None:
-                return web.json_response({"error": "not found"}, status=404)
-            return web.json_response(body, dumps=lambda x: json.dumps(x, ensure_ascii=False))
+    async def on_startup(_app: web.Application) -> None:
+        await pool.open()
 
-        return run
+    async def on_cleanup(_app: web.Application) -> None:
+        await pool.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+def _handler(
+    fn: Callable[[web.Request], Awaitable[Any]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """JSON out; bad requests 400, bad formats 422, nothing found 404."""
+    from aiohttp import web
+
+    async def run(request: web.Request) -> web.Response:
+        try:
+            body = await fn(request)
+        except BadRequest as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except formats.FormatError as exc:
+            return web.json_response({"error": str(exc)}, status=422)
+        if body is None:
+            return web.json_response({"error": "not found"}, status=404)
+        return web.json_response(body, dumps=lambda x: json.dumps(x, ensure_ascii=False))
+
+    return run
+
+
+def _api_routes(routes: web.RouteTableDef, pool: Pool) -> None:
+    """CityEdge's own JSON API."""
+    handler = _handler
 
     @routes.get("/api/v1/latest")
     @handler
@@ -465,6 +488,11 @@ def make_app(db_url: str) -> web.Application:
         if not quantity:
             raise BadRequest("give quantity (pm25, pm10, temp, rh, level, occupied)")
         return await series(pool, request.match_info["device_id"], quantity, request.query)
+
+
+def _compat_routes(routes: web.RouteTableDef, pool: Pool) -> None:
+    """The Air4Thai-, Thaiwater- and SensorThings-shaped read APIs."""
+    handler = _handler
 
     @routes.get("/air4thai/stations")
     @handler
@@ -501,19 +529,6 @@ def make_app(db_url: str) -> web.Application:
         if not m:
             raise BadRequest("use Datastreams('DEVICE:QUANTITY')/Observations")
         return await sta_observations(pool, m.group(1), request.query)
-
-    app = web.Application()
-    app.add_routes(routes)
-
-    async def on_startup(_app: web.Application) -> None:
-        await pool.open()
-
-    async def on_cleanup(_app: web.Application) -> None:
-        await pool.close()
-
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
-    return app
 
 
 def serve(db_url: str, host: str = "127.0.0.1", port: int = 8090) -> int:

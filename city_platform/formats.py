@@ -326,23 +326,9 @@ def ngsi_ld_entity(obs: Mapping[str, Any], *, key_values: bool = False) -> dict[
         entity["dataProvider"] = _prop(obs["gateway_id"])
     quality: Mapping[str, int] = obs.get("quality", {})
     for quantity, c in obs.get("calibrated", {}).items():
-        attr = ATTRIBUTE.get(quantity, quantity)
-        value, unit = c["v"], c["u"]
-        if quantity == "rh" and isinstance(value, (int, float)):
-            value, unit = value / 100.0, "/"  # the model's relativeHumidity is a 0..1 fraction
-        if quantity == "occupied":
-            value = "unknown" if value is None else "occupied" if value else "free"
-        elif value is None:
-            continue  # NGSI-LD has no null value (null deletes an attribute)
-        p = _prop(value, observedAt=when)
-        if unit in UNIT_CODE and quantity != "occupied":
-            p["unitCode"] = UNIT_CODE[unit]
-        p["calibrationId"] = _prop(c["calibration_id"])
-        if quantity in quality:
-            p["qualityFlag"] = _prop(quality[quantity])
-        if "datum" in c:
-            p["datum"] = _prop(c["datum"])
-        entity[attr] = p
+        p = _attribute(quantity, c, when, quality)
+        if p is not None:
+            entity[ATTRIBUTE.get(quantity, quantity)] = p
     if quality and kind == "air":  # only AirQualityObserved has `reliability`
         entity["reliability"] = _prop(min(RELIABILITY[f] for f in quality.values()))
     derived = obs.get("derived") or {}
@@ -359,6 +345,28 @@ def ngsi_ld_entity(obs: Mapping[str, Any], *, key_values: bool = False) -> dict[
         entity["stationID"] = _prop(obs["device_id"])
     entity["@context"] = NGSI_LD_CONTEXT
     return _key_values(entity) if key_values else entity
+
+
+def _attribute(
+    quantity: str, c: Mapping[str, Any], when: str, quality: Mapping[str, int]
+) -> dict[str, Any] | None:
+    """One calibrated quantity as an NGSI-LD property (None: no value to give)."""
+    value, unit = c["v"], c["u"]
+    if quantity == "rh" and isinstance(value, (int, float)):
+        value, unit = value / 100.0, "/"  # the model's relativeHumidity is a 0..1 fraction
+    if quantity == "occupied":
+        value = "unknown" if value is None else "occupied" if value else "free"
+    elif value is None:
+        return None  # NGSI-LD has no null value (null deletes an attribute)
+    p = _prop(value, observedAt=when)
+    if unit in UNIT_CODE and quantity != "occupied":
+        p["unitCode"] = UNIT_CODE[unit]
+    p["calibrationId"] = _prop(c["calibration_id"])
+    if quantity in quality:
+        p["qualityFlag"] = _prop(quality[quantity])
+    if "datum" in c:
+        p["datum"] = _prop(c["datum"])
+    return p
 
 
 def _air_extra(entity: dict[str, Any], derived: Mapping[str, Any]) -> None:

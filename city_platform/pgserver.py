@@ -1,6 +1,6 @@
 """A throwaway PostgreSQL cluster on loopback, for the tests, the bench and a quick try-out.
 
-Like :mod:`host_tools.brokers` for Mosquitto: ``initdb`` + ``pg_ctl`` from the Debian
+Like :mod:`host_tools.sim.brokers` for Mosquitto: ``initdb`` + ``pg_ctl`` from the Debian
 ``postgresql`` package, a free port on 127.0.0.1, a temporary data directory. PostgreSQL refuses
 to run as root, so as root the cluster belongs to the ``postgres`` user and its commands run
 through ``runuser``.
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Self
 
 from city_platform import PlatformError
-from host_tools.brokers import free_port, wait_for_port
+from host_tools.sim.brokers import free_port, wait_for_port
 
 BIN_DIRS = (
     "/usr/lib/postgresql/17/bin",

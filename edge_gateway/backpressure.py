@@ -2,7 +2,7 @@
 
 * :class:`BoundedQueue` — the queue between ingest and the committer, bounded in messages *and*
   bytes; a full queue makes ingest wait.
-* :class:`InboundGate` — while ingest waits (aiomqtt's own queue of received messages is above
+* :class:`edge_gateway.qos2link.InboundGate` — while ingest waits (aiomqtt's own queue of received messages is above
   ``high``), the gateway stops reading the site broker's socket. The kernel's socket buffer
   fills, TCP's window closes, and the broker keeps the messages (QoS 1: in the gateway's
   session, the broker's ``max_queued_messages``), instead of the gateway's memory growing with
@@ -20,10 +20,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import aiomqtt
-from paho.mqtt.enums import MQTTErrorCode
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -64,64 +61,6 @@ class BoundedQueue(asyncio.Queue[T]):
                 fut.set_result(None)
                 break
         return item
-
-
-class InboundGate:
-    """Pause reading an aiomqtt client's socket while its received-message queue is above
-    ``high``; resume below ``low``. Install before connecting; call :meth:`check` after taking a
-    message from the client."""
-
-    def __init__(self, client: aiomqtt.Client, high: int = 256, low: int = 64) -> None:
-        self.client = client
-        self.high = high
-        self.low = low
-        self.paused = False
-        self.pauses = 0
-        self._fd: int | None = None
-        paho: Any = client._client
-        self._paho = paho
-        self._loop_read = paho.loop_read
-        paho.loop_read = self._gated_read
-
-    def _backlog(self) -> int:
-        return int(self.client._queue.qsize())
-
-    def _gated_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        if self.paused:
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        if self._backlog() >= self.high:
-            sock = self._paho.socket()
-            if sock is not None:
-                self._fd = sock.fileno()
-                asyncio.get_running_loop().remove_reader(self._fd)
-                self.paused = True
-                self.pauses += 1
-                return MQTTErrorCode.MQTT_ERR_SUCCESS
-        return MQTTErrorCode(self._loop_read(max_packets))
-
-    def check(self) -> None:
-        if self.paused and self._backlog() <= self.low:
-            self.paused = False
-            sock = self._paho.socket()
-            fd = self._fd
-            if sock is not None and fd is not None and sock.fileno() == fd:
-                asyncio.get_running_loop().add_reader(fd, self._readable)
-
-    def _readable(self) -> None:
-        """What aiomqtt does when the socket is readable (its reader was replaced by ours)."""
-        try:
-            while True:
-                self._gated_read()
-                if self.paused:
-                    return
-                sock = self._paho._sock
-                if hasattr(sock, "pending") and sock.pending() > 0:
-                    continue
-                break
-        except Exception as exc:  # noqa: BLE001 - a broken connection, as aiomqtt handles it
-            disconnected = self.client._disconnected
-            if not disconnected.done():
-                disconnected.set_exception(exc)
 
 
 class TokenBucket:

@@ -2,10 +2,8 @@
 
 Calibration comes from ``calibration.records`` (a per-device record valid at the sample time,
 else a fleet default, else ``"none"`` and the raw value passed through); indices from
-``calibration.aqi``; quality flags from ``calibration.qc`` (streaming, provisional). Alerts are
-de-bounced here: a level must fall below its threshold by the hysteresis margin and stay there
-for ``hold_s`` before an alert clears, and a new PM2.5 band must hold for ``hold_s`` before it
-is announced, so a value hovering at a threshold does not flap.
+``calibration.aqi``; quality flags from ``calibration.qc`` (streaming, provisional). Alerts come
+from the state machines of :mod:`edge_gateway.alerts` (de-bounced there).
 
 A :class:`Processor` is used from one thread (the store thread) and is not thread-safe.
 """
@@ -15,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,6 +25,7 @@ from calibration.errors import CalibrationError
 from calibration.qc import Flag
 from calibration.records import CalibrationRecord, Registry
 from edge_gateway import contract
+from edge_gateway.alerts import RANK, Alert, BandAlertState, WaterAlertState
 from edge_gateway.config import DeviceEntry, GatewayConfig, Location
 from edge_gateway.ingest import iso_utc
 from edge_gateway.quality import StreamingQuality
@@ -69,20 +67,9 @@ class Processed:
 
 
 @dataclass
-class _WaterAlertState:
-    level: str = "normal"  # normal / watch / warning / critical
-    below_since: float | None = None
-    rising: bool = False
-    calm_since: float | None = None
-    history: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=512))
-
-
-@dataclass
 class _AirState:
     rolling: aqi.Rolling24h
-    band: int | None = None
-    candidate: int | None = None
-    candidate_since: float | None = None
+    alerts: BandAlertState = field(default_factory=BandAlertState)
 
 
 def load_registries(config: GatewayConfig) -> tuple[Registry | None, Registry | None]:
@@ -111,7 +98,7 @@ class Processor:
             registries if registries is not None else load_registries(config)
         )
         self.quality: QualityChecker = quality if quality is not None else StreamingQuality()
-        self._water: dict[str, _WaterAlertState] = {}
+        self._water: dict[str, WaterAlertState] = {}
         self._air: dict[str, _AirState] = {}
         self._previous: dict[str, tuple[int, int]] = {}  # device -> (boot, seq) last processed
         self._saved_bands: dict[str, int] = {}
@@ -125,13 +112,15 @@ class Processor:
         power cut a water level already above its warning must not be announced again."""
         return {
             "water": {d: {"level": w.level, "rising": w.rising} for d, w in self._water.items()},
-            "pm25_band": {d: a.band for d, a in self._air.items() if a.band is not None},
+            "pm25_band": {
+                d: a.alerts.band for d, a in self._air.items() if a.alerts.band is not None
+            },
         }
 
     def restore_alert_state(self, saved: Mapping[str, Any]) -> None:
         for dev, w in (saved.get("water") or {}).items():
-            if w.get("level") in _RANK:
-                state = self._water.setdefault(str(dev), _WaterAlertState())
+            if w.get("level") in RANK:
+                state = self._water.setdefault(str(dev), WaterAlertState())
                 state.level, state.rising = str(w["level"]), bool(w.get("rising"))
         self._saved_bands = {
             str(d): int(b) for d, b in (saved.get("pm25_band") or {}).items() if isinstance(b, int)
@@ -197,24 +186,9 @@ class Processor:
         when = datetime.fromtimestamp(t if synced else received, UTC)
         raw = reading["raw"]
         calibrated = self._calibrate(device_id, kind, raw, when)
-        quality: dict[str, int] = {}
-        quality_tests: dict[str, dict[str, int]] = {}
-        settles_quality: dict[str, int] = {}
-        settles_tests: dict[str, dict[str, int]] = {}
-        for quantity, entry in calibrated.items():
-            value = entry["v"]
-            if value is None:
-                quality[quantity] = MISSING
-                continue
-            if isinstance(value, bool):
-                quality[quantity] = UNKNOWN
-                continue
-            flag, tests, settled = self.quality.check(device_id, quantity, t, float(value))
-            quality[quantity] = flag
-            if tests:
-                quality_tests[quantity] = tests
-            if settled is not None:
-                settles_quality[quantity], settles_tests[quantity] = settled
+        quality, quality_tests, settles_quality, settles_tests = self._quality(
+            device_id, calibrated, t
+        )
         t_eval = t if synced else received
         derived, alerts = self._derive(device_id, device, kind, calibrated, quality, t_eval)
         place = device.location if device and device.location else self.node_location(device_id)
@@ -257,6 +231,33 @@ class Processor:
         payload = json.dumps(obs, separators=(",", ":"), ensure_ascii=False).encode()
         return Processed(obs, payload, alerts)
 
+    def _quality(
+        self, device_id: str, calibrated: Mapping[str, Mapping[str, Any]], t: float
+    ) -> tuple[
+        dict[str, int], dict[str, dict[str, int]], dict[str, int], dict[str, dict[str, int]]
+    ]:
+        """QC flags per quantity (and their tests), and the settled flags of the stream's
+        previous value (the spike test needs the value after it)."""
+        quality: dict[str, int] = {}
+        quality_tests: dict[str, dict[str, int]] = {}
+        settles_quality: dict[str, int] = {}
+        settles_tests: dict[str, dict[str, int]] = {}
+        for quantity, entry in calibrated.items():
+            value = entry["v"]
+            if value is None:
+                quality[quantity] = MISSING
+                continue
+            if isinstance(value, bool):
+                quality[quantity] = UNKNOWN
+                continue
+            flag, tests, settled = self.quality.check(device_id, quantity, t, float(value))
+            quality[quantity] = flag
+            if tests:
+                quality_tests[quantity] = tests
+            if settled is not None:
+                settles_quality[quantity], settles_tests[quantity] = settled
+        return quality, quality_tests, settles_quality, settles_tests
+
     # -- derived values and alerts ------------------------------------------------------------
 
     def _derive(
@@ -278,38 +279,9 @@ class Processor:
                 return {"status": "occupied" if occ else "free"}, []
         return {}, []
 
-    def _alert(
-        self,
-        device_id: str,
-        kind: str,
-        name: str,
-        state: str,
-        severity: str,
-        t: float,
-        message: str,
-        message_th: str,
-        value: float | None = None,
-        unit: str | None = None,
-        threshold: float | None = None,
-        band: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return {
-            "v": 1,
-            "site_id": self.config.site_id,
-            "gateway_id": self.config.gateway_id,
-            "device_id": device_id,
-            "kind": kind,
-            "alert": name,
-            "state": state,
-            "severity": severity,
-            "t": iso_utc(t),
-            "value": value,
-            "unit": unit,
-            "threshold": threshold,
-            "band": band,
-            "message": message[:500],
-            "message_th": message_th[:500],
-        }
+    def _payloads(self, device_id: str, kind: str, alerts: list[Alert]) -> list[dict[str, Any]]:
+        cfg = self.config
+        return [a.payload(cfg.site_id, cfg.gateway_id, device_id, kind) for a in alerts]
 
     def _derive_air(
         self,
@@ -331,7 +303,8 @@ class Processor:
                 device.report_s if device else None
             ) or self.config.inventory.default_report_s
             interval = timedelta(seconds=min(report_s, 86400.0))
-            state = _AirState(aqi.Rolling24h(interval), band=self._saved_bands.pop(device_id, None))
+            band_state = BandAlertState(self._saved_bands.pop(device_id, None))
+            state = _AirState(aqi.Rolling24h(interval), band_state)
             self._air[device_id] = state
         # One sample per expected interval (the slot of t): a node, or anything sending as one,
         # that reports faster than its interval replaces its slot's value instead of growing
@@ -349,18 +322,7 @@ class Processor:
         except CalibrationError:
             return {}, []
         band = thai.band
-        derived["thai_aqi"] = {
-            "value": thai.aqi,
-            "level": band.level,
-            "name_en": band.name_en,
-            "name_th": band.name_th,
-            "colour": band.colour,
-            "colour_hex": band.colour_hex,
-            "advice_en": band.advice_en,
-            "advice_th": band.advice_th,
-            "pm25_24h": round(mean.mean, 1),
-            "completeness_24h": round(mean.completeness, 3),
-        }
+        derived["thai_aqi"] = _thai_aqi(thai.aqi, band, mean.mean, mean.completeness)
         try:
             us = aqi.us_aqi("pm25", mean.mean)
             us_b = aqi.us_band(us)
@@ -368,49 +330,10 @@ class Processor:
         except CalibrationError:
             derived["us_aqi"] = {"value": None, "category": "Beyond the AQI", "colour": "maroon"}
         if self.config.alerts.pm25_band_alerts:
-            alert = self._pm25_band_alert(device_id, kind, state, band, mean.mean, t)
+            alert = state.alerts.step(band, mean.mean, t, self.config.alerts.hold_s)
             if alert is not None:
-                alerts.append(alert)
+                alerts += self._payloads(device_id, kind, [alert])
         return derived, alerts
-
-    def _pm25_band_alert(
-        self, device_id: str, kind: str, state: _AirState, band: aqi.AqiBand, mean: float, t: float
-    ) -> dict[str, Any] | None:
-        hold = self.config.alerts.hold_s
-        if state.band is None:
-            state.band = band.level  # the first band after start is the baseline, not a change
-            return None
-        if band.level == state.band:
-            state.candidate = None
-            return None
-        if state.candidate != band.level:
-            state.candidate, state.candidate_since = band.level, t
-        assert state.candidate_since is not None
-        if t - state.candidate_since < hold:
-            return None
-        previous = state.band
-        state.band, state.candidate = band.level, None
-        severity = "critical" if band.level >= 5 else "warning" if band.level >= 4 else "info"
-        return self._alert(
-            device_id,
-            kind,
-            "pm25_band",
-            "changed",
-            severity,
-            t,
-            f"PM2.5 24-hour mean {mean:.1f} ug/m3: Thai AQI band now {band.name_en} "
-            f"({band.colour}, was level {previous}). {band.advice_en}",
-            f"PM2.5 เฉลี่ย 24 ชม. {mean:.1f} มคก./ลบ.ม. ระดับ{band.name_th} ({band.colour}) "
-            f"{band.advice_th}",
-            value=round(mean, 1),
-            unit="ug/m3",
-            band={
-                "level": band.level,
-                "colour": band.colour,
-                "name_en": band.name_en,
-                "previous_level": previous,
-            },
-        )
 
     def _derive_water(
         self,
@@ -443,90 +366,11 @@ class Processor:
             if device and device.water_critical_m is not None
             else a.water_critical_m
         )
-        state = self._water.setdefault(device_id, _WaterAlertState())
-        state.history.append((t, float(level)))
-        rate = _rate_m_per_h(state.history, t)
-        alerts: list[dict[str, Any]] = []
+        state = self._water.setdefault(device_id, WaterAlertState())
         datum = str(entry.get("datum", "")) if entry else ""
         unit_text = "m MSL" if datum == "MSL" else "m (staff gauge)"
         thresholds = {"watch": watch, "warning": warning, "critical": critical}
-        new_level = _water_level_state(state.level, float(level), thresholds, a.water_hysteresis_m)
-        if new_level != state.level:
-            if _RANK[new_level] > _RANK[state.level]:
-                state.below_since = None
-                alerts.append(
-                    self._water_alert(
-                        device_id, kind, new_level, "raised", level, thresholds, t, unit_text
-                    )
-                )
-                state.level = new_level
-            else:
-                if state.below_since is None:
-                    state.below_since = t
-                if t - state.below_since >= a.hold_s:
-                    alerts.append(
-                        self._water_alert(
-                            device_id, kind, state.level, "cleared", level, thresholds, t, unit_text
-                        )
-                    )
-                    state.level = new_level
-                    state.below_since = None
-                    if new_level != "normal":
-                        alerts.append(
-                            self._water_alert(
-                                device_id,
-                                kind,
-                                new_level,
-                                "raised",
-                                level,
-                                thresholds,
-                                t,
-                                unit_text,
-                            )
-                        )
-        else:
-            state.below_since = None
-        if rate is not None:
-            if not state.rising and rate >= a.water_rising_m_per_h:
-                state.rising, state.calm_since = True, None
-                alerts.append(
-                    self._alert(
-                        device_id,
-                        kind,
-                        "water_rising_fast",
-                        "raised",
-                        "warning",
-                        t,
-                        f"Water rising fast: {rate:.2f} m/h (threshold {a.water_rising_m_per_h:.2f} m/h), "
-                        f"level {level:.2f} {unit_text}",
-                        f"ระดับน้ำขึ้นเร็ว {rate:.2f} ม./ชม. ระดับ {level:.2f} ม.",
-                        value=round(rate, 3),
-                        unit="m/h",
-                        threshold=a.water_rising_m_per_h,
-                    )
-                )
-            elif state.rising and rate < a.water_rising_m_per_h / 2:
-                if state.calm_since is None:
-                    state.calm_since = t
-                if t - state.calm_since >= a.hold_s:
-                    state.rising, state.calm_since = False, None
-                    alerts.append(
-                        self._alert(
-                            device_id,
-                            kind,
-                            "water_rising_fast",
-                            "cleared",
-                            "info",
-                            t,
-                            f"Water no longer rising fast ({rate:.2f} m/h)",
-                            f"ระดับน้ำไม่ขึ้นเร็วแล้ว ({rate:.2f} ม./ชม.)",
-                            value=round(rate, 3),
-                            unit="m/h",
-                            threshold=a.water_rising_m_per_h,
-                        )
-                    )
-            elif state.rising:
-                state.calm_since = None
+        raised, rate = state.step(level, thresholds, t, a, unit_text)
         derived: dict[str, Any] = {
             "level_state": {
                 "state": state.level,
@@ -539,86 +383,22 @@ class Processor:
                 "rising_fast": state.rising,
             }
         }
-        return derived, alerts
-
-    def _water_alert(
-        self,
-        device_id: str,
-        kind: str,
-        level_state: str,
-        state: str,
-        level: float,
-        thresholds: Mapping[str, float | None],
-        t: float,
-        unit_text: str,
-    ) -> dict[str, Any]:
-        threshold = thresholds[level_state]
-        th_name = {"critical": "วิกฤต", "warning": "เฝ้าระวัง", "watch": "เฝ้าดู"}[level_state]
-        if state == "raised":
-            msg = f"Water level {level:.2f} {unit_text} is above the {level_state} level {threshold:.2f} m"
-            msg_th = f"ระดับน้ำ {level:.2f} ม. สูงกว่าระดับ{th_name} {threshold:.2f} ม."
-        else:
-            msg = f"Water level {level:.2f} {unit_text} is back below the {level_state} level {threshold:.2f} m"
-            msg_th = f"ระดับน้ำ {level:.2f} ม. ต่ำกว่าระดับ{th_name} {threshold:.2f} ม. แล้ว"
-        severity = {"critical": "critical", "warning": "warning"}.get(level_state, "info")
-        if state == "cleared":
-            severity = "info"
-        return self._alert(
-            device_id,
-            kind,
-            f"water_{level_state}",
-            state,
-            severity,
-            t,
-            msg,
-            msg_th,
-            value=round(level, 3),
-            unit="m",
-            threshold=threshold,
-        )
+        return derived, self._payloads(device_id, kind, raised)
 
 
-_RANK = {"normal": 0, "watch": 1, "warning": 2, "critical": 3}
-
-
-def _water_level_state(
-    current: str, level: float, thresholds: Mapping[str, float | None], hysteresis: float
-) -> str:
-    """The level state with hysteresis: rising into a band needs the threshold, falling out of
-    it needs the threshold minus the margin. Bands: watch < warning < critical (each optional)."""
-    raw = "normal"
-    for name in ("watch", "warning", "critical"):
-        threshold = thresholds.get(name)
-        if threshold is not None and level >= threshold:
-            raw = name
-    if _RANK[raw] >= _RANK[current]:
-        return raw
-    # Falling: stay in the highest band (not above the current one) whose threshold minus the
-    # margin the level is still above.
-    for name in ("critical", "warning", "watch"):
-        threshold = thresholds.get(name)
-        if (
-            _RANK[name] <= _RANK[current]
-            and threshold is not None
-            and level > threshold - hysteresis
-        ):
-            return name
-    return raw
-
-
-def _rate_m_per_h(history: deque[tuple[float, float]], now: float) -> float | None:
-    """Rise over the last 15-60 minutes in m/h, from the oldest sample in that span."""
-    base: tuple[float, float] | None = None
-    for t, v in history:
-        if now - 3600.0 <= t <= now - 900.0:
-            base = (t, v)
-            break
-    if base is None:
-        return None
-    dt = now - base[0]
-    if dt <= 0:
-        return None
-    return (history[-1][1] - base[1]) / dt * 3600.0
+def _thai_aqi(value: Any, band: aqi.AqiBand, mean: float, completeness: float) -> dict[str, Any]:
+    return {
+        "value": value,
+        "level": band.level,
+        "name_en": band.name_en,
+        "name_th": band.name_th,
+        "colour": band.colour,
+        "colour_hex": band.colour_hex,
+        "advice_en": band.advice_en,
+        "advice_th": band.advice_th,
+        "pm25_24h": round(mean, 1),
+        "completeness_24h": round(completeness, 3),
+    }
 
 
 def validate_observation(obs: Mapping[str, Any]) -> None:

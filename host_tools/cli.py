@@ -20,18 +20,18 @@ from host_tools import __version__, extras
 
 # (module, function) pairs; each function takes the sub-parsers object of its level.
 TOP_LEVEL = (
-    ("host_tools.demo", "add_parser"),
+    ("host_tools.sim.demo", "add_parser"),
     ("edge_gateway.cli", "add_parser"),
     ("calibration.cli", "add_parser"),
-    ("host_tools.completion", "add_parser"),
+    ("host_tools.field.completion", "add_parser"),
     ("edge_gateway.status.cli", "add_parsers"),
     ("edge_gateway.notify.cli", "add_parser"),
     ("city_platform.cli", "add_parser"),
-    ("host_tools.release", "add_parser"),  # OTA bundles (docs/ota.md)
+    ("host_tools.field.release", "add_parser"),  # OTA bundles (docs/ota.md)
 )
 NODE_LEVEL = (
-    ("host_tools.simnode", "add_parser"),
-    ("host_tools.field_cli", "add_parsers"),
+    ("host_tools.sim.simnode", "add_parser"),
+    ("host_tools.field.field_cli", "add_parsers"),
 )
 
 EXIT_USAGE = 2

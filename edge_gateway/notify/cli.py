@@ -121,8 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _serve(settings: NotifySettings, broker: bool) -> None:
-    from edge_gateway.metrics import MetricsServer
     from edge_gateway.notify.dispatcher import Dispatcher
+    from edge_gateway.prometheus import MetricsServer
 
     dispatcher = Dispatcher(settings)
     loop = asyncio.get_running_loop()

@@ -25,9 +25,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from edge_gateway.notify.channels import SENDERS, Outcome, Sender, need_aiohttp
-from edge_gateway.notify.incidents import Incidents, SilenceRules
+from edge_gateway.notify.incidents import Incidents
 from edge_gateway.notify.outbox import Outbox, OutRow
 from edge_gateway.notify.settings import NotifySettings
+from edge_gateway.notify.silence import SilenceRules
 from edge_gateway.notify.templates import render
 
 log = logging.getLogger(__name__)
@@ -199,55 +200,16 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - aiohttp.ClientError, timeouts, OSError
                 outcome = Outcome("retry", f"{type(exc).__name__}: {exc}"[:200])
             if outcome.status == "sent":
-                now = self.clock()
-                await asyncio.to_thread(self.outbox.mark_sent, row.id, name, now)
-                self.sent[name] += 1
-                self.last_sent_latency_s = now - row.created
-                log.info(
-                    "notification %d (%s) sent on %s%s",
-                    row.id,
-                    row.kind,
-                    name,
-                    f" ({outcome.reason})" if outcome.reason else "",
-                )
+                await self._sent(row, name, outcome)
                 return
             self.failed[(name, outcome.status)] += 1
             log.warning(
                 "notification %d on %s: %s (%s)", row.id, name, outcome.status, outcome.reason
             )
-            if outcome.status == "failover" and len(chain) == 1:  # nowhere else to go: wait
-                attempts += 1
-                wait_s = max(self._backoff(attempts), sender.blocked_until - time.monotonic())
-                await asyncio.to_thread(
-                    self.outbox.reschedule,
-                    row.id,
-                    pos,
-                    attempts,
-                    self.clock() + wait_s,
-                    outcome.reason,
-                )
-                return
-            if outcome.status == "retry":
-                attempts += 1
-                if attempts < self.settings.attempts_before_failover or len(chain) == 1:
-                    await asyncio.to_thread(
-                        self.outbox.reschedule,
-                        row.id,
-                        pos,
-                        attempts,
-                        self.clock() + self._backoff(attempts),
-                        outcome.reason,
-                    )
-                    return
-                reason = "retries"
-            else:
-                reason = (
-                    "quota"
-                    if "quota" in outcome.reason
-                    else "429"
-                    if "429" in outcome.reason
-                    else "refused"
-                )
+            attempts, failover = await self._failed(row, sender, outcome, pos, attempts, len(chain))
+            if failover is None:
+                return  # rescheduled on this channel
+            reason = failover
             self._failover(name, nxt, reason)
             pos, attempts = pos + 1, 0
         # Every channel of the chain failed over this pass: start again after a back-off.
@@ -259,6 +221,47 @@ class Dispatcher:
             self.clock() + self._backoff(max(1, attempts)),
             "all channels failed",
         )
+
+    async def _sent(self, row: OutRow, name: str, outcome: Outcome) -> None:
+        now = self.clock()
+        await asyncio.to_thread(self.outbox.mark_sent, row.id, name, now)
+        self.sent[name] += 1
+        self.last_sent_latency_s = now - row.created
+        log.info(
+            "notification %d (%s) sent on %s%s",
+            row.id,
+            row.kind,
+            name,
+            f" ({outcome.reason})" if outcome.reason else "",
+        )
+
+    async def _failed(
+        self, row: OutRow, sender: Sender, outcome: Outcome, pos: int, attempts: int, chain_len: int
+    ) -> tuple[int, str | None]:
+        """A send that did not succeed: rescheduled on the same channel (returns None as the
+        reason), or the reason to fail over to the next one."""
+        if outcome.status == "failover" and chain_len == 1:  # nowhere else to go: wait
+            attempts += 1
+            wait_s = max(self._backoff(attempts), sender.blocked_until - time.monotonic())
+            await asyncio.to_thread(
+                self.outbox.reschedule, row.id, pos, attempts, self.clock() + wait_s, outcome.reason
+            )
+            return attempts, None
+        if outcome.status == "retry":
+            attempts += 1
+            if attempts < self.settings.attempts_before_failover or chain_len == 1:
+                await asyncio.to_thread(
+                    self.outbox.reschedule,
+                    row.id,
+                    pos,
+                    attempts,
+                    self.clock() + self._backoff(attempts),
+                    outcome.reason,
+                )
+                return attempts, None
+            return attempts, "retries"
+        reason = outcome.reason
+        return attempts, ("quota" if "quota" in reason else "429" if "429" in reason else "refused")
 
     def _failover(self, src: str, dst: str, reason: str) -> None:
         self.failovers[(src, dst, reason)] += 1

@@ -103,7 +103,7 @@ def heartbeat_publisher(gateway: Any) -> Callable[[dict[str, Any]], None]:
     topic = f"{contract.ROOT}/site/{cfg.site_id}/gateway/{cfg.gateway_id}/dispatcher"
 
     def publish(stats: dict[str, Any]) -> None:
-        client = gateway._upstream
+        client = gateway.upstream_client
         if client is None:
             return
         body = {
@@ -114,8 +114,8 @@ def heartbeat_publisher(gateway: Any) -> Callable[[dict[str, Any]], None]:
             "oldest_pending_age_s": stats.get("oldest_pending_age_s"),
             "sent": sum((stats.get("sent") or {}).values()),
         }
-        gateway._spawn(
-            gateway._publish_quietly(client, topic, json.dumps(body).encode(), 0, retain=True)
+        gateway.spawn(
+            gateway.publish_quietly(client, topic, json.dumps(body).encode(), 0, retain=True)
         )
 
     return publish

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,61 @@ def settings_from_dict(
         raise ConfigError(exc.key, exc.detail, source, exc.hint) from None
 
 
+def _route(raw: Any, key: str, channels: Mapping[str, Any]) -> Route:
+    """One ``[[routes]]`` table; its channels must be defined."""
+    _check_keys(
+        raw, {"channels", "sites", "devices", "tiers", "escalate_after_s", "escalate_to"}, key
+    )
+    route = Route(
+        channels=_tuple(raw.get("channels", []), f"{key}.channels"),
+        sites=_tuple(raw.get("sites", ["*"]), f"{key}.sites"),
+        devices=_tuple(raw.get("devices", ["*"]), f"{key}.devices"),
+        tiers=_tuple(raw.get("tiers", ["watch", "warning", "critical"]), f"{key}.tiers"),
+        escalate_after_s=raw.get("escalate_after_s"),
+        escalate_to=_tuple(raw.get("escalate_to", []), f"{key}.escalate_to"),
+    )
+    for name in (*route.channels, *route.escalate_to):
+        if name not in channels:
+            raise ConfigError(
+                f"{key}.channels",
+                f"no channel named {name!r} (defined: {', '.join(channels) or 'none'})",
+            )
+    if not route.channels:
+        raise ConfigError(f"{key}.channels", "needs at least one channel")
+    for t in route.tiers:
+        if t not in TIERS:
+            raise ConfigError(f"{key}.tiers", f"{t!r} is not one of {', '.join(TIERS)}")
+    return route
+
+
+def _check_settings(settings: NotifySettings, channels: Mapping[str, Any]) -> None:
+    """What is checked once the settings are made: the status link, the templates file, the
+    heartbeat's channels, the retry bounds."""
+    if settings.status_url is not None:
+        try:
+            settings.status_url.format(device_id="ce-000000000000", site_id="site-x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(
+                "status_url", f"only {{device_id}} and {{site_id}} can be filled in ({exc})"
+            ) from None
+    if settings.templates is not None:
+        try:
+            tomllib.loads(Path(settings.templates).read_text("utf-8"))
+        except OSError as exc:
+            raise ConfigError(
+                "templates",
+                f"cannot read {settings.templates!r}: {exc.strerror}",
+                hint="copy edge_gateway/notify/templates.toml and edit it",
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("templates", f"{settings.templates}: not valid TOML: {exc}") from None
+    for name in settings.heartbeat_channels:
+        if name not in channels:
+            raise ConfigError("heartbeat.channels", f"no channel named {name!r}")
+    if settings.retry_min_s <= 0 or settings.retry_max_s < settings.retry_min_s:
+        raise ConfigError("retry_min_s", "must be > 0 and <= retry_max_s")
+
+
 def _build(
     data: dict[str, Any], base: Path, source: str, default_outbox: str | None
 ) -> NotifySettings:
@@ -264,32 +320,10 @@ def _build(
         if not isinstance(raw, dict):
             raise ConfigError(f"channels.{name}", "must be a table")
         channels[name] = _channel(name, raw, base)
-    routes = []
-    for i, raw in enumerate(data.pop("routes", None) or []):
-        key = f"routes[{i}]"
-        _check_keys(
-            raw, {"channels", "sites", "devices", "tiers", "escalate_after_s", "escalate_to"}, key
-        )
-        route = Route(
-            channels=_tuple(raw.get("channels", []), f"{key}.channels"),
-            sites=_tuple(raw.get("sites", ["*"]), f"{key}.sites"),
-            devices=_tuple(raw.get("devices", ["*"]), f"{key}.devices"),
-            tiers=_tuple(raw.get("tiers", ["watch", "warning", "critical"]), f"{key}.tiers"),
-            escalate_after_s=raw.get("escalate_after_s"),
-            escalate_to=_tuple(raw.get("escalate_to", []), f"{key}.escalate_to"),
-        )
-        for name in (*route.channels, *route.escalate_to):
-            if name not in channels:
-                raise ConfigError(
-                    f"{key}.channels",
-                    f"no channel named {name!r} (defined: {', '.join(channels) or 'none'})",
-                )
-        if not route.channels:
-            raise ConfigError(f"{key}.channels", "needs at least one channel")
-        for t in route.tiers:
-            if t not in TIERS:
-                raise ConfigError(f"{key}.tiers", f"{t!r} is not one of {', '.join(TIERS)}")
-        routes.append(route)
+    routes = [
+        _route(raw, f"routes[{i}]", channels)
+        for i, raw in enumerate(data.pop("routes", None) or [])
+    ]
     hb = dict(data.pop("heartbeat", None) or {})
     _check_keys(hb, {"channels", "hour", "ping_url", "ping_interval_s", "publish_s"}, "heartbeat")
     broker = dict(data.pop("broker", None) or {})
@@ -323,29 +357,7 @@ def _build(
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError("", f"invalid value: {exc}") from None
-    if settings.status_url is not None:
-        try:
-            settings.status_url.format(device_id="ce-000000000000", site_id="site-x")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ConfigError(
-                "status_url", f"only {{device_id}} and {{site_id}} can be filled in ({exc})"
-            ) from None
-    if settings.templates is not None:
-        try:
-            tomllib.loads(Path(settings.templates).read_text("utf-8"))
-        except OSError as exc:
-            raise ConfigError(
-                "templates",
-                f"cannot read {settings.templates!r}: {exc.strerror}",
-                hint="copy edge_gateway/notify/templates.toml and edit it",
-            ) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("templates", f"{settings.templates}: not valid TOML: {exc}") from None
-    for name in settings.heartbeat_channels:
-        if name not in channels:
-            raise ConfigError("heartbeat.channels", f"no channel named {name!r}")
-    if settings.retry_min_s <= 0 or settings.retry_max_s < settings.retry_min_s:
-        raise ConfigError("retry_min_s", "must be > 0 and <= retry_max_s")
+    _check_settings(settings, channels)
     return settings
 
 

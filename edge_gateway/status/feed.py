@@ -13,21 +13,18 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from calibration.qc import Flag
-from edge_gateway.status import liveness
+from edge_gateway.status.devicefacts import EVENTS_KEPT as EVENTS_KEPT
+from edge_gateway.status.devicefacts import Device, Window, num
 from edge_gateway.status.history import (
-    BUCKET_S,
-    BUCKETS,
     FLAG_QC,
     History,
-    day_start,
-    local_day,
     open_db,
 )
+from edge_gateway.status.views import FeedViews
 
 if TYPE_CHECKING:
     from edge_gateway.config import GatewayConfig
@@ -37,7 +34,6 @@ log = logging.getLogger(__name__)
 FLUSH_S = 30.0
 DRAIN_S = 2.0
 INCOMING_MAX = 200_000
-EVENTS_KEPT = 20
 # The quantity a device's plots and "last value" show, per kind: (quantity, unit).
 MAIN = {"air": ("pm25", "ug/m3"), "water": ("level", "m"), "parking": ("occupied", "")}
 _STATUS_KEYS = (
@@ -56,79 +52,7 @@ _STATUS_KEYS = (
 )
 
 
-@dataclass
-class Device:
-    device_id: str
-    kind: str | None = None
-    first_known: float | None = None
-    last_rx: float | None = None  # when the last new reading arrived (gateway clock)
-    last_t: float | None = None  # its sample time
-    value: float | None = None
-    unit: str = ""
-    calibration_id: str | None = None
-    qc: str | None = None  # "stuck" / "out_of_range" from the last observation's QARTOD tests
-    battery_v: float | None = None
-    status: dict[str, Any] = field(default_factory=dict)  # the node's last status message
-    status_rx: float | None = None
-    session: str | None = None  # the node's MQTT session (retained state topic): information only
-    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
-
-    def doc(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "kind",
-                "first_known",
-                "last_rx",
-                "last_t",
-                "value",
-                "unit",
-                "calibration_id",
-                "qc",
-                "battery_v",
-                "status",
-                "status_rx",
-                "session",
-            )
-        } | {"events": list(self.events)}
-
-    @classmethod
-    def from_doc(cls, device_id: str, doc: Mapping[str, Any]) -> Device:
-        d = cls(device_id)
-        for k, v in doc.items():
-            if k == "events":
-                d.events.extend(v if isinstance(v, list) else [])
-            elif hasattr(d, k):
-                setattr(d, k, v)
-        return d
-
-
-@dataclass
-class Window:
-    id: int
-    device_id: str
-    start: float
-    end: float | None
-    reason: str
-
-    def active(self, now: float) -> bool:
-        return self.start <= now and (self.end is None or now < self.end)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "device_id": self.device_id,
-            "start": self.start,
-            "end": self.end,
-            "reason": self.reason,
-        }
-
-
-def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-class StatusFeed:
+class StatusFeed(FeedViews):
     """The gateway calls :meth:`message`, :meth:`observation` (from its store thread) and
     :meth:`dead_letter`; :meth:`start`/:meth:`stop` run the web server and the flusher."""
 
@@ -184,7 +108,7 @@ class StatusFeed:
             dev.status = {k: body[k] for k in _STATUS_KEYS if k in body}
             dev.status_rx = now
             dev.kind = str(body.get("kind") or dev.kind or "") or None
-            bat = _num(body.get("battery_v"))
+            bat = num(body.get("battery_v"))
             if bat is not None:
                 dev.battery_v = bat
         elif leaf == "state":
@@ -246,12 +170,12 @@ class StatusFeed:
         value = cal.get("v")
         if isinstance(value, bool):
             value = 1.0 if value else 0.0
-        dev.value = _num(value)
+        dev.value = num(value)
         dev.unit = str(cal.get("u") or unit)
         dev.calibration_id = cal.get("calibration_id") if cal else None
         bat = ((obs.get("raw") or {}).get("battery") or {}).get("v")
-        if _num(bat) is not None:
-            dev.battery_v = _num(bat)
+        if num(bat) is not None:
+            dev.battery_v = num(bat)
         qc: str | None = None
         flags = 0
         for tests in (obs.get("quality_tests") or {}).values():
@@ -268,7 +192,7 @@ class StatusFeed:
         ):
             flags |= FLAG_QC
         dev.qc = qc
-        t = _num(obs.get("t")) or received
+        t = num(obs.get("t")) or received
         dev.last_rx = max(dev.last_rx or 0.0, received)
         dev.last_t = t
         rssi = dev.status.get("rssi_dbm")
@@ -331,147 +255,6 @@ class StatusFeed:
             a, b = max(lo, w.start), min(hi, w.end if w.end is not None else hi)
             total += max(0.0, b - a)
         return min(total, hi - lo)
-
-    # -- views ----------------------------------------------------------------------------------
-
-    def cadence(self, dev: Device) -> float:
-        entry = self.config.device(dev.device_id)
-        return liveness.cadence_s(
-            dev.kind,
-            dev.status.get("intervals"),
-            entry.report_s if entry else None,
-            self.config.inventory.default_report_s,
-        )
-
-    def completeness(self, dev: Device, days: int, now: float, cadence: float) -> float | None:
-        """Readings received ÷ expected, by sample time, over the last ``days`` Bangkok
-        days (today so far included), maintenance time left out of both."""
-        today = local_day(now)
-        lo = day_start(today) - (days - 1) * 86400
-        lo = max(lo, dev.first_known or lo)
-        expected_s = (now - lo) - self.maintenance_seconds(dev.device_id, lo, now)
-        expected = expected_s / cadence
-        if expected < 1:
-            return None
-        received = 0
-        day = lo
-        maintained = any(w.device_id == dev.device_id for w in self.windows)
-        while day < now:
-            name = local_day(day)
-            counts = self.history.day_counts(dev.device_id, name)
-            if counts is not None and not maintained:
-                received += sum(counts)
-            elif counts is not None:
-                start = day_start(name)
-                for i in range(BUCKETS):
-                    if counts[i] and not self._bucket_in_maint(dev.device_id, start + i * BUCKET_S):
-                        received += counts[i]
-            day = day_start(name) + 86400
-        return round(received / expected, 3)
-
-    def _bucket_in_maint(self, device_id: str, t0: float) -> bool:
-        return self.maintenance_seconds(device_id, t0, t0 + BUCKET_S) >= BUCKET_S / 2
-
-    def liveness_facts(self, now: float | None = None) -> list[dict[str, Any]]:
-        """Per device what :func:`liveness.from_status` judges (the alert dispatcher's
-        silent-node rule uses these, so the page and the alerts agree): the last new reading,
-        the cadence, and whether a maintenance window is open."""
-        now = time.time() if now is None else now
-        self.drain(now)
-        return [
-            {
-                "device_id": d.device_id,
-                "last_reading": d.last_rx,
-                "report_s": self.cadence(d),
-                "maintenance": self.in_maintenance(d.device_id, now) is not None,
-            }
-            for d in list(self.devices.values())
-        ]
-
-    def row(self, dev: Device, now: float) -> dict[str, Any]:
-        s = self.config.status
-        cad = self.cadence(dev)
-        window = self.in_maintenance(dev.device_id, now)
-        state = liveness.judge(
-            dev.last_rx, now, cad, s.late_grace_s, s.offline_margin_s, window is not None
-        )
-        entry = self.config.device(dev.device_id)
-        place = None
-        if entry is not None and entry.location is not None:
-            place = entry.location.name
-        st = dev.status
-        ob: dict[str, Any] = st["outbox"] if isinstance(st.get("outbox"), dict) else {}
-        errors = 0
-        for counts in (st.get("sensor_errors") or {}).values():
-            if isinstance(counts, dict):
-                errors += sum(v for v in counts.values() if isinstance(v, int))
-        rec = (
-            self.calibration(dev.calibration_id)
-            if (self.calibration and dev.calibration_id and dev.calibration_id != "none")
-            else None
-        )
-        cal_state = "missing"
-        cal_age: float | None = None
-        if rec is not None:
-            valid_to = getattr(rec, "valid_to", None)
-            cal_state = (
-                "expired"
-                if valid_to is not None and valid_to.timestamp() <= now
-                else ("fleet" if getattr(rec, "device_id", "") == "*" else "ok")
-            )
-            cal_age = now - rec.valid_from.timestamp()
-        elif dev.last_rx is None:
-            cal_state = "unknown"
-        facts = dev.doc() | {"cadence_s": cad, "maintenance": window.as_dict() if window else None}
-        bat = dev.battery_v
-        out: dict[str, Any] = {
-            "device_id": dev.device_id,
-            "site_id": self.config.site_id,
-            "gateway_id": self.config.gateway_id,
-            "name": entry.name if entry is not None else None,
-            "place": place,
-            "kind": dev.kind,
-            "state": state,
-            "reason": liveness.reason(state, facts, now, "en"),
-            "reason_th": liveness.reason(state, facts, now, "th"),
-            "cadence_s": cad,
-            "last_reading": dev.last_rx,
-            "last_sample_t": dev.last_t,
-            "value": dev.value,
-            "unit": dev.unit,
-            "battery_v": bat,
-            "battery_pct": liveness.battery_percent(bat),
-            "low_battery": bat is not None and bat < s.low_battery_v,
-            "rssi_dbm": st.get("rssi_dbm"),
-            "fw": st.get("fw"),
-            "outbox_depth": ob.get("depth"),
-            "outbox_dropped": ob.get("dropped"),
-            "sensor_errors": errors,
-            "qc": dev.qc,
-            "calibration_id": dev.calibration_id,
-            "calibration": cal_state,
-            "calibration_age_s": cal_age,
-            "completeness_today": self.completeness(dev, 1, now, cad),
-            "completeness_7d": self.completeness(dev, 7, now, cad),
-            "completeness_30d": self.completeness(dev, 30, now, cad),
-            "session": dev.session,
-            "maintenance": window.as_dict() if window else None,
-        }
-        return out
-
-    def rows(self, now: float | None = None) -> list[dict[str, Any]]:
-        now = time.time() if now is None else now
-        self.drain(now)
-        rows = [self.row(d, now) for d in list(self.devices.values())]
-        if self.alerts is not None:
-            per: dict[str, list[dict[str, Any]]] = {}
-            for inc in self.incidents():
-                per.setdefault(str(inc["device"]), []).append(inc)
-            for r in rows:
-                mine = per.get(r["device_id"], [])
-                r["incidents"] = len(mine)
-                r["incidents_unacked"] = sum(1 for i in mine if not i.get("acked_by"))
-        return rows
 
     # -- alerts (edge_gateway.notify) -----------------------------------------------------------
 

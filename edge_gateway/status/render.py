@@ -206,6 +206,51 @@ def counts_html(c: Mapping[str, int], lang: str, base: str, q: Mapping[str, str]
     return "".join(out)
 
 
+def _row_html(r: Mapping[str, Any], lang: str, show_site: bool) -> str:
+    """One device's row of the fleet table."""
+    reason = r.get("reason_th") if lang == "th" else r.get("reason")
+    value = "–" if r.get("value") is None else f"{r['value']:g} {r.get('unit') or ''}"
+    bat = (
+        "–"
+        if r.get("battery_v") is None
+        else (f"{r['battery_v']:.2f} V ({r.get('battery_pct')} %)")
+    )
+    age = r.get("calibration_age_s")
+    cal = tr(str(r.get("calibration")), lang) if r.get("calibration") != "unknown" else "–"
+    if r.get("calibration_id") and r.get("calibration_id") != "none":
+        cal = f"{r['calibration_id']} ({cal}" + (
+            f", {age / 86400:.0f} d)" if age is not None else ")"
+        )
+    href = f"/device/{esc(r['device_id'])}" + (f"?site={esc(r['site_id'])}" if show_site else "")
+    cells = [
+        (
+            f'<td><a href="{href}">{esc(r.get("name") or r["device_id"])}</a>'
+            f'<div class="muted">{esc(r["device_id"])} {esc(r.get("place") or "")}</div></td>'
+        ),
+        f"<td>{esc(r.get('kind') or '–')}</td>",
+        (
+            f'<td class="state s-{esc(r["state"])}" data-state="{esc(r["state"])}">'
+            f'<b>{tr(str(r["state"]), lang)}</b><div class="reason">{esc(reason)}</div></td>'
+        ),
+        f"<td>{esc(when(r.get('last_reading')))}<div>{esc(value)}</div></td>",
+        f'<td class="{"warn" if r.get("low_battery") else ""}">{esc(bat)}</td>',
+        f"<td>{esc('–' if r.get('rssi_dbm') is None else str(r['rssi_dbm']) + ' dBm')}</td>",
+        f"<td>{esc(r.get('fw') or '–')}</td>",
+        f"<td>{esc(r.get('outbox_depth', '–'))} / {esc(r.get('outbox_dropped', '–'))}</td>",
+        f"<td>{esc(r.get('sensor_errors', 0))}</td>",
+        f"<td>{esc(cal)}</td>",
+        (
+            f"<td>{pct(r.get('completeness_today'))} / {pct(r.get('completeness_7d'))} / "
+            f"{pct(r.get('completeness_30d'))}</td>"
+        ),
+    ]
+    if show_site:
+        cells.insert(
+            0, f'<td><a href="/site/{esc(r.get("site_id"))}">{esc(r.get("site_id"))}</a></td>'
+        )
+    return f'<tr id="row-{esc(r["device_id"])}">{"".join(cells)}</tr>'
+
+
 def table_html(
     rows: Sequence[Mapping[str, Any]],
     lang: str,
@@ -240,51 +285,7 @@ def table_html(
     ]
     if show_site:
         head.insert(0, th("site", tr("site", lang)))
-    body = []
-    for r in rows:
-        reason = r.get("reason_th") if lang == "th" else r.get("reason")
-        value = "–" if r.get("value") is None else f"{r['value']:g} {r.get('unit') or ''}"
-        bat = (
-            "–"
-            if r.get("battery_v") is None
-            else (f"{r['battery_v']:.2f} V ({r.get('battery_pct')} %)")
-        )
-        age = r.get("calibration_age_s")
-        cal = tr(str(r.get("calibration")), lang) if r.get("calibration") != "unknown" else "–"
-        if r.get("calibration_id") and r.get("calibration_id") != "none":
-            cal = f"{r['calibration_id']} ({cal}" + (
-                f", {age / 86400:.0f} d)" if age is not None else ")"
-            )
-        href = f"/device/{esc(r['device_id'])}" + (
-            f"?site={esc(r['site_id'])}" if show_site else ""
-        )
-        cells = [
-            (
-                f'<td><a href="{href}">{esc(r.get("name") or r["device_id"])}</a>'
-                f'<div class="muted">{esc(r["device_id"])} {esc(r.get("place") or "")}</div></td>'
-            ),
-            f"<td>{esc(r.get('kind') or '–')}</td>",
-            (
-                f'<td class="state s-{esc(r["state"])}" data-state="{esc(r["state"])}">'
-                f'<b>{tr(str(r["state"]), lang)}</b><div class="reason">{esc(reason)}</div></td>'
-            ),
-            f"<td>{esc(when(r.get('last_reading')))}<div>{esc(value)}</div></td>",
-            f'<td class="{"warn" if r.get("low_battery") else ""}">{esc(bat)}</td>',
-            f"<td>{esc('–' if r.get('rssi_dbm') is None else str(r['rssi_dbm']) + ' dBm')}</td>",
-            f"<td>{esc(r.get('fw') or '–')}</td>",
-            f"<td>{esc(r.get('outbox_depth', '–'))} / {esc(r.get('outbox_dropped', '–'))}</td>",
-            f"<td>{esc(r.get('sensor_errors', 0))}</td>",
-            f"<td>{esc(cal)}</td>",
-            (
-                f"<td>{pct(r.get('completeness_today'))} / {pct(r.get('completeness_7d'))} / "
-                f"{pct(r.get('completeness_30d'))}</td>"
-            ),
-        ]
-        if show_site:
-            cells.insert(
-                0, f'<td><a href="/site/{esc(r.get("site_id"))}">{esc(r.get("site_id"))}</a></td>'
-            )
-        body.append(f'<tr id="row-{esc(r["device_id"])}">{"".join(cells)}</tr>')
+    body = [_row_html(r, lang, show_site) for r in rows]
     if not body:
         body.append(f'<tr><td colspan="{len(head)}">{tr("none", lang)}</td></tr>')
     return f"<table><thead><tr>{''.join(head)}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -311,6 +312,27 @@ def filter_form(q: Mapping[str, str], lang: str, states: Sequence[str]) -> str:
 # -- SVG plots ---------------------------------------------------------------------------------
 
 
+def _time_axis(
+    t0: float, t1: float, pad_l: int, pad_t: int, w: int, h: int, height: int
+) -> list[str]:
+    """The plot's time grid and labels: every 6 h up to two days, else daily (Bangkok time)."""
+    parts = []
+    span = max(1.0, t1 - t0)
+    step = 6 * 3600 if span <= 2 * 86400 else 86400
+    first = math.ceil((t0 + 7 * 3600) / step) * step - 7 * 3600  # Bangkok: UTC+7, no DST
+    tick = first
+    while tick <= t1:
+        x = pad_l + (tick - t0) / span * w
+        label = datetime.fromtimestamp(tick, TZ).strftime("%H:%M" if step < 86400 else "%d/%m")
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + h}" class="grid"/>'
+            f'<text x="{x:.1f}" y="{height - 5}" class="ax" text-anchor="middle">'
+            f"{label}</text>"
+        )
+        tick += step
+    return parts
+
+
 def svg_plot(
     points: Sequence[tuple[float, float]],
     t0: float,
@@ -333,18 +355,7 @@ def svg_plot(
     ]
     parts.append(f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" class="frame"/>')
     span = max(1.0, t1 - t0)
-    step = 6 * 3600 if span <= 2 * 86400 else 86400
-    first = math.ceil((t0 + 7 * 3600) / step) * step - 7 * 3600  # Bangkok: UTC+7, no DST
-    tick = first
-    while tick <= t1:
-        x = pad_l + (tick - t0) / span * w
-        label = datetime.fromtimestamp(tick, TZ).strftime("%H:%M" if step < 86400 else "%d/%m")
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{pad_t}" x2="{x:.1f}" y2="{pad_t + h}" class="grid"/>'
-            f'<text x="{x:.1f}" y="{height - 5}" class="ax" text-anchor="middle">'
-            f"{label}</text>"
-        )
-        tick += step
+    parts += _time_axis(t0, t1, pad_l, pad_t, w, h, height)
     if not vals:
         parts.append(
             f'<text x="{pad_l + w / 2}" y="{pad_t + h / 2}" text-anchor="middle" '

@@ -14,8 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edge_gateway.status import render
-from edge_gateway.status.history import day_start, local_day
+from edge_gateway.status import devicepage, render
 from edge_gateway.status.render import esc, tr
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -240,7 +239,7 @@ class App:
             dev = self._detail(request.query.get("id", ""), request.query.get("site", ""))
             if dev is None:
                 raise web.HTTPNotFound()
-            parts = {"facts": self._facts(dev, lang)}
+            parts = {"facts": devicepage.facts_html(dev, lang)}
         else:
             q = _query(request)
             parts = self._site_body(
@@ -256,89 +255,6 @@ class App:
             return result
         found: dict[str, Any] | None = self.source.detail(device_id)
         return found
-
-    def _facts(self, d: Mapping[str, Any], lang: str) -> str:
-        state = str(d["state"])
-        reason = d.get("reason_th") if lang == "th" else d.get("reason")
-        rows = [
-            (
-                tr("state", lang),
-                (
-                    f'<b class="state s-{esc(state)}" data-state="{esc(state)}">'
-                    f'{tr(state, lang)}</b> <span class="reason">{esc(reason)}</span>'
-                ),
-            ),
-            (tr("site", lang), esc(d.get("site_id"))),
-            (tr("kind", lang), esc(d.get("kind") or "–")),
-            (
-                tr("last", lang),
-                esc(render.when(d.get("last_reading")))
-                + " · "
-                + esc("–" if d.get("value") is None else f"{d['value']:g} {d.get('unit') or ''}"),
-            ),
-            (
-                tr("battery", lang),
-                esc(
-                    "–"
-                    if d.get("battery_v") is None
-                    else f"{d['battery_v']:.2f} V ({d.get('battery_pct')} %)"
-                ),
-            ),
-            (tr("rssi", lang), esc("–" if d.get("rssi_dbm") is None else f"{d['rssi_dbm']} dBm")),
-            (tr("fw", lang), esc(d.get("fw") or "–")),
-            (
-                tr("outbox", lang),
-                (f"{esc(d.get('outbox_depth', '–'))} / {esc(d.get('outbox_dropped', '–'))}"),
-            ),
-            (tr("errors", lang), esc(d.get("sensor_errors", 0))),
-            (
-                tr("cal", lang),
-                esc(f"{d.get('calibration_id') or '–'} ({tr(str(d.get('calibration')), lang)})"),
-            ),
-            (
-                tr("complete", lang),
-                " / ".join(
-                    render.pct(d.get(k))
-                    for k in ("completeness_today", "completeness_7d", "completeness_30d")
-                ),
-            ),
-        ]
-        return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows) + "</dl>"
-
-    def _plots(self, device_id: str, d: Mapping[str, Any], lang: str) -> str:
-        src = self.source
-        if not hasattr(src, "history"):
-            return ""
-        now = time.time()
-        out = []
-        for key, span in (("h24", 86400.0), ("d7", 7 * 86400.0)):
-            t0 = now - span
-            samples = src.history.samples(device_id, t0)
-            out.append(f"<h3>{tr(key, lang)}</h3>")
-            for label, unit, attr in (
-                (tr("readings", lang), str(d.get("unit") or ""), "value"),
-                (tr("battery", lang), "V", "battery"),
-                (tr("rssi", lang), "dBm", "rssi"),
-            ):
-                pts = [(s.t, float(v)) for s in samples if (v := getattr(s, attr)) is not None]
-                out.append(render.svg_plot(render.downsample(pts, t0, now), t0, now, label, unit))
-        days = []
-        cad = float(d.get("cadence_s") or 60.0)
-        for i in range(29, -1, -1):
-            name = local_day(now - i * 86400)
-            start = day_start(name)
-            counts = src.history.day_counts(device_id, name)
-            got = sum(counts) if counts is not None else 0
-            length = min(86400.0, now - start)
-            exp = (length - src.maintenance_seconds(device_id, start, start + length)) / cad
-            days.append((start + 43200, min(1.5, got / exp) * 100 if exp >= 1 else float("nan")))
-        out.append(f"<h3>{tr('per_day', lang)}</h3>")
-        out.append(
-            render.svg_plot(
-                days, now - 30 * 86400, now + 43200, tr("per_day", lang), "%", bars=True
-            )
-        )
-        return "".join(out)
 
     async def device_page(self, request: web.Request) -> web.Response:
         lang = _lang(request, self.lang)
@@ -375,45 +291,16 @@ class App:
                 f'autocomplete="off"></label> <button>'
                 f"{tr('maint_end' if on else 'maint_start', lang)}</button></form>"
             )
-        alerts = self._incidents_html(device_id, d, lang)
+        alerts = devicepage.incidents_html(device_id, d, lang)
         title = f"{tr('device', lang)} {d.get('name') or device_id}"
         q = f"view=device&id={esc(device_id)}&lang={lang}" + (f"&site={esc(site)}" if site else "")
         body = (
             f'<p><a href="{back}?lang={lang}">← {tr("back", lang)}</a></p>'
-            f'<div id="facts">{self._facts(d, lang)}</div>{alerts}{maint}'
-            f"{self._plots(device_id, d, lang)}"
+            f'<div id="facts">{devicepage.facts_html(d, lang)}</div>{alerts}{maint}'
+            f"{devicepage.plots_html(self.source, device_id, d, lang)}"
             f"<h3>{tr('events', lang)}</h3><ul>{events or tr('none', lang)}</ul>"
         )
         return self._html(render.page(title, body, lang, f"/live?{q}", self.refresh_s))
-
-    def _incidents_html(self, device_id: str, d: Mapping[str, Any], lang: str) -> str:
-        """The device's open alert incidents, each with its acknowledge form (the token)."""
-        if not isinstance(d.get("incidents"), list):
-            return ""
-        items = []
-        for inc in d["incidents"]:
-            head = (
-                f"#{esc(inc['no'])} {esc(inc['family'])} · {esc(inc['max_tier'])} · "
-                f"{esc(render.when(inc.get('opened_t')))}"
-            )
-            if inc.get("acked_by"):
-                items.append(
-                    f'<li class="incident" data-incident="{esc(inc["no"])}">{head} · '
-                    f"{tr('acked_by', lang)} <b>{esc(inc['acked_by'])}</b></li>"
-                )
-                continue
-            items.append(
-                f'<li class="incident" data-incident="{esc(inc["no"])}">{head} · '
-                f'{tr("unacked", lang)}<form class="ack" method="post" action="/device/'
-                f'{esc(device_id)}/ack"><input type="hidden" name="incident" value='
-                f'"{esc(inc["no"])}"><label>{tr("by", lang)} <input name="by" maxlength="100">'
-                f'</label> <label>{tr("token", lang)} <input type="password" name="token" '
-                f'autocomplete="off"></label> <button>{tr("ack", lang)}</button></form></li>'
-            )
-        return (
-            f'<h3>{tr("incidents", lang)}</h3><ul id="incidents">'
-            f"{''.join(items) or tr('none', lang)}</ul>"
-        )
 
     async def _ack(self, number: Any, by: Any) -> tuple[int, str]:
         try:

@@ -22,8 +22,13 @@ import pytest
 
 from calibration.records import Registry
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
-from host_tools.simnode import SimNode
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.simnode import SimNode
+from tests.support.calibrated_gateway import (
+    linear_pm25_record,
+    start_gateway_process,
+    write_gateway_toml,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.micropython]
 
@@ -77,23 +82,7 @@ class Integrator:
 def _records(tmp_path: Path, device_id: str) -> Path:
     path = tmp_path / "calibration.toml"
     path.write_text(
-        f"""
-[[record]]
-id = "skeleton-linear-2026"
-device_id = "{device_id}"
-quantity = "pm25"
-unit = "ug/m3"
-input_channel = "pm25_cf1"
-author = "walking-skeleton test"
-valid_from = 2020-01-01T00:00:00Z
-
-[record.model]
-form = "linear"
-
-[record.model.coefficients]
-slope = 0.62
-intercept = 1.5
-"""
+        linear_pm25_record("skeleton-linear-2026", device_id, "walking-skeleton test", 0.62, 1.5)
     )
     return path
 
@@ -101,41 +90,16 @@ intercept = 1.5
 def _gateway_config(
     tmp_path: Path, local: MosquittoBroker, upstream: MosquittoBroker, records: Path
 ) -> Path:
-    path = tmp_path / "gateway.toml"
-    path.write_text(
-        f"""
-gateway_id = "{GATEWAY}"
-site_id = "{SITE}"
-data_dir = "{tmp_path / "gw-data"}"
-
-[location]
-lat = 16.4419
-lon = 102.8360
-name = "Khon Kaen test school"
-
-[local]
-host = "{local.host}"
-port = {local.port}
-
-[upstream]
-host = "{upstream.host}"
-port = {upstream.port}
-tls = false
-
-[calibration]
-records = "{records}"
-
-[inventory]
-allow_unknown = true
-
-[metrics]
-enabled = false
-
-[health]
-interval_s = 1
-"""
+    return write_gateway_toml(
+        tmp_path / "gateway.toml",
+        gateway_id=GATEWAY,
+        site_id=SITE,
+        data_dir=tmp_path / "gw-data",
+        location=(16.4419, 102.8360, "Khon Kaen test school"),
+        local=local,
+        upstream=upstream,
+        records=records,
     )
-    return path
 
 
 @pytest.fixture
@@ -143,11 +107,7 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[[Path], subprocess.Pope
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(config: Path) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_gateway", "--config", str(config)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        proc = start_gateway_process(config, stdout=subprocess.PIPE)
         procs.append(proc)
         return proc
 
@@ -166,6 +126,51 @@ def _observations(
     return [
         m for t, m in messages if t.endswith("/observation") and m.get("device_id") == device_id
     ]
+
+
+def _check_garbage_dead_lettered(
+    local_broker: MosquittoBroker, dead: Integrator, device_id: str
+) -> None:
+    # Garbage on the node's topic is refused with a reason and does not stop the gateway.
+    bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="garbage-sender")
+    bad.connect(local_broker.host, local_broker.port)
+    bad.loop_start()
+    topic = contract.node_topic(device_id, "reading")
+    bad.publish(topic, b"\x00\x01 not json", qos=1).wait_for_publish(5)
+    broken = contract.example("reading") | {"device_id": device_id, "seq": -5}
+    bad.publish(topic, json.dumps(broken), qos=1).wait_for_publish(5)
+    bad.loop_stop()
+    bad.disconnect()
+    assert dead.wait(lambda ms: len(ms) >= 2, timeout_s=20), "dead letters were not published"
+    reasons = [m["reason"] for _, m in dead.snapshot()]
+    assert any("JSON" in r for r in reasons), reasons
+    assert any("seq" in r for r in reasons), reasons
+    for _, m in dead.snapshot():
+        contract.validate("deadletter", m)
+
+
+def _check_observations(
+    observations: list[dict[str, Any]], registry: Registry, device_id: str
+) -> None:
+    keys = [(o["boot"], o["seq"]) for o in observations]
+    assert len(keys) == len(set(keys)), "an observation arrived twice"
+    assert keys == sorted(keys), "observations arrived out of order"
+    for obs in observations:
+        contract.validate("observation", obs)
+        assert obs["site_id"] == SITE and obs["gateway_id"] == GATEWAY
+        assert obs["kind"] == "air"
+        assert obs["location"]["lat"] == pytest.approx(16.4419)
+        raw = obs["raw"]["pm25_cf1"]["v"]
+        cal = obs["calibrated"]["pm25"]
+        when = datetime.fromtimestamp(obs["t"], UTC)
+        record = registry.find(device_id, "pm25", when)
+        assert record is not None
+        assert cal["calibration_id"] == "skeleton-linear-2026"
+        assert cal["v"] == pytest.approx(0.62 * raw + 1.5, abs=0.01)
+        assert cal["v"] == pytest.approx(record.apply({"pm25_cf1": raw}), abs=0.01)
+        assert 0 <= raw < 1000
+        for quantity, flag in obs["quality"].items():
+            assert flag in (1, 2, 3, 4, 9), quantity
 
 
 def test_readings_flow_from_firmware_through_gateway_to_platform(
@@ -195,23 +200,7 @@ def test_readings_flow_from_firmware_through_gateway_to_platform(
         )
         assert ok, "no observations reached the platform; node log:\n" + "\n".join(node.log[-30:])
 
-        # Garbage on the node's topic is refused with a reason and does not stop the gateway.
-        bad = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="garbage-sender")
-        bad.connect(local_broker.host, local_broker.port)
-        bad.loop_start()
-        topic = contract.node_topic(node.device_id, "reading")
-        bad.publish(topic, b"\x00\x01 not json", qos=1).wait_for_publish(5)
-        broken = contract.example("reading") | {"device_id": node.device_id, "seq": -5}
-        bad.publish(topic, json.dumps(broken), qos=1).wait_for_publish(5)
-        bad.loop_stop()
-        bad.disconnect()
-        assert dead.wait(lambda ms: len(ms) >= 2, timeout_s=20), "dead letters were not published"
-        reasons = [m["reason"] for _, m in dead.snapshot()]
-        assert any("JSON" in r for r in reasons), reasons
-        assert any("seq" in r for r in reasons), reasons
-        for _, m in dead.snapshot():
-            contract.validate("deadletter", m)
-
+        _check_garbage_dead_lettered(local_broker, dead, node.device_id)
         seen = len(_observations(integrator.snapshot(), node.device_id))
         assert integrator.wait(
             lambda ms: len(_observations(ms, node.device_id)) >= seen + 3, timeout_s=60
@@ -227,26 +216,19 @@ def test_readings_flow_from_firmware_through_gateway_to_platform(
             dead.close()
     assert gateway.returncode == 0, f"gateway exit code {gateway.returncode}"
 
-    observations = _observations(integrator.snapshot(), node.device_id)
-    keys = [(o["boot"], o["seq"]) for o in observations]
-    assert len(keys) == len(set(keys)), "an observation arrived twice"
-    assert keys == sorted(keys), "observations arrived out of order"
-    for obs in observations:
-        contract.validate("observation", obs)
-        assert obs["site_id"] == SITE and obs["gateway_id"] == GATEWAY
-        assert obs["kind"] == "air"
-        assert obs["location"]["lat"] == pytest.approx(16.4419)
-        raw = obs["raw"]["pm25_cf1"]["v"]
-        cal = obs["calibrated"]["pm25"]
-        when = datetime.fromtimestamp(obs["t"], UTC)
-        record = registry.find(node.device_id, "pm25", when)
-        assert record is not None
-        assert cal["calibration_id"] == "skeleton-linear-2026"
-        assert cal["v"] == pytest.approx(0.62 * raw + 1.5, abs=0.01)
-        assert cal["v"] == pytest.approx(record.apply({"pm25_cf1": raw}), abs=0.01)
-        assert 0 <= raw < 1000
-        for quantity, flag in obs["quality"].items():
-            assert flag in (1, 2, 3, 4, 9), quantity
+    _check_observations(
+        _observations(integrator.snapshot(), node.device_id), registry, node.device_id
+    )
+
+
+def _run_gateway(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge_gateway", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_gateway_config_errors_name_the_key_and_exit_non_zero(tmp_path: Path) -> None:
@@ -271,25 +253,13 @@ def test_gateway_config_errors_name_the_key_and_exit_non_zero(tmp_path: Path) ->
 
     bad = tmp_path / "bad.toml"
     bad.write_text('gateway_id = "gw-x-01"\nsite_id = "site-x-01"\n[upstream]\nport = "eighty"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "edge_gateway", "--config", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _run_gateway(bad)
     assert result.returncode != 0
     assert "upstream.port" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
 
     typo = tmp_path / "typo.toml"
     typo.write_text('gateway_id = "gw-x-01"\nsite_id = "site-x-01"\n[local]\nhots = "127.0.0.1"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "edge_gateway", "--config", str(typo)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _run_gateway(typo)
     assert result.returncode != 0
     assert "local.hots" in result.stderr + result.stdout

@@ -103,13 +103,14 @@ def _intact(st):
     return True
 
 
-def main():
-    image, cut = sys.argv[1], int(sys.argv[2])
-    ops = sys.argv[3:]
-    if image.startswith("dir:"):  # a simulated node's flash directory (host_tools/simnode.py)
+def _open(image, cut, ops):
+    """Mount the image (formatting it first for mkfs) at /flash and go there, or go to the
+    simulated node's flash directory; returns the block device (None for a directory) and the
+    OPs left."""
+    if image.startswith("dir:"):  # a simulated node's flash directory (host_tools/sim/simnode.py)
         os.chdir(image[4:])
-        dev = None
-    elif ops[0] == "mkfs":
+        return None, ops
+    if ops[0] == "mkfs":
         with open(image, "wb") as f:
             for _ in range(int(ops[1]) * _BS // 256):
                 f.write(b"\xff" * 256)
@@ -118,66 +119,85 @@ def main():
         vfs.VfsLfs2.mkfs(dev)
     else:
         dev = Flash(image, cut)
-    if not image.startswith("dir:"):
-        vfs.mount(vfs.VfsLfs2(dev), "/flash")
-        os.chdir("/flash")
-        sys.path.append("/flash")  # the factory install at the flash root, as '' on an ESP32
+    vfs.mount(vfs.VfsLfs2(dev), "/flash")
+    os.chdir("/flash")
+    sys.path.append("/flash")  # the factory install at the flash root, as '' on an ESP32
+    return dev, ops
+
+
+def _ota_op(op, arg, peak, out):
+    """install BUNDLE_DIR or keys DIR, what the OTA code says in ``out``."""
+    from node import ota
+
+    try:
+        if op == "install":
+            out["ver"] = ota.install(Dir(arg, peak), "sim", "air")
+        else:
+            out["seq"] = ota.update_keys(Dir(arg))
+    except ota.Refused as e:
+        out["refused"] = str(e)
+    except OSError as e:
+        out["oserror"] = str(e)
+
+
+def _slot_op(op, out):
+    """boot (and import the probe it runs), or verify the slot the next boot runs."""
+    import otaslot
+
+    if op == "boot":
+        st = otaslot.boot()
+        import probe
+
+        out.update(state=st, probe=probe.V, intact=_intact(st))
+    else:  # the slot the next boot runs, checked without booting it
+        st = otaslot.load()
+        with open(("ota/%s/probe.py" % st["slot"]) if st.get("slot") else "probe.py") as f:
+            out.update(ver=st["ver"], intact=_intact(st), probe_text=f.read())
+
+
+def _op(op, arg, peak, out):
+    """Run one OP; returns how many arguments it took."""
+    if op == "factory":
+        with open("probe.py", "w") as f:
+            f.write("V = 0\n")
+        os.mkdir("ota")
+        with open(arg) as src, open("ota/keys.txt", "w") as dst:
+            dst.write(src.read())
+        return 1
+    if op in ("install", "keys"):
+        _ota_op(op, arg, peak, out)
+        return 1
+    if op in ("boot", "verify"):
+        _slot_op(op, out)
+    elif op == "healthy":
+        from node import ota
+
+        out["state"] = ota.healthy()
+    elif op == "fill":
+        with open("filler.bin", "wb") as f:
+            left = int(arg)
+            while left > 0:
+                f.write(bytes(min(1024, left)))
+                left -= 1024
+        s = os.statvfs(".")
+        out["free"] = s[0] * s[4]
+        return 1
+    elif op == "peak":
+        out["heap"] = gc.mem_free() + gc.mem_alloc()
+        out["min_free"] = peak[0]
+    return 0
+
+
+def main():
+    image, cut = sys.argv[1], int(sys.argv[2])
+    dev, ops = _open(image, cut, sys.argv[3:])
     peak = [gc.mem_free()]
-    board, kind = "sim", "air"
     i = 0
     while i < len(ops):
         op = ops[i]
         arg = ops[i + 1] if i + 1 < len(ops) else None
         out = {"op": op}
-        if op == "factory":
-            with open("probe.py", "w") as f:
-                f.write("V = 0\n")
-            os.mkdir("ota")
-            with open(arg) as src, open("ota/keys.txt", "w") as dst:
-                dst.write(src.read())
-            i += 1
-        elif op in ("install", "keys"):
-            from node import ota
-
-            try:
-                if op == "install":
-                    out["ver"] = ota.install(Dir(arg, peak), board, kind)
-                else:
-                    out["seq"] = ota.update_keys(Dir(arg))
-            except ota.Refused as e:
-                out["refused"] = str(e)
-            except OSError as e:
-                out["oserror"] = str(e)
-            i += 1
-        elif op == "boot":
-            import otaslot
-
-            st = otaslot.boot()
-            import probe
-
-            out.update(state=st, probe=probe.V, intact=_intact(st))
-        elif op == "verify":  # the slot the next boot runs, checked without booting it
-            import otaslot
-
-            st = otaslot.load()
-            with open(("ota/%s/probe.py" % st["slot"]) if st.get("slot") else "probe.py") as f:
-                out.update(ver=st["ver"], intact=_intact(st), probe_text=f.read())
-        elif op == "healthy":
-            from node import ota
-
-            out["state"] = ota.healthy()
-        elif op == "fill":
-            with open("filler.bin", "wb") as f:
-                left = int(arg)
-                while left > 0:
-                    f.write(bytes(min(1024, left)))
-                    left -= 1024
-            s = os.statvfs(".")
-            out["free"] = s[0] * s[4]
-            i += 1
-        elif op == "peak":
-            out["heap"] = gc.mem_free() + gc.mem_alloc()
-            out["min_free"] = peak[0]
+        i += _op(op, arg, peak, out)
         print(json.dumps(out))
         i += 1
     print(json.dumps({"writes": dev.writes if dev else 0}))

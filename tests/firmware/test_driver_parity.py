@@ -12,7 +12,7 @@ from typing import Any
 from boards import DRIVERS, KINDS, list_boards, load_board
 from boards.drivers import FIRMWARE, declarations, kind_names, kind_units, module_literals
 
-fakes: Any = __import__("host_tools.simboard.fakes", fromlist=["fakes"])
+fakes: Any = __import__("host_tools.sim.models.fakes", fromlist=["fakes"])
 
 
 def _class(module: str, name: str) -> ast.ClassDef:
@@ -168,7 +168,7 @@ def test_kinds_channel_names_and_units_match_the_declared_values() -> None:
 
 
 def test_simulator_has_a_fake_per_driver_module_speaking_its_bus() -> None:
-    from host_tools.simnode import FAKES, SimClock, SimHardware
+    from host_tools.sim.simnode import FAKES, SimClock, SimHardware
 
     modules = {d.module for d in declarations().values()}
     assert set(FAKES) == modules

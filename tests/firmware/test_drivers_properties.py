@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 _ROOT = Path(__file__).resolve().parents[2]
-for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "simboard"):
+for _p in (_ROOT / "firmware", _ROOT / "host_tools" / "sim" / "models"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 

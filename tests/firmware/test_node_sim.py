@@ -1,5 +1,5 @@
 """The real node firmware under the real MicroPython unix port on the simulated board
-(host_tools/simnode.py), against a real Mosquitto. A small paho peer plays the gateway: it
+(host_tools/sim/simnode.py), against a real Mosquitto. A small paho peer plays the gateway: it
 validates every message against the contract, records readings and sends custody acks."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import paho.mqtt.client as paho
 import pytest
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
-from host_tools.simnode import SOFT_RESET, SimNode
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.simnode import SOFT_RESET, SimNode
 
 pytestmark = [pytest.mark.micropython, pytest.mark.broker]
 
@@ -288,24 +288,8 @@ def _ack(
     return next(a for a in gateway.acks[dev] if a["id"] == cid)
 
 
-def test_commands_are_acknowledged_and_set_takes_effect(
-    broker: MosquittoBroker, gateway: Gateway, nodes: list[SimNode]
-) -> None:
-    cfg = {"intervals": {"sample_s": 10, "report_s": 30, "status_s": 600}}
-    node = _node(nodes, "air", broker, speed=60, config_overrides=cfg).start()
-    dev = node.device_id
-    gateway.wait(lambda: gateway.n_readings(dev) >= 2, 30, "readings")
-    assert gateway.readings[dev][-1]["n"] == 3
-    # The node's config is in its own (here: simulated-speed) seconds: 1.0 s = 6 samples.
-    gateway.command(
-        dev, {"v": 1, "id": "c-set", "cmd": "set", "args": {"intervals": {"report_s": 1.0}}}
-    )
-    ack = _ack(gateway, dev, "c-set", node=node)
-    assert ack["ok"] is True and ack["error"] is None
-    gateway.wait(
-        lambda: sum(r["n"] == 6 for r in gateway.readings[dev]) >= 2, 30, "6-sample reports"
-    )
-    assert json.loads((node.flash_dir / "config.json").read_text())["intervals"]["report_s"] == 1.0
+def _check_bad_commands_refused(gateway: Gateway, dev: str) -> None:
+    """A wrong type, key, command or range, and a payload that is not JSON: refused in the ack."""
     bad = [
         (
             "c-type",
@@ -331,6 +315,27 @@ def test_commands_are_acknowledged_and_set_takes_effect(
         20,
         "bad JSON ack",
     )
+
+
+def test_commands_are_acknowledged_and_set_takes_effect(
+    broker: MosquittoBroker, gateway: Gateway, nodes: list[SimNode]
+) -> None:
+    cfg = {"intervals": {"sample_s": 10, "report_s": 30, "status_s": 600}}
+    node = _node(nodes, "air", broker, speed=60, config_overrides=cfg).start()
+    dev = node.device_id
+    gateway.wait(lambda: gateway.n_readings(dev) >= 2, 30, "readings")
+    assert gateway.readings[dev][-1]["n"] == 3
+    # The node's config is in its own (here: simulated-speed) seconds: 1.0 s = 6 samples.
+    gateway.command(
+        dev, {"v": 1, "id": "c-set", "cmd": "set", "args": {"intervals": {"report_s": 1.0}}}
+    )
+    ack = _ack(gateway, dev, "c-set", node=node)
+    assert ack["ok"] is True and ack["error"] is None
+    gateway.wait(
+        lambda: sum(r["n"] == 6 for r in gateway.readings[dev]) >= 2, 30, "6-sample reports"
+    )
+    assert json.loads((node.flash_dir / "config.json").read_text())["intervals"]["report_s"] == 1.0
+    _check_bad_commands_refused(gateway, dev)
     n_status = len(gateway.statuses.get(dev, []))
     gateway.command(dev, {"v": 1, "id": "c-status", "cmd": "status"})
     assert _ack(gateway, dev, "c-status")["ok"] is True
@@ -559,8 +564,8 @@ def test_selftest_prints_one_line_for_verify(
     """node.selftest.run() as `cityedge node verify` runs it, beside the running node."""
     import subprocess
 
-    from host_tools.simnode import compile_tree
-    from host_tools.verify import parse_selftest
+    from host_tools.field.verify import parse_selftest
+    from host_tools.sim.simnode import compile_tree
     from tests.support.tools import micropython
 
     node = _node(nodes, "air", broker, speed=60).start()

@@ -3,7 +3,7 @@ rotation, A/B switch, probation and rollback, and a power cut at every flash wri
 
 The node's flash is a littlefs image (tests/firmware/ota_node.py) on a block device that
 counts block writes and erases; a cut kills the process (SIGKILL) before the k-th one.
-Bundles are made with the host tools (host_tools/release.py) and signed with `cryptography`.
+Bundles are made with the host tools (host_tools/field/release.py) and signed with `cryptography`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from host_tools import release
-from host_tools.brokers import MosquittoBroker
-from host_tools.simnode import SimNode, compile_tree
+from host_tools.field import release
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.simnode import SimNode, compile_tree
 from tests.support.tools import micropython, mpy_cross
 
 pytestmark = pytest.mark.micropython

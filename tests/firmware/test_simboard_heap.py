@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.simnode import SIM_HEAP, SimNode
+from host_tools.sim.simnode import SIM_HEAP, SimNode
 
 pytestmark = pytest.mark.micropython
 

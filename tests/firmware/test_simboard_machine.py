@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from host_tools.simnode import (
+from host_tools.sim.simnode import (
     DEEPSLEEP_RESET,
     HARD_RESET,
     PWRON_RESET,

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support.tools import SIMBOARD, micropython, mpy_cross
+from tests.support.tools import SIM_MODELS, micropython, mpy_cross
 
-signals: Any = importlib.import_module("host_tools.simboard.signals")
+signals: Any = importlib.import_module("host_tools.sim.models.signals")
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -204,7 +204,7 @@ def test_micropython_computes_the_same_signals(tmp_path: Any) -> None:
         "    print(json.dumps([w['temp'], w['rh'], m.pm(t, w['rh'])['pm25'], m.canal(t)['distance_m'], m.bay(t)['z']]))\n"
     )
     subprocess.run(
-        [mpy_cross(), "-o", str(tmp_path / "signals.mpy"), str(SIMBOARD / "signals.py")],
+        [mpy_cross(), "-o", str(tmp_path / "signals.mpy"), str(SIM_MODELS / "signals.py")],
         check=True,
         timeout=60,
     )

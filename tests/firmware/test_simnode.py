@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from boards import load_board
-from host_tools.brokers import free_port
-from host_tools.simnode import (
+from host_tools.sim.brokers import free_port
+from host_tools.sim.simnode import (
     HARD_RESET,
     PWRON_RESET,
     LinkProxy,
@@ -372,7 +372,7 @@ def test_node_dies_with_its_launcher(tmp_path: Path) -> None:
     script.write_text("import time\nprint('up')\nwhile True:\n    time.sleep_ms(50)\n")
     launcher = (
         "import sys, time\n"
-        "from host_tools.simnode import SimNode\n"
+        "from host_tools.sim.simnode import SimNode\n"
         f"n = SimNode('air', broker='{BROKER}', main={str(script)!r}, flash_dir={str(tmp_path / 'f')!r})\n"
         "n.start()\n"
         "n.wait_for('^up$')\n"

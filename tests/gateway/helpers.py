@@ -20,7 +20,7 @@ from typing import Any
 import aiomqtt
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 
 # Mosquitto started as root drops to the `mosquitto` user unless told otherwise, and then cannot
 # read certificates or write persistence files under pytest's 0700 temporary directories.

@@ -19,7 +19,7 @@ import aiomqtt
 import pytest
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import gateway_config, run_async
 from tests.gateway.test_crash import write_toml
 from tests.support.tools import REPO
@@ -171,7 +171,7 @@ async def test_completeness_counts_by_sample_time_and_survives_a_restart(
 
 def test_demo_nodes_each_carry_their_own_location(tmp_path: Path) -> None:
     from edge_gateway.config import GatewayConfig
-    from host_tools.demo import _gateway_config
+    from host_tools.sim.demo import _gateway_config
 
     nodes = [
         ("ce-0000000000a1", "air"),

@@ -19,7 +19,7 @@ from edge_gateway import bounds, contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.ingest import Accepted, Rejected, classify, reading_is_valid
-from host_tools.brokers import MosquittoBroker, free_port
+from host_tools.sim.brokers import MosquittoBroker, free_port
 from tests.gateway import hostile
 from tests.gateway.helpers import (
     AS_INVOKER,
@@ -31,7 +31,7 @@ from tests.gateway.helpers import (
     stop_process,
     wait_ready,
 )
-from tests.gateway.test_crash import start_gateway, write_toml
+from tests.gateway.rig import GatewayProcess
 
 
 @run_async
@@ -200,24 +200,9 @@ def test_specific_rejections() -> None:
     assert isinstance(r, Rejected) and r.reason_code == "not_json"
 
 
-@run_async
-async def test_live_burst_of_garbage_is_dead_lettered_and_counted(
-    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path
-) -> None:
-    inventory = {"allow_unknown": False, "device": [{"id": DEV, "kind": "air"}]}
-    config = GatewayConfig.from_dict(
-        gateway_config(
-            local_broker,
-            upstream_broker,
-            tmp_path,
-            inventory=inventory,
-            metrics={"enabled": True, "port": 0},
-        )
-    )
-    gw = Gateway(config)
-    task = asyncio.create_task(gw.run())
-    await wait_ready(gw)
-    rng = random.Random(7)
+def _garbage(rng: random.Random) -> list[tuple[str, bytes]]:
+    """300 bad messages, six sorts in turn: random bytes, a schema error, huge, an unknown
+    device, a payload naming another device, a bad status."""
     bad: list[tuple[str, bytes]] = []
     for i in range(300):
         choice = i % 6
@@ -241,6 +226,44 @@ async def test_live_burst_of_garbage_is_dead_lettered_and_counted(
             bad.append((TOPIC, json.dumps(reading("ce-0000000b0b0b", "air", 1, i)).encode()))
         else:
             bad.append((contract.node_topic(DEV, "status"), b'{"v": 1, "device_id": 5}'))
+    return bad
+
+
+def _check_dead_letters_counted(
+    s: dict[str, Any], bad: list[tuple[str, bytes]], dead: list[dict[str, Any]]
+) -> None:
+    assert s["dead_letters"] == len(bad)
+    assert s["readings_stored"] == 10
+    assert sum(s["dead_letters_by_reason"].values()) == len(bad)
+    assert set(s["dead_letters_by_reason"]) >= {
+        "not_json",
+        "schema",
+        "too_large",
+        "unknown_device",
+        "device_mismatch",
+    }
+    for d in dead:
+        contract.validate("deadletter", d)
+
+
+@run_async
+async def test_live_burst_of_garbage_is_dead_lettered_and_counted(
+    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    inventory = {"allow_unknown": False, "device": [{"id": DEV, "kind": "air"}]}
+    config = GatewayConfig.from_dict(
+        gateway_config(
+            local_broker,
+            upstream_broker,
+            tmp_path,
+            inventory=inventory,
+            metrics={"enabled": True, "port": 0},
+        )
+    )
+    gw = Gateway(config)
+    task = asyncio.create_task(gw.run())
+    await wait_ready(gw)
+    bad = _garbage(random.Random(7))
     dead: list[dict[str, Any]] = []
     try:
         async with aiomqtt.Client(local_broker.host, local_broker.port, identifier="fuzzer") as c:
@@ -256,19 +279,7 @@ async def test_live_burst_of_garbage_is_dead_lettered_and_counted(
                     dead.append(json.loads(bytes(m.payload)))  # type: ignore[arg-type]
                     if len(dead) == len(bad):
                         break
-        s = gw.stats()
-        assert s["dead_letters"] == len(bad)
-        assert s["readings_stored"] == 10
-        assert sum(s["dead_letters_by_reason"].values()) == len(bad)
-        assert set(s["dead_letters_by_reason"]) >= {
-            "not_json",
-            "schema",
-            "too_large",
-            "unknown_device",
-            "device_mismatch",
-        }
-        for d in dead:
-            contract.validate("deadletter", d)
+        _check_dead_letters_counted(gw.stats(), bad, dead)
         assert not task.done()
         url = f"http://127.0.0.1:{gw.metrics_port}/metrics"
         text = await asyncio.to_thread(
@@ -350,6 +361,48 @@ def _vm(pid: int, field: str) -> float:
     return float("nan")
 
 
+async def _attack(
+    local: MosquittoBroker, items: list[tuple[str, bytes]], rounds: int, node: FakeNode, gwp: Any
+) -> float:
+    """The corpus ``rounds`` times, a good reading after each 100; returns the peak RSS seen."""
+    proc = gwp.proc
+    peak = 0.0
+    async with aiomqtt.Client(
+        local.host, local.port, identifier="attacker", max_queued_outgoing_messages=0
+    ) as attacker:
+        for _round in range(rounds):
+            for start in range(0, len(items), 100):  # QoS 1 and 0, 100 at a time in flight
+                await asyncio.gather(
+                    *(
+                        attacker.publish(TOPIC, payload, qos=i % 2)
+                        for i, (_what, payload) in enumerate(items[start : start + 100])
+                    )
+                )
+                await node.publish(1)
+                peak = max(peak, _vm(proc.pid, "VmRSS"))
+            assert proc.poll() is None, gwp.log_tail()
+    return peak
+
+
+async def _wait_counted(
+    metrics: Callable[[], str], platform: Platform, sent_bad: int, want: int
+) -> None:
+    """Until every bad message is counted and every good reading forwarded."""
+    async with asyncio.timeout(90):
+        while True:
+            text = await asyncio.to_thread(metrics)
+            if (
+                _metric(text, "cityedge_gateway_dead_letters_total") >= sent_bad
+                and len({o["seq"] for o in platform.observations()}) >= want
+            ):
+                break
+            await asyncio.sleep(0.3)
+
+
+def _metrics_text(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
 @run_async
 async def test_gateway_process_survives_the_corpus_and_keeps_forwarding(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
@@ -361,14 +414,12 @@ async def test_gateway_process_survives_the_corpus_and_keeps_forwarding(
     upstream = broker_factory("upstream")
     port = free_port()
     cfg = gateway_config(local, upstream, tmp_path, metrics={"enabled": True, "port": port})
-    write_toml(tmp_path / "gateway.toml", cfg)
-    log = tmp_path / "gateway.log"
-    proc = start_gateway(tmp_path / "gateway.toml", log)
+    gwp = GatewayProcess(tmp_path, cfg).start()
+    proc, log = gwp.proc, gwp.log
     platform = await Platform(upstream).start()
-    url = f"http://127.0.0.1:{port}/metrics"
 
     def metrics() -> str:
-        return urllib.request.urlopen(url, timeout=5).read().decode()
+        return _metrics_text(port)
 
     try:
         node = await FakeNode(local, "ce-0000000c0c0c", "air").start()
@@ -376,34 +427,12 @@ async def test_gateway_process_survives_the_corpus_and_keeps_forwarding(
         await node.wait_acked(20)  # the gateway is subscribed and storing
         items = list(hostile.corpus(DEV, 1000, random.Random(3)))
         rounds = 4
-        peak = 0.0
-        async with aiomqtt.Client(
-            local.host, local.port, identifier="attacker", max_queued_outgoing_messages=0
-        ) as attacker:
-            for _round in range(rounds):
-                for start in range(0, len(items), 100):  # QoS 1 and 0, 100 at a time in flight
-                    await asyncio.gather(
-                        *(
-                            attacker.publish(TOPIC, payload, qos=i % 2)
-                            for i, (_what, payload) in enumerate(items[start : start + 100])
-                        )
-                    )
-                    await node.publish(1)
-                    peak = max(peak, _vm(proc.pid, "VmRSS"))
-                assert proc.poll() is None, log.read_text()[-3000:]
+        peak = await _attack(local, items, rounds, node, gwp)
         sent_bad = rounds * len(items)
         await node.publish(5)
         await node.wait_acked(60)
         want = node.next_seq
-        async with asyncio.timeout(90):
-            while True:
-                text = await asyncio.to_thread(metrics)
-                if (
-                    _metric(text, "cityedge_gateway_dead_letters_total") >= sent_bad
-                    and len({o["seq"] for o in platform.observations()}) >= want
-                ):
-                    break
-                await asyncio.sleep(0.3)
+        await _wait_counted(metrics, platform, sent_bad, want)
         assert proc.poll() is None
         text = await asyncio.to_thread(metrics)
         assert _metric(text, "cityedge_gateway_dead_letters_total") == sent_bad
@@ -423,6 +452,33 @@ async def test_gateway_process_survives_the_corpus_and_keeps_forwarding(
         stop_process(proc)
 
 
+async def _flood(local: MosquittoBroker, bad: list[bytes], node: FakeNode) -> int:
+    """12 000 QoS 0 messages, 500 at a time: a reading from one of 1 500 made-up devices every
+    fourth, bad payloads between; a good reading every 1 500. Returns how many were sent."""
+    sent = 0
+    flooder = aiomqtt.Client(local.host, local.port, identifier="flooder")
+    flooder.pending_calls_threshold = 1_000_000
+    async with flooder:
+        for start in range(0, 12_000, 500):
+            batch = []
+            for i in range(start, start + 500):
+                if i % 4 == 0:
+                    dev = f"ce-{0xA00000 + (i // 4) % 1500:012x}"  # 3 000 sends: 1 500 ids
+                    batch.append(
+                        (
+                            contract.node_topic(dev, "reading"),
+                            json.dumps(hostile.base_reading(dev, i)).encode(),
+                        )
+                    )
+                else:
+                    batch.append((TOPIC, bad[i % len(bad)]))
+            await asyncio.gather(*(flooder.publish(t, p, qos=0) for t, p in batch))
+            sent += len(batch)
+            if start % 1500 == 0:
+                await node.publish(1)
+    return sent
+
+
 @run_async
 async def test_memory_stays_bounded_under_a_flood(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
@@ -435,9 +491,8 @@ async def test_memory_stays_bounded_under_a_flood(
     upstream = broker_factory("upstream")
     port = free_port()
     cfg = gateway_config(local, upstream, tmp_path, metrics={"enabled": True, "port": port})
-    write_toml(tmp_path / "gateway.toml", cfg)
-    log = tmp_path / "gateway.log"
-    proc = start_gateway(tmp_path / "gateway.toml", log)
+    gwp = GatewayProcess(tmp_path, cfg).start()
+    proc = gwp.proc
     platform = await Platform(upstream).start()
     rng = random.Random(5)
     bad = [p for _w, p in hostile.corpus(DEV, 0, rng)]
@@ -446,28 +501,8 @@ async def test_memory_stays_bounded_under_a_flood(
         await node.publish(1)
         await node.wait_acked(20)
         baseline = _vm(proc.pid, "VmRSS")
-        sent = 0
-        flooder = aiomqtt.Client(local.host, local.port, identifier="flooder")
-        flooder.pending_calls_threshold = 1_000_000
-        async with flooder:
-            for start in range(0, 12_000, 500):
-                batch = []
-                for i in range(start, start + 500):
-                    if i % 4 == 0:
-                        dev = f"ce-{0xA00000 + (i // 4) % 1500:012x}"  # 3 000 sends: 1 500 ids
-                        batch.append(
-                            (
-                                contract.node_topic(dev, "reading"),
-                                json.dumps(hostile.base_reading(dev, i)).encode(),
-                            )
-                        )
-                    else:
-                        batch.append((TOPIC, bad[i % len(bad)]))
-                await asyncio.gather(*(flooder.publish(t, p, qos=0) for t, p in batch))
-                sent += len(batch)
-                if start % 1500 == 0:
-                    await node.publish(1)
-        assert proc.poll() is None, log.read_text()[-3000:]
+        sent = await _flood(local, bad, node)
+        assert proc.poll() is None, gwp.log_tail()
         await node.publish(3)
         await node.wait_acked(90)
         await platform.wait_for(
@@ -480,13 +515,7 @@ async def test_memory_stays_bounded_under_a_flood(
         hwm = _vm(proc.pid, "VmHWM")
         print(f"flood of {sent}: RSS {baseline:.1f} MB before, peak {hwm:.1f} MB")
         assert hwm <= 80, f"peak RSS {hwm:.1f} MB"
-        text = await asyncio.to_thread(
-            lambda: (
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
-                .read()
-                .decode()
-            )
-        )
+        text = await asyncio.to_thread(_metrics_text, port)
         assert 'reason="too_many_devices"' in text
         assert proc.poll() is None
         await node.stop()

@@ -1,6 +1,6 @@
 """The gateway process killed with SIGKILL at random moments under load and restarted: nothing a
 node got custody for is lost, nothing reaches the platform twice (QoS 2 with the packet ids kept
-in the store: edge_gateway/upstream.py), and per device the live and the replayed stream each
+in the store: edge_gateway/flight.py), and per device the live and the replayed stream each
 arrive in sample order."""
 
 from __future__ import annotations
@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,39 +22,26 @@ import pytest
 from edge_gateway import contract
 from edge_gateway.app import Gateway, _limits
 from edge_gateway.config import GatewayConfig
+from edge_gateway.flight import wire_payload
+from edge_gateway.qos2link import Qos2Link
 from edge_gateway.store import Entry, Store
-from edge_gateway.upstream import Qos2Link, wire_payload
-from host_tools.brokers import MosquittoBroker
-from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async, wait_ready
-from tests.support.tools import REPO
+from host_tools.sim.brokers import MosquittoBroker
+from tests.gateway.helpers import Platform, gateway_config, run_async, wait_ready
+from tests.gateway.rig import (
+    GatewayProcess,
+    Load,
+    assert_none_lost,
+    one_each,
+    start_nodes,
+    stop_all,
+    wait_all_forwarded,
+)
+from tests.gateway.rig import start_gateway as start_gateway  # re-exported: other tests import it
+from tests.gateway.rig import write_toml as write_toml
 
 pytestmark = pytest.mark.broker
 
 KILLS = 5
-
-
-def write_toml(path: Path, cfg: dict) -> None:
-    """A tiny TOML writer for the flat tables the tests use."""
-    lines: list[str] = []
-    tables = {k: v for k, v in cfg.items() if isinstance(v, dict)}
-    for k, v in cfg.items():
-        if not isinstance(v, dict):
-            lines.append(f"{k} = {json.dumps(v)}")
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        for k, v in table.items():
-            lines.append(f"{k} = {json.dumps(v)}")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edge_gateway", "--config", str(config)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("ab"),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 @run_async
@@ -65,82 +50,65 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(
 ) -> None:
     local = broker_factory("local")
     upstream = broker_factory("upstream")
-    cfg = gateway_config(local, upstream, tmp_path)
-    write_toml(tmp_path / "gateway.toml", cfg)
-    log = tmp_path / "gateway.log"
+    gwp = GatewayProcess(tmp_path, gateway_config(local, upstream, tmp_path))
     rng = random.Random(20261122)
     platform = await Platform(upstream).start()
-    nodes = [
-        await FakeNode(local, f"ce-00000000d00{i}", "water", resend_after_s=1.5).start()
-        for i in range(3)
-    ]
-    proc = start_gateway(tmp_path / "gateway.toml", log)
+    nodes = await start_nodes(local, [f"ce-00000000d00{i}" for i in range(3)], "water", 1.5)
+    proc = gwp.start().proc
     # Custody for a first reading: the gateway's session on the site broker exists from here on
     # (a reading published before it ever subscribed reaches it only as the node's resend).
     await nodes[0].publish(1)
     await nodes[0].wait_acked(20)
-    stop_load = asyncio.Event()
-
-    async def load() -> None:
-        while not stop_load.is_set():
-            for node in nodes:
-                await node.publish(1)
-            await asyncio.sleep(0.01)  # ~300 readings/s in all
-
-    loader = asyncio.create_task(load())
+    loader = Load(one_each(nodes, 0.01)).start()  # ~300 readings/s in all
     try:
         for _ in range(KILLS):
             await asyncio.sleep(rng.uniform(0.8, 2.0))
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
             await asyncio.sleep(rng.uniform(0.0, 0.5))
-            proc = start_gateway(tmp_path / "gateway.toml", log)
+            proc = gwp.start().proc
         await asyncio.sleep(1.5)
-        stop_load.set()
-        await loader
-        produced = {n.device_id: n.next_seq for n in nodes}
-        total = sum(produced.values())
-        for node in nodes:
-            await node.wait_acked(30)
-        await platform.wait_for(
-            lambda: len({(o["device_id"], o["seq"]) for o in platform.observations()}) >= total,
-            timeout_s=40,
-        )
+        await loader.stop()
+        produced = await wait_all_forwarded(nodes, platform, 30, 40)
         await asyncio.sleep(0.5)
-        obs = platform.observations()
-        keys = Counter((o["device_id"], o["boot"], o["seq"]) for o in obs)
-        for dev, n in produced.items():
-            got = {seq for (d, _b, seq) in keys if d == dev}
-            assert got == set(range(n)), f"{dev}: lost {sorted(set(range(n)) - got)[:10]}"
-        dups = sum(c - 1 for c in keys.values())
-        assert dups == 0, f"{dups} duplicates: {[k for k, c in keys.items() if c > 1][:10]}"
-        for dev in produced:
-            for replay in (False, True):
-                seqs = [o["seq"] for o in obs if o["device_id"] == dev and o["replay"] is replay]
-                assert seqs == sorted(seqs), f"{dev}: replay={replay} stream out of order"
-        # Every resend after a kill was byte-identical to the first PUBLISH of that packet id.
-        assert "Reused message ID" not in upstream.log_path.read_text(errors="replace")
-        for o in obs[:20]:
-            contract.validate("observation", o)
-        healths = [b for t, b in platform.messages if t.endswith("/health")]
-        assert any(h["state"] == "offline" for h in healths), "no last will after a SIGKILL"
-        replayed = sum(1 for o in obs if o["replay"])
-        print(
-            f"crash test: {total} readings, {KILLS} kills, {dups} upstream duplicates, "
-            f"{replayed} replayed, order kept"
-        )
+        _check_once_and_in_order(platform, upstream, produced)
     finally:
-        stop_load.set()
         loader.cancel()
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
-        for node in nodes:
-            await node.stop()
-        await platform.stop()
-    assert proc.returncode == 0, log.read_text()[-3000:]
+        await stop_all(nodes, platform)
+    assert proc.returncode == 0, gwp.log_tail()
+
+
+def _check_once_and_in_order(
+    platform: Platform, upstream: MosquittoBroker, produced: dict[str, int]
+) -> None:
+    """None lost, none twice, each device's live and replayed stream in order, no packet id
+    reused with other bytes, the last will sent."""
+    total = sum(produced.values())
+    obs = platform.observations()
+    keys = Counter((o["device_id"], o["boot"], o["seq"]) for o in obs)
+    assert_none_lost(keys, produced)
+    dups = sum(c - 1 for c in keys.values())
+    assert dups == 0, f"{dups} duplicates: {[k for k, c in keys.items() if c > 1][:10]}"
+    for dev in produced:
+        for replay in (False, True):
+            seqs = [o["seq"] for o in obs if o["device_id"] == dev and o["replay"] is replay]
+            assert seqs == sorted(seqs), f"{dev}: replay={replay} stream out of order"
+    # Every resend after a kill was byte-identical to the first PUBLISH of that packet id.
+    assert "Reused message ID" not in upstream.log_path.read_text(errors="replace")
+    for o in obs[:20]:
+        contract.validate("observation", o)
+    healths = [b for t, b in platform.messages if t.endswith("/health")]
+    assert any(h["state"] == "offline" for h in healths), "no last will after a SIGKILL"
+    replayed = sum(1 for o in obs if o["replay"])
+    print(
+        f"crash test: {total} readings, {KILLS} kills, {dups} upstream duplicates, "
+        f"{replayed} replayed, order kept"
+    )
 
 
 @run_async
@@ -162,40 +130,8 @@ async def test_rows_left_at_each_step_of_the_qos2_handshake_are_delivered_once(
             {"device_id": dev, "boot": 1, "seq": seq, "replay": False}, separators=(",", ":")
         ).encode()
 
-    store = Store(config.store_path, _limits(config))
-    store.open()
-    store.commit([Entry(topic, payload(seq), time.time(), key=(dev, 1, seq)) for seq in range(5)])
-    ids = [row.id for row in store.fetch(0, 10)]
-    # seq 0: PUBLISHed, the broker sent PUBREC, the gateway died before committing "released".
-    # seq 1: sent as backlog (replay), PUBREC committed as released, died before the PUBREL.
-    # seq 2: released, PUBREL sent and PUBCOMP received, died before the (lazy) delete.
-    # seq 3: packet id committed, died before the PUBLISH left.   seq 4: never sent.
-    store.flight_commit(
-        [(ids[0], 1, False), (ids[1], 2, True), (ids[2], 3, False), (ids[3], 4, False)]
-    )
-    store.flight_commit(released=[ids[1], ids[2]])
-    store.close()
-
-    recs: set[int] = set()
-    comps: set[int] = set()
-    dead = aiomqtt.Client(
-        upstream.host,
-        upstream.port,
-        identifier=f"cityedge-{config.gateway_id}-up",
-        clean_session=False,
-        timeout=5,
-    )
-    link = Qos2Link(dead, recs.add, comps.add)
-    async with dead:
-        for seq, mid, replay in ((0, 1, False), (1, 2, True), (2, 3, False)):
-            link.publish(mid, topic, wire_payload(payload(seq), replay), dup=False)
-        async with asyncio.timeout(5):
-            while recs != {1, 2, 3}:
-                await asyncio.sleep(0.01)
-        link.pubrel(3)
-        async with asyncio.timeout(5):
-            while comps != {3}:
-                await asyncio.sleep(0.01)
+    _store_as_the_dead_gateway_left_it(config, dev, topic, payload)
+    await _session_as_the_dead_connection_left_it(upstream, config, topic, payload)
     await platform.wait_for(lambda: len(platform.observations()) == 1, timeout_s=5)
 
     gw = Gateway(config)
@@ -221,6 +157,49 @@ async def test_rows_left_at_each_step_of_the_qos2_handshake_are_delivered_once(
         gw.request_stop()
         await task
         await platform.stop()
+
+
+def _store_as_the_dead_gateway_left_it(
+    config: GatewayConfig, dev: str, topic: str, payload: Callable[[int], bytes]
+) -> None:
+    store = Store(config.store_path, _limits(config))
+    store.open()
+    store.commit([Entry(topic, payload(seq), time.time(), key=(dev, 1, seq)) for seq in range(5)])
+    ids = [row.id for row in store.fetch(0, 10)]
+    # seq 0: PUBLISHed, the broker sent PUBREC, the gateway died before committing "released".
+    # seq 1: sent as backlog (replay), PUBREC committed as released, died before the PUBREL.
+    # seq 2: released, PUBREL sent and PUBCOMP received, died before the (lazy) delete.
+    # seq 3: packet id committed, died before the PUBLISH left.   seq 4: never sent.
+    store.flight_commit(
+        [(ids[0], 1, False), (ids[1], 2, True), (ids[2], 3, False), (ids[3], 4, False)]
+    )
+    store.flight_commit(released=[ids[1], ids[2]])
+    store.close()
+
+
+async def _session_as_the_dead_connection_left_it(
+    upstream: MosquittoBroker, config: GatewayConfig, topic: str, payload: Callable[[int], bytes]
+) -> None:
+    recs: set[int] = set()
+    comps: set[int] = set()
+    dead = aiomqtt.Client(
+        upstream.host,
+        upstream.port,
+        identifier=f"cityedge-{config.gateway_id}-up",
+        clean_session=False,
+        timeout=5,
+    )
+    link = Qos2Link(dead, recs.add, comps.add)
+    async with dead:
+        for seq, mid, replay in ((0, 1, False), (1, 2, True), (2, 3, False)):
+            link.publish(mid, topic, wire_payload(payload(seq), replay), dup=False)
+        async with asyncio.timeout(5):
+            while recs != {1, 2, 3}:
+                await asyncio.sleep(0.01)
+        link.pubrel(3)
+        async with asyncio.timeout(5):
+            while comps != {3}:
+                await asyncio.sleep(0.01)
 
 
 @run_async

@@ -16,16 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.brokers import MosquittoBroker, free_port
-from tests.gateway.helpers import (
-    AS_INVOKER,
-    FakeNode,
-    Platform,
-    gateway_config,
-    run_async,
-    stop_process,
+from host_tools.sim.brokers import MosquittoBroker, free_port
+from tests.gateway.helpers import AS_INVOKER, Platform, gateway_config, run_async
+from tests.gateway.rig import (
+    GatewayProcess,
+    Load,
+    assert_none_lost,
+    one_each,
+    start_nodes,
+    stop_all,
+    wait_all_forwarded,
 )
-from tests.gateway.test_crash import start_gateway, write_toml
 
 pytestmark = pytest.mark.broker
 
@@ -61,6 +62,36 @@ def metric(port: int, name: str) -> float:
     raise AssertionError(f"no {name} in the metrics")
 
 
+async def fill_until_disk_full(
+    gwp: GatewayProcess, upstream: MosquittoBroker, port: int, filler: Path
+) -> float:
+    """The platform goes away, rows pile up in the store, the disk fills: until the gateway says
+    disk_full; returns the readings it had stored by then."""
+    upstream.stop()  # rows pile up in the store ...
+    async with asyncio.timeout(30):
+        while await asyncio.to_thread(metric, port, "cityedge_gateway_queue_depth") < 100:
+            await asyncio.sleep(0.1)
+    fill(filler)  # ... and the disk fills
+    async with asyncio.timeout(30):
+        while await asyncio.to_thread(metric, port, "cityedge_gateway_disk_full") != 1:
+            assert gwp.proc.poll() is None, gwp.log_tail()
+            await asyncio.sleep(0.2)
+    return await asyncio.to_thread(metric, port, "cityedge_gateway_readings_stored_total")
+
+
+async def check_forwarding_while_full(
+    gwp: GatewayProcess, upstream: MosquittoBroker, port: int, platform: Platform
+) -> None:
+    """The platform comes back while the disk is still full: what was stored is forwarded."""
+    before = len(platform.observations())
+    waiting = await asyncio.to_thread(metric, port, "cityedge_gateway_queue_depth")
+    upstream.start()
+    await platform.wait_for(lambda: len(platform.observations()) >= before + waiting, 60)
+    health = [b for t, b in platform.messages if t.endswith("/health")]
+    assert any(h.get("disk_full") is True for h in health), health[-3:]
+    assert gwp.proc.poll() is None
+
+
 @run_async
 async def test_full_disk_is_a_state_not_a_crash(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path, small_fs: Path
@@ -71,85 +102,40 @@ async def test_full_disk_is_a_state_not_a_crash(
     port = free_port()
     data = small_fs / "gw"
     cfg = gateway_config(local, upstream, data, metrics={"enabled": True, "port": port})
-    write_toml(tmp_path / "gateway.toml", cfg)
-    log = tmp_path / "gateway.log"
+    gwp = GatewayProcess(tmp_path, cfg)
     platform = await Platform(upstream).start()
-    nodes = [
-        await FakeNode(local, f"ce-00000000f00{i}", "air", resend_after_s=2.0).start()
-        for i in range(3)
-    ]
-    proc = start_gateway(tmp_path / "gateway.toml", log)
-    stop_load = asyncio.Event()
-
-    async def load() -> None:
-        while not stop_load.is_set():
-            for node in nodes:
-                await node.publish(1)
-            await asyncio.sleep(0.02)  # ~150 readings/s in all
-
+    nodes = await start_nodes(local, [f"ce-00000000f00{i}" for i in range(3)], "air", 2.0)
+    gwp.start()
     filler = small_fs / "filler"
-    loader: asyncio.Task[None] | None = None
+    loader = Load(one_each(nodes, 0.02))  # ~150 readings/s in all
     try:
         await nodes[0].publish(1)
         await nodes[0].wait_acked(20)
-        loader = asyncio.create_task(load())
+        loader.start()
         await asyncio.sleep(1.0)
-        upstream.stop()  # rows pile up in the store ...
-        async with asyncio.timeout(30):
-            while await asyncio.to_thread(metric, port, "cityedge_gateway_queue_depth") < 100:
-                await asyncio.sleep(0.1)
-        fill(filler)  # ... and the disk fills
-        async with asyncio.timeout(30):
-            while await asyncio.to_thread(metric, port, "cityedge_gateway_disk_full") != 1:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                await asyncio.sleep(0.2)
-        stored_when_full = await asyncio.to_thread(
-            metric, port, "cityedge_gateway_readings_stored_total"
-        )
+        stored_when_full = await fill_until_disk_full(gwp, upstream, port, filler)
         await asyncio.sleep(3.0)  # under load, disk full: nothing more is acknowledged
-        assert proc.poll() is None, log.read_text()[-3000:]
+        assert gwp.proc.poll() is None, gwp.log_tail()
         assert sum(len(n.unacked) for n in nodes) > 100
         assert await asyncio.to_thread(metric, port, "cityedge_gateway_disk_full") == 1
-        # The platform comes back while the disk is still full: what was stored is forwarded.
-        before = len(platform.observations())
-        waiting = await asyncio.to_thread(metric, port, "cityedge_gateway_queue_depth")
-        upstream.start()
-        await platform.wait_for(lambda: len(platform.observations()) >= before + waiting, 60)
-        health = [b for t, b in platform.messages if t.endswith("/health")]
-        assert any(h.get("disk_full") is True for h in health), health[-3:]
-        assert proc.poll() is None
+        await check_forwarding_while_full(gwp, upstream, port, platform)
         # Space returns: the gateway resumes by itself.
         filler.unlink()
         await asyncio.sleep(1.0)
-        stop_load.set()
-        await loader
-        loader = None
-        for node in nodes:
-            await node.wait_acked(60)
-        produced = {n.device_id: n.next_seq for n in nodes}
-        total = sum(produced.values())
-        await platform.wait_for(
-            lambda: len({(o["device_id"], o["seq"]) for o in platform.observations()}) >= total,
-            timeout_s=60,
-        )
+        await loader.stop()
+        produced = await wait_all_forwarded(nodes, platform, 60, 60)
         assert await asyncio.to_thread(metric, port, "cityedge_gateway_disk_full") == 0
         assert (
             await asyncio.to_thread(metric, port, "cityedge_gateway_readings_stored_total")
             > stored_when_full
         )
         keys = Counter((o["device_id"], o["seq"]) for o in platform.observations())
-        for dev, n in produced.items():
-            got = {seq for (d, seq) in keys if d == dev}
-            assert got == set(range(n)), f"{dev}: lost {sorted(set(range(n)) - got)[:10]}"
+        assert_none_lost(keys, produced)
         assert max(keys.values()) == 1, "duplicates"
-        assert proc.poll() is None
-        assert "Traceback" not in log.read_text()
+        assert gwp.proc.poll() is None
+        assert "Traceback" not in gwp.log.read_text()
     finally:
-        stop_load.set()
-        if loader is not None:
-            loader.cancel()
-        for node in nodes:
-            await node.stop()
-        await platform.stop()
-        stop_process(proc)
+        loader.cancel()
+        await stop_all(nodes, platform)
+        gwp.stop()
         filler.unlink(missing_ok=True)

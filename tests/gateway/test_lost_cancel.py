@@ -13,8 +13,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from edge_gateway.app import Gateway
+from edge_gateway.app import Gateway, _limits
 from edge_gateway.config import GatewayConfig
+from edge_gateway.forwarder import Forwarder
+from edge_gateway.store import open_store
 
 
 class _PubackWithTheCancel:
@@ -62,12 +64,16 @@ def test_status_publisher_ends_when_a_publish_loses_the_cancel(tmp_path: Path) -
 
     async def main() -> tuple[bool, int]:
         gateway._stop = asyncio.Event()  # what run() sets up
-        task = asyncio.create_task(gateway._status_publisher(client, "health"))  # type: ignore[arg-type]
+        cfg = gateway.config
+        store = open_store(cfg.store_path, _limits(cfg), cfg.store.synchronous)
+        forwarder = Forwarder(gateway, store)
+        task = asyncio.create_task(forwarder.status_publisher(client, "health"))  # type: ignore[arg-type]
         client.task = task
         done, _ = await asyncio.wait({task}, timeout=5)
         if not done:  # the lost cancel: it keeps publishing
             task.cancel()
             await asyncio.wait({task}, timeout=1)
+        await asyncio.to_thread(store.shutdown)
         return bool(done) and task.cancelled(), client.published
 
     ended, published = asyncio.run(main())

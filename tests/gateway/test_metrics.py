@@ -17,12 +17,12 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from edge_gateway import contract, metrics
+from edge_gateway import contract, metrics, prometheus
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.ingest import REASON_CODES
 from edge_gateway.store import DROP_REASONS, read_stats
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import gateway_config, run_async, wait_ready
 from tests.support.tools import REPO
 
@@ -55,9 +55,9 @@ def test_the_table_drives_stats_metrics_and_health(tmp_path: Path) -> None:
         )
     )
     stats = gw.stats()
-    text = metrics.render(stats)
+    text = prometheus.render(stats)
     names = {n.split("{")[0] for n in samples(text)}
-    health = json.loads(gw._health("online"))
+    health = json.loads(gw.health("online"))
     contract.validate("gateway_health", health)
     for m in metrics.METRICS:
         assert m.key in stats, m.key
@@ -102,7 +102,7 @@ def test_exposition_passes_promtool_check_metrics(tmp_path: Path) -> None:
         {"dropped_max_bytes": 3, "readings_stored": 10},
         {"queue_depth": 4, "oldest_age_s": 12.5, "upstream_connected": True},
     )
-    text = metrics.render(stats)
+    text = prometheus.render(stats)
     out = subprocess.run(
         [exe, "check", "metrics"],
         input=text,
@@ -118,16 +118,21 @@ def test_exposition_passes_promtool_check_metrics(tmp_path: Path) -> None:
     assert values["cityedge_gateway_queue_oldest_age_seconds"] == 12.5
 
 
+def _metrics_only(local: MosquittoBroker, tmp_path: Path) -> GatewayConfig:
+    """A gateway on the site broker with its metrics endpoint, without forwarding."""
+    cfg = gateway_config(
+        local, local, tmp_path, upstream={"enabled": False}, metrics={"enabled": True, "port": 0}
+    )
+    return GatewayConfig.from_dict(cfg)
+
+
 @pytest.mark.broker
 @run_async
 async def test_trouble_counters_are_kept_in_the_store_across_a_restart(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
 ) -> None:
     local = broker_factory("local")
-    cfg = gateway_config(
-        local, local, tmp_path, upstream={"enabled": False}, metrics={"enabled": True, "port": 0}
-    )
-    config = GatewayConfig.from_dict(cfg)
+    config = _metrics_only(local, tmp_path)
 
     async def scrape(gw: Gateway) -> dict[str, float]:
         url = f"http://127.0.0.1:{gw.metrics_port}/metrics"
@@ -163,7 +168,7 @@ async def test_trouble_counters_are_kept_in_the_store_across_a_restart(
         await wait_ready(gw, upstream=False)
         after = await scrape(gw)
         s = gw.stats()
-        health = json.loads(gw._health("online"))
+        health = json.loads(gw.health("online"))
     finally:
         gw.request_stop()
         await task
@@ -185,7 +190,7 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
 
 
 def _exported_names() -> set[str]:
-    text = metrics.render(metrics.collect({}, {}, {}))
+    text = prometheus.render(metrics.collect({}, {}, {}))
     return {n.split("{")[0] for n in samples(text)}
 
 
@@ -246,5 +251,71 @@ def test_grafana_dashboard_is_valid(tmp_path: Path) -> None:
 
 def test_docs_list_every_metric() -> None:
     doc = (REPO / "docs" / "gateway.md").read_text()
-    missing = [m.name for m in metrics.METRICS if f"`{metrics.PREFIX}{m.name}" not in doc]
-    assert not missing, f"docs/gateway.md does not list {missing}"
+    assert metrics.docs_table() in doc, (
+        "docs/gateway.md's metrics table is not the one METRICS makes: paste "
+        "edge_gateway.metrics.docs_table() over it"
+    )
+
+
+def _counters() -> list[tuple[metrics.Metric, str]]:
+    """Every counter of the table with the name it is counted under (one per reason)."""
+    out = []
+    for m in metrics.METRICS:
+        if m.source != "given":
+            names = [m.counter_prefix + r for r in m.reasons] if m.reasons else [m.key]
+            out += [(m, name) for name in names]
+    return out
+
+
+@pytest.mark.broker
+@run_async
+async def test_every_counter_reaches_stats_metrics_and_health_and_trouble_survives_restarts(
+    broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
+) -> None:
+    local = broker_factory("local")
+    config = _metrics_only(local, tmp_path)
+    counters = _counters()
+    want = {name: 10 + i for i, (_m, name) in enumerate(counters)}
+    kept = {name for m, name in counters if m.source in ("store", "saved")}
+    assert {m.key for m in metrics.METRICS if m.source in ("store", "saved")} >= set(
+        metrics.TROUBLE
+    ), "a counter of trouble that is not kept in the store"
+
+    def check(stats: dict[str, Any], scraped: dict[str, float], health: dict[str, Any]) -> None:
+        for m, name in counters:
+            value = want[name] if m.source != "process" or not restarted else 0
+            got = stats[m.key][name.removeprefix(m.counter_prefix)] if m.reasons else stats[m.key]
+            assert got == value, (name, got, value)
+            label = f'{{reason="{name.removeprefix(m.counter_prefix)}"}}' if m.reasons else ""
+            assert scraped[metrics.PREFIX + m.name + label] == value, name
+            if m.health and not m.reasons:
+                assert health[m.key] == value, name
+            elif m.health:
+                assert health[m.key][name.removeprefix(m.counter_prefix)] == value, name
+
+    async def run(first: bool) -> None:
+        gw = Gateway(config)
+        task = asyncio.create_task(gw.run())
+        try:
+            await wait_ready(gw, upstream=False)
+            store = gw.store
+            assert store is not None
+            if first:
+                for m, name in counters:
+                    if m.source == "store":
+                        await store.call(store.add_counters, {name: want[name]})
+                    else:
+                        gw.counters[name] += want[name]
+            url = f"http://127.0.0.1:{gw.metrics_port}/metrics"
+            body = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read())
+            check(gw.stats(), samples(body.decode()), json.loads(gw.health("online")))
+        finally:
+            gw.request_stop()
+            await task
+
+    restarted = False
+    await run(first=True)
+    stored = read_stats(config.store_path)["counters"]  # what `cityedge gateway stats` shows
+    assert {name: stored.get(name) for name in kept} == {name: want[name] for name in kept}
+    restarted = True
+    await run(first=False)

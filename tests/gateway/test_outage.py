@@ -14,7 +14,7 @@ import pytest
 from edge_gateway import contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import (
     AS_INVOKER,
     FakeNode,

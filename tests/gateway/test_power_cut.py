@@ -21,17 +21,17 @@ import pytest
 
 from edge_gateway.order import HOLD_S
 from edge_gateway.store import Entry, Limits, Store
-from host_tools.broker_auth import SITE_AUTOSAVE_CHANGES
-from host_tools.brokers import MosquittoBroker
-from tests.gateway.helpers import (
-    AS_INVOKER,
-    FakeNode,
-    Platform,
-    gateway_config,
-    run_async,
-    stop_process,
+from host_tools.field.broker_auth import SITE_AUTOSAVE_CHANGES
+from host_tools.sim.brokers import MosquittoBroker
+from tests.gateway.helpers import AS_INVOKER, Platform, gateway_config, run_async
+from tests.gateway.rig import (
+    GatewayProcess,
+    Load,
+    assert_none_lost,
+    start_nodes,
+    stop_all,
+    wait_all_forwarded,
 )
-from tests.gateway.test_crash import start_gateway, write_toml
 
 pytestmark = pytest.mark.broker
 
@@ -62,63 +62,45 @@ async def test_power_cuts_keep_each_devices_order(
 ) -> None:
     local = broker_factory("local", persistence=True, extra_config=AS_INVOKER + SITE_PERSISTENCE)
     upstream = broker_factory("upstream", persistence=True, extra_config=AS_INVOKER)
-    cfg = gateway_config(local, upstream, tmp_path)
-    write_toml(tmp_path / "gateway.toml", cfg)
-    log = tmp_path / "gateway.log"
+    gwp = GatewayProcess(tmp_path, gateway_config(local, upstream, tmp_path))
     rng = random.Random(20261203)
     platform = await Platform(upstream).start()
-    nodes = [
-        await FakeNode(local, f"ce-00000000c0{i:02x}", "air", resend_after_s=2.0).start()
-        for i in range(5)
-    ]
-    proc = start_gateway(tmp_path / "gateway.toml", log)
+    nodes = await start_nodes(local, [f"ce-00000000c0{i:02x}" for i in range(5)], "air", 2.0)
+    gwp.start()
     await nodes[0].publish(1)
     await nodes[0].wait_acked(20)
-    stop_load = asyncio.Event()
 
-    async def load() -> None:
-        while not stop_load.is_set():  # ~200 readings/s in all
-            await asyncio.gather(*(node.publish(4) for node in nodes), asyncio.sleep(0.1))
+    async def four_each() -> None:  # ~200 readings/s in all
+        await asyncio.gather(*(node.publish(4) for node in nodes), asyncio.sleep(0.1))
 
-    loader = asyncio.create_task(load())
+    loader = Load(four_each).start()
     try:
         for _ in range(CUTS):
             await asyncio.sleep(rng.uniform(0.7, 1.5))
-            proc.send_signal(signal.SIGKILL)  # the power goes: both at once
+            gwp.proc.send_signal(signal.SIGKILL)  # the power goes: both at once
             local.stop(kill=True)
-            proc.wait(timeout=10)
+            gwp.proc.wait(timeout=10)
             await asyncio.sleep(rng.uniform(0.1, 0.6))
             local.start()  # the power comes back: the broker first, as systemd orders them
-            proc = start_gateway(tmp_path / "gateway.toml", log)
+            gwp.start()
         await asyncio.sleep(2.0)
-        stop_load.set()
-        await loader
-        for node in nodes:
-            await node.wait_acked(60)
-        produced = {n.device_id: n.next_seq for n in nodes}
-        total = sum(produced.values())
-        await platform.wait_for(
-            lambda: len({(o["device_id"], o["seq"]) for o in platform.observations()}) >= total,
-            timeout_s=90,
-        )
+        await loader.stop()
+        produced = await wait_all_forwarded(nodes, platform, 60, 90)
         await asyncio.sleep(0.5)
         obs = platform.observations()
         keys = Counter((o["device_id"], o["boot"], o["seq"]) for o in obs)
-        for dev, n in produced.items():
-            got = {seq for (d, _b, seq) in keys if d == dev}
-            assert got == set(range(n)), f"{dev}: lost {sorted(set(range(n)) - got)[:10]}"
+        assert_none_lost(keys, produced)
         assert max(keys.values()) == 1, [k for k, c in keys.items() if c > 1][:10]
         bad, late = order_violations(obs)
-        print(f"{CUTS} power cuts, {total} readings: {bad} order violations, {late} late")
+        print(
+            f"{CUTS} power cuts, {sum(produced.values())} readings: {bad} order violations, {late} late"
+        )
         assert bad == 0
-        assert proc.poll() is None
+        assert gwp.proc.poll() is None
     finally:
-        stop_load.set()
         loader.cancel()
-        for node in nodes:
-            await node.stop()
-        await platform.stop()
-        stop_process(proc)
+        await stop_all(nodes, platform)
+        gwp.stop()
 
 
 def test_store_holds_a_gap_then_releases_in_order_or_marks_late(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ import aiomqtt
 import pytest
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
-from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async, stop_process
-from tests.gateway.test_crash import write_toml
+from host_tools.sim.brokers import MosquittoBroker
+from tests.gateway.helpers import FakeNode, Platform, gateway_config, run_async
+from tests.gateway.rig import GatewayProcess, stop_all
 from tests.support.tools import REPO
 
 pytestmark = pytest.mark.broker
@@ -50,51 +50,60 @@ def start_faulty(config: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def poison_reading(node: FakeNode) -> bytes:
+    """A reading with the channel that kills the faulty gateway, as the node's next seq."""
+    return json.dumps(
+        {
+            "v": 1,
+            "device_id": node.device_id,
+            "kind": "air",
+            "fw": "0.1.0",
+            "boot": node.boot,
+            "seq": node.next_seq,
+            "t": 1.7e9,
+            "synced": True,
+            "raw": {"poison": {"v": 1.0, "u": "V"}, "temp": {"v": 30.0, "u": "Cel"}},
+        }
+    ).encode()
+
+
+async def restart_until_acked(gwp: GatewayProcess, node: FakeNode) -> int:
+    """A service manager: restart the gateway whenever it dies, until the node has custody for
+    all it sent; returns the number of deaths."""
+    deaths = 0
+    async with asyncio.timeout(60):
+        while node.unacked:
+            if gwp.proc.poll() is not None:
+                deaths += 1
+                assert deaths <= 3, gwp.log_tail()
+                gwp.start()
+            await asyncio.sleep(0.1)
+    return deaths
+
+
 @run_async
 async def test_a_reading_that_kills_the_process_is_quarantined_not_crash_looped(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
 ) -> None:
     local = broker_factory("local")
     upstream = broker_factory("upstream")
-    cfg = gateway_config(local, upstream, tmp_path)
-    write_toml(tmp_path / "gateway.toml", cfg)
-    log = tmp_path / "gateway.log"
+    gwp = GatewayProcess(tmp_path, gateway_config(local, upstream, tmp_path), start_faulty)
     platform = await Platform(upstream).start()
     node = await FakeNode(local, "ce-00000000dead", "air", resend_after_s=1.0).start()
-    proc = start_faulty(tmp_path / "gateway.toml", log)
-    deaths = 0
+    gwp.start()
     try:
         await node.publish(3)
         await node.wait_acked(20)
         # The poison reading, then more good ones from the same node.
-        body = json.loads(
-            node_reading := json.dumps(
-                {
-                    "v": 1,
-                    "device_id": node.device_id,
-                    "kind": "air",
-                    "fw": "0.1.0",
-                    "boot": node.boot,
-                    "seq": node.next_seq,
-                    "t": 1.7e9,
-                    "synced": True,
-                    "raw": {"poison": {"v": 1.0, "u": "V"}, "temp": {"v": 30.0, "u": "Cel"}},
-                }
-            )
-        )
+        node_reading = poison_reading(node)
+        body = json.loads(node_reading)
         poison_seq = node.next_seq
         node.next_seq += 1
-        await node._send(poison_seq, node_reading.encode(), new=True)
+        await node._send(poison_seq, node_reading, new=True)
         await node.publish(3)
         async with aiomqtt.Client(local.host, local.port, identifier="dl-watch") as watch:
             await watch.subscribe(contract.deadletter_topic("gw-test-01"), qos=0)
-            async with asyncio.timeout(60):
-                while node.unacked:  # a service manager: restart the gateway whenever it dies
-                    if proc.poll() is not None:
-                        deaths += 1
-                        assert deaths <= 3, log.read_text()[-3000:]
-                        proc = start_faulty(tmp_path / "gateway.toml", log)
-                    await asyncio.sleep(0.1)
+            deaths = await restart_until_acked(gwp, node)
             async with asyncio.timeout(20):
                 async for m in watch.messages:
                     dead = json.loads(bytes(m.payload))  # type: ignore[arg-type]
@@ -103,7 +112,7 @@ async def test_a_reading_that_kills_the_process_is_quarantined_not_crash_looped(
         # Death 1: in a group, its readings become suspects, processed one by one. Death 2: alone
         # (could be a coincidence, a SIGKILL at that moment). Death 3: alone again: quarantined.
         assert deaths == 3
-        assert proc.poll() is None
+        assert gwp.proc.poll() is None
         contract.validate("deadletter", dead)
         assert body["seq"] == poison_seq
         want = set(range(node.next_seq)) - {poison_seq}
@@ -117,12 +126,11 @@ async def test_a_reading_that_kills_the_process_is_quarantined_not_crash_looped(
         ]
         assert saved["quarantined"][0]["payload_b64"]
         # Once quarantined it stays so: a resend is confirmed again without processing.
-        await node._send(poison_seq, node_reading.encode(), new=True)
+        await node._send(poison_seq, node_reading, new=True)
         await node.wait_acked(20)
         await asyncio.sleep(0.5)
-        assert proc.poll() is None
-        assert "quarantined" in log.read_text()
+        assert gwp.proc.poll() is None
+        assert "quarantined" in gwp.log.read_text()
     finally:
-        await node.stop()
-        await platform.stop()
-        stop_process(proc)
+        await stop_all([node], platform)
+        gwp.stop()

@@ -17,10 +17,10 @@ import aiomqtt
 import pytest
 
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway import hostile
 from tests.gateway.helpers import Platform, gateway_config, run_async, stop_process
-from tests.gateway.test_crash import start_gateway, write_toml
+from tests.gateway.rig import GatewayProcess
 
 SOAK_S = float(os.environ.get("CITYEDGE_SOAK_S", "1800"))
 
@@ -50,6 +50,41 @@ def slope_mb_per_h(samples: list[tuple[float, float]]) -> float:
     return num / den * 3600
 
 
+async def _traffic(
+    local: MosquittoBroker, bad: list[bytes], gwp: GatewayProcess
+) -> tuple[int, list[tuple[float, float]]]:
+    """SOAK_S of ~400 readings/s from 200 devices, 1 in 10 messages bad; the gateway's RSS
+    sampled every 10 s. Returns the good readings sent and the (s, MB) samples."""
+    proc = gwp.proc
+    devices = [f"ce-{0xB00000 + i:012x}" for i in range(200)]
+    seqs = dict.fromkeys(devices, 0)
+    samples: list[tuple[float, float]] = []
+    sent = 0
+    t0 = time.monotonic()
+    async with aiomqtt.Client(local.host, local.port, identifier="soak-nodes") as nodes:
+        nodes.pending_calls_threshold = 1_000_000
+        while time.monotonic() - t0 < SOAK_S:
+            batch = []
+            for dev in random.sample(devices, 40):  # ~400 readings/s, 1 in 10 bad
+                body = hostile.base_reading(dev, seqs[dev], t=time.time())
+                seqs[dev] += 1
+                batch.append(
+                    nodes.publish(
+                        contract.node_topic(dev, "reading"), json.dumps(body).encode(), qos=1
+                    )
+                )
+            batch += [
+                nodes.publish(contract.node_topic(devices[0], "reading"), random.choice(bad), qos=0)
+                for _ in range(4)
+            ]
+            await asyncio.gather(*batch, asyncio.sleep(0.1))
+            sent += 40
+            if not samples or time.monotonic() - t0 - samples[-1][0] >= 10:
+                samples.append((time.monotonic() - t0, rss_mb(proc.pid)))
+                assert proc.poll() is None, gwp.log_tail()
+    return sent, samples
+
+
 @run_async
 async def test_soak_rss_flat_and_idle_cpu_low(
     broker_factory: Callable[..., MosquittoBroker], tmp_path: Path
@@ -57,43 +92,15 @@ async def test_soak_rss_flat_and_idle_cpu_low(
     local = broker_factory("local")
     upstream = broker_factory("upstream")
     cfg = gateway_config(local, upstream, tmp_path, health={"interval_s": 30.0})
-    write_toml(tmp_path / "gateway.toml", cfg)
-    log = tmp_path / "gateway.log"
-    proc = start_gateway(tmp_path / "gateway.toml", log)
+    gwp = GatewayProcess(tmp_path, cfg).start()
+    proc = gwp.proc
     platform = await Platform(
         upstream, topic=f"{contract.ROOT}/site/+/+/+/observation", qos=1
     ).start()
     bad = [p for _w, p in hostile.corpus("ce-0000000f0f0f", 0, random.Random(9))]
-    devices = [f"ce-{0xB00000 + i:012x}" for i in range(200)]
-    seqs = dict.fromkeys(devices, 0)
-    samples: list[tuple[float, float]] = []
-    sent = 0
     try:
         await asyncio.sleep(2.0)
-        t0 = time.monotonic()
-        async with aiomqtt.Client(local.host, local.port, identifier="soak-nodes") as nodes:
-            nodes.pending_calls_threshold = 1_000_000
-            while time.monotonic() - t0 < SOAK_S:
-                batch = []
-                for dev in random.sample(devices, 40):  # ~400 readings/s, 1 in 10 bad
-                    body = hostile.base_reading(dev, seqs[dev], t=time.time())
-                    seqs[dev] += 1
-                    batch.append(
-                        nodes.publish(
-                            contract.node_topic(dev, "reading"), json.dumps(body).encode(), qos=1
-                        )
-                    )
-                batch += [
-                    nodes.publish(
-                        contract.node_topic(devices[0], "reading"), random.choice(bad), qos=0
-                    )
-                    for _ in range(4)
-                ]
-                await asyncio.gather(*batch, asyncio.sleep(0.1))
-                sent += 40
-                if not samples or time.monotonic() - t0 - samples[-1][0] >= 10:
-                    samples.append((time.monotonic() - t0, rss_mb(proc.pid)))
-                    assert proc.poll() is None, log.read_text()[-3000:]
+        sent, samples = await _traffic(local, bad, gwp)
         await platform.wait_for(lambda: len(platform.observations()) >= sent, timeout_s=300)
         second_half = [s for s in samples if s[0] >= SOAK_S / 2]
         slope = slope_mb_per_h(second_half)

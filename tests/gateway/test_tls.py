@@ -6,13 +6,14 @@ import asyncio
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
-from host_tools.brokers import MosquittoBroker, free_port
+from host_tools.sim.brokers import MosquittoBroker, free_port
 from tests.gateway.helpers import AS_INVOKER, FakeNode, gateway_config, run_async, wait_ready
 
 pytestmark = pytest.mark.broker
@@ -25,55 +26,17 @@ def openssl(*args: str, cwd: Path) -> None:
 def make_pki(d: Path, name: str = "ca") -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate."""
     d.mkdir(parents=True, exist_ok=True)
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        f"/CN=CityEdge test {name}",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.crt",
-        cwd=d,
-    )
+    ca = f"-x509 -newkey rsa:2048 -nodes -days 2 -keyout {name}.key -out {name}.crt".split()
+    openssl("req", *ca, "-subj", f"/CN=CityEdge test {name}", cwd=d)
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for who in ("server", "client"):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={who}",
-            "-keyout",
-            f"{who}.key",
-            "-out",
-            f"{who}.csr",
-            cwd=d,
-        )
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{who}.csr",
-            "-CA",
-            f"{name}.crt",
-            "-CAkey",
-            f"{name}.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            f"{who}.crt",
-            "-extfile",
-            "san.ext",
-            cwd=d,
-        )
+        csr = f"-newkey rsa:2048 -nodes -keyout {who}.key -out {who}.csr".split()
+        openssl("req", *csr, "-subj", f"/CN={who}", cwd=d)
+        signed = (
+            f"-req -in {who}.csr -CA {name}.crt -CAkey {name}.key -CAcreateserial -days 2"
+            f" -out {who}.crt -extfile san.ext"
+        ).split()
+        openssl("x509", *signed, cwd=d)
     return {
         k: d / f"{v}"
         for k, v in (
@@ -84,6 +47,22 @@ def make_pki(d: Path, name: str = "ca") -> dict[str, Path]:
             ("client_key", "client.key"),
         )
     }
+
+
+async def _check_untrusted_ca_sends_nothing(
+    local: MosquittoBroker, upstream: MosquittoBroker, tmp_path: Path, tls: dict[str, Any]
+) -> None:
+    # A gateway that does not trust the broker's CA must not send anything.
+    wrong = GatewayConfig.from_dict(
+        gateway_config(local, upstream, tmp_path / "wrong", upstream=tls)
+    )
+    gw = Gateway(wrong)
+    task = asyncio.create_task(gw.run())
+    await wait_ready(gw, upstream=False)
+    await asyncio.sleep(1.0)
+    assert gw.stats()["upstream_connected"] is False
+    gw.request_stop()
+    await task
 
 
 @run_async
@@ -113,19 +92,9 @@ async def test_upstream_over_tls_with_client_certificate(
         "key_file": str(pki["client_key"]),
     }
 
-    # A gateway that does not trust the broker's CA must not send anything.
-    wrong = GatewayConfig.from_dict(
-        gateway_config(
-            local, upstream, tmp_path / "wrong", upstream={**tls, "ca_file": str(other["ca"])}
-        )
+    await _check_untrusted_ca_sends_nothing(
+        local, upstream, tmp_path, {**tls, "ca_file": str(other["ca"])}
     )
-    gw = Gateway(wrong)
-    task = asyncio.create_task(gw.run())
-    await wait_ready(gw, upstream=False)
-    await asyncio.sleep(1.0)
-    assert gw.stats()["upstream_connected"] is False
-    gw.request_stop()
-    await task
 
     config = GatewayConfig.from_dict(gateway_config(local, upstream, tmp_path / "gw", upstream=tls))
     gw = Gateway(config)

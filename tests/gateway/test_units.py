@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 
 from calibration.records import Registry, parse_records
 from edge_gateway import contract
-from edge_gateway.app import custody_ranges
 from edge_gateway.config import ConfigError, GatewayConfig, load_config
-from edge_gateway.metrics import render
+from edge_gateway.flight import MidAllocator, wire_payload
 from edge_gateway.processing import Processor
+from edge_gateway.prometheus import render
+from edge_gateway.qos2link import ROW_MID_MAX
+from edge_gateway.sitelink import custody_ranges
 from edge_gateway.store import (
     PRIORITY_ALERT,
     PRIORITY_READING,
@@ -31,7 +33,6 @@ from edge_gateway.store import (
     decode_payload,
     encode_payload,
 )
-from edge_gateway.upstream import ROW_MID_MAX, MidAllocator, wire_payload
 from edge_gateway.zdict import DICTIONARY_V1
 from tests.gateway.helpers import reading
 

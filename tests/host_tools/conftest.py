@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.virtual_board import VirtualBoard
+from host_tools.sim.virtual_board import VirtualBoard
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import serial
 
-from host_tools import broker_auth
-from host_tools import deploy as dp
-from host_tools.board import Board
-from host_tools.errors import (
+from host_tools.field import broker_auth
+from host_tools.field import deploy as dp
+from host_tools.field.board import Board
+from host_tools.field.errors import (
     BoardCommandError,
     InventoryError,
     MpyVersionError,
@@ -26,16 +26,16 @@ from host_tools.errors import (
     ProvisionError,
     RawReplError,
 )
-from host_tools.inventory import Inventory
-from host_tools.ports import check_port, translate_open_error
-from host_tools.provision import (
+from host_tools.field.inventory import Inventory
+from host_tools.field.ports import check_port, translate_open_error
+from host_tools.field.provision import (
     BrokerTarget,
     NodeSpec,
     device_id_from_mac,
     export_broker_files,
     provision_board,
 )
-from host_tools.virtual_board import VirtualBoard
+from host_tools.sim.virtual_board import VirtualBoard
 from tests.support.tools import FIRMWARE
 
 pytestmark = pytest.mark.micropython

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from host_tools import broker_auth
-from host_tools.brokers import MosquittoBroker
-from host_tools.inventory import Device, Inventory, utc_now
-from host_tools.provision import create_gateway_credential, export_broker_files
+from host_tools.field import broker_auth
+from host_tools.field.inventory import Device, Inventory, utc_now
+from host_tools.field.provision import create_gateway_credential, export_broker_files
+from host_tools.sim.brokers import MosquittoBroker
 from tests.host_tools.mqtt_helpers import ROOT_SAFE, Client, connect_refused
 
 

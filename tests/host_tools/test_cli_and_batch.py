@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from host_tools import batch, labels
 from host_tools.cli import main as cityedge
-from host_tools.errors import BatchFileError, BoardCommandError
-from host_tools.fake_rom import FakeEsp32, FakeRom
-from host_tools.inventory import Inventory
-from host_tools.monitor import follow
-from host_tools.verify import parse_selftest
-from host_tools.virtual_board import VirtualBoard
+from host_tools.field import batch, labels
+from host_tools.field.errors import BatchFileError, BoardCommandError
+from host_tools.field.inventory import Inventory
+from host_tools.field.monitor import follow
+from host_tools.field.verify import parse_selftest
+from host_tools.sim.fake_rom import FakeEsp32, FakeRom
+from host_tools.sim.virtual_board import VirtualBoard
+from tests.host_tools.site_rig import provision_argv
 from tests.host_tools.test_broker_auth import _device, _store
 from tests.host_tools.test_flashing import make_image
 
@@ -73,7 +74,7 @@ def test_flash_refuses_a_bad_image_before_any_board(
 
 
 def test_usb_bridges_are_recognised() -> None:
-    from host_tools.ports import bridge_name
+    from host_tools.field.ports import bridge_name
 
     assert bridge_name(0x10C4, 0xEA60) == "Silicon Labs CP210x"
     assert bridge_name(0x1A86, 0x7523) == "WCH CH340"
@@ -254,24 +255,14 @@ def test_batch_provision_one_bad_board_leaves_nothing_half_written(
     )
     inv_path = tmp_path / "inv.sqlite"
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    code = cityedge(
-        [
-            "node",
-            "provision",
-            "--batch",
-            str(site_csv),
-            "--board",
-            "sim",
-            "--ssid",
-            "school-iot",
-            "--broker",
-            "192.168.1.10",
-            "--broker-dir",
-            str(tmp_path / "broker"),
-            "--inventory",
-            str(inv_path),
-        ]
+    argv = provision_argv(
+        "--batch",
+        str(site_csv),
+        broker="192.168.1.10",
+        broker_dir=tmp_path / "broker",
+        inventory=inv_path,
     )
+    code = cityedge(argv)
     assert code == 1
     out = capsys.readouterr().out
     assert out.count("FAILED") == 1 and out.count(" ok ") == 2
@@ -287,7 +278,7 @@ def test_batch_provision_one_bad_board_leaves_nothing_half_written(
 def test_boards_finishing_together_all_reach_a_new_inventory(tmp_path: Path) -> None:
     """A batch's boards open the inventory in the same instant; on a new file that once made
     some fail with 'database is locked' although their board was done."""
-    from host_tools.errors import InventoryError
+    from host_tools.field.errors import InventoryError
 
     for n in range(60):
         path = tmp_path / f"inv{n}.sqlite"

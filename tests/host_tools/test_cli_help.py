@@ -13,8 +13,8 @@ import pytest
 
 from host_tools.cli import build_parser
 from host_tools.cli import main as cityedge
-from host_tools.completion import bash_script, command_tree
-from host_tools.inventory import Inventory
+from host_tools.field.completion import bash_script, command_tree
+from host_tools.field.inventory import Inventory
 from tests.host_tools.test_broker_auth import _device, _store
 
 LISTING = ("node list", "node inventory", "gateway stats")

@@ -27,19 +27,19 @@ from pathlib import Path
 import pytest
 import serial
 
-from host_tools import flashing, ports
-from host_tools.board import Board
 from host_tools.cli import main as cityedge
-from host_tools.errors import (
+from host_tools.field import flashing, ports
+from host_tools.field.board import Board
+from host_tools.field.errors import (
     PortBusyError,
     PortNotFoundError,
     PortPermissionError,
     RawReplError,
 )
-from host_tools.fake_rom import FakeEsp32, FakeRom
-from host_tools.monitor import follow
-from host_tools.ports import SerialPort
-from host_tools.virtual_board import VirtualBoard
+from host_tools.field.monitor import follow
+from host_tools.field.ports import SerialPort
+from host_tools.sim.fake_rom import FakeEsp32, FakeRom
+from host_tools.sim.virtual_board import VirtualBoard
 from tests.host_tools.test_flashing import make_image
 
 
@@ -53,7 +53,8 @@ def wide_console(monkeypatch: pytest.MonkeyPatch) -> None:
     """Summary tables on one line per board, so a hint is not wrapped into other columns."""
     from rich.console import Console
 
-    from host_tools import cli, field_cli
+    from host_tools import cli
+    from host_tools.field import field_cli
 
     monkeypatch.setattr(cli, "err_console", Console(width=400, stderr=True))
     monkeypatch.setattr(field_cli, "out", Console(width=400))

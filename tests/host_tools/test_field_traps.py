@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from host_tools.cli import main as cityedge
-from host_tools.inventory import Inventory
-from host_tools.virtual_board import VirtualBoard
+from host_tools.field.inventory import Inventory
+from host_tools.sim.virtual_board import VirtualBoard
+from tests.host_tools.site_rig import place, provision_argv
 
 SITE = "rayong-school-01"
 
@@ -28,7 +29,8 @@ def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """A wide terminal, so table cells do not wrap the words the tests look for."""
     from rich.console import Console
 
-    from host_tools import cli, field_cli
+    from host_tools import cli
+    from host_tools.field import field_cli
 
     monkeypatch.setattr(field_cli, "out", Console(width=400))
     monkeypatch.setattr(field_cli, "err", Console(stderr=True, width=400))
@@ -47,22 +49,13 @@ def _school(tmp_path: Path, boards: list[VirtualBoard]) -> Path:
 
 
 def _provision_argv(tmp_path: Path, site_csv: Path) -> list[str]:
-    return [
-        "node",
-        "provision",
+    return provision_argv(
         "--batch",
         str(site_csv),
-        "--board",
-        "sim",
-        "--ssid",
-        "school-iot",
-        "--broker",
-        "192.168.1.10",
-        "--broker-dir",
-        str(tmp_path / "broker"),
-        "--inventory",
-        str(tmp_path / "inv.sqlite"),
-    ]
+        broker="192.168.1.10",
+        broker_dir=tmp_path / "broker",
+        inventory=tmp_path / "inv.sqlite",
+    )
 
 
 def _configs(boards: list[VirtualBoard]) -> list[bytes | None]:
@@ -152,6 +145,12 @@ def test_rotating_a_credential_is_said_loudly(
 # --- 2. broker-files for a site with no devices: refused, the known sites listed -------------
 
 
+def _broker_files(site: str, out: Path, inventory: str, *more: str) -> int:
+    """`cityedge node broker-files` for ``site`` into ``out``."""
+    argv = ["node", "broker-files", "--site", site, "--out", str(out), *more]
+    return cityedge([*argv, "--inventory", inventory])
+
+
 @pytest.mark.micropython
 def test_broker_files_for_a_mistyped_site_is_refused(
     tmp_path: Path,
@@ -167,18 +166,7 @@ def test_broker_files_for_a_mistyped_site_is_refused(
     capsys.readouterr()
     inv = str(tmp_path / "inv.sqlite")
     out_dir = tmp_path / "typo"
-    code = cityedge(
-        [
-            "node",
-            "broker-files",
-            "--site",
-            "rayong-scool-01",
-            "--out",
-            str(out_dir),
-            "--inventory",
-            inv,
-        ]
-    )
+    code = _broker_files("rayong-scool-01", out_dir, inv)
     assert code == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "rayong-scool-01" in err and "no devices" in err and SITE in err
@@ -186,56 +174,16 @@ def test_broker_files_for_a_mistyped_site_is_refused(
     assert not (out_dir / "passwd").exists() and not (out_dir / "acl").exists()
 
     # The real site still works, and a first install with --gateway-user is allowed.
-    assert (
-        cityedge(
-            [
-                "node",
-                "broker-files",
-                "--site",
-                SITE,
-                "--out",
-                str(tmp_path / "ok"),
-                "--inventory",
-                inv,
-            ]
-        )
-        == 0
-    )
+    assert _broker_files(SITE, tmp_path / "ok", inv) == 0
     assert "ce-246f28000080:" in (tmp_path / "ok" / "passwd").read_text()
-    assert (
-        cityedge(
-            [
-                "node",
-                "broker-files",
-                "--site",
-                "chonburi-school-02",
-                "--out",
-                str(tmp_path / "new"),
-                "--gateway-user",
-                "gw-chonburi-02",
-                "--inventory",
-                inv,
-            ]
-        )
-        == 0
-    )
+    new_site = "chonburi-school-02"
+    assert _broker_files(new_site, tmp_path / "new", inv, "--gateway-user", "gw-chonburi-02") == 0
     assert (tmp_path / "new" / "passwd").read_text().startswith("gw-chonburi-02:")
     capsys.readouterr()
     # Once the gateway account exists the site is known, but it still has no devices: refused
     # again without --gateway-user (a passwd with only the gateway in it locks no node out,
     # but this is most likely the wrong site).
-    code = cityedge(
-        [
-            "node",
-            "broker-files",
-            "--site",
-            "chonburi-school-02",
-            "--out",
-            str(tmp_path / "new2"),
-            "--inventory",
-            inv,
-        ]
-    )
+    code = _broker_files(new_site, tmp_path / "new2", inv)
     assert code == 1 and not (tmp_path / "new2").exists()
 
 
@@ -243,36 +191,16 @@ def test_broker_files_for_a_mistyped_site_is_refused(
 
 
 def _provision_one(tmp_path: Path, vb: VirtualBoard, broker: str, kind: str = "air") -> None:
-    assert (
-        cityedge(
-            [
-                "node",
-                "provision",
-                "--deploy",
-                "--kind",
-                kind,
-                "--site",
-                SITE,
-                "--lat",
-                "12.68",
-                "--lon",
-                "101.27",
-                "--board",
-                "sim",
-                "--ssid",
-                "school-iot",
-                "--broker",
-                broker,
-                "--broker-dir",
-                str(tmp_path / "broker"),
-                "--port",
-                vb.device,
-                "--inventory",
-                str(tmp_path / "inv.sqlite"),
-            ]
-        )
-        == 0
+    argv = provision_argv(
+        "--deploy",
+        *place(kind),
+        "--port",
+        vb.device,
+        broker=broker,
+        broker_dir=tmp_path / "broker",
+        inventory=tmp_path / "inv.sqlite",
     )
+    assert cityedge(argv) == 0
 
 
 def _verify(tmp_path: Path, vb: VirtualBoard, capsys: pytest.CaptureFixture[str]) -> str:
@@ -303,8 +231,8 @@ def test_failed_verify_prints_the_table_and_a_hint_per_check(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from host_tools.brokers import MosquittoBroker
-    from host_tools.provision import create_gateway_credential, export_broker_files
+    from host_tools.field.provision import create_gateway_credential, export_broker_files
+    from host_tools.sim.brokers import MosquittoBroker
     from tests.host_tools.mqtt_helpers import ROOT_SAFE
 
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
@@ -368,8 +296,8 @@ THAI_NAME = "ห้องสมุด ชั้น 2"  # "library, floor 2"
 
 
 def _thai_device(tmp_path: Path) -> Path:
-    from host_tools import broker_auth
-    from host_tools.inventory import Device, utc_now
+    from host_tools.field import broker_auth
+    from host_tools.field.inventory import Device, utc_now
 
     inv_path = tmp_path / "inv.sqlite"
     now = utc_now()
@@ -395,6 +323,12 @@ def _thai_device(tmp_path: Path) -> Path:
     return inv_path
 
 
+def _label(tmp_path: Path, inv_path: Path) -> int:
+    """`cityedge node label` for the Thai-named device, into ``tmp_path / "l"``."""
+    out = ["--out", str(tmp_path / "l"), "--inventory", str(inv_path)]
+    return cityedge(["node", "label", "ce-246f280000c0", *out])
+
+
 def _glyph_shapes(band: Any) -> list[bytes]:
     """The ink of each run of non-blank columns of a text line, left to right."""
     import numpy as np
@@ -418,23 +352,10 @@ def test_label_prints_a_thai_name_in_thai_letters(
 ) -> None:
     from PIL import Image
 
-    from host_tools import labels
+    from host_tools.field import labels
 
     inv_path = _thai_device(tmp_path)
-    assert (
-        cityedge(
-            [
-                "node",
-                "label",
-                "ce-246f280000c0",
-                "--out",
-                str(tmp_path / "l"),
-                "--inventory",
-                str(inv_path),
-            ]
-        )
-        == 0
-    )
+    assert _label(tmp_path, inv_path) == 0
     assert "warning" not in capsys.readouterr().err
     img = Image.open(tmp_path / "l" / "ce-246f280000c0.png").convert("L")
     name_band = img.crop((0, labels.LABEL_WIDTH_PX + 52 + 40, img.width, img.height))
@@ -454,26 +375,13 @@ def test_label_warns_when_no_thai_font_is_installed(
 ) -> None:
     from PIL import Image
 
-    from host_tools import labels
+    from host_tools.field import labels
 
     inv_path = _thai_device(tmp_path)
     monkeypatch.setattr(labels, "FONT_DIRS", [tmp_path / "no-fonts"])
     labels._font_files.cache_clear()
     try:
-        assert (
-            cityedge(
-                [
-                    "node",
-                    "label",
-                    "ce-246f280000c0",
-                    "--out",
-                    str(tmp_path / "l"),
-                    "--inventory",
-                    str(inv_path),
-                ]
-            )
-            == 0
-        )
+        assert _label(tmp_path, inv_path) == 0
     finally:
         labels._font_files.cache_clear()
     err = " ".join(capsys.readouterr().err.split())
@@ -502,30 +410,10 @@ def test_broker_with_a_url_scheme_says_host_and_port(
     broker: str,
 ) -> None:
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    code = cityedge(
-        [
-            "node",
-            "provision",
-            "--kind",
-            "air",
-            "--site",
-            SITE,
-            "--lat",
-            "12.68",
-            "--lon",
-            "101.27",
-            "--board",
-            "sim",
-            "--ssid",
-            "school-iot",
-            "--broker",
-            broker,
-            "--port",
-            "/dev/null-board",
-            "--inventory",
-            str(tmp_path / "inv.sqlite"),
-        ]
+    argv = provision_argv(
+        *place("air"), "--port", "/dev/null-board", broker=broker, inventory=tmp_path / "inv.sqlite"
     )
+    code = cityedge(argv)
     assert code == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "HOST[:PORT]" in err and "without" in err and "--broker 192.168.1.10" in err, err

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from esptool.bin_image import ESP32FirmwareImage, ImageSegment
 
-from host_tools import flashing
-from host_tools.errors import ChecksumError, ImageError, NoSerialDataError, WrongChipError
-from host_tools.fake_rom import CHIP_DETECT_MAGIC_REG, FakeEsp32, FakeRom
+from host_tools.field import flashing
+from host_tools.field.errors import ChecksumError, ImageError, NoSerialDataError, WrongChipError
+from host_tools.sim.fake_rom import CHIP_DETECT_MAGIC_REG, FakeEsp32, FakeRom
 
 MAC = "246f28a1b2c3"
 PTY = {"before": "no-reset", "after": "no-reset"}  # a pty has no DTR/RTS lines to reset with

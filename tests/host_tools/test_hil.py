@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import deploy as dp
-from host_tools.board import Board
-from host_tools.inventory import Inventory
-from host_tools.provision import BrokerTarget, NodeSpec, device_id_from_mac, provision_board
-from host_tools.verify import run_selftest
+from host_tools.field import deploy as dp
+from host_tools.field.board import Board
+from host_tools.field.inventory import Inventory
+from host_tools.field.provision import BrokerTarget, NodeSpec, device_id_from_mac, provision_board
+from host_tools.field.verify import run_selftest
 
 pytestmark = pytest.mark.hil
 
@@ -58,7 +58,7 @@ def test_hil_deploy_provision_verify(port: str, tmp_path: Path) -> None:
 
 def test_hil_probe_and_flash(port: str, tmp_path: Path) -> None:
     """Needs CITYEDGE_HIL_IMAGE: a MicroPython .bin with its .sha256 beside it."""
-    from host_tools import flashing
+    from host_tools.field import flashing
 
     image = os.environ.get("CITYEDGE_HIL_IMAGE")
     if not image:

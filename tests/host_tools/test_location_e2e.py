@@ -20,16 +20,20 @@ import pytest
 from edge_gateway import contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
-from host_tools.brokers import MosquittoBroker
 from host_tools.cli import main as cityedge
-from host_tools.inventory import Inventory
-from host_tools.provision import create_gateway_credential
-from host_tools.virtual_board import VirtualBoard
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.virtual_board import VirtualBoard
 from tests.gateway.helpers import Platform, gateway_config, wait_ready
 from tests.host_tools.mqtt_helpers import ROOT_SAFE
+from tests.host_tools.site_rig import (
+    SITE,
+    inventory_with_gateway,
+    place,
+    provision_for_site,
+    site_broker,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.micropython, pytest.mark.slow]
-SITE = "rayong-school-01"
 NAME = "canal gate, ประตูน้ำ 2"
 SITE_LOCATION = {"lat": 13.75, "lon": 100.5}  # the gateway's own (tests.gateway.helpers)
 
@@ -40,60 +44,29 @@ def test_provisioned_location_and_name_reach_the_platform(
     broker_factory: Callable[..., MosquittoBroker],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    inv_path = tmp_path / "inventory.sqlite"
-    with Inventory(inv_path) as inv:
-        gw_password = create_gateway_credential(inv, "gw-rayong-01", SITE)
+    inv_path, gw_password = inventory_with_gateway(tmp_path)
     mac = "246f28000091"
     vb = vboard_factory(mac, mac, "water")
-    local = MosquittoBroker(
-        "site",
-        workdir=tmp_path / "site-broker",
-        password_file=tmp_path / "broker" / "passwd",
-        acl_file=tmp_path / "broker" / "acl",
-        extra_config=ROOT_SAFE,
-    )
+    local = site_broker(tmp_path)
     monkeypatch.setenv("CITYEDGE_WIFI_PASSWORD", "school-wifi")
-    assert (
-        cityedge(
-            [
-                "node",
-                "provision",
-                "--deploy",
-                "--kind",
-                "water",
-                "--site",
-                SITE,
-                "--lat",
-                "12.680123",
-                "--lon",
-                "101.275046",
-                "--elev-m",
-                "2.5",
-                "--name",
-                NAME,
-                "--board",
-                "sim",
-                "--ssid",
-                "school-iot",
-                "--broker",
-                f"127.0.0.1:{local.port}",
-                "--broker-dir",
-                str(tmp_path / "broker"),
-                "--port",
-                vb.device,
-                "--inventory",
-                str(inv_path),
-                # No status between the two gateway runs: the second must know the place already.
-                "--interval",
-                "sample_s=1",
-                "--interval",
-                "report_s=2",
-                "--interval",
-                "status_s=3600",
-            ]
-        )
-        == 0
+    argv = provision_for_site(
+        tmp_path,
+        local,
+        inv_path,
+        "--deploy",
+        *place("water", lat="12.680123", lon="101.275046"),
+        "--elev-m",
+        "2.5",
+        "--name",
+        NAME,
+        "--port",
+        vb.device,
+        # No status between the two gateway runs: the second must know the place already.
+        sample_s=1,
+        report_s=2,
+        status_s=3600,
     )
+    assert cityedge(argv) == 0
     local.start()
     try:
         upstream = broker_factory("platform", extra_config=ROOT_SAFE)

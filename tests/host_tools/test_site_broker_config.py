@@ -9,8 +9,8 @@ from pathlib import Path
 
 import aiomqtt
 
-from host_tools.broker_auth import SITE_MESSAGE_SIZE_LIMIT, hash_password, site_broker_config
-from host_tools.brokers import MosquittoBroker, free_port
+from host_tools.field.broker_auth import SITE_MESSAGE_SIZE_LIMIT, hash_password, site_broker_config
+from host_tools.sim.brokers import MosquittoBroker, free_port
 
 
 def test_generated_site_config_runs_and_bounds_message_size(tmp_path: Path) -> None:

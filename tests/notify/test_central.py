@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, run_async
 from tests.notify.conftest import GROUP, LINE_TOKEN
 from tests.support.fake_services import FakeLine
@@ -44,11 +45,8 @@ async def _until(pred: Any, timeout_s: float, what: str, log: Path) -> None:
         await asyncio.sleep(0.1)
 
 
-@run_async
-async def test_silent_node_and_offline_gateway_raised_centrally(
-    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path, line: FakeLine
-) -> None:
-    (tmp_path / "line.token").write_text(LINE_TOKEN)
+def _central_config(tmp_path: Path, upstream_broker: MosquittoBroker, line: FakeLine) -> Path:
+    """`cityedge alerts serve`'s config: quick rules, LINE the one channel."""
     central = tmp_path / "central.toml"
     central.write_text(f'''
 mode = "central"
@@ -68,6 +66,11 @@ api_base = "{line.url}"
 [[routes]]
 channels = ["line"]
 ''')
+    return central
+
+
+def _gateway_alerts_config(tmp_path: Path, line: FakeLine) -> Path:
+    """The gateway's dispatcher: heartbeats every 0.5 s."""
     gw_alerts = tmp_path / "gw-alerts.toml"
     gw_alerts.write_text(f'''
 mode = "gateway"
@@ -80,6 +83,13 @@ to = "{GROUP}"
 token_file = "line.token"
 api_base = "{line.url}"
 ''')
+    return gw_alerts
+
+
+def _gateway_config(
+    tmp_path: Path, local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, gw_alerts: Path
+) -> Path:
+    """The gateway, one air node in its inventory that reports every second."""
     gw = tmp_path / "gateway.toml"
     gw.write_text(f'''
 gateway_id = "gw-central-01"
@@ -107,6 +117,21 @@ kind = "air"
 report_s = 1.0
 name = "Ban Khlong school"
 ''')
+    return gw
+
+
+def _delivered(line: FakeLine, text: str) -> Callable[[], bool]:
+    return lambda: any(text in m["text"] for m in line.delivered)
+
+
+@run_async
+async def test_silent_node_and_offline_gateway_raised_centrally(
+    local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path, line: FakeLine
+) -> None:
+    (tmp_path / "line.token").write_text(LINE_TOKEN)
+    central = _central_config(tmp_path, upstream_broker, line)
+    gw_alerts = _gateway_alerts_config(tmp_path, line)
+    gw = _gateway_config(tmp_path, local_broker, upstream_broker, gw_alerts)
     log = tmp_path / "procs.log"
     serve = _proc(
         [
@@ -127,12 +152,7 @@ name = "Ban Khlong school"
         await node.wait_acked()
         stopped = time.monotonic()
         await node.stop()  # the node dies
-        await _until(
-            lambda: any("Sensor node silent" in m["text"] for m in line.delivered),
-            2 * 1.0 + 60,
-            "node_silent",
-            log,
-        )
+        await _until(_delivered(line, "Sensor node silent"), 2 * 1.0 + 60, "node_silent", log)
         silent_after = time.monotonic() - stopped
         assert silent_after <= 2 * 1.0 + 60
         assert (
@@ -140,19 +160,9 @@ name = "Ban Khlong school"
         )
         gateway.send_signal(signal.SIGKILL)  # the broker publishes its last will
         gateway.wait(10)
-        await _until(
-            lambda: any("Gateway offline" in m["text"] for m in line.delivered),
-            30,
-            "gateway_offline",
-            log,
-        )
+        await _until(_delivered(line, "Gateway offline"), 30, "gateway_offline", log)
         # Its dispatcher's heartbeats stopped too: the dead-man's switch.
-        await _until(
-            lambda: any("Alert dispatcher quiet" in m["text"] for m in line.delivered),
-            30,
-            "dispatcher_quiet",
-            log,
-        )
+        await _until(_delivered(line, "Alert dispatcher quiet"), 30, "dispatcher_quiet", log)
         await asyncio.sleep(1.0)
         kinds = [m["text"].split("\n")[0] for m in line.delivered]
         assert len(kinds) == len(set(kinds)) == 3, kinds

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -62,17 +63,11 @@ def _cityedge(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
-def test_alerts_test_on_every_channel_and_no_secret_in_any_output(
-    tmp_path: Path, line: FakeLine, hook: WebhookReceiver, capsys: pytest.CaptureFixture[str]
-) -> None:
-    ntfy = FakeNtfy().start()
-    (tmp_path / "line.token").write_text(LINE_TOKEN + "\n")
-    (tmp_path / "hook.secret").write_text(HOOK_SECRET)
-    env = {**os.environ, "CITYEDGE_SMTP_PASSWORD": SMTP_PASSWORD, "NTFY_TOKEN": NTFY_TOKEN}
-    try:
-        with smtp_server("alerts@city.example", SMTP_PASSWORD) as smtp:
-            config = tmp_path / "alerts.toml"
-            config.write_text(f'''
+def _every_channel_config(
+    tmp_path: Path, line: FakeLine, hook: WebhookReceiver, smtp_port: int, ntfy: FakeNtfy
+) -> Path:
+    config = tmp_path / "alerts.toml"
+    config.write_text(f'''
 outbox = "notify.sqlite"
 [channels.line]
 type = "line"
@@ -86,7 +81,7 @@ secret_file = "hook.secret"
 [channels.mail]
 type = "smtp"
 host = "127.0.0.1"
-port = {smtp.port}
+port = {smtp_port}
 starttls = false
 username = "alerts@city.example"
 password_env = "CITYEDGE_SMTP_PASSWORD"
@@ -98,34 +93,44 @@ url = "{ntfy.url}"
 topic = "city-canal-alerts"
 token_env = "NTFY_TOKEN"
 ''')
+    return config
+
+
+def _check_sent_once_everywhere(
+    tmp_path: Path, line: FakeLine, hook: WebhookReceiver, smtp: Any, ntfy: FakeNtfy
+) -> None:
+    assert len(line.delivered) == 1 and "ทดสอบการแจ้งเตือน" in line.delivered[0]["text"]
+    assert len(hook.received) == 1 and hook.bad_signatures == 0
+    assert len(smtp.messages) == 1
+    mail = smtp.messages[0]
+    assert mail["To"] == "eoc@city.example, it@city.example"
+    assert "CityEdge test alert" in mail.get_content()
+    assert mail["Message-ID"].endswith("@cityedge>")
+    assert ntfy.published[0]["topic"] == "city-canal-alerts"
+    outbox = Outbox(tmp_path / "notify.sqlite")
+    assert outbox.pending()[0] == 0 and len(outbox.sent_rows()) == 4
+    outbox.close()
+
+
+def test_alerts_test_on_every_channel_and_no_secret_in_any_output(
+    tmp_path: Path, line: FakeLine, hook: WebhookReceiver, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ntfy = FakeNtfy().start()
+    (tmp_path / "line.token").write_text(LINE_TOKEN + "\n")
+    (tmp_path / "hook.secret").write_text(HOOK_SECRET)
+    env = {**os.environ, "CITYEDGE_SMTP_PASSWORD": SMTP_PASSWORD, "NTFY_TOKEN": NTFY_TOKEN}
+    try:
+        with smtp_server("alerts@city.example", SMTP_PASSWORD) as smtp:
+            config = _every_channel_config(tmp_path, line, hook, smtp.port, ntfy)
             out = _cityedge("alerts", "test", "--config", str(config), env=env)
             assert out.returncode == 0, out.stdout + out.stderr
             for name in ("line", "hook", "mail", "ntfy"):
                 assert f"{name}: sent" in out.stdout
-            assert len(line.delivered) == 1 and "ทดสอบการแจ้งเตือน" in line.delivered[0]["text"]
-            assert len(hook.received) == 1 and hook.bad_signatures == 0
-            assert len(smtp.messages) == 1
-            mail = smtp.messages[0]
-            assert mail["To"] == "eoc@city.example, it@city.example"
-            assert "CityEdge test alert" in mail.get_content()
-            assert mail["Message-ID"].endswith("@cityedge>")
-            assert ntfy.published[0]["topic"] == "city-canal-alerts"
-            outbox = Outbox(tmp_path / "notify.sqlite")
-            assert outbox.pending()[0] == 0 and len(outbox.sent_rows()) == 4
-            outbox.close()
+            _check_sent_once_everywhere(tmp_path, line, hook, smtp, ntfy)
             # A wrong LINE token: refused with LINE's 401 message, the token still not shown.
             (tmp_path / "line.token").write_text("wrong-" + LINE_TOKEN)
-            bad = _cityedge(
-                "alerts",
-                "test",
-                "--config",
-                str(config),
-                "--channel",
-                "line",
-                "--wait-s",
-                "1",
-                env=env,
-            )
+            line_only = ["--channel", "line", "--wait-s", "1"]
+            bad = _cityedge("alerts", "test", "--config", str(config), *line_only, env=env)
             assert bad.returncode == 1 and "line: NOT sent" in bad.stdout
             assert "HTTP 401 Authentication failed" in bad.stderr
             # A secret written in the file itself is refused with what to do.
@@ -143,14 +148,45 @@ token_env = "NTFY_TOKEN"
     assert "DEBUG" in everything or "INFO" in everything  # the logs were there to grep
 
 
+JOIN_EVENT = json.dumps(
+    {
+        "destination": "U" + "0" * 32,
+        "events": [
+            {
+                "type": "join",
+                "mode": "active",
+                "timestamp": 1780000000000,
+                "source": {"type": "group", "groupId": "C" + "a1" * 16},
+                "webhookEventId": "01HZZZZZZZZZZZZZZZZZZZZZZZ",
+                "replyToken": "r",
+                "deliveryContext": {"isRedelivery": False},
+            }
+        ],
+    }
+).encode()
+
+
+def _post_join(port: int, signature: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/line/webhook",
+        data=JOIN_EVENT,
+        headers={"x-line-signature": signature, "Content-Type": "application/json"},
+    )
+    try:
+        return int(urllib.request.urlopen(req, timeout=5).status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
 def test_line_group_id_helper_prints_the_group_of_a_signed_join_event(tmp_path: Path) -> None:
     import base64
     import hashlib
     import hmac
     import socket
     import time
-    import urllib.error
-    import urllib.request
 
     secret = "channel-secret-0123456789abcdef"
     (tmp_path / "secret").write_text(secret)
@@ -174,46 +210,19 @@ def test_line_group_id_helper_prints_the_group_of_a_signed_join_event(tmp_path: 
         stderr=subprocess.STDOUT,
         text=True,
     )
-    body = json.dumps(
-        {
-            "destination": "U" + "0" * 32,
-            "events": [
-                {
-                    "type": "join",
-                    "mode": "active",
-                    "timestamp": 1780000000000,
-                    "source": {"type": "group", "groupId": "C" + "a1" * 16},
-                    "webhookEventId": "01HZZZZZZZZZZZZZZZZZZZZZZZ",
-                    "replyToken": "r",
-                    "deliveryContext": {"isRedelivery": False},
-                }
-            ],
-        }
-    ).encode()
-
-    def post(signature: str) -> int:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{port}/line/webhook",
-            data=body,
-            headers={"x-line-signature": signature, "Content-Type": "application/json"},
-        )
-        try:
-            return int(urllib.request.urlopen(req, timeout=5).status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-
+    body = JOIN_EVENT
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                status = post("bad")
+                status = _post_join(port, "bad")
                 break
             except OSError:
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
         assert status == 401
         good = base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
-        assert post(good) == 200
+        assert _post_join(port, good) == 200
         out, _ = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:

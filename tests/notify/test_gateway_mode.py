@@ -14,7 +14,7 @@ import pytest
 
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, gateway_config, run_async, wait_ready
 from tests.gateway.test_basic_path import STAGE
 from tests.notify.conftest import HOOK_SECRET, LINE_TOKEN, wait_until

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from edge_gateway import contract
 from edge_gateway.app import Gateway
 from edge_gateway.config import GatewayConfig
 from edge_gateway.notify import hook
-from edge_gateway.notify.incidents import SilenceRules, open_incidents
+from edge_gateway.notify.incidents import open_incidents
+from edge_gateway.notify.silence import SilenceRules
 from edge_gateway.status.fleet import FleetModel, FleetSettings
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, gateway_config, run_async, wait_ready
 from tests.gateway.test_basic_path import STAGE
 from tests.notify.conftest import wait_until, water_alert
@@ -40,6 +42,157 @@ def _no_status_url(path: Path) -> Path:
     return path
 
 
+INVENTORY = {
+    "allow_unknown": False,
+    "device": [
+        {
+            "id": WATER,
+            "kind": "water",
+            "water_warning_m": 2.0,
+            "water_critical_m": 3.0,
+            "name": "Khlong pier 3",
+        },
+        {"id": SILENT, "kind": "air", "report_s": 1.0, "name": "Wat school"},
+        {"id": MAINT, "kind": "air", "report_s": 1.0, "name": "Mast under repair"},
+    ],
+}
+
+
+@dataclass
+class Page:
+    """The gateway's status page, read and posted to over HTTP."""
+
+    gw: Gateway
+    http: aiohttp.ClientSession
+    base: str
+    token: str
+
+    async def get(self, path: str) -> Any:
+        async with self.http.get(self.base + path) as r:
+            assert r.status == 200, path
+            return await r.json() if path.startswith("/api") else await r.text()
+
+    async def post_status(self, path: str, **kw: Any) -> int:
+        async with self.http.post(self.base + path, **kw) as r:
+            return r.status
+
+
+def _config(
+    local_broker: MosquittoBroker,
+    upstream_broker: MosquittoBroker,
+    tmp_path: Path,
+    alerts_config: Any,
+) -> GatewayConfig:
+    records = tmp_path / "stage.toml"
+    records.write_text(STAGE)
+    routes = '[[routes]]\nchannels = ["line"]\nescalate_after_s = 3600\nescalate_to = ["hook"]\n'
+    alerts = _no_status_url(alerts_config(extra="silent_grace_s = 1\n", routes=routes))
+    return GatewayConfig.from_dict(
+        gateway_config(
+            local_broker,
+            upstream_broker,
+            tmp_path,
+            calibration={"records": str(records)},
+            inventory=INVENTORY,
+            notify={"config": str(alerts)},
+            status={"port": 0, "late_grace_s": 1, "offline_margin_s": 2, "url": PAGE},
+        )
+    )
+
+
+async def _check_incident_shown(page: Page, no: int) -> None:
+    summary = await page.get("/api/summary")
+    assert summary["incidents"] == 1 and summary["incidents_unacked"] == 1
+    rows = {r["device_id"]: r for r in await page.get("/api/devices")}
+    assert rows[WATER]["incidents"] == 1 and rows[SILENT]["incidents"] == 0
+    html = await page.get(f"/device/{WATER}?lang=en")
+    assert f'data-incident="{no}"' in html and "not acknowledged" in html
+    assert f'action="/device/{WATER}/ack"' in html
+    assert 'data-count="incidents">1<' in await page.get("/?lang=en")
+
+
+async def _check_ack_needs_the_token(page: Page, no: int) -> None:
+    # Refused without the token (form and API); nothing acknowledged.
+    ack = f"/device/{WATER}/ack"
+    assert await page.post_status(ack, data={"incident": str(no), "by": "x"}) == 401
+    assert (
+        await page.post_status(ack, data={"incident": str(no), "by": "x", "token": "wrong"}) == 401
+    )
+    assert await page.post_status(f"/api/incidents/{no}/ack", json={"by": "x"}) == 401
+    assert open_incidents(page.gw.notify.outbox)[0]["acked_by"] is None
+
+
+async def _check_ack_with_the_token(page: Page, no: int) -> None:
+    # With the token: acknowledged; the name (typed by a person) is escaped.
+    gw = page.gw
+    status = await page.post_status(
+        f"/device/{WATER}/ack",
+        allow_redirects=False,
+        data={"incident": str(no), "by": EVIL, "token": page.token},
+    )
+    assert status == 303
+    assert open_incidents(gw.notify.outbox)[0]["acked_by"] == EVIL
+    html = await page.get(f"/device/{WATER}?lang=en")
+    assert "acknowledged by" in html and "<script>alert" not in html
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert (await page.get("/api/summary"))["incidents_unacked"] == 0
+    status = await page.post_status(
+        f"/api/incidents/{no}/ack",
+        json={"by": "again"},
+        headers={"Authorization": f"Bearer {page.token}"},
+    )
+    assert status == 404  # acknowledged already
+
+    # Acknowledged: it no longer escalates, even long after its escalate_after_s.
+    def escalate() -> int:
+        with gw.notify.outbox.transaction() as db:
+            return int(gw.notify.incidents.escalate(db, time.time() + 7200))
+
+    assert await asyncio.to_thread(escalate) == 0
+
+
+async def _check_no_silent_alert_in_maintenance(
+    page: Page, local_broker: MosquittoBroker, line: FakeLine, nodes: list[FakeNode]
+) -> None:
+    # Two nodes stop together; the one in maintenance raises no silent-node alert.
+    status = await page.post_status(
+        f"/api/devices/{MAINT}/maintenance",
+        json={"action": "start", "hours": 1, "reason": "mast"},
+        headers={"Authorization": f"Bearer {page.token}"},
+    )
+    assert status == 200
+    for dev in (SILENT, MAINT):
+        node = await FakeNode(local_broker, dev, "air").start()
+        nodes.append(node)
+        await node.publish(2)
+        await node.wait_acked()
+    for node in nodes[1:]:
+        await node.stop()
+    await wait_until(lambda: any("Wat school" in m["text"] for m in line.delivered), 2 * 1.0 + 60)
+    rows = {r["device_id"]: r for r in await page.get("/api/devices")}
+    assert rows[SILENT]["state"] in ("late", "offline")
+    assert rows[MAINT]["state"] == "maintenance"
+    await asyncio.sleep(1.0)  # the rule runs every few seconds: one more round
+    assert not any("Mast under repair" in m["text"] for m in line.delivered)
+    assert not [i for i in open_incidents(page.gw.notify.outbox) if i["device"] == MAINT]
+
+
+async def _platform_device_statuses(
+    upstream_broker: MosquittoBroker, site_id: str
+) -> dict[str, Any]:
+    """The retained device statuses on the platform, until MAINT's and SILENT's are in."""
+    async with aiomqtt.Client(upstream_broker.host, upstream_broker.port) as c:
+        await c.subscribe(contract.device_status_topic(site_id, "+"), qos=1)
+        seen: dict[str, Any] = {}
+        async with asyncio.timeout(15):
+            async for msg in c.messages:
+                body = json.loads(bytes(msg.payload))
+                seen[body["device_id"]] = body
+                if MAINT in seen and SILENT in seen:
+                    break
+    return seen
+
+
 @pytest.mark.broker
 @run_async
 async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
@@ -49,35 +202,7 @@ async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
     alerts_config: Any,
     line: FakeLine,
 ) -> None:
-    records = tmp_path / "stage.toml"
-    records.write_text(STAGE)
-    routes = '[[routes]]\nchannels = ["line"]\nescalate_after_s = 3600\nescalate_to = ["hook"]\n'
-    alerts = _no_status_url(alerts_config(extra="silent_grace_s = 1\n", routes=routes))
-    inventory = {
-        "allow_unknown": False,
-        "device": [
-            {
-                "id": WATER,
-                "kind": "water",
-                "water_warning_m": 2.0,
-                "water_critical_m": 3.0,
-                "name": "Khlong pier 3",
-            },
-            {"id": SILENT, "kind": "air", "report_s": 1.0, "name": "Wat school"},
-            {"id": MAINT, "kind": "air", "report_s": 1.0, "name": "Mast under repair"},
-        ],
-    }
-    config = GatewayConfig.from_dict(
-        gateway_config(
-            local_broker,
-            upstream_broker,
-            tmp_path,
-            calibration={"records": str(records)},
-            inventory=inventory,
-            notify={"config": str(alerts)},
-            status={"port": 0, "late_grace_s": 1, "offline_margin_s": 2, "url": PAGE},
-        )
-    )
+    config = _config(local_broker, upstream_broker, tmp_path, alerts_config)
     gw = Gateway(config)
     task = asyncio.create_task(gw.run())
     nodes: list[FakeNode] = []
@@ -87,7 +212,6 @@ async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
             while not gw.status_feed.port:
                 await asyncio.sleep(0.05)
         base = f"http://127.0.0.1:{gw.status_feed.port}"
-        token = gw.status_feed.token
         water = await FakeNode(local_broker, WATER, "water").start()
         nodes.append(water)
         await water.publish(3, value=2.5)  # 1.5 m MSL: normal
@@ -98,94 +222,13 @@ async def test_ack_on_the_status_page_and_no_silent_alert_in_maintenance(
         [inc] = open_incidents(gw.notify.outbox)
         no = inc["no"]
         async with aiohttp.ClientSession() as http:
-
-            async def get(path: str) -> Any:
-                async with http.get(base + path) as r:
-                    assert r.status == 200, path
-                    return await r.json() if path.startswith("/api") else await r.text()
-
-            summary = await get("/api/summary")
-            assert summary["incidents"] == 1 and summary["incidents_unacked"] == 1
-            rows = {r["device_id"]: r for r in await get("/api/devices")}
-            assert rows[WATER]["incidents"] == 1 and rows[SILENT]["incidents"] == 0
-            page = await get(f"/device/{WATER}?lang=en")
-            assert f'data-incident="{no}"' in page and "not acknowledged" in page
-            assert f'action="/device/{WATER}/ack"' in page
-            assert 'data-count="incidents">1<' in await get("/?lang=en")
-
-            # Refused without the token (form and API); nothing acknowledged.
-            async with http.post(
-                f"{base}/device/{WATER}/ack", data={"incident": str(no), "by": "x"}
-            ) as r:
-                assert r.status == 401
-            async with http.post(
-                f"{base}/device/{WATER}/ack",
-                data={"incident": str(no), "by": "x", "token": "wrong"},
-            ) as r:
-                assert r.status == 401
-            async with http.post(f"{base}/api/incidents/{no}/ack", json={"by": "x"}) as r:
-                assert r.status == 401
-            assert open_incidents(gw.notify.outbox)[0]["acked_by"] is None
-
-            # With the token: acknowledged; the name (typed by a person) is escaped.
-            async with http.post(
-                f"{base}/device/{WATER}/ack",
-                allow_redirects=False,
-                data={"incident": str(no), "by": EVIL, "token": token},
-            ) as r:
-                assert r.status == 303
-            assert open_incidents(gw.notify.outbox)[0]["acked_by"] == EVIL
-            page = await get(f"/device/{WATER}?lang=en")
-            assert "acknowledged by" in page and "<script>alert" not in page
-            assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
-            assert (await get("/api/summary"))["incidents_unacked"] == 0
-            async with http.post(
-                f"{base}/api/incidents/{no}/ack",
-                json={"by": "again"},
-                headers={"Authorization": f"Bearer {token}"},
-            ) as r:
-                assert r.status == 404  # acknowledged already
-
-            # Acknowledged: it no longer escalates, even long after its escalate_after_s.
-            def escalate() -> int:
-                with gw.notify.outbox.transaction() as db:
-                    return int(gw.notify.incidents.escalate(db, time.time() + 7200))
-
-            assert await asyncio.to_thread(escalate) == 0
-
-            # Two nodes stop together; the one in maintenance raises no silent-node alert.
-            async with http.post(
-                f"{base}/api/devices/{MAINT}/maintenance",
-                json={"action": "start", "hours": 1, "reason": "mast"},
-                headers={"Authorization": f"Bearer {token}"},
-            ) as r:
-                assert r.status == 200
-            for dev in (SILENT, MAINT):
-                node = await FakeNode(local_broker, dev, "air").start()
-                nodes.append(node)
-                await node.publish(2)
-                await node.wait_acked()
-            for node in nodes[1:]:
-                await node.stop()
-            await wait_until(
-                lambda: any("Wat school" in m["text"] for m in line.delivered), 2 * 1.0 + 60
-            )
-            rows = {r["device_id"]: r for r in await get("/api/devices")}
-            assert rows[SILENT]["state"] in ("late", "offline")
-            assert rows[MAINT]["state"] == "maintenance"
-            await asyncio.sleep(1.0)  # the rule runs every few seconds: one more round
-            assert not any("Mast under repair" in m["text"] for m in line.delivered)
-            assert not [i for i in open_incidents(gw.notify.outbox) if i["device"] == MAINT]
+            page = Page(gw, http, base, gw.status_feed.token)
+            await _check_incident_shown(page, no)
+            await _check_ack_needs_the_token(page, no)
+            await _check_ack_with_the_token(page, no)
+            await _check_no_silent_alert_in_maintenance(page, local_broker, line, nodes)
             # The retained device status on the platform says so (city view, central alerts).
-            async with aiomqtt.Client(upstream_broker.host, upstream_broker.port) as c:
-                await c.subscribe(contract.device_status_topic(config.site_id, "+"), qos=1)
-                seen: dict[str, Any] = {}
-                async with asyncio.timeout(15):
-                    async for msg in c.messages:
-                        body = json.loads(bytes(msg.payload))
-                        seen[body["device_id"]] = body
-                        if MAINT in seen and SILENT in seen:
-                            break
+            seen = await _platform_device_statuses(upstream_broker, config.site_id)
             assert seen[MAINT]["maintenance"] is True and "maintenance" not in seen[SILENT]
     finally:
         for node in nodes:

@@ -19,7 +19,7 @@ import pytest
 from calibration.aqi import thai_aqi, thai_aqi_detail
 from city_platform.db import Store, connect, partition_time
 from city_platform.pgserver import PostgresServer
-from host_tools.brokers import free_port, wait_for_port
+from host_tools.sim.brokers import free_port, wait_for_port
 from tests.platform.conftest import SinkDb
 from tests.platform.helpers import iso, observation
 
@@ -28,10 +28,9 @@ AIR = "ce-0000000000a1"
 WATER = "ce-0000000000w1"
 
 
-def _fill(db: SinkDb) -> list[tuple[float, float, int]]:
-    """26 h of 30-min air readings (one flagged FAIL), a water node, a parking node.
-    Returns the air node's (t, calibrated pm25, flag)."""
-    docs: list[tuple[str, dict[str, Any]]] = []
+def _air_docs() -> tuple[list[dict[str, Any]], list[tuple[float, float, int]]]:
+    """26 h of 30-min air readings, one flagged FAIL; and their (t, calibrated pm25, flag)."""
+    docs: list[dict[str, Any]] = []
     air: list[tuple[float, float, int]] = []
     for n in range(53):
         t = END - (52 - n) * 1800
@@ -44,8 +43,13 @@ def _fill(db: SinkDb) -> list[tuple[float, float, int]]:
         o["quality"]["pm25"] = flag
         o.pop("settles", None)
         o["derived"] = {"thai_aqi": {"value": 1, "level": 1, "colour": "blue"}}  # not used
-        docs.append(("observation", o))
+        docs.append(o)
         air.append((t, o["calibrated"]["pm25"]["v"], flag))
+    return docs, air
+
+
+def _water_and_parking_docs() -> list[dict[str, Any]]:
+    docs = []
     for n in range(4):
         t = END - (3 - n) * 600
         w = observation("khonkaen-canal-02", "gw-khonkaen-canal-02", WATER, 1, n, t)
@@ -66,7 +70,7 @@ def _fill(db: SinkDb) -> list[tuple[float, float, int]]:
             derived={"level_state": {"state": "normal", "warning_m": 1.8, "critical_m": 2.2}},
         )
         w["location"]["name"] = "Khon Kaen canal 2"
-        docs.append(("observation", w))
+        docs.append(w)
     p = observation("bangsaen-park-01", "gw-bangsaen-park-01", "ce-0000000000p1", 1, 0, END)
     p.pop("settles", None)
     p.update(
@@ -77,7 +81,15 @@ def _fill(db: SinkDb) -> list[tuple[float, float, int]]:
         quality_tests={},
         derived={"status": "occupied"},
     )
-    docs.append(("observation", p))
+    docs.append(p)
+    return docs
+
+
+def _fill(db: SinkDb) -> list[tuple[float, float, int]]:
+    """26 h of 30-min air readings (one flagged FAIL), a water node, a parking node.
+    Returns the air node's (t, calibrated pm25, flag)."""
+    air_docs, air = _air_docs()
+    docs = [("observation", d) for d in air_docs + _water_and_parking_docs()]
     with connect(db.writer_url) as conn:
         store = Store(conn)
         for table, doc in docs:

@@ -17,8 +17,18 @@ def _months_ago(n: int) -> datetime:
     return datetime(index // 12, index % 12 + 1, 15, tzinfo=UTC)
 
 
-def test_retention_drops_old_months_only(sink_db: SinkDb) -> None:
-    migrate(sink_db.owner_url)  # again: nothing to do, no error
+def _retention(db_url: str, *more: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "city_platform", "retention", "--db", db_url, *more],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _fill(sink_db: SinkDb) -> None:
+    """One observation 30, 25, 23, 1 and 0 months old; rejected messages 200 and 10 days old."""
     with connect(sink_db.writer_url) as conn:
         store = Store(conn)
         docs = []
@@ -41,13 +51,12 @@ def test_retention_drops_old_months_only(sink_db: SinkDb) -> None:
                 "VALUES (now() - make_interval(days => %s), 't', 'x', 'test')",
                 (age_days,),
             )
-    result = subprocess.run(
-        [sys.executable, "-m", "city_platform", "retention", "--db", sink_db.owner_url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+
+
+def test_retention_drops_old_months_only(sink_db: SinkDb) -> None:
+    migrate(sink_db.owner_url)  # again: nothing to do, no error
+    _fill(sink_db)
+    result = _retention(sink_db.owner_url)
     assert result.returncode == 0, result.stderr
     old = {f"observation_{_months_ago(a):%Y_%m}" for a in (30, 25)}
     assert set(result.stdout.split("dropped: ")[1].splitlines()[0].split(", ")) == old
@@ -56,37 +65,7 @@ def test_retention_drops_old_months_only(sink_db: SinkDb) -> None:
     left = [r[0] for r in sink_db.query("SELECT seq FROM cityedge.observation ORDER BY seq")]
     assert left == [2, 3, 4]  # 23, 1 and 0 months old: within the default 24 months
     # The writer may not drop partitions itself.
-    denied = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "city_platform",
-            "retention",
-            "--db",
-            sink_db.writer_url,
-            "--keep",
-            "observation=0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    denied = _retention(sink_db.writer_url, "--keep", "observation=0")
     assert denied.returncode != 0 and "permission denied" in denied.stderr
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "city_platform",
-            "retention",
-            "--db",
-            sink_db.owner_url,
-            "--keep",
-            "readings=3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    bad = _retention(sink_db.owner_url, "--keep", "readings=3")
     assert bad.returncode != 0 and "TABLE=MONTHS" in bad.stderr

@@ -14,7 +14,7 @@ import pytest
 
 from city_platform.sink import classify
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.platform.conftest import SinkDb
 from tests.platform.helpers import Publisher, observation, wait_until
 
@@ -30,60 +30,39 @@ def test_topics_are_classified() -> None:
     assert classify("cityedge/v1/site/s-01/air/ce-1/observation/x") is None
 
 
-def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
-    broker_factory: Callable[..., MosquittoBroker],
-    sink_db: SinkDb,
-    sink_process: Callable[..., object],
-) -> None:
-    a, b = broker_factory("district-a"), broker_factory("district-b")
-    sink = sink_process([a.address, b.address], sink_db.writer_url, consumers=2, stats_interval="1")
-    pa, pb = Publisher(a.host, a.port, "gw-a"), Publisher(b.host, b.port, "gw-b")
-    t0 = time.time() - 600
-    try:
-        for seq in range(20):
-            o = observation("site-a-01", "gw-site-a-01", "ce-00000000000a", 1, seq, t0 + 60 * seq)
-            pa.send(contract.observation_topic("site-a-01", "air", o["device_id"]), o)
-            o = observation("site-b-01", "gw-site-b-01", "ce-00000000000b", 3, seq, t0 + 60 * seq)
-            pb.send(contract.observation_topic("site-b-01", "air", o["device_id"]), o)
-        # A repeat (as after a lost acknowledgement upstream) is stored once.
-        pa.send(
-            contract.observation_topic("site-a-01", "air", "ce-00000000000a"),
-            observation("site-a-01", "gw-site-a-01", "ce-00000000000a", 1, 5, t0 + 300),
-        )
-        status = contract.example("device_status")
-        pa.send(contract.device_status_topic(status["site_id"], status["device_id"]), status, qos=1)
-        health = contract.example("gateway_health")
-        pb.send(
-            contract.gateway_health_topic(health["site_id"], health["gateway_id"]), health, qos=1
-        )
-        pb.send(
-            contract.gateway_health_topic(health["site_id"], health["gateway_id"]), health, qos=1
-        )
-        alert = contract.example("alert")
-        pa.send(contract.alert_topic(alert["site_id"], alert["device_id"]), alert)
-        pa.send("cityedge/v1/site/site-a-01/air/ce-00000000000a/observation", b"\x00 not json")
-        wrong = observation("site-a-01", "gw-site-a-01", "ce-00000000000c", 1, 0, t0)
-        pa.send("cityedge/v1/site/site-a-01/air/ce-00000000000a/observation", wrong)
-        # Valid by the schema, impossible to store: the consumer rejects them and carries on.
-        far = observation("site-a-01", "gw-site-a-01", "ce-00000000000d", 1, 0, t0)
-        far["t"] = 1e300
-        pa.send(contract.observation_topic("site-a-01", "air", "ce-00000000000d"), far)
-        huge = observation("site-a-01", "gw-site-a-01", "ce-00000000000d", 2**40, 0, t0)
-        pa.send(contract.observation_topic("site-a-01", "air", "ce-00000000000d"), huge)
-        pa.flush()
-        pb.flush()
+def _publish_every_kind(pa: Publisher, pb: Publisher, t0: float) -> None:
+    """20 observations a district, a repeat, each other kind, and four that must be rejected."""
+    for seq in range(20):
+        o = observation("site-a-01", "gw-site-a-01", "ce-00000000000a", 1, seq, t0 + 60 * seq)
+        pa.send(contract.observation_topic("site-a-01", "air", o["device_id"]), o)
+        o = observation("site-b-01", "gw-site-b-01", "ce-00000000000b", 3, seq, t0 + 60 * seq)
+        pb.send(contract.observation_topic("site-b-01", "air", o["device_id"]), o)
+    # A repeat (as after a lost acknowledgement upstream) is stored once.
+    pa.send(
+        contract.observation_topic("site-a-01", "air", "ce-00000000000a"),
+        observation("site-a-01", "gw-site-a-01", "ce-00000000000a", 1, 5, t0 + 300),
+    )
+    status = contract.example("device_status")
+    pa.send(contract.device_status_topic(status["site_id"], status["device_id"]), status, qos=1)
+    health = contract.example("gateway_health")
+    pb.send(contract.gateway_health_topic(health["site_id"], health["gateway_id"]), health, qos=1)
+    pb.send(contract.gateway_health_topic(health["site_id"], health["gateway_id"]), health, qos=1)
+    alert = contract.example("alert")
+    pa.send(contract.alert_topic(alert["site_id"], alert["device_id"]), alert)
+    pa.send("cityedge/v1/site/site-a-01/air/ce-00000000000a/observation", b"\x00 not json")
+    wrong = observation("site-a-01", "gw-site-a-01", "ce-00000000000c", 1, 0, t0)
+    pa.send("cityedge/v1/site/site-a-01/air/ce-00000000000a/observation", wrong)
+    # Valid by the schema, impossible to store: the consumer rejects them and carries on.
+    far = observation("site-a-01", "gw-site-a-01", "ce-00000000000d", 1, 0, t0)
+    far["t"] = 1e300
+    pa.send(contract.observation_topic("site-a-01", "air", "ce-00000000000d"), far)
+    huge = observation("site-a-01", "gw-site-a-01", "ce-00000000000d", 2**40, 0, t0)
+    pa.send(contract.observation_topic("site-a-01", "air", "ce-00000000000d"), huge)
+    pa.flush()
+    pb.flush()
 
-        def done() -> bool:
-            rows = sink_db.query("SELECT count(*) FROM cityedge.observation")
-            rej = sink_db.query("SELECT count(*) FROM cityedge.rejected")
-            return rows[0][0] == 40 and rej[0][0] == 4
 
-        assert wait_until(done, 60), sink_db.query("SELECT count(*) FROM cityedge.observation")
-        time.sleep(1.0)  # anything still on its way would show as an extra row below
-    finally:
-        pa.close()
-        pb.close()
-
+def _check_stored_once(sink_db: SinkDb) -> None:
     assert sink_db.query("SELECT count(*) FROM cityedge.observation") == [(40,)]
     assert sink_db.query("SELECT count(*) FROM cityedge.device_status") == [(1,)]
     assert sink_db.query("SELECT count(*) FROM cityedge.gateway_health") == [(1,)]
@@ -108,6 +87,8 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
     )
     assert parts[0][0] >= 1
 
+
+def _check_roles_apart(sink_db: SinkDb) -> None:
     # The integrators' login reads but cannot write; the sink's login writes but cannot delete
     # nor change the schema.
     with psycopg.connect(sink_db.reader_url) as conn:
@@ -122,6 +103,32 @@ def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
         conn.execute("DELETE FROM cityedge.observation")
+
+
+def test_sink_stores_every_kind_once_rejects_garbage_and_keeps_roles_apart(
+    broker_factory: Callable[..., MosquittoBroker],
+    sink_db: SinkDb,
+    sink_process: Callable[..., object],
+) -> None:
+    a, b = broker_factory("district-a"), broker_factory("district-b")
+    sink = sink_process([a.address, b.address], sink_db.writer_url, consumers=2, stats_interval="1")
+    pa, pb = Publisher(a.host, a.port, "gw-a"), Publisher(b.host, b.port, "gw-b")
+    t0 = time.time() - 600
+    try:
+        _publish_every_kind(pa, pb, t0)
+
+        def done() -> bool:
+            rows = sink_db.query("SELECT count(*) FROM cityedge.observation")
+            rej = sink_db.query("SELECT count(*) FROM cityedge.rejected")
+            return rows[0][0] == 40 and rej[0][0] == 4
+
+        assert wait_until(done, 60), sink_db.query("SELECT count(*) FROM cityedge.observation")
+        time.sleep(1.0)  # anything still on its way would show as an extra row below
+    finally:
+        pa.close()
+        pb.close()
+    _check_stored_once(sink_db)
+    _check_roles_apart(sink_db)
 
     # Each consumer reports what it did; the repeat shows up as "already there".
     def reported() -> tuple[int, int, int]:
@@ -162,7 +169,7 @@ def test_sink_reads_a_broker_that_requires_tls_and_a_client_certificate(
     sink_process: Callable[..., object],
     tmp_path: Path,
 ) -> None:
-    from host_tools.brokers import free_port
+    from host_tools.sim.brokers import free_port
     from tests.gateway.helpers import AS_INVOKER
     from tests.gateway.test_tls import make_pki
 

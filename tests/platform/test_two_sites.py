@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -22,67 +21,33 @@ import pytest
 
 from calibration.records import Registry
 from edge_gateway import contract
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.platform.conftest import SinkDb
 from tests.platform.helpers import Publisher, wait_until
+from tests.support.calibrated_gateway import (
+    linear_pm25_record,
+    start_gateway_process,
+    write_gateway_toml,
+)
 
 pytestmark = [pytest.mark.broker]
 
-RECORDS = """
-[[record]]
-id = "city-fleet-linear-2026"
-device_id = "*"
-quantity = "pm25"
-unit = "ug/m3"
-input_channel = "pm25_cf1"
-author = "platform test"
-valid_from = 2020-01-01T00:00:00Z
-
-[record.model]
-form = "linear"
-
-[record.model.coefficients]
-slope = 0.613
-intercept = 1.27
-"""
+RECORDS = linear_pm25_record("city-fleet-linear-2026", "*", "platform test", 0.613, 1.27)
 
 
 def gateway_config(
     tmp: Path, site: str, local: MosquittoBroker, up: MosquittoBroker, records: Path
 ) -> Path:
-    path = tmp / f"{site}.toml"
-    path.write_text(f"""
-gateway_id = "gw-{site}"
-site_id = "{site}"
-data_dir = "{tmp / site}"
-
-[location]
-lat = 18.79
-lon = 98.98
-name = "{site} test school"
-
-[local]
-host = "{local.host}"
-port = {local.port}
-
-[upstream]
-host = "{up.host}"
-port = {up.port}
-tls = false
-
-[calibration]
-records = "{records}"
-
-[inventory]
-allow_unknown = true
-
-[metrics]
-enabled = false
-
-[health]
-interval_s = 1
-""")
-    return path
+    return write_gateway_toml(
+        tmp / f"{site}.toml",
+        gateway_id=f"gw-{site}",
+        site_id=site,
+        data_dir=tmp / site,
+        location=(18.79, 98.98, f"{site} test school"),
+        local=local,
+        upstream=up,
+        records=records,
+    )
 
 
 @pytest.fixture
@@ -90,11 +55,7 @@ def gateways() -> Iterator[Callable[[Path], subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(config: Path) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_gateway", "--config", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        proc = start_gateway_process(config)
         procs.append(proc)
         return proc
 
@@ -120,78 +81,60 @@ def reading(device: str, boot: int, seq: int, t: float, cf1: float) -> dict[str,
     return r
 
 
-def test_readings_from_two_sites_land_once_and_rederive(
-    tmp_path: Path,
-    broker_factory: Callable[..., MosquittoBroker],
-    sink_db: SinkDb,
-    sink_process: Callable[..., Any],
-    gateways: Callable[[Path], subprocess.Popen[bytes]],
-) -> None:
-    records = tmp_path / "calibration.toml"
-    records.write_text(RECORDS)
-    registry = Registry.load(records)
-    sites = ["chiangmai-school-01", "chiangmai-school-02"]
-    local = [broker_factory(f"site{i}") for i in range(2)]
-    platform = [broker_factory(f"district{i}", persistence=True) for i in range(2)]
-    sink_process([b.address for b in platform], sink_db.writer_url, consumers=2)
-    for i, site in enumerate(sites):
-        gateways(gateway_config(tmp_path, site, local[i], platform[i], records))
+def _count(sink_db: SinkDb, sql: str, params: tuple[object, ...] = ()) -> Any:
+    return sink_db.query(sql, params)[0][0]
 
-    per_device = 15
-    devices = {0: ["ce-0000000000a1", "ce-0000000000a2"], 1: ["ce-0000000000b1", "ce-0000000000b2"]}
-    nodes = [Publisher(b.host, b.port, f"nodes-{i}") for i, b in enumerate(local)]
-    now = time.time()
-    try:
-        # Like a node, resend a first reading until it is stored: then the gateway is
-        # subscribed on its site broker and the whole path is up.
-        for i, n in enumerate(nodes):
-            probe = PROBES[i]
 
-            def arrived(probe: str = probe) -> bool:
-                return bool(
-                    sink_db.query(
-                        "SELECT count(*) FROM cityedge.observation WHERE device_id = %s", (probe,)
-                    )[0][0]
+def _wait_path_up(sink_db: SinkDb, nodes: list[Publisher], now: float) -> None:
+    """Like a node, resend a first reading until it is stored: then the gateway is
+    subscribed on its site broker and the whole path is up."""
+    for i, n in enumerate(nodes):
+        probe = PROBES[i]
+
+        def arrived(probe: str = probe) -> bool:
+            return bool(
+                _count(
+                    sink_db,
+                    "SELECT count(*) FROM cityedge.observation WHERE device_id = %s",
+                    (probe,),
                 )
+            )
 
-            deadline = time.monotonic() + 60
-            while not arrived():
-                assert time.monotonic() < deadline, "the path site -> gateway -> sink never came up"
-                n.send(
-                    contract.node_topic(probe, "reading"),
-                    reading(probe, 1, 0, now - 3600, 12.0),
-                    qos=1,
-                )
-                n.flush()
-                wait_until(arrived, 1.0, 0.1)
-        for seq in range(per_device):
-            for i, devs in devices.items():
-                for d in devs:
-                    r = reading(d, 4, seq, now - 60 * (per_device - seq), 10.0 + 3 * seq)
-                    nodes[i].send(contract.node_topic(d, "reading"), r, qos=1)
-                    if seq % 5 == 2:  # a node's retransmission after a lost custody ack
-                        nodes[i].send(contract.node_topic(d, "reading"), r, qos=1)
-            time.sleep(0.05)
-        for n in nodes:
+        deadline = time.monotonic() + 60
+        while not arrived():
+            assert time.monotonic() < deadline, "the path site -> gateway -> sink never came up"
+            n.send(
+                contract.node_topic(probe, "reading"),
+                reading(probe, 1, 0, now - 3600, 12.0),
+                qos=1,
+            )
             n.flush()
-        want = per_device * 4 + len(PROBES)
-        assert wait_until(
-            lambda: sink_db.query("SELECT count(*) FROM cityedge.observation")[0][0] >= want, 90
-        ), sink_db.query("SELECT count(*) FROM cityedge.observation")
-        assert wait_until(
-            lambda: (
-                sink_db.query("SELECT count(DISTINCT gateway_id) FROM cityedge.gateway_health")[0][
-                    0
-                ]
-                == 2
-            ),
-            30,
-        )
-        time.sleep(1.5)
-    finally:
-        for n in nodes:
-            n.close()
+            wait_until(arrived, 1.0, 0.1)
 
+
+def _send_readings(
+    nodes: list[Publisher], devices: dict[int, list[str]], per_device: int, now: float
+) -> None:
+    for seq in range(per_device):
+        for i, devs in devices.items():
+            for d in devs:
+                r = reading(d, 4, seq, now - 60 * (per_device - seq), 10.0 + 3 * seq)
+                nodes[i].send(contract.node_topic(d, "reading"), r, qos=1)
+                if seq % 5 == 2:  # a node's retransmission after a lost custody ack
+                    nodes[i].send(contract.node_topic(d, "reading"), r, qos=1)
+        time.sleep(0.05)
+    for n in nodes:
+        n.flush()
+
+
+def _check_landed_once_and_rederive(
+    sink_db: SinkDb,
+    registry: Registry,
+    sites: list[str],
+    devices: dict[int, list[str]],
+    per_device: int,
+    want: int,
+) -> None:
     rows = sink_db.query(
         "SELECT site_id, device_id, boot, seq, extract(epoch FROM t), raw, calibrated "
         "FROM cityedge.observation ORDER BY device_id, boot, seq"
@@ -216,6 +159,48 @@ def test_readings_from_two_sites_land_once_and_rederive(
     )
 
 
+def test_readings_from_two_sites_land_once_and_rederive(
+    tmp_path: Path,
+    broker_factory: Callable[..., MosquittoBroker],
+    sink_db: SinkDb,
+    sink_process: Callable[..., Any],
+    gateways: Callable[[Path], subprocess.Popen[bytes]],
+) -> None:
+    records = tmp_path / "calibration.toml"
+    records.write_text(RECORDS)
+    registry = Registry.load(records)
+    sites = ["chiangmai-school-01", "chiangmai-school-02"]
+    local = [broker_factory(f"site{i}") for i in range(2)]
+    platform = [broker_factory(f"district{i}", persistence=True) for i in range(2)]
+    sink_process([b.address for b in platform], sink_db.writer_url, consumers=2)
+    for i, site in enumerate(sites):
+        gateways(gateway_config(tmp_path, site, local[i], platform[i], records))
+
+    per_device = 15
+    devices = {0: ["ce-0000000000a1", "ce-0000000000a2"], 1: ["ce-0000000000b1", "ce-0000000000b2"]}
+    nodes = [Publisher(b.host, b.port, f"nodes-{i}") for i, b in enumerate(local)]
+    now = time.time()
+    try:
+        _wait_path_up(sink_db, nodes, now)
+        _send_readings(nodes, devices, per_device, now)
+        want = per_device * 4 + len(PROBES)
+        assert wait_until(
+            lambda: _count(sink_db, "SELECT count(*) FROM cityedge.observation") >= want, 90
+        ), sink_db.query("SELECT count(*) FROM cityedge.observation")
+        assert wait_until(
+            lambda: (
+                _count(sink_db, "SELECT count(DISTINCT gateway_id) FROM cityedge.gateway_health")
+                == 2
+            ),
+            30,
+        )
+        time.sleep(1.5)
+    finally:
+        for n in nodes:
+            n.close()
+    _check_landed_once_and_rederive(sink_db, registry, sites, devices, per_device, want)
+
+
 def _check_rows(sink_db: SinkDb, registry: Registry) -> list[tuple[Any, ...]]:
     rows = sink_db.query(
         "SELECT site_id, device_id, boot, seq, extract(epoch FROM t), raw, calibrated "
@@ -231,34 +216,14 @@ def _check_rows(sink_db: SinkDb, registry: Registry) -> list[tuple[Any, ...]]:
     return rows
 
 
-@pytest.mark.soak
-@pytest.mark.micropython
-@pytest.mark.timeout(600)
-def test_micropython_nodes_through_two_gateways_land_once(
-    tmp_path: Path,
-    broker_factory: Callable[..., MosquittoBroker],
-    sink_db: SinkDb,
-    sink_process: Callable[..., Any],
-    gateways: Callable[[Path], subprocess.Popen[bytes]],
-) -> None:
-    """The same with the real firmware under the MicroPython unix port, one air node per site
-    (slower: a soak test). The sink's rows equal what an integrator subscribed on both platform
-    brokers received."""
+def _integrators(platform: list[MosquittoBroker], seen: set[tuple[str, int, int]]) -> list[Any]:
+    """An integrator subscribed on each platform broker, adding each observation's key to
+    ``seen``."""
     import json as _json
     import threading
 
     import paho.mqtt.client as mqtt
 
-    from host_tools.simnode import SimNode
-
-    records = tmp_path / "calibration.toml"
-    records.write_text(RECORDS)
-    registry = Registry.load(records)
-    sites = ["chiangmai-school-01", "chiangmai-school-02"]
-    local = [broker_factory(f"site{i}") for i in range(2)]
-    platform = [broker_factory(f"district{i}") for i in range(2)]
-    sink_process([b.address for b in platform], sink_db.writer_url, consumers=2)
-    seen: set[tuple[str, int, int]] = set()
     lock = threading.Lock()
     watchers = []
     for i, b in enumerate(platform):
@@ -274,6 +239,33 @@ def test_micropython_nodes_through_two_gateways_land_once(
         c.connect(b.host, b.port)
         c.loop_start()
         watchers.append(c)
+    return watchers
+
+
+@pytest.mark.soak
+@pytest.mark.micropython
+@pytest.mark.timeout(600)
+def test_micropython_nodes_through_two_gateways_land_once(
+    tmp_path: Path,
+    broker_factory: Callable[..., MosquittoBroker],
+    sink_db: SinkDb,
+    sink_process: Callable[..., Any],
+    gateways: Callable[[Path], subprocess.Popen[bytes]],
+) -> None:
+    """The same with the real firmware under the MicroPython unix port, one air node per site
+    (slower: a soak test). The sink's rows equal what an integrator subscribed on both platform
+    brokers received."""
+    from host_tools.sim.simnode import SimNode
+
+    records = tmp_path / "calibration.toml"
+    records.write_text(RECORDS)
+    registry = Registry.load(records)
+    sites = ["chiangmai-school-01", "chiangmai-school-02"]
+    local = [broker_factory(f"site{i}") for i in range(2)]
+    platform = [broker_factory(f"district{i}") for i in range(2)]
+    sink_process([b.address for b in platform], sink_db.writer_url, consumers=2)
+    seen: set[tuple[str, int, int]] = set()
+    watchers = _integrators(platform, seen)
     for i, site in enumerate(sites):
         gateways(gateway_config(tmp_path, site, local[i], platform[i], records))
     nodes = [

@@ -27,7 +27,8 @@ def _t(day: int, hour: float = 0.0) -> float:
     return datetime(2026, 11, day, tzinfo=TZ).timestamp() + hour * 3600
 
 
-def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_path: Path) -> None:
+def _site_files(tmp_path: Path) -> tuple[Path, GatewayConfig]:
+    """The gateway's TOML (for the CLI) and the same config as an object."""
     text = (
         f'gateway_id = "gw-report-01"\nsite_id = "report-school-01"\n'
         f'data_dir = "{tmp_path}"\n[inventory]\ndefault_report_s = {REPORT_S}\n'
@@ -52,9 +53,14 @@ def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_pat
             },
         }
     )
+    return cfg_path, config
+
+
+def _november_with_known_gaps(config: GatewayConfig, now: float) -> None:
+    """Every reading of November into the history, but GAPPY's first 6 h of the 10th; MAINT in
+    maintenance on the 15th; NEVER silent."""
     feed = StatusFeed(config)
     feed.open_store()
-    now = _t(30, 24 + 36)  # 2 December, noon: the whole of November is past
     seq = 0
     for day in range(1, 31):
         if day == 15:
@@ -80,6 +86,33 @@ def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_pat
         feed.drain(now)
     feed.flush(now)
 
+
+def _report_cli(
+    cfg_path: Path, month: str, *more: str, timeout: int
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "host_tools.cli",
+            "report",
+            "completeness",
+            "--config",
+            str(cfg_path),
+            "--site",
+            "report-school-01",
+            "--month",
+            month,
+            *more,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _check_rows(config: GatewayConfig, now: float) -> None:
     rows = compute(config, "2026-11", now=now)
     by = {(r.device_id, r.day): r for r in rows}
     assert len(rows) == 4 * 30
@@ -100,28 +133,15 @@ def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_pat
     assert month_percent([r for r in rows if r.device_id == MAINT]) == 100.0  # 29 days
     assert month_percent(never) == 0.0
 
+
+def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_path: Path) -> None:
+    cfg_path, config = _site_files(tmp_path)
+    now = _t(30, 24 + 36)  # 2 December, noon: the whole of November is past
+    _november_with_known_gaps(config, now)
+    _check_rows(config, now)
+
     out = tmp_path / "out"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "host_tools.cli",
-            "report",
-            "completeness",
-            "--config",
-            str(cfg_path),
-            "--site",
-            "report-school-01",
-            "--month",
-            "2026-11",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    run = _report_cli(cfg_path, "2026-11", "--out", str(out), timeout=120)
     assert run.returncode == 0, run.stderr
     stem = out / "completeness-report-school-01-2026-11"
     with open(f"{stem}.csv", newline="") as f:
@@ -135,23 +155,5 @@ def test_completeness_report_counts_gaps_maintenance_and_silence_exactly(tmp_pat
     html = Path(f"{stem}.html").read_text()
     assert "data:image/png;base64," in html and "99.2 %" in html
 
-    wrong = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "host_tools.cli",
-            "report",
-            "completeness",
-            "--config",
-            str(cfg_path),
-            "--site",
-            "report-school-01",
-            "--month",
-            "November",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    wrong = _report_cli(cfg_path, "November", timeout=60)
     assert wrong.returncode != 0 and "YYYY-MM" in wrong.stderr + wrong.stdout

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from edge_gateway.app import Gateway
 from edge_gateway.config import ConfigError, GatewayConfig
 from edge_gateway.status import StatusFeed, liveness
 from edge_gateway.status.history import REC_SIZE, History
-from host_tools.brokers import MosquittoBroker
+from host_tools.sim.brokers import MosquittoBroker
 from tests.gateway.helpers import FakeNode, gateway_config, run_async, wait_ready
 
 EVIL = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -102,28 +103,199 @@ async def _status(client: aiomqtt.Client, device_id: str, **over: Any) -> None:
     await client.publish(contract.node_topic(device_id, "status"), json.dumps(body), qos=1)
 
 
+INVENTORY = {
+    "device": [
+        {
+            "id": AIR,
+            "kind": "air",
+            "name": EVIL,
+            "location": {"lat": 13.7, "lon": 100.5, "name": "<b>roof</b>"},
+        },
+        {"id": WATER, "kind": "water", "name": "canal gauge"},
+        {"id": SILENT, "kind": "air", "name": "never installed"},
+    ]
+}
+
+
+@dataclass
+class Page:
+    """The running status page, read over HTTP."""
+
+    http: aiohttp.ClientSession
+    base: str
+    port: int
+    token: str
+
+    async def get_json(self, path: str) -> Any:
+        async with self.http.get(self.base + path) as r:
+            assert r.status == 200, path
+            return await r.json()
+
+    async def until(self, pred: Any, timeout: float = 15.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                devs = {d["device_id"]: d for d in await self.get_json("/api/devices")}
+                if pred(devs):
+                    return devs
+                await asyncio.sleep(0.2)
+
+
+async def _page_started(gw: Gateway) -> int:
+    await wait_ready(gw)
+    async with asyncio.timeout(15):  # the page starts after READY
+        while not gw.status_feed.port:
+            await asyncio.sleep(0.05)
+    port = gw.status_feed.port
+    assert port
+    return port
+
+
+async def _node_statuses(local_broker: MosquittoBroker) -> None:
+    async with aiomqtt.Client(local_broker.host, local_broker.port) as c:
+        # Both say they report every 2 s; the water node's status alone must not make it
+        # online (liveness is data, not a status or a session).
+        await _status(c, AIR, kind="air", intervals={"report_s": 2.0}, rssi_dbm=-91)
+        await _status(c, WATER, kind="water", intervals={"report_s": 2.0}, battery_v=3.3)
+        await c.publish(
+            contract.node_topic(WATER, "state"),
+            json.dumps({"v": 1, "device_id": WATER, "state": "online", "boot": 1, "fw": "0.1.0"}),
+            qos=1,
+            retain=True,
+        )
+
+
+async def _check_counts(page: Page) -> None:
+    devs = await page.until(lambda d: d.get(AIR, {}).get("state") == "online")
+    assert devs[WATER]["state"] == "never"
+    assert devs[SILENT]["state"] == "never"
+    assert devs[AIR]["rssi_dbm"] == -91 and devs[AIR]["fw"] == "0.1.0"
+    assert devs[WATER]["low_battery"] is True
+    summary = await page.get_json("/api/summary")
+    assert summary["online"] == 1 and summary["never"] == 2
+    assert summary["low_battery"] == 1 and summary["devices"] == 3
+
+
+async def _check_offline_and_table(page: Page, air: FakeNode) -> None:
+    http, base = page.http, page.base
+    # The air node stops: late after 2 s + 1 s, offline after 2 × 2 s + 2 s.
+    await air.stop()
+    devs = await page.until(lambda d: d[AIR]["state"] == "offline", timeout=20)
+    assert "no reading for" in devs[AIR]["reason"]
+    assert "WiFi RSSI -91 dBm" in devs[AIR]["reason"]
+    assert "ไม่มีข้อมูลมา" in devs[AIR]["reason_th"]
+    async with http.get(base + "/api/devices?state=bogus") as r:
+        assert r.status == 400 and "state must be one of" in (await r.json())["error"]
+    # The table filters and sorts on the server (works without the script).
+    async with http.get(base + "/?lang=en&q=canal") as r:
+        page_text = await r.text()
+    assert f"row-{WATER}" in page_text and f"row-{AIR}" not in page_text
+    for desc, first in (("", AIR), ("1", SILENT)):  # "<script…" < "canal" < "never"
+        async with http.get(base + f"/?lang=en&sort=name&desc={desc}") as r:
+            page_text = await r.text()
+        order = sorted((page_text.index(f"row-{d}"), d) for d in (AIR, WATER, SILENT))
+        assert order[0][1] == first, order
+    offline = await page.get_json("/api/devices?state=offline&site=test-site-01")
+    assert [d["device_id"] for d in offline] == [AIR]
+    assert await page.get_json("/api/devices?state=offline&site=other-site") == []
+
+
+async def _check_maintenance_needs_the_token(page: Page) -> None:
+    http, base = page.http, page.base
+    # Changing requests without the token are refused; with it, they work.
+    url = f"{base}/api/devices/{SILENT}/maintenance"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        async with http.post(url, json={"hours": 24, "reason": "x"}, headers=headers) as r:
+            assert r.status == 401
+    async with http.post(
+        f"{base}/device/{SILENT}/maintenance", data={"action": "start", "hours": "24"}
+    ) as r:
+        assert r.status == 401
+    assert (await page.get_json(f"/api/devices/{SILENT}"))["state"] == "never"
+    async with http.post(
+        f"{base}/device/{SILENT}/maintenance",
+        allow_redirects=False,
+        data={"action": "start", "hours": "24", "reason": "mast", "token": page.token},
+    ) as r:
+        assert r.status == 303
+    d = await page.get_json(f"/api/devices/{SILENT}")
+    assert d["state"] == "maintenance" and "mast" in d["reason"]
+
+
+async def _check_maintenance_cli(page: Page, tmp_path: Path) -> None:
+    # The CLI (as a technician runs it on the Pi) uses the token file.
+    cfg_path = tmp_path / "gw.toml"
+    cfg_path.write_text(
+        f'gateway_id = "gw-test-01"\nsite_id = "test-site-01"\ndata_dir = "{tmp_path}"\n'
+        f"[status]\nport = {page.port}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "host_tools.cli",
+        "gateway",
+        "maintenance",
+        "--config",
+        str(cfg_path),
+        "start",
+        AIR,
+        "--hours",
+        "2",
+        "--reason",
+        "sensor swap",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, stderr.decode()
+    assert "maintenance" in stdout.decode()
+    d = await page.get_json(f"/api/devices/{AIR}")
+    assert d["state"] == "maintenance"
+    summary = await page.get_json("/api/summary")
+    assert summary["offline"] == 0 and summary["maintenance"] == 2
+
+
+async def _check_nothing_leaks(page: Page) -> None:
+    # Every page and API answer: the name escaped, never the token or a password.
+    pages = {}
+    for path in (
+        "/",
+        "/?lang=en",
+        f"/device/{AIR}",
+        f"/device/{AIR}?lang=en",
+        "/live?view=site",
+        f"/live?view=device&id={AIR}",
+        "/api/summary",
+        "/api/devices",
+        f"/api/devices/{AIR}",
+        "/healthz",
+        f"/?q={EVIL}",
+        f"/device/{EVIL}",
+    ):
+        async with page.http.get(page.base + path) as r:
+            pages[path] = (r.status, r.headers.get("Content-Type", ""), await r.text())
+    for path, (status, ctype, text) in pages.items():
+        assert page.token not in text, path
+        assert "site-broker-secret-pw" not in text, path
+        if "text/html" in ctype or path.startswith("/live"):
+            assert "<script>alert" not in text, path
+            assert "<img src=x" not in text, path
+            assert "<b>roof</b>" not in text, path
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in pages["/"][2]
+    async with page.http.get(page.base + "/") as r:
+        assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    assert (await page.get_json("/healthz"))["state"] == "online"
+
+
 @pytest.mark.broker
 @run_async
 async def test_status_page_counts_table_api_maintenance_and_security(
     local_broker: MosquittoBroker, upstream_broker: MosquittoBroker, tmp_path: Path
 ) -> None:
-    inventory = {
-        "device": [
-            {
-                "id": AIR,
-                "kind": "air",
-                "name": EVIL,
-                "location": {"lat": 13.7, "lon": 100.5, "name": "<b>roof</b>"},
-            },
-            {"id": WATER, "kind": "water", "name": "canal gauge"},
-            {"id": SILENT, "kind": "air", "name": "never installed"},
-        ]
-    }
     cfg_dict = gateway_config(
         local_broker,
         upstream_broker,
         tmp_path,
-        inventory=inventory,
+        inventory=INVENTORY,
         status={"port": 0, "late_grace_s": 1, "offline_margin_s": 2},
     )
     cfg_dict["local"]["password"] = "site-broker-secret-pw"
@@ -134,156 +306,21 @@ async def test_status_page_counts_table_api_maintenance_and_security(
     task = asyncio.create_task(gw.run())
     air = water = None
     try:
-        await wait_ready(gw)
-        async with asyncio.timeout(15):  # the page starts after READY
-            while not gw.status_feed.port:
-                await asyncio.sleep(0.05)
-        port = gw.status_feed.port
-        assert port
-        base = f"http://127.0.0.1:{port}"
+        port = await _page_started(gw)
         token = gw.status_feed.token
         assert len(token) >= 24
         air = await FakeNode(local_broker, AIR, "air").start()
         water = await FakeNode(local_broker, WATER, "water").start()
-        async with aiomqtt.Client(local_broker.host, local_broker.port) as c:
-            # Both say they report every 2 s; the water node's status alone must not make it
-            # online (liveness is data, not a status or a session).
-            await _status(c, AIR, kind="air", intervals={"report_s": 2.0}, rssi_dbm=-91)
-            await _status(c, WATER, kind="water", intervals={"report_s": 2.0}, battery_v=3.3)
-            await c.publish(
-                contract.node_topic(WATER, "state"),
-                json.dumps(
-                    {"v": 1, "device_id": WATER, "state": "online", "boot": 1, "fw": "0.1.0"}
-                ),
-                qos=1,
-                retain=True,
-            )
+        await _node_statuses(local_broker)
         await air.publish(3)
         await air.wait_acked()
         async with aiohttp.ClientSession() as http:
-
-            async def get_json(path: str) -> Any:
-                async with http.get(base + path) as r:
-                    assert r.status == 200, path
-                    return await r.json()
-
-            async def until(pred: Any, timeout: float = 15.0) -> Any:
-                async with asyncio.timeout(timeout):
-                    while True:
-                        devs = {d["device_id"]: d for d in await get_json("/api/devices")}
-                        if pred(devs):
-                            return devs
-                        await asyncio.sleep(0.2)
-
-            devs = await until(lambda d: d.get(AIR, {}).get("state") == "online")
-            assert devs[WATER]["state"] == "never"
-            assert devs[SILENT]["state"] == "never"
-            assert devs[AIR]["rssi_dbm"] == -91 and devs[AIR]["fw"] == "0.1.0"
-            assert devs[WATER]["low_battery"] is True
-            summary = await get_json("/api/summary")
-            assert summary["online"] == 1 and summary["never"] == 2
-            assert summary["low_battery"] == 1 and summary["devices"] == 3
-
-            # The air node stops: late after 2 s + 1 s, offline after 2 × 2 s + 2 s.
-            await air.stop()
-            devs = await until(lambda d: d[AIR]["state"] == "offline", timeout=20)
-            assert "no reading for" in devs[AIR]["reason"]
-            assert "WiFi RSSI -91 dBm" in devs[AIR]["reason"]
-            assert "ไม่มีข้อมูลมา" in devs[AIR]["reason_th"]
-            async with http.get(base + "/api/devices?state=bogus") as r:
-                assert r.status == 400 and "state must be one of" in (await r.json())["error"]
-            # The table filters and sorts on the server (works without the script).
-            async with http.get(base + "/?lang=en&q=canal") as r:
-                page = await r.text()
-            assert f"row-{WATER}" in page and f"row-{AIR}" not in page
-            for desc, first in (("", AIR), ("1", SILENT)):  # "<script…" < "canal" < "never"
-                async with http.get(base + f"/?lang=en&sort=name&desc={desc}") as r:
-                    page = await r.text()
-                order = sorted((page.index(f"row-{d}"), d) for d in (AIR, WATER, SILENT))
-                assert order[0][1] == first, order
-            offline = await get_json("/api/devices?state=offline&site=test-site-01")
-            assert [d["device_id"] for d in offline] == [AIR]
-            assert await get_json("/api/devices?state=offline&site=other-site") == []
-
-            # Changing requests without the token are refused; with it, they work.
-            url = f"{base}/api/devices/{SILENT}/maintenance"
-            for headers in ({}, {"Authorization": "Bearer wrong"}):
-                async with http.post(url, json={"hours": 24, "reason": "x"}, headers=headers) as r:
-                    assert r.status == 401
-            async with http.post(
-                f"{base}/device/{SILENT}/maintenance", data={"action": "start", "hours": "24"}
-            ) as r:
-                assert r.status == 401
-            assert (await get_json(f"/api/devices/{SILENT}"))["state"] == "never"
-            async with http.post(
-                f"{base}/device/{SILENT}/maintenance",
-                allow_redirects=False,
-                data={"action": "start", "hours": "24", "reason": "mast", "token": token},
-            ) as r:
-                assert r.status == 303
-            d = await get_json(f"/api/devices/{SILENT}")
-            assert d["state"] == "maintenance" and "mast" in d["reason"]
-
-            # The CLI (as a technician runs it on the Pi) uses the token file.
-            cfg_path = tmp_path / "gw.toml"
-            cfg_path.write_text(
-                f'gateway_id = "gw-test-01"\nsite_id = "test-site-01"\ndata_dir = "{tmp_path}"\n'
-                f"[status]\nport = {port}\n"
-            )
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "host_tools.cli",
-                "gateway",
-                "maintenance",
-                "--config",
-                str(cfg_path),
-                "start",
-                AIR,
-                "--hours",
-                "2",
-                "--reason",
-                "sensor swap",
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-            assert proc.returncode == 0, stderr.decode()
-            assert "maintenance" in stdout.decode()
-            d = await get_json(f"/api/devices/{AIR}")
-            assert d["state"] == "maintenance"
-            summary = await get_json("/api/summary")
-            assert summary["offline"] == 0 and summary["maintenance"] == 2
-
-            # Every page and API answer: the name escaped, never the token or a password.
-            pages = {}
-            for path in (
-                "/",
-                "/?lang=en",
-                f"/device/{AIR}",
-                f"/device/{AIR}?lang=en",
-                "/live?view=site",
-                f"/live?view=device&id={AIR}",
-                "/api/summary",
-                "/api/devices",
-                f"/api/devices/{AIR}",
-                "/healthz",
-                f"/?q={EVIL}",
-                f"/device/{EVIL}",
-            ):
-                async with http.get(base + path) as r:
-                    pages[path] = (r.status, r.headers.get("Content-Type", ""), await r.text())
-            for path, (status, ctype, text) in pages.items():
-                assert token not in text, path
-                assert "site-broker-secret-pw" not in text, path
-                if "text/html" in ctype or path.startswith("/live"):
-                    assert "<script>alert" not in text, path
-                    assert "<img src=x" not in text, path
-                    assert "<b>roof</b>" not in text, path
-            assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in pages["/"][2]
-            async with http.get(base + "/") as r:
-                assert "script-src 'self'" in r.headers["Content-Security-Policy"]
-            assert (await get_json("/healthz"))["state"] == "online"
+            page = Page(http, f"http://127.0.0.1:{port}", port, token)
+            await _check_counts(page)
+            await _check_offline_and_table(page, air)
+            await _check_maintenance_needs_the_token(page)
+            await _check_maintenance_cli(page, tmp_path)
+            await _check_nothing_leaks(page)
     finally:
         for n in (air, water):
             if n is not None:

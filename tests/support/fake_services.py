@@ -121,6 +121,58 @@ class FakeLine(_Server):
     async def consumption(self, request: web.Request) -> web.Response:
         return self._auth(request) or web.json_response({"totalUsage": self.used})
 
+    @staticmethod
+    def _body_errors(body: Any) -> list[dict[str, str]]:
+        """What the Messaging API says is wrong with a push body, as its "details"."""
+        messages = body.get("messages") if isinstance(body, dict) else None
+        errors = []
+        if not isinstance(body, dict) or not body.get("to"):
+            errors.append({"message": "must be specified", "property": "to"})
+        if not isinstance(messages, list) or not 1 <= len(messages) <= 5:
+            errors.append({"message": "Size must be between 1 and 5", "property": "messages"})
+        else:
+            for i, m in enumerate(messages):
+                if m.get("type") != "text" or not isinstance(m.get("text"), str):
+                    errors.append(
+                        {"message": "must be specified", "property": f"messages[{i}].text"}
+                    )
+                elif len(m["text"]) > 5000:
+                    errors.append(
+                        {
+                            "message": "Length must be between 0 and 5000",
+                            "property": f"messages[{i}].text",
+                        }
+                    )
+        return errors
+
+    def _deliver(self, key: str | None, body: dict[str, Any]) -> web.Response | str:
+        """A valid push: refused as a repeat (409) or over the quota (429), else delivered;
+        returns the request id."""
+        messages = body["messages"]
+        with self.lock:
+            if key is not None and key in self.accepted:
+                self.conflicts += 1
+                return web.json_response(
+                    {"message": "The retry key is already accepted", "sentMessages": []},
+                    status=409,
+                    headers={"x-line-accepted-request-id": self.accepted[key]},
+                )
+            if self.force_429 or (
+                self.quota is not None and self.used + len(messages) > self.quota
+            ):
+                self.throttled += 1
+                return web.json_response(
+                    {"message": self.force_429 or "You have reached your monthly limit."},
+                    status=429,
+                )
+            request_id = str(uuid.uuid4())
+            if key is not None:
+                self.accepted[key] = request_id
+            self.used += len(messages)
+            for m in messages:
+                self.delivered.append({"to": body["to"], "text": m["text"], "retry_key": key})
+        return request_id
+
     async def push(self, request: web.Request) -> web.Response:
         with self.lock:
             self.requests += 1
@@ -146,58 +198,21 @@ class FakeLine(_Server):
                 },
                 status=400,
             )
-        messages = body.get("messages") if isinstance(body, dict) else None
-        errors = []
-        if not isinstance(body, dict) or not body.get("to"):
-            errors.append({"message": "must be specified", "property": "to"})
-        if not isinstance(messages, list) or not 1 <= len(messages) <= 5:
-            errors.append({"message": "Size must be between 1 and 5", "property": "messages"})
-        else:
-            for i, m in enumerate(messages):
-                if m.get("type") != "text" or not isinstance(m.get("text"), str):
-                    errors.append(
-                        {"message": "must be specified", "property": f"messages[{i}].text"}
-                    )
-                elif len(m["text"]) > 5000:
-                    errors.append(
-                        {
-                            "message": "Length must be between 0 and 5000",
-                            "property": f"messages[{i}].text",
-                        }
-                    )
+        errors = self._body_errors(body)
         if errors:
             return web.json_response(
                 {"message": f"The request body has {len(errors)} error(s)", "details": errors},
                 status=400,
             )
-        with self.lock:
-            if key is not None and key in self.accepted:
-                self.conflicts += 1
-                return web.json_response(
-                    {"message": "The retry key is already accepted", "sentMessages": []},
-                    status=409,
-                    headers={"x-line-accepted-request-id": self.accepted[key]},
-                )
-            if self.force_429 or (
-                self.quota is not None and self.used + len(messages) > self.quota
-            ):
-                self.throttled += 1
-                return web.json_response(
-                    {"message": self.force_429 or "You have reached your monthly limit."},
-                    status=429,
-                )
-            request_id = str(uuid.uuid4())
-            if key is not None:
-                self.accepted[key] = request_id
-            self.used += len(messages)
-            for m in messages:
-                self.delivered.append({"to": body["to"], "text": m["text"], "retry_key": key})
+        request_id = self._deliver(key, body)
+        if isinstance(request_id, web.Response):
+            return request_id
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         return web.json_response(
             {
                 "sentMessages": [
-                    {"id": str(uuid.uuid4().int)[:18], "quoteToken": "q"} for _ in messages
+                    {"id": str(uuid.uuid4().int)[:18], "quoteToken": "q"} for _ in body["messages"]
                 ]
             },
             headers={"x-line-request-id": request_id},

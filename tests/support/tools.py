@@ -9,7 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE = REPO / "firmware"
-SIMBOARD = REPO / "host_tools" / "simboard"
+SIMBOARD = REPO / "host_tools" / "sim" / "esp32"
+SIM_MODELS = REPO / "host_tools" / "sim" / "models"  # CPython models (signals, fakes)
 
 
 def _venv_tool(name: str) -> str | None:

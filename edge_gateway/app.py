@@ -137,6 +137,7 @@ def _puback(ack: tuple[aiomqtt.Client, int, int] | None) -> None:
     client, mid, qos = ack
     if qos > 0:
         with contextlib.suppress(Exception):
+            # paho-private: _client (aiomqtt's paho client)
             client._client.ack(mid, qos)
 
 
@@ -512,6 +513,7 @@ class Gateway:
                 # then the broker keeps it in our persistent session and, after a crash, sends
                 # it again *before* newer readings — so a crash does not reorder a device's
                 # readings (a node's own resend would arrive after newer ones).
+                # paho-private: _client (aiomqtt's paho client)
                 client._client.manual_ack_set(True)
                 gate = InboundGate(client)  # stop reading the socket while behind
                 async with client:

@@ -78,6 +78,7 @@ class InboundGate:
         self.paused = False
         self.pauses = 0
         self._fd: int | None = None
+        # paho-private: _client (aiomqtt's paho client)
         paho: Any = client._client
         self._paho = paho
         self._loop_read = paho.loop_read
@@ -114,6 +115,7 @@ class InboundGate:
                 self._gated_read()
                 if self.paused:
                     return
+                # paho-private: _sock (paho's socket, to stop reading it while behind)
                 sock = self._paho._sock
                 if hasattr(sock, "pending") and sock.pending() > 0:
                     continue

@@ -20,12 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from edge_gateway.errors import EXIT_CONFIG
+
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,40}$")
 _KINDS = ("air", "water", "parking")
 
 
 class ConfigError(ValueError):
     """The config is missing or invalid; ``key`` is the dotted path of the offending key."""
+
+    exit_code = EXIT_CONFIG  # restarting cannot fix the file (the unit's RestartPreventExitStatus)
 
     def __init__(self, key: str, message: str, source: str = "", hint: str | None = None) -> None:
         where = f"{source}: " if source else ""

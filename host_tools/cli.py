@@ -34,7 +34,7 @@ TOP_LEVEL = (
 )
 NODE_LEVEL = (
     ("host_tools.sim.simnode", "add_parser"),
-    ("host_tools.field.field_cli", "add_parsers"),
+    ("host_tools.field.field_parsers", "add_parsers"),
 )
 
 EXIT_USAGE = 2

@@ -485,75 +485,89 @@ class SimHardware:
                 return "err 5"
 
     def _dispatch(self, p: list[str]) -> str:
-        op = p[0]
-        if op == "U":
-            entries = self._bus_entries("uart", int(p[1]), {"tx": int(p[2]), "rx": int(p[3])})
-            if not entries:
-                return "-"
-            self._handles[entries[0]["name"]] = entries[:1]
-            return str(entries[0]["name"])
-        if op == "u":
-            dev = self.device(p[1])
-            if p[2] == "a":
-                return str(dev.any())
-            if p[2] == "r":
-                n = int(p[3])
-                data = dev.read(None if n < 0 else n)
-                return data.hex() if data else ""
-            dev.write(bytes.fromhex(p[3]) if len(p) > 3 else b"")
-            return ""
-        if op == "I":
-            entries = self._bus_entries("i2c", int(p[1]), {"scl": int(p[2]), "sda": int(p[3])})
-            if not entries:
-                return "-"
-            handle = "i2c" + str(len(self._handles))
-            self._handles[handle] = entries
-            return handle
-        if op == "i":
-            entries = self._handles[p[1]]
-            if p[3] == "s":
-                return ",".join(
-                    str(e["address"]) for e in sorted(entries, key=lambda e: e["address"])
-                )
-            addr = int(p[2])
-            entry = next((e for e in entries if e.get("address") == addr), None)
-            if entry is None:
-                raise OSError(19, "ENODEV")  # nothing answers this address: NACK
-            dev = self.device(entry["name"])
-            if p[3] == "w":
-                dev.on_write(bytes.fromhex(p[4]) if len(p) > 4 else b"")
-                return ""
-            if p[3] == "m":
-                dev.on_write(bytes.fromhex(p[4]))
-                return bytes(dev.on_read(int(p[5]))).hex()
-            return bytes(dev.on_read(int(p[4]))).hex()
-        if op == "a":
-            pin = int(p[1])
-            bat = self.board.get("power", {}).get("battery")
-            if bat and int(bat.get("adc_pin", -1)) == pin:
-                return str(self.battery_device().read_uv())
-            for e in self.sensors():
-                if e.get("adc_pin") == pin:
-                    return str(self.device(e["name"]).read_uv())
+        # One handler per bus: the lines sim_uart, sim_i2c, sim_adc and machine.Pin send.
+        handler = {
+            "U": self._uart_open,
+            "u": self._uart,
+            "I": self._i2c_open,
+            "i": self._i2c,
+            "a": self._adc,
+            "p": self._pin,
+        }.get(p[0])
+        if handler is None:
+            raise ValueError(f"unknown operation {p[0]!r}")
+        return handler(p)
+
+    def _uart_open(self, p: list[str]) -> str:
+        entries = self._bus_entries("uart", int(p[1]), {"tx": int(p[2]), "rx": int(p[3])})
+        if not entries:
             return "-"
-        if op == "p":
-            pins = self._pins()
-            if p[2] == "list":
-                return ",".join(str(k) for k in sorted(pins))
-            name, role = pins[int(p[1])]
-            dev = self.device(name)
-            if role == "set":
-                return str(self._set_pin(dev, int(p[3]) if p[2] == "w" else None))
-            pin_obj = dev.trigger if role == "trigger" else dev.echo
-            if p[2] == "v":
-                return str(pin_obj.value())
-            if p[2] == "w":
-                pin_obj.value(int(p[3]))
-                return ""
-            if p[2] == "t":
-                return str(dev.pulse_us(pin_obj, int(p[3]), int(p[4])))
-            raise ValueError(f"unknown pin operation {p[2]!r}")
-        raise ValueError(f"unknown operation {op!r}")
+        self._handles[entries[0]["name"]] = entries[:1]
+        return str(entries[0]["name"])
+
+    def _uart(self, p: list[str]) -> str:
+        dev = self.device(p[1])
+        if p[2] == "a":
+            return str(dev.any())
+        if p[2] == "r":
+            n = int(p[3])
+            data = dev.read(None if n < 0 else n)
+            return data.hex() if data else ""
+        dev.write(bytes.fromhex(p[3]) if len(p) > 3 else b"")
+        return ""
+
+    def _i2c_open(self, p: list[str]) -> str:
+        entries = self._bus_entries("i2c", int(p[1]), {"scl": int(p[2]), "sda": int(p[3])})
+        if not entries:
+            return "-"
+        handle = "i2c" + str(len(self._handles))
+        self._handles[handle] = entries
+        return handle
+
+    def _i2c(self, p: list[str]) -> str:
+        entries = self._handles[p[1]]
+        if p[3] == "s":
+            return ",".join(str(e["address"]) for e in sorted(entries, key=lambda e: e["address"]))
+        addr = int(p[2])
+        entry = next((e for e in entries if e.get("address") == addr), None)
+        if entry is None:
+            raise OSError(19, "ENODEV")  # nothing answers this address: NACK
+        dev = self.device(entry["name"])
+        if p[3] == "w":
+            dev.on_write(bytes.fromhex(p[4]) if len(p) > 4 else b"")
+            return ""
+        if p[3] == "m":
+            dev.on_write(bytes.fromhex(p[4]))
+            return bytes(dev.on_read(int(p[5]))).hex()
+        return bytes(dev.on_read(int(p[4]))).hex()
+
+    def _adc(self, p: list[str]) -> str:
+        pin = int(p[1])
+        bat = self.board.get("power", {}).get("battery")
+        if bat and int(bat.get("adc_pin", -1)) == pin:
+            return str(self.battery_device().read_uv())
+        for e in self.sensors():
+            if e.get("adc_pin") == pin:
+                return str(self.device(e["name"]).read_uv())
+        return "-"
+
+    def _pin(self, p: list[str]) -> str:
+        pins = self._pins()
+        if p[2] == "list":
+            return ",".join(str(k) for k in sorted(pins))
+        name, role = pins[int(p[1])]
+        dev = self.device(name)
+        if role == "set":
+            return str(self._set_pin(dev, int(p[3]) if p[2] == "w" else None))
+        pin_obj = dev.trigger if role == "trigger" else dev.echo
+        if p[2] == "v":
+            return str(pin_obj.value())
+        if p[2] == "w":
+            pin_obj.value(int(p[3]))
+            return ""
+        if p[2] == "t":
+            return str(dev.pulse_us(pin_obj, int(p[3]), int(p[4])))
+        raise ValueError(f"unknown pin operation {p[2]!r}")
 
     # -- server ------------------------------------------------------------------------------
     @property

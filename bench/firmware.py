@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from boards import KINDS
+from host_tools.field.build import build_firmware
 from host_tools.sim.brokers import MosquittoBroker
 from host_tools.sim.simnode import SimNode, firmware_intervals, micropython_path
-from tests.support.tools import mpy_cross
 
 CORE = ("__init__", "app", "clock", "mqtt", "outbox", "net", "sensors")
 RESIDENT = {
@@ -53,18 +51,12 @@ USABLE = 0.8  # keep 20 % for cold, ageing and the brown-out margin
 
 
 def mpy_sizes() -> tuple[int, dict[str, int]]:
-    out = Path(tempfile.mkdtemp(prefix="cityedge-bench-mpy-"))
+    """Per module, the bytes of the one firmware build (what deploy copies, what the
+    simulation runs)."""
     sizes: dict[str, int] = {}
-    for src in sorted((REPO / "firmware").rglob("*.py")):
-        rel = src.relative_to(REPO / "firmware")
-        if rel == Path("main.py"):
-            sizes["main"] = src.stat().st_size
-            continue
-        dst = out / rel.with_suffix(".mpy")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([mpy_cross(), "-o", str(dst), str(src)], check=True)
-        key = str(rel.with_suffix("")).replace("node/", "")
-        sizes[key] = dst.stat().st_size
+    for path, data in build_firmware().files.items():
+        key = path.lstrip("/").rsplit(".", 1)[0].replace("node/", "")
+        sizes[key] = len(data)
     return sum(sizes.values()), sizes
 
 

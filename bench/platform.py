@@ -33,9 +33,9 @@ import time
 from typing import Any
 
 from city_platform.db import connect, create_login, migrate
-from city_platform.pgserver import PostgresServer
 from edge_gateway import contract
 from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.pgserver import PostgresServer
 from tests.platform.helpers import Publisher, observation
 
 DEVICES = 50

@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
-from calibration.errors import CalibrationError
+from calibration.errors import CalibrationError, run_reported
 
 __all__ = ["add_parser", "main"]
 
@@ -32,28 +31,21 @@ _FIT_MODULES = frozenset({"numpy", "matplotlib"})
 
 
 def _guard(handler: Handler) -> Handler:
-    """The one place that turns a calibration exception into a message and an exit code."""
+    """A missing 'fit' extra becomes a CalibrationError that says how to install it; errors
+    are raised, and the entry point (`cityedge`'s or `python -m calibration`'s) reports them."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
-        except CalibrationError as exc:
-            # escape: messages quote file syntax such as [[record]], which is not markup
-            Console(stderr=True).print(
-                f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True
-            )
-            return 1
         except ModuleNotFoundError as exc:
             if (exc.name or "").split(".")[0] not in _FIT_MODULES:
                 raise
-            Console(stderr=True).print(
-                f"error: this command needs {exc.name}, part of the 'fit' extra, which is not "
-                "installed here\nwhat to do: pip install 'cityedge[fit]'",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
+            err = CalibrationError(
+                f"this command needs {exc.name}, part of the 'fit' extra, which is not "
+                "installed here"
             )
-            return 1
+            err.hint = "pip install 'cityedge[fit]'"
+            raise err from exc
 
     return run
 
@@ -242,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    return func(args)
+    return run_reported(func, args)  # the same rule as `cityedge`'s boundary
 
 
 if __name__ == "__main__":

@@ -23,14 +23,13 @@ DEFAULT_KEEP = {"observation": 24, "device_status": 12, "gateway_health": 12, "a
 
 def _guard(handler: Any, exit_code: int = 1) -> Any:
     def run(args: argparse.Namespace) -> int:
-        from host_tools.cli import CityEdgeError
-
         try:
             return int(handler(args))
         except PlatformError as exc:
-            raise CityEdgeError(str(exc), exc.hint, exit_code=exit_code) from exc
+            exc.exit_code = exit_code  # type: ignore[attr-defined]  # read by the entry point
+            raise
         except ModuleNotFoundError as exc:
-            raise CityEdgeError(f"{exc.name} is not installed", INSTALL_HINT) from exc
+            raise PlatformError(f"{exc.name} is not installed", INSTALL_HINT) from exc
 
     return run
 

@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 
-from calibration.errors import CalibrationError
-from edge_gateway.cli import EXIT_CONFIG, run_service
-from edge_gateway.config import ConfigError, load_config
+from calibration.errors import report
+from edge_gateway.cli import run_service
+from edge_gateway.config import load_config
+from edge_gateway.errors import GatewayError
 from edge_gateway.journal import stream_is_journal
 from edge_gateway.store import StoreError
 
@@ -23,17 +24,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, metavar="FILE", help="gateway TOML config")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        _error(f"error: {exc}")
-        _error(f"what to do: {exc.hint}")
-        return EXIT_CONFIG  # RestartPreventExitStatus: restarting cannot fix the file
-    try:
-        return run_service(config, args.config)
-    except (StoreError, CalibrationError) as exc:  # a message a technician can act on
-        _error(f"error: {exc}")
-        return 1
-    except Exception:  # a bug: the traceback at priority crit, then systemd restarts the gateway
+        try:
+            return run_service(load_config(args.config), args.config)
+        except StoreError as exc:  # its message says what to do; it carries no hint (yet)
+            raise GatewayError(str(exc)) from exc
+    except Exception as exc:  # the service's boundary: the same rule as `cityedge`'s
+        code = report(exc, _error)  # a ConfigError exits EXIT_CONFIG: no restart can fix it
+        if code is not None:
+            return code
+        # a bug: the traceback at priority crit, then systemd restarts the gateway
         logging.getLogger("edge_gateway").critical("the gateway failed", exc_info=True)
         return 1
 

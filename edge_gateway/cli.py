@@ -1,7 +1,8 @@
 """`cityedge gateway …`: run the gateway, check a config, show the store's figures.
 
 Library first: these handlers only call :mod:`edge_gateway.config`, :mod:`edge_gateway.app` and
-:mod:`edge_gateway.store`; ``host_tools.cli`` turns exceptions into messages and exit codes.
+:mod:`edge_gateway.store`; they raise, and the entry point (``cityedge``'s or
+``python -m edge_gateway``'s) turns an error with a hint into a message and an exit code.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ import asyncio
 import json
 from typing import Any
 
-from edge_gateway.config import ConfigError, GatewayConfig, load_config
+from edge_gateway.config import GatewayConfig, load_config
+from edge_gateway.errors import EXIT_CONFIG
 
 EXIT_OK = 0
-EXIT_CONFIG = 2
+__all__ = ["EXIT_CONFIG", "EXIT_OK", "add_parser", "run_service"]
 
 
 def add_parser(subparsers: Any) -> None:
@@ -67,12 +69,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _load(path: str) -> GatewayConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        from host_tools.cli import CityEdgeError
-
-        raise CityEdgeError(str(exc), hint=exc.hint, exit_code=EXIT_CONFIG) from None
+    return load_config(path)  # a ConfigError carries its hint and EXIT_CONFIG
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -10,9 +10,13 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Union
 
+from edge_gateway.errors import EXIT_CONFIG
+
 
 class ConfigError(ValueError):
     """The config is missing or invalid; ``key`` is the dotted path of the offending key."""
+
+    exit_code = EXIT_CONFIG  # restarting cannot fix the file (the unit's RestartPreventExitStatus)
 
     def __init__(self, key: str, message: str, source: str = "", hint: str | None = None) -> None:
         where = f"{source}: " if source else ""

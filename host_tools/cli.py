@@ -1,7 +1,9 @@
 """The `cityedge` command: one entry point, sub-commands per area.
 
 Each area registers its own sub-commands (library first, CLI second); this module only wires
-them together and is the one place that turns an exception into a message and an exit code.
+them together and is the one place that turns an exception into a message and an exit code:
+any exception that carries a `hint` (and, if not 1, an `exit_code`) is the user's to fix
+(`calibration.errors.user_error`, duck-typed, so no area imports this module to raise).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from calibration.errors import user_error
 from host_tools import __version__, extras
 
 # (module, function) pairs; each function takes the sub-parsers object of its level.
@@ -31,7 +34,7 @@ TOP_LEVEL = (
 )
 NODE_LEVEL = (
     ("host_tools.sim.simnode", "add_parser"),
-    ("host_tools.field.field_cli", "add_parsers"),
+    ("host_tools.field.field_parsers", "add_parsers"),
 )
 
 EXIT_USAGE = 2
@@ -42,7 +45,8 @@ err_console = Console(stderr=True)
 
 
 class CityEdgeError(Exception):
-    """An error a user can act on. `hint` says what to do."""
+    """An error a user can act on. `hint` says what to do. Any exception with a `hint` gets the
+    same treatment at the boundary; this class is for errors of the CLI's own."""
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int = EXIT_FAILED):
         super().__init__(message)
@@ -132,18 +136,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return EXIT_INTERRUPTED
-    except CityEdgeError as exc:
-        _report(str(exc), exc.hint)
-        return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: translate, never dump a traceback on a user
         if isinstance(exc, ModuleNotFoundError) and (missing_extra := extras.missing_message(exc)):
             _report(*missing_extra)  # an optional dependency of this command: name its extra
             return EXIT_FAILED
-        hint = getattr(exc, "hint", None)
-        _report(f"{type(exc).__name__}: {exc}", hint)
+        known = user_error(exc)  # duck-typed: `python -m host_tools.cli` has two CityEdgeErrors
+        if known is not None:  # the user's to fix, not a bug to report
+            message, hint, code = known
+            _report(message, hint)
+            if args.verbose:
+                err_console.print_exception()
+            return code
+        _report(f"{type(exc).__name__}: {exc}", None)
         if args.verbose:
             err_console.print_exception()
-        elif not hint:  # an error with a hint is the user's to fix, not a bug to report
+        else:
             err_console.print("(run with -v for the full traceback)")
         return EXIT_FAILED
 

@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from edge_gateway.config import ConfigError
+from edge_gateway.errors import GatewayError
 from edge_gateway.notify.settings import NotifySettings, load_settings
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,7 @@ def _load(path: str) -> NotifySettings:
     try:
         return load_settings(path)
     except ConfigError as exc:
-        from host_tools.cli import CityEdgeError
-
-        raise CityEdgeError(str(exc), hint=exc.hint, exit_code=EXIT_CONFIG) from None
+        raise GatewayError(str(exc), hint=exc.hint, exit_code=EXIT_CONFIG) from None
 
 
 def _logging() -> None:
@@ -107,9 +106,7 @@ def cmd_deliver(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = _load(args.config)
     if settings.mode != "central":
-        from host_tools.cli import CityEdgeError
-
-        raise CityEdgeError(
+        raise GatewayError(
             f"{args.config} has mode = {settings.mode!r}: its gateways deliver the alerts",
             hint='set mode = "central" in this file, and remove the alerts config from the '
             "gateways, so that no message is sent twice",
@@ -164,9 +161,7 @@ async def _test(settings: NotifySettings, channels: list[str], wait_s: float) ->
 
     unknown = [c for c in channels if c not in settings.channels]
     if unknown:
-        from host_tools.cli import CityEdgeError
-
-        raise CityEdgeError(
+        raise GatewayError(
             f"no channel named {', '.join(unknown)}",
             hint=f"channels in this file: {', '.join(settings.channels)}",
         )

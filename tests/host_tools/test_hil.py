@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.field import build as fb
 from host_tools.field import deploy as dp
 from host_tools.field.board import Board
 from host_tools.field.inventory import Inventory
@@ -30,11 +31,11 @@ def port(request: pytest.FixtureRequest) -> str:
 
 def test_hil_deploy_provision_verify(port: str, tmp_path: Path) -> None:
     board_name = os.environ.get("CITYEDGE_HIL_BOARD", "esp32-devkitc")
-    build = dp.build_firmware()
+    build = fb.build_firmware()
     inv = Inventory(tmp_path / "inv.sqlite")
     with Board(port) as board:
         info = board.info()
-        assert info.platform == "esp32" and info.mpy == dp.find_mpy_cross().mpy
+        assert info.platform == "esp32" and info.mpy == fb.find_mpy_cross().mpy
         dp.deploy(board, build, board_name)
         assert dp.deploy(board, build, board_name).copied == []  # second run: nothing to copy
         kind = next(iter(json.loads(dp.board_json(board_name))["sensors"]))

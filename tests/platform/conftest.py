@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from city_platform.db import connect, create_login, migrate
-from city_platform.pgserver import PostgresServer, pg_bin
+from host_tools.sim.pgserver import PostgresServer, pg_bin
 
 _counter = itertools.count()
 

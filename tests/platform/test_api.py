@@ -18,8 +18,8 @@ import pytest
 
 from calibration.aqi import thai_aqi, thai_aqi_detail
 from city_platform.db import Store, connect, partition_time
-from city_platform.pgserver import PostgresServer
 from host_tools.sim.brokers import free_port, wait_for_port
+from host_tools.sim.pgserver import PostgresServer
 from tests.platform.conftest import SinkDb
 from tests.platform.helpers import iso, observation
 

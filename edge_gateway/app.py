@@ -204,6 +204,7 @@ class Gateway:
         self._online_since: float | None = None  # when the current platform connection began
         self._upstream_health_topic: str | None = None
         self.notify: Any = None  # the alert dispatcher (edge_gateway.notify), when configured
+        self.ota: Any = None  # the OTA rollout service (edge_gateway.ota), once running
         self._reasons = ReasonLog(log)  # bad input: one log line per reason and minute
         self.quarantine: Quarantine | None = None
         self.disk = DiskGuard(config.store_path.parent)
@@ -352,6 +353,9 @@ class Gateway:
         ]
         if cfg.upstream.enabled:
             self._upstream_task = asyncio.create_task(self._upstream_loop(), name="upstream")
+        from edge_gateway.ota import service as ota  # rollouts over the site broker (docs/ota.md)
+
+        tasks.append(asyncio.create_task(ota.run(self), name="ota"))
         if self.notify is not None:
             from edge_gateway.notify.hook import supervise
 

@@ -90,6 +90,7 @@ class Gateway:
         self._upstream_task: asyncio.Task[None] | None = None
         self._oldest_age: float | None = None
         self._reload_requested = False
+        self.ota: Any = None  # the OTA rollout service (edge_gateway.ota), once running
 
     def spawn(self, coro: Any) -> None:
         """Run a fire-and-forget coroutine, keeping a reference until it is done."""
@@ -274,6 +275,9 @@ class Gateway:
         ]
         if self.config.upstream.enabled:
             self._start_upstream(forwarder)
+        from edge_gateway.ota import service as ota  # rollouts over the site broker (docs/ota.md)
+
+        tasks.append(asyncio.create_task(ota.run(self), name="ota"))
         if self.notify is not None:
             from edge_gateway.notify.hook import supervise
 

@@ -18,6 +18,7 @@ STATE = const("ota/boot.json")
 _TMP = const("ota/boot.tmp")
 _FAIL = const("ota/fail.txt")
 MAX_BOOTS = const(3)
+ON = False  # this boot runs a slot on probation (node/sleep.py radios every wake then)
 
 
 def load():
@@ -52,11 +53,23 @@ def _why(st):
     return st.get("why") or "reset before it was healthy (sampled, connected, custody ack)"
 
 
+def _slept():
+    """Woken from deep sleep (a battery board's every wake): not a failed boot (node/otaget.py
+    wake() counts a radio wake without custody instead)."""
+    try:
+        import machine
+
+        return machine.reset_cause() == machine.DEEPSLEEP_RESET
+    except (ImportError, AttributeError):
+        return False
+
+
 def boot():
     """Count a probation boot or roll back; put the active slot first on sys.path. Returns the
     state the node runs with."""
+    global ON
     st = load()
-    if st.get("probation"):
+    if st.get("probation") and not _slept():
         if st.get("boots", 0):
             st["why"] = _why(st)
         if st.get("boots", 0) >= MAX_BOOTS:
@@ -76,9 +89,10 @@ def boot():
         else:
             st["boots"] = st.get("boots", 0) + 1
         save(st)
+    ON = bool(st.get("probation"))
     if st.get("slot"):
-        cwd = os.getcwd()
-        sys.path.insert(0, (cwd if cwd.endswith("/") else cwd + "/") + "ota/" + st["slot"])
+        # Relative, as "" is: each module's __file__ (interned) stays "ota/a/node/x.mpy".
+        sys.path.insert(0, "ota/" + st["slot"])
     return st
 
 

@@ -31,6 +31,7 @@ TOP_LEVEL = (
     ("edge_gateway.notify.cli", "add_parser"),
     ("city_platform.cli", "add_parser"),
     ("host_tools.field.release", "add_parser"),  # OTA bundles (docs/ota.md)
+    ("edge_gateway.ota.cli", "add_parser"),  # OTA rollouts through a gateway
 )
 NODE_LEVEL = (
     ("host_tools.sim.simnode", "add_parser"),

@@ -3,8 +3,9 @@
 # streamed to flash and read back a line at a time, each file is fetched in chunks and hashed
 # as it is written, and nothing the size of a file or of the manifest is ever held in RAM.
 #
-# `src` is where the bundle comes from: any object with read(name, offset, n) -> bytes (at
-# most n; b"" at the end), name being "manifest.txt", "manifest.sig" or a file's path.
+# `src` is where the bundle comes from: any object with async read(name, offset, n) -> bytes
+# (at most n; b"" at the end; node/otaget.py pulls them over MQTT), name being "manifest.txt",
+# "manifest.sig" or a file's path.
 # Each step can be cut by a power loss; the next install() of the same bundle resumes.
 import hashlib
 import json
@@ -61,7 +62,7 @@ def _line(f):
     return line
 
 
-def _fetch(src, name, dst, limit):
+async def _fetch(src, name, dst, limit):
     """Copy `name` from src to the file `dst` (truncated first) in chunks; returns its
     SHA-256 object and the first line (the header) of what was copied."""
     h = hashlib.sha256()
@@ -69,7 +70,7 @@ def _fetch(src, name, dst, limit):
     n = 0
     with open(dst, "wb") as f:
         while True:
-            chunk = src.read(name, n, _CHUNK)
+            chunk = await src.read(name, n, _CHUNK)
             if not chunk:
                 break
             n += len(chunk)
@@ -108,10 +109,10 @@ def _signed(kid, sig, digest):
         raise Refused("bad signature (key %s)" % kid)
 
 
-def _read_all(src, name, limit):
+async def _read_all(src, name, limit):
     out = b""
     while True:
-        chunk = src.read(name, len(out), _CHUNK)
+        chunk = await src.read(name, len(out), _CHUNK)
         if not chunk:
             return out
         out += chunk
@@ -119,11 +120,11 @@ def _read_all(src, name, limit):
             raise Refused("%s longer than %d bytes" % (name, limit))
 
 
-def update_keys(src):
+async def update_keys(src):
     """Install a signed key list ("keys.txt" + "keys.sig" from src): its seq must be higher,
     its signer a key trusted now and kept by the new list."""
-    sig = _read_all(src, "keys.sig", 1024)
-    h, first = _fetch(src, "keys.txt", "ota/keys.tmp", 8192)
+    sig = await _read_all(src, "keys.sig", 1024)
+    h, first = await _fetch(src, "keys.txt", "ota/keys.tmp", 8192)
     head = json.loads(first)
     with open(_KEYS) as f:
         cur = json.loads(_line(f))
@@ -203,7 +204,7 @@ def _same(a, b):
         return False
 
 
-def _file(src, slot, size, digest, path):
+async def _file(src, slot, size, digest, path):
     dst = "ota/%s/%s" % (slot, path)
     try:
         os.stat(dst)
@@ -232,14 +233,14 @@ def _file(src, slot, size, digest, path):
         raise Refused("%s: partial file longer than its manifest entry" % path)
     with open(part, "ab") as f:
         while n < size:
-            chunk = src.read(path, n, min(_CHUNK, size - n))
+            chunk = await src.read(path, n, min(_CHUNK, size - n))
             if not chunk:
                 break
             h.update(chunk)
             f.write(chunk)
             f.flush()
             n += len(chunk)
-        if n == size and src.read(path, n, 1):
+        if n == size and await src.read(path, n, 1):
             n += 1
     if n != size or _hexdigest(h) != digest:
         os.remove(part)
@@ -256,24 +257,24 @@ def _file(src, slot, size, digest, path):
     return size
 
 
-def install(src, board, kind):
+async def install(src, board, kind):
     """Check, fetch and switch to the bundle `src` offers. Returns its version; raises Refused
     with the reason (the active slot is untouched), or OSError when flash fails."""
     try:
-        return _install(src, board, kind)
+        return await _install(src, board, kind)
     except OSError as e:
         if e.errno == 28:  # ENOSPC: what is written so far is resumed or cleared next time
             raise Refused("flash full while installing (needs free space for the bundle)")
         raise
 
 
-def _install(src, board, kind):
+async def _install(src, board, kind):
     _ensure_dir("ota")
     st = otaslot.load()
     if st.get("probation"):
         raise Refused("version %d is still on probation" % st["ver"])
-    sig = _read_all(src, "manifest.sig", 1024)
-    h, first = _fetch(src, "manifest.txt", _MAN_TMP, _MAX_MANIFEST)
+    sig = await _read_all(src, "manifest.sig", 1024)
+    h, first = await _fetch(src, "manifest.txt", _MAN_TMP, _MAX_MANIFEST)
     try:
         head = json.loads(first)
     except ValueError:
@@ -301,7 +302,7 @@ def _install(src, board, kind):
             if not line:
                 break
             size, digest, path = _entry(line)
-            _file(src, slot, size, digest, path)
+            await _file(src, slot, size, digest, path)
             count += 1
             total += size
     if count != head.get("files") or total != head.get("total"):
@@ -326,15 +327,6 @@ def _install(src, board, kind):
 
 def healthy():
     """The running slot sampled, connected and got a custody ack: end its probation."""
-    st = otaslot.load()
-    if st.get("probation"):
-        st = {
-            "slot": st["slot"],
-            "ver": st["ver"],
-            "prev": st.get("prev", ""),
-            "pver": st.get("pver", 0),
-            "bad": st.get("bad", []),
-            "last": {"state": "healthy", "ver": st["ver"], "boots": st.get("boots", 0)},
-        }
-        otaslot.save(st)
-    return st
+    from node.otaok import healthy
+
+    return healthy()

@@ -9,6 +9,7 @@
 # before that write reaches the image, as power loss would. Prints one JSON line per OP and a
 # last line {"writes": n}. OPs: mkfs BLOCKS, factory KEYS_FILE (probe.py at version 0 and the
 # node's first key list), install BUNDLE_DIR, keys DIR, boot, healthy, fill BYTES, peak.
+import asyncio
 import gc
 import json
 import os
@@ -65,7 +66,7 @@ class Dir:
         self.root = root
         self.peak = peak
 
-    def read(self, name, off, n):
+    async def read(self, name, off, n):
         if self.peak is not None:
             gc.collect()
             self.peak[0] = min(self.peak[0], gc.mem_free())
@@ -131,9 +132,9 @@ def _ota_op(op, arg, peak, out):
 
     try:
         if op == "install":
-            out["ver"] = ota.install(Dir(arg, peak), "sim", "air")
+            out["ver"] = asyncio.run(ota.install(Dir(arg, peak), "sim", "air"))
         else:
-            out["seq"] = ota.update_keys(Dir(arg))
+            out["seq"] = asyncio.run(ota.update_keys(Dir(arg)))
     except ota.Refused as e:
         out["refused"] = str(e)
     except OSError as e:

@@ -144,7 +144,7 @@ class Node:
             text=True,
             timeout=120,
             check=False,
-            env={"MICROPYPATH": f"{self.tree}:{self.harness}"},
+            env={"MICROPYPATH": f".frozen:{self.tree}:{self.harness}"},
         )
         lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
         if cut:

@@ -11,15 +11,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge_gateway.errors import GatewayError
 from edge_gateway.ota import rollout as ro
 
 EXIT_OK = 0
 
 
 def _fail(message: str, hint: str) -> Exception:
-    from host_tools.cli import CityEdgeError
-
-    return CityEdgeError(message, hint=hint)
+    return GatewayError(message, hint=hint)
 
 
 def add_parser(subparsers: Any) -> None:

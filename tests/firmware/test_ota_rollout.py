@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from host_tools import release
-from host_tools.brokers import MosquittoBroker
-from host_tools.simnode import SimNode
+from host_tools.field import release
+from host_tools.sim.brokers import MosquittoBroker
+from host_tools.sim.simnode import SimNode
 from tests.firmware.test_ota import harness_dir, keys, tree  # noqa: F401,F811 - fixtures
 
 pytestmark = [pytest.mark.micropython, pytest.mark.broker]

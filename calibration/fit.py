@@ -613,6 +613,49 @@ def check_out_dir(out_dir: str | Path) -> Path:
     return out
 
 
+def _choose_form(candidates: Sequence[Candidate], form: str | None) -> tuple[Candidate, str]:
+    """The recommended candidate, or the one ``--form`` names (with the rule's pick noted)."""
+    chosen, reason = recommend(candidates)
+    if form is not None:
+        match = [c for c in candidates if c.form == form]
+        if not match:
+            raise FitError(f"--form {form!r} is not one of {', '.join(FORMS)}")
+        chosen = match[0]
+        reason = f"{form}: chosen with --form (the rule would pick: {reason})"
+    return chosen, reason
+
+
+def _collocation(chosen: Candidate, start: datetime, end: datetime) -> Collocation:
+    """The record's collocation block: the chosen fit's hourly and 24 h metrics, rounded."""
+    daily = chosen.daily
+    return Collocation(
+        start=start,
+        end=end,
+        n=chosen.hourly.n,
+        averaging="1h",
+        r2=round(chosen.hourly.r2, 4),
+        rmse=round(chosen.hourly.rmse, 3),
+        mae=round(chosen.hourly.mae, 3),
+        slope=round(chosen.hourly.slope, 4),
+        intercept=round(chosen.hourly.intercept, 3),
+        n_24h=daily.n if daily else None,
+        r2_24h=round(daily.r2, 4) if daily else None,
+        rmse_24h=round(daily.rmse, 3) if daily else None,
+        slope_24h=round(daily.slope, 4) if daily else None,
+        intercept_24h=round(daily.intercept, 3) if daily else None,
+        meets_epa_targets=chosen.meets_targets,
+    )
+
+
+def _ranges(paired: Paired) -> dict[str, tuple[float, float]]:
+    """The min/max of reference, raw input and RH seen in the collocation."""
+    return {
+        "concentration": (float(paired.reference.min()), float(paired.reference.max())),
+        "input": (float(paired.raw.min()), float(paired.raw.max())),
+        "rh": (float(paired.rh.min()), float(paired.rh.max())),
+    }
+
+
 def collocate(
     sensor_csv: str | Path,
     reference_csv: str | Path,
@@ -644,17 +687,10 @@ def collocate(
     days, (d_raw, d_ref) = daily_means(paired.hours, paired.raw, paired.reference)
     raw_daily = metrics(d_raw, d_ref) if len(days) >= 3 else None
     candidates = fit_candidates(paired)
-    chosen, reason = recommend(candidates)
-    if form is not None:
-        match = [c for c in candidates if c.form == form]
-        if not match:
-            raise FitError(f"--form {form!r} is not one of {', '.join(FORMS)}")
-        chosen = match[0]
-        reason = f"{form}: chosen with --form (the rule would pick: {reason})"
+    chosen, reason = _choose_form(candidates, form)
     station_code = station or stations or "unknown"
     start, end = paired.hours[0], paired.hours[-1] + timedelta(hours=1)
     rid = record_id or f"{device_id}-{quantity}-{start.astimezone(BANGKOK):%Y%m%d}-{chosen.form}"
-    daily = chosen.daily
     record = CalibrationRecord(
         id=rid,
         device_id=device_id,
@@ -669,28 +705,8 @@ def collocate(
         author=author,
         sensor_model=sensor_model,
         reference={"station": station_code, "operator": "PCD"},
-        collocation=Collocation(
-            start=start,
-            end=end,
-            n=chosen.hourly.n,
-            averaging="1h",
-            r2=round(chosen.hourly.r2, 4),
-            rmse=round(chosen.hourly.rmse, 3),
-            mae=round(chosen.hourly.mae, 3),
-            slope=round(chosen.hourly.slope, 4),
-            intercept=round(chosen.hourly.intercept, 3),
-            n_24h=daily.n if daily else None,
-            r2_24h=round(daily.r2, 4) if daily else None,
-            rmse_24h=round(daily.rmse, 3) if daily else None,
-            slope_24h=round(daily.slope, 4) if daily else None,
-            intercept_24h=round(daily.intercept, 3) if daily else None,
-            meets_epa_targets=chosen.meets_targets,
-        ),
-        ranges={
-            "concentration": (float(paired.reference.min()), float(paired.reference.max())),
-            "input": (float(paired.raw.min()), float(paired.raw.max())),
-            "rh": (float(paired.rh.min()), float(paired.rh.max())),
-        },
+        collocation=_collocation(chosen, start, end),
+        ranges=_ranges(paired),
         notes=reason,
         source="(fit)",
     )

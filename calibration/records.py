@@ -338,51 +338,66 @@ def _points(c: Mapping[str, Any]) -> list[tuple[float, float]]:
     return [(float(m), float(t)) for m, t in zip(c["measured"], c["true"], strict=True)]
 
 
-def _check_record(r: CalibrationRecord) -> None:
-    """Semantic checks beyond the schema; raises ``RecordError`` naming the field."""
+def _fail(r: CalibrationRecord, fieldname: str, msg: str) -> RecordError:
+    """A ``RecordError`` naming the record and the field."""
+    return RecordError(
+        f"{r.source}: record {r.id!r}: {fieldname}: {msg}", field=fieldname, detail=msg
+    )
 
-    def fail(fieldname: str, msg: str) -> RecordError:
-        return RecordError(
-            f"{r.source}: record {r.id!r}: {fieldname}: {msg}", field=fieldname, detail=msg
-        )
 
+def _check_kind(r: CalibrationRecord) -> None:
+    """Form, quantity and unit are known and agree."""
     if r.form not in FORMS:
-        raise fail("model.form", f"unknown form {r.form!r}; use one of {', '.join(FORMS)}")
+        raise _fail(r, "model.form", f"unknown form {r.form!r}; use one of {', '.join(FORMS)}")
     expected_unit = QUANTITY_UNITS.get(r.quantity)
     if expected_unit is None:
-        raise fail(
-            "quantity", f"unknown quantity {r.quantity!r}; use one of {', '.join(QUANTITY_UNITS)}"
+        raise _fail(
+            r,
+            "quantity",
+            f"unknown quantity {r.quantity!r}; use one of {', '.join(QUANTITY_UNITS)}",
         )
     if r.unit != expected_unit:
-        raise fail("unit", f"{r.quantity} is published in {expected_unit!r}, not {r.unit!r}")
+        raise _fail(r, "unit", f"{r.quantity} is published in {expected_unit!r}, not {r.unit!r}")
+
+
+def _check_validity(r: CalibrationRecord) -> None:
+    """The validity window has offsets, is ordered, and supersession is consistent."""
     for name, when in (("valid_from", r.valid_from), ("valid_to", r.valid_to)):
         if when is not None and (when.tzinfo is None or when.utcoffset() is None):
-            raise fail(name, "needs a UTC offset, e.g. 2026-01-15T00:00:00+07:00")
+            raise _fail(r, name, "needs a UTC offset, e.g. 2026-01-15T00:00:00+07:00")
     if r.valid_to is not None and r.valid_to <= r.valid_from:
-        raise fail("valid_to", f"{r.valid_to.isoformat()} is not after valid_from")
+        raise _fail(r, "valid_to", f"{r.valid_to.isoformat()} is not after valid_from")
     if r.superseded_by is not None:
         if not r.superseded_by:
-            raise fail("superseded_by", "is empty; leave it out if the record is current")
+            raise _fail(r, "superseded_by", "is empty; leave it out if the record is current")
         if r.valid_to is None:
-            raise fail("valid_to", "a superseded record must end: set valid_to")
+            raise _fail(r, "valid_to", "a superseded record must end: set valid_to")
         if r.superseded_by == r.id:
-            raise fail("superseded_by", "a record cannot supersede itself")
+            raise _fail(r, "superseded_by", "a record cannot supersede itself")
+
+
+def _check_inputs(r: CalibrationRecord) -> None:
+    """Input channels and quantity suit the form."""
     if r.input_channel in r.extra_inputs:
-        raise fail("extra_inputs", f"repeats input_channel {r.input_channel!r}")
+        raise _fail(r, "extra_inputs", f"repeats input_channel {r.input_channel!r}")
     if r.form in _ONE_EXTRA_FORMS:
         if len(r.extra_inputs) != 1:
             what = '"baro"' if r.form == "hydrostatic" else '"rh"'
             which = "barometer" if r.form == "hydrostatic" else "RH"
-            raise fail(
+            raise _fail(
+                r,
                 "extra_inputs",
                 f"form {r.form} needs exactly one, the {which} channel, e.g. [{what}]",
             )
     elif r.extra_inputs:
-        raise fail("extra_inputs", f"form {r.form} uses no extra inputs; remove them")
+        raise _fail(r, "extra_inputs", f"form {r.form} uses no extra inputs; remove them")
     if r.form == "epa_us_2021" and not r.input_channel.endswith("_cf1"):
-        raise fail("input_channel", "epa_us_2021 was fitted on the cf_1 channel; use e.g. pm25_cf1")
+        raise _fail(
+            r, "input_channel", "epa_us_2021 was fitted on the cf_1 channel; use e.g. pm25_cf1"
+        )
     if r.form == "epa_fire_smoke_2021" and not r.input_channel.endswith("_atm"):
-        raise fail(
+        raise _fail(
+            r,
             "input_channel",
             "epa_fire_smoke_2021 was fitted on the cf_atm channel; use e.g. pm25_atm",
         )
@@ -390,37 +405,54 @@ def _check_record(r: CalibrationRecord) -> None:
         r.form in ("epa_us_2021", "epa_fire_smoke_2021", "kohler")
         and r.quantity not in _PM_QUANTITIES
     ):
-        raise fail("quantity", f"form {r.form} corrects PM; quantity must be pm25 or pm10")
+        raise _fail(r, "quantity", f"form {r.form} corrects PM; quantity must be pm25 or pm10")
     if r.form in ("stage", "hydrostatic") and r.quantity != "level":
-        raise fail("quantity", f"form {r.form} gives a water level; quantity must be level")
+        raise _fail(r, "quantity", f"form {r.form} gives a water level; quantity must be level")
+
+
+def _check_coefficients(r: CalibrationRecord) -> None:
+    """The form's coefficients are present, finite and consistent."""
     c = r.coefficients
     for key in _REQUIRED_COEFFICIENTS.get(r.form, ()):
         if key not in c:
-            raise fail(f"model.coefficients.{key}", f"is required for form {r.form}")
+            raise _fail(r, f"model.coefficients.{key}", f"is required for form {r.form}")
     for key, value in c.items():
         if key == "datum":
             if value not in ("MSL", "staff_gauge"):
-                raise fail("model.coefficients.datum", 'must be "MSL" or "staff_gauge"')
+                raise _fail(r, "model.coefficients.datum", 'must be "MSL" or "staff_gauge"')
             continue
         vals = value if isinstance(value, (list, tuple)) else [value]
         for v in vals:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise fail(f"model.coefficients.{key}", f"must be a finite number, got {v!r}")
+                raise _fail(r, f"model.coefficients.{key}", f"must be a finite number, got {v!r}")
     if r.form == "piecewise_linear":
         if len(c["measured"]) != len(c["true"]):
-            raise fail("model.coefficients.true", "must have as many values as measured")
+            raise _fail(r, "model.coefficients.true", "must have as many values as measured")
         try:
             models.check_piecewise_points(_points(c))
         except CalibrationError as exc:
-            raise fail("model.coefficients.measured", str(exc)) from exc
+            raise _fail(r, "model.coefficients.measured", str(exc)) from exc
     if r.form == "scale_offset" and "min" in c and "max" in c and c["min"] >= c["max"]:
-        raise fail("model.coefficients.max", "must be greater than min")
+        raise _fail(r, "model.coefficients.max", "must be greater than min")
+
+
+def _check_extents(r: CalibrationRecord) -> None:
+    """Ranges and the collocation window run low to high."""
     for key, (lo, hi) in r.ranges.items():
         if lo > hi:
-            raise fail(f"ranges.{key}", f"low end {lo} is above high end {hi}")
+            raise _fail(r, f"ranges.{key}", f"low end {lo} is above high end {hi}")
     colloc = r.collocation
     if colloc is not None and colloc.start and colloc.end and colloc.end < colloc.start:
-        raise fail("collocation.end", "is before collocation.start")
+        raise _fail(r, "collocation.end", "is before collocation.start")
+
+
+def _check_record(r: CalibrationRecord) -> None:
+    """Semantic checks beyond the schema; raises ``RecordError`` naming the field."""
+    _check_kind(r)
+    _check_validity(r)
+    _check_inputs(r)
+    _check_coefficients(r)
+    _check_extents(r)
 
 
 def _json_ready(value: Any) -> Any:

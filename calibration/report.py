@@ -10,10 +10,12 @@ matplotlib.use("Agg")  # no display on a gateway or CI runner
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from rich import box
 from rich.table import Table
 
-from calibration.fit import EPA_TARGETS, FitResult, Metrics
+from calibration.fit import EPA_TARGETS, Array, FitResult, Metrics
 
 __all__ = ["metrics_table", "write_png"]
 
@@ -63,18 +65,11 @@ def metrics_table(result: FitResult) -> Table:
     return table
 
 
-def write_png(result: FitResult, path: Path) -> None:
-    """Four panels: raw vs reference and calibrated vs reference (1:1 line), the three time
-    series, and calibrated − reference residuals against the sensor's RH."""
+def _plot_one_to_one(
+    fig: Figure, ax_raw: Axes, ax_cal: Axes, result: FitResult, cal: Array
+) -> None:
+    """Raw and calibrated against the reference, coloured by RH, with a 1:1 line."""
     p = result.paired
-    cal = result.chosen.predict(p.raw, p.rh)
-    hours = np.asarray([h.replace(tzinfo=None) for h in p.hours], dtype="datetime64[s]")  # UTC
-    fig = plt.figure(figsize=(12, 10), dpi=110, layout="constrained")
-    grid = fig.add_gridspec(3, 2, height_ratios=[1.15, 0.9, 0.9])
-    ax_raw = fig.add_subplot(grid[0, 0])
-    ax_cal = fig.add_subplot(grid[0, 1])
-    ax_ts = fig.add_subplot(grid[1, :])
-    ax_res = fig.add_subplot(grid[2, :])
     top = float(max(p.raw.max(), p.reference.max(), cal.max())) * 1.05
     for ax, y, title, m in (
         (ax_raw, p.raw, f"Raw {result.channel} vs reference", result.raw_hourly),
@@ -91,6 +86,12 @@ def write_png(result: FitResult, path: Path) -> None:
         ax.legend(loc="upper left")
         ax.grid(alpha=0.3)
     fig.colorbar(sc, ax=[ax_raw, ax_cal], label="sensor RH (%)", shrink=0.8)
+
+
+def _plot_series(ax_ts: Axes, result: FitResult, cal: Array) -> None:
+    """Raw, reference and calibrated hourly series, with gaps where hours are missing."""
+    p = result.paired
+    hours = np.asarray([h.replace(tzinfo=None) for h in p.hours], dtype="datetime64[s]")  # UTC
     # One slot per hour from first to last, NaN where an hour is missing, so gaps show.
     t0 = hours[0]
     slot = ((hours - t0) // np.timedelta64(3600, "s")).astype(int)
@@ -107,6 +108,11 @@ def write_png(result: FitResult, path: Path) -> None:
     ax_ts.set_title("Hourly means (UTC); gaps are hours failing the 75 % completeness rule")
     ax_ts.legend(loc="upper right", ncols=3)
     ax_ts.grid(alpha=0.3)
+
+
+def _plot_residuals(ax_res: Axes, result: FitResult, cal: Array) -> None:
+    """Calibrated − reference (and plain linear's, if not chosen) against the sensor's RH."""
+    p = result.paired
     ax_res.scatter(
         p.rh, cal - p.reference, s=8, alpha=0.7, color="tab:orange", label=result.chosen.form
     )
@@ -120,6 +126,22 @@ def write_png(result: FitResult, path: Path) -> None:
     ax_res.set_title("Residuals against humidity: a slope left here means RH is not corrected")
     ax_res.legend(loc="upper left")
     ax_res.grid(alpha=0.3)
+
+
+def write_png(result: FitResult, path: Path) -> None:
+    """Four panels: raw vs reference and calibrated vs reference (1:1 line), the three time
+    series, and calibrated − reference residuals against the sensor's RH."""
+    p = result.paired
+    cal = result.chosen.predict(p.raw, p.rh)
+    fig = plt.figure(figsize=(12, 10), dpi=110, layout="constrained")
+    grid = fig.add_gridspec(3, 2, height_ratios=[1.15, 0.9, 0.9])
+    ax_raw = fig.add_subplot(grid[0, 0])
+    ax_cal = fig.add_subplot(grid[0, 1])
+    ax_ts = fig.add_subplot(grid[1, :])
+    ax_res = fig.add_subplot(grid[2, :])
+    _plot_one_to_one(fig, ax_raw, ax_cal, result, cal)
+    _plot_series(ax_ts, result, cal)
+    _plot_residuals(ax_res, result, cal)
     verdict = "meets" if result.chosen.meets_targets else "does NOT meet"
     fig.suptitle(
         f"CityEdge calibration {result.record.id}\n{result.chosen.form} {verdict} the EPA 24-h "

@@ -144,7 +144,8 @@ def _aqi(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_fit(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The ``fit`` subcommand: collocation CSVs in, record + PNG out."""
     f = sub.add_parser(
         "fit",
         help="fit a PM calibration from a collocation with a reference station",
@@ -183,6 +184,9 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     f.add_argument("--report", type=Path, help="PNG path (default: OUT_DIR/RECORD_ID.png)")
     f.set_defaults(func=_guard(_fit))
 
+
+def _add_check(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The ``check`` subcommand: validate record files or folders."""
     c = sub.add_parser(
         "check",
         help="validate calibration record files (schema, fields, overlaps)",
@@ -191,6 +195,9 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     c.add_argument("files", nargs="+", help="record files or folders of *.toml")
     c.set_defaults(func=_guard(_check))
 
+
+def _add_aqi(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The ``aqi`` subcommand: a Thai or US AQI with band and advice."""
     a = sub.add_parser("aqi", help="compute a Thai (default) or US AQI with band and advice")
     a.add_argument(
         "pollutant",
@@ -205,6 +212,12 @@ def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="Thai AQI (PCD bands, default) or US AQI",
     )
     a.set_defaults(func=_guard(_aqi))
+
+
+def _add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    _add_fit(sub)
+    _add_check(sub)
+    _add_aqi(sub)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -9,6 +9,7 @@ boards/README.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,49 @@ def _check_pin(where: str, pin: int, output: bool = False, adc: bool = False) ->
         )
 
 
+def _check_bus(w: str, name: str, bus: Any, claim: Callable[[int, str], None]) -> None:
+    """One entry of ``buses``: its type, keys, controller id and pins."""
+    where = f"{w}buses.{name}."
+    if not isinstance(bus, dict):
+        raise BoardError(f"{where[:-1]}: expected an object")
+    btype = bus.get("type")
+    if btype not in _BUS_KEYS:
+        raise BoardError(
+            f"{where}type: {json.dumps(btype)} is not a bus type", hint='use "uart" or "i2c"'
+        )
+    keys = _BUS_KEYS[btype]
+    _check_keys(
+        where,
+        bus,
+        {k: t for k, t in keys.items() if k not in ("baudrate", "freq")},
+        {k: t for k, t in keys.items() if k in ("baudrate", "freq")},
+    )
+    max_id = 2 if btype == "uart" else 1
+    if not 0 <= bus["id"] <= max_id:
+        raise BoardError(f"{where}id: an ESP32 has {btype} 0..{max_id}")
+    for key in ("tx", "rx", "scl", "sda"):
+        if key in bus:
+            _check_pin(f"{where}{key}", bus[key], output=key in _OUTPUT_PIN_KEYS)
+            claim(bus[key], f"buses.{name}.{key}")
+
+
+def _check_sensors(
+    w: str, sensors: dict[str, Any], buses: dict[str, Any], claimed: dict[int, str]
+) -> None:
+    """Each kind's sensor list; each kind starts from the board-level pin claims."""
+    for kind, entries in sensors.items():
+        if kind not in KINDS:
+            raise BoardError(
+                f"{w}sensors.{kind}: unknown node kind", hint="use air, water or parking"
+            )
+        if not isinstance(entries, list):
+            raise BoardError(f"{w}sensors.{kind}: expected a list of sensors")
+        kind_claims = dict(claimed)
+        names: set[str] = set()
+        for i, entry in enumerate(entries):
+            _check_sensor(f"{w}sensors.{kind}[{i}].", entry, buses, names, kind_claims)
+
+
 def validate_board(board: Any, source: str = "board") -> None:
     """Raise BoardError naming the first problem in `board`."""
     if not isinstance(board, dict):
@@ -192,40 +236,8 @@ def validate_board(board: Any, source: str = "board") -> None:
         claim(led["pin"], "status_led.pin")
     buses = board["buses"]
     for name, bus in buses.items():
-        where = f"{w}buses.{name}."
-        if not isinstance(bus, dict):
-            raise BoardError(f"{where[:-1]}: expected an object")
-        btype = bus.get("type")
-        if btype not in _BUS_KEYS:
-            raise BoardError(
-                f"{where}type: {json.dumps(btype)} is not a bus type", hint='use "uart" or "i2c"'
-            )
-        keys = _BUS_KEYS[btype]
-        _check_keys(
-            where,
-            bus,
-            {k: t for k, t in keys.items() if k not in ("baudrate", "freq")},
-            {k: t for k, t in keys.items() if k in ("baudrate", "freq")},
-        )
-        max_id = 2 if btype == "uart" else 1
-        if not 0 <= bus["id"] <= max_id:
-            raise BoardError(f"{where}id: an ESP32 has {btype} 0..{max_id}")
-        for key in ("tx", "rx", "scl", "sda"):
-            if key in bus:
-                _check_pin(f"{where}{key}", bus[key], output=key in _OUTPUT_PIN_KEYS)
-                claim(bus[key], f"buses.{name}.{key}")
-    sensors = board["sensors"]
-    for kind, entries in sensors.items():
-        if kind not in KINDS:
-            raise BoardError(
-                f"{w}sensors.{kind}: unknown node kind", hint="use air, water or parking"
-            )
-        if not isinstance(entries, list):
-            raise BoardError(f"{w}sensors.{kind}: expected a list of sensors")
-        kind_claims = dict(claimed)
-        names: set[str] = set()
-        for i, entry in enumerate(entries):
-            _check_sensor(f"{w}sensors.{kind}[{i}].", entry, buses, names, kind_claims)
+        _check_bus(w, name, bus, claim)
+    _check_sensors(w, board["sensors"], buses, claimed)
 
 
 def _check_power(w: str, power: dict[str, Any], claim: Any) -> None:

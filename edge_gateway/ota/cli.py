@@ -17,10 +17,6 @@ from edge_gateway.ota import rollout as ro
 EXIT_OK = 0
 
 
-def _fail(message: str, hint: str) -> Exception:
-    return GatewayError(message, hint=hint)
-
-
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "ota",
@@ -57,7 +53,7 @@ def _config(args: argparse.Namespace) -> Any:
 
     config = _load(args.config)
     if args.site != config.site_id:
-        raise _fail(
+        raise GatewayError(
             f"--site {args.site} is not this gateway's site ({config.site_id})",
             "run it with the config of the site's own gateway",
         )
@@ -70,18 +66,18 @@ def check_bundle(bundle: Path) -> dict[str, Any]:
         head, files, _ = ro.read_manifest(bundle)
         sig = (bundle / "manifest.sig").stat().st_size
     except (OSError, ValueError, IndexError) as exc:
-        raise _fail(
+        raise GatewayError(
             f"{bundle} is not a signed bundle ({exc})",
             "give the directory `cityedge release build` wrote, after `cityedge release sign`",
         ) from None
     if not sig:
-        raise _fail(f"{bundle}/manifest.sig is empty", "sign it: cityedge release sign")
+        raise GatewayError(f"{bundle}/manifest.sig is empty", "sign it: cityedge release sign")
     lines = (bundle / "manifest.txt").read_text("ascii").splitlines()[1:]
     for line in lines:
         size, digest, path = line.split(" ", 2)
         f = bundle / "files" / path
         if not f.is_file() or hashlib.sha256(f.read_bytes()).hexdigest() != digest:
-            raise _fail(f"{f} is missing or differs from the manifest", "rebuild the bundle")
+            raise GatewayError(f"{f} is missing or differs from the manifest", "rebuild the bundle")
     return head
 
 
@@ -90,20 +86,20 @@ def cmd_publish(args: argparse.Namespace) -> int:
     try:
         waves = ro.parse_waves(args.plan)
     except ro.PlanError as exc:
-        raise _fail(str(exc), "e.g. --plan 1,25%,100%") from None
+        raise GatewayError(str(exc), "e.g. --plan 1,25%,100%") from None
     if not 0 <= args.max_failure < 1:
-        raise _fail("--max-failure must be from 0 to below 1", "e.g. --max-failure 0.2")
+        raise GatewayError("--max-failure must be from 0 to below 1", "e.g. --max-failure 0.2")
     head = check_bundle(Path(args.bundle))
     root = ro.ota_dir(config.data_dir) / "rollouts"
     dest = root / str(head["version"])
     if dest.exists():
-        raise _fail(
+        raise GatewayError(
             f"version {head['version']} was already published at {args.site}",
             "build a new version (release build --version N+1)",
         )
     latest = ro.latest_plan(ro.ota_dir(config.data_dir))
     if latest and int(latest[1]["version"]) > head["version"] and not head.get("downgrade"):
-        raise _fail(
+        raise GatewayError(
             f"version {head['version']} is older than the published {latest[1]['version']}",
             "build a signed downgrade (release build --downgrade) to go back",
         )
